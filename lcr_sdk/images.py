@@ -1,0 +1,114 @@
+"""Host-side image handling shared by training evaluation and every runtime backend.
+
+Everything after this (cast, BGR->RGB, mean/std, NCHW) happens inside the model graph; here we only bring an
+image to a uint8 BGR H x W x 3 array of the model's size, by the resize rule the manifest names.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from lcr_sdk.errors import InputError
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
+_INTERP = {"linear": cv2.INTER_LINEAR, "area": cv2.INTER_AREA, "cubic": cv2.INTER_CUBIC, "nearest": cv2.INTER_NEAREST}
+MIN_SIDE = 8  # smaller images carry no usable detail
+
+
+def read_image(path: str | os.PathLike) -> np.ndarray:
+    """Read an image file as uint8 BGR H x W x 3; raise :class:`InputError` if missing or not an image."""
+    p = Path(path)
+    if not p.exists():
+        raise InputError(f"image file {p} does not exist; pass the path of a readable image ({', '.join(IMAGE_SUFFIXES)})")
+    if p.is_dir():
+        raise InputError(f"{p} is a folder, not an image file")
+    data = np.fromfile(p, dtype=np.uint8)
+    img = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
+    if img is None:
+        raise InputError(
+            f"{p} ({data.size} bytes) could not be decoded as an image; valid inputs are image files OpenCV reads "
+            f"({', '.join(IMAGE_SUFFIXES)}); re-save or remove it"
+        )
+    return img
+
+
+def to_bgr(image: Any, color: str = "bgr") -> np.ndarray:
+    """Bring one image to a uint8 BGR H x W x 3 array.
+
+    Args:
+        image: an OpenCV BGR uint8 H x W x 3 array (default), an RGB array with ``color="rgb"``, a grayscale
+            H x W (or H x W x 1) array, a BGRA/RGBA H x W x 4 array, a file path, or a PIL image.
+        color: channel order of a 3/4-channel array: ``"bgr"`` (OpenCV) or ``"rgb"``.
+
+    Raises:
+        InputError: naming what was given and what is valid.
+    """
+    if color not in ("bgr", "rgb"):
+        raise InputError(f"color={color!r} is not valid; use 'bgr' (OpenCV arrays) or 'rgb'")
+    if image is None:
+        raise InputError("image is None (cv2.imread returns None for a missing or unreadable file); check the path")
+    if isinstance(image, (str, os.PathLike)):
+        return read_image(image)
+    if type(image).__module__.startswith("PIL."):
+        image, color = np.asarray(image.convert("RGB")), "rgb"
+    if not isinstance(image, np.ndarray):
+        raise InputError(
+            f"image of type {type(image).__name__} is not supported; pass a uint8 numpy array (H x W x 3 BGR), "
+            "a file path or a PIL image"
+        )
+    if image.size == 0:
+        raise InputError(f"image is an empty array of shape {image.shape}; check the frame source")
+    if image.dtype != np.uint8:
+        raise InputError(
+            f"image dtype is {image.dtype}; uint8 (0..255) is required. For a float image in 0..1 use "
+            "(img * 255).clip(0, 255).astype(np.uint8)"
+        )
+    if image.ndim == 3 and image.shape[2] == 1:
+        image = image[:, :, 0]
+    if image.ndim == 2:
+        out = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
+    elif image.ndim == 3 and image.shape[2] == 3:
+        out = image if color == "bgr" else cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
+    elif image.ndim == 3 and image.shape[2] == 4:
+        out = cv2.cvtColor(image, cv2.COLOR_BGRA2BGR if color == "bgr" else cv2.COLOR_RGBA2BGR)
+    else:
+        raise InputError(
+            f"image shape {image.shape} is not an image; valid shapes are H x W (gray), H x W x 3 (BGR/RGB) "
+            "or H x W x 4 (BGRA/RGBA)"
+        )
+    if min(out.shape[:2]) < MIN_SIDE:
+        raise InputError(f"image of size {out.shape[1]}x{out.shape[0]} is too small; each side must be >= {MIN_SIDE} px")
+    return np.ascontiguousarray(out)
+
+
+def resize_to(image: np.ndarray, height: int, width: int, rule: str = "short_side_center_crop",
+              interpolation: str = "linear") -> np.ndarray:
+    """Resize a BGR image to ``height x width`` by a manifest resize rule.
+
+    ``short_side_center_crop`` scales the image so it covers ``height x width`` and crops the centre (keeps the
+    aspect ratio); ``stretch`` resizes directly.
+    """
+    h, w = image.shape[:2]
+    interp = _INTERP[interpolation]
+    if (h, w) == (height, width):
+        return image
+    if rule == "stretch":
+        return cv2.resize(image, (width, height), interpolation=interp)
+    if rule != "short_side_center_crop":
+        raise InputError(f"resize rule {rule!r} is unknown; valid: short_side_center_crop, stretch")
+    scale = max(height / h, width / w)
+    nh, nw = max(height, round(h * scale)), max(width, round(w * scale))
+    if (nh, nw) != (h, w):
+        image = cv2.resize(image, (nw, nh), interpolation=interp)
+    top, left = (nh - height) // 2, (nw - width) // 2
+    return image[top : top + height, left : left + width]
+
+
+def list_images(folder: str | os.PathLike) -> list[Path]:
+    """Image files directly in ``folder``, sorted by name."""
+    return sorted(p for p in Path(folder).iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)

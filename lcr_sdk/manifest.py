@@ -1,0 +1,176 @@
+"""The manifest: the metadata that travels with every deployed model (DESIGN.md section 2).
+
+It is written beside the model (``model.onnx.json``, ``model.engine.json``) and, for ONNX, also into the graph's
+``metadata_props`` under the key ``lcr_sdk.manifest``. The runtime reads it and never guesses input size, colour
+order or normalisation from tensor names or shapes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lcr_sdk._version import __version__
+from lcr_sdk.errors import ModelError
+from lcr_sdk.fileio import atomic_write_text
+
+FORMAT = "lcr-sdk-manifest"
+FORMAT_VERSION = 1
+ONNX_METADATA_KEY = "lcr_sdk.manifest"
+METHODS = ("lcr", "moco")
+PRECISIONS = ("fp32", "fp16", "int8")
+RESIZE_RULES = ("short_side_center_crop", "stretch")
+
+# ImageNet statistics in RGB order on the 0..1 scale (torchvision's), used by every arch we ship.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass
+class InputSpec:
+    """How the graph input ``images`` is laid out and how a frame is brought to it on the host."""
+
+    height: int
+    width: int
+    name: str = "images"
+    layout: str = "NHWC"
+    color: str = "BGR"
+    dtype: str = "uint8"
+    resize: str = "short_side_center_crop"
+    interpolation: str = "linear"
+    mean: tuple[float, ...] = IMAGENET_MEAN
+    std: tuple[float, ...] = IMAGENET_STD
+
+
+@dataclass
+class Manifest:
+    """Everything a runtime needs to know about a deployed model. See DESIGN.md section 2."""
+
+    arch: str
+    method: str
+    embedding_dim: int
+    num_parts: int  # K; 0 for a moco model (no `parts` output, all-ones `attention`)
+    feature_size: tuple[int, int]  # h, w of the attention map
+    input: InputSpec
+    precision: str = "fp32"
+    batch_min: int = 1
+    batch_opt: int = 8
+    batch_max: int = 32
+    checkpoint_sha256: str = ""
+    model_sha256: str = ""  # of the model file; empty inside ONNX metadata_props (a file cannot hold its own hash)
+    model_file: str = ""
+    opset: int | None = None
+    tensorrt: dict[str, Any] | None = None  # {"version", "gpu", "compute_capability"} for an engine
+    extra: dict[str, Any] = field(default_factory=dict)
+    format: str = FORMAT
+    format_version: int = FORMAT_VERSION
+    sdk_version: str = __version__
+
+    @property
+    def output_names(self) -> list[str]:
+        """Graph output names in order: a moco model has no ``parts``."""
+        return ["embedding", "attention", "parts"] if self.num_parts else ["embedding", "attention"]
+
+    @property
+    def output_shapes(self) -> dict[str, list]:
+        """Output shapes with ``"N"`` for the dynamic batch axis."""
+        h, w = self.feature_size
+        shapes = {"embedding": ["N", self.embedding_dim], "attention": ["N", h, w]}
+        if self.num_parts:
+            shapes["parts"] = ["N", self.num_parts, h, w]
+        return shapes
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["outputs"] = self.output_shapes  # written for readers; derived, so ignored on read
+        return d
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], source: str = "manifest") -> Manifest:
+        """Validate and build a manifest; raise :class:`ModelError` naming ``source`` on any problem."""
+        if not isinstance(d, dict) or d.get("format") != FORMAT:
+            raise ModelError(f"{source} is not an lcr-sdk manifest (no 'format': '{FORMAT}' field)")
+        version = d.get("format_version")
+        if version != FORMAT_VERSION:
+            raise ModelError(
+                f"{source} has manifest format_version {version!r}; this lcr-sdk {__version__} reads version "
+                f"{FORMAT_VERSION}. Re-export the model with this SDK (lcr-sdk export CHECKPOINT ...) or install "
+                "the lcr-sdk version that wrote it."
+            )
+        d = {k: v for k, v in d.items() if k != "outputs"}
+        try:
+            d["input"] = InputSpec(**{**d["input"], "mean": tuple(d["input"]["mean"]), "std": tuple(d["input"]["std"])})
+            d["feature_size"] = tuple(d["feature_size"])
+            m = cls(**d)
+        except (KeyError, TypeError) as e:
+            raise ModelError(f"{source} is missing or has an unknown field ({e}); re-export the model") from e
+        if m.method not in METHODS:
+            raise ModelError(f"{source}: method {m.method!r} is not one of {METHODS}")
+        if m.precision not in PRECISIONS:
+            raise ModelError(f"{source}: precision {m.precision!r} is not one of {PRECISIONS}")
+        if m.input.resize not in RESIZE_RULES:
+            raise ModelError(f"{source}: resize rule {m.input.resize!r} is not one of {RESIZE_RULES}")
+        if not 1 <= m.batch_min <= m.batch_opt <= m.batch_max:
+            raise ModelError(f"{source}: batch range min/opt/max {m.batch_min}/{m.batch_opt}/{m.batch_max} is invalid")
+        return m
+
+    @classmethod
+    def from_json(cls, text: str, source: str = "manifest") -> Manifest:
+        try:
+            d = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ModelError(f"{source} is not valid JSON ({e}); re-export the model to rewrite it") from e
+        return cls.from_dict(d, source)
+
+
+def sidecar_path(model_path: str | os.PathLike) -> Path:
+    """``model.onnx`` -> ``model.onnx.json``."""
+    model_path = Path(model_path)
+    return model_path.with_name(model_path.name + ".json")
+
+
+def write_sidecar(manifest: Manifest, model_path: str | os.PathLike) -> Path:
+    """Write the manifest beside the model, atomically. Returns the sidecar path."""
+    path = sidecar_path(model_path)
+    atomic_write_text(path, manifest.to_json() + "\n")
+    return path
+
+
+def read_manifest(model_path: str | os.PathLike) -> Manifest:
+    """Read the manifest of a model: the sidecar if present, else the ONNX ``metadata_props``.
+
+    Raises:
+        ModelError: no manifest found, or it is invalid / of another format version.
+    """
+    model_path = Path(model_path)
+    side = sidecar_path(model_path)
+    if side.exists():
+        return Manifest.from_json(side.read_text(encoding="utf-8"), source=str(side))
+    if model_path.suffix == ".onnx" and model_path.exists():
+        text = _onnx_metadata(model_path)
+        if text is not None:
+            return Manifest.from_json(text, source=f"{model_path} (metadata_props)")
+    raise ModelError(
+        f"no manifest for {model_path}: expected {side} beside it"
+        + (" or an 'lcr_sdk.manifest' entry in its metadata_props" if model_path.suffix == ".onnx" else "")
+        + ". Export the model with `lcr-sdk export`, which writes both."
+    )
+
+
+def _onnx_metadata(model_path: Path) -> str | None:
+    """The manifest JSON stored in an ONNX file's metadata_props, read through onnxruntime (no onnx needed)."""
+    import onnxruntime as ort
+
+    try:
+        so = ort.SessionOptions()
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        sess = ort.InferenceSession(str(model_path), so, providers=["CPUExecutionProvider"])
+    except Exception as e:  # onnxruntime raises its own exception types
+        raise ModelError(f"{model_path} is not a readable ONNX model ({e}); re-export it with `lcr-sdk export`") from e
+    return sess.get_modelmeta().custom_metadata_map.get(ONNX_METADATA_KEY)

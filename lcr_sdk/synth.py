@@ -1,0 +1,231 @@
+"""A built-in, deterministic, offline fine-grained data set ("synthetic birds").
+
+Every image shows one object: a body (ellipse) with a head, a tail and a wing. The class is given only by small,
+local part details, drawn dark-on-light so they survive colour jitter and grayscale:
+
+    crest on the head   : spike | knob | double spike | none ...   (``CRESTS``)
+    wing bar on the body: single bar | double bar | ...             (``WINGS``)
+    tail shape          : fan | fork | ...                          (``TAILS``)
+
+Everything else varies per image and carries no class information: background texture (stripes, blobs,
+checks, noise) and its colour cast, clutter shapes, the body colour, the object's position, scale, rotation and
+mirror. That is the situation LCR addresses: instance discrimination is easy (every background differs),
+class recognition needs the common rationale (the parts).
+
+The data set is written as an ImageFolder: ``OUT/train/<class>/*.png`` and ``OUT/test/<class>/*.png``, plus
+``OUT/synth.json`` with the options and per-image object boxes. Same options and seed -> same bytes.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from lcr_sdk.errors import InputError
+from lcr_sdk.fileio import atomic_write_text
+
+CRESTS = ("spike", "knob", "double-spike", "flat")
+WINGS = ("single-bar", "double-bar", "spots")
+TAILS = ("fan", "fork", "pin")
+
+
+@dataclass
+class SynthConfig:
+    """Options of the synthetic data set.
+
+    Attributes:
+        num_classes: number of classes, at most len(CRESTS) * len(WINGS) * len(TAILS) = 36.
+        train_per_class: training images per class.
+        test_per_class: test images per class.
+        image_size: side of the square images in pixels.
+        difficulty: 0 (plain backgrounds, large objects) .. 1 (busy, high-contrast clutter, small objects).
+        seed: master seed; every image has its own generator derived from (seed, split, index).
+    """
+
+    num_classes: int = 8
+    train_per_class: int = 120
+    test_per_class: int = 40
+    image_size: int = 112
+    difficulty: float = 0.5
+    seed: int = 0
+
+
+def class_names(num_classes: int) -> list[str]:
+    """Class names, e.g. ``c03_knob_double-bar_fan``; classes are spread over all three part attributes."""
+    combos = list(itertools.product(range(len(CRESTS)), range(len(WINGS)), range(len(TAILS))))
+    if not 2 <= num_classes <= len(combos):
+        raise InputError(f"num_classes={num_classes} is not valid; choose 2..{len(combos)}")
+    # Spread the chosen classes: step through the combinations so that neighbours differ in several parts.
+    step = next(s for s in (7, 5, 11, 13, 1) if math.gcd(s, len(combos)) == 1)
+    picked = [combos[(i * step) % len(combos)] for i in range(num_classes)]
+    return [f"c{i:02d}_{CRESTS[c]}_{WINGS[w]}_{TAILS[t]}" for i, (c, w, t) in enumerate(picked)]
+
+
+def _parts_of(name: str) -> tuple[str, str, str]:
+    _, crest, wing, tail = name.split("_")
+    return crest, wing, tail
+
+
+def _random_colour(rng: np.random.Generator, lo: int = 0, hi: int = 256) -> tuple[int, int, int]:
+    return tuple(int(v) for v in rng.integers(lo, hi, size=3))
+
+
+def _background(rng: np.random.Generator, s: int, difficulty: float) -> np.ndarray:
+    """Class-irrelevant, instance-specific background: textured, colour-cast, cluttered."""
+    yy, xx = np.mgrid[0:s, 0:s].astype(np.float32) / s
+    base = np.array(_random_colour(rng, 40, 216), np.float32)
+    other = np.array(_random_colour(rng, 40, 216), np.float32)
+    kind = rng.integers(4)
+    if kind == 0:  # stripes at a random angle and frequency
+        a, f = rng.uniform(0, math.pi), rng.uniform(3, 12)
+        t = 0.5 + 0.5 * np.sin(2 * math.pi * f * (xx * math.cos(a) + yy * math.sin(a)) + rng.uniform(0, 6.3))
+    elif kind == 1:  # checks
+        f = rng.integers(3, 9)
+        t = ((np.floor(xx * f) + np.floor(yy * f)) % 2).astype(np.float32)
+    elif kind == 2:  # smooth blobs
+        small = rng.random((4, 4)).astype(np.float32)
+        t = cv2.resize(small, (s, s), interpolation=cv2.INTER_CUBIC).clip(0, 1)
+    else:  # fine noise
+        t = cv2.GaussianBlur(rng.random((s, s)).astype(np.float32), (0, 0), 1.0)
+        t = (t - t.min()) / max(float(np.ptp(t)), 1e-6)
+    contrast = 0.3 + 0.7 * difficulty
+    t = 0.5 + (t - 0.5) * contrast
+    img = base[None, None] * (1 - t[..., None]) + other[None, None] * t[..., None]
+    img = img.astype(np.uint8)
+    for _ in range(int(rng.integers(1, 3 + round(6 * difficulty)))):  # clutter shapes
+        c = _random_colour(rng)
+        x, y = (int(v) for v in rng.integers(0, s, size=2))
+        r = int(rng.integers(max(2, s // 20), max(3, s // 7)))
+        if rng.random() < 0.5:
+            cv2.rectangle(img, (x - r, y - r // 2), (x + r, y + r // 2), c, -1)
+        else:
+            cv2.line(img, (x - r, y), (int(x + r * rng.uniform(-1, 1)), y + r), c, max(1, s // 48))
+    return img
+
+
+def _rot(points: np.ndarray, angle: float, centre: np.ndarray, mirror: bool) -> np.ndarray:
+    """Object-frame points (x right = towards head) -> image coordinates."""
+    p = points.copy()
+    if mirror:
+        p[:, 1] = -p[:, 1]
+    c, s = math.cos(angle), math.sin(angle)
+    return (p @ np.array([[c, s], [-s, c]], np.float32)) + centre
+
+
+def _draw_object(img: np.ndarray, rng: np.random.Generator, parts: tuple[str, str, str], difficulty: float) -> list:
+    """Draw the 'bird' and return its bounding box [x0, y0, x1, y1] in pixels."""
+    s = img.shape[0]
+    crest, wing, tail = parts
+    scale = s * rng.uniform(0.34, 0.48) * (1.1 - 0.25 * difficulty)  # body length in px
+    angle = rng.uniform(-0.6, 0.6) + (math.pi if rng.random() < 0.5 else 0.0)
+    mirror = bool(rng.random() < 0.5)
+    margin = 0.62 * scale
+    centre = rng.uniform(margin, s - margin, size=2).astype(np.float32)
+    body_col = _random_colour(rng, 90, 256)
+    L, H = scale / 2, scale / 4.2  # body half-length and half-height (object frame)
+    ink, paper = (15, 15, 15), (245, 245, 245)
+    thick = max(1, round(s / 64))
+
+    def P(*xy):
+        return _rot(np.array(xy, np.float32).reshape(-1, 2), angle, centre, mirror)
+
+    def poly(pts, col):
+        cv2.fillPoly(img, [np.round(pts * 16).astype(np.int32)], col, cv2.LINE_AA, shift=4)
+
+    # tail (class part), behind the body
+    tx = -L * 0.85
+    if tail == "fan":
+        poly(P((tx, 0), (tx - L * 0.6, H * 0.9), (tx - L * 0.6, -H * 0.9)), ink)
+    elif tail == "fork":
+        poly(P((tx, 0), (tx - L * 0.65, H * 1.0), (tx - L * 0.35, 0), (tx - L * 0.65, -H * 1.0)), ink)
+    else:  # pin: one long thin tail
+        poly(P((tx, H * 0.18), (tx - L * 0.8, 0), (tx, -H * 0.18)), ink)
+    # body: ellipse polygon in the body colour with a dark outline
+    t = np.linspace(0, 2 * math.pi, 40, endpoint=False)
+    body = P(*np.stack([L * np.cos(t), H * np.sin(t)], 1).ravel())
+    poly(body, body_col)
+    cv2.polylines(img, [np.round(body * 16).astype(np.int32)], True, ink, thick, cv2.LINE_AA, shift=4)
+    # wing (class part): dark marks on a light wing patch
+    poly(P((-L * 0.45, -H * 0.05), (L * 0.35, -H * 0.05), (L * 0.1, -H * 0.75), (-L * 0.5, -H * 0.7)), paper)
+    if wing in ("single-bar", "double-bar"):
+        xs = (-0.1,) if wing == "single-bar" else (-0.28, 0.08)
+        for x in xs:
+            poly(P((L * x, -H * 0.08), (L * (x + 0.13), -H * 0.08), (L * (x + 0.08), -H * 0.72),
+                   (L * (x - 0.05), -H * 0.72)), ink)
+    else:  # spots
+        for x, y in ((-0.3, -0.35), (-0.05, -0.45), (0.15, -0.3)):
+            c = P((L * x, H * y))[0]
+            cv2.circle(img, (round(c[0] * 16), round(c[1] * 16)), round(H * 0.16 * 16), ink, -1, cv2.LINE_AA, 4)
+    # head with an eye, then the crest (class part) on top of the head
+    hc = P((L * 1.0, -H * 0.35))[0]
+    hr = H * 0.62
+    cv2.circle(img, (round(hc[0] * 16), round(hc[1] * 16)), round(hr * 16), body_col, -1, cv2.LINE_AA, 4)
+    cv2.circle(img, (round(hc[0] * 16), round(hc[1] * 16)), round(hr * 16), ink, thick, cv2.LINE_AA, 4)
+    eye = P((L * 1.12, -H * 0.45))[0]
+    cv2.circle(img, (round(eye[0] * 16), round(eye[1] * 16)), round(hr * 0.22 * 16), ink, -1, cv2.LINE_AA, 4)
+    hx, hy = L * 1.0, -H * 0.35 - hr * 0.85  # top of the head, object frame
+    if crest == "spike":
+        poly(P((hx - hr * 0.35, hy), (hx, hy - hr * 1.3), (hx + hr * 0.35, hy)), ink)
+    elif crest == "double-spike":
+        poly(P((hx - hr * 0.6, hy), (hx - hr * 0.35, hy - hr * 1.2), (hx - hr * 0.1, hy)), ink)
+        poly(P((hx + hr * 0.1, hy), (hx + hr * 0.35, hy - hr * 1.2), (hx + hr * 0.6, hy)), ink)
+    elif crest == "knob":
+        c = P((hx, hy - hr * 0.35))[0]
+        cv2.circle(img, (round(c[0] * 16), round(c[1] * 16)), round(hr * 0.45 * 16), ink, -1, cv2.LINE_AA, 4)
+    else:  # flat: a bar along the top of the head
+        poly(P((hx - hr * 0.7, hy + hr * 0.1), (hx + hr * 0.7, hy + hr * 0.1), (hx + hr * 0.6, hy - hr * 0.3),
+               (hx - hr * 0.6, hy - hr * 0.3)), ink)
+    pts = np.concatenate([body, P((L * 1.0, hy - hr * 1.3)), P((-L * 1.6, 0))])
+    x0, y0 = pts.min(0).clip(0, s)
+    x1, y1 = pts.max(0).clip(0, s)
+    return [round(float(x0)), round(float(y0)), round(float(x1)), round(float(y1))]
+
+
+def render(name: str, rng: np.random.Generator, image_size: int = 112, difficulty: float = 0.5):
+    """Render one image of class ``name``; returns ``(bgr_uint8, box)``."""
+    img = _background(rng, image_size, difficulty)
+    box = _draw_object(img, rng, _parts_of(name), difficulty)
+    cast = rng.uniform(1 - 0.25 * difficulty, 1 + 0.25 * difficulty, size=3)  # per-image colour cast
+    img = (img.astype(np.float32) * cast).clip(0, 255).astype(np.uint8)
+    return img, box
+
+
+def generate(out: str | Path, cfg: SynthConfig | None = None, progress: bool = True) -> Path:
+    """Write the data set to ``out`` (created if needed; existing files with the same names are replaced).
+
+    Returns:
+        The data set root (``out``), laid out as ``train/<class>/*.png`` and ``test/<class>/*.png``.
+    """
+    cfg = cfg or SynthConfig()
+    if cfg.image_size < 32:
+        raise InputError(f"image_size={cfg.image_size} is too small for visible parts; use >= 32")
+    if not 0.0 <= cfg.difficulty <= 1.0:
+        raise InputError(f"difficulty={cfg.difficulty} must be between 0 and 1")
+    if cfg.train_per_class < 1 or cfg.test_per_class < 2:
+        raise InputError("train_per_class must be >= 1 and test_per_class >= 2 (retrieval needs a second image)")
+    out = Path(out)
+    names = class_names(cfg.num_classes)
+    jobs = [(split, si, ci, i) for si, (split, n) in enumerate((("train", cfg.train_per_class),
+                                                               ("test", cfg.test_per_class)))
+            for ci in range(len(names)) for i in range(n)]
+    boxes: dict[str, list[int]] = {}
+    from tqdm import tqdm
+
+    for split, si, ci, i in tqdm(jobs, desc="synth data", unit="img", disable=not progress, leave=False):
+        folder = out / split / names[ci]
+        folder.mkdir(parents=True, exist_ok=True)
+        rng = np.random.default_rng([cfg.seed, si, ci, i])
+        img, box = render(names[ci], rng, cfg.image_size, cfg.difficulty)
+        rel = f"{split}/{names[ci]}/{i:05d}.png"
+        if not cv2.imwrite(str(out / rel), img):
+            raise OSError(f"could not write {out / rel}")
+        boxes[rel] = box
+    meta = {"generator": "lcr_sdk.synth", "config": asdict(cfg), "classes": names, "boxes": boxes}
+    atomic_write_text(out / "synth.json", json.dumps(meta, indent=1))
+    return out

@@ -1,0 +1,88 @@
+"""Shared fixtures: a small synthetic data set and small real checkpoints (random-init ResNet-18, real BN stats)."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+HAS_TORCH = importlib.util.find_spec("torch") is not None
+
+
+def _has_tensorrt() -> bool:
+    try:
+        import tensorrt  # noqa: F401
+    except Exception:  # ImportError, or OSError when NVIDIA's libraries are missing
+        return False
+    return True
+
+
+def _has_cuda() -> bool:
+    if not HAS_TORCH:
+        return False
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def pytest_collection_modifyitems(config, items):
+    skips = {
+        "torch": (HAS_TORCH, "torch not installed (pip install 'lcr-sdk[train,export]')"),
+        "tensorrt": (None, "TensorRT not importable here (JetPack or pip install 'lcr-sdk[trt]' on a CUDA machine)"),
+        "cuda": (None, "no CUDA GPU"),
+    }
+    cache = {}
+    for item in items:
+        for name, (available, why) in skips.items():
+            if name in item.keywords:
+                if available is None:
+                    if name not in cache:
+                        cache[name] = _has_tensorrt() if name == "tensorrt" else _has_cuda()
+                    available = cache[name]
+                if not available:
+                    item.add_marker(pytest.mark.skip(reason=why))
+
+
+@pytest.fixture(scope="session")
+def synth_root(tmp_path_factory) -> Path:
+    """A small synthetic ImageFolder data set: 4 classes, 6 train and 4 test images each, 64 px."""
+    from lcr_sdk.synth import SynthConfig, generate
+
+    root = tmp_path_factory.mktemp("synth")
+    return generate(root, SynthConfig(num_classes=4, train_per_class=6, test_per_class=4, image_size=64, seed=1),
+                    progress=False)
+
+
+def make_checkpoint(path: Path, method: str = "lcr", arch: str = "resnet18", image_size: int = 64,
+                    num_parts: int = 8, seed: int = 0) -> Path:
+    """Write a real lcr-sdk checkpoint of a random-init network whose BN statistics came from real batches."""
+    import torch
+
+    from lcr_sdk.train.checkpoint import save_checkpoint
+    from lcr_sdk.train.model import LCRNet
+
+    torch.manual_seed(seed)
+    net = LCRNet(arch, method, num_parts)
+    net.train()
+    with torch.no_grad():
+        for _ in range(3):  # give BN running stats realistic values
+            f = net.features(torch.randn(8, 3, image_size, image_size))
+            net.parts(f)
+    net.eval()
+    config = {"arch": arch, "method": method, "num_parts": num_parts, "image_size": image_size, "seed": seed}
+    return save_checkpoint(path, {"config": config, "model": net.state_dict()})
+
+
+@pytest.fixture(scope="session")
+def lcr_checkpoint(tmp_path_factory) -> Path:
+    if not HAS_TORCH:
+        pytest.skip("torch not installed")
+    return make_checkpoint(tmp_path_factory.mktemp("ckpt") / "lcr.pt", "lcr")
+
+
+@pytest.fixture(scope="session")
+def moco_checkpoint(tmp_path_factory) -> Path:
+    if not HAS_TORCH:
+        pytest.skip("torch not installed")
+    return make_checkpoint(tmp_path_factory.mktemp("ckpt") / "moco.pt", "moco")

@@ -1,0 +1,92 @@
+"""Checkpoints (DESIGN.md section 2): one dict, loadable with ``torch.load(path, weights_only=True)``.
+
+    {
+      "format": "lcr-sdk-checkpoint", "format_version": 1, "sdk_version": "0.1.0",
+      "config": {...},                # TrainConfig as plain types (arch, method, num_parts, image_size, ...)
+      "model": {...},                 # LCRNet state dict: backbone.* + gfb.*, the deployable part
+      "metrics": {...},               # optional: last evaluation (never used for model selection)
+      "train_state": {...},           # optional, for --resume: key encoder, heads, queue, optimiser, ...
+    }
+
+Written atomically (temp file + rename), so a killed run never leaves a half-written checkpoint.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lcr_sdk._version import __version__
+from lcr_sdk.errors import ModelError
+from lcr_sdk.fileio import atomic_path
+
+FORMAT = "lcr-sdk-checkpoint"
+FORMAT_VERSION = 1
+
+
+def save_checkpoint(path: str | os.PathLike, ckpt: dict[str, Any]) -> Path:
+    """Save ``ckpt`` (format fields added) to ``path`` atomically."""
+    path = Path(path)
+    ckpt = {"format": FORMAT, "format_version": FORMAT_VERSION, "sdk_version": __version__, **ckpt}
+    with atomic_path(path) as tmp:
+        torch.save(ckpt, tmp)
+    return path
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load and validate an lcr-sdk checkpoint.
+
+    Raises:
+        ModelError: missing file, not a torch file (corrupt or truncated), not an lcr-sdk checkpoint, or a
+            newer format version; the message says what to do.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ModelError(f"checkpoint {path} does not exist; train one with `lcr-sdk train DATA --out DIR`")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError) as e:
+        raise ModelError(
+            f"{path} ({path.stat().st_size} bytes) is not a readable PyTorch checkpoint ({str(e).splitlines()[0]}); "
+            "it may be truncated or corrupt: re-copy it or retrain"
+        ) from e
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        keys = sorted(ckpt)[:6] if isinstance(ckpt, dict) else type(ckpt).__name__
+        raise ModelError(
+            f"{path} is a PyTorch file but not an lcr-sdk checkpoint (found {keys}); for torchvision weights use "
+            "`lcr-sdk train --pretrained PATH`"
+        )
+    version = ckpt.get("format_version")
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise ModelError(
+            f"{path} has checkpoint format_version {version!r}, newer than this lcr-sdk {__version__} reads "
+            f"({FORMAT_VERSION}); upgrade lcr-sdk (pip install -U lcr-sdk)"
+        )
+    for key in ("config", "model"):
+        if key not in ckpt:
+            raise ModelError(f"{path} is an lcr-sdk checkpoint without '{key}'; it is damaged, retrain or re-copy")
+    return ckpt
+
+
+def build_net(ckpt: dict[str, Any]):
+    """The deployable :class:`LCRNet` of a loaded checkpoint, weights loaded, in eval mode."""
+    from lcr_sdk.train.model import LCRNet
+
+    cfg = ckpt["config"]
+    net = LCRNet(cfg["arch"], cfg["method"], cfg.get("num_parts", 32))
+    try:
+        net.load_state_dict(ckpt["model"])
+    except RuntimeError as e:
+        raise ModelError(f"checkpoint weights do not match arch={cfg['arch']} method={cfg['method']}: {e}") from e
+    return net.eval()
+
+
+def load_net(path: str | os.PathLike):
+    """Load a checkpoint file and return ``(net, ckpt)``."""
+    ckpt = load_checkpoint(path)
+    return build_net(ckpt), ckpt

@@ -1,0 +1,173 @@
+"""The deployable LCR network: ResNet trunk + GradCAM Fitting Branch (GFB) + mask-weighted pooling.
+
+Paper: Shu, van den Hengel, Liu, "Learning Common Rationale to Improve Self-Supervised Representation for
+Fine-Grained Visual Recognition Problems", CVPR 2023 (arXiv 2303.01669). DESIGN.md section 1.
+
+Pieces export and the runtime wrap (never re-implement):
+    features(x)   -> F, B x C x h x w          (layer4 of the ResNet)
+    parts(F)      -> P, B x K x h x w          (GFB: 1x1 conv C->K, BN, ReLU); None for method 'moco'
+    attention(F)  -> M, B x h x w in [0, 1]    (per-image min-max of max_k P; all ones for 'moco')
+    pool(F, M)    -> e, B x C, unit length     (sum(M * F) / sum(M))
+    embed(x)      -> e
+DeployModel wraps them with the in-graph preprocessing (uint8 NHWC BGR in), which is what gets exported.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+import torchvision
+from torch import nn
+
+from lcr_sdk.manifest import IMAGENET_MEAN, IMAGENET_STD
+
+ARCHS = {"resnet18": 512, "resnet34": 512, "resnet50": 2048, "resnet101": 2048}
+METHODS = ("lcr", "moco")
+
+
+class GradCAMFittingBranch(nn.Module):
+    """GFB: K part detectors on the feature map; their max over K is trained to fit the contrastive Grad-CAM.
+
+    Args:
+        in_channels: C, channels of the feature map.
+        num_parts: K, number of part maps (paper: 32).
+    """
+
+    def __init__(self, in_channels: int, num_parts: int = 32):
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, num_parts, kernel_size=1, bias=False)
+        self.bn = nn.BatchNorm2d(num_parts)
+
+    def forward(self, feats: torch.Tensor) -> torch.Tensor:
+        return F.relu(self.bn(self.conv(feats)))  # B x K x h x w
+
+
+def minmax_mask(a: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """Per-image min-max normalisation of B x h x w maps to [0, 1]; a flat map becomes all ones.
+
+    Per image, never over the batch (the released code's defect: features then depend on the batch).
+    """
+    flat = a.flatten(1)  # B x hw
+    lo = flat.min(dim=1, keepdim=True).values
+    rng = flat.max(dim=1, keepdim=True).values - lo
+    m = torch.where(rng > eps, (flat - lo) / rng.clamp_min(eps), torch.ones_like(flat))
+    return m.view_as(a)
+
+
+def masked_pool(feats: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """e = L2norm(sum(M * F) / sum(M)) over positions. feats B x C x h x w, mask B x h x w -> B x C."""
+    m = mask.unsqueeze(1)  # B x 1 x h x w
+    pooled = (feats * m).sum(dim=(2, 3)) / m.sum(dim=(2, 3)).clamp_min(1e-6)  # B x C
+    return F.normalize(pooled, dim=1)
+
+
+class LCRNet(nn.Module):
+    """Backbone (+ GFB for method 'lcr'): the deployable part of an LCR / MoCo v2 model.
+
+    State-dict keys: ``backbone.*`` (torchvision ResNet names, no ``fc``) and ``gfb.*``.
+
+    Args:
+        arch: torchvision ResNet name (resnet18 / resnet34 / resnet50 / resnet101).
+        method: 'lcr' (GFB attention pooling) or 'moco' (plain average pooling).
+        num_parts: K of the GFB (ignored for 'moco').
+    """
+
+    def __init__(self, arch: str = "resnet50", method: str = "lcr", num_parts: int = 32):
+        super().__init__()
+        if arch not in ARCHS:
+            raise ValueError(f"arch {arch!r} is not supported; choose one of {sorted(ARCHS)}")
+        if method not in METHODS:
+            raise ValueError(f"method {method!r} is not supported; choose one of {METHODS}")
+        self.arch, self.method = arch, method
+        self.dim = ARCHS[arch]
+        self.num_parts = num_parts if method == "lcr" else 0
+        backbone = getattr(torchvision.models, arch)(weights=None)
+        backbone.fc = nn.Identity()
+        del backbone.avgpool
+        self.backbone = backbone
+        self.gfb = GradCAMFittingBranch(self.dim, num_parts) if method == "lcr" else None
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Normalised RGB B x 3 x H x W -> layer4 feature map B x C x h x w."""
+        b = self.backbone
+        x = b.maxpool(b.relu(b.bn1(b.conv1(x))))
+        return b.layer4(b.layer3(b.layer2(b.layer1(x))))
+
+    def parts(self, feats: torch.Tensor) -> torch.Tensor | None:
+        """Part maps P, B x K x h x w (None for 'moco')."""
+        return self.gfb(feats) if self.gfb is not None else None
+
+    def raw_attention(self, feats: torch.Tensor, parts: torch.Tensor | None = None) -> torch.Tensor:
+        """A = max over K of P (B x h x w), before normalisation; ones for 'moco'."""
+        if self.gfb is None:
+            return feats.new_ones(feats.shape[0], *feats.shape[2:])
+        parts = self.parts(feats) if parts is None else parts
+        return parts.max(dim=1).values
+
+    def attention(self, feats: torch.Tensor, parts: torch.Tensor | None = None) -> torch.Tensor:
+        """Mask M in [0, 1], B x h x w (per-image min-max of A; all ones for 'moco')."""
+        if self.gfb is None:
+            return feats.new_ones(feats.shape[0], *feats.shape[2:])
+        return minmax_mask(self.raw_attention(feats, parts))
+
+    def pool(self, feats: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return masked_pool(feats, mask)
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """Normalised RGB images -> unit embeddings B x C."""
+        f = self.features(x)
+        return self.pool(f, self.attention(f))
+
+
+class Preprocess(nn.Module):
+    """uint8 N x H x W x 3 BGR -> float N x 3 x H x W RGB, ImageNet mean/std. Lives inside the exported graph."""
+
+    def __init__(self, mean=IMAGENET_MEAN, std=IMAGENET_STD):
+        super().__init__()
+        # Folded: (x/255 - mean)/std = x * scale + shift, in BGR order to skip a separate channel flip constant.
+        self.register_buffer("scale", torch.tensor([1.0 / (255.0 * s) for s in std]).view(1, 3, 1, 1))
+        self.register_buffer("shift", torch.tensor([-m / s for m, s in zip(mean, std)]).view(1, 3, 1, 1))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        x = images.permute(0, 3, 1, 2).flip(1).float()  # N x 3 x H x W, RGB
+        return x * self.scale + self.shift
+
+
+class DeployModel(nn.Module):
+    """What export traces and the PyTorch backend runs: images (uint8 NHWC BGR) -> embedding, attention[, parts]."""
+
+    def __init__(self, net: LCRNet):
+        super().__init__()
+        self.preprocess = Preprocess()
+        self.net = net.eval()
+
+    def forward(self, images: torch.Tensor):
+        f = self.net.features(self.preprocess(images))  # N x C x h x w
+        p = self.net.parts(f)  # N x K x h x w or None
+        m = self.net.attention(f, p)  # N x h x w
+        e = self.net.pool(f, m)  # N x C
+        return (e, m) if p is None else (e, m, p)
+
+
+def feature_size(arch: str, height: int, width: int) -> tuple[int, int]:
+    """h, w of the layer4 map for an input size (ResNet: stride 32, rounding up at each stride-2 step)."""
+    def down(n: int) -> int:
+        for _ in range(5):
+            n = (n + 1) // 2
+        return n
+    return down(height), down(width)
+
+
+def torchvision_to_backbone(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Map a torchvision ResNet state dict (``conv1.weight``, ``fc.*``...) to LCRNet ``backbone.*`` keys.
+
+    ``fc.*`` is dropped; keys already prefixed with ``backbone.`` pass through (an LCR checkpoint's model state).
+    """
+    out = {}
+    for k, v in state.items():
+        if k.startswith("module."):
+            k = k[len("module."):]
+        if k.startswith("fc."):
+            continue
+        out[k if k.startswith("backbone.") else f"backbone.{k}"] = v
+    return out
