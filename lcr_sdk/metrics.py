@@ -1,0 +1,70 @@
+"""Retrieval and classification metrics (numpy only), as DESIGN.md section 1 defines them.
+
+Leave-one-out retrieval: each test image queries all *other* test images by cosine similarity of unit embeddings.
+Ties in score are broken by gallery order (lower index first), the same rule ``Gallery.search`` uses, so both
+give the same Rank-1. A query whose class has no other member cannot be answered and is left out of Rank-k and
+mAP (counted in ``unanswerable``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def ranking(scores: np.ndarray) -> np.ndarray:
+    """Indices that sort each row of ``scores`` by descending score, ties by ascending index (stable)."""
+    return np.argsort(-scores, axis=1, kind="stable")
+
+
+def average_precision(relevant_in_rank_order: np.ndarray) -> float:
+    """AP of one ranked list given as booleans (True = same class), over all relevant items."""
+    rel = np.asarray(relevant_in_rank_order, dtype=bool)
+    n_rel = int(rel.sum())
+    if n_rel == 0:
+        return float("nan")
+    hits = np.cumsum(rel)
+    precision_at_hits = hits[rel] / (np.flatnonzero(rel) + 1)
+    return float(precision_at_hits.sum() / n_rel)
+
+
+def retrieval_metrics(embeddings: np.ndarray, labels, ks: tuple[int, ...] = (1, 5)) -> dict[str, float]:
+    """Leave-one-out Rank-k and mAP of unit embeddings (N x D) with class labels (N,).
+
+    Returns:
+        ``{"rank1": .., "rank5": .., "mAP": .., "queries": n_answerable, "unanswerable": n}``; ranks and mAP
+        are fractions in [0, 1].
+    """
+    emb = np.asarray(embeddings, dtype=np.float32)
+    labels = np.asarray(labels)
+    n = len(emb)
+    if emb.ndim != 2 or n != len(labels):
+        raise ValueError(f"need N x D embeddings and N labels, got {emb.shape} and {labels.shape}")
+    scores = emb @ emb.T
+    np.fill_diagonal(scores, -np.inf)  # never retrieve yourself
+    order = ranking(scores)[:, : n - 1]  # the query itself is last
+    relevant = labels[order] == labels[:, None]  # N x (N-1), in rank order
+    answerable = relevant.any(axis=1)
+    out: dict[str, float] = {}
+    for k in ks:
+        hit = relevant[:, :k].any(axis=1)
+        out[f"rank{k}"] = float(hit[answerable].mean()) if answerable.any() else float("nan")
+    aps = [average_precision(r) for r in relevant[answerable]]
+    out["mAP"] = float(np.mean(aps)) if aps else float("nan")
+    out["queries"] = int(answerable.sum())
+    out["unanswerable"] = int((~answerable).sum())
+    return out
+
+
+def knn_top1(train_emb: np.ndarray, train_labels, test_emb: np.ndarray, test_labels, k: int = 20,
+             temperature: float = 0.07) -> float:
+    """Weighted kNN classification top-1 (Wu et al. 2018): vote of the k nearest train items, weight exp(s/T)."""
+    train_labels, test_labels = np.asarray(train_labels), np.asarray(test_labels)
+    classes, train_idx = np.unique(train_labels, return_inverse=True)
+    k = min(k, len(train_emb))
+    scores = np.asarray(test_emb, np.float32) @ np.asarray(train_emb, np.float32).T
+    top = ranking(scores)[:, :k]
+    weights = np.exp(np.take_along_axis(scores, top, axis=1) / temperature)
+    votes = np.zeros((len(test_emb), len(classes)))
+    np.add.at(votes, (np.arange(len(test_emb))[:, None], train_idx[top]), weights)
+    pred = classes[votes.argmax(axis=1)]
+    return float((pred == test_labels).mean())
