@@ -1,0 +1,626 @@
+"""Frame sources and sinks for the demos: cameras, streams, files and image folders in; windows and files out.
+
+    from lcr_sdk.video import open_source, open_sink
+    with open_source("csi://0") as source, open_sink("display://0") as sink:
+        for frame in source:                  # Frame: .image (BGR uint8), .index, .timestamp, .ok
+            sink.render(frame.image)          # returns the key pressed in the window, or -1
+
+Source URIs: ``0`` or ``/dev/video0`` (USB/V4L2 camera), ``csi://0`` (Jetson CSI camera, GStreamer), ``rtsp://...``
+(also ``rtmp://``, ``http(s)://``), a video file (``clip.mp4``), an image file, a folder of images or a glob
+(``"imgs/*.jpg"``). Live sources (cameras, streams) are read on a background thread that keeps only the newest
+frame, so a slow consumer always gets current frames, and a dropped source is reopened with exponential backoff;
+meanwhile iteration yields placeholder frames (``ok=False``) that show the status. A file ends the iteration.
+
+Sink URIs: ``display://0`` (a window), ``out.mp4`` / ``.avi`` / ``.mkv`` (a video, finalised on close under a
+temporary name first), ``frames/`` (a folder of PNG frames), ``last.png`` (one image, overwritten each frame).
+
+Tests inject failures through ``opener``: a callable returning a :class:`Reader` (``read() -> image | None``,
+``close()``), called again to reconnect.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import re
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import cv2
+import numpy as np
+
+from lcr_sdk.errors import InputError
+from lcr_sdk.images import IMAGE_SUFFIXES, list_images, read_image
+
+VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".mov", ".m4v", ".webm", ".mpg", ".mpeg", ".ts", ".h264", ".h265")
+STREAM_SCHEMES = ("rtsp://", "rtsps://", "rtmp://", "http://", "https://")
+_FOURCC = {".mp4": "mp4v", ".m4v": "mp4v", ".mov": "mp4v", ".avi": "MJPG", ".mkv": "XVID"}
+SOURCE_FORMS = ("0 | /dev/video0 (USB camera), csi://0 (Jetson CSI camera), rtsp://host/path, clip.mp4, image.jpg, "
+                "a folder of images, 'glob/*.png'")
+SINK_FORMS = "display://0 (window), out.mp4 | out.avi | out.mkv (video), frames/ (PNG folder), last.png (image)"
+
+
+@dataclass
+class Frame:
+    """One captured frame.
+
+    Attributes:
+        image: BGR uint8 H x W x 3.
+        index: increases by one per captured frame of this source, from 0 (frames dropped by the newest-frame
+            reader leave gaps); a placeholder repeats the last index, so it never goes backwards.
+        timestamp: ``time.monotonic()`` at capture.
+        ok: False for a placeholder yielded while a live source is down; its image shows the status.
+    """
+
+    image: np.ndarray
+    index: int
+    timestamp: float
+    ok: bool = True
+
+
+class Reader(Protocol):
+    """What a source reads from: ``read()`` returns a BGR image or None (end of file, or a dropped stream)."""
+
+    def read(self) -> np.ndarray | None: ...
+
+    def close(self) -> None: ...
+
+
+Opener = Callable[[], Reader]
+
+
+class CaptureReader:
+    """A :class:`Reader` over ``cv2.VideoCapture``."""
+
+    def __init__(self, cap: cv2.VideoCapture):
+        self.cap = cap
+
+    def read(self) -> np.ndarray | None:
+        ok, image = self.cap.read()
+        return image if ok else None
+
+    def close(self) -> None:
+        self.cap.release()
+
+
+class ImageListReader:
+    """A :class:`Reader` over image files, in order."""
+
+    def __init__(self, paths: list[Path]):
+        self.paths, self.pos = paths, 0
+
+    def read(self) -> np.ndarray | None:
+        if self.pos >= len(self.paths):
+            return None
+        self.pos += 1
+        return read_image(self.paths[self.pos - 1])
+
+    def close(self) -> None:
+        self.pos = len(self.paths)
+
+
+# ----------------------------------------------------------------------------------------------------- sources
+class Source:
+    """Frames from somewhere; iterate it, or call :meth:`read`. Close it (or use ``with``) when done."""
+
+    live = False
+
+    def __init__(self, uri: str):
+        self.uri = uri
+        self._ended = False
+
+    def read(self, timeout: float | None = None) -> Frame | None:
+        """The next frame, or None at the end of the stream (a live source: also when ``timeout`` passed)."""
+        raise NotImplementedError
+
+    @property
+    def ended(self) -> bool:
+        """True once the stream is over (end of a file; a live source that was closed or gave up)."""
+        return self._ended
+
+    @property
+    def status(self) -> str:
+        """One line for the screen: what the source is doing."""
+        return "ended" if self._ended else "ok"
+
+    def __iter__(self) -> Iterator[Frame]:
+        while (frame := self.read()) is not None:
+            yield frame
+
+    def close(self) -> None:
+        self._ended = True
+
+    def __enter__(self) -> Source:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.uri!r}, status={self.status!r})"
+
+
+class FileSource(Source):
+    """A video file or a list of images, read on demand (no frame is skipped); the end stops the iteration.
+
+    Args:
+        opener: returns a fresh :class:`Reader` positioned at the start (called again to loop).
+        uri: for messages.
+        size: (width, height) to resize frames to, or None.
+        fps: pace reading to this rate (real-time playback); None reads as fast as the consumer asks.
+        loop: start again at the end instead of ending.
+    """
+
+    def __init__(self, opener: Opener, uri: str, size: tuple[int, int] | None = None, fps: float | None = None,
+                 loop: bool = False):
+        super().__init__(uri)
+        self._opener, self._size, self._loop = opener, size, loop
+        self._period = 1.0 / fps if fps else 0.0
+        self._reader: Reader | None = opener()
+        self._index = 0
+        self._due = time.monotonic()
+
+    def read(self, timeout: float | None = None) -> Frame | None:
+        if self._ended or self._reader is None:
+            return None
+        image = self._reader.read()
+        if image is None and self._loop and self._index > 0:
+            self._reader.close()
+            self._reader = self._opener()
+            image = self._reader.read()
+        if image is None:
+            self.close()
+            return None
+        if self._period:
+            self._due += self._period
+            time.sleep(max(0.0, self._due - time.monotonic()))
+        frame = Frame(_fit(image, self._size), self._index, time.monotonic())
+        self._index += 1
+        return frame
+
+    def close(self) -> None:
+        super().close()
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
+
+
+class LiveSource(Source):
+    """A camera or stream read on a background thread that keeps only the newest frame.
+
+    :meth:`read` returns a frame newer than the last one it returned (never an older one or the same one); a
+    consumer slower than the camera skips frames instead of falling behind. When a read fails or raises, the
+    reader is closed and reopened with exponential backoff (``backoff[0]`` doubling up to ``backoff[1]`` seconds),
+    forever or up to ``max_retries`` attempts in a row, after which the source ends.
+
+    Args:
+        opener: returns a fresh :class:`Reader`; may raise. Called once here (errors propagate, so a wrong camera
+            index fails at once) and again for each reconnection.
+        uri: for messages.
+        size: (width, height) of placeholder frames before the first real frame.
+        backoff: first and largest wait between reconnection attempts, seconds.
+        max_retries: reconnection attempts in a row before giving up; None retries forever.
+        gap: while no new frame arrives for this long, iteration yields a placeholder (``ok=False``).
+    """
+
+    live = True
+
+    def __init__(self, opener: Opener, uri: str, size: tuple[int, int] | None = None,
+                 backoff: tuple[float, float] = (0.5, 8.0), max_retries: int | None = None, gap: float = 0.5):
+        super().__init__(uri)
+        self._opener, self._backoff, self._max_retries, self.gap = opener, backoff, max_retries, gap
+        self._size = size or (640, 480)
+        self._cond = threading.Condition()
+        self._stop = threading.Event()
+        self._latest: Frame | None = None
+        self._returned = -1  # index of the last frame read() returned
+        self._status, self._status_reason = "ok", "source lost"
+        self.reconnects = 0  # successful reopenings, for status and tests
+        reader = opener()
+        self._thread = threading.Thread(target=self._run, args=(reader,), name=f"LiveSource({uri})", daemon=True)
+        self._thread.start()
+
+    def _run(self, reader: Reader | None) -> None:
+        index, attempt = 0, 0
+        while not self._stop.is_set():
+            if reader is None:
+                delay = min(self._backoff[0] * 2 ** max(attempt - 1, 0), self._backoff[1])
+                if self._max_retries is not None and attempt >= self._max_retries:
+                    self._set_status(f"gave up after {attempt} reconnection attempts")
+                    break
+                attempt += 1
+                self._set_status(f"{self._status_reason}; reconnecting (attempt {attempt}) in {delay:.1f} s")
+                if self._stop.wait(delay):
+                    break
+                try:
+                    reader = self._opener()
+                except Exception as e:  # any opener failure means "still down": retry with a longer wait
+                    self._status_reason = f"reopen failed: {_short(e)}"
+                    continue
+                self.reconnects += 1
+            try:
+                image = reader.read()
+                why = "no frame (stream dropped)"
+            except Exception as e:  # a failing device/stream must not kill the thread; reopen instead
+                image, why = None, f"read failed: {_short(e)}"
+            if image is None:
+                reader.close()
+                reader, self._status_reason = None, why
+                continue
+            attempt = 0
+            with self._cond:
+                self._latest = Frame(image, index, time.monotonic())
+                self._status = "ok"
+                self._cond.notify_all()
+            index += 1
+        if reader is not None:
+            reader.close()
+        with self._cond:
+            self._ended = True
+            self._cond.notify_all()
+
+    def _set_status(self, text: str) -> None:
+        with self._cond:
+            self._status = text
+
+    @property
+    def status(self) -> str:
+        if self._ended and not self._stop.is_set():
+            return f"ended: {self._status}"
+        return "ended" if self._ended else self._status
+
+    def read(self, timeout: float | None = None) -> Frame | None:
+        with self._cond:
+            fresh = self._cond.wait_for(
+                lambda: self._ended or (self._latest is not None and self._latest.index > self._returned), timeout)
+            if not fresh or self._latest is None or self._latest.index <= self._returned:
+                return None  # timed out, or ended with nothing new
+            self._returned = self._latest.index
+            return self._latest
+
+    def placeholder(self) -> Frame:
+        """A frame that shows the status (the last image darkened, or grey), with the last index returned."""
+        last = self._latest
+        image = (last.image // 3) if last is not None else np.full((self._size[1], self._size[0], 3), 64, np.uint8)
+        draw_text(image, [f"{self.uri}: {self.status}"], origin=(8, image.shape[0] // 2))
+        return Frame(image, max(self._returned, 0), time.monotonic(), ok=False)
+
+    def __iter__(self) -> Iterator[Frame]:
+        while True:
+            frame = self.read(timeout=self.gap)
+            if frame is not None:
+                yield frame
+            elif self.ended:
+                return
+            else:
+                yield self.placeholder()
+
+    def close(self) -> None:
+        self._stop.set()
+        with self._cond:
+            self._cond.notify_all()
+        if self._thread is not threading.current_thread():
+            self._thread.join(timeout=5.0)  # a blocked stream read returns within its own timeout
+        self._ended = True
+
+
+def has_gstreamer() -> bool:
+    """Whether this OpenCV was built with GStreamer (needed for ``csi://`` cameras)."""
+    m = re.search(r"GStreamer:\s*(\w+)", cv2.getBuildInformation())
+    return bool(m and m.group(1).upper() == "YES")
+
+
+def csi_pipeline(sensor_id: int = 0, width: int = 1280, height: int = 720, fps: float = 30) -> str:
+    """The GStreamer pipeline for a Jetson CSI camera (nvarguscamerasrc) ending in a BGR appsink."""
+    return (f"nvarguscamerasrc sensor-id={sensor_id} ! video/x-raw(memory:NVMM), width={width}, height={height}, "
+            f"framerate={round(fps)}/1, format=NV12 ! nvvidconv ! video/x-raw, format=BGRx ! videoconvert ! "
+            "video/x-raw, format=BGR ! appsink drop=true max-buffers=1 sync=false")
+
+
+def _capture_opener(target: int | str, api: int, what: str, hint: str, width: int | None = None,
+                    height: int | None = None, fps: float | None = None) -> Opener:
+    """An opener for ``cv2.VideoCapture(target, api)``; raises :class:`InputError` if it does not open."""
+    def opener() -> CaptureReader:
+        cap = cv2.VideoCapture(target, api)
+        if not cap.isOpened():
+            cap.release()
+            raise InputError(f"could not open {what}; {hint}")
+        for prop, value in ((cv2.CAP_PROP_FRAME_WIDTH, width), (cv2.CAP_PROP_FRAME_HEIGHT, height),
+                            (cv2.CAP_PROP_FPS, fps)):
+            if value:
+                cap.set(prop, value)
+        cap.set(cv2.CAP_PROP_BUFFERSIZE, 1)  # keep the driver queue short; the thread keeps the newest anyway
+        return CaptureReader(cap)
+    return opener
+
+
+def open_source(uri: str | int | os.PathLike, width: int | None = None, height: int | None = None,
+                fps: float | None = None, loop: bool = False, opener: Opener | None = None,
+                backoff: tuple[float, float] = (0.5, 8.0), max_retries: int | None = None) -> Source:
+    """Open a frame source by URI (see the module docstring for the forms).
+
+    Args:
+        uri: camera index / device, ``csi://N``, stream URL, video file, image file, folder or glob.
+        width, height: requested capture size of a camera; frames of a file or images are resized to it.
+        fps: requested camera frame rate; for a file, plays it back at this rate instead of as fast as possible.
+        loop: start a file or image list again at its end.
+        opener: replaces how the source is opened (tests simulate failing devices with it).
+        backoff: first and largest wait between reconnections of a live source, seconds.
+        max_retries: reconnection attempts in a row before a live source gives up (None: forever).
+
+    Raises:
+        InputError: the URI names nothing that exists or can be opened; the message lists the valid forms.
+    """
+    uri = str(os.fspath(uri)) if not isinstance(uri, int) else str(uri)
+    size = (width, height) if width and height else None
+    live_kw = dict(size=size, backoff=backoff, max_retries=max_retries)
+    if opener is not None:
+        live = uri.isdigit() or uri.startswith(("/dev/video", "v4l2://", "csi://", *STREAM_SCHEMES))
+        return LiveSource(opener, uri, **live_kw) if live else FileSource(opener, uri, size, fps, loop)
+    linux_v4l2 = cv2.CAP_V4L2 if sys.platform.startswith("linux") else cv2.CAP_ANY
+    if uri.isdigit() or uri.startswith(("/dev/video", "v4l2://")):
+        target: int | str = int(uri) if uri.isdigit() else uri.removeprefix("v4l2://")
+        hint = ("check that the camera is plugged in and not used by another program (`ls /dev/video*`, "
+                "`v4l2-ctl --list-devices`), and that you may read it (the `video` group)")
+        return LiveSource(_capture_opener(target, linux_v4l2, f"camera {uri}", hint, width, height, fps), uri,
+                          **live_kw)
+    if uri.startswith("csi://"):
+        if not has_gstreamer():
+            raise InputError(
+                f"{uri} needs OpenCV built with GStreamer, and this OpenCV {cv2.__version__} has none "
+                "(cv2.getBuildInformation() says 'GStreamer: NO'; the pip wheel opencv-python never has it). On a "
+                "Jetson use JetPack's OpenCV: `pip uninstall -y opencv-python opencv-python-headless` in a venv made "
+                "with `python3 -m venv --system-site-packages`, so that `import cv2` finds the system OpenCV "
+                "(`sudo apt install python3-opencv` or `nvidia-opencv`). Or use a USB camera (0 or /dev/video0).")
+        pipe = csi_pipeline(int(uri.removeprefix("csi://") or 0), width or 1280, height or 720, fps or 30)
+        hint = ("check the ribbon cable and `nvgstcapture-1.0`; if another process holds the camera, "
+                "`sudo systemctl restart nvargus-daemon`")
+        return LiveSource(_capture_opener(pipe, cv2.CAP_GSTREAMER, f"CSI camera {uri}", hint), uri, **live_kw)
+    if uri.startswith(STREAM_SCHEMES):
+        hint = ("check the URL, credentials (rtsp://user:pass@host/path) and that the stream plays in "
+                "`ffplay URL`; for RTSP over TCP set OPENCV_FFMPEG_CAPTURE_OPTIONS='rtsp_transport;tcp'")
+        return LiveSource(_capture_opener(uri, cv2.CAP_FFMPEG, f"stream {uri}", hint), uri, **live_kw)
+    path = Path(uri)
+    if any(c in uri for c in "*?[") and not path.exists():
+        paths = sorted(Path(p) for p in glob.glob(uri) if Path(p).suffix.lower() in IMAGE_SUFFIXES)
+        if not paths:
+            raise InputError(f"the pattern {uri!r} matches no image files ({', '.join(IMAGE_SUFFIXES)})")
+        return FileSource(lambda: ImageListReader(paths), uri, size, fps, loop)
+    if path.is_dir():
+        paths = list_images(path)
+        if not paths:
+            raise InputError(f"folder {path} holds no image files ({', '.join(IMAGE_SUFFIXES)}); valid sources: "
+                             f"{SOURCE_FORMS}")
+        return FileSource(lambda: ImageListReader(paths), uri, size, fps, loop)
+    if not path.is_file():
+        raise InputError(f"source {uri!r} is not a camera, stream, file or folder that exists; valid sources: "
+                         f"{SOURCE_FORMS}")
+    if path.suffix.lower() in IMAGE_SUFFIXES:
+        read_image(path)  # fail now, with the image reader's message, if it is not an image
+        return FileSource(lambda: ImageListReader([path]), uri, size, fps, loop)
+
+    def open_file() -> CaptureReader:
+        cap = cv2.VideoCapture(str(path), cv2.CAP_ANY)
+        if not cap.isOpened():
+            cap.release()
+            raise InputError(f"{path} ({path.stat().st_size} bytes) could not be opened as a video; it may be "
+                             f"truncated or in a format this OpenCV cannot decode. Valid sources: {SOURCE_FORMS}")
+        return CaptureReader(cap)
+    return FileSource(open_file, uri, size, fps, loop)
+
+
+def _fit(image: np.ndarray, size: tuple[int, int] | None) -> np.ndarray:
+    if size is None or (image.shape[1], image.shape[0]) == size:
+        return image
+    return cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+
+
+def _short(e: BaseException) -> str:
+    return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:120]
+
+
+# ------------------------------------------------------------------------------------------------------- sinks
+class Sink:
+    """Where rendered frames go. :meth:`render` returns the key pressed in a window (or -1)."""
+
+    def __init__(self, uri: str):
+        self.uri = uri
+        self.count = 0  # frames rendered
+        self.is_open = True  # False once closed, or a window was closed by the user
+
+    def render(self, image: np.ndarray) -> int:
+        self.count += 1
+        return -1
+
+    def close(self) -> None:
+        self.is_open = False
+
+    def __enter__(self) -> Sink:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.uri!r}, frames={self.count})"
+
+
+class WindowSink(Sink):
+    """An OpenCV window; closing it (or pressing q / Esc, which the demos handle) ends the demo."""
+
+    def __init__(self, uri: str, title: str = "lcr-sdk"):
+        super().__init__(uri)
+        self.title = title
+        cv2.namedWindow(title, cv2.WINDOW_NORMAL | cv2.WINDOW_KEEPRATIO)
+
+    def render(self, image: np.ndarray) -> int:
+        super().render(image)
+        cv2.imshow(self.title, image)
+        key = cv2.waitKey(1)
+        if cv2.getWindowProperty(self.title, cv2.WND_PROP_VISIBLE) < 1:
+            self.is_open = False
+        return key & 0xFF if key >= 0 else -1
+
+    def close(self) -> None:
+        if self.is_open or self.count:
+            cv2.destroyWindow(self.title)
+        super().close()
+
+
+class VideoFileSink(Sink):
+    """A video file written to a hidden temporary name and renamed to the final name on :meth:`close`.
+
+    A killed process leaves only ``.NAME.partial.EXT``; an exception inside ``with`` discards the partial file.
+    The writer opens at the first frame (its size fixes the video's); later frames of another size are resized.
+    """
+
+    def __init__(self, uri: str, path: Path, fps: float = 30.0):
+        super().__init__(uri)
+        self.path, self.fps = path, fps
+        self.tmp = path.with_name(f".{path.stem}.partial{path.suffix}")
+        self._writer: cv2.VideoWriter | None = None
+        self._size: tuple[int, int] | None = None
+
+    def render(self, image: np.ndarray) -> int:
+        if self._writer is None:
+            self._size = (image.shape[1], image.shape[0])
+            fourcc = _FOURCC.get(self.path.suffix.lower(), "mp4v")
+            self._writer = cv2.VideoWriter(str(self.tmp), cv2.VideoWriter_fourcc(*fourcc), self.fps, self._size)
+            if not self._writer.isOpened():
+                self._writer = None
+                raise InputError(f"OpenCV could not write {self.path} with codec {fourcc}; use .mp4, .avi or a "
+                                 "folder of PNG frames (frames/)")
+        self._writer.write(_fit(image, self._size))
+        return super().render(image)
+
+    def close(self, keep: bool = True) -> None:
+        if self._writer is not None:
+            self._writer.release()
+            self._writer = None
+            if keep:
+                os.replace(self.tmp, self.path)
+            else:
+                self.tmp.unlink(missing_ok=True)
+        super().close()
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.close(keep=exc_type is None or issubclass(exc_type, KeyboardInterrupt))  # Ctrl+C keeps the video
+
+
+class FolderSink(Sink):
+    """PNG frames ``frame_000000.png`` ... in a folder (each written under a temporary name, then renamed)."""
+
+    def __init__(self, uri: str, folder: Path):
+        super().__init__(uri)
+        self.folder = folder
+        folder.mkdir(parents=True, exist_ok=True)
+
+    def render(self, image: np.ndarray) -> int:
+        _write_png(self.folder / f"frame_{self.count:06d}.png", image)
+        return super().render(image)
+
+
+class ImageFileSink(Sink):
+    """One image file, replaced by each frame (so it ends as the last frame)."""
+
+    def __init__(self, uri: str, path: Path):
+        super().__init__(uri)
+        self.path = path
+
+    def render(self, image: np.ndarray) -> int:
+        _write_png(self.path, image)
+        return super().render(image)
+
+
+def _write_png(path: Path, image: np.ndarray) -> None:
+    ok, data = cv2.imencode(path.suffix or ".png", image)
+    if not ok:
+        raise InputError(f"could not encode a frame of shape {image.shape} as {path.suffix}")
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(data.tobytes())
+    os.replace(tmp, path)  # no fsync per frame: a frame stream is not worth one disk flush each
+
+
+def has_display() -> bool:
+    """Whether a window can open: a GUI-enabled OpenCV and, on Linux, an X11/Wayland display."""
+    gui = re.search(r"GUI:\s*(\S+)", cv2.getBuildInformation())
+    if gui and gui.group(1).upper() == "NONE":
+        return False
+    if sys.platform.startswith("linux"):
+        return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
+    return True
+
+
+def open_sink(uri: str | os.PathLike | None = "display://0", headless: bool = False, fps: float = 30.0,
+              title: str = "lcr-sdk") -> Sink:
+    """Open a frame sink by URI (see the module docstring for the forms).
+
+    Args:
+        uri: ``display://0``, a video file, a folder (trailing ``/`` or no suffix), an image file; None or ``""``
+            means the display.
+        headless: never open a window: a display URI becomes a sink that only counts frames.
+        fps: frame rate written into a video file.
+        title: window title.
+
+    Raises:
+        InputError: a window was asked for where none can open, or the URI is not a valid sink.
+    """
+    uri = str(os.fspath(uri)) if uri else "display://0"
+    if uri == "display" or uri.startswith("display://"):
+        if headless:
+            return Sink(uri)
+        if not has_display():
+            raise InputError(
+                f"cannot open a window for {uri}: no display here (DISPLAY is not set, or this OpenCV has no GUI, "
+                "e.g. opencv-python-headless). Pass --headless and an output such as out.mp4 or frames/, or run on "
+                "the device's desktop (export DISPLAY=:0) / with ssh -X.")
+        return WindowSink(uri, title)
+    path = Path(uri)
+    suffix = path.suffix.lower()
+    if suffix in VIDEO_SUFFIXES:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return VideoFileSink(uri, path, fps)
+    if suffix in IMAGE_SUFFIXES:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return ImageFileSink(uri, path)
+    if uri.endswith(("/", os.sep)) or path.is_dir() or not suffix:
+        return FolderSink(uri, path)
+    raise InputError(f"output {uri!r} has suffix {suffix!r}, which is not a sink; valid outputs: {SINK_FORMS}")
+
+
+# ----------------------------------------------------------------------------------------------- demo helpers
+def draw_text(image: np.ndarray, lines: list[str], origin: tuple[int, int] = (8, 8), scale: float = 0.55,
+              color: tuple[int, int, int] = (255, 255, 255)) -> np.ndarray:
+    """Draw lines of text on a dark box, in place, top-left at ``origin``; returns ``image``."""
+    font, thick = cv2.FONT_HERSHEY_SIMPLEX, 1
+    sizes = [cv2.getTextSize(t, font, scale, thick)[0] for t in lines]
+    if not sizes:
+        return image
+    step = max(h for _, h in sizes) + 8
+    x, y = origin
+    w = max(w for w, _ in sizes) + 10
+    cv2.rectangle(image, (x, y), (min(x + w, image.shape[1] - 1), y + step * len(lines) + 4), (0, 0, 0), -1)
+    for i, text in enumerate(lines):
+        cv2.putText(image, text, (x + 5, y + step * (i + 1) - 2), font, scale, color, thick, cv2.LINE_AA)
+    return image
+
+
+class FpsMeter:
+    """Frames per second of a loop, smoothed over recent frames (exponential moving average)."""
+
+    def __init__(self, smoothing: float = 0.9):
+        self.smoothing, self.fps, self._last = smoothing, 0.0, None
+
+    def tick(self) -> float:
+        """Call once per frame; returns the smoothed rate."""
+        now = time.perf_counter()
+        if self._last is not None and now > self._last:
+            rate = 1.0 / (now - self._last)
+            self.fps = rate if self.fps == 0 else self.smoothing * self.fps + (1 - self.smoothing) * rate
+        self._last = now
+        return self.fps
