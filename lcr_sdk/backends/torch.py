@@ -1,0 +1,138 @@
+"""PyTorch backend: the checkpoint's :class:`~lcr_sdk.train.model.DeployModel` on CPU or CUDA, the reference.
+
+The same network export traces, with the same in-graph preprocessing, so its outputs are what every exported
+model is checked against. On CUDA it offers fp16 (``fp16=True``), CUDA graphs (``cuda_graph=True``: one graph
+with static input/output buffers per batch size, captured on first use) and ``torch.compile`` (``compile=True``).
+torch is imported only when the backend loads.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+from typing import Any
+
+from lcr_sdk.backends.base import Backend
+from lcr_sdk.errors import InputError, require
+from lcr_sdk.fileio import sha256_file
+from lcr_sdk.manifest import InputSpec, Manifest
+
+DEFAULT_BATCH = (1, 8, 256)
+
+
+def manifest_from_checkpoint(path: str | os.PathLike, ckpt: dict[str, Any], precision: str = "fp32",
+                             batch: tuple[int, int, int] = DEFAULT_BATCH) -> Manifest:
+    """The manifest a checkpoint's deploy model implies (its config, never guessed from weights)."""
+    from lcr_sdk.train.model import ARCHS, feature_size
+
+    cfg = ckpt["config"]
+    size = cfg["image_size"]
+    h, w = (size, size) if isinstance(size, int) else tuple(size)
+    num_parts = cfg.get("num_parts", 32) if cfg["method"] == "lcr" else 0
+    return Manifest(
+        arch=cfg["arch"], method=cfg["method"], embedding_dim=ARCHS[cfg["arch"]], num_parts=num_parts,
+        feature_size=feature_size(cfg["arch"], h, w), input=InputSpec(height=h, width=w), precision=precision,
+        batch_min=batch[0], batch_opt=batch[1], batch_max=batch[2], checkpoint_sha256=sha256_file(path),
+        model_file=Path(path).name, extra={"source": "checkpoint"},
+    )
+
+
+class TorchBackend(Backend):
+    """Runs a ``.pt`` checkpoint.
+
+    Options:
+        fp16: run the network in float16 (CUDA only); outputs are float32.
+        cuda_graph: replay a captured CUDA graph per batch size (CUDA only).
+        compile: wrap the model in ``torch.compile``.
+    """
+
+    name = "torch"
+
+    @classmethod
+    def read_manifest(cls, path: str | os.PathLike, **options: Any) -> Manifest:
+        require("torch", "train", "Running a .pt checkpoint")
+        from lcr_sdk.train.checkpoint import load_checkpoint
+
+        return manifest_from_checkpoint(path, load_checkpoint(path), "fp16" if options.get("fp16") else "fp32")
+
+    def load(self) -> None:
+        torch = require("torch", "train", "Running a .pt checkpoint")
+        from lcr_sdk.train.checkpoint import load_net
+        from lcr_sdk.train.model import DeployModel
+
+        self.torch = torch
+        dev = torch.device(self.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.fp16, self.cuda_graph = bool(self.options.get("fp16")), bool(self.options.get("cuda_graph"))
+        if dev.type != "cuda" and (self.fp16 or self.cuda_graph):
+            raise InputError(f"fp16 and cuda_graph need a CUDA device; got device={dev} "
+                             f"(torch.cuda.is_available() = {torch.cuda.is_available()})")
+        net, _ = load_net(self.path)
+        model = DeployModel(net).eval().to(dev)
+        if dev.type == "cuda":
+            model = model.to(memory_format=torch.channels_last)  # the NHWC input is already channels-last
+        if self.fp16:
+            model.net.half()
+            model.preprocess = torch.nn.Sequential(model.preprocess, _to_half(torch))
+        self.model = torch.compile(model) if self.options.get("compile") else model
+        self.dev = dev
+        self._graphs: dict[int, tuple] = {}
+        self._lock = threading.Lock()  # graph replays share static buffers
+        self.provider = (f"torch {dev.type}" + (f" {torch.cuda.get_device_name(dev)}" if dev.type == "cuda" else "")
+                         + (" fp16" if self.fp16 else " fp32") + (" cudagraph" if self.cuda_graph else "")
+                         + (" compile" if self.options.get("compile") else ""))
+        self.loaded = True
+
+    def infer(self, feed: Any) -> dict[str, Any]:
+        """Numpy in -> numpy out; a torch uint8 tensor in (any device) -> float32 torch tensors out, on ``self.dev``."""
+        torch = self.torch
+        as_torch = isinstance(feed, torch.Tensor)
+        if not as_torch:
+            feed = torch.from_numpy(self.check_feed(feed))
+        elif feed.dtype != torch.uint8 or feed.ndim != 4 or feed.shape[-1] != 3:
+            raise InputError(f"tensor input must be uint8 N x H x W x 3 BGR; got {feed.dtype} {tuple(feed.shape)}")
+        x = feed.to(self.dev, non_blocking=True)
+        with torch.inference_mode():
+            if self.cuda_graph:
+                with self._lock:
+                    graph, static_in, static_out = self._graph(len(x))
+                    static_in.copy_(x)
+                    graph.replay()
+                    outs = [o.float().clone() for o in static_out]
+            else:
+                outs = [o.float() for o in self.model(x)]
+        if as_torch:
+            return dict(zip(self.manifest.output_names, outs, strict=True))
+        return {n: o.cpu().numpy() for n, o in zip(self.manifest.output_names, outs, strict=True)}
+
+    def _graph(self, n: int) -> tuple:
+        """Capture (once per batch size) a CUDA graph of the model with static input and output buffers."""
+        if n not in self._graphs:
+            torch, spec = self.torch, self.manifest.input
+            static_in = torch.zeros((n, spec.height, spec.width, 3), dtype=torch.uint8, device=self.dev)
+            side = torch.cuda.Stream(self.dev)
+            side.wait_stream(torch.cuda.current_stream(self.dev))
+            with torch.cuda.stream(side):
+                for _ in range(3):  # warm up (cuDNN autotuning, allocator) outside the capture
+                    self.model(static_in)
+            torch.cuda.current_stream(self.dev).wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                static_out = self.model(static_in)
+            self._graphs[n] = (graph, static_in, static_out)
+        return self._graphs[n]
+
+    def close(self) -> None:
+        self.model, self._graphs = None, {}
+        super().close()
+
+
+
+def _to_half(torch):
+    """A module casting its input to float16 (defined lazily: this file imports without torch)."""
+
+    class ToHalf(torch.nn.Module):
+        def forward(self, x):
+            return x.half()
+
+    return ToHalf()

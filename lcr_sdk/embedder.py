@@ -1,0 +1,241 @@
+"""Embedder: images in, unit embeddings and part-attention maps out, on any backend (DESIGN.md section 2).
+
+    from lcr_sdk import Embedder
+    with Embedder("model.onnx") as emb:              # .engine -> TensorRT, .pt -> PyTorch
+        v = emb.embed(cv2.imread("bird.jpg"))         # float32 (D,), unit length
+        V = emb.embed(["a.jpg", "b.jpg"])              # (2, D), batched within the model's batch range
+        r = emb.attend(frame)                         # embedding + mask + part maps at the frame's size
+        cv2.imwrite("overlay.png", r.overlay(frame))
+
+Host work is only: bring each image to uint8 BGR (:func:`lcr_sdk.images.to_bgr`) and resize it by the manifest's
+rule (:func:`lcr_sdk.images.resize_to`); cast, colour order and normalisation live inside the model.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from lcr_sdk.backends.base import Backend, backend_for
+from lcr_sdk.errors import InputError, ModelError
+from lcr_sdk.fileio import sha256_file
+from lcr_sdk.images import resize_to, to_bgr
+from lcr_sdk.manifest import Manifest
+
+
+@dataclass
+class Attention:
+    """Where the model looked, at the size of the input image.
+
+    Attributes:
+        embedding: float32 (D,) unit embedding.
+        mask: float32 (H, W) attention mask M in [0, 1] (0 outside the region the model saw, for a centre crop).
+        parts: float32 (K, H, W) part maps P, or None for a ``moco`` model.
+        peaks: one ``(part_index, x, y, score)`` per part: the pixel of its strongest response and its value.
+    """
+
+    embedding: np.ndarray
+    mask: np.ndarray
+    parts: np.ndarray | None
+    peaks: list[tuple[int, int, int, float]]
+
+    def overlay(self, image: Any, part: int | None = None, alpha: float = 0.5, color: str = "bgr") -> np.ndarray:
+        """A BGR uint8 picture of the image with the mask (or part ``part``, its peak marked) as a heatmap."""
+        img = to_bgr(image, color)
+        if img.shape[:2] != self.mask.shape:
+            raise InputError(f"overlay image is {img.shape[1]}x{img.shape[0]} but the attention was computed for "
+                             f"{self.mask.shape[1]}x{self.mask.shape[0]}; pass the same image given to attend()")
+        if part is None:
+            heat = self.mask
+        else:
+            if self.parts is None or not 0 <= part < len(self.parts):
+                n = 0 if self.parts is None else len(self.parts)
+                raise InputError(f"part={part} is not valid: this model has {n} part maps (0..{n - 1})")
+            p = self.parts[part]
+            heat = p / p.max() if p.max() > 0 else p
+        colored = cv2.applyColorMap((np.clip(heat, 0, 1) * 255).astype(np.uint8), cv2.COLORMAP_JET)
+        out = cv2.addWeighted(img, 1 - alpha, colored, alpha, 0)
+        if part is not None:
+            _, x, y, _ = self.peaks[part]
+            size = max(8, min(img.shape[:2]) // 12)
+            cv2.drawMarker(out, (x, y), (255, 255, 255), cv2.MARKER_CROSS, size, max(1, size // 6))
+        return out
+
+
+def _crop_box(h: int, w: int, height: int, width: int, rule: str) -> tuple[float, float, float, float]:
+    """The region (x0, y0, x1, y1) of an h x w image that the model sees after the manifest's resize rule."""
+    if rule == "stretch":
+        return 0.0, 0.0, float(w), float(h)
+    scale = max(height / h, width / w)
+    cw, ch = width / scale, height / scale
+    x0, y0 = (w - cw) / 2, (h - ch) / 2
+    return x0, y0, x0 + cw, y0 + ch
+
+
+def _to_image(maps: np.ndarray, h: int, w: int, box: tuple[float, float, float, float]) -> np.ndarray:
+    """Resize (C, fh, fw) feature-grid maps onto the crop box of an h x w image; 0 outside it. -> (C, h, w)."""
+    x0, y0, x1, y1 = (int(round(v)) for v in box)
+    out = np.zeros((len(maps), h, w), np.float32)
+    for c, m in enumerate(maps):
+        out[c, y0:y1, x0:x1] = cv2.resize(m.astype(np.float32), (x1 - x0, y1 - y0), interpolation=cv2.INTER_LINEAR)
+    return out
+
+
+def _concat(arrays: list) -> Any:
+    """Concatenate numpy arrays or torch tensors along the batch axis."""
+    if isinstance(arrays[0], np.ndarray):
+        return np.concatenate(arrays)
+    import torch  # only reached when the caller passed torch tensors
+
+    return torch.cat(arrays)
+
+
+class Embedder:
+    """Runs a deployed model (or a checkpoint) on images.
+
+    Args:
+        path: model file: ``.onnx`` (ONNX Runtime), ``.engine``/``.plan`` (TensorRT) or ``.pt`` (PyTorch).
+        backend: backend name to override the suffix table: ``onnxruntime``, ``tensorrt`` or ``torch``.
+        device: ``None`` (best available), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
+        providers: ONNX Runtime execution providers, in order of preference (the first is the one wanted).
+        **options: backend options (ONNX Runtime: ``strict``, ``intra_op_threads``; TensorRT: ``force``;
+            PyTorch: ``fp16``, ``cuda_graph``, ``compile``).
+
+    Attributes:
+        manifest: the model's :class:`~lcr_sdk.manifest.Manifest`.
+        backend_name: ``"onnxruntime"``, ``"tensorrt"`` or ``"torch"``.
+        provider: what actually runs, e.g. ``"CPUExecutionProvider"``.
+
+    Raises:
+        ModelError: the file is missing, truncated, not a model, has no (or another version of) manifest, or is an
+            engine from another TensorRT version or GPU.
+    """
+
+    def __init__(self, path: str | os.PathLike, backend: str | None = None, device: str | None = None,
+                 providers: Sequence | None = None, **options: Any):
+        path = Path(path)
+        if not path.is_file():
+            raise ModelError(f"model file {path} does not exist" + (" (it is a folder)" if path.is_dir() else "")
+                             + "; export one with `lcr-sdk export CKPT --out model.onnx` or pass a .pt checkpoint")
+        cls = backend_for(path, backend)
+        self.path = path
+        self.manifest: Manifest = cls.read_manifest(path, **options)
+        self._check_file_hash()
+        if providers is not None:
+            options["providers"] = list(providers)
+        self._backend: Backend = cls(path, self.manifest, device=device, **options)
+        self._backend.load()
+        self.backend_name = cls.name
+
+    def _check_file_hash(self) -> None:
+        want = self.manifest.model_sha256
+        if want and sha256_file(self.path) != want:
+            raise ModelError(
+                f"{self.path} ({self.path.stat().st_size} bytes) does not match the sha256 in its manifest: the file "
+                "is truncated, corrupt or was replaced after export. Re-copy it with its .json, or re-export it"
+            )
+
+    @property
+    def provider(self) -> str:
+        return self._backend.provider
+
+    @property
+    def model_id(self) -> str:
+        """Identity of the weights for gallery compatibility: the source checkpoint's sha256, else the model's."""
+        return self.manifest.checkpoint_sha256 or self.manifest.model_sha256
+
+    # -- host preprocessing -------------------------------------------------------------------------------------
+
+    def prepare(self, image: Any, color: str = "bgr") -> np.ndarray:
+        """One image (array, path or PIL) -> uint8 H x W x 3 BGR at the model's input size."""
+        spec = self.manifest.input
+        return resize_to(to_bgr(image, color), spec.height, spec.width, spec.resize, spec.interpolation)
+
+    def infer(self, batch: Any) -> dict[str, Any]:
+        """Run ready batches (uint8 N x H x W x 3 BGR at the model size, numpy or a torch tensor): raw outputs.
+
+        Batches larger than the model's ``batch_max`` are split; the outputs are concatenated.
+        """
+        m = self.manifest
+        if not hasattr(batch, "shape") or len(batch.shape) != 4:
+            raise InputError(f"infer() takes a N x H x W x 3 batch; got {type(batch).__name__} "
+                             f"{getattr(batch, 'shape', '')}. Use embed() for single images or lists")
+        n = batch.shape[0]
+        if n == 0:
+            raise InputError("batch is empty; pass at least one image")
+        if m.batch_min <= n <= m.batch_max:
+            return self._backend.infer(batch)
+        chunks = [self._run_chunk(batch[i:i + m.batch_max]) for i in range(0, n, m.batch_max)]
+        return {k: _concat([c[k] for c in chunks]) for k in m.output_names}
+
+    def _run_chunk(self, chunk: Any) -> dict[str, Any]:
+        """Run one chunk of at most batch_max images; a chunk under batch_min is padded by repeating its last image."""
+        n, bmin = chunk.shape[0], self.manifest.batch_min
+        if n >= bmin:
+            return self._backend.infer(chunk)
+        pad = chunk[-1:].repeat(bmin - n, 0) if isinstance(chunk, np.ndarray) else chunk[-1:].repeat(bmin - n, 1, 1, 1)
+        padded = _concat([chunk, pad])
+        return {k: v[:n] for k, v in self._backend.infer(padded).items()}
+
+    # -- user API -----------------------------------------------------------------------------------------------
+
+    def embed(self, images: Any, color: str = "bgr") -> np.ndarray:
+        """Unit embeddings.
+
+        Args:
+            images: one image (BGR uint8 array, gray/BGRA array, path or PIL image) -> (D,), or a list of them
+                -> (N, D).
+            color: ``"rgb"`` when 3/4-channel arrays are in RGB(A) order.
+        """
+        single = not isinstance(images, (list, tuple))
+        items = [images] if single else list(images)
+        if not items:
+            raise InputError("embed() got an empty list; pass one image or a non-empty list of images")
+        bmax, out = self.manifest.batch_max, []
+        for i in range(0, len(items), bmax):
+            batch = np.stack([self.prepare(im, color) for im in items[i:i + bmax]])
+            out.append(self._run_chunk(batch)["embedding"])
+        emb = np.concatenate(out).astype(np.float32, copy=False)
+        return emb[0] if single else emb
+
+    def attend(self, image: Any, color: str = "bgr") -> Attention:
+        """Embedding, attention mask and part maps of one image, resized to the image's own size."""
+        img = to_bgr(image, color)
+        spec = self.manifest.input
+        out = self._run_chunk(self.prepare(img)[None])
+        h, w = img.shape[:2]
+        box = _crop_box(h, w, spec.height, spec.width, spec.resize)
+        mask = _to_image(out["attention"][:1], h, w, box)[0]
+        parts, peaks = None, []
+        if "parts" in out:
+            grid = out["parts"][0]  # K x fh x fw
+            parts = _to_image(grid, h, w, box)
+            fh, fw = grid.shape[1:]
+            x0, y0, x1, y1 = box
+            for k, g in enumerate(grid):
+                iy, ix = np.unravel_index(int(np.argmax(g)), g.shape)  # the feature cell with the strongest response
+                x = int(min(w - 1, x0 + (ix + 0.5) * (x1 - x0) / fw))
+                y = int(min(h - 1, y0 + (iy + 0.5) * (y1 - y0) / fh))
+                peaks.append((k, x, y, float(g[iy, ix])))
+        return Attention(out["embedding"][0].astype(np.float32), mask, parts, peaks)
+
+    def close(self) -> None:
+        """Release the backend."""
+        self._backend.close()
+
+    def __enter__(self) -> Embedder:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        m = self.manifest
+        return (f"Embedder({str(self.path)!r}, backend={self.backend_name!r}, provider={self.provider!r}, "
+                f"arch={m.arch}, method={m.method}, D={m.embedding_dim}, input={m.input.height}x{m.input.width})")
