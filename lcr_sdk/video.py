@@ -39,7 +39,7 @@ from lcr_sdk.images import IMAGE_SUFFIXES, list_images, read_image
 
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".mov", ".m4v", ".webm", ".mpg", ".mpeg", ".ts", ".h264", ".h265")
 STREAM_SCHEMES = ("rtsp://", "rtsps://", "rtmp://", "http://", "https://")
-_FOURCC = {".mp4": "mp4v", ".m4v": "mp4v", ".mov": "mp4v", ".avi": "MJPG", ".mkv": "XVID"}
+_FOURCC = {".mp4": "mp4v", ".m4v": "mp4v", ".mov": "mp4v", ".avi": "MJPG", ".mkv": "FFV1"}  # .mkv: lossless
 SOURCE_FORMS = ("0 | /dev/video0 (USB camera), csi://0 (Jetson CSI camera), rtsp://host/path, clip.mp4, image.jpg, "
                 "a folder of images, 'glob/*.png'")
 SINK_FORMS = "display://0 (window), out.mp4 | out.avi | out.mkv (video), frames/ (PNG folder), last.png (image)"
@@ -79,6 +79,7 @@ class CaptureReader:
 
     def __init__(self, cap: cv2.VideoCapture):
         self.cap = cap
+        self.fps = cap.get(cv2.CAP_PROP_FPS) or None  # nominal rate the file or device reports
 
     def read(self) -> np.ndarray | None:
         ok, image = self.cap.read()
@@ -112,6 +113,7 @@ class Source:
 
     def __init__(self, uri: str):
         self.uri = uri
+        self.fps: float | None = None  # nominal frame rate (file header, camera setting), if known
         self._ended = False
 
     def read(self, timeout: float | None = None) -> Frame | None:
@@ -162,6 +164,7 @@ class FileSource(Source):
         self._opener, self._size, self._loop = opener, size, loop
         self._period = 1.0 / fps if fps else 0.0
         self._reader: Reader | None = opener()
+        self.fps = fps or getattr(self._reader, "fps", None)
         self._index = 0
         self._due = time.monotonic()
 
@@ -222,6 +225,7 @@ class LiveSource(Source):
         self._status, self._status_reason = "ok", "source lost"
         self.reconnects = 0  # successful reopenings, for status and tests
         reader = opener()
+        self.fps = getattr(reader, "fps", None)
         self._thread = threading.Thread(target=self._run, args=(reader,), name=f"LiveSource({uri})", daemon=True)
         self._thread.start()
 

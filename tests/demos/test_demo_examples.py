@@ -1,0 +1,156 @@
+"""The demos in examples/ run headless on videos written here from the synthetic data set, with a real ONNX model
+(random-init LCR ResNet-18 exported from the shared checkpoint), and write what a user would look at."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from demo_helpers import to_frame, write_video
+
+from lcr_sdk.video import open_source
+
+ROOT = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.torch  # the model is exported from a torch checkpoint; the demos themselves never import torch
+
+
+def load_example(name: str):
+    spec = importlib.util.spec_from_file_location(f"example_{name}", ROOT / "examples" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def frames_of(uri) -> list[np.ndarray]:
+    with open_source(uri) as src:
+        return [f.image for f in src]
+
+
+@pytest.fixture(scope="module")
+def gallery_case(tmp_path_factory, synth_root, demo_model):
+    """Gallery images (640 x 480 frames of 2 test images per class, sub-folder = label), the gallery built from
+    them by build_gallery.py, and a lossless clip of those same frames in another order with expected labels."""
+    root = tmp_path_factory.mktemp("gallery_case")
+    expected, frames = [], []
+    for d in sorted((synth_root / "test").iterdir()):
+        for p in sorted(d.glob("*.png"))[:2]:
+            frame = to_frame(cv2.imread(str(p)))
+            (root / "images" / d.name).mkdir(parents=True, exist_ok=True)
+            cv2.imwrite(str(root / "images" / d.name / p.name), frame)
+            frames.append(frame)
+            expected.append(d.name)
+    order = list(range(len(frames)))[::-1]
+    clip = write_video(root / "clip.mkv", [frames[i] for i in order])  # FFV1: lossless, frames stay identical
+    rc = load_example("build_gallery").main([str(demo_model), str(root / "images"), "--out", str(root / "gallery")])
+    assert rc == 0
+    return root / "gallery", clip, [expected[i] for i in order]
+
+
+def test_attention_demo_writes_an_overlay_video(demo_model, demo_clip, tmp_path):
+    out = tmp_path / "attention.mp4"
+    assert load_example("camera_attention").main([str(demo_model), str(demo_clip), str(out), "--headless"]) == 0
+    inputs, outputs = frames_of(demo_clip), frames_of(out)
+    assert len(outputs) == len(inputs) == 8
+    assert all(o.shape == i.shape for i, o in zip(inputs, outputs, strict=True))
+    diffs = [np.abs(o.astype(int) - i.astype(int)).mean() for i, o in zip(inputs, outputs, strict=True)]
+    assert min(diffs) > 15, diffs  # every frame carries the heatmap, not a copy of the input
+
+
+def test_attention_demo_part_view_differs_from_mask_view(demo_model, demo_clip, tmp_path):
+    demo = load_example("camera_attention")
+    for name, extra in (("mask", []), ("part", ["--part", "3"])):
+        assert demo.main([str(demo_model), str(demo_clip), str(tmp_path / name), "--headless", *extra]) == 0
+    mask, part = (sorted((tmp_path / n).glob("*.png")) for n in ("mask", "part"))
+    assert len(mask) == len(part) == 8
+    a, b = cv2.imread(str(mask[0])), cv2.imread(str(part[0]))
+    assert np.abs(a.astype(int) - b.astype(int)).mean() > 5
+    assert [demo.next_part(p, 3) for p in (None, 0, 1, 2)] == [0, 1, 2, None]  # the 'p' key cycle
+
+
+def test_attention_demo_command_line(demo_model, demo_clip, tmp_path):
+    out = tmp_path / "frames"
+    r = subprocess.run([sys.executable, str(ROOT / "examples" / "camera_attention.py"), str(demo_model),
+                        str(demo_clip), str(out), "--headless", "--max-frames", "3"],
+                       capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert len(list(out.glob("frame_*.png"))) == 3
+    assert "3 frames" in r.stderr and "onnxruntime" in r.stderr
+
+
+def test_demo_errors_are_one_line_and_exit_1(demo_model, tmp_path, capsys):
+    demo = load_example("camera_attention")
+    assert demo.main([str(tmp_path / "missing.onnx"), "clip.mp4", "--headless"]) == 1
+    assert demo.main([str(demo_model), str(tmp_path / "missing.mp4"), "--headless"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and all(line.startswith("error: ") for line in err)
+    assert "missing.onnx" in err[0] and "missing.mp4" in err[1]
+
+
+def test_retrieval_demo_finds_the_gallery_label_of_each_frame(demo_model, gallery_case, tmp_path):
+    gallery, clip, expected = gallery_case
+    out, log = tmp_path / "retrieval.mp4", tmp_path / "hits.jsonl"
+    argv = [str(demo_model), str(gallery), str(clip), str(out), "--headless", "--log", str(log)]
+    assert load_example("camera_retrieval").main(argv) == 0
+    rows = [json.loads(line) for line in log.read_text().splitlines()]
+    assert [r["frame"] for r in rows] == list(range(len(expected)))
+    assert [r["hits"][0][0] for r in rows] == expected
+    assert all(r["hits"][0][1] > 0.999 and len(r["hits"]) == 3 for r in rows)
+    inputs, outputs = frames_of(clip), frames_of(out)
+    assert len(outputs) == len(expected)
+    assert min(np.abs(o.astype(int) - i.astype(int)).mean() for i, o in zip(inputs, outputs, strict=True)) > 15
+
+
+def test_retrieval_demo_center_crop_queries_the_crop(demo_model, gallery_case, tmp_path):
+    gallery, clip, expected = gallery_case
+    log = tmp_path / "hits.jsonl"
+    argv = [str(demo_model), str(gallery), str(clip), str(tmp_path / "out"), "--headless", "--crop", "center",
+            "--log", str(log), "--max-frames", "2"]
+    assert load_example("camera_retrieval").main(argv) == 0
+    rows = [json.loads(line) for line in log.read_text().splitlines()]
+    assert len(rows) == 2 and len(list((tmp_path / "out").glob("*.png"))) == 2
+    assert all(r["hits"][0][1] < 0.999 for r in rows)  # the crop is not the gallery image
+
+
+def test_enrolment_adds_the_frame_and_it_is_found_next_time(demo_model, gallery_case, synth_root, tmp_path):
+    import shutil
+
+    gallery = tmp_path / "gallery"
+    shutil.copytree(gallery_case[0], gallery)
+    new = to_frame(cv2.imread(str(sorted((synth_root / "train").glob("*/*.png"))[0])))
+    cv2.imwrite(str(tmp_path / "new.png"), new)
+    demo = load_example("camera_retrieval")
+    argv = [str(demo_model), str(gallery), str(tmp_path / "new.png"), str(tmp_path / "o1.png"), "--headless"]
+    assert demo.main([*argv, "--enroll", "my-bird"]) == 0
+    assert demo.main([*argv, "--log", str(tmp_path / "hits.jsonl")]) == 0
+    top = json.loads((tmp_path / "hits.jsonl").read_text())["hits"][0]
+    assert top[0] == "my-bird" and top[1] > 0.999
+
+    from lcr_sdk import Gallery
+
+    g = Gallery.load(gallery)
+    assert len(g) == 9 and demo.enroll(g, str(gallery), g.vectors[0], "  ", "test", 0) == "item-10"
+    assert Gallery.load(gallery).labels[-1] == "item-10"
+
+
+def test_label_prompt_typing():
+    prompt = load_example("camera_retrieval").LabelPrompt()
+    prompt.text = ""
+    for key in b"rob\x08n":  # Backspace deletes the 'b'
+        assert prompt.feed(key) is None
+    assert prompt.text == "ron" and prompt.feed(13) == "ron" and prompt.text is None
+    prompt.text = "x"
+    assert prompt.feed(27) is None and prompt.text is None  # Esc cancels
+
+
+def test_build_gallery_refuses_a_folder_without_labels(demo_model, tmp_path, capsys):
+    (tmp_path / "flat").mkdir()
+    cv2.imwrite(str(tmp_path / "flat" / "a.png"), np.zeros((64, 64, 3), np.uint8))
+    rc = load_example("build_gallery").main([str(demo_model), str(tmp_path / "flat"), "--out", str(tmp_path / "g")])
+    assert rc == 1 and "<label>" in capsys.readouterr().err
+    assert not (tmp_path / "g").exists()
