@@ -19,12 +19,12 @@ def export_onnx(ckpt: Path, out: Path, batch: tuple[int, int, int] = (1, 4, 8), 
     if key in _CACHE:
         return _CACHE[key]
     import torch
+    from lcr_sdk.train.checkpoint import load_net
+    from lcr_sdk.train.model import DeployModel
 
     from lcr_sdk.backends.torch import manifest_from_checkpoint
     from lcr_sdk.fileio import sha256_file
     from lcr_sdk.manifest import write_sidecar
-    from lcr_sdk.train.checkpoint import load_net
-    from lcr_sdk.train.model import DeployModel
 
     net, ck = load_net(ckpt)
     manifest = manifest_from_checkpoint(ckpt, ck, batch=batch)

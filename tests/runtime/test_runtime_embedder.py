@@ -1,0 +1,204 @@
+"""Embedder on real ONNX Runtime sessions (and the PyTorch reference backend): shapes, batching, inputs, attention."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+import threading
+import warnings
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from rt_models import export_onnx
+
+from lcr_sdk import Embedder
+from lcr_sdk.backends.onnxruntime import ProviderFallbackWarning
+from lcr_sdk.errors import ModelError
+
+pytestmark = pytest.mark.torch  # the fixture models are exported from torch checkpoints
+ATOL = 1e-5  # float32 noise between batch sizes (different kernels / summation order)
+
+
+@pytest.fixture(scope="module")
+def lcr_onnx(lcr_checkpoint, tmp_path_factory) -> Path:
+    return export_onnx(lcr_checkpoint, tmp_path_factory.mktemp("onnx") / "lcr.onnx")
+
+
+@pytest.fixture(scope="module")
+def moco_onnx(moco_checkpoint, tmp_path_factory) -> Path:
+    return export_onnx(moco_checkpoint, tmp_path_factory.mktemp("onnx") / "moco.onnx")
+
+
+@pytest.fixture(scope="module")
+def emb(lcr_onnx):
+    with Embedder(lcr_onnx, device="cpu") as e:
+        yield e
+
+
+@pytest.fixture(scope="module")
+def frames(synth_root) -> list[np.ndarray]:
+    """Real images of varied sizes (the synthetic test split, resized/cropped to non-square frames)."""
+    paths = sorted((synth_root / "test").glob("*/*.png"))
+    out = []
+    for i, p in enumerate(paths):
+        img = cv2.imread(str(p))
+        out.append(cv2.resize(img, (64 + 16 * (i % 5), 48 + 8 * (i % 3))))
+    return out
+
+
+def test_embed_single_is_unit_float32(emb, frames):
+    v = emb.embed(frames[0])
+    assert v.shape == (emb.manifest.embedding_dim,) and v.dtype == np.float32
+    assert abs(np.linalg.norm(v) - 1) < 1e-5
+    assert emb.backend_name == "onnxruntime" and emb.provider == "CPUExecutionProvider"
+
+
+def test_embedding_same_alone_or_in_any_batch(emb, frames):
+    """batch_max is 8 here: lists of 1, 3, 8 and 16 (two chunks) give each image the same embedding."""
+    alone = np.stack([emb.embed(f) for f in frames])
+    for n in (3, 8, 16):
+        batched = emb.embed(frames[:n])
+        assert batched.shape == (n, emb.manifest.embedding_dim)
+        np.testing.assert_allclose(batched, alone[:n], atol=ATOL)
+    # the same image at different positions of a batch
+    mixed = emb.embed([frames[5], frames[1], frames[5]])
+    np.testing.assert_allclose(mixed[0], mixed[2], atol=ATOL)
+    np.testing.assert_allclose(mixed[0], alone[5], atol=ATOL)
+
+
+def test_different_images_give_different_embeddings(emb, frames):
+    e = emb.embed(frames[:4])
+    sims = e @ e.T
+    assert np.all(sims[~np.eye(4, dtype=bool)] < 0.9999)
+
+
+def test_batch_min_is_respected_by_padding(lcr_checkpoint, tmp_path, frames):
+    """A model whose profile starts at batch 4 still embeds one image, and gets the same vector."""
+    m = export_onnx(lcr_checkpoint, tmp_path / "b4.onnx", batch=(4, 4, 8))
+    with Embedder(m) as e4, Embedder(export_onnx(lcr_checkpoint, tmp_path / "b1.onnx")) as e1:
+        np.testing.assert_allclose(e4.embed(frames[0]), e1.embed(frames[0]), atol=ATOL)
+        np.testing.assert_allclose(e4.embed(frames[:5]), e1.embed(frames[:5]), atol=ATOL)
+
+
+def test_input_kinds_agree(emb, frames, tmp_path):
+    """BGR array, RGB array with color='rgb', BGRA, a file path and a PIL image of one picture embed alike."""
+    from PIL import Image
+
+    bgr = frames[2]
+    path = tmp_path / "x.png"
+    cv2.imwrite(str(path), bgr)
+    ref = emb.embed(bgr)
+    rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+    for v in (emb.embed(rgb, color="rgb"), emb.embed(cv2.cvtColor(bgr, cv2.COLOR_BGR2BGRA)), emb.embed(str(path)),
+              emb.embed(path), emb.embed(Image.fromarray(rgb))):
+        np.testing.assert_allclose(v, ref, atol=ATOL)
+    assert not np.allclose(emb.embed(rgb), ref, atol=1e-3)  # colour order matters: the default is BGR
+    gray = cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY)
+    np.testing.assert_allclose(emb.embed(gray), emb.embed(cv2.cvtColor(gray, cv2.COLOR_GRAY2BGR)), atol=ATOL)
+
+
+def test_attend_lcr(emb, frames):
+    img = frames[3]  # non-square: exercises the centre-crop mapping
+    h, w = img.shape[:2]
+    r = emb.attend(img)
+    k = emb.manifest.num_parts
+    np.testing.assert_allclose(r.embedding, emb.embed(img), atol=ATOL)
+    assert r.mask.shape == (h, w) and r.mask.dtype == np.float32
+    assert r.mask.min() >= 0 and r.mask.max() <= 1 + 1e-6 and r.mask.max() > 0.9
+    assert r.parts.shape == (k, h, w) and len(r.peaks) == k
+    for part, x, y, score in r.peaks:
+        assert 0 <= x < w and 0 <= y < h
+        assert score == pytest.approx(float(r.parts[part].max()), rel=1e-4, abs=1e-6)
+        assert r.parts[part][y, x] >= 0.5 * score  # the marked pixel sits on the part's strongest response
+    over = r.overlay(img)
+    assert over.shape == img.shape and over.dtype == np.uint8 and not np.array_equal(over, img)
+    best = max(r.peaks, key=lambda p: p[3])[0]
+    assert not np.array_equal(r.overlay(img, part=best), over)
+    with pytest.raises(ValueError, match="part"):
+        r.overlay(img, part=k)
+
+
+def test_attend_moco_has_no_parts(moco_onnx, frames):
+    with Embedder(moco_onnx) as e:
+        r = e.attend(frames[0])
+    assert e.manifest.method == "moco" and r.parts is None and r.peaks == []
+    h, w = frames[0].shape[:2]
+    assert (h, w) == (48, 64)  # centre crop 48 x 48 at x = 8..56: the model sees only that part
+    np.testing.assert_allclose(r.mask[:, 8:56], 1.0)
+    np.testing.assert_allclose(r.mask[:, :8], 0.0)
+    np.testing.assert_allclose(r.mask[:, 56:], 0.0)
+    assert r.overlay(frames[0]).shape == frames[0].shape
+
+
+def test_torch_backend_matches_onnx(lcr_checkpoint, emb, frames):
+    """The PyTorch reference and the exported ONNX model give the same embeddings and masks."""
+    with Embedder(lcr_checkpoint, device="cpu") as ref:
+        assert ref.backend_name == "torch" and ref.model_id == emb.model_id
+        np.testing.assert_allclose(ref.embed(frames[:5]), emb.embed(frames[:5]), atol=1e-4)
+        np.testing.assert_allclose(ref.attend(frames[0]).mask, emb.attend(frames[0]).mask, atol=1e-4)
+
+
+def test_threads_give_same_results_as_one_thread(emb, frames):
+    expected = emb.embed(frames)
+    results, errors = {}, []
+
+    def work(t: int) -> None:
+        try:
+            order = np.random.default_rng(t).permutation(len(frames))
+            for _ in range(3):
+                for i in order:
+                    results.setdefault((t, i), []).append(emb.embed(frames[i]))
+        except Exception as e:  # surfaced below
+            errors.append(e)
+
+    threads = [threading.Thread(target=work, args=(t,)) for t in range(4)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert not errors
+    assert len(results) == 4 * len(frames)
+    for (_, i), vs in results.items():
+        for v in vs:
+            np.testing.assert_allclose(v, expected[i], atol=ATOL)
+
+
+def test_provider_fallback_is_loud(lcr_onnx):
+    """Asking for CUDA on a CPU-only onnxruntime: a warning naming both providers, or an error with strict."""
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("CUDA provider available here: no fallback to observe")
+    with pytest.warns(ProviderFallbackWarning, match="CUDAExecutionProvider.*CPUExecutionProvider"):
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=UserWarning, module="onnxruntime")
+            e = Embedder(lcr_onnx, providers=["CUDAExecutionProvider", "CPUExecutionProvider"])
+    assert e.provider == "CPUExecutionProvider"
+    with pytest.raises(ModelError, match="could not use CUDAExecutionProvider"):
+        Embedder(lcr_onnx, providers=["CUDAExecutionProvider", "CPUExecutionProvider"], strict=True)
+    with pytest.raises(ModelError, match="onnxruntime-gpu"):
+        Embedder(lcr_onnx, device="cuda")
+
+
+def test_embed_and_attend_work_without_torch(lcr_onnx, synth_root):
+    """Acceptance: a process where torch cannot be imported runs Embedder('model.onnx') on cv2.imread images."""
+    img = next((synth_root / "test").glob("*/*.png"))
+    code = textwrap.dedent(f"""
+        import sys
+        sys.modules["torch"] = None  # any 'import torch' now raises ImportError
+        import cv2, numpy as np
+        from lcr_sdk import Embedder
+        e = Embedder({str(lcr_onnx)!r})
+        img = cv2.imread({str(img)!r})
+        v = e.embed(img)
+        r = e.attend(img)
+        assert v.shape == (512,) and abs(np.linalg.norm(v) - 1) < 1e-5
+        assert r.mask.shape == img.shape[:2] and r.overlay(img).shape == img.shape
+        print("ok", e.provider)
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "ok CPUExecutionProvider" in out.stdout

@@ -1,0 +1,150 @@
+"""Bad inputs and bad model files: one clear error each (InputError / ModelError), through the Embedder."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from rt_models import export_onnx
+
+from lcr_sdk import Embedder
+from lcr_sdk.errors import InputError, MissingDependencyError, ModelError
+from lcr_sdk.manifest import sidecar_path
+
+pytestmark = pytest.mark.torch
+
+
+@pytest.fixture(scope="module")
+def lcr_onnx(lcr_checkpoint, tmp_path_factory) -> Path:
+    return export_onnx(lcr_checkpoint, tmp_path_factory.mktemp("onnx") / "lcr.onnx")
+
+
+@pytest.fixture(scope="module")
+def emb(lcr_onnx):
+    with Embedder(lcr_onnx) as e:
+        yield e
+
+
+@pytest.mark.parametrize("image, message", [
+    (None, "image is None"),
+    (np.zeros((0, 0, 3), np.uint8), "empty array"),
+    (np.zeros((32, 32, 3), np.float32), "dtype is float32"),
+    (np.zeros((32, 32, 2), np.uint8), r"shape \(32, 32, 2\) is not an image"),
+    (np.zeros((1, 1, 3), np.uint8), "too small"),
+    (12, "type int is not supported"),
+])
+def test_bad_image_arrays(emb, image, message):
+    with pytest.raises(InputError, match=message):
+        emb.embed(image)
+    with pytest.raises(InputError, match=message):
+        emb.attend(image)
+
+
+def test_bad_image_files(emb, tmp_path):
+    with pytest.raises(InputError, match="does not exist"):
+        emb.embed(tmp_path / "missing.jpg")
+    text = tmp_path / "notes.jpg"
+    text.write_text("not an image")
+    with pytest.raises(InputError, match="could not be decoded"):
+        emb.embed(str(text))
+    with pytest.raises(InputError, match="empty list"):
+        emb.embed([])
+    with pytest.raises(InputError, match="color"):
+        emb.embed(np.zeros((32, 32, 3), np.uint8), color="hsv")
+
+
+def test_bad_batch_to_infer(emb):
+    with pytest.raises(InputError, match="uint8 N x 64 x 64 x 3"):
+        emb.infer(np.zeros((2, 32, 32, 3), np.uint8))
+
+
+def _copy(model: Path, dst: Path, sidecar: bool = True) -> Path:
+    out = dst / model.name
+    shutil.copy(model, out)
+    if sidecar:
+        shutil.copy(sidecar_path(model), sidecar_path(out))
+    return out
+
+
+def test_missing_model_file(tmp_path):
+    with pytest.raises(ModelError, match="does not exist.*lcr-sdk export"):
+        Embedder(tmp_path / "model.onnx")
+    with pytest.raises(ModelError, match="does not exist"):
+        Embedder(tmp_path)
+
+
+def test_unknown_suffix_and_backend(lcr_onnx, tmp_path):
+    odd = tmp_path / "model.bin"
+    odd.write_bytes(b"x")
+    with pytest.raises(ModelError, match="suffix '.bin'"):
+        Embedder(odd)
+    with pytest.raises(InputError, match="backend 'tflite' is unknown"):
+        Embedder(lcr_onnx, backend="tflite")
+
+
+def test_truncated_model_is_refused(lcr_onnx, tmp_path):
+    m = _copy(lcr_onnx, tmp_path)
+    m.write_bytes(lcr_onnx.read_bytes()[: m.stat().st_size // 2])
+    with pytest.raises(ModelError, match="does not match the sha256 in its manifest"):
+        Embedder(m)
+    # without a recorded hash onnxruntime itself rejects it, still as one ModelError
+    side = sidecar_path(m)
+    d = json.loads(side.read_text())
+    d["model_sha256"] = ""
+    side.write_text(json.dumps(d))
+    with pytest.raises(ModelError, match="onnxruntime cannot load"):
+        Embedder(m)
+
+
+def test_not_a_model(tmp_path, lcr_onnx):
+    m = tmp_path / "model.onnx"
+    m.write_bytes(b"\x00garbage" * 100)
+    with pytest.raises(ModelError, match="no manifest|not a readable ONNX model"):
+        Embedder(m)
+    shutil.copy(sidecar_path(lcr_onnx), sidecar_path(m))
+    d = json.loads(sidecar_path(m).read_text())
+    d["model_sha256"] = ""
+    sidecar_path(m).write_text(json.dumps(d))
+    with pytest.raises(ModelError, match="onnxruntime cannot load"):
+        Embedder(m)
+
+
+def test_manifest_missing_or_other_version(lcr_onnx, tmp_path):
+    m = _copy(lcr_onnx, tmp_path, sidecar=False)  # the fixture model has no metadata_props entry
+    with pytest.raises(ModelError, match="no manifest for .*lcr-sdk export"):
+        Embedder(m)
+    side = sidecar_path(m)
+    d = json.loads(sidecar_path(lcr_onnx).read_text())
+    d["format_version"] = 99
+    side.write_text(json.dumps(d))
+    with pytest.raises(ModelError, match="format_version 99"):
+        Embedder(m)
+
+
+def test_manifest_that_does_not_match_the_graph(lcr_onnx, tmp_path):
+    m = _copy(lcr_onnx, tmp_path)
+    d = json.loads(sidecar_path(m).read_text())
+    d["input"]["name"] = "pixels"
+    sidecar_path(m).write_text(json.dumps(d))
+    with pytest.raises(ModelError, match="does not match its manifest"):
+        Embedder(m)
+
+
+def test_engine_from_elsewhere_is_refused_before_tensorrt_loads(lcr_onnx, tmp_path):
+    """Here TensorRT is not installed: the error names the missing extra, never a traceback from deep inside."""
+    engine = tmp_path / "model.engine"
+    engine.write_bytes(b"\x00" * 64)
+    d = json.loads(sidecar_path(lcr_onnx).read_text())
+    d["model_sha256"] = ""
+    d["tensorrt"] = {"version": "10.3.0", "gpu": "Orin", "compute_capability": "8.7"}
+    sidecar_path(engine).write_text(json.dumps(d))
+    try:
+        import tensorrt  # noqa: F401
+    except Exception:
+        with pytest.raises(MissingDependencyError, match=r"lcr-sdk\[trt\]"):
+            Embedder(engine)
+    else:
+        pytest.skip("TensorRT installed: tests/runtime/test_runtime_tensorrt.py covers this")
