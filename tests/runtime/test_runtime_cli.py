@@ -1,0 +1,100 @@
+"""`lcr-sdk embed / gallery / attention / bench / info` through typer's CliRunner against the real app."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from rt_models import export_onnx
+from typer.testing import CliRunner
+
+from lcr_sdk.cli import app
+
+pytestmark = pytest.mark.torch
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def model(lcr_checkpoint, tmp_path_factory) -> Path:
+    return export_onnx(lcr_checkpoint, tmp_path_factory.mktemp("onnx") / "lcr.onnx")
+
+
+def _run(*args: str):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+@pytest.mark.parametrize("cmd", [["embed"], ["gallery", "build"], ["gallery", "search"], ["attention"], ["bench"],
+                                 ["info"]])
+def test_every_command_help_has_an_example(cmd):
+    r = _run(*cmd, "--help")
+    assert r.exit_code == 0 and "Example: lcr-sdk " + " ".join(cmd) in " ".join(r.output.split())
+
+
+def test_embed_writes_npy_matching_the_library(model, synth_root, tmp_path):
+    from lcr_sdk import Embedder
+
+    imgs = sorted((synth_root / "test").glob("*/*.png"))[:3]
+    out = tmp_path / "e.npy"
+    r = _run("embed", model, *imgs, "--out", out)
+    assert r.exit_code == 0, r.output
+    with Embedder(model) as e:
+        np.testing.assert_allclose(np.load(out), e.embed(imgs), atol=1e-6)
+    r = _run("embed", model, imgs[0])
+    assert r.exit_code == 0 and "D=512" in r.output
+
+
+def test_gallery_build_and_search(model, synth_root, tmp_path):
+    g = tmp_path / "g"
+    r = _run("gallery", "build", model, synth_root / "train", "--out", g)
+    assert r.exit_code == 0, r.output
+    assert "24 images, 4 labels" in r.output
+    query = sorted((synth_root / "train").glob("*/*.png"))[5]
+    r = _run("gallery", "search", g, model, query, "-k", "3", "--json")
+    assert r.exit_code == 0, r.output
+    hits = json.loads(r.output)
+    assert len(hits) == 3 and hits[0]["id"] == f"{query.parent.name}/{query.name}"
+    assert hits[0]["label"] == query.parent.name and hits[0]["score"] == pytest.approx(1.0, abs=1e-5)
+    assert hits[0]["metadata"]["path"] == str(query.resolve())
+    table = _run("gallery", "search", g, model, query)
+    assert table.exit_code == 0 and table.output.count("\n") == 6 and "score" in table.output
+
+
+def test_gallery_search_refuses_other_model(model, moco_checkpoint, synth_root, tmp_path):
+    g = tmp_path / "g"
+    assert _run("gallery", "build", model, synth_root / "test", "--out", g).exit_code == 0
+    other = export_onnx(moco_checkpoint, tmp_path / "moco.onnx")
+    query = next((synth_root / "test").glob("*/*.png"))
+    r = _run("gallery", "search", g, other, query)
+    assert r.exit_code == 1 and "not comparable" in r.output and "Traceback" not in r.output
+    assert _run("gallery", "search", g, other, query, "--force").exit_code == 0
+
+
+def test_attention_writes_overlay(model, synth_root, tmp_path):
+    img = next((synth_root / "test").glob("*/*.png"))
+    out = tmp_path / "o.png"
+    r = _run("attention", model, img, "--out", out)
+    assert r.exit_code == 0, r.output
+    over = cv2.imread(str(out))
+    assert over.shape == cv2.imread(str(img)).shape and "peak at" in r.output
+    assert _run("attention", model, img, "--out", tmp_path / "p.png", "--part", "2").exit_code == 0
+
+
+def test_bench_and_info(model):
+    r = _run("bench", model, "--batch", "1,2", "--iters", "2")
+    assert r.exit_code == 0, r.output
+    assert "CPUExecutionProvider" in r.output and "with host preprocessing" in r.output
+    assert r.output.count("| 2 |") == 2
+    r = _run("info", model)
+    assert r.exit_code == 0 and json.loads(r.output)["arch"] == "resnet18"
+
+
+def test_domain_errors_are_one_line(model, tmp_path):
+    for args in (["embed", tmp_path / "none.onnx", "x.jpg"], ["embed", model, tmp_path / "none.jpg"],
+                 ["gallery", "build", model, tmp_path / "nope", "--out", tmp_path / "g"],
+                 ["gallery", "search", tmp_path, model, "x.jpg"], ["bench", model, "--batch", "a,b"]):
+        r = _run(*args)
+        assert r.exit_code == 1, (args, r.output)
+        assert r.output.startswith("Error: ") and r.output.count("\n") == 1 and "Traceback" not in r.output
