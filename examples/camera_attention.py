@@ -41,10 +41,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def mark_peaks(view, peaks: list[tuple[int, int, int, float]], min_rel: float = 0.5):
     """Number each part's peak whose score is at least ``min_rel`` of the strongest one."""
     top = max((s for *_, s in peaks), default=0.0)
+    spots: dict[tuple[int, int], list[str]] = {}  # parts peaking at the same place share one mark
     for k, x, y, s in peaks:
         if top > 0 and s >= min_rel * top:
-            cv2.circle(view, (x, y), 4, (255, 255, 255), -1, cv2.LINE_AA)
-            cv2.putText(view, str(k), (x + 5, y - 5), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (255, 255, 255), 1, cv2.LINE_AA)
+            spots.setdefault((x, y), []).append(str(k))
+    for (x, y), parts in spots.items():
+        cv2.circle(view, (x, y), 4, (255, 255, 255), -1, cv2.LINE_AA)
+        cv2.putText(view, ",".join(parts), (x + 5, y - 5), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (255, 255, 255), 1,
+                    cv2.LINE_AA)
     return view
 
 

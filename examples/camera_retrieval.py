@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -75,14 +76,13 @@ def enroll(gallery: Gallery, folder: str, vector, label: str, source: str, index
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    log = None
     try:
         with Embedder(args.model, backend=args.backend) as emb, open_source(args.input, loop=args.loop) as source, \
-                open_sink(args.output, headless=args.headless, fps=source.fps or 30, title="lcr retrieval") as sink:
+                open_sink(args.output, headless=args.headless, fps=source.fps or 30, title="lcr retrieval") as sink, \
+                open(args.log or os.devnull, "w", encoding="utf-8") as log:
             exists = (Path(args.gallery) / "CURRENT").exists()
             gallery = Gallery.load(args.gallery) if exists else Gallery(emb.manifest.embedding_dim, emb.model_id)
             print(f"{emb}\ngallery: {len(gallery)} items in {args.gallery}", file=sys.stderr)
-            log = args.log.open("w", encoding="utf-8") if args.log else None
             prompt, pending, note, meter, auto = LabelPrompt(), None, "", FpsMeter(), args.enroll
             for frame in source:                                              # capture
                 if not frame.ok:                                              # live source down: show why
@@ -106,8 +106,7 @@ def main(argv: list[str] | None = None) -> int:
                 lines.append(f"label: {prompt.text}_  (Enter saves, Esc cancels)" if typing else
                              f"[e] enrol  [q] quit  {note}  source: {source.status}")
                 draw_text(view, lines)
-                if log:
-                    log.write(json.dumps({"frame": frame.index, "hits": [[x.label, x.score] for x in hits]}) + "\n")
+                log.write(json.dumps({"frame": frame.index, "hits": [[x.label, x.score] for x in hits]}) + "\n")
                 key = sink.render(view)                                       # render
                 if typing and key >= 0 and (label := prompt.feed(key)) is not None:
                     note = "enrolled as " + enroll(gallery, args.gallery, pending[0], label, args.input, pending[1])
@@ -121,9 +120,6 @@ def main(argv: list[str] | None = None) -> int:
     except LcrError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    finally:
-        if log:
-            log.close()
     return 0
 
 
