@@ -1,0 +1,135 @@
+"""Export benchmark (issue 3), ONNX Runtime on the CPU; prints markdown tables.
+
+1. Cost of the folded GFB + min-max mask + weighted pooling over a plain backbone + average pool graph, per batch.
+2. Latency (batch 1) and throughput (batch 32) of the fp32, fp16 and int8 graphs, with verification figures.
+
+    .venv/bin/python benchmarks/bench_export.py [--checkpoint lcr.pt --images data/test --calib data/train]
+
+Without --checkpoint a random-init resnet18 at 112 px is used (fine for timings; say so beside verification
+figures); without images a small synthetic set is generated. Graphs are timed interleaved, round-robin, so that
+machine noise hits all of them alike; medians with the inter-quartile range.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import torch
+import torch.nn.functional as F
+from lcr_sdk.export import export_model, verify_model
+from lcr_sdk.export.graph import OPSET
+from lcr_sdk.train.checkpoint import load_net
+from lcr_sdk.train.model import Preprocess
+
+
+class PlainModel(torch.nn.Module):
+    """Backbone + plain average pool + L2 norm: the baseline without GFB and mask."""
+
+    def __init__(self, net):
+        super().__init__()
+        self.pre, self.net = Preprocess(), net.eval()
+
+    def forward(self, images):
+        return F.normalize(self.net.features(self.pre(images)).mean(dim=(2, 3)), dim=1)
+
+
+def export_plain(checkpoint: Path, size: int, path: Path) -> Path:
+    net, _ = load_net(checkpoint)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(PlainModel(net), (torch.zeros(2, size, size, 3, dtype=torch.uint8),), str(path),
+                          dynamo=False, opset_version=OPSET, input_names=["images"], output_names=["embedding"],
+                          dynamic_axes={"images": {0: "N"}, "embedding": {0: "N"}})
+    return path
+
+
+def session(path: Path, threads: int) -> ort.InferenceSession:
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+
+
+def time_interleaved(sessions: dict[str, ort.InferenceSession], batch: np.ndarray, reps: int) -> dict[str, np.ndarray]:
+    """Seconds per run for each session, round-robin over ``reps`` rounds after one warm-up each."""
+    times = {k: [] for k in sessions}
+    for s in sessions.values():
+        s.run(None, {"images": batch})
+    for _ in range(reps):
+        for k, s in sessions.items():
+            t = time.perf_counter()
+            s.run(None, {"images": batch})
+            times[k].append(time.perf_counter() - t)
+    return {k: np.array(v) for k, v in times.items()}
+
+
+def fmt(t: np.ndarray, scale: float = 1e3) -> str:
+    q1, med, q3 = np.percentile(t * scale, [25, 50, 75])
+    return f"{med:.1f} ({q1:.1f}-{q3:.1f})"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--checkpoint", type=Path)
+    ap.add_argument("--images", type=Path, help="verification images (e.g. the data set's test split)")
+    ap.add_argument("--calib", type=Path, help="int8 calibration images (e.g. the train split)")
+    ap.add_argument("--size", type=int, default=112)
+    ap.add_argument("--reps", type=int, default=15)
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="bench-export-"))
+    ckpt = args.checkpoint
+    if ckpt is None:
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+        from conftest import make_checkpoint
+
+        ckpt = make_checkpoint(work / "lcr.pt", image_size=args.size, num_parts=32)
+    if args.images is None or args.calib is None:
+        from lcr_sdk.synth import SynthConfig, generate
+
+        root = generate(work / "data", SynthConfig(num_classes=8, train_per_class=40, test_per_class=10,
+                                                    image_size=args.size, seed=2), progress=False)
+        args.images, args.calib = args.images or root / "test", args.calib or root / "train"
+    print(f"checkpoint: {ckpt} ({'given' if args.checkpoint else 'random-init resnet18'}), {args.size} px, "
+          f"ORT {ort.__version__} CPU, {args.threads} threads, {args.reps} interleaved rounds\n")
+
+    models = {}
+    for p in ("fp32", "fp16", "int8"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            models[p] = export_model(ckpt, work / f"lcr-{p}.onnx", precision=p, calib_dir=args.calib,
+                                     image_size=args.size, verify=False, progress=False, log=None)
+    plain = export_plain(ckpt, args.size, work / "plain.onnx")
+
+    rng = np.random.default_rng(0)
+    print("| batch | plain backbone + avg pool, ms | LCR graph (GFB + mask + weighted pool), ms | cost |")
+    print("|---|---|---|---|")
+    sess = {"plain": session(plain, args.threads), "lcr": session(models["fp32"], args.threads)}
+    for n in (1, 8, 32):
+        batch = rng.integers(0, 256, (n, args.size, args.size, 3), dtype=np.uint8)
+        t = time_interleaved(sess, batch, args.reps if n < 32 else max(5, args.reps // 3))
+        ratio = np.median(t["lcr"]) / np.median(t["plain"]) - 1
+        print(f"| {n} | {fmt(t['plain'])} | {fmt(t['lcr'])} | {ratio * 100:+.1f}% |")
+
+    print("\n| precision | batch 1 latency, ms | batch 32, images/s | min cosine | median cosine | "
+          "attention max err | Rank-1 agreement | passed |")
+    print("|---|---|---|---|---|---|---|---|")
+    sess = {p: session(m, args.threads) for p, m in models.items()}
+    b1 = time_interleaved(sess, rng.integers(0, 256, (1, args.size, args.size, 3), dtype=np.uint8), args.reps)
+    b32 = time_interleaved(sess, rng.integers(0, 256, (32, args.size, args.size, 3), dtype=np.uint8),
+                           max(5, args.reps // 3))
+    for p, m in models.items():
+        r = verify_model(m, ckpt, args.images, max_images=None, progress=False)
+        print(f"| {p} | {fmt(b1[p])} | {32 / np.median(b32[p]):.0f} | {r['cosine_min']:.5f} | "
+              f"{r['cosine_median']:.5f} | {r['attention_max_abs_err']:.3f} | {r['rank1_agreement']:.3f} | "
+              f"{'yes' if r['passed'] else 'no'} ({r['images']} images) |")
+
+
+if __name__ == "__main__":
+    main()
