@@ -24,7 +24,9 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     """Read an image file as uint8 BGR H x W x 3; raise :class:`InputError` if missing or not an image."""
     p = Path(path)
     if not p.exists():
-        raise InputError(f"image file {p} does not exist; pass the path of a readable image ({', '.join(IMAGE_SUFFIXES)})")
+        raise InputError(
+            f"image file {p} does not exist; pass the path of a readable image ({', '.join(IMAGE_SUFFIXES)})"
+        )
     if p.is_dir():
         raise InputError(f"{p} is a folder, not an image file")
     data = np.fromfile(p, dtype=np.uint8)
@@ -82,7 +84,9 @@ def to_bgr(image: Any, color: str = "bgr") -> np.ndarray:
             "or H x W x 4 (BGRA/RGBA)"
         )
     if min(out.shape[:2]) < MIN_SIDE:
-        raise InputError(f"image of size {out.shape[1]}x{out.shape[0]} is too small; each side must be >= {MIN_SIDE} px")
+        raise InputError(
+            f"image of size {out.shape[1]}x{out.shape[0]} is too small; each side must be >= {MIN_SIDE} px"
+        )
     return np.ascontiguousarray(out)
 
 

@@ -50,9 +50,10 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         raise ModelError(f"checkpoint {path} does not exist; train one with `lcr-sdk train DATA --out DIR`")
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError) as e:
+    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError) as e:
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise ModelError(
-            f"{path} ({path.stat().st_size} bytes) is not a readable PyTorch checkpoint ({str(e).splitlines()[0]}); "
+            f"{path} ({path.stat().st_size} bytes) is not a readable PyTorch checkpoint ({reason}); "
             "it may be truncated or corrupt: re-copy it or retrain"
         ) from e
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:

@@ -1,0 +1,48 @@
+"""The runtime never imports torch: `import lcr_sdk` and every runtime module work on a Jetson without it."""
+
+import pkgutil
+import subprocess
+import sys
+
+import lcr_sdk
+
+RUNTIME_MODULES = sorted(
+    m.name for m in pkgutil.walk_packages(lcr_sdk.__path__, "lcr_sdk.")
+    if not m.name.startswith(("lcr_sdk.train", "lcr_sdk.export")) and m.name != "lcr_sdk.cli.__main__"
+)
+
+
+def _run(code: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+
+
+def test_runtime_modules_leave_torch_unimported():
+    assert "lcr_sdk.manifest" in RUNTIME_MODULES and "lcr_sdk.cli" in RUNTIME_MODULES
+    code = (
+        "import importlib, sys\n"
+        f"for m in {RUNTIME_MODULES!r}:\n"
+        "    importlib.import_module(m)\n"
+        "import lcr_sdk\n"
+        "print(sorted(k for k in sys.modules if k == 'torch' or k.startswith('torch.')))\n"
+    )
+    r = _run(code)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "[]", f"torch was imported by a runtime module: {r.stdout}"
+
+
+BLOCK_TORCH = "import sys; sys.modules['torch'] = None; sys.modules['torchvision'] = None\n"
+
+
+def test_cli_help_lists_every_command_without_torch():
+    r = _run(BLOCK_TORCH + "import sys; sys.argv = ['lcr-sdk', '--help']\nfrom lcr_sdk.cli import main\nmain()")
+    assert r.returncode == 0, r.stderr
+    for command in ("quickstart", "train", "eval", "data"):
+        assert command in r.stdout
+
+
+def test_command_needing_torch_names_the_extra(tmp_path):
+    r = _run(BLOCK_TORCH + f"import sys; sys.argv = ['lcr-sdk', 'train', {str(tmp_path)!r}]\n"
+             "from lcr_sdk.cli import main\nmain()")
+    assert r.returncode == 1
+    assert "pip install 'lcr-sdk[train]'" in r.stderr
+    assert "Traceback" not in r.stderr

@@ -1,0 +1,131 @@
+"""Training end to end on a tiny data set: CLI, checkpoints, resume after a kill, pretrained init, evaluation."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from typer.testing import CliRunner
+
+from lcr_sdk.cli import app
+from lcr_sdk.errors import ModelError
+
+pytestmark = pytest.mark.torch
+runner = CliRunner()
+TINY = ["--arch", "resnet18", "--image-size", "64", "--batch-size", "8", "--moco-k", "16", "--num-parts", "4",
+        "--workers", "0", "--no-progress"]
+
+
+def _train(data, out, *extra):
+    return runner.invoke(app, ["train", str(data), "--out", str(out), *TINY, *extra])
+
+
+def test_train_then_eval_json(synth_root, tmp_path):
+    r = _train(synth_root, tmp_path / "run", "--epochs", "1", "--eval-every", "1")
+    assert r.exit_code == 0, r.output
+    log = (tmp_path / "run" / "log.csv").read_text().splitlines()
+    assert log[0].startswith("epoch,step,lr,loss") and len(log) == 2 and log[1].startswith("1,3,")
+    r = runner.invoke(app, ["eval", str(tmp_path / "run" / "checkpoint.pt"), str(synth_root), "--json"])
+    assert r.exit_code == 0, r.output
+    m = json.loads(r.output)
+    assert m["method"] == "lcr" and m["queries"] == 16 and 0 <= m["rank1"] <= 1 and m["chance"] == 0.25
+
+
+def test_supervised_bound_trains(synth_root, tmp_path):
+    r = _train(synth_root, tmp_path / "sup", "--epochs", "1", "--supervised")
+    assert r.exit_code == 0, r.output
+    import torch
+
+    ckpt = torch.load(tmp_path / "sup" / "checkpoint.pt", weights_only=True)
+    assert ckpt["config"]["method"] == "moco" and ckpt["config"]["supervised"]
+
+
+def test_bad_data_is_one_line_exit_1(tmp_path):
+    (tmp_path / "train" / "a").mkdir(parents=True)
+    r = _train(tmp_path, tmp_path / "run", "--epochs", "1")
+    assert r.exit_code == 1
+    assert "has no images" in r.output and "Traceback" not in r.output
+    r = runner.invoke(app, ["train", str(tmp_path), "--cam-sign", "up", *TINY])
+    assert r.exit_code == 1 and "--cam-sign 'up' is not valid" in r.output
+
+
+def _weights(path):
+    import torch
+
+    return torch.load(path, weights_only=True)["model"]
+
+
+@pytest.mark.slow
+def test_resume_after_kill_matches_uninterrupted_run(synth_root, tmp_path):
+    """Kill a real training process mid-epoch (SIGKILL), resume it, and get the uninterrupted run's weights."""
+    import torch
+
+    args = [str(synth_root), *TINY, "--epochs", "2", "--seed", "3"]
+    full = _train(synth_root, tmp_path / "full", "--epochs", "2", "--seed", "3")
+    assert full.exit_code == 0, full.output
+
+    out = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "lcr_sdk.cli", "train", *args, "--out", str(out), "--save-every", "1"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    ckpt = out / "checkpoint.pt"
+    deadline = time.time() + 300
+    step = 0
+    while time.time() < deadline and proc.poll() is None:
+        if ckpt.exists():
+            state = torch.load(ckpt, weights_only=True)["train_state"]
+            step = state["global_step"]
+            if step >= 4:  # epoch 2, mid-epoch (3 steps per epoch)
+                break
+        time.sleep(0.05)
+    assert proc.poll() is None, f"training ended before it could be killed: {proc.stderr.read().decode()[-2000:]}"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    state = torch.load(ckpt, weights_only=True)["train_state"]
+    assert state["global_step"] < 6, "the run finished before the kill"
+    resumed = _train(synth_root, out, "--epochs", "2", "--seed", "3", "--resume")
+    assert resumed.exit_code == 0, resumed.output
+    a, b = _weights(tmp_path / "full" / "checkpoint.pt"), _weights(ckpt)
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=f"{k} differs after resume")
+    assert len((out / "log.csv").read_text().splitlines()) == 3  # header + 2 epochs
+
+
+def test_resume_refuses_other_options(synth_root, tmp_path):
+    assert _train(synth_root, tmp_path / "r", "--epochs", "1").exit_code == 0
+    r = _train(synth_root, tmp_path / "r", "--epochs", "1", "--image-size", "96", "--resume")
+    assert r.exit_code == 1 and "image_size=64" in r.output
+
+
+def test_pretrained_torchvision_state_dict(synth_root, tmp_path):
+    import torch
+    import torchvision
+
+    tv = torchvision.models.resnet18(weights=None)
+    torch.save(tv.state_dict(), tmp_path / "tv.pth")
+    from lcr_sdk.train.engine import load_pretrained
+    from lcr_sdk.train.model import LCRNet
+
+    net = LCRNet("resnet18", "lcr", 4)
+    load_pretrained(net, str(tmp_path / "tv.pth"))
+    torch.testing.assert_close(net.backbone.conv1.weight, tv.conv1.weight)
+    with pytest.raises(ModelError, match="does not fit resnet50: size mismatch"):
+        load_pretrained(LCRNet("resnet50", "lcr", 4), str(tmp_path / "tv.pth"))
+
+
+@pytest.mark.slow
+def test_ddp_two_processes_on_cpu(synth_root, tmp_path):
+    """torchrun with 2 CPU processes (gloo): shuffle-BN across ranks, one checkpoint from rank 0."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "lcr_sdk.cli", "train", str(synth_root), *TINY, "--epochs", "1",
+           "--out", str(tmp_path / "ddp"), "--nproc-per-node", "2", "--device", "cpu"]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "torch.distributed.run" in r.stdout
+    import torch
+
+    ckpt = torch.load(tmp_path / "ddp" / "checkpoint.pt", weights_only=True)
+    assert ckpt["train_state"]["global_step"] == 3

@@ -1,0 +1,135 @@
+"""ImageFolder data sets (ROOT/train/<class>/*, ROOT/test/<class>/*) for training and evaluation.
+
+Every image is decoded once when the data set is opened, so an unreadable file is reported up front (skipped with
+a report, or a DataError with ``on_bad='fail'``), never a crash in the middle of an epoch. Small data sets stay in
+memory as decoded uint8 arrays (decoding PNGs every epoch would dominate a 2-core CPU run).
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from lcr_sdk.errors import DataError
+from lcr_sdk.images import IMAGE_SUFFIXES, read_image, resize_to
+
+CACHE_LIMIT_BYTES = 4 << 30  # keep decoded images in memory below this estimate
+
+
+@dataclass
+class Split:
+    """One split of an ImageFolder: file paths, integer labels and the class names they index."""
+
+    root: Path
+    paths: list[Path]
+    labels: list[int]
+    classes: list[str]
+    skipped: list[tuple[Path, str]] = field(default_factory=list)
+    images: list[np.ndarray] | None = None  # decoded BGR images when cached
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+
+def scan_split(root: str | Path, split: str, on_bad: str = "skip", size: int | None = None) -> Split:
+    """Find and check ``root/split/<class>/*``.
+
+    Args:
+        root: data set root.
+        split: 'train' or 'test'.
+        on_bad: what to do with an unreadable image: 'skip' (report and leave it out) or 'fail'.
+        size: the model's input side; when given and the split is small enough, decoded images stay in memory.
+
+    Raises:
+        DataError: missing split folder, no class folders, an empty class, or a bad image with on_bad='fail'.
+    """
+    if on_bad not in ("skip", "fail"):
+        raise DataError(f"on_bad={on_bad!r} is not valid; use 'skip' or 'fail'")
+    root = Path(root)
+    folder = root / split
+    if not folder.is_dir():
+        have = sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else None
+        raise DataError(
+            f"data set {root} has no '{split}' folder (found: {have if have is not None else 'root does not exist'}). "
+            f"Expected ROOT/train/<class>/*.jpg and ROOT/test/<class>/*.jpg (the CUB/Cars/Aircraft layout); "
+            f"`lcr-sdk data synth {root}` makes a synthetic one"
+        )
+    classes = sorted(p.name for p in folder.iterdir() if p.is_dir())
+    if not classes:
+        raise DataError(f"{folder} has no class sub-folders; put each class's images in {folder}/<class>/")
+    paths, labels = [], []
+    for ci, name in enumerate(classes):
+        files = sorted(p for p in (folder / name).iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        if not files:
+            raise DataError(
+                f"class folder {folder / name} has no images ({', '.join(IMAGE_SUFFIXES)}); add images or remove it"
+            )
+        paths += files
+        labels += [ci] * len(files)
+    out = Split(folder, [], [], classes)
+    cache = size is not None and len(paths) * size * size * 3 < CACHE_LIMIT_BYTES
+    images = [] if cache else None
+    for p, y in zip(paths, labels):
+        try:
+            img = read_image(p)
+        except Exception as e:  # InputError from read_image, or OSError
+            if on_bad == "fail":
+                raise DataError(
+                    f"unreadable image in the data set: {e} (use on_bad='skip' to leave such files out)"
+                ) from e
+            out.skipped.append((p, str(e)))
+            continue
+        out.paths.append(p)
+        out.labels.append(y)
+        if cache:
+            images.append(img)
+    out.images = images
+    if out.skipped:
+        warnings.warn(f"{len(out.skipped)} unreadable image(s) in {folder} skipped, e.g. {out.skipped[0][0]}",
+                      stacklevel=2)
+    missing = sorted(set(range(len(classes))) - set(out.labels))
+    if missing:
+        raise DataError(f"every image of class '{classes[missing[0]]}' in {folder} was unreadable; fix or remove it")
+    return out
+
+
+def train_side(size: int) -> int:
+    """Side at which training images are held before random resized crops (like 256 for 224)."""
+    return round(size * 8 / 7)
+
+
+class TrainImages(Dataset):
+    """Training images as uint8 RGB 3 x Sc x Sc tensors plus labels; augmentation happens later, per batch.
+
+    Cached splits are converted once into one tensor; others are read from disk per item (use DataLoader workers).
+    """
+
+    def __init__(self, split: Split, size: int):
+        self.split, self.side = split, train_side(size)
+        self.tensor = None
+        if split.images is not None:
+            self.tensor = torch.from_numpy(np.stack([self._prep(im) for im in split.images]))  # N x 3 x Sc x Sc
+
+    def _prep(self, bgr: np.ndarray) -> np.ndarray:
+        return np.ascontiguousarray(resize_to(bgr, self.side, self.side)[:, :, ::-1].transpose(2, 0, 1))
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    def __getitem__(self, i: int):
+        if self.tensor is not None:
+            return self.tensor[i], self.split.labels[i]
+        return torch.from_numpy(self._prep(read_image(self.split.paths[i]))), self.split.labels[i]
+
+
+def eval_batches(split: Split, size: int, batch_size: int = 64):
+    """Yield uint8 N x S x S x 3 BGR batches by the deployment resize rule (the exported graph's input)."""
+    for start in range(0, len(split), batch_size):
+        idx = range(start, min(start + batch_size, len(split)))
+        imgs = [split.images[i] if split.images is not None else read_image(split.paths[i]) for i in idx]
+        yield torch.from_numpy(np.stack([resize_to(im, size, size) for im in imgs]))

@@ -1,0 +1,207 @@
+"""MoCo v2 with the LCR GradCAM fitting loss (DESIGN.md section 1).
+
+MoCo v2: He et al. 2020 / Chen et al. 2020 (facebookresearch/moco builder.py). LCR: Shu et al., CVPR 2023.
+
+Hyper-parameters (defaults in TrainConfig): d=128 projection, queue K=65536, momentum m=0.999, temperature
+T=0.2; LCR adds K_parts=32 part maps, fitting weight nu, softmax temperature tau=0.4.
+
+Per step (query batch x_q, key batch x_k, both B x 3 x S x S):
+    F_q = f(x_q)                                  B x C x h x w
+    q   = normalize(g(avgpool(F_q)))              B x d
+    k   = normalize(g_k(avgpool(f_k(x_k))))       B x d   (no grad, shuffle-BN)
+    L   = InfoNCE(q, k, queue) / T
+  LCR:
+    G   = dL/dF_q (autograd.grad, graph kept)     B x C x h x w
+    CAM = ReLU(sum_c F_q * G')  G' = -G ('score') or +G ('loss', released code)    B x h x w
+    CAM = CAM / max(CAM) per image                (scale-free target)
+    A   = max_k GFB(F_q)                          B x h x w
+    L  += nu * KL(softmax(CAM/tau) || softmax(A/tau))   softmax over all h*w positions of each image
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from lcr_sdk.train.model import LCRNet
+from torch import nn
+
+
+class SplitBatchNorm(nn.BatchNorm2d):
+    """BatchNorm over ``num_splits`` sub-batches in training (emulates per-GPU BN in one process).
+
+    With one process there is no other GPU to shuffle keys to; as in MoCo's official single-GPU demo, BN statistics
+    are computed over sub-batches and keys are shuffled across them, so a query and its key never share BN
+    statistics. In eval mode, or with one split, it is a plain BatchNorm2d (same state-dict keys).
+    """
+
+    num_splits: int = 1
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, c, h, w = x.shape
+        s = self.num_splits
+        if not self.training or s <= 1 or n % s:
+            return super().forward(x)
+        mean_in = self.running_mean.repeat(s)
+        var_in = self.running_var.repeat(s)
+        out = F.batch_norm(x.view(n // s, c * s, h, w), mean_in, var_in, self.weight.repeat(s), self.bias.repeat(s),
+                           True, self.momentum, self.eps).view(n, c, h, w)
+        self.running_mean.copy_(mean_in.view(s, c).mean(0))
+        self.running_var.copy_(var_in.view(s, c).mean(0))
+        return out
+
+
+def use_split_bn(module: nn.Module, num_splits: int) -> None:
+    """Turn every BatchNorm2d of ``module`` into a SplitBatchNorm with ``num_splits`` (in place, same weights)."""
+    for m in module.modules():
+        if type(m) in (nn.BatchNorm2d, SplitBatchNorm):
+            m.__class__ = SplitBatchNorm
+            m.num_splits = num_splits
+
+
+def mlp_head(dim_in: int, hidden: int, dim_out: int) -> nn.Sequential:
+    """MoCo v2 projection head C -> hidden -> d."""
+    return nn.Sequential(nn.Linear(dim_in, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, dim_out))
+
+
+def contrastive_gradcam(loss: torch.Tensor, feats: torch.Tensor, sign: str = "score", detach: bool = True,
+                        norm: str = "max", grad_scale: float = 1.0) -> torch.Tensor:
+    """Grad-CAM of the InfoNCE loss w.r.t. the feature map: B x h x w, each image scaled to max 1 (norm='max').
+
+    Args:
+        loss: scalar InfoNCE loss (possibly multiplied by an AMP loss scale ``grad_scale``).
+        feats: F, B x C x h x w, part of ``loss``'s graph.
+        sign: 'score' uses -dL/dF (what raises the positive-pair score); 'loss' uses +dL/dF (released code).
+        detach: return a constant target (no gradient through F); False lets the target's F factor get gradient.
+        norm: 'max' divides each image's CAM by its maximum; 'none' keeps raw values.
+    """
+    grad = torch.autograd.grad(loss, feats, retain_graph=True)[0] / grad_scale  # B x C x h x w, no double backward
+    weights = -grad if sign == "score" else grad
+    cam = F.relu((feats * weights).sum(dim=1))  # B x h x w
+    if norm == "max":
+        cam = cam / cam.flatten(1).amax(dim=1).clamp_min(1e-12).view(-1, 1, 1)
+    return cam.detach() if detach else cam
+
+
+def fitting_loss(cam: torch.Tensor, attn: torch.Tensor, tau: float = 0.4) -> torch.Tensor:
+    """KL(softmax(CAM/tau) || softmax(A/tau)) over all h*w positions of each image, averaged over the batch."""
+    target = F.log_softmax(cam.flatten(1).float() / tau, dim=1)  # B x hw
+    pred = F.log_softmax(attn.flatten(1).float() / tau, dim=1)  # B x hw
+    return F.kl_div(pred, target, reduction="batchmean", log_target=True)
+
+
+@torch.no_grad()
+def _gather(x: torch.Tensor) -> torch.Tensor:
+    """All-gather along dim 0 across DDP ranks (no gradient); identity without DDP."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return x
+    out = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+    dist.all_gather(out, x.contiguous())
+    return torch.cat(out)
+
+
+class MoCo(nn.Module):
+    """MoCo v2 (+ LCR fitting loss when ``net.method == 'lcr'``) around a deployable :class:`LCRNet`.
+
+    Args:
+        net: the query encoder (its GFB, if any, gets the fitting loss). Keep a reference: it is what gets deployed.
+        dim: projection dimension d.
+        hidden: MLP hidden width (0 = C).
+        queue_size: number of negative keys.
+        momentum: key-encoder momentum m.
+        temperature: InfoNCE temperature T.
+        bn_splits: BN sub-batches for single-process shuffle-BN (1 = plain BN, e.g. under DDP or SyncBN).
+    """
+
+    def __init__(self, net: LCRNet, dim: int = 128, hidden: int = 0, queue_size: int = 65536,
+                 momentum: float = 0.999, temperature: float = 0.2, bn_splits: int = 1):
+        super().__init__()
+        self.m, self.T = momentum, temperature
+        self.encoder_q = net
+        self.head_q = mlp_head(net.dim, hidden or net.dim, dim)
+        self.encoder_k = copy.deepcopy(net)
+        self.head_k = copy.deepcopy(self.head_q)
+        self.encoder_k.gfb = None  # keys need only the backbone
+        for p in [*self.encoder_k.parameters(), *self.head_k.parameters()]:
+            p.requires_grad = False
+        self.bn_splits = bn_splits
+        if bn_splits > 1:
+            use_split_bn(self.encoder_q.backbone, bn_splits)
+            use_split_bn(self.encoder_k.backbone, bn_splits)
+        self.register_buffer("queue", F.normalize(torch.randn(dim, queue_size), dim=0))  # d x K
+        self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))
+
+    @torch.no_grad()
+    def _momentum_update(self) -> None:
+        pairs = [(self.encoder_q.backbone, self.encoder_k.backbone), (self.head_q, self.head_k)]
+        for q_mod, k_mod in pairs:
+            for pq, pk in zip(q_mod.parameters(), k_mod.parameters()):
+                pk.mul_(self.m).add_(pq.detach(), alpha=1.0 - self.m)
+
+    @torch.no_grad()
+    def _enqueue(self, keys: torch.Tensor) -> None:
+        keys = _gather(keys)  # B_total x d
+        k_size = self.queue.shape[1]
+        idx = (self.queue_ptr + torch.arange(keys.shape[0], device=keys.device)) % k_size
+        self.queue[:, idx] = keys.T.to(self.queue.dtype)
+        self.queue_ptr.copy_((self.queue_ptr + keys.shape[0]) % k_size)
+
+    @torch.no_grad()
+    def _keys(self, x_k: torch.Tensor) -> torch.Tensor:
+        """Key embeddings with shuffle-BN: across GPUs under DDP, across BN splits in one process."""
+        ddp = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+        if ddp:  # MoCo's batch shuffle across GPUs
+            x_all = _gather(x_k)
+            perm = torch.randperm(x_all.shape[0], device=x_k.device)
+            dist.broadcast(perm, src=0)
+            unperm = torch.argsort(perm)
+            b, rank = x_k.shape[0], dist.get_rank()
+            x = x_all[perm[rank * b:(rank + 1) * b]]
+        else:
+            perm = torch.randperm(x_k.shape[0], device=x_k.device)
+            x = x_k[perm]
+        feats = self.encoder_k.features(x)
+        k = F.normalize(self.head_k(feats.mean(dim=(2, 3))), dim=1)
+        if ddp:
+            return _gather(k)[unperm[rank * b:(rank + 1) * b]]
+        return k[torch.argsort(perm)]
+
+    def forward(self, x_q: torch.Tensor, x_k: torch.Tensor, cfg) -> dict[str, torch.Tensor]:
+        """One training forward. Returns the total loss and its parts (for logging)."""
+        feats = self.encoder_q.features(x_q)  # B x C x h x w
+        q = F.normalize(self.head_q(feats.mean(dim=(2, 3))), dim=1)  # B x d
+        with torch.no_grad():
+            self._momentum_update()
+            k = self._keys(x_k)  # B x d
+        l_pos = (q * k).sum(dim=1, keepdim=True)  # B x 1
+        l_neg = q @ self.queue.clone().detach().to(q.dtype)  # B x K
+        logits = torch.cat([l_pos, l_neg], dim=1).float() / self.T
+        labels = torch.zeros(logits.shape[0], dtype=torch.long, device=logits.device)
+        loss_nce = F.cross_entropy(logits, labels)
+        out = {"loss_nce": loss_nce.detach(), "acc": (logits.argmax(1) == 0).float().mean()}
+        loss = loss_nce
+        if self.encoder_q.gfb is not None:
+            cam = contrastive_gradcam(loss_nce, feats, cfg.cam_sign, cfg.cam_detach, cfg.cam_norm)  # B x h x w
+            attn = self.encoder_q.raw_attention(feats)  # B x h x w
+            loss_fit = fitting_loss(cam, attn, cfg.tau)
+            loss = loss + cfg.nu * loss_fit
+            out["loss_fit"] = loss_fit.detach()
+        self._enqueue(k)
+        out["loss"] = loss
+        return out
+
+
+class Supervised(nn.Module):
+    """The supervised upper bound: same backbone and budget, cross-entropy on the average-pooled feature."""
+
+    def __init__(self, net: LCRNet, num_classes: int):
+        super().__init__()
+        self.encoder_q = net
+        self.classifier = nn.Linear(net.dim, num_classes)
+
+    def forward(self, x: torch.Tensor, labels: torch.Tensor, cfg=None) -> dict[str, torch.Tensor]:
+        logits = self.classifier(self.encoder_q.features(x).mean(dim=(2, 3)))
+        loss = F.cross_entropy(logits, labels)
+        return {"loss": loss, "loss_nce": loss.detach(), "acc": (logits.argmax(1) == labels).float().mean()}

@@ -1,0 +1,152 @@
+"""The quickstart report: metrics table, attention maps, retrieval results, training curves, one HTML page."""
+
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from lcr_sdk.fileio import atomic_write_bytes, atomic_write_text
+from lcr_sdk.metrics import ranking
+
+TILE = 112  # px per image tile in the pictures
+
+
+def heatmap_overlay(image: np.ndarray, mask: np.ndarray, alpha: float = 0.5) -> np.ndarray:
+    """Blend a [0, 1] mask (any size) over a BGR image as a JET heatmap."""
+    h, w = image.shape[:2]
+    m = cv2.resize(mask.astype(np.float32), (w, h), interpolation=cv2.INTER_CUBIC).clip(0, 1)
+    heat = cv2.applyColorMap((m * 255).astype(np.uint8), cv2.COLORMAP_JET)
+    return cv2.addWeighted(image, 1 - alpha, heat, alpha, 0)
+
+
+def _tile(img: np.ndarray, border: tuple[int, int, int] | None = None, label: str = "") -> np.ndarray:
+    t = cv2.resize(img, (TILE, TILE), interpolation=cv2.INTER_AREA)
+    if border is not None:
+        cv2.rectangle(t, (0, 0), (TILE - 1, TILE - 1), border, 4)
+    if label:
+        cv2.rectangle(t, (0, TILE - 16), (TILE, TILE), (0, 0, 0), -1)
+        cv2.putText(t, label[:18], (3, TILE - 4), cv2.FONT_HERSHEY_SIMPLEX, 0.36, (255, 255, 255), 1, cv2.LINE_AA)
+    return t
+
+
+def _caption(text: str, width: int) -> np.ndarray:
+    bar = np.full((22, width, 3), 255, np.uint8)
+    cv2.putText(bar, text, (4, 16), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 1, cv2.LINE_AA)
+    return bar
+
+
+def attention_figure(images: list[np.ndarray], masks_by_method: dict[str, np.ndarray]) -> np.ndarray:
+    """Rows: the test images, then one row of overlays per method (its attention mask M)."""
+    rows = [np.hstack([_tile(im) for im in images])]
+    width = rows[0].shape[1]
+    out = [_caption("test images", width), rows[0]]
+    for name, masks in masks_by_method.items():
+        out += [_caption(f"{name}: attention mask M (red = high)", width),
+                np.hstack([_tile(heatmap_overlay(im, m)) for im, m in zip(images, masks)])]
+    return np.vstack(out)
+
+
+def retrieval_figure(images: list[np.ndarray], labels: list[int], classes: list[str], emb_by_method: dict,
+                     queries: list[int], k: int = 5) -> np.ndarray:
+    """Per method and query: the query, then its top-k leave-one-out neighbours, green = same class, red = not."""
+    blocks = []
+    for name, emb in emb_by_method.items():
+        scores = emb @ emb.T
+        np.fill_diagonal(scores, -np.inf)
+        order = ranking(scores)
+        rows = []
+        for q in queries:
+            tiles = [_tile(images[q], (255, 255, 255), "query: " + classes[labels[q]].split("_")[0])]
+            for j in order[q, :k]:
+                ok = labels[j] == labels[q]
+                tiles.append(_tile(images[j], (0, 200, 0) if ok else (0, 0, 230), f"{scores[q, j]:.2f}"))
+            rows.append(np.hstack(tiles))
+        width = rows[0].shape[1]
+        blocks += [_caption(f"{name}: query, then top-{k} (green border = same class, red = other class)", width),
+                   *rows]
+    return np.vstack(blocks)
+
+
+def curves_figure(logs: dict[str, Path], out: Path) -> None:
+    """Loss (and kNN monitor, when logged) per epoch for each method, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    for name, path in logs.items():
+        if not path.exists():
+            continue
+        rows = list(csv.DictReader(open(path)))
+        ep = [int(r["epoch"]) for r in rows]
+        axes[0].plot(ep, [float(r["loss_nce"]) for r in rows], marker="o", label=f"{name} InfoNCE / CE")
+        if rows and rows[0].get("loss_fit"):
+            axes[0].plot(ep, [float(r["loss_fit"]) for r in rows], marker="x", ls="--", label=f"{name} fit (KL)")
+        knn = [(e, float(r["knn_top1"])) for e, r in zip(ep, rows) if r.get("knn_top1")]
+        if knn:
+            axes[1].plot(*zip(*knn), marker="o", label=name)
+    axes[0].set(xlabel="epoch", ylabel="loss", title="training loss")
+    axes[1].set(xlabel="epoch", ylabel="kNN top-1", title="kNN monitor (train bank, test queries)")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    tmp = out.with_name(out.stem + ".tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(out)
+
+
+def metrics_table(metrics: dict[str, dict]) -> str:
+    """Plain-text table (percent) of the metrics of each method."""
+    cols = ["rank1", "rank5", "mAP", "knn_top1", "linear_top1"]
+    lines = [f"{'method':<12}" + "".join(f"{c:>12}" for c in cols)]
+    for name, m in metrics.items():
+        lines.append(f"{name:<12}" + "".join(f"{100 * m[c]:>11.1f}%" if c in m else f"{'-':>12}" for c in cols))
+    return "\n".join(lines)
+
+
+def write_png(path: Path, image: np.ndarray) -> None:
+    ok, buf = cv2.imencode(".png", image)
+    if not ok:
+        raise OSError(f"could not encode {path}")
+    atomic_write_bytes(path, buf.tobytes())
+
+
+def write_html(report_dir: Path, title: str, metrics: dict[str, dict], notes: list[str],
+               pictures: list[tuple[str, str]]) -> Path:
+    """One self-contained page: the images are embedded as data URIs, so it opens anywhere."""
+    def img_tag(name: str) -> str:
+        data = base64.b64encode((report_dir / name).read_bytes()).decode()
+        return f'<img alt="{html.escape(name)}" src="data:image/png;base64,{data}">'
+
+    cols = ["rank1", "rank5", "mAP", "knn_top1", "linear_top1"]
+    head = "".join(f"<th>{c}</th>" for c in ["method", *cols])
+    body = "".join(
+        "<tr>" + f"<td>{html.escape(n)}</td>" + "".join(
+            f"<td>{100 * m[c]:.1f}%</td>" if c in m else "<td>-</td>" for c in cols) + "</tr>"
+        for n, m in metrics.items())
+    sections = "".join(f"<h2>{html.escape(t)}</h2>{img_tag(f)}" for t, f in pictures)
+    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
+<style>body{{font-family:sans-serif;max-width:1200px;margin:2em auto;padding:0 1em}}
+table{{border-collapse:collapse}}td,th{{border:1px solid #bbb;padding:4px 10px;text-align:right}}
+img{{max-width:100%;border:1px solid #ddd}}</style></head><body>
+<h1>{html.escape(title)}</h1>
+<table><tr>{head}</tr>{body}</table>
+<ul>{''.join(f'<li>{html.escape(n)}</li>' for n in notes)}</ul>
+{sections}
+</body></html>"""
+    path = report_dir / "index.html"
+    atomic_write_text(path, page)
+    return path
+
+
+def save_metrics(path: Path, metrics: dict) -> None:
+    atomic_write_text(path, json.dumps(metrics, indent=2))
