@@ -7,11 +7,9 @@ fixed H x W. Opset 17 is read by TensorRT 10 and 11 and supports per-channel QDQ
 
 from __future__ import annotations
 
-import hashlib
 import os
 import warnings
 from collections import Counter
-from pathlib import Path
 from typing import Any
 
 from lcr_sdk.errors import ModelError, require
@@ -112,14 +110,3 @@ def check(proto) -> None:
 def op_counts(proto) -> Counter:
     """Node count per op type."""
     return Counter(n.op_type for n in proto.graph.node)
-
-
-def sha256_bytes(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def save(proto, path: str | os.PathLike) -> Path:
-    """Save an ONNX model (one file, no external data)."""
-    onnx = require("onnx", "export", "saving an ONNX graph")
-    onnx.save(proto, str(path))
-    return Path(path)

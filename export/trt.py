@@ -13,6 +13,7 @@ IProgressMonitor, OnnxParser.parse_from_file, get_error(i).desc()/node_name()/no
 
 from __future__ import annotations
 
+import hashlib
 import os
 import threading
 import time
@@ -80,7 +81,7 @@ def build_engine(onnx_path: str | os.PathLike, engine_path: str | os.PathLike, m
         The engine's manifest (TensorRT version, GPU, compute capability, engine sha256); the caller writes it.
     """
     trt = import_tensorrt()
-    logger = _Logger(trt)
+    logger = _make_logger(trt)
     builder = trt.Builder(logger)
     network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
     parser = trt.OnnxParser(network, logger)
@@ -115,14 +116,12 @@ def build_engine(onnx_path: str | os.PathLike, engine_path: str | os.PathLike, m
         cache_path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(cache_path, bytes(config.get_timing_cache().serialize()))
     gpu, cc = gpu_info()
-    import hashlib
-
     return replace(manifest, model_file=Path(engine_path).name, model_sha256=hashlib.sha256(data).hexdigest(),
                    tensorrt={"version": trt.__version__, "gpu": gpu, "compute_capability": cc},
                    extra={**manifest.extra, "onnx_file": Path(onnx_path).name, "workspace_gib": workspace_gib})
 
 
-def _Logger(trt):
+def _make_logger(trt):
     """A TensorRT logger that prints warnings and keeps error messages (for the one-line error)."""
 
     class Logger(trt.ILogger):
