@@ -5,6 +5,7 @@
     python examples/camera_retrieval.py lcr.engine gallery/ csi://0 --crop center
     python examples/camera_retrieval.py lcr.onnx gallery/ clip.mp4 out.mp4 --headless --log hits.jsonl
 
+Drag a box with the mouse to query just that region (right click clears it).
 Keys in the window: e = enrol the current frame (type a label, Enter saves; an empty label becomes item-N;
 Esc cancels), q or Esc = quit. A GALLERY folder that does not exist starts empty and is created on enrolment.
 """
@@ -40,30 +41,25 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def center_box(h: int, w: int, frac: float = 0.6) -> tuple[int, int, int, int]:
-    """The centre square (x0, y0, x1, y1) with side ``frac`` of the shorter side."""
-    s = int(min(h, w) * frac)
-    return (w - s) // 2, (h - s) // 2, (w + s) // 2, (h + s) // 2
+def query_box(drawn, crop: str, h: int, w: int) -> tuple[int, int, int, int]:
+    """The region to query: a box drawn in the window (clipped), else the centre square (--crop center), else all."""
+    if drawn is not None:
+        x0, y0, x1, y1 = max(0, drawn[0]), max(0, drawn[1]), min(w, drawn[2]), min(h, drawn[3])
+        if x1 - x0 >= 16 and y1 - y0 >= 16:
+            return x0, y0, x1, y1
+    if crop == "center":
+        s = int(min(h, w) * 0.6)
+        return (w - s) // 2, (h - s) // 2, (w + s) // 2, (h + s) // 2
+    return 0, 0, w, h
 
 
-class LabelPrompt:
-    """A label typed into the window after 'e': Enter finishes it, Backspace deletes, Esc cancels."""
-
-    def __init__(self):
-        self.text: str | None = None  # None: not typing
-
-    def feed(self, key: int) -> str | None:
-        """Feed one key; returns the finished label (maybe empty) on Enter, else None."""
-        if key in (13, 10):
-            done, self.text = self.text, None
-            return done
-        if key == 27:
-            self.text = None
-        elif key in (8, 127):
-            self.text = self.text[:-1]
-        elif 32 <= key < 127:
-            self.text += chr(key)
-        return None
+def type_key(text: str, key: int) -> tuple[str | None, str | None]:
+    """One key typed into the label prompt -> (prompt text, None once closed; the finished label on Enter)."""
+    if key in (13, 10):
+        return None, text
+    if key == 27:  # Esc cancels
+        return None, None
+    return (text[:-1] if key in (8, 127) else text + chr(key) if 32 <= key < 127 else text), None
 
 
 def enroll(gallery: Gallery, folder: str, vector, label: str, source: str, index: int) -> str:
@@ -83,36 +79,38 @@ def main(argv: list[str] | None = None) -> int:
             exists = (Path(args.gallery) / "CURRENT").exists()
             gallery = Gallery.load(args.gallery) if exists else Gallery(emb.manifest.embedding_dim, emb.model_id)
             print(f"{emb}\ngallery: {len(gallery)} items in {args.gallery}", file=sys.stderr)
-            prompt, pending, note, meter, auto = LabelPrompt(), None, "", FpsMeter(), args.enroll
+            prompt, pending, note, meter, auto = None, None, "", FpsMeter(), args.enroll
             for frame in source:                                              # capture
                 if not frame.ok:                                              # live source down: show why
                     sink.render(frame.image)
                     continue
                 h, w = frame.image.shape[:2]
-                x0, y0, x1, y1 = center_box(h, w) if args.crop == "center" else (0, 0, w, h)
+                x0, y0, x1, y1 = query_box(sink.box, args.crop, h, w)
                 region = frame.image[y0:y1, x0:x1]
                 att = emb.attend(region)                                      # preprocess + infer
                 hits = gallery.search(att.embedding, k=args.top_k, model=emb)  # retrieve
                 view = frame.image.copy()                                     # overlay
                 view[y0:y1, x0:x1] = att.overlay(region)
-                if args.crop == "center":
+                if (x1 - x0, y1 - y0) != (w, h):
                     cv2.rectangle(view, (x0, y0), (x1 - 1, y1 - 1), (255, 255, 255), 2)
                 if auto:                                                      # --enroll LABEL: first frame
                     note = "enrolled as " + enroll(gallery, args.gallery, att.embedding, auto, args.input, frame.index)
                     auto = None
                 lines = [f"{meter.tick():5.1f} FPS  {emb.backend_name} ({emb.provider})  gallery: {len(gallery)}"]
                 lines += [f"{i + 1}. {hit.label}  {hit.score:.3f}" for i, hit in enumerate(hits)] or ["(empty gallery)"]
-                typing = prompt.text is not None
-                lines.append(f"label: {prompt.text}_  (Enter saves, Esc cancels)" if typing else
+                typing = prompt is not None
+                lines.append(f"label: {prompt}_  (Enter saves, Esc cancels)" if typing else
                              f"[e] enrol  [q] quit  {note}  source: {source.status}")
                 draw_text(view, lines)
                 log.write(json.dumps({"frame": frame.index, "hits": [[x.label, x.score] for x in hits]}) + "\n")
                 key = sink.render(view)                                       # render
-                if typing and key >= 0 and (label := prompt.feed(key)) is not None:
-                    note = "enrolled as " + enroll(gallery, args.gallery, pending[0], label, args.input, pending[1])
-                elif not typing and key == ord("e"):
-                    prompt.text, pending = "", (att.embedding, frame.index)
-                elif not typing and key in (ord("q"), 27) or not sink.is_open:
+                if typing and key >= 0:
+                    prompt, label = type_key(prompt, key)
+                    if label is not None:
+                        note = "enrolled as " + enroll(gallery, args.gallery, pending[0], label, args.input, pending[1])
+                elif key == ord("e"):
+                    prompt, pending = "", (att.embedding, frame.index)
+                elif key in (ord("q"), 27) or not sink.is_open:
                     break
                 if args.max_frames and sink.count >= args.max_frames:
                     break

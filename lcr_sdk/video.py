@@ -436,6 +436,7 @@ class Sink:
         self.uri = uri
         self.count = 0  # frames rendered
         self.is_open = True  # False once closed, or a window was closed by the user
+        self.box: tuple[int, int, int, int] | None = None  # (x0, y0, x1, y1) drawn with the mouse in a window
 
     def render(self, image: np.ndarray) -> int:
         self.count += 1
@@ -455,12 +456,31 @@ class Sink:
 
 
 class WindowSink(Sink):
-    """An OpenCV window; closing it (or pressing q / Esc, which the demos handle) ends the demo."""
+    """An OpenCV window; closing it (or pressing q / Esc, which the demos handle) ends the demo.
+
+    Dragging with the left mouse button draws :attr:`box` (in frame pixels); a right click clears it.
+    """
+
+    MIN_BOX = 16  # px; a smaller drag is a click, not a box
 
     def __init__(self, uri: str, title: str = "lcr-sdk"):
         super().__init__(uri)
         self.title = title
+        self._drag: tuple[int, int] | None = None
         cv2.namedWindow(title, cv2.WINDOW_NORMAL | cv2.WINDOW_KEEPRATIO)
+        cv2.setMouseCallback(title, self.on_mouse)
+
+    def on_mouse(self, event: int, x: int, y: int, flags: int = 0, param=None) -> None:
+        """OpenCV mouse callback: left drag sets :attr:`box`, right click clears it."""
+        if event == cv2.EVENT_LBUTTONDOWN:
+            self._drag = (x, y)
+        elif event == cv2.EVENT_LBUTTONUP and self._drag is not None:
+            (x0, y0), self._drag = self._drag, None
+            box = (min(x0, x), min(y0, y), max(x0, x), max(y0, y))
+            if box[2] - box[0] >= self.MIN_BOX and box[3] - box[1] >= self.MIN_BOX:
+                self.box = box
+        elif event == cv2.EVENT_RBUTTONDOWN:
+            self.box = None
 
     def render(self, image: np.ndarray) -> int:
         super().render(image)

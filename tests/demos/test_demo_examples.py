@@ -139,13 +139,12 @@ def test_enrolment_adds_the_frame_and_it_is_found_next_time(demo_model, gallery_
 
 
 def test_label_prompt_typing():
-    prompt = load_example("camera_retrieval").LabelPrompt()
-    prompt.text = ""
+    type_key, text = load_example("camera_retrieval").type_key, ""
     for key in b"rob\x08n":  # Backspace deletes the 'b'
-        assert prompt.feed(key) is None
-    assert prompt.text == "ron" and prompt.feed(13) == "ron" and prompt.text is None
-    prompt.text = "x"
-    assert prompt.feed(27) is None and prompt.text is None  # Esc cancels
+        text, label = type_key(text, key)
+        assert label is None
+    assert text == "ron" and type_key(text, 13) == (None, "ron")  # Enter finishes
+    assert type_key("x", 27) == (None, None)  # Esc cancels
 
 
 def test_build_gallery_refuses_a_folder_without_labels(demo_model, tmp_path, capsys):
@@ -154,3 +153,10 @@ def test_build_gallery_refuses_a_folder_without_labels(demo_model, tmp_path, cap
     rc = load_example("build_gallery").main([str(demo_model), str(tmp_path / "flat"), "--out", str(tmp_path / "g")])
     assert rc == 1 and "<label>" in capsys.readouterr().err
     assert not (tmp_path / "g").exists()
+
+
+def test_query_box_prefers_a_drawn_box_then_the_centre_crop():
+    query_box = load_example("camera_retrieval").query_box
+    assert query_box((600, 400, 900, 700), "none", 480, 640) == (600, 400, 640, 480)  # clipped to the frame
+    assert query_box((630, 470, 900, 700), "center", 480, 640) == (176, 96, 464, 384)  # too little inside: centre
+    assert query_box(None, "none", 480, 640) == (0, 0, 640, 480)

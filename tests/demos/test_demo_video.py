@@ -248,3 +248,20 @@ def test_display_sink_without_display_errors_and_headless_never_opens_a_window(m
 def test_bad_sink_suffix(tmp_path):
     with pytest.raises(InputError, match="valid outputs"):
         open_sink(tmp_path / "out.txt")
+
+
+def test_window_mouse_drag_draws_a_query_box():
+    # No display in CI, so the window itself cannot open; the mouse handler is exercised on a sink without one.
+    from lcr_sdk.video import Sink, WindowSink
+
+    sink = object.__new__(WindowSink)
+    Sink.__init__(sink, "display://0")
+    sink._drag = None
+    sink.on_mouse(cv2.EVENT_LBUTTONDOWN, 300, 200)
+    sink.on_mouse(cv2.EVENT_LBUTTONUP, 100, 50)  # dragged up-left: the box is normalised
+    assert sink.box == (100, 50, 300, 200)
+    sink.on_mouse(cv2.EVENT_LBUTTONDOWN, 10, 10)
+    sink.on_mouse(cv2.EVENT_LBUTTONUP, 14, 12)  # a click, not a box: the old box stays
+    assert sink.box == (100, 50, 300, 200)
+    sink.on_mouse(cv2.EVENT_RBUTTONDOWN, 0, 0)
+    assert sink.box is None
