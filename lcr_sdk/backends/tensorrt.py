@@ -52,8 +52,9 @@ def engine_mismatch(built: dict[str, Any] | None, running: dict[str, Any]) -> li
 
 
 def rebuild_command(precision: str, out: str) -> str:
-    """The command that rebuilds an engine for this machine."""
-    return f"lcr-sdk export CKPT --trt --precision {precision} --out {out}"
+    """The command that rebuilds an engine for this machine (int8 also needs calibration images)."""
+    calib = " --calib IMAGES_DIR" if precision == "int8" else ""
+    return f"lcr-sdk export CKPT --trt --precision {precision}{calib} --out {out}"
 
 
 def _cudart():

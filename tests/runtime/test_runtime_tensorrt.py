@@ -36,6 +36,8 @@ def test_both_differences_reported():
 
 def test_rebuild_command():
     assert rebuild_command("fp16", "model.engine") == "lcr-sdk export CKPT --trt --precision fp16 --out model.engine"
+    assert rebuild_command("int8", "m.engine") == ("lcr-sdk export CKPT --trt --precision int8 --calib IMAGES_DIR "
+                                                   "--out m.engine")
 
 
 # -- real TensorRT (skipped where `import tensorrt` fails) ----------------------------------------------------------
