@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -23,7 +22,7 @@ import numpy as np
 
 
 def _make_model(out: Path, image_size: int = 112) -> Path:
-    """A random-init resnet18 LCR checkpoint exported to ONNX (developer A's export if present, else inline)."""
+    """A random-init resnet18 LCR checkpoint exported to ONNX by lcr_sdk.export."""
     import torch
     from lcr_sdk.train.checkpoint import save_checkpoint
     from lcr_sdk.train.model import LCRNet
@@ -32,15 +31,9 @@ def _make_model(out: Path, image_size: int = 112) -> Path:
     net = LCRNet("resnet18", "lcr", 32).eval()
     cfg = {"arch": "resnet18", "method": "lcr", "num_parts": 32, "image_size": image_size}
     ckpt = save_checkpoint(out / "lcr.pt", {"config": cfg, "model": net.state_dict()})
-    try:
-        from lcr_sdk.export import export_model
+    from lcr_sdk.export import export_model
 
-        return export_model(ckpt, out / "lcr.onnx", batch=(1, 8, 32), verify=False, log=None, progress=False)
-    except ImportError:
-        sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "runtime"))
-        from rt_models import export_onnx
-
-        return export_onnx(ckpt, out / "lcr.onnx", batch=(1, 8, 32))
+    return export_model(ckpt, out / "lcr.onnx", batch=(1, 8, 32), verify=False, log=None, progress=False)
 
 
 def _time(fn, reps: int) -> float:

@@ -1,47 +1,33 @@
 """Test helper (not a test module): export a fixture checkpoint to ONNX with its manifest, once per session.
 
-Written before developer A's ``lcr_sdk.export.export_model`` existed; it uses only the shared contracts:
-``torch.onnx.export`` of ``DeployModel(load_net(ckpt)[0])`` and ``write_sidecar`` of a manifest built from the
-checkpoint config (the same builder the PyTorch backend uses).
+Uses developer A's ``lcr_sdk.export.export_model`` (the real export pipeline: manifest in the sidecar and in the
+ONNX metadata_props), without its verification step, cached by arguments.
 """
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 
 _CACHE: dict[tuple, Path] = {}
 
 
-def export_onnx(ckpt: Path, out: Path, batch: tuple[int, int, int] = (1, 4, 8), sidecar: bool = True) -> Path:
+def export_onnx(ckpt: Path, out: Path, batch: tuple[int, int, int] = (1, 4, 8)) -> Path:
     """Export ``ckpt`` to ``out`` (uint8 NHWC BGR input, dynamic batch) and write ``out.json``; cached by args."""
-    key = (str(ckpt), batch, sidecar)
-    if key in _CACHE:
-        return _CACHE[key]
-    import torch
-    from lcr_sdk.train.checkpoint import load_net
-    from lcr_sdk.train.model import DeployModel
+    key = (str(ckpt), batch)
+    if key not in _CACHE:
+        from lcr_sdk.export import export_model
 
-    from lcr_sdk.backends.torch import manifest_from_checkpoint
-    from lcr_sdk.fileio import sha256_file
-    from lcr_sdk.manifest import write_sidecar
+        _CACHE[key] = export_model(ckpt, out, batch=batch, verify=False, progress=False, log=None)
+    return _CACHE[key]
 
-    net, ck = load_net(ckpt)
-    manifest = manifest_from_checkpoint(ckpt, ck, batch=batch)
-    model = DeployModel(net).eval()
-    s = manifest.input
-    dummy = torch.zeros(2, s.height, s.width, 3, dtype=torch.uint8)
-    names = manifest.output_names
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(model, (dummy,), str(out), dynamo=False, opset_version=17, input_names=[s.name],
-                          output_names=names, dynamic_axes={n: {0: "N"} for n in [s.name, *names]})
-    manifest.model_sha256 = sha256_file(out)
-    manifest.model_file = out.name
-    manifest.extra = {"source": "tests/runtime/rt_models.py"}
-    if sidecar:
-        write_sidecar(manifest, out)
-    _CACHE[key] = out
+
+def strip_metadata(model: Path, out: Path) -> Path:
+    """A copy of an ONNX model without its metadata_props (so without an embedded manifest)."""
+    import onnx
+
+    proto = onnx.load(str(model))
+    del proto.metadata_props[:]
+    onnx.save(proto, str(out))
     return out
 
 

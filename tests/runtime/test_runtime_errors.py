@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from rt_models import export_onnx
+from rt_models import export_onnx, strip_metadata
 
 from lcr_sdk import Embedder
 from lcr_sdk.errors import InputError, MissingDependencyError, ModelError
@@ -113,7 +113,9 @@ def test_not_a_model(tmp_path, lcr_onnx):
 
 
 def test_manifest_missing_or_other_version(lcr_onnx, tmp_path):
-    m = _copy(lcr_onnx, tmp_path, sidecar=False)  # the fixture model has no metadata_props entry
+    m = _copy(lcr_onnx, tmp_path, sidecar=False)
+    Embedder(m).close()  # no sidecar: the manifest embedded in the ONNX metadata_props is used
+    m = strip_metadata(lcr_onnx, m)  # neither sidecar nor metadata
     with pytest.raises(ModelError, match="no manifest for .*lcr-sdk export"):
         Embedder(m)
     side = sidecar_path(m)
