@@ -16,11 +16,10 @@ import statistics
 import time
 
 import torch
-
 from lcr_sdk.train.augment import moco_v2
 from lcr_sdk.train.config import TrainConfig
-from lcr_sdk.train.model import LCRNet
 from lcr_sdk.train.moco import MoCo
+from lcr_sdk.train.model import LCRNet
 
 
 def _sync(device: torch.device) -> None:
@@ -64,7 +63,7 @@ def main(argv=None) -> dict:
     side = round(args.image_size * 8 / 7)
     images = torch.randint(0, 256, (args.batch, 3, side, side), dtype=torch.uint8, device=device)
     models = {m: build(m, cfg, device) for m in ("moco", "lcr")}
-    for m, (model, opt) in models.items():  # warm-up (cudnn autotune, allocator)
+    for model, opt in models.values():  # warm-up (cudnn autotune, allocator)
         for _ in range(2):
             step(model, opt, images, cfg, device)
     times = {m: [] for m in models}
@@ -82,7 +81,8 @@ def main(argv=None) -> dict:
            "moco_ms": statistics.median(times["moco"]), "lcr_ms": statistics.median(times["lcr"]),
            "ratio_median": statistics.median(ratios), "ratio_min": min(ratios), "ratio_max": max(ratios),
            "rounds": args.rounds, "steps_per_round": args.steps, "torch": torch.__version__}
-    print(f"| device | model | batch | MoCo v2 ms/step | LCR ms/step | LCR / MoCo (min-max over {args.rounds} rounds) |")
+    print("| device | model | batch | MoCo v2 ms/step | LCR ms/step | "
+          f"LCR / MoCo (min-max over {args.rounds} rounds) |")
     print("|---|---|---|---|---|---|")
     print(f"| {name} | {args.arch} {args.image_size}px | {args.batch} | {res['moco_ms']:.1f} | {res['lcr_ms']:.1f} | "
           f"{res['ratio_median']:.3f} ({res['ratio_min']:.3f}-{res['ratio_max']:.3f}) |")

@@ -122,10 +122,10 @@ def _draw_object(img: np.ndarray, rng: np.random.Generator, parts: tuple[str, st
     """Draw the 'bird' and return its bounding box [x0, y0, x1, y1] in pixels."""
     s = img.shape[0]
     crest, wing, tail = parts
-    scale = s * rng.uniform(0.34, 0.48) * (1.1 - 0.25 * difficulty)  # body length in px
+    scale = s * rng.uniform(0.48, 0.62) * (1.15 - 0.3 * difficulty)  # body length in px
     angle = rng.uniform(-0.6, 0.6) + (math.pi if rng.random() < 0.5 else 0.0)
     mirror = bool(rng.random() < 0.5)
-    margin = 0.62 * scale
+    margin = 0.55 * scale
     centre = rng.uniform(margin, s - margin, size=2).astype(np.float32)
     body_col = _random_colour(rng, 90, 256)
     L, H = scale / 2, scale / 4.2  # body half-length and half-height (object frame)
@@ -154,14 +154,14 @@ def _draw_object(img: np.ndarray, rng: np.random.Generator, parts: tuple[str, st
     # wing (class part): dark marks on a light wing patch
     poly(P((-L * 0.45, -H * 0.05), (L * 0.35, -H * 0.05), (L * 0.1, -H * 0.75), (-L * 0.5, -H * 0.7)), paper)
     if wing in ("single-bar", "double-bar"):
-        xs = (-0.1,) if wing == "single-bar" else (-0.28, 0.08)
+        xs = (-0.12,) if wing == "single-bar" else (-0.34, 0.06)
         for x in xs:
-            poly(P((L * x, -H * 0.08), (L * (x + 0.13), -H * 0.08), (L * (x + 0.08), -H * 0.72),
+            poly(P((L * x, -H * 0.08), (L * (x + 0.2), -H * 0.08), (L * (x + 0.15), -H * 0.72),
                    (L * (x - 0.05), -H * 0.72)), ink)
     else:  # spots
         for x, y in ((-0.3, -0.35), (-0.05, -0.45), (0.15, -0.3)):
             c = P((L * x, H * y))[0]
-            cv2.circle(img, (round(c[0] * 16), round(c[1] * 16)), round(H * 0.16 * 16), ink, -1, cv2.LINE_AA, 4)
+            cv2.circle(img, (round(c[0] * 16), round(c[1] * 16)), round(H * 0.2 * 16), ink, -1, cv2.LINE_AA, 4)
     # head with an eye, then the crest (class part) on top of the head
     hc = P((L * 1.0, -H * 0.35))[0]
     hr = H * 0.62

@@ -6,7 +6,7 @@ Per-image torchvision transforms cost ~5-15 ms a view on a CPU core, which starv
     random resized crop (scale 0.2-1, ratio 3/4-4/3) + horizontal flip   one affine grid_sample
     colour jitter 0.4/0.4/0.4/0.1 with p=0.8                              brightness, contrast, saturation, hue
     grayscale p=0.2
-    Gaussian blur sigma 0.1-2.0 (kernel ~10% of the side) with p=0.5      separable per-image kernels
+    Gaussian blur sigma 0.1-2.0 at 224 px, scaled with the side, p=0.5   separable per-image kernels
     ImageNet mean/std normalisation
 
 Differences from torchvision, by design: the four jitters are applied in a fixed order (torchvision shuffles them)
@@ -83,10 +83,14 @@ def random_grayscale(x: torch.Tensor, g=None, p: float = 0.2) -> torch.Tensor:
 
 
 def gaussian_blur(x: torch.Tensor, g=None, sigma=(0.1, 2.0), p: float = 0.5) -> torch.Tensor:
-    """Blur each image with its own sigma (kernel ~10% of the side, odd), with probability p."""
+    """Blur each image with its own sigma, with probability p.
+
+    ``sigma`` is in pixels of a 224 px image (MoCo v2's setting) and scales with the side, so a 112 px image gets
+    the same relative blur (0.05-1.0 px) instead of one twice as strong; the kernel is ~10% of the side, odd.
+    """
     n, c, h, w = x.shape
     k = max(3, int(0.1 * h) // 2 * 2 + 1)
-    s = _u(n, *sigma, g, x.device)
+    s = _u(n, *sigma, g, x.device) * (h / 224)
     on = _p(n, p, g, x.device)
     t = torch.arange(k, device=x.device, dtype=x.dtype) - k // 2
     kern = torch.exp(-(t[None] ** 2) / (2 * s[:, None] ** 2))

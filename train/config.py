@@ -16,6 +16,8 @@ class TrainConfig:
         epochs, batch_size: schedule length and global batch size.
         lr: base learning rate for batch 256 (lr_used = lr * batch_size / 256), SGD momentum 0.9, cosine schedule.
         weight_decay: SGD weight decay.
+        warmup_epochs: linear learning-rate warm-up before the cosine schedule (0 in the paper; short runs from
+            random init need it to avoid an early blow-up).
         moco_dim: projection dimension d.
         moco_mlp_hidden: hidden width of the MLP head (0 = the backbone's C, as in MoCo v2).
         moco_k: queue length; capped at (train images - batch) for small data sets, with a warning.
@@ -47,6 +49,7 @@ class TrainConfig:
     batch_size: int = 256
     lr: float = 0.03
     weight_decay: float = 1e-4
+    warmup_epochs: float = 0.0
     moco_dim: int = 128
     moco_mlp_hidden: int = 0
     moco_k: int = 65536

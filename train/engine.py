@@ -98,10 +98,13 @@ def load_pretrained(net: LCRNet, spec: str) -> None:
         )
 
 
-def lr_at(cfg: TrainConfig, step: int, total: int) -> float:
-    """Cosine schedule from lr * batch / 256 to 0."""
+def lr_at(cfg: TrainConfig, step: int, total: int, steps_per_epoch: int = 1) -> float:
+    """Linear warm-up (``warmup_epochs``), then cosine from lr * batch / 256 to 0."""
     base = cfg.lr * cfg.batch_size / 256
-    return base * 0.5 * (1.0 + math.cos(math.pi * step / max(1, total)))
+    warm = int(cfg.warmup_epochs * steps_per_epoch)
+    if step < warm:
+        return base * (step + 1) / warm
+    return base * 0.5 * (1.0 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
 
 
 def _epoch_order(n: int, seed: int, epoch: int) -> list[int]:
@@ -136,6 +139,8 @@ class Trainer:
         if device is None:
             device = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
         self.device = torch.device(device)
+        if self.device.type == "cuda" and self.device.index is None:  # 'cuda' -> this process's GPU
+            self.device = torch.device("cuda", local_rank)
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
         if cfg.batch_size % self.world:
@@ -252,7 +257,7 @@ class Trainer:
                        leave=False, dynamic_ncols=True)
             t0, seen, sums = time.perf_counter(), 0, {}
             for step, (images, labels) in enumerate(bar, start=start_step):
-                lr = lr_at(cfg, global_step, total)
+                lr = lr_at(cfg, global_step, total, steps_per_epoch)
                 for group in opt.param_groups:
                     group["lr"] = lr
                 images = images.to(dev, non_blocking=True)
@@ -289,7 +294,7 @@ class Trainer:
                 if self.save_every and global_step % self.save_every == 0 and not done_epoch and self.rank == 0:
                     self._checkpoint(net, model, opt, scaler, epoch, step + 1, global_step)
             bar.close()
-            row = {"epoch": epoch + 1, "step": global_step, "lr": lr_at(cfg, global_step, total),
+            row = {"epoch": epoch + 1, "step": global_step, "lr": lr_at(cfg, global_step, total, steps_per_epoch),
                    "img_per_s": round(seen / max(time.perf_counter() - t0, 1e-9), 1)}
             row |= {k: round(v / max(1, steps_per_epoch - start_step), 5) for k, v in sums.items()}
             epoch, start_step = epoch + 1, 0

@@ -46,8 +46,8 @@ class SplitBatchNorm(nn.BatchNorm2d):
             return super().forward(x)
         mean_in = self.running_mean.repeat(s)
         var_in = self.running_var.repeat(s)
-        out = F.batch_norm(x.reshape(n // s, c * s, h, w), mean_in, var_in, self.weight.repeat(s), self.bias.repeat(s),
-                           True, self.momentum, self.eps).reshape(n, c, h, w)
+        out = F.batch_norm(x.reshape(n // s, c * s, h, w), mean_in, var_in, self.weight.repeat(s),
+                           self.bias.repeat(s), True, self.momentum, self.eps).reshape(n, c, h, w)
         self.running_mean.copy_(mean_in.view(s, c).mean(0))
         self.running_var.copy_(var_in.view(s, c).mean(0))
         return out

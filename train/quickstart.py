@@ -28,12 +28,12 @@ from lcr_sdk.synth import SynthConfig, generate
 
 # Budgets: the default finishes in under 10 minutes on 2 CPU cores, --fast in under 3 (docs/BENCHMARKS.md).
 DEFAULT = {"data": SynthConfig(num_classes=8, train_per_class=100, test_per_class=40, image_size=112),
-           "epochs": 10, "batch_size": 64}
+           "epochs": 8, "batch_size": 32}
 FAST = {"data": SynthConfig(num_classes=4, train_per_class=32, test_per_class=8, image_size=64),
         "epochs": 1, "batch_size": 32}
-# Short from-scratch runs: a faster key encoder (m = 0.99, as in MoCo's CIFAR demo) and a higher base lr than the
-# paper's 200-epoch ImageNet-initialised setting; every other hyper-parameter is the paper's.
-SHORT_RUN = {"arch": "resnet18", "lr": 0.12, "moco_m": 0.99, "moco_k": 4096, "workers": 0}
+# Short from-scratch runs: a faster key encoder (m = 0.99, as in MoCo's CIFAR demo), a higher base lr with one
+# warm-up epoch, small batches for more steps; every other hyper-parameter is the paper's (docs/BENCHMARKS.md).
+SHORT_RUN = {"arch": "resnet18", "lr": 0.12, "warmup_epochs": 1.0, "moco_m": 0.99, "moco_k": 4096, "workers": 0}
 
 
 def _data(out: Path, cfg: SynthConfig) -> Path:
@@ -82,13 +82,13 @@ def quickstart(out: str | Path = "lcr-quickstart", fast: bool = False, epochs: i
         logs[name] = out / "runs" / name / "log.csv"
         nets[name] = load_net(final)[0]
     metrics["chance"] = {k: metrics["lcr"]["chance"] for k in ("rank1", "mAP", "knn_top1", "linear_top1")}
-    metrics["chance"]["rank5"] = min(1.0, 5 * metrics["lcr"]["chance"])
+    metrics["chance"]["rank5"] = 1 - (1 - metrics["lcr"]["chance"]) ** 5  # ~ P(one of 5 random picks matches)
 
     rep = out / "report"
     rep.mkdir(exist_ok=True)
     test = scan_split(data, "test", size=size)
-    rng = np.random.default_rng(seed)
-    picks = sorted(rng.choice(len(test), size=min(8, len(test)), replace=False).tolist())
+    rng = np.random.default_rng(seed)  # one test image per class, first 8 classes
+    picks = [int(rng.choice(np.flatnonzero(np.asarray(test.labels) == c))) for c in range(min(8, len(test.classes)))]
     images = [test.images[i] for i in picks]
     embs, masks = {}, {}
     for name in ("lcr", "moco"):
@@ -136,15 +136,17 @@ def _deploy_and_retrieve(out: Path, data: Path) -> str | None:
     except ImportError as e:
         print(f"deploy: skipped ({e})")
         return None
-    model = export_model(out / "lcr.pt", out / "lcr.onnx", precision="fp32", verify=False)
+    model = export_model(out / "lcr.pt", out / "lcr.onnx", precision="fp32", verify_images=data / "test",
+                         log=None)
     size = json.loads((data / "synth.json").read_text())["config"]["image_size"]
     train_split, test_split = scan_split(data, "train", size=size), scan_split(data, "test", size=size)
     with Embedder(model) as emb:
-        gallery = Gallery(emb.manifest.embedding_dim, model_sha256=emb.manifest.model_sha256)
+        gallery = Gallery(emb.manifest.embedding_dim, model_sha256=emb.model_id)
         gallery.add(emb.embed(train_split.images), labels=[train_split.classes[y] for y in train_split.labels])
         gallery.save(out / "gallery")
-        hits = gallery.search(emb.embed(test_split.images), k=1)
+        hits = gallery.search(emb.embed(test_split.images), k=1, model=emb)
     top1 = np.mean([h[0].label == test_split.classes[y] for h, y in zip(hits, test_split.labels)])
-    return (f"deploy: exported {model.name} (ONNX, fp32), gallery of {len(gallery)} train images in "
+    return (f"deploy: exported {model.name} (ONNX, fp32, verified against PyTorch on the test split), gallery of "
+            f"{len(gallery)} train images in "
             f"{out / 'gallery'}; test images retrieved through Embedder + Gallery: nearest-neighbour top-1 "
             f"{100 * top1:.1f}%")

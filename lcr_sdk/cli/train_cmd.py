@@ -70,6 +70,7 @@ def train_cmd(
     out: Annotated[Path, typer.Option(help="Output folder: checkpoint.pt, log.csv, config.json.")] = Path("runs/lcr"),
     lr: Annotated[float, typer.Option(help="Base learning rate for batch 256 (scaled by batch/256).")] = 0.03,
     weight_decay: Annotated[float, typer.Option(help="SGD weight decay.")] = 1e-4,
+    warmup_epochs: Annotated[float, typer.Option(help="Linear lr warm-up epochs (0 in the paper).")] = 0.0,
     moco_dim: Annotated[int, typer.Option(help="Projection dimension d.")] = 128,
     moco_k: Annotated[int, typer.Option(help="Queue length (capped for small data sets).")] = 65536,
     moco_m: Annotated[float, typer.Option(help="Key-encoder momentum.")] = 0.999,
@@ -116,7 +117,8 @@ def train_cmd(
         if value not in valid:
             raise InputError(f"--{name} {value!r} is not valid; choose one of {', '.join(valid)}")
     cfg = TrainConfig(method=method, arch=arch, image_size=image_size, epochs=epochs, batch_size=batch_size, lr=lr,
-                      weight_decay=weight_decay, moco_dim=moco_dim, moco_k=moco_k, moco_m=moco_m, moco_t=moco_t,
+                      weight_decay=weight_decay, warmup_epochs=warmup_epochs, moco_dim=moco_dim, moco_k=moco_k,
+                      moco_m=moco_m, moco_t=moco_t,
                       num_parts=num_parts, nu=nu, tau=tau, cam_sign=cam_sign, cam_detach=cam_detach,
                       cam_norm=cam_norm, seed=seed, workers=workers, amp=amp, channels_last=channels_last,
                       sync_bn=sync_bn, pretrained=pretrained, eval_every=eval_every, supervised=supervised)
