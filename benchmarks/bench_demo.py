@@ -41,6 +41,7 @@ def _load(path: Path, name: str):
 def random_model(arch: str, size: int, folder: Path) -> Path:
     """Export a random-init LCR network (speed does not depend on the weights) to ONNX fp32."""
     import torch
+
     from lcr_sdk.export import export_model
     from lcr_sdk.train.checkpoint import save_checkpoint
     from lcr_sdk.train.model import LCRNet

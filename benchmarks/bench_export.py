@@ -23,6 +23,7 @@ import numpy as np
 import onnxruntime as ort
 import torch
 import torch.nn.functional as F
+
 from lcr_sdk.export import export_model, verify_model
 from lcr_sdk.export.graph import OPSET
 from lcr_sdk.train.checkpoint import load_net

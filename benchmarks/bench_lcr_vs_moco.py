@@ -5,7 +5,7 @@ checkpoint with `lcr-sdk eval --json --linear-probe`, and writes one JSON file p
 mean and standard deviation over seeds. Runs already evaluated in ``--out`` are reused, so the script can be
 re-run after an interruption. ``--deadline`` (seconds) stops launching new runs; what finished is reported.
 
-    python benchmarks/bench_lcr_vs_moco.py --out runs/bench --seeds 0 1 2 --parallel 2 --threads 1  # CPU, quickstart budget
+    python benchmarks/bench_lcr_vs_moco.py --out runs/bench --parallel 2 --threads 1   # CPU, the quickstart budget
     python benchmarks/bench_lcr_vs_moco.py --out runs/bench --epochs 60 --train-per-class 300 --parallel 3 --device cuda
 """
 

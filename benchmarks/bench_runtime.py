@@ -24,6 +24,7 @@ import numpy as np
 def _make_model(out: Path, image_size: int = 112) -> Path:
     """A random-init resnet18 LCR checkpoint exported to ONNX by lcr_sdk.export."""
     import torch
+
     from lcr_sdk.train.checkpoint import save_checkpoint
     from lcr_sdk.train.model import LCRNet
 

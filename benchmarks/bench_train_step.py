@@ -16,6 +16,7 @@ import statistics
 import time
 
 import torch
+
 from lcr_sdk.train.augment import moco_v2
 from lcr_sdk.train.config import TrainConfig
 from lcr_sdk.train.moco import MoCo

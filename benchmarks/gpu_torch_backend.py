@@ -23,6 +23,7 @@ from pathlib import Path
 
 def _checkpoint(folder: Path, arch: str, size: int) -> Path:
     import torch
+
     from lcr_sdk.train.checkpoint import save_checkpoint
     from lcr_sdk.train.model import LCRNet
 

@@ -34,8 +34,9 @@ def verify_model(model_path: str | os.PathLike, checkpoint: str | os.PathLike, i
         ``{"precision", "images", "cosine_min", "cosine_median", "attention_max_abs_err", "rank1_agreement",
         "thresholds": {...}, "passed"}``.
     """
-    from lcr_sdk.export.data import batches, find_images, load_images
     from tqdm import tqdm
+
+    from lcr_sdk.export.data import batches, find_images, load_images
 
     manifest = manifest or read_manifest(model_path)
     paths = find_images(images_dir, "verification", max_images)

@@ -11,6 +11,7 @@ pytestmark = pytest.mark.torch
 
 def test_weights_only_load_and_rebuild(lcr_checkpoint):
     import torch
+
     from lcr_sdk.train.checkpoint import load_net
 
     raw = torch.load(lcr_checkpoint, weights_only=True)
@@ -43,6 +44,7 @@ def test_truncated_checkpoint(lcr_checkpoint, tmp_path):
 
 def test_missing_foreign_and_newer(tmp_path, lcr_checkpoint):
     import torch
+
     from lcr_sdk.train.checkpoint import load_checkpoint
 
     with pytest.raises(ModelError, match="does not exist"):
@@ -59,6 +61,7 @@ def test_missing_foreign_and_newer(tmp_path, lcr_checkpoint):
 
 def test_failed_save_keeps_the_previous_file(lcr_checkpoint, tmp_path):
     import torch
+
     from lcr_sdk.train.checkpoint import load_checkpoint, save_checkpoint
 
     target = tmp_path / "ckpt.pt"

@@ -13,6 +13,7 @@ def _cfg(**kw):
 
 def _moco(method="lcr", **kw):
     import torch
+
     from lcr_sdk.train.moco import MoCo
     from lcr_sdk.train.model import LCRNet
 
@@ -58,6 +59,7 @@ def test_queue_receives_the_keys_and_wraps():
 def test_gradcam_sign_and_scale():
     """'score' keeps regions whose features raise the positive score; each CAM is scaled to max 1."""
     import torch
+
     from lcr_sdk.train.moco import contrastive_gradcam
 
     feats = torch.rand(2, 4, 3, 3, requires_grad=True)
@@ -81,6 +83,7 @@ def _expected(f, w):
 
 def test_fitting_loss_is_zero_when_attention_matches():
     import torch
+
     from lcr_sdk.train.moco import fitting_loss
 
     cam = torch.rand(3, 4, 4)
@@ -90,6 +93,7 @@ def test_fitting_loss_is_zero_when_attention_matches():
 
 def test_split_bn_keeps_state_dict_keys_and_eval_behaviour():
     import torch
+
     from lcr_sdk.train.moco import use_split_bn
     from lcr_sdk.train.model import LCRNet
 

@@ -7,6 +7,7 @@ pytestmark = pytest.mark.torch
 
 def test_shapes_and_unit_embeddings():
     import torch
+
     from lcr_sdk.train.model import DeployModel, LCRNet, feature_size
 
     net = LCRNet("resnet18", "lcr", num_parts=8).eval()
@@ -21,6 +22,7 @@ def test_shapes_and_unit_embeddings():
 def test_mask_is_per_image_not_per_batch():
     """The released code normalised over the batch; ours must not depend on the other images."""
     import torch
+
     from lcr_sdk.train.model import DeployModel, LCRNet
 
     torch.manual_seed(0)
@@ -36,6 +38,7 @@ def test_mask_is_per_image_not_per_batch():
 def test_moco_pools_uniformly():
     import torch
     import torch.nn.functional as F
+
     from lcr_sdk.train.model import LCRNet
 
     net = LCRNet("resnet18", "moco").eval()
@@ -49,6 +52,7 @@ def test_moco_pools_uniformly():
 
 def test_flat_attention_becomes_all_ones():
     import torch
+
     from lcr_sdk.train.model import minmax_mask
 
     a = torch.stack([torch.zeros(3, 3), torch.arange(9.0).view(3, 3)])
@@ -59,6 +63,7 @@ def test_flat_attention_becomes_all_ones():
 
 def test_torchvision_weights_map_onto_the_backbone():
     import torchvision
+
     from lcr_sdk.train.model import LCRNet, torchvision_to_backbone
 
     tv = torchvision.models.resnet18(weights=None)

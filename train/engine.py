@@ -18,16 +18,16 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
+from torch import nn
+from tqdm import tqdm
+
+from lcr_sdk.errors import DataError, ModelError
 from lcr_sdk.train.augment import moco_v2
 from lcr_sdk.train.checkpoint import load_checkpoint, save_checkpoint
 from lcr_sdk.train.config import TrainConfig
 from lcr_sdk.train.data import TrainImages, scan_split
 from lcr_sdk.train.moco import MoCo, Supervised
 from lcr_sdk.train.model import LCRNet, torchvision_to_backbone
-from torch import nn
-from tqdm import tqdm
-
-from lcr_sdk.errors import DataError, ModelError
 
 LOG_FIELDS = ["epoch", "step", "lr", "loss", "loss_nce", "loss_fit", "acc", "img_per_s", "knn_top1"]
 
@@ -312,9 +312,8 @@ class Trainer:
 
     def knn_monitor(self, net: LCRNet) -> float:
         """kNN top-1 (train split as memory, test split as queries): a monitor only, never used for selection."""
-        from lcr_sdk.train.evaluate import embed_split
-
         from lcr_sdk.metrics import knn_top1
+        from lcr_sdk.train.evaluate import embed_split
 
         tr = embed_split(net, self.train_split, self.cfg.image_size, self.device)
         te = embed_split(net, self.test_split, self.cfg.image_size, self.device)

@@ -14,11 +14,11 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from lcr_sdk.metrics import knn_top1, retrieval_metrics
 from lcr_sdk.train.checkpoint import load_net
 from lcr_sdk.train.data import Split, eval_batches, scan_split
 from lcr_sdk.train.model import DeployModel, LCRNet
-
-from lcr_sdk.metrics import knn_top1, retrieval_metrics
 
 
 @torch.no_grad()

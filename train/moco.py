@@ -25,8 +25,9 @@ import copy
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from lcr_sdk.train.model import LCRNet
 from torch import nn
+
+from lcr_sdk.train.model import LCRNet
 
 
 class SplitBatchNorm(nn.BatchNorm2d):

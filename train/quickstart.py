@@ -17,14 +17,14 @@ from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
+
+from lcr_sdk.synth import SynthConfig, generate
 from lcr_sdk.train import report
 from lcr_sdk.train.checkpoint import load_checkpoint, load_net, save_checkpoint
 from lcr_sdk.train.config import TrainConfig
 from lcr_sdk.train.data import scan_split
 from lcr_sdk.train.engine import train
 from lcr_sdk.train.evaluate import embed_split, evaluate
-
-from lcr_sdk.synth import SynthConfig, generate
 
 # Budgets: the default finishes in under 10 minutes on 2 CPU cores, --fast in under 3 (docs/BENCHMARKS.md).
 DEFAULT = {"data": SynthConfig(num_classes=8, train_per_class=100, test_per_class=40, image_size=112),
@@ -130,9 +130,8 @@ def _deploy_and_retrieve(out: Path, data: Path) -> str | None:
     Skipped (returns None) when the export extra or the runtime pieces are not available.
     """
     try:
-        from lcr_sdk.export import export_model
-
         from lcr_sdk import Embedder, Gallery
+        from lcr_sdk.export import export_model
     except ImportError as e:
         print(f"deploy: skipped ({e})")
         return None

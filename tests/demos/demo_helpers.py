@@ -20,10 +20,10 @@ def export_onnx(checkpoint: Path, out: Path) -> Path:
     if export_model is not None:
         return Path(export_model(checkpoint, out, verify=False))
     import torch
-    from lcr_sdk.train.checkpoint import load_net
-    from lcr_sdk.train.model import DeployModel, feature_size
 
     from lcr_sdk.manifest import InputSpec, Manifest, write_sidecar
+    from lcr_sdk.train.checkpoint import load_net
+    from lcr_sdk.train.model import DeployModel, feature_size
 
     net, ckpt = load_net(checkpoint)
     cfg, size = ckpt["config"], ckpt["config"]["image_size"]

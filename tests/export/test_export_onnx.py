@@ -25,6 +25,7 @@ def _images(synth_root: Path, n: int) -> np.ndarray:
 
 def _torch_outputs(checkpoint: Path, batch: np.ndarray):
     import torch
+
     from lcr_sdk.train.checkpoint import load_net
     from lcr_sdk.train.model import DeployModel
 

@@ -23,7 +23,6 @@ def _trt_importable() -> bool:
 @pytest.mark.skipif(_trt_importable(), reason="TensorRT is importable here")
 def test_missing_tensorrt_says_how_to_get_it(lcr_checkpoint, tmp_path):
     from lcr_sdk.export.trt import build_engine
-
     from lcr_sdk.manifest import InputSpec, Manifest
 
     m = Manifest("resnet18", "lcr", 512, 8, (2, 2), InputSpec(64, 64))
@@ -76,9 +75,9 @@ def test_engine_matches_pytorch(engine, lcr_checkpoint, synth_root):
 @pytest.mark.cuda
 def test_parser_error_names_the_failing_node(tmp_path):
     import onnx
-    from lcr_sdk.export.trt import build_engine
     from onnx import TensorProto, helper
 
+    from lcr_sdk.export.trt import build_engine
     from lcr_sdk.manifest import InputSpec, Manifest
 
     node = helper.make_node("NoSuchOp", ["images"], ["embedding"], name="bad_node", domain="lcr.test")
