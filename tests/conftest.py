@@ -6,6 +6,7 @@ import importlib.util
 from pathlib import Path
 
 import pytest
+from ckpt_helpers import make_checkpoint
 
 HAS_TORCH = importlib.util.find_spec("torch") is not None
 
@@ -52,26 +53,6 @@ def synth_root(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("synth")
     return generate(root, SynthConfig(num_classes=4, train_per_class=6, test_per_class=4, image_size=64, seed=1),
                     progress=False)
-
-
-def make_checkpoint(path: Path, method: str = "lcr", arch: str = "resnet18", image_size: int = 64,
-                    num_parts: int = 8, seed: int = 0) -> Path:
-    """Write a real lcr-sdk checkpoint of a random-init network whose BN statistics came from real batches."""
-    import torch
-
-    from lcr_sdk.train.checkpoint import save_checkpoint
-    from lcr_sdk.train.model import LCRNet
-
-    torch.manual_seed(seed)
-    net = LCRNet(arch, method, num_parts)
-    net.train()
-    with torch.no_grad():
-        for _ in range(3):  # give BN running stats realistic values
-            f = net.features(torch.randn(8, 3, image_size, image_size))
-            net.parts(f)
-    net.eval()
-    config = {"arch": arch, "method": method, "num_parts": num_parts, "image_size": image_size, "seed": seed}
-    return save_checkpoint(path, {"config": config, "model": net.state_dict()})
 
 
 @pytest.fixture(scope="session")

@@ -109,7 +109,7 @@ def quickstart(out: str | Path = "lcr-quickstart", fast: bool = False, epochs: i
         "supervised: same backbone and budget trained with labels (upper bound); chance: 1 / classes",
         "MoCo v2 pools uniformly (its attention is all ones), so only LCR's attention is drawn",
     ]
-    extra = _deploy_and_retrieve(out, data) if not fast else None
+    extra = _deploy_and_retrieve(out, data)
     if extra:
         notes.append(extra)
     notes.append(f"total time {time.perf_counter() - t0:.0f} s")

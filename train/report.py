@@ -96,7 +96,8 @@ def curves_figure(logs: dict[str, Path], out: Path) -> None:
     axes[1].set(xlabel="epoch", ylabel="kNN top-1", title="kNN monitor (train bank, test queries)")
     for ax in axes:
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
     fig.tight_layout()
     tmp = out.with_name(out.stem + ".tmp.png")
     fig.savefig(tmp, dpi=110)

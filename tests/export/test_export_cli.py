@@ -50,7 +50,7 @@ def test_export_without_images_skips_verification_with_a_note(lcr_checkpoint, tm
 
 
 def test_verify_exits_1_against_another_checkpoint(lcr_checkpoint, synth_root, tmp_path):
-    from conftest import make_checkpoint
+    from ckpt_helpers import make_checkpoint
 
     other = make_checkpoint(tmp_path / "other.pt", seed=1)
     r = _run("export", other, "--out", tmp_path / "other.onnx", "--no-verify")
