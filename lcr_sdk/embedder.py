@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -36,14 +37,32 @@ class Attention:
     Attributes:
         embedding: float32 (D,) unit embedding.
         mask: float32 (H, W) attention mask M in [0, 1] (0 outside the region the model saw, for a centre crop).
-        parts: float32 (K, H, W) part maps P, or None for a ``moco`` model.
+        parts: float32 (K, H, W) part maps P, or None for a ``moco`` model; resized on first access only (K maps
+            at frame size cost ~20 ms at 640x480, more than inference on a GPU), ``part_map(k)`` resizes one.
         peaks: one ``(part_index, x, y, score)`` per part: the pixel of its strongest response and its value.
+        part_grid: float32 (K, h, w) part maps on the model's feature grid, or None.
     """
 
     embedding: np.ndarray
     mask: np.ndarray
-    parts: np.ndarray | None
     peaks: list[tuple[int, int, int, float]]
+    part_grid: np.ndarray | None = None
+    box: tuple[float, float, float, float] = field(default=(0.0, 0.0, 0.0, 0.0), repr=False)
+
+    @cached_property
+    def parts(self) -> np.ndarray | None:
+        if self.part_grid is None:
+            return None
+        return _to_image(self.part_grid, *self.mask.shape, self.box)
+
+    def part_map(self, k: int) -> np.ndarray:
+        """Part map ``k`` at the image's size (H, W)."""
+        n = 0 if self.part_grid is None else len(self.part_grid)
+        if not 0 <= k < n:
+            raise InputError(f"part={k} is not valid: this model has {n} part maps" + (f" (0..{n - 1})" if n else ""))
+        if "parts" in self.__dict__:  # already resized
+            return self.parts[k]
+        return _to_image(self.part_grid[k : k + 1], *self.mask.shape, self.box)[0]
 
     def overlay(self, image: Any, part: int | None = None, alpha: float = 0.5, color: str = "bgr") -> np.ndarray:
         """A BGR uint8 picture of the image with the mask (or part ``part``, its peak marked) as a heatmap."""
@@ -54,10 +73,7 @@ class Attention:
         if part is None:
             heat = self.mask
         else:
-            if self.parts is None or not 0 <= part < len(self.parts):
-                n = 0 if self.parts is None else len(self.parts)
-                raise InputError(f"part={part} is not valid: this model has {n} part maps (0..{n - 1})")
-            p = self.parts[part]
+            p = self.part_map(part)
             heat = p / p.max() if p.max() > 0 else p
         colored = cv2.applyColorMap((np.clip(heat, 0, 1) * 255).astype(np.uint8), cv2.COLORMAP_JET)
         out = cv2.addWeighted(img, 1 - alpha, colored, alpha, 0)
@@ -212,10 +228,9 @@ class Embedder:
         h, w = img.shape[:2]
         box = _crop_box(h, w, spec.height, spec.width, spec.resize)
         mask = _to_image(out["attention"][:1], h, w, box)[0]
-        parts, peaks = None, []
+        grid, peaks = None, []
         if "parts" in out:
-            grid = out["parts"][0]  # K x fh x fw
-            parts = _to_image(grid, h, w, box)
+            grid = np.asarray(out["parts"][0], np.float32)  # K x fh x fw; resized lazily (Attention.parts)
             fh, fw = grid.shape[1:]
             x0, y0, x1, y1 = box
             for k, g in enumerate(grid):
@@ -223,7 +238,7 @@ class Embedder:
                 x = int(min(w - 1, x0 + (ix + 0.5) * (x1 - x0) / fw))
                 y = int(min(h - 1, y0 + (iy + 0.5) * (y1 - y0) / fh))
                 peaks.append((k, x, y, float(g[iy, ix])))
-        return Attention(out["embedding"][0].astype(np.float32), mask, parts, peaks)
+        return Attention(out["embedding"][0].astype(np.float32), mask, peaks, grid, box)
 
     def close(self) -> None:
         """Release the backend."""

@@ -108,7 +108,9 @@ def test_attend_lcr(emb, frames):
     np.testing.assert_allclose(r.embedding, emb.embed(img), atol=ATOL)
     assert r.mask.shape == (h, w) and r.mask.dtype == np.float32
     assert r.mask.min() >= 0 and r.mask.max() <= 1 + 1e-6 and r.mask.max() > 0.9
+    one = r.part_map(k - 1)  # resized alone, before the K maps are resized on first access of .parts
     assert r.parts.shape == (k, h, w) and len(r.peaks) == k
+    np.testing.assert_array_equal(one, r.parts[k - 1])
     for part, x, y, score in r.peaks:
         assert 0 <= x < w and 0 <= y < h
         assert score == pytest.approx(float(r.parts[part].max()), rel=1e-4, abs=1e-6)
