@@ -216,3 +216,7 @@ def test_leave_one_out_rank1_equals_retrieval_metrics(lcr_checkpoint, synth_root
     expected = retrieval_metrics(e, labels)["rank1"]
     assert np.mean(correct) == pytest.approx(expected)
     assert 0 < expected < 1  # random-init weights: an informative, non-trivial value
+    # and the same Rank-1 as `lcr-sdk eval` (PyTorch, same checkpoint and test split)
+    from lcr_sdk.train.evaluate import evaluate
+
+    assert evaluate(lcr_checkpoint, synth_root, device="cpu")["rank1"] == pytest.approx(np.mean(correct))
