@@ -91,13 +91,13 @@ def export_model(checkpoint: str | os.PathLike, out_path: str | os.PathLike | No
         fp32 = stage / "fp32.onnx"
         export_onnx(net, manifest, fp32)
         if precision == "int8":
-            to_int8(fp32, stage / "int8.onnx", calib, manifest, calib_method)
+            n_calib = to_int8(fp32, stage / "int8.onnx", calib, manifest, calib_method)
             proto = onnx.load(str(stage / "int8.onnx"))
         else:
             proto = onnx.load(str(fp32))
             if precision == "fp16":
                 proto = to_fp16(proto)
-        calibration = {"calibration": {"method": calib_method, "images": len(calib)}} if calib is not None else {}
+        calibration = {"calibration": {"method": calib_method, "images": n_calib}} if calib is not None else {}
         manifest = replace(manifest, model_file=onnx_out.name, extra=calibration)
         embed_manifest(proto, manifest)
         check(proto)

@@ -97,7 +97,7 @@ def _half_initializer(graph, inits: dict, name: str, numpy_helper) -> str:
 
 
 def to_int8(fp32_path: str | os.PathLike, out_path: str | os.PathLike, images: np.ndarray, manifest: Manifest,
-            method: str = "percentile", batch_size: int = 8) -> None:
+            method: str = "percentile", batch_size: int = 8) -> int:
     """Statically quantise an fp32 ONNX file to a QDQ int8 file using calibration ``images``.
 
     Args:
@@ -107,6 +107,9 @@ def to_int8(fp32_path: str | os.PathLike, out_path: str | os.PathLike, images: n
         manifest: the model's manifest (input name).
         method: ``minmax``, ``percentile`` or ``entropy``.
         batch_size: images per calibration batch.
+
+    Returns:
+        The number of images calibrated on (whole batches only; see ``Reader``).
     """
     require("onnxruntime.quantization", "export", "int8 quantisation")
     from onnxruntime.quantization import (
@@ -129,8 +132,11 @@ def to_int8(fp32_path: str | os.PathLike, out_path: str | os.PathLike, images: n
 
     class Reader(CalibrationDataReader):
         def __init__(self):
-            n = (len(images) + batch_size - 1) // batch_size
-            self.it = iter(tqdm([images[i : i + batch_size] for i in range(0, len(images), batch_size)],
+            # Equal-sized batches only: ORT's histogram collectors (percentile, entropy) stack the per-batch
+            # outputs and fail on a smaller last batch, so the remainder (< batch_size images) is left out.
+            n = max(1, len(images) // batch_size)
+            size = batch_size if len(images) >= batch_size else len(images)
+            self.it = iter(tqdm([images[i * size : (i + 1) * size] for i in range(n)],
                                 desc=f"int8 calibration ({method})", unit="batch", total=n, leave=False))
 
         def get_next(self):
@@ -153,3 +159,4 @@ def to_int8(fp32_path: str | os.PathLike, out_path: str | os.PathLike, images: n
     finally:
         quiet.setLevel(level)
         prepared.unlink(missing_ok=True)
+    return min(len(images), max(batch_size, len(images) // batch_size * batch_size))
