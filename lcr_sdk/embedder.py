@@ -26,7 +26,7 @@ import numpy as np
 from lcr_sdk.backends.base import Backend, backend_for
 from lcr_sdk.errors import InputError, ModelError
 from lcr_sdk.fileio import sha256_file
-from lcr_sdk.images import resize_to, to_bgr
+from lcr_sdk.images import heatmap_overlay, resize_to, to_bgr
 from lcr_sdk.manifest import Manifest
 
 
@@ -75,8 +75,7 @@ class Attention:
         else:
             p = self.part_map(part)
             heat = p / p.max() if p.max() > 0 else p
-        colored = cv2.applyColorMap((np.clip(heat, 0, 1) * 255).astype(np.uint8), cv2.COLORMAP_JET)
-        out = cv2.addWeighted(img, 1 - alpha, colored, alpha, 0)
+        out = heatmap_overlay(img, heat, alpha)
         if part is not None:
             _, x, y, _ = self.peaks[part]
             size = max(8, min(img.shape[:2]) // 12)

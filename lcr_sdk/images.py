@@ -116,3 +116,12 @@ def resize_to(image: np.ndarray, height: int, width: int, rule: str = "short_sid
 def list_images(folder: str | os.PathLike) -> list[Path]:
     """Image files directly in ``folder``, sorted by name."""
     return sorted(p for p in Path(folder).iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def heatmap_overlay(image: np.ndarray, heat: np.ndarray, alpha: float = 0.5) -> np.ndarray:
+    """Blend a [0, 1] map over a BGR uint8 image as a JET heatmap (red = high); a map of another size is resized."""
+    h, w = image.shape[:2]
+    if heat.shape != (h, w):
+        heat = cv2.resize(heat.astype(np.float32), (w, h), interpolation=cv2.INTER_CUBIC)
+    colored = cv2.applyColorMap((np.clip(heat, 0, 1) * 255).astype(np.uint8), cv2.COLORMAP_JET)
+    return cv2.addWeighted(image, 1 - alpha, colored, alpha, 0)

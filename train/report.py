@@ -12,17 +12,10 @@ import cv2
 import numpy as np
 
 from lcr_sdk.fileio import atomic_write_bytes, atomic_write_text
+from lcr_sdk.images import heatmap_overlay
 from lcr_sdk.metrics import ranking
 
 TILE = 112  # px per image tile in the pictures
-
-
-def heatmap_overlay(image: np.ndarray, mask: np.ndarray, alpha: float = 0.5) -> np.ndarray:
-    """Blend a [0, 1] mask (any size) over a BGR image as a JET heatmap."""
-    h, w = image.shape[:2]
-    m = cv2.resize(mask.astype(np.float32), (w, h), interpolation=cv2.INTER_CUBIC).clip(0, 1)
-    heat = cv2.applyColorMap((m * 255).astype(np.uint8), cv2.COLORMAP_JET)
-    return cv2.addWeighted(image, 1 - alpha, heat, alpha, 0)
 
 
 def _tile(img: np.ndarray, border: tuple[int, int, int] | None = None, label: str = "") -> np.ndarray:
