@@ -181,7 +181,8 @@ def _draw_object(img: np.ndarray, rng: np.random.Generator, parts: tuple[str, st
     else:  # flat: a bar along the top of the head
         poly(P((hx - hr * 0.7, hy + hr * 0.1), (hx + hr * 0.7, hy + hr * 0.1), (hx + hr * 0.6, hy - hr * 0.3),
                (hx - hr * 0.6, hy - hr * 0.3)), ink)
-    pts = np.concatenate([body, P((L * 1.0, hy - hr * 1.3)), P((-L * 1.6, 0))])
+    head = P(*[(L + dx * hr, -H * 0.35 + dy * hr) for dx in (-1, 1) for dy in (-1, 1)])  # head circle's corners
+    pts = np.concatenate([body, head, P((L * 1.0, hy - hr * 1.3)), P((-L * 1.6, H * 1.0)), P((-L * 1.6, -H * 1.0))])
     x0, y0 = pts.min(0).clip(0, s)
     x1, y1 = pts.max(0).clip(0, s)
     return [round(float(x0)), round(float(y0)), round(float(x1)), round(float(y1))]

@@ -32,6 +32,7 @@ def test_train_then_eval_json(synth_root, tmp_path):
     assert r.exit_code == 0, r.output
     m = json.loads(r.output)
     assert m["method"] == "lcr" and m["queries"] == 16 and 0 <= m["rank1"] <= 1 and m["chance"] == 0.25
+    assert 0 < m["attention_on_object"] < 1  # synthetic data: share of attention on the bird
 
 
 def test_supervised_bound_trains(synth_root, tmp_path):

@@ -37,6 +37,20 @@ def embed_split(net: LCRNet, split: Split, size: int, device: str | torch.device
     return (e, torch.cat(masks).numpy()) if with_attention else e
 
 
+def attention_on_object(masks: np.ndarray, boxes: list, size: int) -> float:
+    """Mean share of the attention mask's mass inside each image's object box (boxes in S x S image pixels).
+
+    For an all-ones mask (MoCo v2) this is just the box's share of the image: the baseline to compare with.
+    """
+    import cv2
+
+    shares = []
+    for m, (x0, y0, x1, y1) in zip(masks, boxes):
+        up = cv2.resize(m.astype(np.float32), (size, size), interpolation=cv2.INTER_LINEAR)
+        shares.append(up[y0:y1, x0:x1].sum() / max(float(up.sum()), 1e-12))
+    return float(np.mean(shares))
+
+
 def linear_probe(train_x: np.ndarray, train_y, test_x: np.ndarray, test_y, epochs: int = 300,
                  weight_decay: float = 1e-4, seed: int = 0) -> float:
     """Top-1 of a linear classifier on frozen features (full-batch L-BFGS, fixed settings)."""
@@ -79,8 +93,11 @@ def evaluate(checkpoint: str | Path, data: str | Path, linear: bool = False, dev
 
         raise DataError(f"train and test class folders differ in {data}: {train_split.classes[:5]}... vs "
                         f"{test_split.classes[:5]}...; both splits need the same class names")
-    te = embed_split(net, test_split, size, device)
+    te, masks = embed_split(net, test_split, size, device, with_attention=True)
     out = retrieval_metrics(te, test_split.labels)
+    boxes = _synth_boxes(Path(data), test_split)
+    if boxes is not None:  # the synthetic set knows where each object is: how much attention lands on it
+        out["attention_on_object"] = attention_on_object(masks, boxes, size)
     tr = embed_split(net, train_split, size, device)
     out["knn_top1"] = knn_top1(tr, train_split.labels, te, test_split.labels)
     if linear:
@@ -89,3 +106,24 @@ def evaluate(checkpoint: str | Path, data: str | Path, linear: bool = False, dev
     out["method"] = ckpt["config"]["method"]
     out["test_images"] = len(test_split)
     return out
+
+
+def _synth_boxes(root: Path, split: Split) -> list | None:
+    """Object boxes of a split from ``synth.json`` (synthetic data at the model's size only), else None."""
+    import json
+
+    meta = root / "synth.json"
+    if not meta.exists():
+        return None
+    info = json.loads(meta.read_text())
+    if info["config"]["image_size"] != _size_of(split):
+        return None
+    boxes = info["boxes"]
+    rel = [p.relative_to(root).as_posix() for p in split.paths]
+    return [boxes[r] for r in rel] if all(r in boxes for r in rel) else None
+
+
+def _size_of(split: Split) -> int | None:
+    if split.images:
+        return split.images[0].shape[0]
+    return None

@@ -107,6 +107,8 @@ def quickstart(out: str | Path = "lcr-quickstart", fast: bool = False, epochs: i
         "rank1/rank5/mAP: leave-one-out retrieval on the test split; knn_top1: train bank, test queries; "
         "linear_top1: linear probe on frozen embeddings",
         "supervised: same backbone and budget trained with labels (upper bound); chance: 1 / classes",
+        "attention_on_object: share of the attention mask inside each bird's box; MoCo v2 and supervised pool "
+        "uniformly, so theirs is the box's share of the image (the baseline)",
         "MoCo v2 pools uniformly (its attention is all ones), so only LCR's attention is drawn",
     ]
     extra = _deploy_and_retrieve(out, data)

@@ -16,6 +16,8 @@ from lcr_sdk.images import heatmap_overlay
 from lcr_sdk.metrics import ranking
 
 TILE = 112  # px per image tile in the pictures
+COLUMNS = ["rank1", "rank5", "mAP", "knn_top1", "linear_top1", "attention_on_object"]
+SHORT = {"attention_on_object": "attn_on_obj"}  # column titles of the printed table
 
 
 def _tile(img: np.ndarray, border: tuple[int, int, int] | None = None, label: str = "") -> np.ndarray:
@@ -100,10 +102,9 @@ def curves_figure(logs: dict[str, Path], out: Path) -> None:
 
 def metrics_table(metrics: dict[str, dict]) -> str:
     """Plain-text table (percent) of the metrics of each method."""
-    cols = ["rank1", "rank5", "mAP", "knn_top1", "linear_top1"]
-    lines = [f"{'method':<12}" + "".join(f"{c:>12}" for c in cols)]
+    lines = [f"{'method':<12}" + "".join(f"{SHORT.get(c, c):>12}" for c in COLUMNS)]
     for name, m in metrics.items():
-        lines.append(f"{name:<12}" + "".join(f"{100 * m[c]:>11.1f}%" if c in m else f"{'-':>12}" for c in cols))
+        lines.append(f"{name:<12}" + "".join(f"{100 * m[c]:>11.1f}%" if c in m else f"{'-':>12}" for c in COLUMNS))
     return "\n".join(lines)
 
 
@@ -121,11 +122,10 @@ def write_html(report_dir: Path, title: str, metrics: dict[str, dict], notes: li
         data = base64.b64encode((report_dir / name).read_bytes()).decode()
         return f'<img alt="{html.escape(name)}" src="data:image/png;base64,{data}">'
 
-    cols = ["rank1", "rank5", "mAP", "knn_top1", "linear_top1"]
-    head = "".join(f"<th>{c}</th>" for c in ["method", *cols])
+    head = "".join(f"<th>{c}</th>" for c in ["method", *COLUMNS])
     body = "".join(
         "<tr>" + f"<td>{html.escape(n)}</td>" + "".join(
-            f"<td>{100 * m[c]:.1f}%</td>" if c in m else "<td>-</td>" for c in cols) + "</tr>"
+            f"<td>{100 * m[c]:.1f}%</td>" if c in m else "<td>-</td>" for c in COLUMNS) + "</tr>"
         for n, m in metrics.items())
     sections = "".join(f"<h2>{html.escape(t)}</h2>{img_tag(f)}" for t, f in pictures)
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
