@@ -22,16 +22,17 @@ from pathlib import Path
 
 # name -> extra `lcr-sdk train` options; the first three are the comparison, the rest are LCR ablations
 VARIANTS = {
-    "lcr": ["--method", "lcr"],
+    "lcr": ["--method", "lcr"],  # the defaults: cam-sign loss, detached target, cam-norm max, nu 1
     "moco": ["--method", "moco"],
     "supervised": ["--method", "moco", "--supervised"],
-    "lcr cam-sign=loss": ["--method", "lcr", "--cam-sign", "loss"],
-    "lcr no-detach": ["--method", "lcr", "--no-cam-detach"],
-    "lcr nu=0.3": ["--method", "lcr", "--nu", "0.3"],
-    "lcr nu=3": ["--method", "lcr", "--nu", "3"],
-    "lcr cam-norm=none": ["--method", "lcr", "--cam-norm", "none"],
+    "lcr cam-sign=score": ["--method", "lcr", "--cam-sign", "score"],
+    # ablations around the score sign (the default before the attention measurements; docs/BENCHMARKS.md)
+    "lcr score no-detach": ["--method", "lcr", "--cam-sign", "score", "--no-cam-detach"],
+    "lcr score nu=0.3": ["--method", "lcr", "--cam-sign", "score", "--nu", "0.3"],
+    "lcr score nu=3": ["--method", "lcr", "--cam-sign", "score", "--nu", "3"],
+    "lcr score cam-norm=none": ["--method", "lcr", "--cam-sign", "score", "--cam-norm", "none"],
 }
-METRICS = ("rank1", "rank5", "mAP", "knn_top1", "linear_top1")
+METRICS = ("rank1", "rank5", "mAP", "knn_top1", "linear_top1", "attention_on_object")
 
 
 def _slug(name: str) -> str:
@@ -81,14 +82,17 @@ def table(out: Path, names: list[str], seeds: list[int]) -> str:
         chance = results[0]["chance"]
         cells = []
         for m in METRICS:
-            v = [100 * r[m] for r in results]
+            v = [100 * r[m] for r in results if m in r]
+            if not v:
+                cells.append("-")
+                continue
             sd = statistics.stdev(v) if len(v) > 1 else 0.0
             cells.append(f"{statistics.mean(v):.1f} ± {sd:.1f}")
         secs = [r.get("train_seconds", 0) for r in results]
         rows.append(f"| {name} | {len(results)} | " + " | ".join(cells) + f" | {statistics.median(secs):.0f} |")
     if chance is not None:
         rows.append(f"| chance | - | {100 * chance:.1f} | {100 * (1 - (1 - chance) ** 5):.1f} | {100 * chance:.1f} | "
-                    f"{100 * chance:.1f} | {100 * chance:.1f} | - |")
+                    f"{100 * chance:.1f} | {100 * chance:.1f} | - | - |")
     return "\n".join(rows)
 
 
@@ -116,8 +120,19 @@ def main(argv=None) -> None:
     ap.add_argument("--device", default=None)
     ap.add_argument("--deadline", type=float, default=0, help="stop launching runs after this many seconds")
     ap.add_argument("--table-only", action="store_true", help="only print the table of the runs in --out")
+    ap.add_argument("--reeval", action="store_true",
+                    help="re-evaluate the finished runs in --out (new metrics), then print the table")
     args = ap.parse_args(argv)
-    if args.table_only:
+    if args.reeval:
+        from lcr_sdk.train.evaluate import evaluate
+
+        for f in sorted(args.out.glob("*/metrics.json")):
+            old = json.loads(f.read_text())
+            new = evaluate(f.parent / "checkpoint.pt", args.data or args.out / "data", linear=True, device=args.device)
+            f.write_text(json.dumps({**old, **new}, indent=2))
+            print(f"re-evaluated {f.parent.name}", flush=True)
+        args.table_only = True
+    if args.table_only:  # also after --reeval: never start training from here
         print(table(args.out, list(args.variants), sorted(set(args.seeds) | set(args.ablation_seeds or []))))
         return
     t0 = time.time()

@@ -26,8 +26,9 @@ class TrainConfig:
         num_parts: K, part maps of the GFB.
         nu: weight of the GFB fitting loss.
         tau: temperature of the two softmaxes in the fitting loss.
-        cam_sign: 'score' (CAM from -dL/dF, standard Grad-CAM: regions that help instance discrimination) or
-            'loss' (CAM from +dL/dF, as in the authors' released code).
+        cam_sign: 'loss' (CAM from +dL/dF, as in the authors' released code: regions whose features raise the
+            contrastive loss, i.e. what images share; the default, chosen by measurement) or 'score' (-dL/dF,
+            standard Grad-CAM: regions that help instance discrimination).
         cam_detach: detach the Grad-CAM target (default); False reproduces the released code.
         cam_norm: 'max' divides each image's CAM by its maximum before the tempered softmax (default); 'none'
             keeps raw values (near-uniform target, batch-size dependent; released behaviour).
@@ -58,7 +59,7 @@ class TrainConfig:
     num_parts: int = 32
     nu: float = 1.0
     tau: float = 0.4
-    cam_sign: str = "score"
+    cam_sign: str = "loss"
     cam_detach: bool = True
     cam_norm: str = "max"
     seed: int = 0

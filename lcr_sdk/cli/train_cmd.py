@@ -78,8 +78,8 @@ def train_cmd(
     num_parts: Annotated[int, typer.Option(help="K, part maps of the GradCAM fitting branch.")] = 32,
     nu: Annotated[float, typer.Option(help="Weight of the fitting loss.")] = 1.0,
     tau: Annotated[float, typer.Option(help="Softmax temperature of the fitting loss.")] = 0.4,
-    cam_sign: Annotated[str, typer.Option(help="score: -dL/dF (standard Grad-CAM); loss: +dL/dF (released code).")]
-    = "score",
+    cam_sign: Annotated[str, typer.Option(help="loss: +dL/dF (released code, default); score: -dL/dF (Grad-CAM).")]
+    = "loss",
     cam_detach: Annotated[bool, typer.Option(help="Detach the Grad-CAM target (--no-cam-detach: released code).")]
     = True,
     cam_norm: Annotated[str, typer.Option(help="max: scale each CAM to max 1; none: raw (released code).")] = "max",
