@@ -95,7 +95,7 @@ def evaluate(checkpoint: str | Path, data: str | Path, linear: bool = False, dev
                         f"{test_split.classes[:5]}...; both splits need the same class names")
     te, masks = embed_split(net, test_split, size, device, with_attention=True)
     out = retrieval_metrics(te, test_split.labels)
-    boxes = _synth_boxes(Path(data), test_split)
+    boxes = _synth_boxes(Path(data), test_split, size)
     if boxes is not None:  # the synthetic set knows where each object is: how much attention lands on it
         out["attention_on_object"] = attention_on_object(masks, boxes, size)
     tr = embed_split(net, train_split, size, device)
@@ -108,22 +108,20 @@ def evaluate(checkpoint: str | Path, data: str | Path, linear: bool = False, dev
     return out
 
 
-def _synth_boxes(root: Path, split: Split) -> list | None:
-    """Object boxes of a split from ``synth.json`` (synthetic data at the model's size only), else None."""
+def _synth_boxes(root: Path, split: Split, size: int) -> list | None:
+    """Object boxes of a split from ``synth.json``, in pixels of the model's ``size`` x ``size`` input, else None.
+
+    Synthetic images are square, so the deployment resize is a plain scale of the boxes.
+    """
     import json
 
     meta = root / "synth.json"
     if not meta.exists():
         return None
     info = json.loads(meta.read_text())
-    if info["config"]["image_size"] != _size_of(split):
-        return None
+    scale = size / info["config"]["image_size"]
     boxes = info["boxes"]
     rel = [p.relative_to(root).as_posix() for p in split.paths]
-    return [boxes[r] for r in rel] if all(r in boxes for r in rel) else None
-
-
-def _size_of(split: Split) -> int | None:
-    if split.images:
-        return split.images[0].shape[0]
-    return None
+    if not all(r in boxes for r in rel):
+        return None
+    return [[round(v * scale) for v in boxes[r]] for r in rel]
