@@ -121,8 +121,10 @@ def main(argv: list[str] | None = None) -> None:
             ratio = (med["overlay"] + med["render"]) / med["infer"]
             rows.append(f"| {name} | " + " | ".join(ms(t[s]) for s in STAGES) + f" | {ratio:.2f} |")
             fps_rows.append(f"| {name} | {statistics.median(fps):.1f} | {min(fps):.1f}-{max(fps):.1f} |")
-    print(f"\n{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, {a.frames} frames 640x480 mp4, "
-          "backend and provider in each row, output to mp4\n")
+    print(
+        f"\n{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, {a.frames} frames 640x480 mp4, "
+        "backend and provider in each row, output to mp4\n"
+    )
     print("| model | " + " | ".join(f"{s} ms" for s in STAGES) + " | (overlay+render)/infer |")
     print("|---" * (len(STAGES) + 2) + "|")
     print("\n".join(rows))

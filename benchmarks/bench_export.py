@@ -45,9 +45,16 @@ def export_plain(checkpoint: Path, size: int, path: Path) -> Path:
     net, _ = load_net(checkpoint)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(PlainModel(net), (torch.zeros(2, size, size, 3, dtype=torch.uint8),), str(path),
-                          dynamo=False, opset_version=OPSET, input_names=["images"], output_names=["embedding"],
-                          dynamic_axes={"images": {0: "N"}, "embedding": {0: "N"}})
+        torch.onnx.export(
+            PlainModel(net),
+            (torch.zeros(2, size, size, 3, dtype=torch.uint8),),
+            str(path),
+            dynamo=False,
+            opset_version=OPSET,
+            input_names=["images"],
+            output_names=["embedding"],
+            dynamic_axes={"images": {0: "N"}, "embedding": {0: "N"}},
+        )
     return path
 
 
@@ -94,18 +101,31 @@ def main() -> None:
     if args.images is None or args.calib is None:
         from lcr_sdk.synth import SynthConfig, generate
 
-        root = generate(work / "data", SynthConfig(num_classes=8, train_per_class=40, test_per_class=10,
-                                                    image_size=args.size, seed=2), progress=False)
+        root = generate(
+            work / "data",
+            SynthConfig(num_classes=8, train_per_class=40, test_per_class=10, image_size=args.size, seed=2),
+            progress=False,
+        )
         args.images, args.calib = args.images or root / "test", args.calib or root / "train"
-    print(f"checkpoint: {ckpt} ({'given' if args.checkpoint else 'random-init resnet18'}), {args.size} px, "
-          f"ORT {ort.__version__} CPU, {args.threads} threads, {args.reps} interleaved rounds\n")
+    print(
+        f"checkpoint: {ckpt} ({'given' if args.checkpoint else 'random-init resnet18'}), {args.size} px, "
+        f"ORT {ort.__version__} CPU, {args.threads} threads, {args.reps} interleaved rounds\n"
+    )
 
     models = {}
     for p in ("fp32", "fp16", "int8"):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            models[p] = export_model(ckpt, work / f"lcr-{p}.onnx", precision=p, calib_dir=args.calib,
-                                     image_size=args.size, verify=False, progress=False, log=None)
+            models[p] = export_model(
+                ckpt,
+                work / f"lcr-{p}.onnx",
+                precision=p,
+                calib_dir=args.calib,
+                image_size=args.size,
+                verify=False,
+                progress=False,
+                log=None,
+            )
     plain = export_plain(ckpt, args.size, work / "plain.onnx")
 
     rng = np.random.default_rng(0)
@@ -118,18 +138,23 @@ def main() -> None:
         ratio = np.median(t["lcr"]) / np.median(t["plain"]) - 1
         print(f"| {n} | {fmt(t['plain'])} | {fmt(t['lcr'])} | {ratio * 100:+.1f}% |")
 
-    print("\n| precision | batch 1 latency, ms | batch 32, images/s | min cosine | median cosine | "
-          "attention max err | Rank-1 agreement | passed |")
+    print(
+        "\n| precision | batch 1 latency, ms | batch 32, images/s | min cosine | median cosine | "
+        "attention max err | Rank-1 agreement | passed |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     sess = {p: session(m, args.threads) for p, m in models.items()}
     b1 = time_interleaved(sess, rng.integers(0, 256, (1, args.size, args.size, 3), dtype=np.uint8), args.reps)
-    b32 = time_interleaved(sess, rng.integers(0, 256, (32, args.size, args.size, 3), dtype=np.uint8),
-                           max(5, args.reps // 3))
+    b32 = time_interleaved(
+        sess, rng.integers(0, 256, (32, args.size, args.size, 3), dtype=np.uint8), max(5, args.reps // 3)
+    )
     for p, m in models.items():
         r = verify_model(m, ckpt, args.images, max_images=None, progress=False)
-        print(f"| {p} | {fmt(b1[p])} | {32 / np.median(b32[p]):.0f} | {r['cosine_min']:.5f} | "
-              f"{r['cosine_median']:.5f} | {r['attention_max_abs_err']:.3f} | {r['rank1_agreement']:.3f} | "
-              f"{'yes' if r['passed'] else 'no'} ({r['images']} images) |")
+        print(
+            f"| {p} | {fmt(b1[p])} | {32 / np.median(b32[p]):.0f} | {r['cosine_min']:.5f} | "
+            f"{r['cosine_median']:.5f} | {r['attention_max_abs_err']:.3f} | {r['rank1_agreement']:.3f} | "
+            f"{'yes' if r['passed'] else 'no'} ({r['images']} images) |"
+        )
 
 
 if __name__ == "__main__":

@@ -47,17 +47,48 @@ def run_one(name: str, seed: int, args, data: Path) -> subprocess.Popen | None:
     run_dir = args.out / f"{_slug(name)}_s{seed}"
     if (run_dir / "metrics.json").exists():
         return None
-    train = _cli("train", str(data), "--out", str(run_dir), "--arch", args.arch, "--image-size", str(args.image_size),
-                 "--epochs", str(args.epochs), "--batch-size", str(args.batch_size), "--seed", str(seed),
-                 "--lr", str(args.lr), "--warmup-epochs", str(args.warmup_epochs), "--moco-m", str(args.moco_m),
-                 "--moco-k", "65536", "--no-progress",
-                 "--eval-every", str(args.eval_every), *VARIANTS[name], *(["--device", args.device] if args.device
-                                                                       else []))
-    ev = _cli("eval", str(run_dir / "checkpoint.pt"), str(data), "--json", "--linear-probe",
-              *(["--device", args.device] if args.device else []))
-    script = (f"set -e; {' '.join(map(_q, train))} > {_q(str(run_dir))}.train.log 2>&1; "
-              f"{' '.join(map(_q, ev))} > {_q(str(run_dir))}.eval.json; "
-              f"mv {_q(str(run_dir))}.eval.json {_q(str(run_dir / 'metrics.json'))}")
+    train = _cli(
+        "train",
+        str(data),
+        "--out",
+        str(run_dir),
+        "--arch",
+        args.arch,
+        "--image-size",
+        str(args.image_size),
+        "--epochs",
+        str(args.epochs),
+        "--batch-size",
+        str(args.batch_size),
+        "--seed",
+        str(seed),
+        "--lr",
+        str(args.lr),
+        "--warmup-epochs",
+        str(args.warmup_epochs),
+        "--moco-m",
+        str(args.moco_m),
+        "--moco-k",
+        "65536",
+        "--no-progress",
+        "--eval-every",
+        str(args.eval_every),
+        *VARIANTS[name],
+        *(["--device", args.device] if args.device else []),
+    )
+    ev = _cli(
+        "eval",
+        str(run_dir / "checkpoint.pt"),
+        str(data),
+        "--json",
+        "--linear-probe",
+        *(["--device", args.device] if args.device else []),
+    )
+    script = (
+        f"set -e; {' '.join(map(_q, train))} > {_q(str(run_dir))}.train.log 2>&1; "
+        f"{' '.join(map(_q, ev))} > {_q(str(run_dir))}.eval.json; "
+        f"mv {_q(str(run_dir))}.eval.json {_q(str(run_dir / 'metrics.json'))}"
+    )
     run_dir.mkdir(parents=True, exist_ok=True)
     return subprocess.Popen(["bash", "-c", script], env={**os.environ, "OMP_NUM_THREADS": str(args.threads)})
 
@@ -91,8 +122,10 @@ def table(out: Path, names: list[str], seeds: list[int]) -> str:
         secs = [r.get("train_seconds", 0) for r in results]
         rows.append(f"| {name} | {len(results)} | " + " | ".join(cells) + f" | {statistics.median(secs):.0f} |")
     if chance is not None:
-        rows.append(f"| chance | - | {100 * chance:.1f} | {100 * (1 - (1 - chance) ** 5):.1f} | {100 * chance:.1f} | "
-                    f"{100 * chance:.1f} | {100 * chance:.1f} | - | - |")
+        rows.append(
+            f"| chance | - | {100 * chance:.1f} | {100 * (1 - (1 - chance) ** 5):.1f} | {100 * chance:.1f} | "
+            f"{100 * chance:.1f} | {100 * chance:.1f} | - | - |"
+        )
     return "\n".join(rows)
 
 
@@ -120,8 +153,11 @@ def main(argv=None) -> None:
     ap.add_argument("--device", default=None)
     ap.add_argument("--deadline", type=float, default=0, help="stop launching runs after this many seconds")
     ap.add_argument("--table-only", action="store_true", help="only print the table of the runs in --out")
-    ap.add_argument("--reeval", action="store_true",
-                    help="re-evaluate the finished runs in --out (new metrics), then print the table")
+    ap.add_argument(
+        "--reeval",
+        action="store_true",
+        help="re-evaluate the finished runs in --out (new metrics), then print the table",
+    )
     args = ap.parse_args(argv)
     if args.reeval:
         from lcr_sdk.train.evaluate import evaluate
@@ -141,8 +177,13 @@ def main(argv=None) -> None:
     if not (data / "synth.json").exists():
         from lcr_sdk.synth import SynthConfig, generate
 
-        generate(data, SynthConfig(args.classes, args.train_per_class, args.test_per_class, args.image_size,
-                                   args.difficulty, seed=1234), progress=False)
+        generate(
+            data,
+            SynthConfig(
+                args.classes, args.train_per_class, args.test_per_class, args.image_size, args.difficulty, seed=1234
+            ),
+            progress=False,
+        )
     ab_seeds = args.ablation_seeds or args.seeds
     main_names = [n for n in args.variants if n in ("lcr", "moco", "supervised")]
     jobs = [(n, s) for s in args.seeds for n in main_names]
@@ -166,8 +207,11 @@ def main(argv=None) -> None:
                     m = json.loads(f.read_text())
                     m["train_seconds"] = round(time.time() - start, 1)
                     f.write_text(json.dumps(m, indent=2))
-                    print(f"[{time.time() - t0:6.0f}s] done {name} seed {seed}: rank1 {m['rank1']:.3f} "
-                          f"mAP {m['mAP']:.3f}", flush=True)
+                    print(
+                        f"[{time.time() - t0:6.0f}s] done {name} seed {seed}: rank1 {m['rank1']:.3f} "
+                        f"mAP {m['mAP']:.3f}",
+                        flush=True,
+                    )
                 else:
                     print(f"[{time.time() - t0:6.0f}s] FAILED {name} seed {seed} (see its .train.log)", flush=True)
         time.sleep(0.5)

@@ -54,16 +54,23 @@ def overhead(rounds: int, reps: int) -> None:
         emb = Embedder(model, device="cpu")
         bare = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
         rng = np.random.default_rng(0)
-        print(f"model {model.name}: {emb.manifest.arch} {emb.manifest.input.height}px, provider {emb.provider}, "
-              f"onnxruntime {ort.__version__}\n")
-        print("| batch | bare session img/s (median, min-max) | Embedder.embed 640x480 img/s | ratio median (min-max) |"
-              " Embedder.infer ready img/s |")
+        print(
+            f"model {model.name}: {emb.manifest.arch} {emb.manifest.input.height}px, provider {emb.provider}, "
+            f"onnxruntime {ort.__version__}\n"
+        )
+        print(
+            "| batch | bare session img/s (median, min-max) | Embedder.embed 640x480 img/s | ratio median (min-max) |"
+            " Embedder.infer ready img/s |"
+        )
         print("|---|---|---|---|---|")
         for n in (1, 8):
             frames = [rng.integers(0, 256, (480, 640, 3), dtype=np.uint8) for _ in range(n)]
             ready = np.stack([emb.prepare(f) for f in frames])
-            runs = {"bare": lambda r=ready: bare.run(None, {"images": r}), "embed": lambda f=frames: emb.embed(f),
-                    "infer": lambda r=ready: emb.infer(r)}
+            runs = {
+                "bare": lambda r=ready: bare.run(None, {"images": r}),
+                "embed": lambda f=frames: emb.embed(f),
+                "infer": lambda r=ready: emb.infer(r),
+            }
             for fn in runs.values():
                 _time(fn, 3)  # warm up
             res = {k: [] for k in runs}
@@ -75,8 +82,10 @@ def overhead(rounds: int, reps: int) -> None:
             def fmt(xs):
                 return f"{statistics.median(xs):.1f} ({min(xs):.1f}-{max(xs):.1f})"
 
-            print(f"| {n} | {fmt(res['bare'])} | {fmt(res['embed'])} | {statistics.median(ratios):.3f} "
-                  f"({min(ratios):.3f}-{max(ratios):.3f}) | {fmt(res['infer'])} |")
+            print(
+                f"| {n} | {fmt(res['bare'])} | {fmt(res['embed'])} | {statistics.median(ratios):.3f} "
+                f"({min(ratios):.3f}-{max(ratios):.3f}) | {fmt(res['infer'])} |"
+            )
 
 
 def _random_unit(n: int, d: int, seed: int = 0, chunk: int = 100_000) -> np.ndarray:
@@ -98,16 +107,20 @@ def gallery(max_n: int, max_bytes: float, queries: int) -> None:
     except ImportError:
         indexes = ["exact"]
         print("faiss not installed: exact search only (pip install faiss-cpu)")
-    print(f"| vectors | D | {' | '.join(f'{i} queries/s (batch {queries})' for i in indexes)} | "
-          f"{' | '.join(f'{i} ms/query (single)' for i in indexes)} | same top-5 |")
+    print(
+        f"| vectors | D | {' | '.join(f'{i} queries/s (batch {queries})' for i in indexes)} | "
+        f"{' | '.join(f'{i} ms/query (single)' for i in indexes)} | same top-5 |"
+    )
     print("|---|---|" + "---|" * (2 * len(indexes) + 1))
     for d in (512, 2048):
         for n in (10_000, 100_000, 1_000_000):
             if n > max_n:
                 continue
             if n * d * 4 > max_bytes:
-                print(f"| {n:,} | {d} | skipped: {n * d * 4 / 2**30:.1f} GiB of float32 exceeds the "
-                      f"--max-gib {max_bytes / 2**30:.1f} memory budget of this shared machine |")
+                print(
+                    f"| {n:,} | {d} | skipped: {n * d * 4 / 2**30:.1f} GiB of float32 exceeds the "
+                    f"--max-gib {max_bytes / 2**30:.1f} memory budget of this shared machine |"
+                )
                 continue
             v, q = _random_unit(n, d), _random_unit(queries, d, seed=1)
             batch_qps, single_ms, tops = [], [], []
@@ -122,8 +135,10 @@ def gallery(max_n: int, max_bytes: float, queries: int) -> None:
                 tops.append([[h.id for h in row] for row in g.search(q, k=5)])
                 del g
             same = all(t == tops[0] for t in tops)
-            print(f"| {n:,} | {d} | {' | '.join(f'{x:,.0f}' for x in batch_qps)} | "
-                  f"{' | '.join(f'{x:.2f}' for x in single_ms)} | {same} |")
+            print(
+                f"| {n:,} | {d} | {' | '.join(f'{x:,.0f}' for x in batch_qps)} | "
+                f"{' | '.join(f'{x:.2f}' for x in single_ms)} | {same} |"
+            )
             del v
 
 

@@ -30,8 +30,12 @@ def _sync(device: torch.device) -> None:
 
 def build(method: str, cfg: TrainConfig, device: torch.device):
     torch.manual_seed(0)
-    model = MoCo(LCRNet(cfg.arch, method, cfg.num_parts), queue_size=4096, momentum=cfg.moco_m,
-                 bn_splits=max(1, min(8, cfg.batch_size // 8))).to(device)
+    model = MoCo(
+        LCRNet(cfg.arch, method, cfg.num_parts),
+        queue_size=4096,
+        momentum=cfg.moco_m,
+        bn_splits=max(1, min(8, cfg.batch_size // 8)),
+    ).to(device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.01, momentum=0.9)
@@ -78,15 +82,28 @@ def main(argv=None) -> dict:
             times[m].append((time.perf_counter() - t0) / args.steps * 1000)
     ratios = [lc / mo for lc, mo in zip(times["lcr"], times["moco"])]
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
-    res = {"device": name, "arch": args.arch, "image_size": args.image_size, "batch": args.batch,
-           "moco_ms": statistics.median(times["moco"]), "lcr_ms": statistics.median(times["lcr"]),
-           "ratio_median": statistics.median(ratios), "ratio_min": min(ratios), "ratio_max": max(ratios),
-           "rounds": args.rounds, "steps_per_round": args.steps, "torch": torch.__version__}
-    print("| device | model | batch | MoCo v2 ms/step | LCR ms/step | "
-          f"LCR / MoCo (min-max over {args.rounds} rounds) |")
+    res = {
+        "device": name,
+        "arch": args.arch,
+        "image_size": args.image_size,
+        "batch": args.batch,
+        "moco_ms": statistics.median(times["moco"]),
+        "lcr_ms": statistics.median(times["lcr"]),
+        "ratio_median": statistics.median(ratios),
+        "ratio_min": min(ratios),
+        "ratio_max": max(ratios),
+        "rounds": args.rounds,
+        "steps_per_round": args.steps,
+        "torch": torch.__version__,
+    }
+    print(
+        f"| device | model | batch | MoCo v2 ms/step | LCR ms/step | LCR / MoCo (min-max over {args.rounds} rounds) |"
+    )
     print("|---|---|---|---|---|---|")
-    print(f"| {name} | {args.arch} {args.image_size}px | {args.batch} | {res['moco_ms']:.1f} | {res['lcr_ms']:.1f} | "
-          f"{res['ratio_median']:.3f} ({res['ratio_min']:.3f}-{res['ratio_max']:.3f}) |")
+    print(
+        f"| {name} | {args.arch} {args.image_size}px | {args.batch} | {res['moco_ms']:.1f} | {res['lcr_ms']:.1f} | "
+        f"{res['ratio_median']:.3f} ({res['ratio_min']:.3f}-{res['ratio_max']:.3f}) |"
+    )
     if args.json:
         with open(args.json, "w") as f:
             json.dump(res, f, indent=2)

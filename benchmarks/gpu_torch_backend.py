@@ -92,22 +92,41 @@ def main() -> None:
                     rows.append({"config": name, "batch": n, "error": str(e).splitlines()[0]})
                     continue
                 med = statistics.median(t)
-                rows.append({"config": name, "batch": n, "ms_median": 1e3 * med, "ms_min": 1e3 * min(t),
-                             "ms_max": 1e3 * max(t), "images_per_s": n / med, "provider": emb.provider})
+                rows.append(
+                    {
+                        "config": name,
+                        "batch": n,
+                        "ms_median": 1e3 * med,
+                        "ms_min": 1e3 * min(t),
+                        "ms_max": 1e3 * max(t),
+                        "images_per_s": n / med,
+                        "provider": emb.provider,
+                    }
+                )
             emb.close()
-    print(f"PyTorch backend, {arch} LCR at {size} px on {gpu}, torch {torch.__version__}, "
-          f"{a.reps} reps x {iters} calls, uint8 tensors on {device} in (no host copies)\n")
+    print(
+        f"PyTorch backend, {arch} LCR at {size} px on {gpu}, torch {torch.__version__}, "
+        f"{a.reps} reps x {iters} calls, uint8 tensors on {device} in (no host copies)\n"
+    )
     print("| config | batch | ms per batch, median (min-max) | images/s |\n|---|---|---|---|")
     for r in rows:
         if "error" in r:
             print(f"| {r['config']} | {r.get('batch', '-')} | failed: {r['error'][:80]} | - |")
         else:
-            print(f"| {r['config']} | {r['batch']} | {r['ms_median']:.2f} ({r['ms_min']:.2f}-{r['ms_max']:.2f}) | "
-                  f"{r['images_per_s']:,.0f} |")
+            print(
+                f"| {r['config']} | {r['batch']} | {r['ms_median']:.2f} ({r['ms_min']:.2f}-{r['ms_max']:.2f}) | "
+                f"{r['images_per_s']:,.0f} |"
+            )
     if os.environ.get("OUT"):
         path = Path(os.environ["OUT"]) / "gpu_torch_backend.json"
-        meta = {"gpu": gpu, "torch": torch.__version__, "arch": arch, "image_size": size, "iters": iters,
-                "reps": a.reps}
+        meta = {
+            "gpu": gpu,
+            "torch": torch.__version__,
+            "arch": arch,
+            "image_size": size,
+            "iters": iters,
+            "reps": a.reps,
+        }
         path.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
         print(f"\nwrote {path}")
 

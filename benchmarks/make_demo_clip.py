@@ -29,7 +29,7 @@ def to_frame(image: np.ndarray, width: int = 640, height: int = 480) -> np.ndarr
     frame = cv2.resize(image, (width, height), interpolation=cv2.INTER_LINEAR)
     side = min(width, height)
     x0, y0 = (width - side) // 2, (height - side) // 2
-    frame[y0:y0 + side, x0:x0 + side] = cv2.resize(image, (side, side), interpolation=cv2.INTER_LINEAR)
+    frame[y0 : y0 + side, x0 : x0 + side] = cv2.resize(image, (side, side), interpolation=cv2.INTER_LINEAR)
     return frame
 
 
@@ -50,8 +50,16 @@ def pick_images(data: Path | None, count: int, seed: int) -> list[tuple[np.ndarr
     return out
 
 
-def make_clip(out: str | Path, data: str | Path | None = None, frames: int = 60, hold: int = 5, fps: float = 10,
-              width: int = 640, height: int = 480, seed: int = 0) -> Path:
+def make_clip(
+    out: str | Path,
+    data: str | Path | None = None,
+    frames: int = 60,
+    hold: int = 5,
+    fps: float = 10,
+    width: int = 640,
+    height: int = 480,
+    seed: int = 0,
+) -> Path:
     """Write the clip (and ``out.json`` with each frame's class); returns ``out``."""
     out = Path(out)
     images = pick_images(Path(data) if data else None, -(-frames // hold), seed)

@@ -48,10 +48,14 @@ def build(model: Path, images: Path, out: Path, backend: str | None = None, batc
     with Embedder(model, backend=backend) as emb:
         gallery = Gallery(emb.manifest.embedding_dim, model_sha256=emb.model_id)
         for i in tqdm(range(0, len(items), batch), desc="embedding", unit="batch"):
-            chunk = items[i:i + batch]
+            chunk = items[i : i + batch]
             rel = [p.relative_to(images).as_posix() for p, _ in chunk]
-            gallery.add(emb.embed([p for p, _ in chunk]), ids=rel, labels=[label for _, label in chunk],
-                        metadata=[{"path": r} for r in rel])
+            gallery.add(
+                emb.embed([p for p, _ in chunk]),
+                ids=rel,
+                labels=[label for _, label in chunk],
+                metadata=[{"path": r} for r in rel],
+            )
     out.parent.mkdir(parents=True, exist_ok=True)
     gallery.save(out)
     return gallery

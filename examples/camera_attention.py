@@ -23,10 +23,18 @@ from lcr_sdk.video import FpsMeter, draw_text, open_sink, open_source
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model", help="model file: .onnx (ONNX Runtime), .engine (TensorRT) or .pt (PyTorch)")
-    p.add_argument("input", nargs="?", default="0",
-                   help="0 | /dev/video0 | csi://0 | rtsp://... | clip.mp4 | images/ (default: camera 0)")
-    p.add_argument("output", nargs="?", default="display://0",
-                   help="display://0 | out.mp4 | frames/ | last.png (default: a window)")
+    p.add_argument(
+        "input",
+        nargs="?",
+        default="0",
+        help="0 | /dev/video0 | csi://0 | rtsp://... | clip.mp4 | images/ (default: camera 0)",
+    )
+    p.add_argument(
+        "output",
+        nargs="?",
+        default="display://0",
+        help="display://0 | out.mp4 | frames/ | last.png (default: a window)",
+    )
     p.add_argument("--headless", action="store_true", help="never open a window")
     p.add_argument("--backend", help="override the backend chosen by the model suffix (onnxruntime, tensorrt, torch)")
     p.add_argument("--width", type=int, help="capture width (cameras) / resize width (files)")
@@ -47,8 +55,9 @@ def mark_peaks(view, peaks: list[tuple[int, int, int, float]], min_rel: float = 
             spots.setdefault((x, y), []).append(str(k))
     for (x, y), parts in spots.items():
         cv2.circle(view, (x, y), 4, (255, 255, 255), -1, cv2.LINE_AA)
-        cv2.putText(view, ",".join(parts), (x + 5, y - 5), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (255, 255, 255), 1,
-                    cv2.LINE_AA)
+        cv2.putText(
+            view, ",".join(parts), (x + 5, y - 5), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (255, 255, 255), 1, cv2.LINE_AA
+        )
     return view
 
 
@@ -62,23 +71,30 @@ def next_part(part: int | None, num_parts: int) -> int | None:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        with Embedder(args.model, backend=args.backend) as emb, \
-                open_source(args.input, args.width, args.height, args.fps, args.loop) as source, \
-                open_sink(args.output, headless=args.headless, fps=source.fps or 30, title="lcr attention") as sink:
+        with (
+            Embedder(args.model, backend=args.backend) as emb,
+            open_source(args.input, args.width, args.height, args.fps, args.loop) as source,
+            open_sink(args.output, headless=args.headless, fps=source.fps or 30, title="lcr attention") as sink,
+        ):
             num_parts, part, meter = emb.manifest.num_parts, args.part, FpsMeter()
             print(f"{emb}\nsource: {args.input} -> {args.output}", file=sys.stderr)
-            for frame in source:                                  # capture
-                if not frame.ok:                                  # a live source is down: say so, keep going
+            for frame in source:  # capture
+                if not frame.ok:  # a live source is down: say so, keep going
                     sink.render(frame.image)
                     continue
-                att = emb.attend(frame.image)                     # preprocess + infer
-                view = att.overlay(frame.image, part=part)        # overlay
+                att = emb.attend(frame.image)  # preprocess + infer
+                view = att.overlay(frame.image, part=part)  # overlay
                 if part is None:
                     mark_peaks(view, att.peaks)
                 shown = "mask" if part is None else f"part {part} of {num_parts}"
-                draw_text(view, [f"{meter.tick():5.1f} FPS  {emb.backend_name} ({emb.provider})",
-                                 f"{shown}   [p] next part  [q] quit   source: {source.status}"])
-                key = sink.render(view)                           # render
+                draw_text(
+                    view,
+                    [
+                        f"{meter.tick():5.1f} FPS  {emb.backend_name} ({emb.provider})",
+                        f"{shown}   [p] next part  [q] quit   source: {source.status}",
+                    ],
+                )
+                key = sink.render(view)  # render
                 if key in (ord("q"), 27) or not sink.is_open:
                     break
                 if key == ord("p"):

@@ -73,37 +73,43 @@ def enroll(gallery: Gallery, folder: str, vector, label: str, source: str, index
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        with Embedder(args.model, backend=args.backend) as emb, open_source(args.input, loop=args.loop) as source, \
-                open_sink(args.output, headless=args.headless, fps=source.fps or 30, title="lcr retrieval") as sink, \
-                open(args.log or os.devnull, "w", encoding="utf-8") as log:
+        with (
+            Embedder(args.model, backend=args.backend) as emb,
+            open_source(args.input, loop=args.loop) as source,
+            open_sink(args.output, headless=args.headless, fps=source.fps or 30, title="lcr retrieval") as sink,
+            open(args.log or os.devnull, "w", encoding="utf-8") as log,
+        ):
             exists = (Path(args.gallery) / "CURRENT").exists()
             gallery = Gallery.load(args.gallery) if exists else Gallery(emb.manifest.embedding_dim, emb.model_id)
             print(f"{emb}\ngallery: {len(gallery)} items in {args.gallery}", file=sys.stderr)
             prompt, pending, note, meter, auto = None, None, "", FpsMeter(), args.enroll
-            for frame in source:                                              # capture
-                if not frame.ok:                                              # live source down: show why
+            for frame in source:  # capture
+                if not frame.ok:  # live source down: show why
                     sink.render(frame.image)
                     continue
                 h, w = frame.image.shape[:2]
                 x0, y0, x1, y1 = query_box(sink.box, args.crop, h, w)
                 region = frame.image[y0:y1, x0:x1]
-                att = emb.attend(region)                                      # preprocess + infer
+                att = emb.attend(region)  # preprocess + infer
                 hits = gallery.search(att.embedding, k=args.top_k, model=emb)  # retrieve
-                view = frame.image.copy()                                     # overlay
+                view = frame.image.copy()  # overlay
                 view[y0:y1, x0:x1] = att.overlay(region)
                 if (x1 - x0, y1 - y0) != (w, h):
                     cv2.rectangle(view, (x0, y0), (x1 - 1, y1 - 1), (255, 255, 255), 2)
-                if auto:                                                      # --enroll LABEL: first frame
+                if auto:  # --enroll LABEL: first frame
                     note = "enrolled as " + enroll(gallery, args.gallery, att.embedding, auto, args.input, frame.index)
                     auto = None
                 lines = [f"{meter.tick():5.1f} FPS  {emb.backend_name} ({emb.provider})  gallery: {len(gallery)}"]
                 lines += [f"{i + 1}. {hit.label}  {hit.score:.3f}" for i, hit in enumerate(hits)] or ["(empty gallery)"]
                 typing = prompt is not None
-                lines.append(f"label: {prompt}_  (Enter saves, Esc cancels)" if typing else
-                             f"[e] enrol  [q] quit  {note}  source: {source.status}")
+                lines.append(
+                    f"label: {prompt}_  (Enter saves, Esc cancels)"
+                    if typing
+                    else f"[e] enrol  [q] quit  {note}  source: {source.status}"
+                )
                 draw_text(view, lines)
                 log.write(json.dumps({"frame": frame.index, "hits": [[x.label, x.score] for x in hits]}) + "\n")
-                key = sink.render(view)                                       # render
+                key = sink.render(view)  # render
                 if typing and key >= 0:
                     prompt, label = type_key(prompt, key)
                     if label is not None:

@@ -52,8 +52,10 @@ def load_images(paths: list[Path], manifest: Manifest, purpose: str) -> tuple[np
         images.append(resize_to(img, spec.height, spec.width, spec.resize, spec.interpolation))
         used.append(p)
     if not images:
-        raise DataError(f"none of the {len(paths)} {purpose} images could be read (first: {paths[0]}); "
-                        "check the files are real images")
+        raise DataError(
+            f"none of the {len(paths)} {purpose} images could be read (first: {paths[0]}); "
+            "check the files are real images"
+        )
     if bad:
         warnings.warn(f"skipped {len(bad)} unreadable {purpose} image(s), e.g. {bad[0]}", stacklevel=2)
     return np.stack(images), used

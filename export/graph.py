@@ -19,8 +19,13 @@ OPSET = 17
 TRAINING_ONLY_OPS = {"BatchNormalization", "Dropout"}
 
 
-def manifest_for(ckpt: dict[str, Any], checkpoint_sha256: str, image_size: int | tuple[int, int] | None = None,
-                 batch: tuple[int, int, int] = (1, 8, 32), precision: str = "fp32") -> Manifest:
+def manifest_for(
+    ckpt: dict[str, Any],
+    checkpoint_sha256: str,
+    image_size: int | tuple[int, int] | None = None,
+    batch: tuple[int, int, int] = (1, 8, 32),
+    precision: str = "fp32",
+) -> Manifest:
     """The manifest of a model exported from a loaded checkpoint (model hash left empty)."""
     from lcr_sdk.train.model import ARCHS, feature_size
 
@@ -34,11 +39,18 @@ def manifest_for(ckpt: dict[str, Any], checkpoint_sha256: str, image_size: int |
         raise ModelError(f"batch range min/opt/max {bmin}/{bopt}/{bmax} is invalid; need 1 <= min <= opt <= max")
     method = cfg["method"]
     return Manifest(
-        arch=cfg["arch"], method=method, embedding_dim=ARCHS[cfg["arch"]],
+        arch=cfg["arch"],
+        method=method,
+        embedding_dim=ARCHS[cfg["arch"]],
         num_parts=cfg.get("num_parts", 32) if method == "lcr" else 0,
-        feature_size=feature_size(cfg["arch"], height, width), input=InputSpec(height=height, width=width),
-        precision=precision, batch_min=bmin, batch_opt=bopt, batch_max=bmax,
-        checkpoint_sha256=checkpoint_sha256, opset=OPSET,
+        feature_size=feature_size(cfg["arch"], height, width),
+        input=InputSpec(height=height, width=width),
+        precision=precision,
+        batch_min=bmin,
+        batch_opt=bopt,
+        batch_max=bmax,
+        checkpoint_sha256=checkpoint_sha256,
+        opset=OPSET,
     )
 
 
@@ -62,8 +74,15 @@ def export_onnx(net, manifest: Manifest, path: str | os.PathLike) -> None:
         warnings.simplefilter("ignore", category=FutureWarning)
         warnings.simplefilter("ignore", category=DeprecationWarning)
         torch.onnx.export(
-            model, (dummy,), str(path), dynamo=False, opset_version=OPSET, do_constant_folding=True,
-            training=torch.onnx.TrainingMode.EVAL, input_names=[manifest.input.name], output_names=names,
+            model,
+            (dummy,),
+            str(path),
+            dynamo=False,
+            opset_version=OPSET,
+            do_constant_folding=True,
+            training=torch.onnx.TrainingMode.EVAL,
+            input_names=[manifest.input.name],
+            output_names=names,
             dynamic_axes={n: {0: "N"} for n in [manifest.input.name, *names]},
         )
     proto = onnx.load(str(path))

@@ -26,14 +26,24 @@ def default_out_path(checkpoint: str | os.PathLike, precision: str, trt: bool) -
     return ckpt.with_name(f"{ckpt.stem}-{precision}{'.engine' if trt else '.onnx'}")
 
 
-def export_model(checkpoint: str | os.PathLike, out_path: str | os.PathLike | None = None, precision: str = "fp32",
-                 calib_dir: str | os.PathLike | None = None, trt: bool = False,
-                 batch: tuple[int, int, int] = (1, 8, 32),
-                 image_size: int | tuple[int, int] | None = None, verify: bool = True,
-                 verify_images: str | os.PathLike | None = None, verify_sample: int = 64,
-                 calib_method: str = "percentile", calib_images: int = 500, workspace_gib: float = 4.0,
-                 timing_cache: str | os.PathLike | None = "default", progress: bool = True,
-                 log: Callable[[str], None] | None = print) -> Path:
+def export_model(
+    checkpoint: str | os.PathLike,
+    out_path: str | os.PathLike | None = None,
+    precision: str = "fp32",
+    calib_dir: str | os.PathLike | None = None,
+    trt: bool = False,
+    batch: tuple[int, int, int] = (1, 8, 32),
+    image_size: int | tuple[int, int] | None = None,
+    verify: bool = True,
+    verify_images: str | os.PathLike | None = None,
+    verify_sample: int = 64,
+    calib_method: str = "percentile",
+    calib_images: int = 500,
+    workspace_gib: float = 4.0,
+    timing_cache: str | os.PathLike | None = "default",
+    progress: bool = True,
+    log: Callable[[str], None] | None = print,
+) -> Path:
     """Export the deployable part of a checkpoint and write the manifest beside it.
 
     Args:
@@ -109,11 +119,17 @@ def export_model(checkpoint: str | os.PathLike, out_path: str | os.PathLike | No
 
         images = verify_images if verify_images is not None else calib_dir
         if verify and images is None:
-            say("note: verification skipped (no images): pass --verify-images DIR or --calib DIR, or run "
-                f"`lcr-sdk verify {onnx_out} --checkpoint {checkpoint} --images DIR`")
+            say(
+                "note: verification skipped (no images): pass --verify-images DIR or --calib DIR, or run "
+                f"`lcr-sdk verify {onnx_out} --checkpoint {checkpoint} --images DIR`"
+            )
         if verify and images is not None:
-            _verify(verify_model(staged_onnx, checkpoint, images, verify_sample, manifest=manifest, progress=progress),
-                    staged_onnx, say, format_report)
+            _verify(
+                verify_model(staged_onnx, checkpoint, images, verify_sample, manifest=manifest, progress=progress),
+                staged_onnx,
+                say,
+                format_report,
+            )
 
         if trt:
             from lcr_sdk.export.trt import DEFAULT_TIMING_CACHE, build_engine
@@ -123,8 +139,14 @@ def export_model(checkpoint: str | os.PathLike, out_path: str | os.PathLike | No
             engine_manifest = build_engine(staged_onnx, staged_engine, manifest, workspace_gib, cache, progress)
             write_sidecar(engine_manifest, staged_engine)
             if verify and images is not None:
-                _verify(verify_model(staged_engine, checkpoint, images, verify_sample, manifest=engine_manifest,
-                                     progress=progress), staged_engine, say, format_report)
+                _verify(
+                    verify_model(
+                        staged_engine, checkpoint, images, verify_sample, manifest=engine_manifest, progress=progress
+                    ),
+                    staged_engine,
+                    say,
+                    format_report,
+                )
             staged.append(staged_engine)
 
         for model in staged:  # sidecar first: a model file in place always has its manifest beside it

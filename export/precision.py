@@ -96,8 +96,14 @@ def _half_initializer(graph, inits: dict, name: str, numpy_helper) -> str:
     return half_name
 
 
-def to_int8(fp32_path: str | os.PathLike, out_path: str | os.PathLike, images: np.ndarray, manifest: Manifest,
-            method: str = "percentile", batch_size: int = 8) -> int:
+def to_int8(
+    fp32_path: str | os.PathLike,
+    out_path: str | os.PathLike,
+    images: np.ndarray,
+    manifest: Manifest,
+    method: str = "percentile",
+    batch_size: int = 8,
+) -> int:
     """Statically quantise an fp32 ONNX file to a QDQ int8 file using calibration ``images``.
 
     Args:
@@ -122,13 +128,19 @@ def to_int8(fp32_path: str | os.PathLike, out_path: str | os.PathLike, images: n
     from onnxruntime.quantization.shape_inference import quant_pre_process
     from tqdm import tqdm
 
-    methods = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
-               "entropy": CalibrationMethod.Entropy}
+    methods = {
+        "minmax": CalibrationMethod.MinMax,
+        "percentile": CalibrationMethod.Percentile,
+        "entropy": CalibrationMethod.Entropy,
+    }
     if method not in methods:
         raise InputError(f"calibration method {method!r} is not one of {CALIBRATION_METHODS}")
     if len(images) < RECOMMENDED_CALIB_IMAGES:
-        warnings.warn(f"int8 calibration on only {len(images)} images; at least {RECOMMENDED_CALIB_IMAGES} real "
-                      "images like those the model will see are recommended for stable ranges", stacklevel=2)
+        warnings.warn(
+            f"int8 calibration on only {len(images)} images; at least {RECOMMENDED_CALIB_IMAGES} real "
+            "images like those the model will see are recommended for stable ranges",
+            stacklevel=2,
+        )
 
     class Reader(CalibrationDataReader):
         def __init__(self):
@@ -136,8 +148,15 @@ def to_int8(fp32_path: str | os.PathLike, out_path: str | os.PathLike, images: n
             # outputs and fail on a smaller last batch, so the remainder (< batch_size images) is left out.
             n = max(1, len(images) // batch_size)
             size = batch_size if len(images) >= batch_size else len(images)
-            self.it = iter(tqdm([images[i * size : (i + 1) * size] for i in range(n)],
-                                desc=f"int8 calibration ({method})", unit="batch", total=n, leave=False))
+            self.it = iter(
+                tqdm(
+                    [images[i * size : (i + 1) * size] for i in range(n)],
+                    desc=f"int8 calibration ({method})",
+                    unit="batch",
+                    total=n,
+                    leave=False,
+                )
+            )
 
         def get_next(self):
             batch = next(self.it, None)
@@ -151,8 +170,14 @@ def to_int8(fp32_path: str | os.PathLike, out_path: str | os.PathLike, images: n
         quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=True)
         with contextlib.redirect_stdout(io.StringIO()):  # the histogram calibrators print their steps
             quantize_static(
-                str(prepared), str(out_path), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, op_types_to_quantize=["Conv"],
+                str(prepared),
+                str(out_path),
+                Reader(),
+                quant_format=QuantFormat.QDQ,
+                per_channel=True,
+                activation_type=QuantType.QInt8,
+                weight_type=QuantType.QInt8,
+                op_types_to_quantize=["Conv"],
                 calibrate_method=methods[method],
                 extra_options={"ActivationSymmetric": True, "WeightSymmetric": True},
             )

@@ -60,13 +60,20 @@ def gpu_info() -> tuple[str, str]:
         name = props.name.decode() if isinstance(props.name, bytes) else str(props.name)
         return name.rstrip("\x00"), f"{props.major}.{props.minor}"
     except Exception as e:  # cuda-python missing or no device
-        raise ModelError(f"cannot read the GPU name and compute capability ({e}); "
-                         "install torch with CUDA or cuda-python (pip install 'lcr-sdk[trt]')") from e
+        raise ModelError(
+            f"cannot read the GPU name and compute capability ({e}); "
+            "install torch with CUDA or cuda-python (pip install 'lcr-sdk[trt]')"
+        ) from e
 
 
-def build_engine(onnx_path: str | os.PathLike, engine_path: str | os.PathLike, manifest: Manifest,
-                 workspace_gib: float = 4.0, timing_cache: str | os.PathLike | None = DEFAULT_TIMING_CACHE,
-                 progress: bool = True) -> Manifest:
+def build_engine(
+    onnx_path: str | os.PathLike,
+    engine_path: str | os.PathLike,
+    manifest: Manifest,
+    workspace_gib: float = 4.0,
+    timing_cache: str | os.PathLike | None = DEFAULT_TIMING_CACHE,
+    progress: bool = True,
+) -> Manifest:
     """Build a TensorRT engine from an exported ONNX file and write it (raw) atomically.
 
     Args:
@@ -94,8 +101,9 @@ def build_engine(onnx_path: str | os.PathLike, engine_path: str | os.PathLike, m
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gib * (1 << 30)))
     profile = builder.create_optimization_profile()
     h, w = manifest.input.height, manifest.input.width
-    profile.set_shape(manifest.input.name, (manifest.batch_min, h, w, 3), (manifest.batch_opt, h, w, 3),
-                      (manifest.batch_max, h, w, 3))
+    profile.set_shape(
+        manifest.input.name, (manifest.batch_min, h, w, 3), (manifest.batch_opt, h, w, 3), (manifest.batch_max, h, w, 3)
+    )
     config.add_optimization_profile(profile)
     cache_path = Path(timing_cache) if timing_cache else None
     cache_bytes = cache_path.read_bytes() if cache_path and cache_path.is_file() else b""
@@ -106,8 +114,10 @@ def build_engine(onnx_path: str | os.PathLike, engine_path: str | os.PathLike, m
     if serialized is None:
         log = " | ".join(logger.errors[-3:]) or "no error logged"
         if any("memory" in e.lower() for e in logger.errors):
-            raise ModelError(f"TensorRT ran out of GPU memory building {engine_path} ({log}); retry with a smaller "
-                             f"--workspace (now {workspace_gib} GiB) or a smaller max batch (now {manifest.batch_max})")
+            raise ModelError(
+                f"TensorRT ran out of GPU memory building {engine_path} ({log}); retry with a smaller "
+                f"--workspace (now {workspace_gib} GiB) or a smaller max batch (now {manifest.batch_max})"
+            )
         raise ModelError(f"TensorRT failed to build an engine from {onnx_path}: {log}")
 
     data = bytes(serialized)
@@ -116,9 +126,13 @@ def build_engine(onnx_path: str | os.PathLike, engine_path: str | os.PathLike, m
         cache_path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(cache_path, bytes(config.get_timing_cache().serialize()))
     gpu, cc = gpu_info()
-    return replace(manifest, model_file=Path(engine_path).name, model_sha256=hashlib.sha256(data).hexdigest(),
-                   tensorrt={"version": trt.__version__, "gpu": gpu, "compute_capability": cc},
-                   extra={**manifest.extra, "onnx_file": Path(onnx_path).name, "workspace_gib": workspace_gib})
+    return replace(
+        manifest,
+        model_file=Path(engine_path).name,
+        model_sha256=hashlib.sha256(data).hexdigest(),
+        tensorrt={"version": trt.__version__, "gpu": gpu, "compute_capability": cc},
+        extra={**manifest.extra, "onnx_file": Path(onnx_path).name, "workspace_gib": workspace_gib},
+    )
 
 
 def _make_logger(trt):

@@ -16,9 +16,15 @@ from lcr_sdk.metrics import ranking
 THRESHOLDS = {"fp32": (0.9999, None), "fp16": (0.999, None), "int8": (0.98, 0.95)}
 
 
-def verify_model(model_path: str | os.PathLike, checkpoint: str | os.PathLike, images_dir: str | os.PathLike,
-                 max_images: int | None = 256, batch_size: int = 8, manifest: Manifest | None = None,
-                 progress: bool = True) -> dict[str, Any]:
+def verify_model(
+    model_path: str | os.PathLike,
+    checkpoint: str | os.PathLike,
+    images_dir: str | os.PathLike,
+    max_images: int | None = 256,
+    batch_size: int = 8,
+    manifest: Manifest | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
     """Run the exported model and the checkpoint's PyTorch ``DeployModel`` on the same images and compare.
 
     Args:
@@ -47,8 +53,9 @@ def verify_model(model_path: str | os.PathLike, checkpoint: str | os.PathLike, i
     batch_size = max(manifest.batch_min, min(batch_size, manifest.batch_max))
     run_torch = _torch_runner(checkpoint)
     got, ref = [], []
-    for batch in tqdm(list(batches(images, batch_size)), desc="verify", unit="batch", disable=not progress,
-                      leave=False):
+    for batch in tqdm(
+        list(batches(images, batch_size)), desc="verify", unit="batch", disable=not progress, leave=False
+    ):
         got.append(run_model(batch))
         ref.append(run_torch(batch))
     emb, emb_ref = (np.concatenate([g[0] for g in out]) for out in (got, ref))
@@ -58,15 +65,20 @@ def verify_model(model_path: str | os.PathLike, checkpoint: str | os.PathLike, i
     agreement = rank1_agreement(emb, emb_ref)
     passed = bool(cos.min() >= min_cos and (min_rank1 is None or agreement >= min_rank1))
     return {
-        "precision": manifest.precision, "images": len(images),
-        "cosine_min": float(cos.min()), "cosine_median": float(np.median(cos)),
-        "attention_max_abs_err": float(np.abs(att - att_ref).max()), "rank1_agreement": agreement,
-        "thresholds": {"cosine_min": min_cos, "rank1_agreement": min_rank1}, "passed": passed,
+        "precision": manifest.precision,
+        "images": len(images),
+        "cosine_min": float(cos.min()),
+        "cosine_median": float(np.median(cos)),
+        "attention_max_abs_err": float(np.abs(att - att_ref).max()),
+        "rank1_agreement": agreement,
+        "thresholds": {"cosine_min": min_cos, "rank1_agreement": min_rank1},
+        "passed": passed,
     }
 
 
 def rank1_agreement(a: np.ndarray, b: np.ndarray) -> float:
     """Fraction of leave-one-out queries whose top-1 neighbour is the same under embeddings ``a`` and ``b``."""
+
     def top1(e: np.ndarray) -> np.ndarray:
         e = e / np.linalg.norm(e, axis=1, keepdims=True)
         scores = e @ e.T
@@ -80,14 +92,16 @@ def format_report(report: dict[str, Any]) -> str:
     """A few human-readable lines."""
     t = report["thresholds"]
     need_rank1 = f" (need >= {t['rank1_agreement']})" if t["rank1_agreement"] is not None else ""
-    return "\n".join([
-        f"verified {report['precision']} on {report['images']} images against the fp32 PyTorch model:",
-        f"  embedding cosine  min {report['cosine_min']:.6f}  median {report['cosine_median']:.6f}"
-        f"  (need min >= {t['cosine_min']})",
-        f"  attention max abs error {report['attention_max_abs_err']:.2e}",
-        f"  Rank-1 agreement {report['rank1_agreement']:.3f}{need_rank1}",
-        "  PASSED" if report["passed"] else "  FAILED",
-    ])
+    return "\n".join(
+        [
+            f"verified {report['precision']} on {report['images']} images against the fp32 PyTorch model:",
+            f"  embedding cosine  min {report['cosine_min']:.6f}  median {report['cosine_median']:.6f}"
+            f"  (need min >= {t['cosine_min']})",
+            f"  attention max abs error {report['attention_max_abs_err']:.2e}",
+            f"  Rank-1 agreement {report['rank1_agreement']:.3f}{need_rank1}",
+            "  PASSED" if report["passed"] else "  FAILED",
+        ]
+    )
 
 
 def _runner(model_path: Path, manifest: Manifest):

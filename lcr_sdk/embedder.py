@@ -68,8 +68,10 @@ class Attention:
         """A BGR uint8 picture of the image with the mask (or part ``part``, its peak marked) as a heatmap."""
         img = to_bgr(image, color)
         if img.shape[:2] != self.mask.shape:
-            raise InputError(f"overlay image is {img.shape[1]}x{img.shape[0]} but the attention was computed for "
-                             f"{self.mask.shape[1]}x{self.mask.shape[0]}; pass the same image given to attend()")
+            raise InputError(
+                f"overlay image is {img.shape[1]}x{img.shape[0]} but the attention was computed for "
+                f"{self.mask.shape[1]}x{self.mask.shape[0]}; pass the same image given to attend()"
+            )
         if part is None:
             heat = self.mask
         else:
@@ -132,12 +134,21 @@ class Embedder:
             engine from another TensorRT version or GPU.
     """
 
-    def __init__(self, path: str | os.PathLike, backend: str | None = None, device: str | None = None,
-                 providers: Sequence | None = None, **options: Any):
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        backend: str | None = None,
+        device: str | None = None,
+        providers: Sequence | None = None,
+        **options: Any,
+    ):
         path = Path(path)
         if not path.is_file():
-            raise ModelError(f"model file {path} does not exist" + (" (it is a folder)" if path.is_dir() else "")
-                             + "; export one with `lcr-sdk export CKPT --out model.onnx` or pass a .pt checkpoint")
+            raise ModelError(
+                f"model file {path} does not exist"
+                + (" (it is a folder)" if path.is_dir() else "")
+                + "; export one with `lcr-sdk export CKPT --out model.onnx` or pass a .pt checkpoint"
+            )
         cls = backend_for(path, backend)
         self.path = path
         self.manifest: Manifest = cls.read_manifest(path, **options)
@@ -179,14 +190,16 @@ class Embedder:
         """
         m = self.manifest
         if not hasattr(batch, "shape") or len(batch.shape) != 4:
-            raise InputError(f"infer() takes a N x H x W x 3 batch; got {type(batch).__name__} "
-                             f"{getattr(batch, 'shape', '')}. Use embed() for single images or lists")
+            raise InputError(
+                f"infer() takes a N x H x W x 3 batch; got {type(batch).__name__} "
+                f"{getattr(batch, 'shape', '')}. Use embed() for single images or lists"
+            )
         n = batch.shape[0]
         if n == 0:
             raise InputError("batch is empty; pass at least one image")
         if m.batch_min <= n <= m.batch_max:
             return self._backend.infer(batch)
-        chunks = [self._run_chunk(batch[i:i + m.batch_max]) for i in range(0, n, m.batch_max)]
+        chunks = [self._run_chunk(batch[i : i + m.batch_max]) for i in range(0, n, m.batch_max)]
         return {k: _concat([c[k] for c in chunks]) for k in m.output_names}
 
     def _run_chunk(self, chunk: Any) -> dict[str, Any]:
@@ -214,7 +227,7 @@ class Embedder:
             raise InputError("embed() got an empty list; pass one image or a non-empty list of images")
         bmax, out = self.manifest.batch_max, []
         for i in range(0, len(items), bmax):
-            batch = np.stack([self.prepare(im, color) for im in items[i:i + bmax]])
+            batch = np.stack([self.prepare(im, color) for im in items[i : i + bmax]])
             out.append(self._run_chunk(batch)["embedding"])
         emb = np.concatenate(out).astype(np.float32, copy=False)
         return emb[0] if single else emb
@@ -251,5 +264,7 @@ class Embedder:
 
     def __repr__(self) -> str:
         m = self.manifest
-        return (f"Embedder({str(self.path)!r}, backend={self.backend_name!r}, provider={self.provider!r}, "
-                f"arch={m.arch}, method={m.method}, D={m.embedding_dim}, input={m.input.height}x{m.input.width})")
+        return (
+            f"Embedder({str(self.path)!r}, backend={self.backend_name!r}, provider={self.provider!r}, "
+            f"arch={m.arch}, method={m.method}, D={m.embedding_dim}, input={m.input.height}x{m.input.width})"
+        )

@@ -35,6 +35,5 @@ def require(module: str, extra: str, purpose: str):
         return importlib.import_module(module)
     except ImportError as e:
         raise MissingDependencyError(
-            f"{purpose} needs '{module}', which is not installed ({e}). "
-            f"Install it with: pip install 'lcr-sdk[{extra}]'"
+            f"{purpose} needs '{module}', which is not installed ({e}). Install it with: pip install 'lcr-sdk[{extra}]'"
         ) from e

@@ -122,8 +122,13 @@ class Gallery:
     def labels(self) -> list[str]:
         return list(self._labels)
 
-    def add(self, vectors: Any, ids: list | None = None, labels: list | None = None,
-            metadata: list[dict[str, Any]] | None = None) -> list[str]:
+    def add(
+        self,
+        vectors: Any,
+        ids: list | None = None,
+        labels: list | None = None,
+        metadata: list[dict[str, Any]] | None = None,
+    ) -> list[str]:
         """Add vectors (normalised to unit length) with optional ids, labels and JSON-able metadata dicts.
 
         Returns:
@@ -200,8 +205,14 @@ class Gallery:
         if len(self) == 0:
             return [] if single else [[] for _ in q]
         idx, scores = self._search_faiss(q, k) if self.index != "exact" else self._search_exact(q, k)
-        hits = [[Hit(self._ids[i], self._labels[i], float(s), dict(self._meta[i])) for i, s in zip(ri, rs, strict=True)
-                 if i >= 0] for ri, rs in zip(idx, scores, strict=True)]
+        hits = [
+            [
+                Hit(self._ids[i], self._labels[i], float(s), dict(self._meta[i]))
+                for i, s in zip(ri, rs, strict=True)
+                if i >= 0
+            ]
+            for ri, rs in zip(idx, scores, strict=True)
+        ]
         return hits[0] if single else hits
 
     def _search_exact(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -244,14 +255,26 @@ class Gallery:
         try:
             np.save(tmp / "vectors.npy", np.ascontiguousarray(self.vectors, dtype=np.float32))
             with sqlite3.connect(tmp / "items.sqlite") as db:
-                db.execute("CREATE TABLE items (row INTEGER PRIMARY KEY, id TEXT UNIQUE NOT NULL, label TEXT, "
-                           "metadata TEXT)")
-                db.executemany("INSERT INTO items VALUES (?, ?, ?, ?)",
-                               ((r, i, lab, json.dumps(m)) for r, (i, lab, m)
-                                in enumerate(zip(self._ids, self._labels, self._meta, strict=True))))
+                db.execute(
+                    "CREATE TABLE items (row INTEGER PRIMARY KEY, id TEXT UNIQUE NOT NULL, label TEXT, metadata TEXT)"
+                )
+                db.executemany(
+                    "INSERT INTO items VALUES (?, ?, ?, ?)",
+                    (
+                        (r, i, lab, json.dumps(m))
+                        for r, (i, lab, m) in enumerate(zip(self._ids, self._labels, self._meta, strict=True))
+                    ),
+                )
             db.close()
-            header = {"format": FORMAT, "format_version": FORMAT_VERSION, "dim": self.dim, "count": len(self),
-                      "model_sha256": self.model_sha256, "index": self.index, "next_id": self._next}
+            header = {
+                "format": FORMAT,
+                "format_version": FORMAT_VERSION,
+                "dim": self.dim,
+                "count": len(self),
+                "model_sha256": self.model_sha256,
+                "index": self.index,
+                "next_id": self._next,
+            }
             (tmp / "header.json").write_text(json.dumps(header, indent=2) + "\n", encoding="utf-8")
             for f in tmp.iterdir():
                 with open(f, "rb") as fh:
@@ -280,8 +303,10 @@ class Gallery:
         try:
             header = json.loads((folder / "header.json").read_text(encoding="utf-8"))
             if header.get("format") != FORMAT or header.get("format_version") != FORMAT_VERSION:
-                raise InputError(f"{folder} holds gallery format {header.get('format')!r} version "
-                                 f"{header.get('format_version')!r}; this lcr-sdk reads {FORMAT} v{FORMAT_VERSION}")
+                raise InputError(
+                    f"{folder} holds gallery format {header.get('format')!r} version "
+                    f"{header.get('format_version')!r}; this lcr-sdk reads {FORMAT} v{FORMAT_VERSION}"
+                )
             vectors = np.load(folder / "vectors.npy", mmap_mode="r" if mmap else None)
             with sqlite3.connect(f"file:{folder / 'items.sqlite'}?mode=ro", uri=True) as db:
                 rows = db.execute("SELECT row, id, label, metadata FROM items ORDER BY row").fetchall()
@@ -289,8 +314,10 @@ class Gallery:
         except (OSError, ValueError, sqlite3.Error) as e:
             raise InputError(f"gallery {folder} is damaged ({e}); rebuild it with `lcr-sdk gallery build`") from e
         if vectors.shape != (header["count"], header["dim"]) or len(rows) != header["count"]:
-            raise InputError(f"gallery {folder} is inconsistent: header says {header['count']} x {header['dim']}, "
-                             f"vectors are {vectors.shape}, {len(rows)} items; rebuild it")
+            raise InputError(
+                f"gallery {folder} is inconsistent: header says {header['count']} x {header['dim']}, "
+                f"vectors are {vectors.shape}, {len(rows)} items; rebuild it"
+            )
         g = cls(header["dim"], header.get("model_sha256", ""), header.get("index", "exact"))
         g._vectors = vectors
         g._ids = [r[1] for r in rows]

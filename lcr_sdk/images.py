@@ -90,8 +90,9 @@ def to_bgr(image: Any, color: str = "bgr") -> np.ndarray:
     return np.ascontiguousarray(out)
 
 
-def resize_to(image: np.ndarray, height: int, width: int, rule: str = "short_side_center_crop",
-              interpolation: str = "linear") -> np.ndarray:
+def resize_to(
+    image: np.ndarray, height: int, width: int, rule: str = "short_side_center_crop", interpolation: str = "linear"
+) -> np.ndarray:
     """Resize a BGR image to ``height x width`` by a manifest resize rule.
 
     ``short_side_center_crop`` scales the image so it covers ``height x width`` and crops the centre (keeps the

@@ -55,8 +55,9 @@ def retrieval_metrics(embeddings: np.ndarray, labels, ks: tuple[int, ...] = (1, 
     return out
 
 
-def knn_top1(train_emb: np.ndarray, train_labels, test_emb: np.ndarray, test_labels, k: int = 20,
-             temperature: float = 0.07) -> float:
+def knn_top1(
+    train_emb: np.ndarray, train_labels, test_emb: np.ndarray, test_labels, k: int = 20, temperature: float = 0.07
+) -> float:
     """Weighted kNN classification top-1 (Wu et al. 2018): vote of the k nearest train items, weight exp(s/T)."""
     train_labels, test_labels = np.asarray(train_labels), np.asarray(test_labels)
     classes, train_idx = np.unique(train_labels, return_inverse=True)

@@ -156,8 +156,15 @@ def _draw_object(img: np.ndarray, rng: np.random.Generator, parts: tuple[str, st
     if wing in ("single-bar", "double-bar"):
         xs = (-0.12,) if wing == "single-bar" else (-0.34, 0.06)
         for x in xs:
-            poly(P((L * x, -H * 0.08), (L * (x + 0.2), -H * 0.08), (L * (x + 0.15), -H * 0.72),
-                   (L * (x - 0.05), -H * 0.72)), ink)
+            poly(
+                P(
+                    (L * x, -H * 0.08),
+                    (L * (x + 0.2), -H * 0.08),
+                    (L * (x + 0.15), -H * 0.72),
+                    (L * (x - 0.05), -H * 0.72),
+                ),
+                ink,
+            )
     else:  # spots
         for x, y in ((-0.3, -0.35), (-0.05, -0.45), (0.15, -0.3)):
             c = P((L * x, H * y))[0]
@@ -179,8 +186,15 @@ def _draw_object(img: np.ndarray, rng: np.random.Generator, parts: tuple[str, st
         c = P((hx, hy - hr * 0.35))[0]
         cv2.circle(img, (round(c[0] * 16), round(c[1] * 16)), round(hr * 0.45 * 16), ink, -1, cv2.LINE_AA, 4)
     else:  # flat: a bar along the top of the head
-        poly(P((hx - hr * 0.7, hy + hr * 0.1), (hx + hr * 0.7, hy + hr * 0.1), (hx + hr * 0.6, hy - hr * 0.3),
-               (hx - hr * 0.6, hy - hr * 0.3)), ink)
+        poly(
+            P(
+                (hx - hr * 0.7, hy + hr * 0.1),
+                (hx + hr * 0.7, hy + hr * 0.1),
+                (hx + hr * 0.6, hy - hr * 0.3),
+                (hx - hr * 0.6, hy - hr * 0.3),
+            ),
+            ink,
+        )
     head = P(*[(L + dx * hr, -H * 0.35 + dy * hr) for dx in (-1, 1) for dy in (-1, 1)])  # head circle's corners
     pts = np.concatenate([body, head, P((L * 1.0, hy - hr * 1.3)), P((-L * 1.6, H * 1.0)), P((-L * 1.6, -H * 1.0))])
     x0, y0 = pts.min(0).clip(0, s)
@@ -212,9 +226,12 @@ def generate(out: str | Path, cfg: SynthConfig | None = None, progress: bool = T
         raise InputError("train_per_class must be >= 1 and test_per_class >= 2 (retrieval needs a second image)")
     out = Path(out)
     names = class_names(cfg.num_classes)
-    jobs = [(split, si, ci, i) for si, (split, n) in enumerate((("train", cfg.train_per_class),
-                                                               ("test", cfg.test_per_class)))
-            for ci in range(len(names)) for i in range(n)]
+    jobs = [
+        (split, si, ci, i)
+        for si, (split, n) in enumerate((("train", cfg.train_per_class), ("test", cfg.test_per_class)))
+        for ci in range(len(names))
+        for i in range(n)
+    ]
     boxes: dict[str, list[int]] = {}
     from tqdm import tqdm
 

@@ -40,8 +40,10 @@ from lcr_sdk.images import IMAGE_SUFFIXES, list_images, read_image
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".mov", ".m4v", ".webm", ".mpg", ".mpeg", ".ts", ".h264", ".h265")
 STREAM_SCHEMES = ("rtsp://", "rtsps://", "rtmp://", "http://", "https://")
 _FOURCC = {".mp4": "mp4v", ".m4v": "mp4v", ".mov": "mp4v", ".avi": "MJPG", ".mkv": "FFV1"}  # .mkv: lossless
-SOURCE_FORMS = ("0 | /dev/video0 (USB camera), csi://0 (Jetson CSI camera), rtsp://host/path, clip.mp4, image.jpg, "
-                "a folder of images, 'glob/*.png'")
+SOURCE_FORMS = (
+    "0 | /dev/video0 (USB camera), csi://0 (Jetson CSI camera), rtsp://host/path, clip.mp4, image.jpg, "
+    "a folder of images, 'glob/*.png'"
+)
 SINK_FORMS = "display://0 (window), out.mp4 | out.avi | out.mkv (video), frames/ (PNG folder), last.png (image)"
 
 
@@ -158,8 +160,14 @@ class FileSource(Source):
         loop: start again at the end instead of ending.
     """
 
-    def __init__(self, opener: Opener, uri: str, size: tuple[int, int] | None = None, fps: float | None = None,
-                 loop: bool = False):
+    def __init__(
+        self,
+        opener: Opener,
+        uri: str,
+        size: tuple[int, int] | None = None,
+        fps: float | None = None,
+        loop: bool = False,
+    ):
         super().__init__(uri)
         self._opener, self._size, self._loop = opener, size, loop
         self._period = 1.0 / fps if fps else 0.0
@@ -213,8 +221,15 @@ class LiveSource(Source):
 
     live = True
 
-    def __init__(self, opener: Opener, uri: str, size: tuple[int, int] | None = None,
-                 backoff: tuple[float, float] = (0.5, 8.0), max_retries: int | None = None, gap: float = 0.5):
+    def __init__(
+        self,
+        opener: Opener,
+        uri: str,
+        size: tuple[int, int] | None = None,
+        backoff: tuple[float, float] = (0.5, 8.0),
+        max_retries: int | None = None,
+        gap: float = 0.5,
+    ):
         super().__init__(uri)
         self._opener, self._backoff, self._max_retries, self.gap = opener, backoff, max_retries, gap
         self._size = size or (640, 480)
@@ -281,7 +296,8 @@ class LiveSource(Source):
     def read(self, timeout: float | None = None) -> Frame | None:
         with self._cond:
             fresh = self._cond.wait_for(
-                lambda: self._ended or (self._latest is not None and self._latest.index > self._returned), timeout)
+                lambda: self._ended or (self._latest is not None and self._latest.index > self._returned), timeout
+            )
             if not fresh or self._latest is None or self._latest.index <= self._returned:
                 return None  # timed out, or ended with nothing new
             self._returned = self._latest.index
@@ -321,31 +337,52 @@ def has_gstreamer() -> bool:
 
 def csi_pipeline(sensor_id: int = 0, width: int = 1280, height: int = 720, fps: float = 30) -> str:
     """The GStreamer pipeline for a Jetson CSI camera (nvarguscamerasrc) ending in a BGR appsink."""
-    return (f"nvarguscamerasrc sensor-id={sensor_id} ! video/x-raw(memory:NVMM), width={width}, height={height}, "
-            f"framerate={round(fps)}/1, format=NV12 ! nvvidconv ! video/x-raw, format=BGRx ! videoconvert ! "
-            "video/x-raw, format=BGR ! appsink drop=true max-buffers=1 sync=false")
+    return (
+        f"nvarguscamerasrc sensor-id={sensor_id} ! video/x-raw(memory:NVMM), width={width}, height={height}, "
+        f"framerate={round(fps)}/1, format=NV12 ! nvvidconv ! video/x-raw, format=BGRx ! videoconvert ! "
+        "video/x-raw, format=BGR ! appsink drop=true max-buffers=1 sync=false"
+    )
 
 
-def _capture_opener(target: int | str, api: int, what: str, hint: str, width: int | None = None,
-                    height: int | None = None, fps: float | None = None) -> Opener:
+def _capture_opener(
+    target: int | str,
+    api: int,
+    what: str,
+    hint: str,
+    width: int | None = None,
+    height: int | None = None,
+    fps: float | None = None,
+) -> Opener:
     """An opener for ``cv2.VideoCapture(target, api)``; raises :class:`InputError` if it does not open."""
+
     def opener() -> CaptureReader:
         cap = cv2.VideoCapture(target, api)
         if not cap.isOpened():
             cap.release()
             raise InputError(f"could not open {what}; {hint}")
-        for prop, value in ((cv2.CAP_PROP_FRAME_WIDTH, width), (cv2.CAP_PROP_FRAME_HEIGHT, height),
-                            (cv2.CAP_PROP_FPS, fps)):
+        for prop, value in (
+            (cv2.CAP_PROP_FRAME_WIDTH, width),
+            (cv2.CAP_PROP_FRAME_HEIGHT, height),
+            (cv2.CAP_PROP_FPS, fps),
+        ):
             if value:
                 cap.set(prop, value)
         cap.set(cv2.CAP_PROP_BUFFERSIZE, 1)  # keep the driver queue short; the thread keeps the newest anyway
         return CaptureReader(cap)
+
     return opener
 
 
-def open_source(uri: str | int | os.PathLike, width: int | None = None, height: int | None = None,
-                fps: float | None = None, loop: bool = False, opener: Opener | None = None,
-                backoff: tuple[float, float] = (0.5, 8.0), max_retries: int | None = None) -> Source:
+def open_source(
+    uri: str | int | os.PathLike,
+    width: int | None = None,
+    height: int | None = None,
+    fps: float | None = None,
+    loop: bool = False,
+    opener: Opener | None = None,
+    backoff: tuple[float, float] = (0.5, 8.0),
+    max_retries: int | None = None,
+) -> Source:
     """Open a frame source by URI (see the module docstring for the forms).
 
     Args:
@@ -369,10 +406,13 @@ def open_source(uri: str | int | os.PathLike, width: int | None = None, height: 
     linux_v4l2 = cv2.CAP_V4L2 if sys.platform.startswith("linux") else cv2.CAP_ANY
     if uri.isdigit() or uri.startswith(("/dev/video", "v4l2://")):
         target: int | str = int(uri) if uri.isdigit() else uri.removeprefix("v4l2://")
-        hint = ("check that the camera is plugged in and not used by another program (`ls /dev/video*`, "
-                "`v4l2-ctl --list-devices`), and that you may read it (the `video` group)")
-        return LiveSource(_capture_opener(target, linux_v4l2, f"camera {uri}", hint, width, height, fps), uri,
-                          **live_kw)
+        hint = (
+            "check that the camera is plugged in and not used by another program (`ls /dev/video*`, "
+            "`v4l2-ctl --list-devices`), and that you may read it (the `video` group)"
+        )
+        return LiveSource(
+            _capture_opener(target, linux_v4l2, f"camera {uri}", hint, width, height, fps), uri, **live_kw
+        )
     if uri.startswith("csi://"):
         if not has_gstreamer():
             raise InputError(
@@ -380,14 +420,19 @@ def open_source(uri: str | int | os.PathLike, width: int | None = None, height: 
                 "(cv2.getBuildInformation() says 'GStreamer: NO'; the pip wheel opencv-python never has it). On a "
                 "Jetson use JetPack's OpenCV: `pip uninstall -y opencv-python opencv-python-headless` in a venv made "
                 "with `python3 -m venv --system-site-packages`, so that `import cv2` finds the system OpenCV "
-                "(`sudo apt install python3-opencv` or `nvidia-opencv`). Or use a USB camera (0 or /dev/video0).")
+                "(`sudo apt install python3-opencv` or `nvidia-opencv`). Or use a USB camera (0 or /dev/video0)."
+            )
         pipe = csi_pipeline(int(uri.removeprefix("csi://") or 0), width or 1280, height or 720, fps or 30)
-        hint = ("check the ribbon cable and `nvgstcapture-1.0`; if another process holds the camera, "
-                "`sudo systemctl restart nvargus-daemon`")
+        hint = (
+            "check the ribbon cable and `nvgstcapture-1.0`; if another process holds the camera, "
+            "`sudo systemctl restart nvargus-daemon`"
+        )
         return LiveSource(_capture_opener(pipe, cv2.CAP_GSTREAMER, f"CSI camera {uri}", hint), uri, **live_kw)
     if uri.startswith(STREAM_SCHEMES):
-        hint = ("check the URL, credentials (rtsp://user:pass@host/path) and that the stream plays in "
-                "`ffplay URL`; for RTSP over TCP set OPENCV_FFMPEG_CAPTURE_OPTIONS='rtsp_transport;tcp'")
+        hint = (
+            "check the URL, credentials (rtsp://user:pass@host/path) and that the stream plays in "
+            "`ffplay URL`; for RTSP over TCP set OPENCV_FFMPEG_CAPTURE_OPTIONS='rtsp_transport;tcp'"
+        )
         return LiveSource(_capture_opener(uri, cv2.CAP_FFMPEG, f"stream {uri}", hint), uri, **live_kw)
     path = Path(uri)
     if any(c in uri for c in "*?[") and not path.exists():
@@ -398,12 +443,14 @@ def open_source(uri: str | int | os.PathLike, width: int | None = None, height: 
     if path.is_dir():
         paths = list_images(path)
         if not paths:
-            raise InputError(f"folder {path} holds no image files ({', '.join(IMAGE_SUFFIXES)}); valid sources: "
-                             f"{SOURCE_FORMS}")
+            raise InputError(
+                f"folder {path} holds no image files ({', '.join(IMAGE_SUFFIXES)}); valid sources: {SOURCE_FORMS}"
+            )
         return FileSource(lambda: ImageListReader(paths), uri, size, fps, loop)
     if not path.is_file():
-        raise InputError(f"source {uri!r} is not a camera, stream, file or folder that exists; valid sources: "
-                         f"{SOURCE_FORMS}")
+        raise InputError(
+            f"source {uri!r} is not a camera, stream, file or folder that exists; valid sources: {SOURCE_FORMS}"
+        )
     if path.suffix.lower() in IMAGE_SUFFIXES:
         read_image(path)  # fail now, with the image reader's message, if it is not an image
         return FileSource(lambda: ImageListReader([path]), uri, size, fps, loop)
@@ -412,9 +459,12 @@ def open_source(uri: str | int | os.PathLike, width: int | None = None, height: 
         cap = cv2.VideoCapture(str(path), cv2.CAP_ANY)
         if not cap.isOpened():
             cap.release()
-            raise InputError(f"{path} ({path.stat().st_size} bytes) could not be opened as a video; it may be "
-                             f"truncated or in a format this OpenCV cannot decode. Valid sources: {SOURCE_FORMS}")
+            raise InputError(
+                f"{path} ({path.stat().st_size} bytes) could not be opened as a video; it may be "
+                f"truncated or in a format this OpenCV cannot decode. Valid sources: {SOURCE_FORMS}"
+            )
         return CaptureReader(cap)
+
     return FileSource(open_file, uri, size, fps, loop)
 
 
@@ -517,8 +567,10 @@ class VideoFileSink(Sink):
             self._writer = cv2.VideoWriter(str(self.tmp), cv2.VideoWriter_fourcc(*fourcc), self.fps, self._size)
             if not self._writer.isOpened():
                 self._writer = None
-                raise InputError(f"OpenCV could not write {self.path} with codec {fourcc}; use .mp4, .avi or a "
-                                 "folder of PNG frames (frames/)")
+                raise InputError(
+                    f"OpenCV could not write {self.path} with codec {fourcc}; use .mp4, .avi or a "
+                    "folder of PNG frames (frames/)"
+                )
         self._writer.write(_fit(image, self._size))
         return super().render(image)
 
@@ -580,8 +632,9 @@ def has_display() -> bool:
     return True
 
 
-def open_sink(uri: str | os.PathLike | None = "display://0", headless: bool = False, fps: float = 30.0,
-              title: str = "lcr-sdk") -> Sink:
+def open_sink(
+    uri: str | os.PathLike | None = "display://0", headless: bool = False, fps: float = 30.0, title: str = "lcr-sdk"
+) -> Sink:
     """Open a frame sink by URI (see the module docstring for the forms).
 
     Args:
@@ -602,7 +655,8 @@ def open_sink(uri: str | os.PathLike | None = "display://0", headless: bool = Fa
             raise InputError(
                 f"cannot open a window for {uri}: no display here (DISPLAY is not set, or this OpenCV has no GUI, "
                 "e.g. opencv-python-headless). Pass --headless and an output such as out.mp4 or frames/, or run on "
-                "the device's desktop (export DISPLAY=:0) / with ssh -X.")
+                "the device's desktop (export DISPLAY=:0) / with ssh -X."
+            )
         return WindowSink(uri, title)
     path = Path(uri)
     suffix = path.suffix.lower()
@@ -618,8 +672,13 @@ def open_sink(uri: str | os.PathLike | None = "display://0", headless: bool = Fa
 
 
 # ----------------------------------------------------------------------------------------------- demo helpers
-def draw_text(image: np.ndarray, lines: list[str], origin: tuple[int, int] = (8, 8), scale: float = 0.55,
-              color: tuple[int, int, int] = (255, 255, 255)) -> np.ndarray:
+def draw_text(
+    image: np.ndarray,
+    lines: list[str],
+    origin: tuple[int, int] = (8, 8),
+    scale: float = 0.55,
+    color: tuple[int, int, int] = (255, 255, 255),
+) -> np.ndarray:
     """Draw lines of text on a dark box, in place, top-left at ``origin``; returns ``image``."""
     font, thick = cv2.FONT_HERSHEY_SIMPLEX, 1
     sizes = [cv2.getTextSize(t, font, scale, thick)[0] for t in lines]

@@ -5,8 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 
-def make_checkpoint(path: Path, method: str = "lcr", arch: str = "resnet18", image_size: int = 64,
-                    num_parts: int = 8, seed: int = 0) -> Path:
+def make_checkpoint(
+    path: Path, method: str = "lcr", arch: str = "resnet18", image_size: int = 64, num_parts: int = 8, seed: int = 0
+) -> Path:
     """Write a real lcr-sdk checkpoint of a random-init network whose BN statistics came from real batches."""
     import torch
 

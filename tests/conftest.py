@@ -51,8 +51,9 @@ def synth_root(tmp_path_factory) -> Path:
     from lcr_sdk.synth import SynthConfig, generate
 
     root = tmp_path_factory.mktemp("synth")
-    return generate(root, SynthConfig(num_classes=4, train_per_class=6, test_per_class=4, image_size=64, seed=1),
-                    progress=False)
+    return generate(
+        root, SynthConfig(num_classes=4, train_per_class=6, test_per_class=4, image_size=64, seed=1), progress=False
+    )
 
 
 @pytest.fixture(scope="session")

@@ -20,10 +20,13 @@ def test_weights_only_load_and_rebuild(lcr_checkpoint):
     assert net.num_parts == 8 and not net.training
 
 
-@pytest.mark.parametrize("content, message", [
-    (b"", "not a readable PyTorch checkpoint"),
-    (b"garbage" * 100, "not a readable PyTorch checkpoint"),
-])
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (b"", "not a readable PyTorch checkpoint"),
+        (b"garbage" * 100, "not a readable PyTorch checkpoint"),
+    ],
+)
 def test_corrupt_files(tmp_path, content, message):
     from lcr_sdk.train.checkpoint import load_checkpoint
 

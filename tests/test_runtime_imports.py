@@ -7,7 +7,8 @@ import sys
 import lcr_sdk
 
 RUNTIME_MODULES = sorted(
-    m.name for m in pkgutil.walk_packages(lcr_sdk.__path__, "lcr_sdk.")
+    m.name
+    for m in pkgutil.walk_packages(lcr_sdk.__path__, "lcr_sdk.")
     if not m.name.startswith(("lcr_sdk.train", "lcr_sdk.export")) and m.name != "lcr_sdk.cli.__main__"
 )
 
@@ -41,8 +42,10 @@ def test_cli_help_lists_every_command_without_torch():
 
 
 def test_command_needing_torch_names_the_extra(tmp_path):
-    r = _run(BLOCK_TORCH + f"import sys; sys.argv = ['lcr-sdk', 'train', {str(tmp_path)!r}]\n"
-             "from lcr_sdk.cli import main\nmain()")
+    r = _run(
+        BLOCK_TORCH + f"import sys; sys.argv = ['lcr-sdk', 'train', {str(tmp_path)!r}]\n"
+        "from lcr_sdk.cli import main\nmain()"
+    )
     assert r.returncode == 1
     assert "pip install 'lcr-sdk[train]'" in r.stderr
     assert "Traceback" not in r.stderr

@@ -23,8 +23,9 @@ def test_same_seed_same_bytes_other_seed_differs(tmp_path):
 
 
 def test_layout_and_metadata(tmp_path):
-    root = generate(tmp_path, SynthConfig(num_classes=5, train_per_class=3, test_per_class=2, image_size=40),
-                    progress=False)
+    root = generate(
+        tmp_path, SynthConfig(num_classes=5, train_per_class=3, test_per_class=2, image_size=40), progress=False
+    )
     names = class_names(5)
     assert sorted(p.name for p in (root / "train").iterdir()) == names
     assert all(len(list((root / "test" / n).glob("*.png"))) == 2 for n in names)
@@ -42,8 +43,9 @@ def test_classes_differ_in_parts_only():
     assert all(len({p[i] for p in parts}) > 1 for i in range(3))
 
 
-@pytest.mark.parametrize("bad", [dict(num_classes=1), dict(num_classes=99), dict(image_size=8),
-                                 dict(difficulty=2.0), dict(test_per_class=1)])
+@pytest.mark.parametrize(
+    "bad", [dict(num_classes=1), dict(num_classes=99), dict(image_size=8), dict(difficulty=2.0), dict(test_per_class=1)]
+)
 def test_bad_options_are_refused(tmp_path, bad):
     with pytest.raises(InputError):
         generate(tmp_path, SynthConfig(**bad), progress=False)

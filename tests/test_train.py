@@ -15,8 +15,21 @@ from lcr_sdk.errors import ModelError
 
 pytestmark = pytest.mark.torch
 runner = CliRunner()
-TINY = ["--arch", "resnet18", "--image-size", "64", "--batch-size", "8", "--moco-k", "16", "--num-parts", "4",
-        "--workers", "0", "--no-progress"]
+TINY = [
+    "--arch",
+    "resnet18",
+    "--image-size",
+    "64",
+    "--batch-size",
+    "8",
+    "--moco-k",
+    "16",
+    "--num-parts",
+    "4",
+    "--workers",
+    "0",
+    "--no-progress",
+]
 
 
 def _train(data, out, *extra):
@@ -121,8 +134,22 @@ def test_pretrained_torchvision_state_dict(synth_root, tmp_path):
 def test_ddp_two_processes_on_cpu(synth_root, tmp_path):
     """torchrun with 2 CPU processes (gloo): shuffle-BN across ranks, one checkpoint from rank 0."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "lcr_sdk.cli", "train", str(synth_root), *TINY, "--epochs", "1",
-           "--out", str(tmp_path / "ddp"), "--nproc-per-node", "2", "--device", "cpu"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "lcr_sdk.cli",
+        "train",
+        str(synth_root),
+        *TINY,
+        "--epochs",
+        "1",
+        "--out",
+        str(tmp_path / "ddp"),
+        "--nproc-per-node",
+        "2",
+        "--device",
+        "cpu",
+    ]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "torch.distributed.run" in r.stdout

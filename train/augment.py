@@ -49,7 +49,7 @@ def resized_crop_flip(x: torch.Tensor, size: int, g=None, scale=(0.2, 1.0), rati
 
 
 def _gray(x: torch.Tensor) -> torch.Tensor:
-    return (0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3])  # B x 1 x H x W
+    return 0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3]  # B x 1 x H x W
 
 
 def colour_jitter(x: torch.Tensor, g=None, b_=0.4, c_=0.4, s_=0.4, h_=0.1, p: float = 0.8) -> torch.Tensor:
@@ -116,4 +116,3 @@ def moco_v2(images: torch.Tensor, size: int, g: torch.Generator | None = None) -
     x = random_grayscale(x, g)
     x = gaussian_blur(x, g)
     return normalise(x)
-

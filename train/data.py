@@ -90,8 +90,9 @@ def scan_split(root: str | Path, split: str, on_bad: str = "skip", size: int | N
             images.append(img)
     out.images = images
     if out.skipped:
-        warnings.warn(f"{len(out.skipped)} unreadable image(s) in {folder} skipped, e.g. {out.skipped[0][0]}",
-                      stacklevel=2)
+        warnings.warn(
+            f"{len(out.skipped)} unreadable image(s) in {folder} skipped, e.g. {out.skipped[0][0]}", stacklevel=2
+        )
     missing = sorted(set(range(len(classes))) - set(out.labels))
     if missing:
         raise DataError(f"every image of class '{classes[missing[0]]}' in {folder} was unreadable; fix or remove it")

@@ -128,9 +128,18 @@ class Trainer:
         device: 'cpu', 'cuda', 'cuda:N' or None (CUDA if available).
     """
 
-    def __init__(self, cfg: TrainConfig, data: str | Path, out: str | Path, resume: bool = False,
-                 save_every: int = 0, max_steps: int | None = None, on_bad: str = "skip", progress: bool = True,
-                 device: str | None = None):
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        data: str | Path,
+        out: str | Path,
+        resume: bool = False,
+        save_every: int = 0,
+        max_steps: int | None = None,
+        on_bad: str = "skip",
+        progress: bool = True,
+        device: str | None = None,
+    ):
         self.cfg, self.data, self.out = cfg, Path(data), Path(out)
         self.resume, self.save_every, self.max_steps, self.progress = resume, save_every, max_steps, progress
         self.rank, self.world, local_rank = _dist_info()
@@ -148,8 +157,10 @@ class Trainer:
         self.train_split = scan_split(self.data, "train", on_bad, size=cfg.image_size)
         self.test_split = scan_split(self.data, "test", on_bad, size=cfg.image_size)
         if len(self.train_split) < cfg.batch_size:
-            raise DataError(f"{len(self.train_split)} training images are fewer than one batch ({cfg.batch_size}); "
-                            "lower --batch-size")
+            raise DataError(
+                f"{len(self.train_split)} training images are fewer than one batch ({cfg.batch_size}); "
+                "lower --batch-size"
+            )
         self.history: list[dict] = []
 
     # -- model ---------------------------------------------------------------------------------------------------
@@ -165,9 +176,11 @@ class Trainer:
             queue = cfg.moco_k
             limit = len(self.train_split) - cfg.batch_size
             if queue > limit:
-                warnings.warn(f"queue {queue} is longer than the data set allows ({len(self.train_split)} images - "
-                              f"batch {cfg.batch_size}); using {limit} negatives so no image is its own negative",
-                              stacklevel=2)
+                warnings.warn(
+                    f"queue {queue} is longer than the data set allows ({len(self.train_split)} images - "
+                    f"batch {cfg.batch_size}); using {limit} negatives so no image is its own negative",
+                    stacklevel=2,
+                )
                 queue = limit
             per_proc = cfg.batch_size // self.world
             splits = 1 if (self.world > 1 or cfg.sync_bn) else max(1, min(8, per_proc // 8))
@@ -180,8 +193,9 @@ class Trainer:
         return net, model
 
     # -- checkpoints ---------------------------------------------------------------------------------------------
-    def _checkpoint(self, net, model, opt, scaler, epoch: int, step_in_epoch: int, global_step: int,
-                    metrics: dict | None = None) -> Path:
+    def _checkpoint(
+        self, net, model, opt, scaler, epoch: int, step_in_epoch: int, global_step: int, metrics: dict | None = None
+    ) -> Path:
         inner = model.module if hasattr(model, "module") else model
         state = {
             "config": self.cfg.to_dict() | {"method": net.method},
@@ -192,7 +206,9 @@ class Trainer:
                 "trainer": {k: v.detach().cpu() for k, v in inner.state_dict().items()},
                 "optimizer": opt.state_dict(),
                 "scaler": scaler.state_dict() if scaler is not None else {},
-                "epoch": epoch, "step_in_epoch": step_in_epoch, "global_step": global_step,
+                "epoch": epoch,
+                "step_in_epoch": step_in_epoch,
+                "global_step": global_step,
                 "rng": _rng_state(),
                 "history": self.history,
             },
@@ -208,8 +224,10 @@ class Trainer:
         saved = TrainConfig.from_dict(ckpt["config"])
         for key in ("method", "arch", "image_size", "batch_size", "seed", "epochs"):
             if getattr(saved, key) != getattr(self.cfg, key) and not (key == "method" and self.cfg.supervised):
-                raise ModelError(f"cannot resume {path}: it was trained with {key}={getattr(saved, key)!r}, "
-                                 f"this run asks for {getattr(self.cfg, key)!r}; use the same options or a new --out")
+                raise ModelError(
+                    f"cannot resume {path}: it was trained with {key}={getattr(saved, key)!r}, "
+                    f"this run asks for {getattr(self.cfg, key)!r}; use the same options or a new --out"
+                )
         inner = model.module if hasattr(model, "module") else model
         inner.load_state_dict(ts["trainer"])
         opt.load_state_dict(ts["optimizer"])
@@ -234,8 +252,9 @@ class Trainer:
             epoch, start_step, global_step = self._restore(model, opt, scaler)
         ddp_model = model
         if self.world > 1:
-            ddp_model = nn.parallel.DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda"
-                                                            else None, find_unused_parameters=False)
+            ddp_model = nn.parallel.DistributedDataParallel(
+                model, device_ids=[dev.index] if dev.type == "cuda" else None, find_unused_parameters=False
+            )
         dataset = TrainImages(self.train_split, cfg.image_size)
         workers = 0 if dataset.tensor is not None else cfg.workers  # in memory: nothing to load in parallel
         per_proc = cfg.batch_size // self.world
@@ -245,16 +264,29 @@ class Trainer:
         self._write_config()
         while epoch < cfg.epochs:
             order = _epoch_order(len(dataset), cfg.seed, epoch)[: steps_per_epoch * cfg.batch_size]
-            batches = [order[i * cfg.batch_size:(i + 1) * cfg.batch_size][self.rank::self.world][:per_proc]
-                       for i in range(steps_per_epoch)]
+            batches = [
+                order[i * cfg.batch_size : (i + 1) * cfg.batch_size][self.rank :: self.world][:per_proc]
+                for i in range(steps_per_epoch)
+            ]
             loader = torch.utils.data.DataLoader(
-                dataset, batch_sampler=batches[start_step:], num_workers=workers,
-                persistent_workers=False, pin_memory=dev.type == "cuda",
-                worker_init_fn=None, generator=torch.Generator().manual_seed(cfg.seed * 7919 + epoch))
+                dataset,
+                batch_sampler=batches[start_step:],
+                num_workers=workers,
+                persistent_workers=False,
+                pin_memory=dev.type == "cuda",
+                worker_init_fn=None,
+                generator=torch.Generator().manual_seed(cfg.seed * 7919 + epoch),
+            )
             model.train()
-            bar = tqdm(loader, desc=f"{'sup' if cfg.supervised else net.method} epoch {epoch + 1}/{cfg.epochs}",
-                       initial=start_step, total=steps_per_epoch, disable=not self.progress or self.rank != 0,
-                       leave=False, dynamic_ncols=True)
+            bar = tqdm(
+                loader,
+                desc=f"{'sup' if cfg.supervised else net.method} epoch {epoch + 1}/{cfg.epochs}",
+                initial=start_step,
+                total=steps_per_epoch,
+                disable=not self.progress or self.rank != 0,
+                leave=False,
+                dynamic_ncols=True,
+            )
             t0, seen, sums = time.perf_counter(), 0, {}
             for step, (images, labels) in enumerate(bar, start=start_step):
                 lr = lr_at(cfg, global_step, total, steps_per_epoch)
@@ -294,8 +326,12 @@ class Trainer:
                 if self.save_every and global_step % self.save_every == 0 and not done_epoch and self.rank == 0:
                     self._checkpoint(net, model, opt, scaler, epoch, step + 1, global_step)
             bar.close()
-            row = {"epoch": epoch + 1, "step": global_step, "lr": lr_at(cfg, global_step, total, steps_per_epoch),
-                   "img_per_s": round(seen / max(time.perf_counter() - t0, 1e-9), 1)}
+            row = {
+                "epoch": epoch + 1,
+                "step": global_step,
+                "lr": lr_at(cfg, global_step, total, steps_per_epoch),
+                "img_per_s": round(seen / max(time.perf_counter() - t0, 1e-9), 1),
+            }
             row |= {k: round(v / max(1, steps_per_epoch - start_step), 5) for k, v in sums.items()}
             epoch, start_step = epoch + 1, 0
             if self.rank == 0 and cfg.eval_every and (epoch % cfg.eval_every == 0 or epoch == cfg.epochs):

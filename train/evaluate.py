@@ -22,8 +22,7 @@ from lcr_sdk.train.model import DeployModel, LCRNet
 
 
 @torch.no_grad()
-def embed_split(net: LCRNet, split: Split, size: int, device: str | torch.device = "cpu",
-                with_attention: bool = False):
+def embed_split(net: LCRNet, split: Split, size: int, device: str | torch.device = "cpu", with_attention: bool = False):
     """Embeddings (N x D float32 numpy) of a split; with ``with_attention`` also the masks (N x h x w)."""
     was_training = net.training
     model = DeployModel(net).to(device).eval()
@@ -51,8 +50,15 @@ def attention_on_object(masks: np.ndarray, boxes: list, size: int) -> float:
     return float(np.mean(shares))
 
 
-def linear_probe(train_x: np.ndarray, train_y, test_x: np.ndarray, test_y, epochs: int = 300,
-                 weight_decay: float = 1e-4, seed: int = 0) -> float:
+def linear_probe(
+    train_x: np.ndarray,
+    train_y,
+    test_x: np.ndarray,
+    test_y,
+    epochs: int = 300,
+    weight_decay: float = 1e-4,
+    seed: int = 0,
+) -> float:
     """Top-1 of a linear classifier on frozen features (full-batch L-BFGS, fixed settings)."""
     torch.manual_seed(seed)
     xtr, xte = torch.from_numpy(train_x).float(), torch.from_numpy(test_x).float()
@@ -61,8 +67,7 @@ def linear_probe(train_x: np.ndarray, train_y, test_x: np.ndarray, test_y, epoch
     mean, std = xtr.mean(0), xtr.std(0).clamp_min(1e-6)
     xtr, xte = (xtr - mean) / std, (xte - mean) / std
     clf = torch.nn.Linear(xtr.shape[1], len(classes))
-    opt = torch.optim.LBFGS(clf.parameters(), lr=1.0, max_iter=epochs, history_size=20,
-                            line_search_fn="strong_wolfe")
+    opt = torch.optim.LBFGS(clf.parameters(), lr=1.0, max_iter=epochs, history_size=20, line_search_fn="strong_wolfe")
 
     def closure():
         opt.zero_grad()
@@ -76,8 +81,9 @@ def linear_probe(train_x: np.ndarray, train_y, test_x: np.ndarray, test_y, epoch
     return float((pred == np.asarray(test_y)).mean())
 
 
-def evaluate(checkpoint: str | Path, data: str | Path, linear: bool = False, device: str | None = None,
-             on_bad: str = "skip") -> dict:
+def evaluate(
+    checkpoint: str | Path, data: str | Path, linear: bool = False, device: str | None = None, on_bad: str = "skip"
+) -> dict:
     """Metrics of a checkpoint on a data set: rank1/rank5/mAP (test, leave-one-out), knn_top1, [linear_top1].
 
     Values are fractions in [0, 1]; ``chance`` is 1 / number of classes for reference.
@@ -91,8 +97,10 @@ def evaluate(checkpoint: str | Path, data: str | Path, linear: bool = False, dev
     if train_split.classes != test_split.classes:
         from lcr_sdk.errors import DataError
 
-        raise DataError(f"train and test class folders differ in {data}: {train_split.classes[:5]}... vs "
-                        f"{test_split.classes[:5]}...; both splits need the same class names")
+        raise DataError(
+            f"train and test class folders differ in {data}: {train_split.classes[:5]}... vs "
+            f"{test_split.classes[:5]}...; both splits need the same class names"
+        )
     te, masks = embed_split(net, test_split, size, device, with_attention=True)
     out = retrieval_metrics(te, test_split.labels)
     boxes = _synth_boxes(Path(data), test_split, size)

@@ -47,8 +47,16 @@ class SplitBatchNorm(nn.BatchNorm2d):
             return super().forward(x)
         mean_in = self.running_mean.repeat(s)
         var_in = self.running_var.repeat(s)
-        out = F.batch_norm(x.reshape(n // s, c * s, h, w), mean_in, var_in, self.weight.repeat(s),
-                           self.bias.repeat(s), True, self.momentum, self.eps).reshape(n, c, h, w)
+        out = F.batch_norm(
+            x.reshape(n // s, c * s, h, w),
+            mean_in,
+            var_in,
+            self.weight.repeat(s),
+            self.bias.repeat(s),
+            True,
+            self.momentum,
+            self.eps,
+        ).reshape(n, c, h, w)
         self.running_mean.copy_(mean_in.view(s, c).mean(0))
         self.running_var.copy_(var_in.view(s, c).mean(0))
         return out
@@ -67,8 +75,14 @@ def mlp_head(dim_in: int, hidden: int, dim_out: int) -> nn.Sequential:
     return nn.Sequential(nn.Linear(dim_in, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, dim_out))
 
 
-def contrastive_gradcam(loss: torch.Tensor, feats: torch.Tensor, sign: str = "score", detach: bool = True,
-                        norm: str = "max", grad_scale: float = 1.0) -> torch.Tensor:
+def contrastive_gradcam(
+    loss: torch.Tensor,
+    feats: torch.Tensor,
+    sign: str = "score",
+    detach: bool = True,
+    norm: str = "max",
+    grad_scale: float = 1.0,
+) -> torch.Tensor:
     """Grad-CAM of the InfoNCE loss w.r.t. the feature map: B x h x w, each image scaled to max 1 (norm='max').
 
     Args:
@@ -116,8 +130,16 @@ class MoCo(nn.Module):
         bn_splits: BN sub-batches for single-process shuffle-BN (1 = plain BN, e.g. under DDP or SyncBN).
     """
 
-    def __init__(self, net: LCRNet, dim: int = 128, hidden: int = 0, queue_size: int = 65536,
-                 momentum: float = 0.999, temperature: float = 0.2, bn_splits: int = 1):
+    def __init__(
+        self,
+        net: LCRNet,
+        dim: int = 128,
+        hidden: int = 0,
+        queue_size: int = 65536,
+        momentum: float = 0.999,
+        temperature: float = 0.2,
+        bn_splits: int = 1,
+    ):
         super().__init__()
         self.m, self.T = momentum, temperature
         self.encoder_q = net
@@ -159,14 +181,14 @@ class MoCo(nn.Module):
             dist.broadcast(perm, src=0)
             unperm = torch.argsort(perm)
             b, rank = x_k.shape[0], dist.get_rank()
-            x = x_all[perm[rank * b:(rank + 1) * b]]
+            x = x_all[perm[rank * b : (rank + 1) * b]]
         else:
             perm = torch.randperm(x_k.shape[0], device=x_k.device)
             x = x_k[perm]
         feats = self.encoder_k.features(x)
         k = F.normalize(self.head_k(feats.mean(dim=(2, 3))), dim=1)
         if ddp:
-            return _gather(k)[unperm[rank * b:(rank + 1) * b]]
+            return _gather(k)[unperm[rank * b : (rank + 1) * b]]
         return k[torch.argsort(perm)]
 
     def forward(self, x_q: torch.Tensor, x_k: torch.Tensor, cfg) -> dict[str, torch.Tensor]:

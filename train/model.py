@@ -151,10 +151,12 @@ class DeployModel(nn.Module):
 
 def feature_size(arch: str, height: int, width: int) -> tuple[int, int]:
     """h, w of the layer4 map for an input size (ResNet: stride 32, rounding up at each stride-2 step)."""
+
     def down(n: int) -> int:
         for _ in range(5):
             n = (n + 1) // 2
         return n
+
     return down(height), down(width)
 
 
@@ -166,7 +168,7 @@ def torchvision_to_backbone(state: dict[str, torch.Tensor]) -> dict[str, torch.T
     out = {}
     for k, v in state.items():
         if k.startswith("module."):
-            k = k[len("module."):]
+            k = k[len("module.") :]
         if k.startswith("fc."):
             continue
         out[k if k.startswith("backbone.") else f"backbone.{k}"] = v

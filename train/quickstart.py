@@ -27,10 +27,16 @@ from lcr_sdk.train.engine import train
 from lcr_sdk.train.evaluate import embed_split, evaluate
 
 # Budgets: the default finishes in under 10 minutes on 2 CPU cores, --fast in under 3 (docs/BENCHMARKS.md).
-DEFAULT = {"data": SynthConfig(num_classes=8, train_per_class=100, test_per_class=40, image_size=112),
-           "epochs": 8, "batch_size": 32}
-FAST = {"data": SynthConfig(num_classes=4, train_per_class=32, test_per_class=8, image_size=64),
-        "epochs": 1, "batch_size": 32}
+DEFAULT = {
+    "data": SynthConfig(num_classes=8, train_per_class=100, test_per_class=40, image_size=112),
+    "epochs": 8,
+    "batch_size": 32,
+}
+FAST = {
+    "data": SynthConfig(num_classes=4, train_per_class=32, test_per_class=8, image_size=64),
+    "epochs": 1,
+    "batch_size": 32,
+}
 # Short from-scratch runs: a faster key encoder (m = 0.99, as in MoCo's CIFAR demo), a higher base lr with one
 # warm-up epoch, small batches for more steps; every other hyper-parameter is the paper's (docs/BENCHMARKS.md).
 SHORT_RUN = {"arch": "resnet18", "lr": 0.12, "warmup_epochs": 1.0, "moco_m": 0.99, "moco_k": 4096, "workers": 0}
@@ -55,8 +61,13 @@ def _deployable(src: Path, dst: Path) -> Path:
     return save_checkpoint(dst, ckpt)
 
 
-def quickstart(out: str | Path = "lcr-quickstart", fast: bool = False, epochs: int | None = None, seed: int = 0,
-               device: str | None = None) -> Path:
+def quickstart(
+    out: str | Path = "lcr-quickstart",
+    fast: bool = False,
+    epochs: int | None = None,
+    seed: int = 0,
+    device: str | None = None,
+) -> Path:
     """Run the whole quickstart; returns the path of the HTML report."""
     t0 = time.perf_counter()
     out = Path(out)
@@ -73,8 +84,13 @@ def quickstart(out: str | Path = "lcr-quickstart", fast: bool = False, epochs: i
     }
     metrics, logs, nets = {}, {}, {}
     for name, cfg in runs.items():
-        cfg.image_size, cfg.epochs, cfg.batch_size, cfg.seed, cfg.num_parts = size, epochs, budget["batch_size"], \
-            seed, 32
+        cfg.image_size, cfg.epochs, cfg.batch_size, cfg.seed, cfg.num_parts = (
+            size,
+            epochs,
+            budget["batch_size"],
+            seed,
+            32,
+        )
         print(f"train: {name} ({cfg.arch}, {epochs} epochs, batch {cfg.batch_size}, {size} px)")
         ckpt = train(cfg, data, out / "runs" / name, device=device)
         final = _deployable(ckpt, out / f"{name}.pt")
@@ -95,8 +111,12 @@ def quickstart(out: str | Path = "lcr-quickstart", fast: bool = False, epochs: i
         embs[name], m = embed_split(nets[name], test, size, with_attention=True)
         masks[name] = m[picks]
     report.write_png(rep / "attention.png", report.attention_figure(images, {"LCR": masks["lcr"]}))
-    report.write_png(rep / "retrieval.png", report.retrieval_figure(
-        test.images, test.labels, test.classes, {"LCR": embs["lcr"], "MoCo v2": embs["moco"]}, picks[:4]))
+    report.write_png(
+        rep / "retrieval.png",
+        report.retrieval_figure(
+            test.images, test.labels, test.classes, {"LCR": embs["lcr"], "MoCo v2": embs["moco"]}, picks[:4]
+        ),
+    )
     report.curves_figure(logs, rep / "curves.png")
     table = report.metrics_table(metrics)
     notes = [
@@ -116,11 +136,17 @@ def quickstart(out: str | Path = "lcr-quickstart", fast: bool = False, epochs: i
         notes.append(extra)
     notes.append(f"total time {time.perf_counter() - t0:.0f} s")
     report.save_metrics(rep / "metrics.json", metrics)
-    page = report.write_html(rep, "lcr-sdk quickstart", metrics, notes, [
-        ("Attention: where the LCR embedding pools", "attention.png"),
-        ("Retrieval: top-5 neighbours", "retrieval.png"),
-        ("Training curves", "curves.png"),
-    ])
+    page = report.write_html(
+        rep,
+        "lcr-sdk quickstart",
+        metrics,
+        notes,
+        [
+            ("Attention: where the LCR embedding pools", "attention.png"),
+            ("Retrieval: top-5 neighbours", "retrieval.png"),
+            ("Training curves", "curves.png"),
+        ],
+    )
     print(table)
     print("\n".join(notes))
     return page
@@ -137,8 +163,7 @@ def _deploy_and_retrieve(out: Path, data: Path) -> str | None:
     except ImportError as e:
         print(f"deploy: skipped ({e})")
         return None
-    model = export_model(out / "lcr.pt", out / "lcr.onnx", precision="fp32", verify_images=data / "test",
-                         log=None)
+    model = export_model(out / "lcr.pt", out / "lcr.onnx", precision="fp32", verify_images=data / "test", log=None)
     size = json.loads((data / "synth.json").read_text())["config"]["image_size"]
     train_split, test_split = scan_split(data, "train", size=size), scan_split(data, "test", size=size)
     with Embedder(model) as emb:
@@ -147,7 +172,9 @@ def _deploy_and_retrieve(out: Path, data: Path) -> str | None:
         gallery.save(out / "gallery")
         hits = gallery.search(emb.embed(test_split.images), k=1, model=emb)
     top1 = np.mean([h[0].label == test_split.classes[y] for h, y in zip(hits, test_split.labels)])
-    return (f"deploy: exported {model.name} (ONNX, fp32, verified against PyTorch on the test split), gallery of "
-            f"{len(gallery)} train images in "
-            f"{out / 'gallery'}; test images retrieved through Embedder + Gallery: nearest-neighbour top-1 "
-            f"{100 * top1:.1f}%")
+    return (
+        f"deploy: exported {model.name} (ONNX, fp32, verified against PyTorch on the test split), gallery of "
+        f"{len(gallery)} train images in "
+        f"{out / 'gallery'}; test images retrieved through Embedder + Gallery: nearest-neighbour top-1 "
+        f"{100 * top1:.1f}%"
+    )

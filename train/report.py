@@ -42,13 +42,16 @@ def attention_figure(images: list[np.ndarray], masks_by_method: dict[str, np.nda
     width = rows[0].shape[1]
     out = [_caption("test images", width), rows[0]]
     for name, masks in masks_by_method.items():
-        out += [_caption(f"{name}: attention mask M (red = high)", width),
-                np.hstack([_tile(heatmap_overlay(im, m)) for im, m in zip(images, masks)])]
+        out += [
+            _caption(f"{name}: attention mask M (red = high)", width),
+            np.hstack([_tile(heatmap_overlay(im, m)) for im, m in zip(images, masks)]),
+        ]
     return np.vstack(out)
 
 
-def retrieval_figure(images: list[np.ndarray], labels: list[int], classes: list[str], emb_by_method: dict,
-                     queries: list[int], k: int = 5) -> np.ndarray:
+def retrieval_figure(
+    images: list[np.ndarray], labels: list[int], classes: list[str], emb_by_method: dict, queries: list[int], k: int = 5
+) -> np.ndarray:
     """Per method and query: the query, then its top-k leave-one-out neighbours, green = same class, red = not."""
     blocks = []
     for name, emb in emb_by_method.items():
@@ -63,8 +66,10 @@ def retrieval_figure(images: list[np.ndarray], labels: list[int], classes: list[
                 tiles.append(_tile(images[j], (0, 200, 0) if ok else (0, 0, 230), f"{scores[q, j]:.2f}"))
             rows.append(np.hstack(tiles))
         width = rows[0].shape[1]
-        blocks += [_caption(f"{name}: query, then top-{k} (green border = same class, red = other class)", width),
-                   *rows]
+        blocks += [
+            _caption(f"{name}: query, then top-{k} (green border = same class, red = other class)", width),
+            *rows,
+        ]
     return np.vstack(blocks)
 
 
@@ -115,18 +120,23 @@ def write_png(path: Path, image: np.ndarray) -> None:
     atomic_write_bytes(path, buf.tobytes())
 
 
-def write_html(report_dir: Path, title: str, metrics: dict[str, dict], notes: list[str],
-               pictures: list[tuple[str, str]]) -> Path:
+def write_html(
+    report_dir: Path, title: str, metrics: dict[str, dict], notes: list[str], pictures: list[tuple[str, str]]
+) -> Path:
     """One self-contained page: the images are embedded as data URIs, so it opens anywhere."""
+
     def img_tag(name: str) -> str:
         data = base64.b64encode((report_dir / name).read_bytes()).decode()
         return f'<img alt="{html.escape(name)}" src="data:image/png;base64,{data}">'
 
     head = "".join(f"<th>{c}</th>" for c in ["method", *COLUMNS])
     body = "".join(
-        "<tr>" + f"<td>{html.escape(n)}</td>" + "".join(
-            f"<td>{100 * m[c]:.1f}%</td>" if c in m else "<td>-</td>" for c in COLUMNS) + "</tr>"
-        for n, m in metrics.items())
+        "<tr>"
+        + f"<td>{html.escape(n)}</td>"
+        + "".join(f"<td>{100 * m[c]:.1f}%</td>" if c in m else "<td>-</td>" for c in COLUMNS)
+        + "</tr>"
+        for n, m in metrics.items()
+    )
     sections = "".join(f"<h2>{html.escape(t)}</h2>{img_tag(f)}" for t, f in pictures)
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <style>body{{font-family:sans-serif;max-width:1200px;margin:2em auto;padding:0 1em}}
@@ -134,7 +144,7 @@ table{{border-collapse:collapse}}td,th{{border:1px solid #bbb;padding:4px 10px;t
 img{{max-width:100%;border:1px solid #ddd}}</style></head><body>
 <h1>{html.escape(title)}</h1>
 <table><tr>{head}</tr>{body}</table>
-<ul>{''.join(f'<li>{html.escape(n)}</li>' for n in notes)}</ul>
+<ul>{"".join(f"<li>{html.escape(n)}</li>" for n in notes)}</ul>
 {sections}
 </body></html>"""
     path = report_dir / "index.html"

@@ -27,8 +27,14 @@ BACKENDS = {
     "torch": "lcr_sdk.backends.torch:TorchBackend",
 }
 # model file suffix -> backend name
-SUFFIXES = {".onnx": "onnxruntime", ".engine": "tensorrt", ".plan": "tensorrt", ".trt": "tensorrt",
-            ".pt": "torch", ".pth": "torch"}
+SUFFIXES = {
+    ".onnx": "onnxruntime",
+    ".engine": "tensorrt",
+    ".plan": "tensorrt",
+    ".trt": "tensorrt",
+    ".pt": "torch",
+    ".pth": "torch",
+}
 
 
 class Backend(ABC):
@@ -81,8 +87,10 @@ class Backend(ABC):
         shape = (spec.height, spec.width, 3)
         if not isinstance(feed, np.ndarray) or feed.dtype != np.uint8 or feed.ndim != 4 or feed.shape[1:] != shape:
             got = f"{type(feed).__name__} {getattr(feed, 'dtype', '')} {getattr(feed, 'shape', '')}"
-            raise InputError(f"backend input must be a uint8 N x {spec.height} x {spec.width} x 3 BGR array; "
-                             f"got {got}. Use Embedder.embed() to bring images to the model's size")
+            raise InputError(
+                f"backend input must be a uint8 N x {spec.height} x {spec.width} x 3 BGR array; "
+                f"got {got}. Use Embedder.embed() to bring images to the model's size"
+            )
         if not m.batch_min <= len(feed) <= m.batch_max:
             raise InputError(f"batch of {len(feed)} is outside the model's batch range {m.batch_min}..{m.batch_max}")
         return np.ascontiguousarray(feed)

@@ -80,9 +80,11 @@ class OnnxRuntimeBackend(Backend):
         self.provider = actual[0]
         wanted = _provider_name(requested[0])
         if self.provider != wanted:
-            msg = (f"onnxruntime could not use {wanted} for {self.path.name} and runs on {self.provider} instead "
-                   f"(available: {ort.get_available_providers()}); check the CUDA/TensorRT libraries or pass "
-                   "device='cpu' to choose CPU explicitly")
+            msg = (
+                f"onnxruntime could not use {wanted} for {self.path.name} and runs on {self.provider} instead "
+                f"(available: {ort.get_available_providers()}); check the CUDA/TensorRT libraries or pass "
+                "device='cpu' to choose CPU explicitly"
+            )
             if self.options.get("strict"):
                 raise ModelError(msg)
             warnings.warn(msg, ProviderFallbackWarning, stacklevel=3)

@@ -44,8 +44,10 @@ def engine_mismatch(built: dict[str, Any] | None, running: dict[str, Any]) -> li
     if _version_key(built.get("version", "")) != _version_key(running["version"]):
         problems.append(f"built with TensorRT {built.get('version')}, this is TensorRT {running['version']}")
     if str(built.get("compute_capability")) != str(running["compute_capability"]):
-        problems.append(f"built for compute capability {built.get('compute_capability')} ({built.get('gpu')}), "
-                        f"this GPU is {running['gpu']} with compute capability {running['compute_capability']}")
+        problems.append(
+            f"built for compute capability {built.get('compute_capability')} ({built.get('gpu')}), "
+            f"this GPU is {running['gpu']} with compute capability {running['compute_capability']}"
+        )
     elif built.get("gpu") != running["gpu"]:
         problems.append(f"built on {built.get('gpu')}, this GPU is {running['gpu']}")
     return problems
@@ -100,9 +102,11 @@ class TensorRTBackend(Backend):
         running = running_system(dev)
         problems = engine_mismatch(self.manifest.tensorrt, running)
         if problems:
-            msg = (f"TensorRT engine {self.path} cannot run here: {'; '.join(problems)}. Engines are specific to the "
-                   f"TensorRT version and GPU; rebuild it on this machine: "
-                   f"{rebuild_command(self.manifest.precision, self.path.name)}")
+            msg = (
+                f"TensorRT engine {self.path} cannot run here: {'; '.join(problems)}. Engines are specific to the "
+                f"TensorRT version and GPU; rebuild it on this machine: "
+                f"{rebuild_command(self.manifest.precision, self.path.name)}"
+            )
             if not self.options.get("force"):
                 raise ModelError(msg)
             warnings.warn(msg, RuntimeWarning, stacklevel=3)
@@ -110,9 +114,11 @@ class TensorRTBackend(Backend):
         self.runtime = trt.Runtime(self.logger)
         self.engine = self.runtime.deserialize_cuda_engine(self.path.read_bytes())
         if self.engine is None:
-            raise ModelError(f"TensorRT could not deserialize {self.path} ({self.path.stat().st_size} bytes): it is "
-                             f"truncated or not an engine; rebuild it: "
-                             f"{rebuild_command(self.manifest.precision, self.path.name)}")
+            raise ModelError(
+                f"TensorRT could not deserialize {self.path} ({self.path.stat().st_size} bytes): it is "
+                f"truncated or not an engine; rebuild it: "
+                f"{rebuild_command(self.manifest.precision, self.path.name)}"
+            )
         self._describe_io()
         self._local = threading.local()
         self._states: list[_ThreadState] = []
@@ -132,12 +138,16 @@ class TensorRTBackend(Backend):
             shape = [m.batch_max if d < 0 else d for d in self.engine.get_tensor_shape(name)]
             self.sizes[name] = int(np.prod(shape)) * self.dtypes[name].itemsize
         if self.inputs != [m.input.name] or sorted(self.outputs) != sorted(m.output_names):
-            raise ModelError(f"{self.path} has inputs {self.inputs} and outputs {self.outputs}; its manifest expects "
-                             f"{[m.input.name]} and {m.output_names}: rebuild it with lcr-sdk export")
+            raise ModelError(
+                f"{self.path} has inputs {self.inputs} and outputs {self.outputs}; its manifest expects "
+                f"{[m.input.name]} and {m.output_names}: rebuild it with lcr-sdk export"
+            )
         lo, _, hi = self.engine.get_tensor_profile_shape(m.input.name, 0)
         if lo[0] > m.batch_min or hi[0] < m.batch_max:
-            raise ModelError(f"{self.path}: engine profile batch {lo[0]}..{hi[0]} does not cover the manifest's "
-                             f"{m.batch_min}..{m.batch_max}; rebuild it with lcr-sdk export")
+            raise ModelError(
+                f"{self.path}: engine profile batch {lo[0]}..{hi[0]} does not cover the manifest's "
+                f"{m.batch_min}..{m.batch_max}; rebuild it with lcr-sdk export"
+            )
 
     def _state(self) -> _ThreadState:
         state = getattr(self._local, "state", None)
@@ -172,8 +182,10 @@ class TensorRTBackend(Backend):
         import torch
 
         if not feed.is_cuda or feed.dtype != torch.uint8 or feed.ndim != 4:
-            raise InputError(f"tensor input must be a uint8 N x H x W x 3 CUDA tensor; got {feed.dtype} "
-                             f"{tuple(feed.shape)} on {feed.device}")
+            raise InputError(
+                f"tensor input must be a uint8 N x H x W x 3 CUDA tensor; got {feed.dtype} "
+                f"{tuple(feed.shape)} on {feed.device}"
+            )
         feed = feed.contiguous()
         st, name = self._state(), self.inputs[0]
         st.context.set_input_shape(name, tuple(feed.shape))

@@ -21,8 +21,9 @@ from lcr_sdk.manifest import InputSpec, Manifest
 DEFAULT_BATCH = (1, 8, 256)
 
 
-def manifest_from_checkpoint(path: str | os.PathLike, ckpt: dict[str, Any], precision: str = "fp32",
-                             batch: tuple[int, int, int] = DEFAULT_BATCH) -> Manifest:
+def manifest_from_checkpoint(
+    path: str | os.PathLike, ckpt: dict[str, Any], precision: str = "fp32", batch: tuple[int, int, int] = DEFAULT_BATCH
+) -> Manifest:
     """The manifest a checkpoint's deploy model implies (its config, never guessed from weights)."""
     from lcr_sdk.train.model import ARCHS, feature_size
 
@@ -31,10 +32,19 @@ def manifest_from_checkpoint(path: str | os.PathLike, ckpt: dict[str, Any], prec
     h, w = (size, size) if isinstance(size, int) else tuple(size)
     num_parts = cfg.get("num_parts", 32) if cfg["method"] == "lcr" else 0
     return Manifest(
-        arch=cfg["arch"], method=cfg["method"], embedding_dim=ARCHS[cfg["arch"]], num_parts=num_parts,
-        feature_size=feature_size(cfg["arch"], h, w), input=InputSpec(height=h, width=w), precision=precision,
-        batch_min=batch[0], batch_opt=batch[1], batch_max=batch[2], checkpoint_sha256=sha256_file(path),
-        model_file=Path(path).name, extra={"source": "checkpoint"},
+        arch=cfg["arch"],
+        method=cfg["method"],
+        embedding_dim=ARCHS[cfg["arch"]],
+        num_parts=num_parts,
+        feature_size=feature_size(cfg["arch"], h, w),
+        input=InputSpec(height=h, width=w),
+        precision=precision,
+        batch_min=batch[0],
+        batch_opt=batch[1],
+        batch_max=batch[2],
+        checkpoint_sha256=sha256_file(path),
+        model_file=Path(path).name,
+        extra={"source": "checkpoint"},
     )
 
 
@@ -65,8 +75,10 @@ class TorchBackend(Backend):
         dev = torch.device(self.device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.fp16, self.cuda_graph = bool(self.options.get("fp16")), bool(self.options.get("cuda_graph"))
         if dev.type != "cuda" and (self.fp16 or self.cuda_graph):
-            raise InputError(f"fp16 and cuda_graph need a CUDA device; got device={dev} "
-                             f"(torch.cuda.is_available() = {torch.cuda.is_available()})")
+            raise InputError(
+                f"fp16 and cuda_graph need a CUDA device; got device={dev} "
+                f"(torch.cuda.is_available() = {torch.cuda.is_available()})"
+            )
         net, _ = load_net(self.path)
         model = DeployModel(net).eval().to(dev)
         if dev.type == "cuda":
@@ -78,9 +90,13 @@ class TorchBackend(Backend):
         self.dev = dev
         self._graphs: dict[int, tuple] = {}
         self._lock = threading.Lock()  # graph replays share static buffers
-        self.provider = (f"torch {dev.type}" + (f" {torch.cuda.get_device_name(dev)}" if dev.type == "cuda" else "")
-                         + (" fp16" if self.fp16 else " fp32") + (" cudagraph" if self.cuda_graph else "")
-                         + (" compile" if self.options.get("compile") else ""))
+        self.provider = (
+            f"torch {dev.type}"
+            + (f" {torch.cuda.get_device_name(dev)}" if dev.type == "cuda" else "")
+            + (" fp16" if self.fp16 else " fp32")
+            + (" cudagraph" if self.cuda_graph else "")
+            + (" compile" if self.options.get("compile") else "")
+        )
         self.loaded = True
 
     def infer(self, feed: Any) -> dict[str, Any]:
@@ -125,7 +141,6 @@ class TorchBackend(Backend):
     def close(self) -> None:
         self.model, self._graphs = None, {}
         super().close()
-
 
 
 def _to_half(torch):

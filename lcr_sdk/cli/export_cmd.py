@@ -45,21 +45,41 @@ def export(
     onnx: Annotated[bool, typer.Option("--onnx", help="Write the ONNX model (always; --trt adds an engine).")] = True,
     trt: Annotated[bool, typer.Option("--trt", help="Also build a TensorRT engine (implies --onnx).")] = False,
     precision: Annotated[str, typer.Option("--precision", "-p", help="fp32, fp16 or int8 (needs --calib).")] = "fp32",
-    out: Annotated[Path | None, typer.Option("--out", "-o", help="Model file: .onnx, or .engine with --trt "
-                                              "(default: beside the checkpoint, <stem>-<precision>.onnx).")] = None,
-    calib: Annotated[Path | None, typer.Option("--calib", help="Folder of real images for int8 calibration "
-                                               "(a few hundred recommended); also used for verification.")] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            "--out",
+            "-o",
+            help="Model file: .onnx, or .engine with --trt (default: beside the checkpoint, <stem>-<precision>.onnx).",
+        ),
+    ] = None,
+    calib: Annotated[
+        Path | None,
+        typer.Option(
+            "--calib",
+            help="Folder of real images for int8 calibration (a few hundred recommended); also used for verification.",
+        ),
+    ] = None,
     calib_method: Annotated[str, typer.Option(help="int8 calibration: minmax, percentile or entropy.")] = "percentile",
     calib_images: Annotated[int, typer.Option(help="Use at most this many calibration images.")] = 500,
     batch: Annotated[str, typer.Option(help="Batch range MIN,OPT,MAX the model is declared for.")] = "1,8,32",
     image_size: Annotated[int | None, typer.Option(help="Input size in px (default: the checkpoint's).")] = None,
-    verify: Annotated[bool, typer.Option("--verify/--no-verify", help="Check against the PyTorch model after "
-                                         "writing; a miss writes nothing and exits 1.")] = True,
+    verify: Annotated[
+        bool,
+        typer.Option(
+            "--verify/--no-verify",
+            help="Check against the PyTorch model after writing; a miss writes nothing and exits 1.",
+        ),
+    ] = True,
     verify_images: Annotated[Path | None, typer.Option(help="Images for the check (default: --calib).")] = None,
     verify_sample: Annotated[int, typer.Option(help="Check at most this many images.")] = 64,
     workspace: Annotated[float, typer.Option(help="TensorRT builder workspace limit in GiB.")] = 4.0,
-    timing_cache: Annotated[Path | None, typer.Option(help="TensorRT timing cache file, reused across builds "
-                                                      "(default ~/.cache/lcr-sdk/tensorrt-timing.cache).")] = None,
+    timing_cache: Annotated[
+        Path | None,
+        typer.Option(
+            help="TensorRT timing cache file, reused across builds (default ~/.cache/lcr-sdk/tensorrt-timing.cache)."
+        ),
+    ] = None,
 ) -> None:
     """Export a checkpoint to ONNX (fp32/fp16/int8) and optionally a TensorRT engine, with its manifest.
 
@@ -70,10 +90,21 @@ def export(
 
     with _warnings_as_lines():
         export_model(
-            checkpoint, out, precision=precision, calib_dir=calib, trt=trt, batch=_parse_batch(batch),
-            image_size=image_size, verify=verify, verify_images=verify_images, verify_sample=verify_sample,
-            calib_method=calib_method, calib_images=calib_images, workspace_gib=workspace,
-            timing_cache=timing_cache if timing_cache is not None else "default", log=typer.echo,
+            checkpoint,
+            out,
+            precision=precision,
+            calib_dir=calib,
+            trt=trt,
+            batch=_parse_batch(batch),
+            image_size=image_size,
+            verify=verify,
+            verify_images=verify_images,
+            verify_sample=verify_sample,
+            calib_method=calib_method,
+            calib_images=calib_images,
+            workspace_gib=workspace,
+            timing_cache=timing_cache if timing_cache is not None else "default",
+            log=typer.echo,
         )
 
 

@@ -86,8 +86,12 @@ def gallery_build(
         with tqdm(total=len(paths), desc="embedding", unit="img") as bar:
             for i in range(0, len(paths), batch):
                 chunk = paths[i : i + batch]
-                g.add(emb.embed([str(p) for p in chunk]), ids=[p.relative_to(folder).as_posix() for p in chunk],
-                      labels=labels[i : i + batch], metadata=[{"path": str(p.resolve())} for p in chunk])
+                g.add(
+                    emb.embed([str(p) for p in chunk]),
+                    ids=[p.relative_to(folder).as_posix() for p in chunk],
+                    labels=labels[i : i + batch],
+                    metadata=[{"path": str(p.resolve())} for p in chunk],
+                )
                 bar.update(len(chunk))
     g.save(out)
     typer.echo(f"gallery {out}: {len(g)} images, {len(set(labels))} labels, dim {g.dim}")
@@ -145,8 +149,9 @@ def attention(
         typer.echo(f"part {k:>2}: peak at x={x}, y={y}, score {s:.3f}")
 
 
-def bench_embedder(emb, batches: list[int], iters: int = 20, warmup: int = 3, size: tuple[int, int] = (480, 640),
-                   seed: int = 0) -> list[dict]:
+def bench_embedder(
+    emb, batches: list[int], iters: int = 20, warmup: int = 3, size: tuple[int, int] = (480, 640), seed: int = 0
+) -> list[dict]:
     """Time ``emb`` per batch size: model only (ready uint8 tensors) and end to end (``embed`` on BGR frames).
 
     Returns:
@@ -167,8 +172,16 @@ def bench_embedder(emb, batches: list[int], iters: int = 20, warmup: int = 3, si
                 fn(arg)
                 times.append(time.perf_counter() - t)
             p50, p99 = np.percentile(times, 50), np.percentile(times, 99)
-            rows.append({"batch": n, "mode": mode, "p50_ms": 1e3 * p50, "p99_ms": 1e3 * p99, "images_per_s": n / p50,
-                         "input": f"{size[1]}x{size[0]} -> {s.width}x{s.height}"})
+            rows.append(
+                {
+                    "batch": n,
+                    "mode": mode,
+                    "p50_ms": 1e3 * p50,
+                    "p99_ms": 1e3 * p99,
+                    "images_per_s": n / p50,
+                    "input": f"{size[1]}x{size[0]} -> {s.width}x{s.height}",
+                }
+            )
     return rows
 
 
@@ -188,8 +201,10 @@ def bench(
         raise InputError(f"--batch {batch!r}: batch sizes must be >= 1")
     with _embedder(model, backend, device) as emb:
         m = emb.manifest
-        typer.echo(f"{model}: backend {emb.backend_name}, provider {emb.provider}, {m.arch} {m.precision}, "
-                   f"frames 640x480 -> {m.input.width}x{m.input.height}")
+        typer.echo(
+            f"{model}: backend {emb.backend_name}, provider {emb.provider}, {m.arch} {m.precision}, "
+            f"frames 640x480 -> {m.input.width}x{m.input.height}"
+        )
         rows = bench_embedder(emb, batches, iters)
     typer.echo("| batch | mode | p50 ms | p99 ms | images/s |\n|---|---|---|---|---|")
     for r in rows:

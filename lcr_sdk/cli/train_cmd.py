@@ -78,10 +78,12 @@ def train_cmd(
     num_parts: Annotated[int, typer.Option(help="K, part maps of the GradCAM fitting branch.")] = 32,
     nu: Annotated[float, typer.Option(help="Weight of the fitting loss.")] = 1.0,
     tau: Annotated[float, typer.Option(help="Softmax temperature of the fitting loss.")] = 0.4,
-    cam_sign: Annotated[str, typer.Option(help="loss: +dL/dF (released code, default); score: -dL/dF (Grad-CAM).")]
-    = "loss",
-    cam_detach: Annotated[bool, typer.Option(help="Detach the Grad-CAM target (--no-cam-detach: released code).")]
-    = True,
+    cam_sign: Annotated[
+        str, typer.Option(help="loss: +dL/dF (released code, default); score: -dL/dF (Grad-CAM).")
+    ] = "loss",
+    cam_detach: Annotated[
+        bool, typer.Option(help="Detach the Grad-CAM target (--no-cam-detach: released code).")
+    ] = True,
     cam_norm: Annotated[str, typer.Option(help="max: scale each CAM to max 1; none: raw (released code).")] = "max",
     supervised: Annotated[bool, typer.Option(help="Train with labels instead (the supervised upper bound).")] = False,
     pretrained: Annotated[str, typer.Option(help="'' random init, 'imagenet' (online) or a torchvision .pth.")] = "",
@@ -105,25 +107,57 @@ def train_cmd(
     _need_torch("lcr-sdk train")
     if nproc_per_node > 1 and "RANK" not in os.environ:
         argv = _without_option(sys.argv[1:], "--nproc-per-node")
-        cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nproc_per_node}", "-m",
-               "lcr_sdk.cli", *argv]
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            f"--nproc-per-node={nproc_per_node}",
+            "-m",
+            "lcr_sdk.cli",
+            *argv,
+        ]
         typer.echo(f"launching: {shlex.join(cmd)}")
         raise typer.Exit(subprocess.call(cmd))
     from lcr_sdk.train.config import TrainConfig
     from lcr_sdk.train.engine import train
 
-    for name, value, valid in (("method", method, ("lcr", "moco")), ("cam-sign", cam_sign, ("score", "loss")),
-                               ("cam-norm", cam_norm, ("max", "none")), ("amp", amp, ("bf16", "fp16", "off"))):
+    for name, value, valid in (
+        ("method", method, ("lcr", "moco")),
+        ("cam-sign", cam_sign, ("score", "loss")),
+        ("cam-norm", cam_norm, ("max", "none")),
+        ("amp", amp, ("bf16", "fp16", "off")),
+    ):
         if value not in valid:
             raise InputError(f"--{name} {value!r} is not valid; choose one of {', '.join(valid)}")
-    cfg = TrainConfig(method=method, arch=arch, image_size=image_size, epochs=epochs, batch_size=batch_size, lr=lr,
-                      weight_decay=weight_decay, warmup_epochs=warmup_epochs, moco_dim=moco_dim, moco_k=moco_k,
-                      moco_m=moco_m, moco_t=moco_t,
-                      num_parts=num_parts, nu=nu, tau=tau, cam_sign=cam_sign, cam_detach=cam_detach,
-                      cam_norm=cam_norm, seed=seed, workers=workers, amp=amp, channels_last=channels_last,
-                      sync_bn=sync_bn, pretrained=pretrained, eval_every=eval_every, supervised=supervised)
-    path = train(cfg, data, out, resume=resume, save_every=save_every, on_bad=on_bad, progress=progress,
-                 device=device)
+    cfg = TrainConfig(
+        method=method,
+        arch=arch,
+        image_size=image_size,
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        weight_decay=weight_decay,
+        warmup_epochs=warmup_epochs,
+        moco_dim=moco_dim,
+        moco_k=moco_k,
+        moco_m=moco_m,
+        moco_t=moco_t,
+        num_parts=num_parts,
+        nu=nu,
+        tau=tau,
+        cam_sign=cam_sign,
+        cam_detach=cam_detach,
+        cam_norm=cam_norm,
+        seed=seed,
+        workers=workers,
+        amp=amp,
+        channels_last=channels_last,
+        sync_bn=sync_bn,
+        pretrained=pretrained,
+        eval_every=eval_every,
+        supervised=supervised,
+    )
+    path = train(cfg, data, out, resume=resume, save_every=save_every, on_bad=on_bad, progress=progress, device=device)
     if int(os.environ.get("RANK", 0)) == 0:
         typer.echo(f"checkpoint: {path}")
 
@@ -153,10 +187,12 @@ def eval_cmd(
 
 
 def quickstart_cmd(
-    out: Annotated[Path, typer.Option(help="Folder for data, checkpoints and report (may exist).")]
-    = Path("lcr-quickstart"),
-    fast: Annotated[bool, typer.Option("--fast", help="A smoke run in under 3 minutes (tiny data, 1-2 epochs).")]
-    = False,
+    out: Annotated[Path, typer.Option(help="Folder for data, checkpoints and report (may exist).")] = Path(
+        "lcr-quickstart"
+    ),
+    fast: Annotated[
+        bool, typer.Option("--fast", help="A smoke run in under 3 minutes (tiny data, 1-2 epochs).")
+    ] = False,
     epochs: Annotated[int | None, typer.Option(help="Override the epochs of each method.")] = None,
     seed: Annotated[int, typer.Option(help="Seed for data and training.")] = 0,
     device: Annotated[str | None, typer.Option(help="cpu or cuda (default: CUDA if available).")] = None,

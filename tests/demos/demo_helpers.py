@@ -29,10 +29,28 @@ def export_onnx(checkpoint: Path, out: Path) -> Path:
     cfg, size = ckpt["config"], ckpt["config"]["image_size"]
     names = ["embedding", "attention", "parts"] if net.num_parts else ["embedding", "attention"]
     dummy = torch.zeros(2, size, size, 3, dtype=torch.uint8)
-    torch.onnx.export(DeployModel(net), (dummy,), str(out), input_names=["images"], output_names=names,
-                      dynamic_axes={n: {0: "N"} for n in ["images", *names]}, opset_version=17, dynamo=False)
-    write_sidecar(Manifest(cfg["arch"], cfg["method"], net.dim, net.num_parts, feature_size(cfg["arch"], size, size),
-                           InputSpec(size, size), model_file=out.name), out)
+    torch.onnx.export(
+        DeployModel(net),
+        (dummy,),
+        str(out),
+        input_names=["images"],
+        output_names=names,
+        dynamic_axes={n: {0: "N"} for n in ["images", *names]},
+        opset_version=17,
+        dynamo=False,
+    )
+    write_sidecar(
+        Manifest(
+            cfg["arch"],
+            cfg["method"],
+            net.dim,
+            net.num_parts,
+            feature_size(cfg["arch"], size, size),
+            InputSpec(size, size),
+            model_file=out.name,
+        ),
+        out,
+    )
     return out
 
 

@@ -75,9 +75,22 @@ def test_attention_demo_part_view_differs_from_mask_view(demo_model, demo_clip, 
 
 def test_attention_demo_command_line(demo_model, demo_clip, tmp_path):
     out = tmp_path / "frames"
-    r = subprocess.run([sys.executable, str(ROOT / "examples" / "camera_attention.py"), str(demo_model),
-                        str(demo_clip), str(out), "--headless", "--max-frames", "3"],
-                       capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    r = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "examples" / "camera_attention.py"),
+            str(demo_model),
+            str(demo_clip),
+            str(out),
+            "--headless",
+            "--max-frames",
+            "3",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
     assert r.returncode == 0, r.stderr
     assert len(list(out.glob("frame_*.png"))) == 3
     assert "3 frames" in r.stderr and "onnxruntime" in r.stderr
@@ -109,8 +122,19 @@ def test_retrieval_demo_finds_the_gallery_label_of_each_frame(demo_model, galler
 def test_retrieval_demo_center_crop_queries_the_crop(demo_model, gallery_case, tmp_path):
     gallery, clip, expected = gallery_case
     log = tmp_path / "hits.jsonl"
-    argv = [str(demo_model), str(gallery), str(clip), str(tmp_path / "out"), "--headless", "--crop", "center",
-            "--log", str(log), "--max-frames", "2"]
+    argv = [
+        str(demo_model),
+        str(gallery),
+        str(clip),
+        str(tmp_path / "out"),
+        "--headless",
+        "--crop",
+        "center",
+        "--log",
+        str(log),
+        "--max-frames",
+        "2",
+    ]
     assert load_example("camera_retrieval").main(argv) == 0
     rows = [json.loads(line) for line in log.read_text().splitlines()]
     assert len(rows) == 2 and len(list((tmp_path / "out").glob("*.png"))) == 2

@@ -86,13 +86,19 @@ def test_image_folder_and_glob(tmp_path, synth_root):
         assert len(list(src)) == 1
 
 
-@pytest.mark.parametrize("make, match", [
-    (lambda p: (p / "bad.mp4").write_bytes(b"not a video" * 50) and p / "bad.mp4", "could not be opened as a video"),
-    (lambda p: p / "missing.mp4", "not a camera, stream, file or folder"),
-    (lambda p: (p / "empty").mkdir() or p / "empty", "holds no image files"),
-    (lambda p: str(p / "*.jpg"), "matches no image files"),
-    (lambda p: (p / "bad.png").write_bytes(b"xx") and p / "bad.png", "could not be decoded"),
-])
+@pytest.mark.parametrize(
+    "make, match",
+    [
+        (
+            lambda p: (p / "bad.mp4").write_bytes(b"not a video" * 50) and p / "bad.mp4",
+            "could not be opened as a video",
+        ),
+        (lambda p: p / "missing.mp4", "not a camera, stream, file or folder"),
+        (lambda p: (p / "empty").mkdir() or p / "empty", "holds no image files"),
+        (lambda p: str(p / "*.jpg"), "matches no image files"),
+        (lambda p: (p / "bad.png").write_bytes(b"xx") and p / "bad.png", "could not be decoded"),
+    ],
+)
 def test_unreadable_sources_fail_with_a_clear_error(tmp_path, make, match):
     with pytest.raises(InputError, match=match):
         open_source(make(tmp_path))

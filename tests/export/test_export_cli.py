@@ -20,8 +20,9 @@ def _run(*args):
 
 def _leftovers(folder: Path) -> list[str]:
     """Anything a failed export left: model files, sidecars, staging folders, temp files."""
-    return sorted(p.name for p in folder.iterdir() if p.suffix in (".onnx", ".json", ".engine", ".tmp")
-                  or p.name.startswith("."))
+    return sorted(
+        p.name for p in folder.iterdir() if p.suffix in (".onnx", ".json", ".engine", ".tmp") or p.name.startswith(".")
+    )
 
 
 @pytest.mark.parametrize("cmd", ["export", "verify"])
@@ -33,8 +34,9 @@ def test_help_has_an_example(cmd):
 @pytest.mark.slow
 def test_export_verifies_and_verify_passes(lcr_checkpoint, synth_root, tmp_path):
     out = tmp_path / "lcr.onnx"
-    r = _run("export", lcr_checkpoint, "--onnx", "--precision", "fp32", "--verify-images", synth_root / "test",
-             "--out", out)
+    r = _run(
+        "export", lcr_checkpoint, "--onnx", "--precision", "fp32", "--verify-images", synth_root / "test", "--out", out
+    )
     assert r.exit_code == 0, r.output
     assert "PASSED" in r.output and out.is_file() and (tmp_path / "lcr.onnx.json").is_file()
     assert _leftovers(tmp_path) == ["lcr.onnx", "lcr.onnx.json"]
@@ -60,8 +62,17 @@ def test_verify_exits_1_against_another_checkpoint(lcr_checkpoint, synth_root, t
 
 
 def test_int8_with_few_calibration_images_warns(lcr_checkpoint, synth_root, tmp_path):
-    r = _run("export", lcr_checkpoint, "-p", "int8", "--calib", synth_root / "train", "--no-verify",
-             "--out", tmp_path / "q.onnx")
+    r = _run(
+        "export",
+        lcr_checkpoint,
+        "-p",
+        "int8",
+        "--calib",
+        synth_root / "train",
+        "--no-verify",
+        "--out",
+        tmp_path / "q.onnx",
+    )
     assert r.exit_code == 0, r.output
     assert "warning: int8 calibration on only 24 images" in r.output and (tmp_path / "q.onnx").is_file()
 
@@ -75,8 +86,12 @@ def _bad_checkpoints(tmp: Path) -> dict[str, tuple[Path, str]]:
     torch.save({"conv1.weight": torch.zeros(1)}, foreign)
     newer = tmp / "newer.pt"
     torch.save({"format": "lcr-sdk-checkpoint", "format_version": 99, "config": {}, "model": {}}, newer)
-    return {"missing": (tmp / "nope.pt", "does not exist"), "corrupt": (corrupt, "not a readable PyTorch checkpoint"),
-            "foreign": (foreign, "not an lcr-sdk checkpoint"), "newer": (newer, "newer than this lcr-sdk")}
+    return {
+        "missing": (tmp / "nope.pt", "does not exist"),
+        "corrupt": (corrupt, "not a readable PyTorch checkpoint"),
+        "foreign": (foreign, "not an lcr-sdk checkpoint"),
+        "newer": (newer, "newer than this lcr-sdk"),
+    }
 
 
 @pytest.mark.parametrize("kind", ["missing", "corrupt", "foreign", "newer"])
@@ -136,7 +151,17 @@ def test_failed_verification_installs_nothing(lcr_checkpoint, synth_root, tmp_pa
     """A model that misses its threshold is not written (here: int8 of a random-init net at 64 px, rank-1 < 0.95)."""
     out = tmp_path / "out"
     out.mkdir()
-    r = _run("export", lcr_checkpoint, "-p", "int8", "--calib", synth_root / "train", "--calib-method", "minmax",
-             "--out", out / "q.onnx")
+    r = _run(
+        "export",
+        lcr_checkpoint,
+        "-p",
+        "int8",
+        "--calib",
+        synth_root / "train",
+        "--calib-method",
+        "minmax",
+        "--out",
+        out / "q.onnx",
+    )
     assert r.exit_code == 1 and "FAILED" in r.output and "it was not written" in r.output
     assert _leftovers(out) == []

@@ -45,8 +45,9 @@ def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 def fp32_model(lcr_checkpoint, tmp_path_factory) -> Path:
     from lcr_sdk.export import export_model
 
-    return export_model(lcr_checkpoint, tmp_path_factory.mktemp("fp32") / "lcr.onnx", verify=False, progress=False,
-                        log=None)
+    return export_model(
+        lcr_checkpoint, tmp_path_factory.mktemp("fp32") / "lcr.onnx", verify=False, progress=False, log=None
+    )
 
 
 def test_fp32_graph_has_the_deployed_contract(fp32_model):
@@ -106,8 +107,9 @@ def test_moco_model_has_no_parts_and_all_ones_attention(moco_checkpoint, synth_r
 def test_image_size_override_changes_input_and_feature_size(lcr_checkpoint, tmp_path):
     from lcr_sdk.export import export_model
 
-    path = export_model(lcr_checkpoint, tmp_path / "m96.onnx", image_size=96, batch=(1, 2, 4), verify=False,
-                        progress=False, log=None)
+    path = export_model(
+        lcr_checkpoint, tmp_path / "m96.onnx", image_size=96, batch=(1, 2, 4), verify=False, progress=False, log=None
+    )
     m = read_manifest(path)
     assert (m.input.height, m.input.width, m.feature_size, m.batch_max) == (96, 96, (3, 3), 4)
     emb, att, _ = _session(path).run(None, {"images": np.zeros((2, 96, 96, 3), np.uint8)})
@@ -117,8 +119,9 @@ def test_image_size_override_changes_input_and_feature_size(lcr_checkpoint, tmp_
 def test_fp16_is_half_inside_float32_at_the_edges(fp32_model, lcr_checkpoint, synth_root, tmp_path):
     from lcr_sdk.export import export_model, verify_model
 
-    path = export_model(lcr_checkpoint, tmp_path / "lcr16.onnx", precision="fp16", verify=False, progress=False,
-                        log=None)
+    path = export_model(
+        lcr_checkpoint, tmp_path / "lcr16.onnx", precision="fp16", verify=False, progress=False, log=None
+    )
     proto = onnx.load(str(path))
     onnx.checker.check_model(proto, full_check=True)
     inits = {t.name: t.data_type for t in proto.graph.initializer}
@@ -138,15 +141,29 @@ def test_int8_is_qdq_per_channel_with_uint8_input_untouched(lcr_checkpoint, synt
     from lcr_sdk.export import export_model
 
     with pytest.warns(UserWarning, match="at least 300"):
-        path = export_model(lcr_checkpoint, tmp_path / "lcr8.onnx", precision="int8", calib_dir=synth_root / "train",
-                            calib_method="minmax", verify=False, progress=False, log=None)
+        path = export_model(
+            lcr_checkpoint,
+            tmp_path / "lcr8.onnx",
+            precision="int8",
+            calib_dir=synth_root / "train",
+            calib_method="minmax",
+            verify=False,
+            progress=False,
+            log=None,
+        )
     proto = onnx.load(str(path))
     onnx.checker.check_model(proto, full_check=True)
     nodes = proto.graph.node
     assert any(n.op_type == "QuantizeLinear" for n in nodes)
     inits = {t.name: t for t in proto.graph.initializer}
-    weight_dq = [n for n in nodes if n.op_type == "DequantizeLinear" and inits.get(n.input[0]) is not None
-                 and inits[n.input[0]].data_type == onnx.TensorProto.INT8 and len(inits[n.input[0]].dims) == 4]
+    weight_dq = [
+        n
+        for n in nodes
+        if n.op_type == "DequantizeLinear"
+        and inits.get(n.input[0]) is not None
+        and inits[n.input[0]].data_type == onnx.TensorProto.INT8
+        and len(inits[n.input[0]].dims) == 4
+    ]
     assert weight_dq and all(len(inits[n.input[1]].dims) == 1 and inits[n.input[1]].dims[0] > 1 for n in weight_dq)
     assert not [n for n in nodes if "images" in n.input and n.op_type == "QuantizeLinear"], "uint8 input stays"
     producers = {o: n.op_type for n in nodes for o in n.output}
@@ -170,8 +187,15 @@ def test_fewer_unreadable_calibration_images_are_skipped_with_a_warning(lcr_chec
     (calib / "broken.jpg").write_bytes(b"not an image")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        export_model(lcr_checkpoint, tmp_path / "m.onnx", precision="int8", calib_dir=calib, verify=False,
-                     progress=False, log=None)
+        export_model(
+            lcr_checkpoint,
+            tmp_path / "m.onnx",
+            precision="int8",
+            calib_dir=calib,
+            verify=False,
+            progress=False,
+            log=None,
+        )
     assert any("skipped 1 unreadable calibration image" in str(w.message) for w in caught)
     assert Manifest.from_json(sidecar_path(tmp_path / "m.onnx").read_text()).extra["calibration"]["images"] == 24
 
@@ -189,6 +213,14 @@ def test_histogram_calibration_with_a_partial_last_batch(lcr_checkpoint, synth_r
         shutil.copy(p, calib / f"{p.parent.name}_{p.name}")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        path = export_model(lcr_checkpoint, tmp_path / "m.onnx", precision="int8", calib_dir=calib,
-                            calib_method=method, verify=False, progress=False, log=None)
+        path = export_model(
+            lcr_checkpoint,
+            tmp_path / "m.onnx",
+            precision="int8",
+            calib_dir=calib,
+            calib_method=method,
+            verify=False,
+            progress=False,
+            log=None,
+        )
     assert read_manifest(path).extra["calibration"] == {"method": method, "images": 16}

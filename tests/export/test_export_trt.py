@@ -37,8 +37,17 @@ def engine(lcr_checkpoint, tmp_path_factory) -> tuple[Path, Path]:
 
     folder = tmp_path_factory.mktemp("trt")
     cache = folder / "timing.cache"
-    path = export_model(lcr_checkpoint, folder / "lcr.engine", trt=True, batch=(1, 4, 8), workspace_gib=1.0,
-                        timing_cache=cache, verify=False, progress=False, log=None)
+    path = export_model(
+        lcr_checkpoint,
+        folder / "lcr.engine",
+        trt=True,
+        batch=(1, 4, 8),
+        workspace_gib=1.0,
+        timing_cache=cache,
+        verify=False,
+        progress=False,
+        log=None,
+    )
     return path, cache
 
 
@@ -81,10 +90,16 @@ def test_parser_error_names_the_failing_node(tmp_path):
     from lcr_sdk.manifest import InputSpec, Manifest
 
     node = helper.make_node("NoSuchOp", ["images"], ["embedding"], name="bad_node", domain="lcr.test")
-    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("images", TensorProto.UINT8, [1, 64, 64, 3])],
-                              [helper.make_tensor_value_info("embedding", TensorProto.FLOAT, [1, 512])])
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("lcr.test", 1)]),
-              str(tmp_path / "bad.onnx"))
+    graph = helper.make_graph(
+        [node],
+        "g",
+        [helper.make_tensor_value_info("images", TensorProto.UINT8, [1, 64, 64, 3])],
+        [helper.make_tensor_value_info("embedding", TensorProto.FLOAT, [1, 512])],
+    )
+    onnx.save(
+        helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("lcr.test", 1)]),
+        str(tmp_path / "bad.onnx"),
+    )
     m = Manifest("resnet18", "lcr", 512, 8, (2, 2), InputSpec(64, 64), batch_opt=1, batch_max=1)
     with pytest.raises(ModelError, match="bad_node"):
         build_engine(tmp_path / "bad.onnx", tmp_path / "bad.engine", m, timing_cache=None, progress=False)

@@ -26,8 +26,9 @@ def _run(*args: str):
     return runner.invoke(app, [str(a) for a in args])
 
 
-@pytest.mark.parametrize("cmd", [["embed"], ["gallery", "build"], ["gallery", "search"], ["attention"], ["bench"],
-                                 ["info"]])
+@pytest.mark.parametrize(
+    "cmd", [["embed"], ["gallery", "build"], ["gallery", "search"], ["attention"], ["bench"], ["info"]]
+)
 def test_every_command_help_has_an_example(cmd):
     r = _run(*cmd, "--help")
     assert r.exit_code == 0 and "Example: lcr-sdk " + " ".join(cmd) in " ".join(r.output.split())
@@ -92,9 +93,13 @@ def test_bench_and_info(model):
 
 
 def test_domain_errors_are_one_line(model, tmp_path):
-    for args in (["embed", tmp_path / "none.onnx", "x.jpg"], ["embed", model, tmp_path / "none.jpg"],
-                 ["gallery", "build", model, tmp_path / "nope", "--out", tmp_path / "g"],
-                 ["gallery", "search", tmp_path, model, "x.jpg"], ["bench", model, "--batch", "a,b"]):
+    for args in (
+        ["embed", tmp_path / "none.onnx", "x.jpg"],
+        ["embed", model, tmp_path / "none.jpg"],
+        ["gallery", "build", model, tmp_path / "nope", "--out", tmp_path / "g"],
+        ["gallery", "search", tmp_path, model, "x.jpg"],
+        ["bench", model, "--batch", "a,b"],
+    ):
         r = _run(*args)
         assert r.exit_code == 1, (args, r.output)
         assert r.output.startswith("Error: ") and r.output.count("\n") == 1 and "Traceback" not in r.output

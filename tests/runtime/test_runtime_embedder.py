@@ -92,8 +92,13 @@ def test_input_kinds_agree(emb, frames, tmp_path):
     cv2.imwrite(str(path), bgr)
     ref = emb.embed(bgr)
     rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-    for v in (emb.embed(rgb, color="rgb"), emb.embed(cv2.cvtColor(bgr, cv2.COLOR_BGR2BGRA)), emb.embed(str(path)),
-              emb.embed(path), emb.embed(Image.fromarray(rgb))):
+    for v in (
+        emb.embed(rgb, color="rgb"),
+        emb.embed(cv2.cvtColor(bgr, cv2.COLOR_BGR2BGRA)),
+        emb.embed(str(path)),
+        emb.embed(path),
+        emb.embed(Image.fromarray(rgb)),
+    ):
         np.testing.assert_allclose(v, ref, atol=ATOL)
     assert not np.allclose(emb.embed(rgb), ref, atol=1e-3)  # colour order matters: the default is BGR
     gray = cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY)

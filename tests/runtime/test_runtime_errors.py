@@ -28,14 +28,17 @@ def emb(lcr_onnx):
         yield e
 
 
-@pytest.mark.parametrize("image, message", [
-    (None, "image is None"),
-    (np.zeros((0, 0, 3), np.uint8), "empty array"),
-    (np.zeros((32, 32, 3), np.float32), "dtype is float32"),
-    (np.zeros((32, 32, 2), np.uint8), r"shape \(32, 32, 2\) is not an image"),
-    (np.zeros((1, 1, 3), np.uint8), "too small"),
-    (12, "type int is not supported"),
-])
+@pytest.mark.parametrize(
+    "image, message",
+    [
+        (None, "image is None"),
+        (np.zeros((0, 0, 3), np.uint8), "empty array"),
+        (np.zeros((32, 32, 3), np.float32), "dtype is float32"),
+        (np.zeros((32, 32, 2), np.uint8), r"shape \(32, 32, 2\) is not an image"),
+        (np.zeros((1, 1, 3), np.uint8), "too small"),
+        (12, "type int is not supported"),
+    ],
+)
 def test_bad_image_arrays(emb, image, message):
     with pytest.raises(InputError, match=message):
         emb.embed(image)

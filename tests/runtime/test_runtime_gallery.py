@@ -64,11 +64,14 @@ def test_add_remove_and_ids():
     assert g.ids[-1] == "3"  # auto ids keep counting, never reuse
 
 
-@pytest.mark.parametrize("bad, match", [
-    (np.zeros((2, 7), np.float32), r"\(N, 8\)"),
-    (np.zeros((2, 8), np.float32), "zero, NaN"),
-    (np.full((1, 8), np.nan, np.float32), "zero, NaN"),
-])
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        (np.zeros((2, 7), np.float32), r"\(N, 8\)"),
+        (np.zeros((2, 8), np.float32), "zero, NaN"),
+        (np.full((1, 8), np.nan, np.float32), "zero, NaN"),
+    ],
+)
 def test_bad_vectors(bad, match):
     g = Gallery(8)
     with pytest.raises(InputError, match=match):
@@ -97,8 +100,12 @@ def test_save_load_roundtrip_sqlite_npy(tmp_path):
 
     v = _unit(20, 12)
     g = Gallery(12, model_sha256="f" * 64)
-    g.add(v, ids=[f"img{i}" for i in range(20)], labels=[str(i % 3) for i in range(20)],
-          metadata=[{"path": f"/data/{i}.jpg", "tags": ["a", i]} for i in range(20)])
+    g.add(
+        v,
+        ids=[f"img{i}" for i in range(20)],
+        labels=[str(i % 3) for i in range(20)],
+        metadata=[{"path": f"/data/{i}.jpg", "tags": ["a", i]} for i in range(20)],
+    )
     g.remove(["img4"])
     version = g.save(tmp_path / "g")
     assert (tmp_path / "g" / "CURRENT").read_text().strip() == version.name

@@ -17,13 +17,16 @@ def test_matching_engine_passes():
     assert engine_mismatch({**RUNNING, "version": "10.3.0.26"}, RUNNING) == []  # build number may differ
 
 
-@pytest.mark.parametrize("built, words", [
-    ({**RUNNING, "version": "11.4.0.106"}, ["TensorRT 11.4.0.106", "TensorRT 10.3.0"]),
-    ({**RUNNING, "version": "10.4.0"}, ["TensorRT 10.4.0"]),
-    ({**RUNNING, "gpu": "NVIDIA H100", "compute_capability": "9.0"}, ["compute capability 9.0", "Orin"]),
-    ({**RUNNING, "gpu": "Jetson AGX Orin"}, ["built on Jetson AGX Orin", "this GPU is Orin"]),
-    (None, ["no 'tensorrt' entry"]),
-])
+@pytest.mark.parametrize(
+    "built, words",
+    [
+        ({**RUNNING, "version": "11.4.0.106"}, ["TensorRT 11.4.0.106", "TensorRT 10.3.0"]),
+        ({**RUNNING, "version": "10.4.0"}, ["TensorRT 10.4.0"]),
+        ({**RUNNING, "gpu": "NVIDIA H100", "compute_capability": "9.0"}, ["compute capability 9.0", "Orin"]),
+        ({**RUNNING, "gpu": "Jetson AGX Orin"}, ["built on Jetson AGX Orin", "this GPU is Orin"]),
+        (None, ["no 'tensorrt' entry"]),
+    ],
+)
 def test_mismatch_is_described(built, words):
     problems = " ".join(engine_mismatch(built, RUNNING))
     for w in words:
@@ -36,11 +39,13 @@ def test_both_differences_reported():
 
 def test_rebuild_command():
     assert rebuild_command("fp16", "model.engine") == "lcr-sdk export CKPT --trt --precision fp16 --out model.engine"
-    assert rebuild_command("int8", "m.engine") == ("lcr-sdk export CKPT --trt --precision int8 --calib IMAGES_DIR "
-                                                   "--out m.engine")
+    assert rebuild_command("int8", "m.engine") == (
+        "lcr-sdk export CKPT --trt --precision int8 --calib IMAGES_DIR --out m.engine"
+    )
 
 
 # -- real TensorRT (skipped where `import tensorrt` fails) ----------------------------------------------------------
+
 
 def _build_engine(onnx_path: Path, out: Path, batch: tuple[int, int, int]) -> Path:
     """Build an fp32 engine with TensorRT's own API (independent of lcr_sdk.export) and write its manifest."""
@@ -65,8 +70,14 @@ def _build_engine(onnx_path: Path, out: Path, batch: tuple[int, int, int]) -> Pa
     config.add_optimization_profile(profile)
     out.write_bytes(builder.build_serialized_network(network, config))
     d = json.loads(m.to_json())
-    d.update(model_sha256=sha256_file(out), model_file=out.name, tensorrt=running_system(),
-             batch_min=batch[0], batch_opt=batch[1], batch_max=batch[2])
+    d.update(
+        model_sha256=sha256_file(out),
+        model_file=out.name,
+        tensorrt=running_system(),
+        batch_min=batch[0],
+        batch_opt=batch[1],
+        batch_max=batch[2],
+    )
     write_sidecar(Manifest.from_dict(d), out)
     return out
 

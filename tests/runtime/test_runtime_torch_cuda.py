@@ -21,8 +21,9 @@ def reference(lcr_checkpoint):
         yield e
 
 
-@pytest.mark.parametrize("opts, min_cos", [({}, 0.9999), ({"fp16": True}, 0.995),
-                                           ({"fp16": True, "cuda_graph": True}, 0.995)])
+@pytest.mark.parametrize(
+    "opts, min_cos", [({}, 0.9999), ({"fp16": True}, 0.995), ({"fp16": True, "cuda_graph": True}, 0.995)]
+)
 def test_cuda_matches_cpu_reference(lcr_checkpoint, reference, opts, min_cos):
     from lcr_sdk import Embedder
 
