@@ -40,16 +40,10 @@ def _load(path: Path, name: str):
 
 def random_model(arch: str, size: int, folder: Path) -> Path:
     """Export a random-init LCR network (speed does not depend on the weights) to ONNX fp32."""
-    import torch
-
     from lcr_sdk.export import export_model
-    from lcr_sdk.train.checkpoint import save_checkpoint
-    from lcr_sdk.train.model import LCRNet
+    from lcr_sdk.train.checkpoint import random_init_checkpoint
 
-    torch.manual_seed(0)
-    net = LCRNet(arch, "lcr", 32).eval()
-    cfg = {"arch": arch, "method": "lcr", "num_parts": 32, "image_size": size}
-    ckpt = save_checkpoint(folder / f"{arch}_{size}.pt", {"config": cfg, "model": net.state_dict()})
+    ckpt = random_init_checkpoint(folder / f"{arch}_{size}.pt", arch=arch, image_size=size, bn_batches=0)
     return Path(export_model(ckpt, folder / f"{arch}_{size}.onnx", verify=False, progress=False, log=None))
 
 

@@ -13,7 +13,6 @@ machine noise hits all of them alike; medians with the inter-quartile range.
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 import time
 import warnings
@@ -94,10 +93,9 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="bench-export-"))
     ckpt = args.checkpoint
     if ckpt is None:
-        sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-        from conftest import make_checkpoint
+        from lcr_sdk.train.checkpoint import random_init_checkpoint
 
-        ckpt = make_checkpoint(work / "lcr.pt", image_size=args.size, num_parts=32)
+        ckpt = random_init_checkpoint(work / "lcr.pt", image_size=args.size, num_parts=32)
     if args.images is None or args.calib is None:
         from lcr_sdk.synth import SynthConfig, generate
 

@@ -23,16 +23,10 @@ import numpy as np
 
 def _make_model(out: Path, image_size: int = 112) -> Path:
     """A random-init resnet18 LCR checkpoint exported to ONNX by lcr_sdk.export."""
-    import torch
-
-    from lcr_sdk.train.checkpoint import save_checkpoint
-    from lcr_sdk.train.model import LCRNet
-
-    torch.manual_seed(0)
-    net = LCRNet("resnet18", "lcr", 32).eval()
-    cfg = {"arch": "resnet18", "method": "lcr", "num_parts": 32, "image_size": image_size}
-    ckpt = save_checkpoint(out / "lcr.pt", {"config": cfg, "model": net.state_dict()})
     from lcr_sdk.export import export_model
+    from lcr_sdk.train.checkpoint import random_init_checkpoint
+
+    ckpt = random_init_checkpoint(out / "lcr.pt", image_size=image_size, bn_batches=0)
 
     return export_model(ckpt, out / "lcr.onnx", batch=(1, 8, 32), verify=False, log=None, progress=False)
 

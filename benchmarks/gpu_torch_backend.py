@@ -22,15 +22,9 @@ from pathlib import Path
 
 
 def _checkpoint(folder: Path, arch: str, size: int) -> Path:
-    import torch
+    from lcr_sdk.train.checkpoint import random_init_checkpoint
 
-    from lcr_sdk.train.checkpoint import save_checkpoint
-    from lcr_sdk.train.model import LCRNet
-
-    torch.manual_seed(0)
-    net = LCRNet(arch, "lcr", 32).eval()
-    cfg = {"arch": arch, "method": "lcr", "num_parts": 32, "image_size": size}
-    return save_checkpoint(folder / f"{arch}.pt", {"config": cfg, "model": net.state_dict()})
+    return random_init_checkpoint(folder / f"{arch}.pt", arch=arch, image_size=size, bn_batches=0)
 
 
 def _measure(emb, x, iters: int, reps: int, sync) -> list[float]:

@@ -10,48 +10,12 @@ from __future__ import annotations
 import os
 import warnings
 from collections import Counter
-from typing import Any
 
 from lcr_sdk.errors import ModelError, require
-from lcr_sdk.manifest import ONNX_METADATA_KEY, InputSpec, Manifest
+from lcr_sdk.manifest import ONNX_METADATA_KEY, Manifest
 
 OPSET = 17
 TRAINING_ONLY_OPS = {"BatchNormalization", "Dropout"}
-
-
-def manifest_for(
-    ckpt: dict[str, Any],
-    checkpoint_sha256: str,
-    image_size: int | tuple[int, int] | None = None,
-    batch: tuple[int, int, int] = (1, 8, 32),
-    precision: str = "fp32",
-) -> Manifest:
-    """The manifest of a model exported from a loaded checkpoint (model hash left empty)."""
-    from lcr_sdk.train.model import ARCHS, feature_size
-
-    cfg = ckpt["config"]
-    size = image_size if image_size is not None else cfg.get("image_size", 224)
-    height, width = (size, size) if isinstance(size, int) else size
-    if min(height, width) < 32:
-        raise ModelError(f"image size {height}x{width} is too small for a ResNet (stride 32); use at least 32 px")
-    bmin, bopt, bmax = batch
-    if not 1 <= bmin <= bopt <= bmax:
-        raise ModelError(f"batch range min/opt/max {bmin}/{bopt}/{bmax} is invalid; need 1 <= min <= opt <= max")
-    method = cfg["method"]
-    return Manifest(
-        arch=cfg["arch"],
-        method=method,
-        embedding_dim=ARCHS[cfg["arch"]],
-        num_parts=cfg.get("num_parts", 32) if method == "lcr" else 0,
-        feature_size=feature_size(cfg["arch"], height, width),
-        input=InputSpec(height=height, width=width),
-        precision=precision,
-        batch_min=bmin,
-        batch_opt=bopt,
-        batch_max=bmax,
-        checkpoint_sha256=checkpoint_sha256,
-        opset=OPSET,
-    )
 
 
 def export_onnx(net, manifest: Manifest, path: str | os.PathLike) -> None:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from lcr_sdk.errors import InputError, ModelError, require
 from lcr_sdk.fileio import sha256_file
-from lcr_sdk.manifest import PRECISIONS, sidecar_path, write_sidecar
+from lcr_sdk.manifest import DEFAULT_BATCH, PRECISIONS, manifest_for_checkpoint, sidecar_path, write_sidecar
 
 ENGINE_SUFFIXES = (".engine", ".plan")
 
@@ -32,7 +32,7 @@ def export_model(
     precision: str = "fp32",
     calib_dir: str | os.PathLike | None = None,
     trt: bool = False,
-    batch: tuple[int, int, int] = (1, 8, 32),
+    batch: tuple[int, int, int] = DEFAULT_BATCH,
     image_size: int | tuple[int, int] | None = None,
     verify: bool = True,
     verify_images: str | os.PathLike | None = None,
@@ -74,7 +74,7 @@ def export_model(
     """
     onnx = require("onnx", "export", "exporting a model")
     from lcr_sdk.export.data import find_images, load_images
-    from lcr_sdk.export.graph import check, embed_manifest, export_onnx, manifest_for
+    from lcr_sdk.export.graph import OPSET, check, embed_manifest, export_onnx
     from lcr_sdk.export.precision import to_fp16, to_int8
     from lcr_sdk.export.verify import format_report, verify_model
     from lcr_sdk.train.checkpoint import load_net
@@ -92,7 +92,8 @@ def export_model(
     onnx_out = out.with_suffix(".onnx")
 
     net, ckpt = load_net(checkpoint)  # ModelError for a missing, corrupt, foreign or newer checkpoint
-    manifest = manifest_for(ckpt, sha256_file(checkpoint), image_size, batch, precision)
+    manifest = manifest_for_checkpoint(ckpt["config"], sha256_file(checkpoint), image_size, batch, precision)
+    manifest = replace(manifest, opset=OPSET)
     calib = None
     if precision == "int8":  # read images before the slow work, so a bad folder fails fast
         calib, _ = load_images(find_images(calib_dir, "calibration", calib_images), manifest, "calibration")

@@ -27,6 +27,22 @@ RESIZE_RULES = ("short_side_center_crop", "stretch")
 # ImageNet statistics in RGB order on the 0..1 scale (torchvision's), used by every arch we ship.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+# Supported backbones -> embedding dimension D (channels of layer4). The training code builds exactly these.
+ARCH_DIMS = {"resnet18": 512, "resnet34": 512, "resnet50": 2048, "resnet101": 2048}
+DEFAULT_BATCH = (1, 8, 32)  # min, opt, max batch a model is declared (and a TensorRT engine optimised) for
+MIN_INPUT_SIDE = 32  # a ResNet downsamples by 32: smaller inputs leave no feature map
+
+
+def feature_size(height: int, width: int) -> tuple[int, int]:
+    """h, w of the layer4 feature map (and attention map) for an input size: ResNet stride 32, each stride-2 step
+    rounding up."""
+
+    def down(n: int) -> int:
+        for _ in range(5):
+            n = (n + 1) // 2
+        return n
+
+    return down(height), down(width)
 
 
 @dataclass
@@ -127,6 +143,57 @@ class Manifest:
         except json.JSONDecodeError as e:
             raise ModelError(f"{source} is not valid JSON ({e}); re-export the model to rewrite it") from e
         return cls.from_dict(d, source)
+
+
+def manifest_for_checkpoint(
+    config: dict[str, Any],
+    checkpoint_sha256: str,
+    image_size: int | tuple[int, int] | None = None,
+    batch: tuple[int, int, int] = DEFAULT_BATCH,
+    precision: str = "fp32",
+) -> Manifest:
+    """The manifest of a model made from a checkpoint's training ``config`` (never guessed from the weights).
+
+    Export writes it; the PyTorch backend uses the same one, so a ``.pt`` and its exported ``.onnx`` declare the
+    same input, outputs and batch range.
+
+    Args:
+        config: the checkpoint's ``config`` dict (arch, method, num_parts, image_size).
+        checkpoint_sha256: sha256 of the checkpoint file.
+        image_size: input side (or (H, W)); default the training ``image_size``.
+        batch: (min, opt, max) batch sizes.
+        precision: fp32, fp16 or int8.
+
+    Raises:
+        ModelError: an unknown arch or method, an input smaller than 32 px, or an invalid batch range.
+    """
+    arch, method = config.get("arch"), config.get("method")
+    if arch not in ARCH_DIMS:
+        raise ModelError(f"checkpoint arch {arch!r} is not one of {sorted(ARCH_DIMS)}; retrain or re-copy it")
+    if method not in METHODS:
+        raise ModelError(f"checkpoint method {method!r} is not one of {METHODS}; retrain or re-copy it")
+    size = image_size if image_size is not None else config.get("image_size", 224)
+    height, width = (size, size) if isinstance(size, int) else size
+    if min(height, width) < MIN_INPUT_SIDE:
+        raise ModelError(
+            f"image size {height}x{width} is too small for a ResNet (stride 32); use at least {MIN_INPUT_SIDE} px"
+        )
+    bmin, bopt, bmax = batch
+    if not 1 <= bmin <= bopt <= bmax:
+        raise ModelError(f"batch range min/opt/max {bmin}/{bopt}/{bmax} is invalid; need 1 <= min <= opt <= max")
+    return Manifest(
+        arch=arch,
+        method=method,
+        embedding_dim=ARCH_DIMS[arch],
+        num_parts=int(config.get("num_parts", 32)) if method == "lcr" else 0,
+        feature_size=feature_size(height, width),
+        input=InputSpec(height=height, width=width),
+        precision=precision,
+        batch_min=bmin,
+        batch_opt=bopt,
+        batch_max=bmax,
+        checkpoint_sha256=checkpoint_sha256,
+    )
 
 
 def sidecar_path(model_path: str | os.PathLike) -> Path:

@@ -6,7 +6,6 @@ import importlib.util
 from pathlib import Path
 
 import pytest
-from ckpt_helpers import make_checkpoint
 
 HAS_TORCH = importlib.util.find_spec("torch") is not None
 
@@ -60,11 +59,15 @@ def synth_root(tmp_path_factory) -> Path:
 def lcr_checkpoint(tmp_path_factory) -> Path:
     if not HAS_TORCH:
         pytest.skip("torch not installed")
-    return make_checkpoint(tmp_path_factory.mktemp("ckpt") / "lcr.pt", "lcr")
+    from lcr_sdk.train.checkpoint import random_init_checkpoint
+
+    return random_init_checkpoint(tmp_path_factory.mktemp("ckpt") / "lcr.pt", "lcr", num_parts=8)
 
 
 @pytest.fixture(scope="session")
 def moco_checkpoint(tmp_path_factory) -> Path:
     if not HAS_TORCH:
         pytest.skip("torch not installed")
-    return make_checkpoint(tmp_path_factory.mktemp("ckpt") / "moco.pt", "moco")
+    from lcr_sdk.train.checkpoint import random_init_checkpoint
+
+    return random_init_checkpoint(tmp_path_factory.mktemp("ckpt") / "moco.pt", "moco", num_parts=8)

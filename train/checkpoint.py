@@ -91,3 +91,40 @@ def load_net(path: str | os.PathLike):
     """Load a checkpoint file and return ``(net, ckpt)``."""
     ckpt = load_checkpoint(path)
     return build_net(ckpt), ckpt
+
+
+def random_init_checkpoint(
+    path: str | os.PathLike,
+    method: str = "lcr",
+    arch: str = "resnet18",
+    image_size: int = 64,
+    num_parts: int = 32,
+    seed: int = 0,
+    bn_batches: int = 3,
+) -> Path:
+    """Write a real checkpoint of a randomly initialised network: the "random init" row of every benchmark table,
+    and the small model tests and speed benchmarks export (speed does not depend on the weights).
+
+    BatchNorm running statistics come from ``bn_batches`` forward passes of random images, so activations have
+    realistic scales after BN folding (a fresh BN's mean 0 / var 1 would not).
+
+    Args:
+        path: where to write the ``.pt``.
+        method: 'lcr' or 'moco'.
+        arch: torchvision ResNet name.
+        image_size: the input side recorded in the config (what export uses).
+        num_parts: K of the GFB.
+        seed: torch seed for the weights and the BN batches.
+        bn_batches: forward passes (batch 8) that set the BN statistics; 0 keeps the fresh ones.
+    """
+    from lcr_sdk.train.model import LCRNet
+
+    torch.manual_seed(seed)
+    net = LCRNet(arch, method, num_parts)
+    net.train()
+    with torch.no_grad():
+        for _ in range(bn_batches):
+            net.parts(net.features(torch.randn(8, 3, image_size, image_size)))
+    net.eval()
+    config = {"arch": arch, "method": method, "num_parts": num_parts, "image_size": image_size, "seed": seed}
+    return save_checkpoint(path, {"config": config, "model": net.state_dict(), "metrics": {"random_init": True}})

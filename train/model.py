@@ -19,9 +19,9 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
-from lcr_sdk.manifest import IMAGENET_MEAN, IMAGENET_STD
+from lcr_sdk.manifest import ARCH_DIMS, IMAGENET_MEAN, IMAGENET_STD
 
-ARCHS = {"resnet18": 512, "resnet34": 512, "resnet50": 2048, "resnet101": 2048}
+ARCHS = ARCH_DIMS  # arch -> embedding dimension D
 METHODS = ("lcr", "moco")
 
 
@@ -147,17 +147,6 @@ class DeployModel(nn.Module):
         m = self.net.attention(f, p)  # N x h x w
         e = self.net.pool(f, m)  # N x C
         return (e, m) if p is None else (e, m, p)
-
-
-def feature_size(arch: str, height: int, width: int) -> tuple[int, int]:
-    """h, w of the layer4 map for an input size (ResNet: stride 32, rounding up at each stride-2 step)."""
-
-    def down(n: int) -> int:
-        for _ in range(5):
-            n = (n + 1) // 2
-        return n
-
-    return down(height), down(width)
 
 
 def torchvision_to_backbone(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -10,42 +10,14 @@ from __future__ import annotations
 
 import os
 import threading
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from lcr_sdk.backends.base import Backend
 from lcr_sdk.errors import InputError, require
 from lcr_sdk.fileio import sha256_file
-from lcr_sdk.manifest import InputSpec, Manifest
-
-DEFAULT_BATCH = (1, 8, 256)
-
-
-def manifest_from_checkpoint(
-    path: str | os.PathLike, ckpt: dict[str, Any], precision: str = "fp32", batch: tuple[int, int, int] = DEFAULT_BATCH
-) -> Manifest:
-    """The manifest a checkpoint's deploy model implies (its config, never guessed from weights)."""
-    from lcr_sdk.train.model import ARCHS, feature_size
-
-    cfg = ckpt["config"]
-    size = cfg["image_size"]
-    h, w = (size, size) if isinstance(size, int) else tuple(size)
-    num_parts = cfg.get("num_parts", 32) if cfg["method"] == "lcr" else 0
-    return Manifest(
-        arch=cfg["arch"],
-        method=cfg["method"],
-        embedding_dim=ARCHS[cfg["arch"]],
-        num_parts=num_parts,
-        feature_size=feature_size(cfg["arch"], h, w),
-        input=InputSpec(height=h, width=w),
-        precision=precision,
-        batch_min=batch[0],
-        batch_opt=batch[1],
-        batch_max=batch[2],
-        checkpoint_sha256=sha256_file(path),
-        model_file=Path(path).name,
-        extra={"source": "checkpoint"},
-    )
+from lcr_sdk.manifest import DEFAULT_BATCH, Manifest, manifest_for_checkpoint
 
 
 class TorchBackend(Backend):
@@ -55,6 +27,8 @@ class TorchBackend(Backend):
         fp16: run the network in float16 (CUDA only); outputs are float32.
         cuda_graph: replay a captured CUDA graph per batch size (CUDA only).
         compile: wrap the model in ``torch.compile``.
+        batch: (min, opt, max) batch range to declare (default the export default, so a ``.pt`` and its
+            exported model batch alike); :meth:`Embedder.embed` splits larger lists into chunks of max.
     """
 
     name = "torch"
@@ -64,7 +38,11 @@ class TorchBackend(Backend):
         require("torch", "train", "Running a .pt checkpoint")
         from lcr_sdk.train.checkpoint import load_checkpoint
 
-        return manifest_from_checkpoint(path, load_checkpoint(path), "fp16" if options.get("fp16") else "fp32")
+        ckpt = load_checkpoint(path)
+        precision = "fp16" if options.get("fp16") else "fp32"
+        batch = tuple(options.get("batch") or DEFAULT_BATCH)
+        manifest = manifest_for_checkpoint(ckpt["config"], sha256_file(path), batch=batch, precision=precision)  # type: ignore[arg-type]
+        return replace(manifest, model_file=Path(path).name, extra={"source": "checkpoint"})
 
     def load(self) -> None:
         torch = require("torch", "train", "Running a .pt checkpoint")

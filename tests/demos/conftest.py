@@ -6,7 +6,8 @@ from pathlib import Path
 
 import cv2
 import pytest
-from demo_helpers import export_onnx, to_frame, write_video
+from demo_helpers import to_frame, write_video
+from model_helpers import export_onnx
 
 
 @pytest.fixture(scope="session")

@@ -52,9 +52,9 @@ def test_export_without_images_skips_verification_with_a_note(lcr_checkpoint, tm
 
 
 def test_verify_exits_1_against_another_checkpoint(lcr_checkpoint, synth_root, tmp_path):
-    from ckpt_helpers import make_checkpoint
+    from lcr_sdk.train.checkpoint import random_init_checkpoint
 
-    other = make_checkpoint(tmp_path / "other.pt", seed=1)
+    other = random_init_checkpoint(tmp_path / "other.pt", num_parts=8, seed=1)
     r = _run("export", other, "--out", tmp_path / "other.onnx", "--no-verify")
     assert r.exit_code == 0, r.output
     r = _run("verify", tmp_path / "other.onnx", "-c", lcr_checkpoint, "-i", synth_root / "test", "--json")

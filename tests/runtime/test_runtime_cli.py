@@ -8,7 +8,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from rt_models import export_onnx
+from model_helpers import export_onnx
 from typer.testing import CliRunner
 
 from lcr_sdk.cli import app

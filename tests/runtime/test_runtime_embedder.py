@@ -12,7 +12,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from rt_models import export_onnx
+from model_helpers import export_onnx
 
 from lcr_sdk import Embedder
 from lcr_sdk.backends.onnxruntime import ProviderFallbackWarning

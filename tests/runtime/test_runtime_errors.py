@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from rt_models import export_onnx, strip_metadata
+from model_helpers import export_onnx, strip_metadata
 
 from lcr_sdk import Embedder
 from lcr_sdk.errors import InputError, MissingDependencyError, ModelError

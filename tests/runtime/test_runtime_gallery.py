@@ -204,7 +204,7 @@ def test_save_is_crash_safe(tmp_path):
 @pytest.mark.torch
 def test_leave_one_out_rank1_equals_retrieval_metrics(lcr_checkpoint, synth_root, tmp_path):
     """Acceptance: Rank-1 of each test image against all others through Gallery.search = retrieval_metrics."""
-    from rt_models import export_onnx, synth_images
+    from model_helpers import export_onnx, synth_images
 
     from lcr_sdk import Embedder
 

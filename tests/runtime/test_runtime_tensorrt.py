@@ -84,7 +84,7 @@ def _build_engine(onnx_path: Path, out: Path, batch: tuple[int, int, int]) -> Pa
 
 @pytest.fixture(scope="module")
 def engine(lcr_checkpoint, tmp_path_factory):
-    from rt_models import export_onnx
+    from model_helpers import export_onnx
 
     d = tmp_path_factory.mktemp("trt")
     return _build_engine(export_onnx(lcr_checkpoint, d / "lcr.onnx"), d / "lcr.engine", (1, 4, 8))

@@ -8,12 +8,13 @@ pytestmark = pytest.mark.torch
 def test_shapes_and_unit_embeddings():
     import torch
 
-    from lcr_sdk.train.model import DeployModel, LCRNet, feature_size
+    from lcr_sdk.manifest import feature_size
+    from lcr_sdk.train.model import DeployModel, LCRNet
 
     net = LCRNet("resnet18", "lcr", num_parts=8).eval()
     images = torch.randint(0, 256, (3, 64, 96, 3), dtype=torch.uint8)
     e, m, p = DeployModel(net)(images)
-    h, w = feature_size("resnet18", 64, 96)
+    h, w = feature_size(64, 96)
     assert e.shape == (3, 512) and m.shape == (3, h, w) and p.shape == (3, 8, h, w)
     assert torch.allclose(e.norm(dim=1), torch.ones(3), atol=1e-5)
     assert m.min() >= 0 and m.max() <= 1

@@ -1,7 +1,6 @@
-"""Test helper (not a test module): export a fixture checkpoint to ONNX with its manifest, once per session.
-
-Uses developer A's ``lcr_sdk.export.export_model`` (the real export pipeline: manifest in the sidecar and in the
-ONNX metadata_props), without its verification step, cached by arguments.
+"""Test helpers (not a test module), importable from every test folder: export a fixture checkpoint to ONNX once
+per session through the real export pipeline (manifest in the sidecar and in the ONNX metadata_props, no
+verification step), and small ONNX/data utilities.
 """
 
 from __future__ import annotations
