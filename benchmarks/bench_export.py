@@ -1,4 +1,4 @@
-"""Export benchmark (issue 3), ONNX Runtime on the CPU; prints markdown tables.
+"""Export benchmark, ONNX Runtime on the CPU; prints markdown tables.
 
 1. Cost of the folded GFB + min-max mask + weighted pooling over a plain backbone + average pool graph, per batch.
 2. Latency (batch 1) and throughput (batch 32) of the fp32, fp16 and int8 graphs, with verification figures.

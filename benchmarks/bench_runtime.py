@@ -1,4 +1,4 @@
-"""Runtime benchmarks (issue 4): SDK overhead of Embedder vs a bare ONNX Runtime session, and gallery search.
+"""Runtime benchmarks: SDK overhead of Embedder vs a bare ONNX Runtime session, and gallery search.
 
     .venv/bin/python benchmarks/bench_runtime.py overhead            # resnet18 at 112 px, batch 1 and 8, CPU
     .venv/bin/python benchmarks/bench_runtime.py gallery [--max-n 1000000]

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# The GPU checks of issue 2, in one call on a lent GPU machine (torch preinstalled there, no network):
+# The GPU checks, in one call on a GPU machine with torch preinstalled (no network needed):
 #   1. training step time of LCR over MoCo v2 on CUDA (bf16 autocast, channels_last), ResNet-18/112 and ResNet-50/224
 #   2. LCR vs MoCo v2 vs supervised on the synthetic benchmark, 3 seeds, then ablations while time remains
-# Results go to $OUT (the device tool copies them back). Run from the repository root:
+# Results go to $OUT (default /tmp/gpu_out). Run from the repository root:
 #   pip wheel --no-deps -w .whl .        (here: the package as a wheel; carry .whl to the device)
 #   bash benchmarks/gpu_checks.sh [BENCH_SECONDS]
 set -u

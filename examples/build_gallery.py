@@ -16,10 +16,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from tqdm import tqdm
-
-from lcr_sdk import DataError, Embedder, Gallery, LcrError
-from lcr_sdk.images import list_images
+from lcr_sdk import Embedder, Gallery, LcrError
+from lcr_sdk.gallery import build_from_folder
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -32,30 +30,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def labelled_images(root: Path) -> list[tuple[Path, str]]:
-    """``(image path, label)`` for every image in the label sub-folders of ``root``, sorted."""
-    if not root.is_dir():
-        raise DataError(f"image folder {root} does not exist; pass a folder with one sub-folder per label")
-    items = [(p, d.name) for d in sorted(root.iterdir()) if d.is_dir() for p in list_images(d)]
-    if not items:
-        raise DataError(f"{root} has no label sub-folders with images; expected {root}/<label>/<image>.jpg")
-    return items
-
-
 def build(model: Path, images: Path, out: Path, backend: str | None = None, batch: int = 16) -> Gallery:
     """Embed every labelled image under ``images`` and save the gallery to ``out``."""
-    items = labelled_images(images)
     with Embedder(model, backend=backend) as emb:
-        gallery = Gallery(emb.manifest.embedding_dim, model_sha256=emb.model_id)
-        for i in tqdm(range(0, len(items), batch), desc="embedding", unit="batch"):
-            chunk = items[i : i + batch]
-            rel = [p.relative_to(images).as_posix() for p, _ in chunk]
-            gallery.add(
-                emb.embed([p for p, _ in chunk]),
-                ids=rel,
-                labels=[label for _, label in chunk],
-                metadata=[{"path": r} for r in rel],
-            )
+        gallery = build_from_folder(emb, images, batch=batch, require_labels=True)
     out.parent.mkdir(parents=True, exist_ok=True)
     gallery.save(out)
     return gallery

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from lcr_sdk.errors import DataError, InputError
-from lcr_sdk.images import IMAGE_SUFFIXES, read_image, resize_to
+from lcr_sdk.images import IMAGE_SUFFIXES, list_images, read_image, resize_to
 from lcr_sdk.manifest import Manifest
 
 
@@ -23,7 +23,7 @@ def find_images(folder: str | os.PathLike, purpose: str, limit: int | None = Non
     folder = Path(folder)
     if not folder.is_dir():
         raise DataError(f"{purpose} folder {folder} does not exist or is not a folder; pass a folder of images")
-    paths = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    paths = list_images(folder, recursive=True)
     if not paths:
         raise DataError(
             f"{purpose} folder {folder} holds no image files ({', '.join(IMAGE_SUFFIXES)}); "

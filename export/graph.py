@@ -1,4 +1,4 @@
-"""Checkpoint -> one fp32 ONNX graph of :class:`lcr_sdk.train.model.DeployModel` (DESIGN.md section 2).
+"""Checkpoint -> one fp32 ONNX graph of :class:`lcr_sdk.train.model.DeployModel` (docs/DESIGN.md section 2).
 
 Exporter: ``torch.onnx.export(..., dynamo=False)``, the TorchScript exporter, at opset 17. In eval mode it folds
 every BatchNorm into the preceding convolution and folds constants; ``dynamic_axes`` gives a dynamic batch with a

@@ -7,17 +7,16 @@ checked and (by default) verified, so a failure at any step leaves nothing where
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
+from lcr_sdk.backends.base import ENGINE_SUFFIXES
 from lcr_sdk.errors import InputError, ModelError, require
-from lcr_sdk.fileio import sha256_file
+from lcr_sdk.fileio import fsync_file, sha256_file, staging_dir
 from lcr_sdk.manifest import DEFAULT_BATCH, PRECISIONS, manifest_for_checkpoint, sidecar_path, write_sidecar
 
-ENGINE_SUFFIXES = (".engine", ".plan")
+STAGING_PREFIX = ".lcr-export-"  # hidden build folder beside the output; a killed export's is removed next time
 
 
 def default_out_path(checkpoint: str | os.PathLike, precision: str, trt: bool) -> Path:
@@ -98,7 +97,7 @@ def export_model(
     if precision == "int8":  # read images before the slow work, so a bad folder fails fast
         calib, _ = load_images(find_images(calib_dir, "calibration", calib_images), manifest, "calibration")
 
-    with _staging(out.parent) as stage:
+    with staging_dir(out.parent, STAGING_PREFIX) as stage:
         fp32 = stage / "fp32.onnx"
         export_onnx(net, manifest, fp32)
         if precision == "int8":
@@ -152,7 +151,7 @@ def export_model(
 
         for model in staged:  # sidecar first: a model file in place always has its manifest beside it
             for src in (sidecar_path(model), model):
-                _fsync(src)
+                fsync_file(src)
                 os.replace(src, out.parent / src.name)
     say(f"wrote {out} and {sidecar_path(out).name}" + (f" (and {onnx_out.name})" if trt else ""))
     return out
@@ -166,27 +165,3 @@ def _verify(report: dict, model: Path, say: Callable[[str], None], format_report
             f"{report['cosine_min']:.5f}, Rank-1 agreement {report['rank1_agreement']:.3f}); it was not written. "
             "For int8 calibrate on more real images or another --calib-method; pass --no-verify to write it anyway"
         )
-
-
-def _fsync(path: Path) -> None:
-    with open(path, "rb+") as f:
-        os.fsync(f.fileno())
-
-
-class _staging:
-    """A hidden temporary folder in ``parent`` (same file system, so renames out of it are atomic); removed on exit."""
-
-    def __init__(self, parent: Path):
-        self.parent = parent
-
-    def __enter__(self) -> Path:
-        if not self.parent.is_dir():
-            raise InputError(f"output folder {self.parent} does not exist; create it first or choose another --out")
-        try:
-            self.path = Path(tempfile.mkdtemp(prefix=".lcr-export-", dir=self.parent))
-        except OSError as e:
-            raise InputError(f"cannot write to output folder {self.parent} ({e.strerror}); choose another --out") from e
-        return self.path
-
-    def __exit__(self, *exc) -> None:
-        shutil.rmtree(self.path, ignore_errors=True)

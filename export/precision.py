@@ -1,4 +1,4 @@
-"""fp32 ONNX -> fp16 or int8 (QDQ) ONNX (DESIGN.md section 3: the precision lives in the graph).
+"""fp32 ONNX -> fp16 or int8 (QDQ) ONNX (docs/DESIGN.md section 3: the precision lives in the graph).
 
 fp16: the convolutional trunk and the GFB convolution (Conv, Relu, MaxPool, Add) run in float16; the input
 preprocessing, the min-max mask, the mask-weighted pooling and the L2 norm stay float32, and so do the graph's

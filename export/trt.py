@@ -1,4 +1,4 @@
-"""ONNX -> TensorRT engine (DESIGN.md section 3), for TensorRT 10 (JetPack 6) and 11 alike.
+"""ONNX -> TensorRT engine (docs/DESIGN.md section 3), for TensorRT 10 (JetPack 6) and 11 alike.
 
 The network is STRONGLY_TYPED: the precision comes from the ONNX graph (fp32, fp16, or int8 QDQ), not from builder
 flags (TensorRT 11 removed FP16/INT8 flags and calibrators). One optimisation profile covers the manifest's batch

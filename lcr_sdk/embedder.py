@@ -1,4 +1,4 @@
-"""Embedder: images in, unit embeddings and part-attention maps out, on any backend (DESIGN.md section 2).
+"""Embedder: images in, unit embeddings and part-attention maps out, on any backend (docs/DESIGN.md section 2).
 
     from lcr_sdk import Embedder
     with Embedder("model.onnx") as emb:              # .engine -> TensorRT, .pt -> PyTorch
@@ -26,7 +26,7 @@ import numpy as np
 from lcr_sdk.backends.base import Backend, backend_for
 from lcr_sdk.errors import InputError, ModelError
 from lcr_sdk.fileio import sha256_file
-from lcr_sdk.images import heatmap_overlay, resize_to, to_bgr
+from lcr_sdk.images import crop_box, heatmap_overlay, resize_to, to_bgr
 from lcr_sdk.manifest import Manifest
 
 
@@ -83,16 +83,6 @@ class Attention:
             size = max(8, min(img.shape[:2]) // 12)
             cv2.drawMarker(out, (x, y), (255, 255, 255), cv2.MARKER_CROSS, size, max(1, size // 6))
         return out
-
-
-def _crop_box(h: int, w: int, height: int, width: int, rule: str) -> tuple[float, float, float, float]:
-    """The region (x0, y0, x1, y1) of an h x w image that the model sees after the manifest's resize rule."""
-    if rule == "stretch":
-        return 0.0, 0.0, float(w), float(h)
-    scale = max(height / h, width / w)
-    cw, ch = width / scale, height / scale
-    x0, y0 = (w - cw) / 2, (h - ch) / 2
-    return x0, y0, x0 + cw, y0 + ch
 
 
 def _to_image(maps: np.ndarray, h: int, w: int, box: tuple[float, float, float, float]) -> np.ndarray:
@@ -238,7 +228,7 @@ class Embedder:
         spec = self.manifest.input
         out = self._run_chunk(self.prepare(img)[None])
         h, w = img.shape[:2]
-        box = _crop_box(h, w, spec.height, spec.width, spec.resize)
+        box = crop_box(h, w, spec.height, spec.width, spec.resize)
         mask = _to_image(out["attention"][:1], h, w, box)[0]
         grid, peaks = None, []
         if "parts" in out:

@@ -1,49 +1,162 @@
-"""Crash-safe file writing: write to a temporary name in the same folder, then rename over the target."""
+"""Crash-safe file writing, the one implementation every part of the SDK uses.
+
+Rule: nothing is ever written in place. A file is written under a hidden temporary name in the same folder and
+renamed onto its target (:func:`atomic_path`); a set of files is built in a hidden staging folder and renamed into
+place (:func:`staging_dir`). A process killed at any moment leaves the old content or the new, never a mix.
+
+Everything written here gets the permissions a plain ``open()`` would give under the process umask (``0o666`` or
+``0o777`` minus the umask), not the ``0o600`` / ``0o700`` of :mod:`tempfile`, so a model or gallery made by one
+user can be read by the service user that runs it.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from lcr_sdk.errors import InputError
+
+
+def _umask() -> int:
+    mask = os.umask(0)  # the only portable way to read it: set and restore at once
+    os.umask(mask)
+    return mask
+
+
+def file_mode() -> int:
+    """Permissions a new file gets under the current umask (what ``open(path, "w")`` would give)."""
+    return 0o666 & ~_umask()
+
+
+def dir_mode() -> int:
+    """Permissions a new folder gets under the current umask (what ``os.mkdir`` would give)."""
+    return 0o777 & ~_umask()
+
+
+def fsync_file(path: str | os.PathLike[str]) -> None:
+    """Flush a file's content to disk."""
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
+
+
+def fsync_dir(path: str | os.PathLike[str]) -> None:
+    """Flush a folder's entries (renames into it) to disk; a no-op where folders cannot be opened."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _check_parent(path: Path) -> None:
+    if not path.parent.is_dir():
+        what = "is a file" if path.parent.exists() else "does not exist"
+        raise InputError(f"cannot write {path}: folder {path.parent} {what}; create the folder or choose another path")
+    if path.is_dir():
+        raise InputError(f"cannot write {path}: it is a folder; give a file name inside it")
+
 
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+def atomic_path(path: str | os.PathLike[str], fsync: bool = True, suffix: str = ".tmp") -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success it is fsynced and renamed onto ``path``.
 
-    On any exception the temporary file is removed and ``path`` is left as it was (old content or absent).
+    On any exception (Ctrl+C included) the temporary file is removed and ``path`` is left as it was (old content
+    or absent).
+
+    Args:
+        path: the file to (re)write.
+        fsync: flush to disk before the rename (off for frame streams, where a lost last frame does not matter).
+        suffix: ending of the temporary name; a writer that picks its format by extension (OpenCV's
+            VideoWriter) needs the target's, e.g. ``".partial.mp4"``.
+
+    Raises:
+        InputError: the folder does not exist, or ``path`` is a folder.
     """
     path = Path(path)
-    if not path.parent.exists():
-        raise FileNotFoundError(f"cannot write {path}: folder {path.parent} does not exist; create it first")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    _check_parent(path)
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
     os.close(fd)
-    tmp = Path(tmp)
+    tmp = Path(name)
     try:
+        os.chmod(tmp, file_mode())
         yield tmp
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
+        if fsync:
+            fsync_file(tmp)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
     """Write ``data`` to ``path`` atomically."""
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)
 
 
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
     """Write ``text`` (UTF-8) to ``path`` atomically."""
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
-def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def remove_stale_staging(parent: str | os.PathLike[str], prefix: str) -> list[Path]:
+    """Remove staging folders ``parent/{prefix}<pid>-*`` whose process is gone (left by a killed run).
+
+    Folders of live processes (a concurrent writer) are kept. Returns the folders removed.
+    """
+    removed = []
+    for p in Path(parent).glob(f"{prefix}*"):
+        pid = p.name[len(prefix) :].split("-", 1)[0]
+        if p.is_dir() and pid.isdigit() and not _pid_alive(int(pid)):
+            shutil.rmtree(p, ignore_errors=True)
+            removed.append(p)
+    return removed
+
+
+@contextlib.contextmanager
+def staging_dir(parent: str | os.PathLike[str], prefix: str) -> Iterator[Path]:
+    """A hidden folder ``parent/{prefix}<pid>-XXXX`` to build files in, removed on exit (whatever is left in it).
+
+    It is on the same file system as ``parent``, so renaming files (or the folder itself) out of it is atomic.
+    Leftovers of killed processes with the same prefix are removed first.
+
+    Raises:
+        InputError: ``parent`` does not exist or is not writable.
+    """
+    parent = Path(parent)
+    if not parent.is_dir():
+        raise InputError(f"output folder {parent} does not exist; create it first or choose another output path")
+    remove_stale_staging(parent, prefix)
+    try:
+        path = Path(tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-", dir=parent))
+        os.chmod(path, dir_mode())
+    except OSError as e:
+        raise InputError(f"cannot write to folder {parent} ({e.strerror}); choose another output path") from e
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
     """Hex sha256 of a file, read in chunks."""
     h = hashlib.sha256()
     with open(path, "rb") as f:

@@ -23,15 +23,14 @@ import os
 import re
 import shutil
 import sqlite3
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from lcr_sdk.errors import InputError, ModelError, require
-from lcr_sdk.fileio import atomic_write_text
+from lcr_sdk.errors import DataError, InputError, ModelError, require
+from lcr_sdk.fileio import atomic_write_text, fsync_dir, fsync_file, staging_dir
 
 FORMAT = "lcr-sdk-gallery"
 FORMAT_VERSION = 1
@@ -94,6 +93,7 @@ class Gallery:
         if index != "exact" and not index.startswith("faiss"):
             raise InputError(f"index={index!r} is not valid; use 'exact', 'faiss' or 'faiss:<factory>' (e.g. HNSW32)")
         self.dim, self.model_sha256, self.index = dim, model_sha256, index
+        self.image_root = ""  # folder the items' relative "path" metadata points into (build_from_folder), if any
         self._vectors = np.zeros((0, dim), np.float32)
         self._pending: list[np.ndarray] = []
         self._ids: list[str] = []
@@ -251,8 +251,7 @@ class Gallery:
         root.mkdir(parents=True, exist_ok=True)
         versions = [int(m.group(1)) for p in root.iterdir() if (m := _VERSION_DIR.match(p.name))]
         name = f"v{max(versions, default=0) + 1:06d}"
-        tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=root))
-        try:
+        with staging_dir(root, ".tmp-") as tmp:  # renamed to the version folder once complete
             np.save(tmp / "vectors.npy", np.ascontiguousarray(self.vectors, dtype=np.float32))
             with sqlite3.connect(tmp / "items.sqlite") as db:
                 db.execute(
@@ -274,19 +273,16 @@ class Gallery:
                 "model_sha256": self.model_sha256,
                 "index": self.index,
                 "next_id": self._next,
+                "image_root": self.image_root,
             }
             (tmp / "header.json").write_text(json.dumps(header, indent=2) + "\n", encoding="utf-8")
             for f in tmp.iterdir():
-                with open(f, "rb") as fh:
-                    os.fsync(fh.fileno())
-            _fsync_dir(tmp)
+                fsync_file(f)
+            fsync_dir(tmp)
             os.rename(tmp, root / name)
-            _fsync_dir(root)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+            fsync_dir(root)
         atomic_write_text(root / "CURRENT", name + "\n")  # the commit point
-        _fsync_dir(root)
+        fsync_dir(root)
         for p in root.iterdir():  # older versions and leftovers of interrupted saves
             if p.name != name and (_VERSION_DIR.match(p.name) or p.name.startswith(".tmp-")):
                 shutil.rmtree(p, ignore_errors=True)
@@ -325,19 +321,62 @@ class Gallery:
         g._meta = [json.loads(r[3]) for r in rows]
         g._pos = {i: r for r, i in enumerate(g._ids)}
         g._next = header.get("next_id", len(rows))
+        g.image_root = header.get("image_root", "")
         return g
 
     def __repr__(self) -> str:
         return f"Gallery({len(self)} x {self.dim}, index={self.index!r}, model={self.model_sha256[:12]!r})"
 
 
-def _fsync_dir(path: Path) -> None:
-    """Make a rename inside ``path`` durable (POSIX); a no-op where folders cannot be opened."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+def build_from_folder(
+    embedder: Any,
+    folder: str | os.PathLike[str],
+    index: str = "exact",
+    batch: int = 32,
+    progress: bool = True,
+    require_labels: bool = False,
+) -> Gallery:
+    """Embed every image of a labelled folder (``folder/<label>/*.jpg``, see :func:`lcr_sdk.images.labelled_images`)
+    into a new gallery: the one way the CLI, the examples and the quickstart build galleries.
+
+    Each item's id is its path relative to ``folder`` (POSIX form), its label the sub-folder name, and its metadata
+    ``{"path": <that relative path>}``; ``folder`` itself is kept as :attr:`Gallery.image_root`.
+
+    Args:
+        embedder: an :class:`~lcr_sdk.embedder.Embedder`.
+        folder: the labelled image folder.
+        index: the gallery's search index (see :class:`Gallery`).
+        batch: images per embed call.
+        progress: show a progress bar.
+        require_labels: refuse images directly in ``folder`` (no label sub-folder), for apps that show labels.
+
+    Raises:
+        InputError: ``batch`` < 1. DataError: no images in ``folder``, or unlabelled ones with ``require_labels``.
+    """
+    from tqdm import tqdm
+
+    from lcr_sdk.images import labelled_images
+
+    if not isinstance(batch, int) or batch < 1:
+        raise InputError(f"batch={batch!r} is not valid; pass a positive number of images per embed call, e.g. 32")
+    folder = Path(folder)
+    paths, labels = labelled_images(folder)
+    if require_labels and "" in labels:
+        raise DataError(
+            f"{folder} holds {labels.count('')} image(s) outside a label sub-folder (e.g. {paths[labels.index('')]}); "
+            f"expected {folder}/<label>/<image>.jpg: move each image into the folder named after its label"
+        )
+    gallery = Gallery(embedder.manifest.embedding_dim, model_sha256=embedder.model_id, index=index)
+    gallery.image_root = str(folder.resolve())
+    with tqdm(total=len(paths), desc="embedding", unit="img", disable=not progress) as bar:
+        for i in range(0, len(paths), batch):
+            chunk = paths[i : i + batch]
+            rel = [p.relative_to(folder).as_posix() for p in chunk]
+            gallery.add(
+                embedder.embed([str(p) for p in chunk]),
+                ids=rel,
+                labels=labels[i : i + batch],
+                metadata=[{"path": r} for r in rel],
+            )
+            bar.update(len(chunk))
+    return gallery

@@ -13,7 +13,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from lcr_sdk.errors import InputError
+from lcr_sdk.errors import DataError, InputError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
 _INTERP = {"linear": cv2.INTER_LINEAR, "area": cv2.INTER_AREA, "cubic": cv2.INTER_CUBIC, "nearest": cv2.INTER_NEAREST}
@@ -90,23 +90,44 @@ def to_bgr(image: Any, color: str = "bgr") -> np.ndarray:
     return np.ascontiguousarray(out)
 
 
+def _cover_scale(h: int, w: int, height: int, width: int) -> float:
+    """Scale at which an h x w image just covers height x width (the short side fits, the long side overhangs)."""
+    return max(height / h, width / w)
+
+
+def crop_box(
+    h: int, w: int, height: int, width: int, rule: str = "short_side_center_crop"
+) -> tuple[float, float, float, float]:
+    """The region ``(x0, y0, x1, y1)`` of an ``h x w`` image that becomes the ``height x width`` model input.
+
+    ``short_side_center_crop`` keeps the aspect ratio: the image is scaled to cover ``height x width`` and the
+    centre is cut out; ``stretch`` uses the whole image. :func:`resize_to` cuts this box, and
+    :class:`~lcr_sdk.embedder.Embedder` maps attention maps back onto it.
+    """
+    if rule == "stretch":
+        return 0.0, 0.0, float(w), float(h)
+    if rule != "short_side_center_crop":
+        raise InputError(f"resize rule {rule!r} is unknown; valid: short_side_center_crop, stretch")
+    scale = _cover_scale(h, w, height, width)
+    cw, ch = width / scale, height / scale
+    x0, y0 = (w - cw) / 2, (h - ch) / 2
+    return x0, y0, x0 + cw, y0 + ch
+
+
 def resize_to(
     image: np.ndarray, height: int, width: int, rule: str = "short_side_center_crop", interpolation: str = "linear"
 ) -> np.ndarray:
-    """Resize a BGR image to ``height x width`` by a manifest resize rule.
-
-    ``short_side_center_crop`` scales the image so it covers ``height x width`` and crops the centre (keeps the
-    aspect ratio); ``stretch`` resizes directly.
-    """
+    """Resize a BGR image to ``height x width`` by a manifest resize rule (the region :func:`crop_box` names)."""
     h, w = image.shape[:2]
-    interp = _INTERP[interpolation]
     if (h, w) == (height, width):
         return image
+    interp = _INTERP[interpolation]
     if rule == "stretch":
         return cv2.resize(image, (width, height), interpolation=interp)
     if rule != "short_side_center_crop":
         raise InputError(f"resize rule {rule!r} is unknown; valid: short_side_center_crop, stretch")
-    scale = max(height / h, width / w)
+    # Scale the whole image to cover height x width, then cut the centre: the box crop_box() describes.
+    scale = _cover_scale(h, w, height, width)
     nh, nw = max(height, round(h * scale)), max(width, round(w * scale))
     if (nh, nw) != (h, w):
         image = cv2.resize(image, (nw, nh), interpolation=interp)
@@ -114,9 +135,43 @@ def resize_to(
     return image[top : top + height, left : left + width]
 
 
-def list_images(folder: str | os.PathLike) -> list[Path]:
-    """Image files directly in ``folder``, sorted by name."""
-    return sorted(p for p in Path(folder).iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+def list_images(folder: str | os.PathLike[str], recursive: bool = False) -> list[Path]:
+    """Image files in ``folder`` (and its sub-folders with ``recursive``), sorted by path.
+
+    The one rule for "which files are images" (by suffix, :data:`IMAGE_SUFFIXES`, any case); hidden files and
+    folders (a leading ``.``, such as staging folders or editor backups) are left out.
+    """
+    folder = Path(folder)
+    found = folder.rglob("*") if recursive else folder.iterdir()
+    return sorted(
+        p
+        for p in found
+        if p.suffix.lower() in IMAGE_SUFFIXES
+        and not any(part.startswith(".") for part in p.relative_to(folder).parts)
+        and p.is_file()
+    )
+
+
+def labelled_images(folder: str | os.PathLike[str]) -> tuple[list[Path], list[str]]:
+    """Images of a labelled folder: ``folder/<label>/*`` (label = sub-folder name) and ``folder/*`` (label ``""``).
+
+    The layout galleries are built from (the ImageFolder layout of a data set split).
+
+    Raises:
+        DataError: ``folder`` is not a folder or holds no image.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DataError(f"{folder} is not a folder; pass a folder with one sub-folder of images per label")
+    paths = list_images(folder)
+    labels = [""] * len(paths)
+    for sub in sorted(d for d in folder.iterdir() if d.is_dir() and not d.name.startswith(".")):
+        found = list_images(sub)
+        paths += found
+        labels += [sub.name] * len(found)
+    if not paths:
+        raise DataError(f"no images in {folder} or its sub-folders; valid files end with {', '.join(IMAGE_SUFFIXES)}")
+    return paths, labels
 
 
 def heatmap_overlay(image: np.ndarray, heat: np.ndarray, alpha: float = 0.5) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""The manifest: the metadata that travels with every deployed model (DESIGN.md section 2).
+"""The manifest: the metadata that travels with every deployed model (docs/DESIGN.md section 2).
 
 It is written beside the model (``model.onnx.json``, ``model.engine.json``) and, for ONNX, also into the graph's
 ``metadata_props`` under the key ``lcr_sdk.manifest``. The runtime reads it and never guesses input size, colour
@@ -63,7 +63,7 @@ class InputSpec:
 
 @dataclass
 class Manifest:
-    """Everything a runtime needs to know about a deployed model. See DESIGN.md section 2."""
+    """Everything a runtime needs to know about a deployed model. See docs/DESIGN.md section 2."""
 
     arch: str
     method: str

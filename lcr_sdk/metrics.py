@@ -1,4 +1,4 @@
-"""Retrieval and classification metrics (numpy only), as DESIGN.md section 1 defines them.
+"""Retrieval and classification metrics (numpy only), as docs/DESIGN.md section 1 defines them.
 
 Leave-one-out retrieval: each test image queries all *other* test images by cosine similarity of unit embeddings.
 Ties in score are broken by gallery order (lower index first), the same rule ``Gallery.search`` uses, so both

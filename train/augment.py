@@ -1,4 +1,4 @@
-"""MoCo v2 augmentations on a whole batch at once, on the batch's device (DESIGN.md section 1).
+"""MoCo v2 augmentations on a whole batch at once, on the batch's device (docs/DESIGN.md section 1).
 
 Per-image torchvision transforms cost ~5-15 ms a view on a CPU core, which starves a GPU and takes a third of a
 2-core CPU step. Here every random choice is drawn per image, but the work is a few batched tensor ops:

@@ -1,4 +1,4 @@
-"""Checkpoints (DESIGN.md section 2): one dict, loadable with ``torch.load(path, weights_only=True)``.
+"""Checkpoints (docs/DESIGN.md section 2): one dict, loadable with ``torch.load(path, weights_only=True)``.
 
     {
       "format": "lcr-sdk-checkpoint", "format_version": 1, "sdk_version": "0.1.0",

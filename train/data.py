@@ -16,7 +16,7 @@ import torch
 from torch.utils.data import Dataset
 
 from lcr_sdk.errors import DataError
-from lcr_sdk.images import IMAGE_SUFFIXES, read_image, resize_to
+from lcr_sdk.images import IMAGE_SUFFIXES, list_images, read_image, resize_to
 
 CACHE_LIMIT_BYTES = 4 << 30  # keep decoded images in memory below this estimate
 
@@ -64,7 +64,7 @@ def scan_split(root: str | Path, split: str, on_bad: str = "skip", size: int | N
         raise DataError(f"{folder} has no class sub-folders; put each class's images in {folder}/<class>/")
     paths, labels = [], []
     for ci, name in enumerate(classes):
-        files = sorted(p for p in (folder / name).iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        files = list_images(folder / name)
         if not files:
             raise DataError(
                 f"class folder {folder / name} has no images ({', '.join(IMAGE_SUFFIXES)}); add images or remove it"

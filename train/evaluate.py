@@ -1,4 +1,4 @@
-"""Evaluation by the paper's protocol (DESIGN.md section 1), on the same graph that gets exported.
+"""Evaluation by the paper's protocol (docs/DESIGN.md section 1), on the same graph that gets exported.
 
 - Retrieval: leave-one-out on the test split, cosine of the embedding e: Rank-1, Rank-5, mAP.
 - kNN top-1: train split as memory, test split as queries.

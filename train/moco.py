@@ -1,4 +1,4 @@
-"""MoCo v2 with the LCR GradCAM fitting loss (DESIGN.md section 1).
+"""MoCo v2 with the LCR GradCAM fitting loss (docs/DESIGN.md section 1).
 
 MoCo v2: He et al. 2020 / Chen et al. 2020 (facebookresearch/moco builder.py). LCR: Shu et al., CVPR 2023.
 

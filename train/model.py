@@ -1,7 +1,7 @@
 """The deployable LCR network: ResNet trunk + GradCAM Fitting Branch (GFB) + mask-weighted pooling.
 
 Paper: Shu, van den Hengel, Liu, "Learning Common Rationale to Improve Self-Supervised Representation for
-Fine-Grained Visual Recognition Problems", CVPR 2023 (arXiv 2303.01669). DESIGN.md section 1.
+Fine-Grained Visual Recognition Problems", CVPR 2023 (arXiv 2303.01669). docs/DESIGN.md section 1.
 
 Pieces export and the runtime wrap (never re-implement):
     features(x)   -> F, B x C x h x w          (layer4 of the ResNet)

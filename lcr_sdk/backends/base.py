@@ -27,14 +27,8 @@ BACKENDS = {
     "torch": "lcr_sdk.backends.torch:TorchBackend",
 }
 # model file suffix -> backend name
-SUFFIXES = {
-    ".onnx": "onnxruntime",
-    ".engine": "tensorrt",
-    ".plan": "tensorrt",
-    ".trt": "tensorrt",
-    ".pt": "torch",
-    ".pth": "torch",
-}
+ENGINE_SUFFIXES = (".engine", ".plan", ".trt")  # what export writes and the runtime opens as a TensorRT engine
+SUFFIXES = {".onnx": "onnxruntime", **dict.fromkeys(ENGINE_SUFFIXES, "tensorrt"), ".pt": "torch", ".pth": "torch"}
 
 
 class Backend(ABC):

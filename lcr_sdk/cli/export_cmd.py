@@ -1,4 +1,4 @@
-"""`lcr-sdk export` and `lcr-sdk verify` (issue 3): thin commands over ``lcr_sdk.export``.
+"""`lcr-sdk export` and `lcr-sdk verify`: thin commands over ``lcr_sdk.export``.
 
 Nothing here imports torch at import time; the export package is imported inside the commands.
 """

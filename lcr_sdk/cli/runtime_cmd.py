@@ -1,8 +1,7 @@
-"""`lcr-sdk embed / gallery / attention / bench / info` (issue 4): thin commands over Embedder and Gallery."""
+"""`lcr-sdk embed / attention / bench / info`: thin commands over :class:`~lcr_sdk.embedder.Embedder`."""
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Annotated
@@ -10,16 +9,14 @@ from typing import Annotated
 import numpy as np
 import typer
 
-from lcr_sdk.errors import DataError, InputError
+from lcr_sdk.errors import InputError
 
 ModelArg = Annotated[Path, typer.Argument(help="Model: .onnx (ONNX Runtime), .engine/.plan (TensorRT) or .pt.")]
 BackendOpt = Annotated[str | None, typer.Option(help="Backend: onnxruntime, tensorrt or torch (default: by suffix).")]
 DeviceOpt = Annotated[str | None, typer.Option(help="Device: cpu, cuda, cuda:N (default: best available).")]
 
-gallery_app = typer.Typer(help="Galleries: embed a labelled image folder, search it.", no_args_is_help=True)
 
-
-def _embedder(model: Path, backend: str | None, device: str | None):
+def embedder_for(model: Path, backend: str | None, device: str | None):
     from lcr_sdk.embedder import Embedder
 
     return Embedder(model, backend=backend, device=device)
@@ -35,7 +32,7 @@ def embed(
     """Embed images with a model. Example: lcr-sdk embed model.onnx a.jpg b.jpg --out emb.npy"""
     from lcr_sdk.fileio import atomic_path
 
-    with _embedder(model, backend, device) as emb:
+    with embedder_for(model, backend, device) as emb:
         vectors = emb.embed([str(p) for p in images])
     if out is not None:
         with atomic_path(out) as tmp, open(tmp, "wb") as f:
@@ -44,82 +41,6 @@ def embed(
     else:
         for p, v in zip(images, vectors, strict=True):
             typer.echo(f"{p}  [{', '.join(f'{x:+.4f}' for x in v[:6])}, ...]  D={len(v)}")
-
-
-def _folder_images(folder: Path) -> tuple[list[Path], list[str]]:
-    """Images under ``folder``: ``folder/<label>/*`` (label = sub-folder name) and ``folder/*`` (no label)."""
-    from lcr_sdk.images import list_images
-
-    if not folder.is_dir():
-        raise DataError(f"{folder} is not a folder; pass a folder with one sub-folder of images per label")
-    paths, labels = [], []
-    for p in list_images(folder):
-        paths.append(p)
-        labels.append("")
-    for sub in sorted(d for d in folder.iterdir() if d.is_dir()):
-        for p in list_images(sub):
-            paths.append(p)
-            labels.append(sub.name)
-    if not paths:
-        raise DataError(f"no images in {folder} or its sub-folders; valid files end with .jpg, .png, ...")
-    return paths, labels
-
-
-@gallery_app.command("build")
-def gallery_build(
-    model: ModelArg,
-    folder: Annotated[Path, typer.Argument(help="Folder of images, one sub-folder per label.")],
-    out: Annotated[Path, typer.Option(help="Gallery folder to write (replaced crash-safely if it is a gallery).")],
-    index: Annotated[str, typer.Option(help="exact (numpy), faiss, or faiss:<factory> e.g. faiss:HNSW32.")] = "exact",
-    batch: Annotated[int, typer.Option(help="Images per embed call.")] = 32,
-    backend: BackendOpt = None,
-    device: DeviceOpt = None,
-):
-    """Embed a labelled folder into a gallery. Example: lcr-sdk gallery build model.onnx data/test --out gallery/"""
-    from tqdm import tqdm
-
-    from lcr_sdk.gallery import Gallery
-
-    paths, labels = _folder_images(folder)
-    with _embedder(model, backend, device) as emb:
-        g = Gallery(emb.manifest.embedding_dim, model_sha256=emb.model_id, index=index)
-        with tqdm(total=len(paths), desc="embedding", unit="img") as bar:
-            for i in range(0, len(paths), batch):
-                chunk = paths[i : i + batch]
-                g.add(
-                    emb.embed([str(p) for p in chunk]),
-                    ids=[p.relative_to(folder).as_posix() for p in chunk],
-                    labels=labels[i : i + batch],
-                    metadata=[{"path": str(p.resolve())} for p in chunk],
-                )
-                bar.update(len(chunk))
-    g.save(out)
-    typer.echo(f"gallery {out}: {len(g)} images, {len(set(labels))} labels, dim {g.dim}")
-
-
-@gallery_app.command("search")
-def gallery_search(
-    gallery: Annotated[Path, typer.Argument(help="Gallery folder written by `lcr-sdk gallery build`.")],
-    model: ModelArg,
-    image: Annotated[Path, typer.Argument(help="Query image.")],
-    k: Annotated[int, typer.Option("-k", "--k", help="Number of hits.")] = 5,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the hits as JSON.")] = False,
-    force: Annotated[bool, typer.Option(help="Search even if the gallery was built with another model.")] = False,
-    backend: BackendOpt = None,
-    device: DeviceOpt = None,
-):
-    """Find the gallery images nearest to a query. Example: lcr-sdk gallery search gallery/ model.onnx bird.jpg -k 5"""
-    from lcr_sdk.gallery import Gallery
-
-    g = Gallery.load(gallery)
-    with _embedder(model, backend, device) as emb:
-        hits = g.search(emb.embed(str(image)), k=k, model=emb, force=force)
-    if as_json:
-        typer.echo(json.dumps([h.__dict__ for h in hits], indent=2))
-        return
-    typer.echo(f"{'rank':>4}  {'score':>7}  {'label':<16}  id")
-    for r, h in enumerate(hits, 1):
-        typer.echo(f"{r:>4}  {h.score:7.4f}  {h.label:<16}  {h.id}")
 
 
 def attention(
@@ -137,7 +58,7 @@ def attention(
     from lcr_sdk.images import read_image
 
     img = read_image(image)
-    with _embedder(model, backend, device) as emb:
+    with embedder_for(model, backend, device) as emb:
         r = emb.attend(img)
     ok, data = cv2.imencode(out.suffix or ".png", r.overlay(img, part=part))
     if not ok:
@@ -199,7 +120,7 @@ def bench(
         raise InputError(f"--batch {batch!r} is not a comma-separated list of ints, e.g. 1,8,32") from None
     if not batches or min(batches) < 1:
         raise InputError(f"--batch {batch!r}: batch sizes must be >= 1")
-    with _embedder(model, backend, device) as emb:
+    with embedder_for(model, backend, device) as emb:
         m = emb.manifest
         typer.echo(
             f"{model}: backend {emb.backend_name}, provider {emb.provider}, {m.arch} {m.precision}, "
@@ -227,4 +148,3 @@ def register(app: typer.Typer) -> None:
     app.command()(attention)
     app.command()(bench)
     app.command()(info)
-    app.add_typer(gallery_app, name="gallery")

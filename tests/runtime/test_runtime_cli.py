@@ -58,7 +58,11 @@ def test_gallery_build_and_search(model, synth_root, tmp_path):
     hits = json.loads(r.output)
     assert len(hits) == 3 and hits[0]["id"] == f"{query.parent.name}/{query.name}"
     assert hits[0]["label"] == query.parent.name and hits[0]["score"] == pytest.approx(1.0, abs=1e-5)
-    assert hits[0]["metadata"]["path"] == str(query.resolve())
+    # the image's path is stored relative to the folder the gallery was built from, which the gallery records
+    assert hits[0]["metadata"]["path"] == query.relative_to(synth_root / "train").as_posix()
+    from lcr_sdk.gallery import Gallery
+
+    assert Gallery.load(g).image_root == str((synth_root / "train").resolve())
     table = _run("gallery", "search", g, model, query)
     assert table.exit_code == 0 and table.output.count("\n") == 6 and "score" in table.output
 

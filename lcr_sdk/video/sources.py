@@ -1,21 +1,7 @@
-"""Frame sources and sinks for the demos: cameras, streams, files and image folders in; windows and files out.
+"""Frame sources: cameras (USB/V4L2, Jetson CSI), network streams, video files, images, folders and globs.
 
-    from lcr_sdk.video import open_source, open_sink
-    with open_source("csi://0") as source, open_sink("display://0") as sink:
-        for frame in source:                  # Frame: .image (BGR uint8), .index, .timestamp, .ok
-            sink.render(frame.image)          # returns the key pressed in the window, or -1
-
-Source URIs: ``0`` or ``/dev/video0`` (USB/V4L2 camera), ``csi://0`` (Jetson CSI camera, GStreamer), ``rtsp://...``
-(also ``rtmp://``, ``http(s)://``), a video file (``clip.mp4``), an image file, a folder of images or a glob
-(``"imgs/*.jpg"``). Live sources (cameras, streams) are read on a background thread that keeps only the newest
-frame, so a slow consumer always gets current frames, and a dropped source is reopened with exponential backoff;
-meanwhile iteration yields placeholder frames (``ok=False``) that show the status. A file ends the iteration.
-
-Sink URIs: ``display://0`` (a window), ``out.mp4`` / ``.avi`` / ``.mkv`` (a video, finalised on close under a
-temporary name first), ``frames/`` (a folder of PNG frames), ``last.png`` (one image, overwritten each frame).
-
-Tests inject failures through ``opener``: a callable returning a :class:`Reader` (``read() -> image | None``,
-``close()``), called again to reconnect.
+Live sources are read on a background thread that keeps only the newest frame and reconnects with backoff; files
+are read on demand and end the iteration. See :func:`open_source` for the URI forms.
 """
 
 from __future__ import annotations
@@ -36,15 +22,14 @@ import numpy as np
 
 from lcr_sdk.errors import InputError
 from lcr_sdk.images import IMAGE_SUFFIXES, list_images, read_image
+from lcr_sdk.video.draw import draw_text, fit_frame
 
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".mov", ".m4v", ".webm", ".mpg", ".mpeg", ".ts", ".h264", ".h265")
 STREAM_SCHEMES = ("rtsp://", "rtsps://", "rtmp://", "http://", "https://")
-_FOURCC = {".mp4": "mp4v", ".m4v": "mp4v", ".mov": "mp4v", ".avi": "MJPG", ".mkv": "FFV1"}  # .mkv: lossless
 SOURCE_FORMS = (
     "0 | /dev/video0 (USB camera), csi://0 (Jetson CSI camera), rtsp://host/path, clip.mp4, image.jpg, "
     "a folder of images, 'glob/*.png'"
 )
-SINK_FORMS = "display://0 (window), out.mp4 | out.avi | out.mkv (video), frames/ (PNG folder), last.png (image)"
 
 
 @dataclass
@@ -107,7 +92,6 @@ class ImageListReader:
         self.pos = len(self.paths)
 
 
-# ----------------------------------------------------------------------------------------------------- sources
 class Source:
     """Frames from somewhere; iterate it, or call :meth:`read`. Close it (or use ``with``) when done."""
 
@@ -190,7 +174,7 @@ class FileSource(Source):
         if self._period:
             self._due += self._period
             time.sleep(max(0.0, self._due - time.monotonic()))
-        frame = Frame(_fit(image, self._size), self._index, time.monotonic())
+        frame = Frame(fit_frame(image, self._size), self._index, time.monotonic())
         self._index += 1
         return frame
 
@@ -468,242 +452,5 @@ def open_source(
     return FileSource(open_file, uri, size, fps, loop)
 
 
-def _fit(image: np.ndarray, size: tuple[int, int] | None) -> np.ndarray:
-    if size is None or (image.shape[1], image.shape[0]) == size:
-        return image
-    return cv2.resize(image, size, interpolation=cv2.INTER_AREA)
-
-
 def _short(e: BaseException) -> str:
     return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:120]
-
-
-# ------------------------------------------------------------------------------------------------------- sinks
-class Sink:
-    """Where rendered frames go. :meth:`render` returns the key pressed in a window (or -1)."""
-
-    def __init__(self, uri: str):
-        self.uri = uri
-        self.count = 0  # frames rendered
-        self.is_open = True  # False once closed, or a window was closed by the user
-        self.box: tuple[int, int, int, int] | None = None  # (x0, y0, x1, y1) drawn with the mouse in a window
-
-    def render(self, image: np.ndarray) -> int:
-        self.count += 1
-        return -1
-
-    def close(self) -> None:
-        self.is_open = False
-
-    def __enter__(self) -> Sink:
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        self.close()
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({self.uri!r}, frames={self.count})"
-
-
-class WindowSink(Sink):
-    """An OpenCV window; closing it (or pressing q / Esc, which the demos handle) ends the demo.
-
-    Dragging with the left mouse button draws :attr:`box` (in frame pixels); a right click clears it.
-    """
-
-    MIN_BOX = 16  # px; a smaller drag is a click, not a box
-
-    def __init__(self, uri: str, title: str = "lcr-sdk"):
-        super().__init__(uri)
-        self.title = title
-        self._drag: tuple[int, int] | None = None
-        cv2.namedWindow(title, cv2.WINDOW_NORMAL | cv2.WINDOW_KEEPRATIO)
-        cv2.setMouseCallback(title, self.on_mouse)
-
-    def on_mouse(self, event: int, x: int, y: int, flags: int = 0, param=None) -> None:
-        """OpenCV mouse callback: left drag sets :attr:`box`, right click clears it."""
-        if event == cv2.EVENT_LBUTTONDOWN:
-            self._drag = (x, y)
-        elif event == cv2.EVENT_LBUTTONUP and self._drag is not None:
-            (x0, y0), self._drag = self._drag, None
-            box = (min(x0, x), min(y0, y), max(x0, x), max(y0, y))
-            if box[2] - box[0] >= self.MIN_BOX and box[3] - box[1] >= self.MIN_BOX:
-                self.box = box
-        elif event == cv2.EVENT_RBUTTONDOWN:
-            self.box = None
-
-    def render(self, image: np.ndarray) -> int:
-        super().render(image)
-        cv2.imshow(self.title, image)
-        key = cv2.waitKey(1)
-        if cv2.getWindowProperty(self.title, cv2.WND_PROP_VISIBLE) < 1:
-            self.is_open = False
-        return key & 0xFF if key >= 0 else -1
-
-    def close(self) -> None:
-        if self.is_open or self.count:
-            cv2.destroyWindow(self.title)
-        super().close()
-
-
-class VideoFileSink(Sink):
-    """A video file written to a hidden temporary name and renamed to the final name on :meth:`close`.
-
-    A killed process leaves only ``.NAME.partial.EXT``; an exception inside ``with`` discards the partial file.
-    The writer opens at the first frame (its size fixes the video's); later frames of another size are resized.
-    """
-
-    def __init__(self, uri: str, path: Path, fps: float = 30.0):
-        super().__init__(uri)
-        self.path, self.fps = path, fps
-        self.tmp = path.with_name(f".{path.stem}.partial{path.suffix}")
-        self._writer: cv2.VideoWriter | None = None
-        self._size: tuple[int, int] | None = None
-
-    def render(self, image: np.ndarray) -> int:
-        if self._writer is None:
-            self._size = (image.shape[1], image.shape[0])
-            fourcc = _FOURCC.get(self.path.suffix.lower(), "mp4v")
-            self._writer = cv2.VideoWriter(str(self.tmp), cv2.VideoWriter_fourcc(*fourcc), self.fps, self._size)
-            if not self._writer.isOpened():
-                self._writer = None
-                raise InputError(
-                    f"OpenCV could not write {self.path} with codec {fourcc}; use .mp4, .avi or a "
-                    "folder of PNG frames (frames/)"
-                )
-        self._writer.write(_fit(image, self._size))
-        return super().render(image)
-
-    def close(self, keep: bool = True) -> None:
-        if self._writer is not None:
-            self._writer.release()
-            self._writer = None
-            if keep:
-                os.replace(self.tmp, self.path)
-            else:
-                self.tmp.unlink(missing_ok=True)
-        super().close()
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        self.close(keep=exc_type is None or issubclass(exc_type, KeyboardInterrupt))  # Ctrl+C keeps the video
-
-
-class FolderSink(Sink):
-    """PNG frames ``frame_000000.png`` ... in a folder (each written under a temporary name, then renamed)."""
-
-    def __init__(self, uri: str, folder: Path):
-        super().__init__(uri)
-        self.folder = folder
-        folder.mkdir(parents=True, exist_ok=True)
-
-    def render(self, image: np.ndarray) -> int:
-        _write_png(self.folder / f"frame_{self.count:06d}.png", image)
-        return super().render(image)
-
-
-class ImageFileSink(Sink):
-    """One image file, replaced by each frame (so it ends as the last frame)."""
-
-    def __init__(self, uri: str, path: Path):
-        super().__init__(uri)
-        self.path = path
-
-    def render(self, image: np.ndarray) -> int:
-        _write_png(self.path, image)
-        return super().render(image)
-
-
-def _write_png(path: Path, image: np.ndarray) -> None:
-    ok, data = cv2.imencode(path.suffix or ".png", image)
-    if not ok:
-        raise InputError(f"could not encode a frame of shape {image.shape} as {path.suffix}")
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data.tobytes())
-    os.replace(tmp, path)  # no fsync per frame: a frame stream is not worth one disk flush each
-
-
-def has_display() -> bool:
-    """Whether a window can open: a GUI-enabled OpenCV and, on Linux, an X11/Wayland display."""
-    gui = re.search(r"GUI:\s*(\S+)", cv2.getBuildInformation())
-    if gui and gui.group(1).upper() == "NONE":
-        return False
-    if sys.platform.startswith("linux"):
-        return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
-    return True
-
-
-def open_sink(
-    uri: str | os.PathLike | None = "display://0", headless: bool = False, fps: float = 30.0, title: str = "lcr-sdk"
-) -> Sink:
-    """Open a frame sink by URI (see the module docstring for the forms).
-
-    Args:
-        uri: ``display://0``, a video file, a folder (trailing ``/`` or no suffix), an image file; None or ``""``
-            means the display.
-        headless: never open a window: a display URI becomes a sink that only counts frames.
-        fps: frame rate written into a video file.
-        title: window title.
-
-    Raises:
-        InputError: a window was asked for where none can open, or the URI is not a valid sink.
-    """
-    uri = str(os.fspath(uri)) if uri else "display://0"
-    if uri == "display" or uri.startswith("display://"):
-        if headless:
-            return Sink(uri)
-        if not has_display():
-            raise InputError(
-                f"cannot open a window for {uri}: no display here (DISPLAY is not set, or this OpenCV has no GUI, "
-                "e.g. opencv-python-headless). Pass --headless and an output such as out.mp4 or frames/, or run on "
-                "the device's desktop (export DISPLAY=:0) / with ssh -X."
-            )
-        return WindowSink(uri, title)
-    path = Path(uri)
-    suffix = path.suffix.lower()
-    if suffix in VIDEO_SUFFIXES:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        return VideoFileSink(uri, path, fps)
-    if suffix in IMAGE_SUFFIXES:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        return ImageFileSink(uri, path)
-    if uri.endswith(("/", os.sep)) or path.is_dir() or not suffix:
-        return FolderSink(uri, path)
-    raise InputError(f"output {uri!r} has suffix {suffix!r}, which is not a sink; valid outputs: {SINK_FORMS}")
-
-
-# ----------------------------------------------------------------------------------------------- demo helpers
-def draw_text(
-    image: np.ndarray,
-    lines: list[str],
-    origin: tuple[int, int] = (8, 8),
-    scale: float = 0.55,
-    color: tuple[int, int, int] = (255, 255, 255),
-) -> np.ndarray:
-    """Draw lines of text on a dark box, in place, top-left at ``origin``; returns ``image``."""
-    font, thick = cv2.FONT_HERSHEY_SIMPLEX, 1
-    sizes = [cv2.getTextSize(t, font, scale, thick)[0] for t in lines]
-    if not sizes:
-        return image
-    step = max(h for _, h in sizes) + 8
-    x, y = origin
-    w = max(w for w, _ in sizes) + 10
-    cv2.rectangle(image, (x, y), (min(x + w, image.shape[1] - 1), y + step * len(lines) + 4), (0, 0, 0), -1)
-    for i, text in enumerate(lines):
-        cv2.putText(image, text, (x + 5, y + step * (i + 1) - 2), font, scale, color, thick, cv2.LINE_AA)
-    return image
-
-
-class FpsMeter:
-    """Frames per second of a loop, smoothed over recent frames (exponential moving average)."""
-
-    def __init__(self, smoothing: float = 0.9):
-        self.smoothing, self.fps, self._last = smoothing, 0.0, None
-
-    def tick(self) -> float:
-        """Call once per frame; returns the smoothed rate."""
-        now = time.perf_counter()
-        if self._last is not None and now > self._last:
-            rate = 1.0 / (now - self._last)
-            self.fps = rate if self.fps == 0 else self.smoothing * self.fps + (1 - self.smoothing) * rate
-        self._last = now
-        return self.fps

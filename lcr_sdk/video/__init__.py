@@ -1,0 +1,78 @@
+"""Frame sources and sinks for the demos: cameras, streams, files and image folders in; windows and files out.
+
+    from lcr_sdk.video import open_source, open_sink
+    with open_source("csi://0") as source, open_sink("display://0") as sink:
+        for frame in source:                  # Frame: .image (BGR uint8), .index, .timestamp, .ok
+            sink.render(frame.image)          # returns the key pressed in the window, or -1
+
+Source URIs: ``0`` or ``/dev/video0`` (USB/V4L2 camera), ``csi://0`` (Jetson CSI camera, GStreamer), ``rtsp://...``
+(also ``rtmp://``, ``http(s)://``), a video file (``clip.mp4``), an image file, a folder of images or a glob
+(``"imgs/*.jpg"``). Live sources (cameras, streams) are read on a background thread that keeps only the newest
+frame, so a slow consumer always gets current frames, and a dropped source is reopened with exponential backoff;
+meanwhile iteration yields placeholder frames (``ok=False``) that show the status. A file ends the iteration.
+
+Sink URIs: ``display://0`` (a window), ``out.mp4`` / ``.avi`` / ``.mkv`` (a video, finalised on close under a
+temporary name first), ``frames/`` (a folder of PNG frames), ``last.png`` (one image, overwritten each frame).
+
+The package has three parts: :mod:`~lcr_sdk.video.sources` (frames in), :mod:`~lcr_sdk.video.sinks` (frames out)
+and :mod:`~lcr_sdk.video.draw` (text, frame rate, resizing for the demos' overlays).
+
+Tests inject failures through ``opener``: a callable returning a :class:`Reader` (``read() -> image | None``,
+``close()``), called again to reconnect.
+"""
+
+from lcr_sdk.video.draw import FpsMeter, draw_text, fit_frame
+from lcr_sdk.video.sinks import (
+    SINK_FORMS,
+    FolderSink,
+    ImageFileSink,
+    Sink,
+    VideoFileSink,
+    WindowSink,
+    has_display,
+    open_sink,
+)
+from lcr_sdk.video.sources import (
+    SOURCE_FORMS,
+    STREAM_SCHEMES,
+    VIDEO_SUFFIXES,
+    CaptureReader,
+    FileSource,
+    Frame,
+    ImageListReader,
+    LiveSource,
+    Opener,
+    Reader,
+    Source,
+    csi_pipeline,
+    has_gstreamer,
+    open_source,
+)
+
+__all__ = [
+    "SINK_FORMS",
+    "SOURCE_FORMS",
+    "STREAM_SCHEMES",
+    "VIDEO_SUFFIXES",
+    "CaptureReader",
+    "FileSource",
+    "FolderSink",
+    "FpsMeter",
+    "Frame",
+    "ImageFileSink",
+    "ImageListReader",
+    "LiveSource",
+    "Opener",
+    "Reader",
+    "Sink",
+    "Source",
+    "VideoFileSink",
+    "WindowSink",
+    "csi_pipeline",
+    "draw_text",
+    "fit_frame",
+    "has_display",
+    "has_gstreamer",
+    "open_sink",
+    "open_source",
+]

@@ -1,0 +1,217 @@
+"""Frame sinks: a window, a video file, a folder of PNG frames or one image; every file is written under a
+temporary name and renamed into place (:mod:`lcr_sdk.fileio`). See :func:`open_sink` for the URI forms.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from lcr_sdk.errors import InputError
+from lcr_sdk.fileio import atomic_path
+from lcr_sdk.images import IMAGE_SUFFIXES
+from lcr_sdk.video.draw import fit_frame
+from lcr_sdk.video.sources import VIDEO_SUFFIXES
+
+_FOURCC = {".mp4": "mp4v", ".m4v": "mp4v", ".mov": "mp4v", ".avi": "MJPG", ".mkv": "FFV1"}  # .mkv: lossless
+SINK_FORMS = "display://0 (window), out.mp4 | out.avi | out.mkv (video), frames/ (PNG folder), last.png (image)"
+
+
+class Sink:
+    """Where rendered frames go. :meth:`render` returns the key pressed in a window (or -1)."""
+
+    def __init__(self, uri: str):
+        self.uri = uri
+        self.count = 0  # frames rendered
+        self.is_open = True  # False once closed, or a window was closed by the user
+        self.box: tuple[int, int, int, int] | None = None  # (x0, y0, x1, y1) drawn with the mouse in a window
+
+    def render(self, image: np.ndarray) -> int:
+        self.count += 1
+        return -1
+
+    def close(self) -> None:
+        self.is_open = False
+
+    def __enter__(self) -> Sink:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.uri!r}, frames={self.count})"
+
+
+class WindowSink(Sink):
+    """An OpenCV window; closing it (or pressing q / Esc, which the demos handle) ends the demo.
+
+    Dragging with the left mouse button draws :attr:`box` (in frame pixels); a right click clears it.
+    """
+
+    MIN_BOX = 16  # px; a smaller drag is a click, not a box
+
+    def __init__(self, uri: str, title: str = "lcr-sdk"):
+        super().__init__(uri)
+        self.title = title
+        self._drag: tuple[int, int] | None = None
+        cv2.namedWindow(title, cv2.WINDOW_NORMAL | cv2.WINDOW_KEEPRATIO)
+        cv2.setMouseCallback(title, self.on_mouse)
+
+    def on_mouse(self, event: int, x: int, y: int, flags: int = 0, param=None) -> None:
+        """OpenCV mouse callback: left drag sets :attr:`box`, right click clears it."""
+        if event == cv2.EVENT_LBUTTONDOWN:
+            self._drag = (x, y)
+        elif event == cv2.EVENT_LBUTTONUP and self._drag is not None:
+            (x0, y0), self._drag = self._drag, None
+            box = (min(x0, x), min(y0, y), max(x0, x), max(y0, y))
+            if box[2] - box[0] >= self.MIN_BOX and box[3] - box[1] >= self.MIN_BOX:
+                self.box = box
+        elif event == cv2.EVENT_RBUTTONDOWN:
+            self.box = None
+
+    def render(self, image: np.ndarray) -> int:
+        super().render(image)
+        cv2.imshow(self.title, image)
+        key = cv2.waitKey(1)
+        if cv2.getWindowProperty(self.title, cv2.WND_PROP_VISIBLE) < 1:
+            self.is_open = False
+        return key & 0xFF if key >= 0 else -1
+
+    def close(self) -> None:
+        if self.is_open or self.count:
+            cv2.destroyWindow(self.title)
+        super().close()
+
+
+class VideoFileSink(Sink):
+    """A video file written to a hidden temporary name and renamed to the final name on :meth:`close`.
+
+    A killed process leaves only a hidden ``.NAME.XXXX.partial.EXT``; an exception inside ``with`` discards it.
+    The writer opens at the first frame (its size fixes the video's); later frames of another size are resized.
+    """
+
+    def __init__(self, uri: str, path: Path, fps: float = 30.0):
+        super().__init__(uri)
+        self.path, self.fps = path, fps
+        self._commit = atomic_path(path, suffix=f".partial{path.suffix}")  # the extension picks the container
+        self.tmp = self._commit.__enter__()
+        self._writer: cv2.VideoWriter | None = None
+        self._size: tuple[int, int] | None = None
+
+    def render(self, image: np.ndarray) -> int:
+        if self._writer is None:
+            self._size = (image.shape[1], image.shape[0])
+            fourcc = _FOURCC.get(self.path.suffix.lower(), "mp4v")
+            self._writer = cv2.VideoWriter(str(self.tmp), cv2.VideoWriter_fourcc(*fourcc), self.fps, self._size)
+            if not self._writer.isOpened():
+                self._writer = None
+                raise InputError(
+                    f"OpenCV could not write {self.path} with codec {fourcc}; use .mp4, .avi or a "
+                    "folder of PNG frames (frames/)"
+                )
+        self._writer.write(fit_frame(image, self._size))
+        return super().render(image)
+
+    def close(self, keep: bool = True) -> None:
+        """Finish the file and rename it into place (``keep=False``, or no frame written: remove it)."""
+        if self.is_open:
+            wrote = self._writer is not None
+            if wrote:
+                self._writer.release()
+                self._writer = None
+            if keep and wrote:
+                self._commit.__exit__(None, None, None)
+            else:
+                self._commit.__exit__(InterruptedError, InterruptedError("discarded"), None)
+        super().close()
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.close(keep=exc_type is None or issubclass(exc_type, KeyboardInterrupt))  # Ctrl+C keeps the video
+
+
+class FolderSink(Sink):
+    """PNG frames ``frame_000000.png`` ... in a folder (each written under a temporary name, then renamed)."""
+
+    def __init__(self, uri: str, folder: Path):
+        super().__init__(uri)
+        self.folder = folder
+        folder.mkdir(parents=True, exist_ok=True)
+
+    def render(self, image: np.ndarray) -> int:
+        _write_png(self.folder / f"frame_{self.count:06d}.png", image)
+        return super().render(image)
+
+
+class ImageFileSink(Sink):
+    """One image file, replaced by each frame (so it ends as the last frame)."""
+
+    def __init__(self, uri: str, path: Path):
+        super().__init__(uri)
+        self.path = path
+
+    def render(self, image: np.ndarray) -> int:
+        _write_png(self.path, image)
+        return super().render(image)
+
+
+def _write_png(path: Path, image: np.ndarray) -> None:
+    ok, data = cv2.imencode(path.suffix or ".png", image)
+    if not ok:
+        raise InputError(f"could not encode a frame of shape {image.shape} as {path.suffix}")
+    with atomic_path(path, fsync=False) as tmp:  # no fsync per frame: not worth one disk flush each
+        tmp.write_bytes(data.tobytes())
+
+
+def has_display() -> bool:
+    """Whether a window can open: a GUI-enabled OpenCV and, on Linux, an X11/Wayland display."""
+    gui = re.search(r"GUI:\s*(\S+)", cv2.getBuildInformation())
+    if gui and gui.group(1).upper() == "NONE":
+        return False
+    if sys.platform.startswith("linux"):
+        return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
+    return True
+
+
+def open_sink(
+    uri: str | os.PathLike | None = "display://0", headless: bool = False, fps: float = 30.0, title: str = "lcr-sdk"
+) -> Sink:
+    """Open a frame sink by URI (see the module docstring for the forms).
+
+    Args:
+        uri: ``display://0``, a video file, a folder (trailing ``/`` or no suffix), an image file; None or ``""``
+            means the display.
+        headless: never open a window: a display URI becomes a sink that only counts frames.
+        fps: frame rate written into a video file.
+        title: window title.
+
+    Raises:
+        InputError: a window was asked for where none can open, or the URI is not a valid sink.
+    """
+    uri = str(os.fspath(uri)) if uri else "display://0"
+    if uri == "display" or uri.startswith("display://"):
+        if headless:
+            return Sink(uri)
+        if not has_display():
+            raise InputError(
+                f"cannot open a window for {uri}: no display here (DISPLAY is not set, or this OpenCV has no GUI, "
+                "e.g. opencv-python-headless). Pass --headless and an output such as out.mp4 or frames/, or run on "
+                "the device's desktop (export DISPLAY=:0) / with ssh -X."
+            )
+        return WindowSink(uri, title)
+    path = Path(uri)
+    suffix = path.suffix.lower()
+    if suffix in VIDEO_SUFFIXES:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return VideoFileSink(uri, path, fps)
+    if suffix in IMAGE_SUFFIXES:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return ImageFileSink(uri, path)
+    if uri.endswith(("/", os.sep)) or path.is_dir() or not suffix:
+        return FolderSink(uri, path)
+    raise InputError(f"output {uri!r} has suffix {suffix!r}, which is not a sink; valid outputs: {SINK_FORMS}")
