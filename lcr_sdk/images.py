@@ -20,8 +20,23 @@ _INTERP = {"linear": cv2.INTER_LINEAR, "area": cv2.INTER_AREA, "cubic": cv2.INTE
 MIN_SIDE = 8  # smaller images carry no usable detail
 
 
-def read_image(path: str | os.PathLike) -> np.ndarray:
-    """Read an image file as uint8 BGR H x W x 3; raise :class:`InputError` if missing or not an image."""
+_REDUCED = {2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4, 8: cv2.IMREAD_REDUCED_COLOR_8}
+REDUCED_DECODE_BYTES = 1 << 20  # files smaller than this decode fully (fast anyway)
+
+
+def read_image(path: str | os.PathLike[str], min_size: tuple[int, int] | None = None) -> np.ndarray:
+    """Read an image file as uint8 BGR H x W x 3.
+
+    Args:
+        path: an image file OpenCV reads (:data:`IMAGE_SUFFIXES`).
+        min_size: ``(height, width)`` the caller needs at least, e.g. the model input. A large file is then decoded
+            at 1/2, 1/4 or 1/8 of its size (``cv2.IMREAD_REDUCED_COLOR_*``; JPEG decodes straight to the smaller
+            size) as long as both sides stay >= ``min_size``, so a 20000 x 20000 photo never needs 1.2 GB of
+            pixels to make a 224 px input. Without it the full image is decoded.
+
+    Raises:
+        InputError: the file is missing, a folder, not a decodable image, or smaller than 8 px on a side.
+    """
     p = Path(path)
     if not p.exists():
         raise InputError(
@@ -30,22 +45,43 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     if p.is_dir():
         raise InputError(f"{p} is a folder, not an image file")
     data = np.fromfile(p, dtype=np.uint8)
-    img = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
+    img = _decode(data, min_size) if data.size else None
     if img is None:
         raise InputError(
             f"{p} ({data.size} bytes) could not be decoded as an image; valid inputs are image files OpenCV reads "
             f"({', '.join(IMAGE_SUFFIXES)}); re-save or remove it"
         )
+    if min(img.shape[:2]) < MIN_SIDE:
+        raise InputError(
+            f"{p} is a {img.shape[1]}x{img.shape[0]} image, too small to embed; each side must be >= {MIN_SIDE} px"
+        )
     return img
 
 
-def to_bgr(image: Any, color: str = "bgr") -> np.ndarray:
+def _decode(data: np.ndarray, min_size: tuple[int, int] | None) -> np.ndarray | None:
+    """Decode, at the largest reduction that keeps both sides >= ``min_size`` (see :func:`read_image`)."""
+    if min_size is None or data.size < REDUCED_DECODE_BYTES:
+        return cv2.imdecode(data, cv2.IMREAD_COLOR)
+    small = cv2.imdecode(data, _REDUCED[8])  # cheap, and tells the size (to within 8 px)
+    if small is None:
+        return None
+    need_h, need_w = min_size
+    full_h, full_w = small.shape[0] * 8, small.shape[1] * 8
+    for factor in (8, 4, 2):
+        # OpenCV rounds reduced sides up; the estimate above may overshoot by < 8 px, so keep a factor's margin
+        if (full_h - 8) // factor >= need_h and (full_w - 8) // factor >= need_w:
+            return small if factor == 8 else cv2.imdecode(data, _REDUCED[factor])
+    return cv2.imdecode(data, cv2.IMREAD_COLOR)
+
+
+def to_bgr(image: Any, color: str = "bgr", min_size: tuple[int, int] | None = None) -> np.ndarray:
     """Bring one image to a uint8 BGR H x W x 3 array.
 
     Args:
         image: an OpenCV BGR uint8 H x W x 3 array (default), an RGB array with ``color="rgb"``, a grayscale
             H x W (or H x W x 1) array, a BGRA/RGBA H x W x 4 array, a file path, or a PIL image.
         color: channel order of a 3/4-channel array: ``"bgr"`` (OpenCV) or ``"rgb"``.
+        min_size: for a file path, the ``(height, width)`` needed at least (see :func:`read_image`).
 
     Raises:
         InputError: naming what was given and what is valid.
@@ -55,7 +91,7 @@ def to_bgr(image: Any, color: str = "bgr") -> np.ndarray:
     if image is None:
         raise InputError("image is None (cv2.imread returns None for a missing or unreadable file); check the path")
     if isinstance(image, (str, os.PathLike)):
-        return read_image(image)
+        return read_image(image, min_size)
     if type(image).__module__.startswith("PIL."):
         image, color = np.asarray(image.convert("RGB")), "rgb"
     if not isinstance(image, np.ndarray):
