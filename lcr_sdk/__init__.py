@@ -28,7 +28,7 @@ _LAZY = {
 __all__ = ["__version__", "LcrError", "InputError", "DataError", "ModelError", "MissingDependencyError", *_LAZY]
 
 
-def __getattr__(name: str):
+def __getattr__(name: str) -> object:
     if name in _LAZY:
         return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'lcr_sdk' has no attribute {name!r}")

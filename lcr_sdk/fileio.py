@@ -91,6 +91,11 @@ def atomic_path(path: str | os.PathLike[str], fsync: bool = True, suffix: str = 
         if fsync:
             fsync_file(tmp)
         os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        if e.filename == str(tmp) or e.filename is None:  # name the file the caller asked for, not our temp name
+            raise OSError(e.errno, e.strerror or str(e), str(path)) from e
+        raise
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

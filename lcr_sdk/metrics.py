@@ -9,6 +9,7 @@ mAP (counted in ``unanswerable``).
 from __future__ import annotations
 
 import numpy as np
+import numpy.typing as npt
 
 
 def ranking(scores: np.ndarray) -> np.ndarray:
@@ -27,7 +28,9 @@ def average_precision(relevant_in_rank_order: np.ndarray) -> float:
     return float(precision_at_hits.sum() / n_rel)
 
 
-def retrieval_metrics(embeddings: np.ndarray, labels, ks: tuple[int, ...] = (1, 5)) -> dict[str, float]:
+def retrieval_metrics(
+    embeddings: npt.ArrayLike, labels: npt.ArrayLike, ks: tuple[int, ...] = (1, 5)
+) -> dict[str, float]:
     """Leave-one-out Rank-k and mAP of unit embeddings (N x D) with class labels (N,).
 
     Returns:
@@ -56,13 +59,19 @@ def retrieval_metrics(embeddings: np.ndarray, labels, ks: tuple[int, ...] = (1, 
 
 
 def knn_top1(
-    train_emb: np.ndarray, train_labels, test_emb: np.ndarray, test_labels, k: int = 20, temperature: float = 0.07
+    train_emb: npt.ArrayLike,
+    train_labels: npt.ArrayLike,
+    test_emb: npt.ArrayLike,
+    test_labels: npt.ArrayLike,
+    k: int = 20,
+    temperature: float = 0.07,
 ) -> float:
     """Weighted kNN classification top-1 (Wu et al. 2018): vote of the k nearest train items, weight exp(s/T)."""
     train_labels, test_labels = np.asarray(train_labels), np.asarray(test_labels)
+    train_emb, test_emb = np.asarray(train_emb, np.float32), np.asarray(test_emb, np.float32)
     classes, train_idx = np.unique(train_labels, return_inverse=True)
     k = min(k, len(train_emb))
-    scores = np.asarray(test_emb, np.float32) @ np.asarray(train_emb, np.float32).T
+    scores = test_emb @ train_emb.T
     top = ranking(scores)[:, :k]
     weights = np.exp(np.take_along_axis(scores, top, axis=1) / temperature)
     votes = np.zeros((len(test_emb), len(classes)))

@@ -3,11 +3,27 @@
 One module per command group registers its commands on the shared app. No module here imports torch at import
 time, so ``lcr-sdk --help`` lists every command on a torch-free install; a command that needs torch fails with
 the pip extra to install.
+
+Exit codes, the same for every command (scripts may rely on them):
+
+    0    success
+    1    the input was wrong or could not be processed (a bad file, option value, model or data set; a full
+         disk): one line on stderr, ``Error: <what was given>; <what is valid / how to fix it>``
+    2    usage error: an unknown command or option, a missing argument (typer/click's own message)
+    130  interrupted by Ctrl+C or SIGTERM; whatever was being written is left as it was before the command
+
+``--debug`` (or ``LCR_SDK_DEBUG=1``) shows the full traceback instead of the one line.
 """
 
 from __future__ import annotations
 
+import errno
 import os
+import shutil
+import signal
+from pathlib import Path
+from types import FrameType
+from typing import Any
 
 import typer
 from typer.core import TyperGroup
@@ -15,20 +31,45 @@ from typer.core import TyperGroup
 from lcr_sdk._version import __version__
 from lcr_sdk.errors import LcrError
 
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 _state = {"debug": bool(os.environ.get("LCR_SDK_DEBUG"))}
 
 
-class _Group(TyperGroup):
-    """Turns a domain error (:class:`LcrError`) into one line on stderr and exit code 1; ``--debug`` re-raises."""
+def os_error_line(e: OSError) -> str:
+    """One line for an operating-system error: what failed, on which path, and (disk full) how much space is left."""
+    name = e.filename or ""
+    what = f"{e.strerror or e} ({name})" if name else str(e.strerror or e)
+    if e.errno in (errno.ENOSPC, errno.EDQUOT) and name:
+        folder = Path(name).parent if not Path(name).is_dir() else Path(name)
+        try:
+            free = shutil.disk_usage(folder).free
+            what += f"; {free / 1e6:.1f} MB free on {folder}: free space or write elsewhere"
+        except OSError:
+            what += ": free space or write elsewhere"
+    elif e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        what += ": choose a path you may write, or fix its permissions"
+    return what
 
-    def invoke(self, ctx):
+
+class _Group(TyperGroup):
+    """Turns errors into one line on stderr and the documented exit code; ``--debug`` re-raises."""
+
+    def invoke(self, ctx: Any) -> Any:
         try:
             return super().invoke(ctx)
         except LcrError as e:
-            if _state["debug"]:
-                raise
-            typer.secho(f"Error: {e}", err=True, fg=typer.colors.RED)
-            raise typer.Exit(1) from None
+            _fail(e, f"Error: {e}", EXIT_ERROR)
+        except KeyboardInterrupt as e:
+            _fail(e, "Interrupted.", EXIT_INTERRUPTED)
+        except OSError as e:  # disk full, permissions: validated inputs can still meet these
+            _fail(e, f"Error: {os_error_line(e)}", EXIT_ERROR)
+
+
+def _fail(e: BaseException, line: str, code: int) -> None:
+    if _state["debug"]:
+        raise e
+    typer.secho(line, err=True, fg=typer.colors.RED)
+    raise typer.Exit(code) from None
 
 
 app = typer.Typer(
@@ -42,7 +83,7 @@ app = typer.Typer(
 )
 
 
-def _version(value: bool):
+def _version(value: bool) -> None:
     if value:
         typer.echo(f"lcr-sdk {__version__}")
         raise typer.Exit()
@@ -52,7 +93,7 @@ def _version(value: bool):
 def _root(
     debug: bool = typer.Option(False, "--debug", help="Show full tracebacks instead of one-line errors."),
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
-):
+) -> None:
     _state["debug"] = debug or _state["debug"]
 
 
@@ -66,6 +107,11 @@ def _register() -> None:
 _register()
 
 
+def _sigterm(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt  # a service stop ends the command like Ctrl+C: writers clean up, exit code 130
+
+
 def main() -> None:
     """Console-script entry point."""
+    signal.signal(signal.SIGTERM, _sigterm)
     app()

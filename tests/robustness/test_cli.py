@@ -1,0 +1,172 @@
+"""The CLI contract every command keeps: documented exit codes, one-line errors, never a traceback.
+
+Exit codes: 0 ok, 1 user error (one line "Error: ..."), 2 usage error, 130 interrupted (Ctrl+C or SIGTERM).
+Each case runs the real app (typer's CliRunner, or a real process where a signal is needed).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from lcr_sdk.cli import app
+
+runner = CliRunner()
+
+# Every command of the CLI with the positional arguments it needs; paths that do not exist.
+MISSING = "/nonexistent/lcr-sdk-test"
+COMMANDS = {
+    "embed": ["embed", f"{MISSING}/m.onnx", f"{MISSING}/a.jpg"],
+    "attention": ["attention", f"{MISSING}/m.onnx", f"{MISSING}/a.jpg"],
+    "bench": ["bench", f"{MISSING}/m.onnx"],
+    "info": ["info", f"{MISSING}/m.onnx"],
+    "export": ["export", f"{MISSING}/c.pt"],
+    "verify": ["verify", f"{MISSING}/m.onnx", "--checkpoint", f"{MISSING}/c.pt", "--images", MISSING],
+    "train": ["train", MISSING, "--out", f"{MISSING}/run"],
+    "eval": ["eval", f"{MISSING}/c.pt", MISSING],
+    "gallery build": ["gallery", "build", f"{MISSING}/m.onnx", MISSING, "--out", f"{MISSING}/g"],
+    "gallery search": ["gallery", "search", f"{MISSING}/g", f"{MISSING}/m.onnx", f"{MISSING}/a.jpg"],
+}
+
+
+def _run(args: list[str]):
+    return runner.invoke(app, args)
+
+
+@pytest.mark.parametrize("name", sorted(COMMANDS))
+def test_missing_input_is_one_line_and_exit_1(name):
+    r = _run(COMMANDS[name])
+    assert r.exit_code == 1, (name, r.exit_code, r.output)
+    assert "Traceback" not in r.output
+    lines = [ln for ln in r.output.splitlines() if ln.startswith("Error: ")]
+    assert len(lines) == 1, r.output
+    assert "nonexistent" in lines[0]  # says what was given
+
+
+@pytest.mark.parametrize("name", sorted(COMMANDS))
+def test_help_of_every_command(name):
+    r = _run([*COMMANDS[name][: 2 if name.startswith("gallery") else 1], "--help"])
+    assert r.exit_code == 0 and "Usage:" in r.output and "Example" in r.output, r.output
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["no-such-command"],
+        ["embed"],  # missing arguments
+        ["embed", "m.onnx", "a.jpg", "--no-such-option"],
+        ["gallery", "no-such-subcommand"],
+        ["bench", "m.onnx", "--iters", "many"],  # not an int
+    ],
+    ids=["unknown command", "missing argument", "unknown option", "unknown subcommand", "option type"],
+)
+def test_usage_errors_exit_2(args):
+    r = _run(args)
+    assert r.exit_code == 2, r.output
+    assert "Traceback" not in r.output
+
+
+def test_version_and_root_help():
+    from lcr_sdk import __version__
+
+    r = _run(["--version"])
+    assert r.exit_code == 0 and r.output.strip() == f"lcr-sdk {__version__}"
+    r = _run(["--help"])
+    assert r.exit_code == 0 and all(c in r.output for c in ("train", "export", "gallery", "embed", "quickstart"))
+
+
+def test_debug_shows_the_traceback_instead():
+    r = _run(["--debug", *COMMANDS["info"]])
+    assert r.exit_code != 0 and r.exception is not None and type(r.exception).__name__ == "ModelError"
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_interrupt_exits_130_without_traceback_and_leaves_no_partial_files(tmp_path, sig):
+    """A long command stopped by Ctrl+C or a service stop: exit 130, one line, only complete files on disk."""
+    out = tmp_path / "data"
+    cmd = [
+        sys.executable,
+        "-m",
+        "lcr_sdk.cli",
+        "data",
+        "synth",
+        str(out),
+        "--classes",
+        "4",
+        "--train-per-class",
+        "5000",
+        "--image-size",
+        "64",
+    ]  # several minutes of work: it is interrupted long before the end
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not any(out.glob("train/*/*.png")):
+            time.sleep(0.2)  # wait until it is really writing
+        assert any(out.glob("train/*/*.png")), "the command never started writing"
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and "Interrupted" in err
+    leftovers = [p for p in out.rglob("*") if p.is_file() and p.name.startswith(".")]
+    assert not leftovers, leftovers  # temporary files of the interrupted write were removed
+    import cv2
+
+    for p in out.rglob("*.png"):  # every image that was written is complete
+        assert cv2.imread(str(p)) is not None, p
+
+
+@pytest.mark.torch
+def test_full_disk_is_one_line_naming_path_and_free_space(tmp_path, lcr_checkpoint, synth_root):
+    """A write that meets a full file system: exit 1, one line with the path and the space left, old file kept."""
+    from model_helpers import export_onnx
+
+    model = export_onnx(lcr_checkpoint, tmp_path / "lcr.onnx")
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    if (
+        os.geteuid() != 0
+        or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mnt)], capture_output=True).returncode
+        != 0
+    ):
+        pytest.skip("mounting a small tmpfs needs root and a kernel that allows it")
+    try:
+        out = mnt / "emb.npy"
+        out.write_bytes(b"old embeddings")
+        filler = mnt / "filler"
+        with open(
+            filler, "wb", buffering=0
+        ) as f:  # fill the disk, leaving less than the 16 x 512 floats embed will write
+            try:
+                while True:
+                    f.write(b"\0" * 4096)
+            except OSError:
+                pass
+        images = [str(p) for p in sorted((synth_root / "test").glob("*/*.png"))]
+        r = _run(["embed", str(model), *images, "--out", str(out)])
+        assert r.exit_code == 1, r.output
+        lines = [ln for ln in r.output.splitlines() if ln.startswith("Error: ")]
+        assert len(lines) == 1 and str(out) in lines[0] and "free" in lines[0], r.output
+        assert out.read_bytes() == b"old embeddings"  # the old file is kept
+        assert sorted(p.name for p in mnt.iterdir()) == ["emb.npy", "filler"]  # no temporary file left
+    finally:
+        subprocess.run(["umount", str(mnt)], check=False)
+
+
+def test_module_entry_point_matches_the_console_script(tmp_path):
+    r = subprocess.run(
+        [sys.executable, "-m", "lcr_sdk.cli", "info", str(Path(MISSING) / "m.onnx")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert r.returncode == 1 and r.stderr.startswith("Error: ") and "Traceback" not in r.stderr
