@@ -8,6 +8,7 @@ memory as decoded uint8 arrays (decoding PNGs every epoch would dominate a 2-cor
 from __future__ import annotations
 
 import warnings
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -15,7 +16,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from lcr_sdk.errors import DataError
+from lcr_sdk.errors import DataError, InputError
 from lcr_sdk.images import IMAGE_SUFFIXES, list_images, read_image, resize_to
 
 CACHE_LIMIT_BYTES = 4 << 30  # keep decoded images in memory below this estimate
@@ -34,6 +35,13 @@ class Split:
 
     def __len__(self) -> int:
         return len(self.paths)
+
+    def subset(self, indices: list[int]) -> Split:
+        """The images at ``indices`` (in that order), with the same class list."""
+        images = [self.images[i] for i in indices] if self.images is not None else None
+        return Split(
+            self.root, [self.paths[i] for i in indices], [self.labels[i] for i in indices], self.classes, images=images
+        )
 
 
 def scan_split(root: str | Path, split: str, on_bad: str = "skip", size: int | None = None) -> Split:
@@ -97,6 +105,46 @@ def scan_split(root: str | Path, split: str, on_bad: str = "skip", size: int | N
     if missing:
         raise DataError(f"every image of class '{classes[missing[0]]}' in {folder} was unreadable; fix or remove it")
     return out
+
+
+def split_validation(split: Split, fraction: float, seed: int = 0) -> tuple[Split, Split]:
+    """Carve a validation split from a train split: ``round(fraction * n)`` images of each class, seeded.
+
+    Each class's share is drawn by a generator seeded with ``(seed, crc32(class name))`` from its sorted image
+    list, so the split depends only on the files, the fraction and ``seed`` (not on the training seed, nor on the
+    other classes): runs with different training seeds share one validation split, and ``evaluate`` rebuilds it
+    from the checkpoint's config. With ``fraction > 0`` each class keeps at least one image in each part.
+
+    Args:
+        split: the train split (from :func:`scan_split`).
+        fraction: share of each class held out, 0 <= fraction < 1; 0 returns ``(split, empty split)``.
+        seed: the validation split's seed (``TrainConfig.val_seed``).
+
+    Returns:
+        ``(train_part, val_part)``, both with the full class list, images in their original order.
+
+    Raises:
+        InputError: ``fraction`` outside [0, 1).
+        DataError: a class with fewer than 2 images (it cannot give one to each part).
+    """
+    if not (isinstance(fraction, (int, float)) and 0.0 <= fraction < 1.0):
+        raise InputError(f"--val-fraction {fraction!r} is not valid; give a number >= 0 and < 1 (e.g. 0.1)")
+    if fraction == 0:
+        return split, split.subset([])
+    labels = np.asarray(split.labels)
+    val: list[int] = []
+    for c, name in enumerate(split.classes):
+        members = np.flatnonzero(labels == c)
+        if len(members) < 2:
+            raise DataError(
+                f"class '{name}' has {len(members)} training image(s) in {split.root}; a validation split needs at "
+                f"least 2 per class (one to train on, one to validate); add images or use --val-fraction 0"
+            )
+        n_val = min(len(members) - 1, max(1, round(fraction * len(members))))
+        rng = np.random.default_rng([seed, zlib.crc32(name.encode("utf-8", "surrogateescape"))])
+        val += members[rng.permutation(len(members))[:n_val]].tolist()
+    held = set(val)
+    return split.subset([i for i in range(len(split)) if i not in held]), split.subset(sorted(val))
 
 
 def train_side(size: int) -> int:

@@ -25,7 +25,7 @@ from lcr_sdk.errors import DataError, ModelError
 from lcr_sdk.train.augment import moco_v2
 from lcr_sdk.train.checkpoint import load_checkpoint, save_checkpoint
 from lcr_sdk.train.config import TrainConfig
-from lcr_sdk.train.data import TrainImages, scan_split
+from lcr_sdk.train.data import TrainImages, scan_split, split_validation
 from lcr_sdk.train.moco import MoCo, Supervised
 from lcr_sdk.train.model import LCRNet, torchvision_to_backbone
 
@@ -154,7 +154,9 @@ class Trainer:
             torch.cuda.set_device(self.device)
         if cfg.batch_size % self.world:
             raise DataError(f"batch size {cfg.batch_size} is not divisible by the {self.world} processes")
-        self.train_split = scan_split(self.data, "train", on_bad, size=cfg.image_size)
+        cfg.validate()  # fields may have been changed after the config was made
+        full = scan_split(self.data, "train", on_bad, size=cfg.image_size)
+        self.train_split, self.val_split = split_validation(full, cfg.val_fraction, cfg.val_seed)
         self.test_split = scan_split(self.data, "test", on_bad, size=cfg.image_size)
         if len(self.train_split) < cfg.batch_size:
             raise DataError(
@@ -347,13 +349,15 @@ class Trainer:
         return self.out / "checkpoint.pt"
 
     def knn_monitor(self, net: LCRNet) -> float:
-        """kNN top-1 (train split as memory, test split as queries): a monitor only, never used for selection."""
+        """kNN top-1 with the training images as memory; queries from the validation split when there is one,
+        else from the test split (then a monitor only, never used for a choice)."""
         from lcr_sdk.metrics import knn_top1
         from lcr_sdk.train.evaluate import embed_split
 
+        queries = self.val_split if len(self.val_split) else self.test_split
         tr = embed_split(net, self.train_split, self.cfg.image_size, self.device)
-        te = embed_split(net, self.test_split, self.cfg.image_size, self.device)
-        return knn_top1(tr, self.train_split.labels, te, self.test_split.labels)
+        te = embed_split(net, queries, self.cfg.image_size, self.device)
+        return knn_top1(tr, self.train_split.labels, te, queries.labels)
 
     def _write_config(self) -> None:
         import json

@@ -4,6 +4,8 @@
 - kNN top-1: train split as memory, test split as queries.
 - Linear probe: frozen e, a linear classifier trained on the train split (fixed hyper-parameters: nothing is
   tuned on the test split), top-1 on test.
+- ``split='val'``: the same three on the validation split carved from train (:func:`split_validation`), with the
+  rest of train as memory and probe training set. Model choices are made there, never on the test split.
 Images go through the deployment resize rule and DeployModel's in-graph preprocessing (uint8 BGR in).
 """
 
@@ -15,9 +17,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from lcr_sdk.errors import DataError, InputError
 from lcr_sdk.metrics import knn_top1, retrieval_metrics
 from lcr_sdk.train.checkpoint import load_net
-from lcr_sdk.train.data import Split, eval_batches, scan_split
+from lcr_sdk.train.data import Split, eval_batches, scan_split, split_validation
 from lcr_sdk.train.model import DeployModel, LCRNet
 
 
@@ -82,37 +85,78 @@ def linear_probe(
 
 
 def evaluate(
-    checkpoint: str | Path, data: str | Path, linear: bool = False, device: str | None = None, on_bad: str = "skip"
+    checkpoint: str | Path,
+    data: str | Path,
+    linear: bool = False,
+    device: str | None = None,
+    on_bad: str = "skip",
+    split: str = "test",
+    val_fraction: float | None = None,
+    val_seed: int | None = None,
 ) -> dict:
-    """Metrics of a checkpoint on a data set: rank1/rank5/mAP (test, leave-one-out), knn_top1, [linear_top1].
+    """Metrics of a checkpoint on a data set: rank1/rank5/mAP (leave-one-out), knn_top1, [linear_top1].
 
-    Values are fractions in [0, 1]; ``chance`` is 1 / number of classes for reference.
+    Args:
+        checkpoint: an lcr-sdk checkpoint.
+        data: the data set root (train/ and test/ class folders).
+        linear: also train a linear probe (frozen embeddings).
+        device: 'cpu', 'cuda' or None (CUDA if available).
+        on_bad: unreadable images: 'skip' or 'fail'.
+        split: 'test' (the paper's protocol: queries from test/, kNN and probe trained on train/) or 'val' (the
+            validation split carved from train/ as the checkpoint's training did: queries from it, kNN bank and
+            probe on the rest of train/). Every model choice is made on 'val'; 'test' is for the final figures.
+        val_fraction: for split='val', the validation share; default the checkpoint's ``val_fraction``. Needed
+            for a checkpoint trained without one (then its training saw these images: the figures are optimistic,
+            except for a checkpoint trained on other data, such as a random-init or pretrained-only one).
+        val_seed: for split='val', the validation split's seed; default the checkpoint's ``val_seed``.
+
+    Returns:
+        Fractions in [0, 1] (``chance`` = 1 / number of classes for reference), plus ``method``, ``split``,
+        the number of query images and, for 'val', the fraction and seed used.
+
+    Raises:
+        InputError: an unknown split, or split='val' without a validation fraction.
+        DataError, ModelError: unreadable data or checkpoint.
     """
+    if split not in ("test", "val"):
+        raise InputError(f"split {split!r} is not valid; choose test or val")
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     net, ckpt = load_net(checkpoint)
     net.to(device)
-    size = int(ckpt["config"]["image_size"])
+    cfg = ckpt["config"]
+    size = int(cfg["image_size"])
     train_split = scan_split(data, "train", on_bad, size=size)
-    test_split = scan_split(data, "test", on_bad, size=size)
-    if train_split.classes != test_split.classes:
-        from lcr_sdk.errors import DataError
-
-        raise DataError(
-            f"train and test class folders differ in {data}: {train_split.classes[:5]}... vs "
-            f"{test_split.classes[:5]}...; both splits need the same class names"
-        )
-    te, masks = embed_split(net, test_split, size, device, with_attention=True)
-    out = retrieval_metrics(te, test_split.labels)
-    boxes = _synth_boxes(Path(data), test_split, size)
+    out: dict = {}
+    if split == "val":
+        fraction = float(cfg.get("val_fraction", 0.0)) if val_fraction is None else val_fraction
+        seed = int(cfg.get("val_seed", 0)) if val_seed is None else val_seed
+        if not fraction:
+            raise InputError(
+                f"{checkpoint} was trained without a validation split (val_fraction 0); pass --val-fraction F "
+                "(e.g. 0.1) to carve one, or train with --val-fraction so that its images are held out"
+            )
+        bank, queries = split_validation(train_split, fraction, seed)
+        out |= {"val_fraction": fraction, "val_seed": seed}
+    else:
+        bank, queries = train_split, scan_split(data, "test", on_bad, size=size)
+        if train_split.classes != queries.classes:
+            raise DataError(
+                f"train and test class folders differ in {data}: {train_split.classes[:5]}... vs "
+                f"{queries.classes[:5]}...; both splits need the same class names"
+            )
+    q, masks = embed_split(net, queries, size, device, with_attention=True)
+    out |= retrieval_metrics(q, queries.labels)
+    boxes = _synth_boxes(Path(data), queries, size)
     if boxes is not None:  # the synthetic set knows where each object is: how much attention lands on it
         out["attention_on_object"] = attention_on_object(masks, boxes, size)
-    tr = embed_split(net, train_split, size, device)
-    out["knn_top1"] = knn_top1(tr, train_split.labels, te, test_split.labels)
+    b = embed_split(net, bank, size, device)
+    out["knn_top1"] = knn_top1(b, bank.labels, q, queries.labels)
     if linear:
-        out["linear_top1"] = linear_probe(tr, train_split.labels, te, test_split.labels)
-    out["chance"] = 1.0 / len(test_split.classes)
-    out["method"] = ckpt["config"]["method"]
-    out["test_images"] = len(test_split)
+        out["linear_top1"] = linear_probe(b, bank.labels, q, queries.labels)
+    out["chance"] = 1.0 / len(queries.classes)
+    out["method"] = cfg["method"]
+    out["split"] = split
+    out[f"{split}_images"] = len(queries)
     return out
 
 

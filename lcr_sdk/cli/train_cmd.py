@@ -98,6 +98,10 @@ def train_cmd(
     device: Annotated[str | None, typer.Option(help="cpu, cuda or cuda:N (default: CUDA if available).")] = None,
     nproc_per_node: Annotated[int, typer.Option(help="Launch N processes with torchrun (DDP).")] = 1,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+    val_fraction: Annotated[
+        float, typer.Option(help="Hold out this share of each class of train/ as a validation split (0: none).")
+    ] = 0.0,
+    val_seed: Annotated[int, typer.Option(help="Seed of the validation split (shared by all training seeds).")] = 0,
 ):
     """Train LCR or the MoCo v2 baseline on an ImageFolder data set.
 
@@ -156,6 +160,8 @@ def train_cmd(
         pretrained=pretrained,
         eval_every=eval_every,
         supervised=supervised,
+        val_fraction=val_fraction,
+        val_seed=val_seed,
     )
     path = train(cfg, data, out, resume=resume, save_every=save_every, on_bad=on_bad, progress=progress, device=device)
     if int(os.environ.get("RANK", 0)) == 0:
@@ -168,15 +174,27 @@ def eval_cmd(
     linear_probe: Annotated[bool, typer.Option("--linear-probe", help="Also train a linear probe (top-1).")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
     device: Annotated[str | None, typer.Option(help="cpu or cuda (default: CUDA if available).")] = None,
+    split: Annotated[
+        str, typer.Option(help="test (final figures) or val (the validation split carved from train/, for choices).")
+    ] = "test",
+    val_fraction: Annotated[
+        float | None, typer.Option(help="With --split val: the held-out share (default: the checkpoint's).")
+    ] = None,
+    val_seed: Annotated[
+        int | None, typer.Option(help="With --split val: the split's seed (default: the checkpoint's).")
+    ] = None,
 ):
-    """Leave-one-out retrieval (Rank-1, Rank-5, mAP) on the test split, kNN top-1, optional linear probe.
+    """Leave-one-out retrieval (Rank-1, Rank-5, mAP), kNN top-1 and an optional linear probe on the test split,
+    or on the validation split (--split val) where model choices are made.
 
     Example: lcr-sdk eval runs/lcr/checkpoint.pt data/birds --linear-probe
     """
     _need_torch("lcr-sdk eval")
     from lcr_sdk.train.evaluate import evaluate
 
-    m = evaluate(checkpoint, data, linear=linear_probe, device=device)
+    m = evaluate(
+        checkpoint, data, linear=linear_probe, device=device, split=split, val_fraction=val_fraction, val_seed=val_seed
+    )
     if as_json:
         typer.echo(json.dumps(m, indent=2))
         return

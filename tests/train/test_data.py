@@ -4,7 +4,7 @@ import shutil
 
 import pytest
 
-from lcr_sdk.errors import DataError
+from lcr_sdk.errors import DataError, InputError
 
 pytestmark = pytest.mark.torch
 
@@ -49,3 +49,63 @@ def test_unreadable_image_is_skipped_and_reported_or_fails(data_copy):
     assert len(s) == 24 and s.skipped[0][0] == bad
     with pytest.raises(DataError, match="broken.png"):
         scan_split(data_copy, "train", on_bad="fail")
+
+
+def test_validation_split_is_per_class_disjoint_and_seeded(synth_root):
+    from lcr_sdk.train.data import scan_split, split_validation
+
+    full = scan_split(synth_root, "train", size=64)
+    tr, val = split_validation(full, 0.25, seed=0)
+    assert len(val) == 4 * 2 and len(tr) == 4 * 4  # round(0.25 * 6) = 2 of each class's 6
+    assert sorted(val.labels) == [0, 0, 1, 1, 2, 2, 3, 3] and tr.classes == val.classes == full.classes
+    assert not set(tr.paths) & set(val.paths) and set(tr.paths) | set(val.paths) == set(full.paths)
+    assert [p for p in full.paths if p in set(val.paths)] == val.paths  # original order kept
+    for part in (tr, val):  # cached images travel with their paths
+        assert all(img is full.images[full.paths.index(p)] for p, img in zip(part.paths, part.images))
+    again = split_validation(scan_split(synth_root, "train", size=64), 0.25, seed=0)[1]
+    assert again.paths == val.paths
+    others = {tuple(split_validation(full, 0.25, seed=s)[1].paths) for s in range(1, 6)}
+    assert len(others | {tuple(val.paths)}) > 1  # the seed matters
+
+
+def test_validation_split_keeps_one_image_each_side(synth_root):
+    from lcr_sdk.train.data import scan_split, split_validation
+
+    full = scan_split(synth_root, "train", size=64)
+    tr, val = split_validation(full, 0.01, seed=0)  # rounds to 0: still one per class
+    assert sorted(val.labels) == [0, 1, 2, 3]
+    tr, val = split_validation(full, 0.99, seed=0)  # rounds to all: still one per class to train on
+    assert sorted(tr.labels) == [0, 1, 2, 3]
+    tr, val = split_validation(full, 0.0, seed=0)
+    assert tr is full and len(val) == 0
+
+
+def test_validation_split_of_a_class_ignores_other_classes(data_copy):
+    """Adding images to one class does not move another class's validation images."""
+    import cv2
+    import numpy as np
+
+    from lcr_sdk.train.data import scan_split, split_validation
+
+    before = split_validation(scan_split(data_copy, "train"), 0.3, seed=7)[1]
+    first = sorted((data_copy / "train").iterdir())[0]
+    for i in range(5):
+        cv2.imwrite(str(first / f"extra{i}.png"), np.full((64, 64, 3), 40 * i, np.uint8))
+    after = split_validation(scan_split(data_copy, "train"), 0.3, seed=7)[1]
+    keep = [p for p in before.paths if p.parent != first]
+    assert keep == [p for p in after.paths if p.parent != first]
+
+
+def test_validation_split_needs_two_images_per_class(data_copy):
+    from lcr_sdk.train.data import scan_split, split_validation
+
+    lonely = data_copy / "train" / "lonely"
+    lonely.mkdir()
+    src = next((data_copy / "train").glob("*/*.png"))
+    shutil.copy(src, lonely / "only.png")
+    full = scan_split(data_copy, "train")
+    with pytest.raises(DataError, match=r"class 'lonely' has 1 training image.*--val-fraction 0"):
+        split_validation(full, 0.2, seed=0)
+    for bad in (-0.1, 1.0, float("nan")):
+        with pytest.raises(InputError, match="--val-fraction"):
+            split_validation(full, bad, seed=0)

@@ -157,3 +157,44 @@ def test_ddp_two_processes_on_cpu(synth_root, tmp_path):
 
     ckpt = torch.load(tmp_path / "ddp" / "checkpoint.pt", weights_only=True)
     assert ckpt["train_state"]["global_step"] == 3
+
+
+def test_validation_split_trains_on_the_rest_and_eval_rebuilds_it(synth_root, tmp_path):
+    r = _train(synth_root, tmp_path / "run", "--epochs", "1", "--val-fraction", "0.25", "--val-seed", "5")
+    assert r.exit_code == 0, r.output
+    log = (tmp_path / "run" / "log.csv").read_text().splitlines()
+    assert log[1].startswith("1,2,")  # 16 of the 24 training images left: 2 steps of 8, not 3
+    ckpt = tmp_path / "run" / "checkpoint.pt"
+    r = runner.invoke(app, ["eval", str(ckpt), str(synth_root), "--split", "val", "--json"])
+    assert r.exit_code == 0, r.output
+    m = json.loads(r.output)
+    assert (m["split"], m["val_images"], m["val_fraction"], m["val_seed"]) == ("val", 8, 0.25, 5)
+    assert m["queries"] == 8 and "test_images" not in m
+    r = runner.invoke(app, ["eval", str(ckpt), str(synth_root), "--json"])
+    assert json.loads(r.output)["test_images"] == 16
+
+
+def test_validation_split_is_shared_by_training_seeds(synth_root, tmp_path):
+    from lcr_sdk.train.config import TrainConfig
+    from lcr_sdk.train.engine import Trainer
+
+    def parts(seed):
+        cfg = TrainConfig(arch="resnet18", image_size=64, batch_size=8, val_fraction=0.25, seed=seed)
+        t = Trainer(cfg, synth_root, tmp_path / f"s{seed}", progress=False)
+        return t.train_split.paths, t.val_split.paths
+
+    tr0, val0 = parts(0)
+    tr1, val1 = parts(1)
+    assert val0 == val1 and tr0 == tr1 and len(val0) == 8 and not set(val0) & set(tr0)
+
+
+def test_eval_on_val_needs_a_fraction(lcr_checkpoint, synth_root):
+    from lcr_sdk.errors import InputError
+    from lcr_sdk.train.evaluate import evaluate
+
+    r = runner.invoke(app, ["eval", str(lcr_checkpoint), str(synth_root), "--split", "val"])
+    assert r.exit_code == 1 and "trained without a validation split" in r.output and "--val-fraction" in r.output
+    m = evaluate(lcr_checkpoint, synth_root, device="cpu", split="val", val_fraction=0.5)
+    assert m["val_images"] == 12 and m["val_seed"] == 0
+    with pytest.raises(InputError, match="split 'dev' is not valid"):
+        evaluate(lcr_checkpoint, synth_root, split="dev")
