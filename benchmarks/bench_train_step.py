@@ -34,7 +34,13 @@ def build(method: str, cfg: TrainConfig, device: torch.device):
         LCRNet(cfg.arch, method, cfg.num_parts),
         queue_size=4096,
         momentum=cfg.moco_m,
+        temperature=cfg.moco_t,
         bn_splits=max(1, min(8, cfg.batch_size // 8)),
+        nu=cfg.nu,
+        tau=cfg.tau,
+        cam_sign=cfg.cam_sign,
+        cam_detach=cfg.cam_detach,
+        cam_norm=cfg.cam_norm,
     ).to(device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
@@ -44,10 +50,11 @@ def build(method: str, cfg: TrainConfig, device: torch.device):
 
 def step(model, opt, images, cfg: TrainConfig, device: torch.device) -> None:
     a, b = moco_v2(images, cfg.image_size), moco_v2(images, cfg.image_size)
+    ids = torch.arange(images.shape[0], device=device)  # the same images every step: their keys are masked
     if device.type == "cuda":
         a, b = a.contiguous(memory_format=torch.channels_last), b.contiguous(memory_format=torch.channels_last)
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-        out = model(a, b, cfg)
+        out = model(a, b, ids)
     opt.zero_grad(set_to_none=True)
     out["loss"].backward()
     opt.step()

@@ -153,7 +153,8 @@ def train_side(size: int) -> int:
 
 
 class TrainImages(Dataset):
-    """Training images as uint8 RGB 3 x Sc x Sc tensors plus labels; augmentation happens later, per batch.
+    """Training images as uint8 RGB 3 x Sc x Sc tensors plus labels and indices; augmentation happens later, per
+    batch.
 
     Cached splits are converted once into one tensor; others are read from disk per item (use DataLoader workers).
     """
@@ -170,10 +171,11 @@ class TrainImages(Dataset):
     def __len__(self) -> int:
         return len(self.split)
 
-    def __getitem__(self, i: int):
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int, int]:
+        """(uint8 3 x Sc x Sc RGB image, label, i): the index travels with the image's key into MoCo's queue."""
         if self.tensor is not None:
-            return self.tensor[i], self.split.labels[i]
-        return torch.from_numpy(self._prep(read_image(self.split.paths[i]))), self.split.labels[i]
+            return self.tensor[i], self.split.labels[i], i
+        return torch.from_numpy(self._prep(read_image(self.split.paths[i]))), self.split.labels[i], i
 
 
 def eval_batches(split: Split, size: int, batch_size: int = 64):

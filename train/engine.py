@@ -29,7 +29,7 @@ from lcr_sdk.train.data import TrainImages, scan_split, split_validation
 from lcr_sdk.train.moco import MoCo, Supervised
 from lcr_sdk.train.model import LCRNet, torchvision_to_backbone
 
-LOG_FIELDS = ["epoch", "step", "lr", "loss", "loss_nce", "loss_fit", "acc", "img_per_s", "knn_top1"]
+LOG_FIELDS = ["epoch", "step", "lr", "loss", "loss_nce", "loss_fit", "acc", "img_per_s", "knn_top1", "own_key"]
 
 
 def _dist_info() -> tuple[int, int, int]:
@@ -158,10 +158,13 @@ class Trainer:
         full = scan_split(self.data, "train", on_bad, size=cfg.image_size)
         self.train_split, self.val_split = split_validation(full, cfg.val_fraction, cfg.val_seed)
         self.test_split = scan_split(self.data, "test", on_bad, size=cfg.image_size)
-        if len(self.train_split) < cfg.batch_size:
+        n, held = len(self.train_split), f" ({len(self.val_split)} held out for validation)" if cfg.val_fraction else ""
+        if n < cfg.batch_size or (n == cfg.batch_size and not cfg.supervised):
+            need = cfg.batch_size if cfg.supervised else cfg.batch_size + 1
+            why = "" if cfg.supervised else " (MoCo's queue of negatives holds the images outside the batch)"
             raise DataError(
-                f"{len(self.train_split)} training images are fewer than one batch ({cfg.batch_size}); "
-                "lower --batch-size"
+                f"{n} training images{held} are too few for --batch-size {cfg.batch_size}: need at least {need}"
+                f"{why}; lower --batch-size below {n} or add images"
             )
         self.history: list[dict] = []
 
@@ -179,14 +182,28 @@ class Trainer:
             limit = len(self.train_split) - cfg.batch_size
             if queue > limit:
                 warnings.warn(
-                    f"queue {queue} is longer than the data set allows ({len(self.train_split)} images - "
-                    f"batch {cfg.batch_size}); using {limit} negatives so no image is its own negative",
+                    f"queue {queue} is longer than the data set allows ({len(self.train_split)} training images - "
+                    f"batch {cfg.batch_size}); using {limit} negatives, as a longer queue would mostly repeat "
+                    "images (keys of a query's own image are masked out of its negatives either way)",
                     stacklevel=2,
                 )
                 queue = limit
             per_proc = cfg.batch_size // self.world
             splits = 1 if (self.world > 1 or cfg.sync_bn) else max(1, min(8, per_proc // 8))
-            model = MoCo(net, cfg.moco_dim, cfg.moco_mlp_hidden, queue, cfg.moco_m, cfg.moco_t, bn_splits=splits)
+            model = MoCo(
+                net,
+                cfg.moco_dim,
+                cfg.moco_mlp_hidden,
+                queue,
+                cfg.moco_m,
+                cfg.moco_t,
+                bn_splits=splits,
+                nu=cfg.nu,
+                tau=cfg.tau,
+                cam_sign=cfg.cam_sign,
+                cam_detach=cfg.cam_detach,
+                cam_norm=cfg.cam_norm,
+            )
         model.to(self.device)
         if self.device.type == "cuda" and cfg.channels_last:
             model.to(memory_format=torch.channels_last)
@@ -231,7 +248,10 @@ class Trainer:
                     f"this run asks for {getattr(self.cfg, key)!r}; use the same options or a new --out"
                 )
         inner = model.module if hasattr(model, "module") else model
-        inner.load_state_dict(ts["trainer"])
+        state = dict(ts["trainer"])
+        if "queue" in state and "queue_ids" not in state:  # written before keys carried image indices
+            state["queue_ids"] = torch.full((state["queue"].shape[1],), -1, dtype=torch.long)
+        inner.load_state_dict(state)
         opt.load_state_dict(ts["optimizer"])
         if scaler is not None and ts["scaler"]:
             scaler.load_state_dict(ts["scaler"])
@@ -290,7 +310,7 @@ class Trainer:
                 dynamic_ncols=True,
             )
             t0, seen, sums = time.perf_counter(), 0, {}
-            for step, (images, labels) in enumerate(bar, start=start_step):
+            for step, (images, labels, ids) in enumerate(bar, start=start_step):
                 lr = lr_at(cfg, global_step, total, steps_per_epoch)
                 for group in opt.param_groups:
                     group["lr"] = lr
@@ -302,7 +322,7 @@ class Trainer:
                     if not cfg.supervised:
                         b = b.contiguous(memory_format=torch.channels_last)
                 with torch.autocast(dev.type, dtype=amp_dtype, enabled=use_amp):
-                    out = ddp_model(a, b, cfg)
+                    out = ddp_model(a, b) if cfg.supervised else ddp_model(a, b, ids.to(dev))
                 opt.zero_grad(set_to_none=True)
                 if scaler is not None:
                     scaler.scale(out["loss"]).backward()
@@ -314,7 +334,7 @@ class Trainer:
                 global_step += 1
                 steps_here += 1
                 seen += a.shape[0] * self.world
-                for k in ("loss", "loss_nce", "loss_fit", "acc"):
+                for k in ("loss", "loss_nce", "loss_fit", "acc", "own_key"):
                     if k in out:
                         sums[k] = sums.get(k, 0.0) + float(out[k].detach())
                 n_done = step - start_step + 1

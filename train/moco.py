@@ -9,7 +9,7 @@ Per step (query batch x_q, key batch x_k, both B x 3 x S x S):
     F_q = f(x_q)                                  B x C x h x w
     q   = normalize(g(avgpool(F_q)))              B x d
     k   = normalize(g_k(avgpool(f_k(x_k))))       B x d   (no grad, shuffle-BN)
-    L   = InfoNCE(q, k, queue) / T
+    L   = InfoNCE(q, k, queue) / T                queue keys of the query's own image masked out
   LCR:
     G   = dL/dF_q (autograd.grad, graph kept)     B x C x h x w
     CAM = ReLU(sum_c F_q * G')  G' = -G ('score') or +G ('loss', released code)    B x h x w
@@ -81,20 +81,26 @@ def contrastive_gradcam(
     sign: str = "score",
     detach: bool = True,
     norm: str = "max",
-    grad_scale: float = 1.0,
+    loss_scale: float = 1.0,
 ) -> torch.Tensor:
-    """Grad-CAM of the InfoNCE loss w.r.t. the feature map: B x h x w, each image scaled to max 1 (norm='max').
+    """Grad-CAM of the InfoNCE loss w.r.t. the feature map: B x h x w float32, each image scaled to max 1
+    (norm='max').
 
     Args:
-        loss: scalar InfoNCE loss (possibly multiplied by an AMP loss scale ``grad_scale``).
+        loss: scalar InfoNCE loss.
         feats: F, B x C x h x w, part of ``loss``'s graph.
         sign: 'score' uses -dL/dF (what raises the positive-pair score); 'loss' uses +dL/dF (released code).
         detach: return a constant target (no gradient through F); False lets the target's F factor get gradient.
         norm: 'max' divides each image's CAM by its maximum; 'none' keeps raw values.
+        loss_scale: the gradient is taken of ``loss * loss_scale`` and divided back in float32. Under fp16
+            autocast dL/dF is often below fp16's normal range (~1e-5 at ResNet-18/112 px/batch 32, ~5e-7 at
+            ResNet-50/224/256) and the backward flushes it to zero; a scale of 2**16 keeps it representable
+            (the same trick as AMP's loss scaling). With norm='max' the scale cancels exactly.
     """
-    grad = torch.autograd.grad(loss, feats, retain_graph=True)[0] / grad_scale  # B x C x h x w, no double backward
+    grad = torch.autograd.grad(loss * loss_scale, feats, retain_graph=True)[0]  # B x C x h x w, no double backward
+    grad = grad.float() / loss_scale
     weights = -grad if sign == "score" else grad
-    cam = F.relu((feats * weights).sum(dim=1))  # B x h x w
+    cam = F.relu((feats.float() * weights).sum(dim=1))  # B x h x w
     if norm == "max":
         cam = cam / cam.flatten(1).amax(dim=1).clamp_min(1e-12).view(-1, 1, 1)
     return cam.detach() if detach else cam
@@ -120,6 +126,10 @@ def _gather(x: torch.Tensor) -> torch.Tensor:
 class MoCo(nn.Module):
     """MoCo v2 (+ LCR fitting loss when ``net.method == 'lcr'``) around a deployable :class:`LCRNet`.
 
+    The queue keeps, beside each key, the index of the training image it came from. A query's own image can be in
+    the queue as a key from an earlier epoch (the queue outlives an epoch's reshuffle); such keys are masked out of
+    that query's negatives (logit -inf), so an image is never pushed away from itself.
+
     Args:
         net: the query encoder (its GFB, if any, gets the fitting loss). Keep a reference: it is what gets deployed.
         dim: projection dimension d.
@@ -128,6 +138,11 @@ class MoCo(nn.Module):
         momentum: key-encoder momentum m.
         temperature: InfoNCE temperature T.
         bn_splits: BN sub-batches for single-process shuffle-BN (1 = plain BN, e.g. under DDP or SyncBN).
+        nu: weight of the fitting loss (LCR).
+        tau: temperature of the fitting loss's softmaxes (LCR).
+        cam_sign, cam_detach, cam_norm: the Grad-CAM target (see :func:`contrastive_gradcam`).
+        cam_loss_scale: loss scale of the Grad-CAM gradient under fp16 autocast (lowered for a step if the
+            scaled gradient overflows); 1 is used in float32 and bfloat16.
     """
 
     def __init__(
@@ -139,9 +154,24 @@ class MoCo(nn.Module):
         momentum: float = 0.999,
         temperature: float = 0.2,
         bn_splits: int = 1,
+        nu: float = 1.0,
+        tau: float = 0.4,
+        cam_sign: str = "loss",
+        cam_detach: bool = True,
+        cam_norm: str = "max",
+        cam_loss_scale: float = 2.0**16,
     ):
         super().__init__()
+        if queue_size < 1:
+            raise ValueError(f"queue_size {queue_size} must be >= 1")
         self.m, self.T = momentum, temperature
+        self.nu, self.tau = nu, tau
+        self.cam_sign, self.cam_detach, self.cam_norm, self.cam_loss_scale = (
+            cam_sign,
+            cam_detach,
+            cam_norm,
+            cam_loss_scale,
+        )
         self.encoder_q = net
         self.head_q = mlp_head(net.dim, hidden or net.dim, dim)
         self.encoder_k = copy.deepcopy(net)
@@ -154,6 +184,7 @@ class MoCo(nn.Module):
             use_split_bn(self.encoder_q.backbone, bn_splits)
             use_split_bn(self.encoder_k.backbone, bn_splits)
         self.register_buffer("queue", F.normalize(torch.randn(dim, queue_size), dim=0))  # d x K
+        self.register_buffer("queue_ids", torch.full((queue_size,), -1, dtype=torch.long))  # K, -1 = random init
         self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))
 
     @torch.no_grad()
@@ -164,11 +195,16 @@ class MoCo(nn.Module):
                 pk.mul_(self.m).add_(pq.detach(), alpha=1.0 - self.m)
 
     @torch.no_grad()
-    def _enqueue(self, keys: torch.Tensor) -> None:
+    def _enqueue(self, keys: torch.Tensor, ids: torch.Tensor | None) -> None:
+        """Put this step's keys (all ranks') and their image indices into the ring buffer."""
         keys = _gather(keys)  # B_total x d
+        ids = _gather(ids) if ids is not None else torch.full((keys.shape[0],), -1, device=keys.device)
         k_size = self.queue.shape[1]
+        if keys.shape[0] > k_size:  # a queue shorter than the batch keeps the newest keys
+            keys, ids = keys[-k_size:], ids[-k_size:]
         idx = (self.queue_ptr + torch.arange(keys.shape[0], device=keys.device)) % k_size
         self.queue[:, idx] = keys.T.to(self.queue.dtype)
+        self.queue_ids[idx] = ids.to(self.queue_ids.dtype)
         self.queue_ptr.copy_((self.queue_ptr + keys.shape[0]) % k_size)
 
     @torch.no_grad()
@@ -191,8 +227,28 @@ class MoCo(nn.Module):
             return _gather(k)[unperm[rank * b : (rank + 1) * b]]
         return k[torch.argsort(perm)]
 
-    def forward(self, x_q: torch.Tensor, x_k: torch.Tensor, cfg) -> dict[str, torch.Tensor]:
-        """One training forward. Returns the total loss and its parts (for logging)."""
+    def _cam(self, loss: torch.Tensor, feats: torch.Tensor) -> torch.Tensor:
+        """The Grad-CAM target; under fp16 the gradient is taken of a scaled loss (see :func:`contrastive_gradcam`)."""
+        scale = self.cam_loss_scale if feats.dtype == torch.float16 else 1.0
+        while True:
+            cam = contrastive_gradcam(loss, feats, self.cam_sign, self.cam_detach, self.cam_norm, scale)
+            if scale <= 1.0 or bool(torch.isfinite(cam).all()):
+                return cam
+            scale = max(1.0, scale / 2**8)  # the scaled gradient overflowed fp16: retry lower
+
+    def forward(self, x_q: torch.Tensor, x_k: torch.Tensor, ids: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """One training forward.
+
+        Args:
+            x_q, x_k: two augmented views of the same images, B x 3 x S x S.
+            ids: B indices of the images in the training set (their keys enter the queue with them); None
+                disables the own-key mask.
+
+        Returns:
+            ``loss`` (with graph) and, detached: ``loss_nce``, ``loss_fit`` (LCR), ``acc`` (positive ranked first),
+            ``own_key`` (share of queries whose own older key was in the queue and masked), ``logits``
+            (B x (1 + K), /T, masked entries -inf) and ``cam`` (LCR, B x h x w).
+        """
         feats = self.encoder_q.features(x_q)  # B x C x h x w
         q = F.normalize(self.head_q(feats.mean(dim=(2, 3))), dim=1)  # B x d
         with torch.no_grad():
@@ -200,18 +256,28 @@ class MoCo(nn.Module):
             k = self._keys(x_k)  # B x d
         l_pos = (q * k).sum(dim=1, keepdim=True)  # B x 1
         l_neg = q @ self.queue.clone().detach().to(q.dtype)  # B x K
+        own = torch.zeros_like(l_neg, dtype=torch.bool)
+        if ids is not None:
+            own = self.queue_ids.unsqueeze(0) == ids.to(self.queue_ids.device).unsqueeze(1)  # B x K
+            l_neg = l_neg.masked_fill(own, float("-inf"))  # an image is never its own negative
         logits = torch.cat([l_pos, l_neg], dim=1).float() / self.T
         labels = torch.zeros(logits.shape[0], dtype=torch.long, device=logits.device)
         loss_nce = F.cross_entropy(logits, labels)
-        out = {"loss_nce": loss_nce.detach(), "acc": (logits.argmax(1) == 0).float().mean()}
+        out = {
+            "loss_nce": loss_nce.detach(),
+            "acc": (logits.argmax(1) == 0).float().mean(),
+            "own_key": own.any(dim=1).float().mean(),
+            "logits": logits.detach(),
+        }
         loss = loss_nce
         if self.encoder_q.gfb is not None:
-            cam = contrastive_gradcam(loss_nce, feats, cfg.cam_sign, cfg.cam_detach, cfg.cam_norm)  # B x h x w
+            cam = self._cam(loss_nce, feats)  # B x h x w
             attn = self.encoder_q.raw_attention(feats)  # B x h x w
-            loss_fit = fitting_loss(cam, attn, cfg.tau)
-            loss = loss + cfg.nu * loss_fit
+            loss_fit = fitting_loss(cam, attn, self.tau)
+            loss = loss + self.nu * loss_fit
             out["loss_fit"] = loss_fit.detach()
-        self._enqueue(k)
+            out["cam"] = cam.detach()
+        self._enqueue(k, ids)
         out["loss"] = loss
         return out
 
@@ -224,7 +290,8 @@ class Supervised(nn.Module):
         self.encoder_q = net
         self.classifier = nn.Linear(net.dim, num_classes)
 
-    def forward(self, x: torch.Tensor, labels: torch.Tensor, cfg=None) -> dict[str, torch.Tensor]:
+    def forward(self, x: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Cross-entropy of the classifier on the average-pooled layer-4 feature; ``acc`` is the batch's top-1."""
         logits = self.classifier(self.encoder_q.features(x).mean(dim=(2, 3)))
         loss = F.cross_entropy(logits, labels)
         return {"loss": loss, "loss_nce": loss.detach(), "acc": (logits.argmax(1) == labels).float().mean()}

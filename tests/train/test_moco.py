@@ -5,12 +5,6 @@ import pytest
 pytestmark = pytest.mark.torch
 
 
-def _cfg(**kw):
-    from lcr_sdk.train.config import TrainConfig
-
-    return TrainConfig(arch="resnet18", image_size=64, batch_size=8, moco_k=32, **kw)
-
-
 def _moco(method="lcr", **kw):
     import torch
 
@@ -18,7 +12,8 @@ def _moco(method="lcr", **kw):
     from lcr_sdk.train.model import LCRNet
 
     torch.manual_seed(0)
-    return MoCo(LCRNet("resnet18", method, num_parts=4), dim=16, queue_size=32, **kw)
+    kw.setdefault("queue_size", 32)
+    return MoCo(LCRNet("resnet18", method, num_parts=4), dim=16, **kw)
 
 
 def test_lcr_step_trains_gfb_and_backbone_not_key_encoder():
@@ -26,7 +21,7 @@ def test_lcr_step_trains_gfb_and_backbone_not_key_encoder():
 
     model = _moco("lcr")
     x_q, x_k = torch.randn(8, 3, 64, 64), torch.randn(8, 3, 64, 64)
-    out = model(x_q, x_k, _cfg())
+    out = model(x_q, x_k)
     assert out["loss_fit"] > 0
     torch.testing.assert_close(out["loss"].detach(), out["loss_nce"] + out["loss_fit"])
     out["loss"].backward()
@@ -40,7 +35,7 @@ def test_moco_step_has_no_fitting_loss():
     import torch
 
     model = _moco("moco")
-    out = model(torch.randn(8, 3, 64, 64), torch.randn(8, 3, 64, 64), _cfg())
+    out = model(torch.randn(8, 3, 64, 64), torch.randn(8, 3, 64, 64))
     assert "loss_fit" not in out and model.encoder_q.gfb is None
 
 
@@ -49,9 +44,10 @@ def test_queue_receives_the_keys_and_wraps():
 
     model = _moco("moco")
     before = model.queue.clone()
-    for _ in range(5):  # 5 x 8 keys into a queue of 32: wraps around
-        model(torch.randn(8, 3, 64, 64), torch.randn(8, 3, 64, 64), _cfg())
+    for step in range(5):  # 5 x 8 keys into a queue of 32: wraps around
+        model(torch.randn(8, 3, 64, 64), torch.randn(8, 3, 64, 64), torch.arange(8) + 8 * step)
     assert int(model.queue_ptr) == (5 * 8) % 32
+    assert model.queue_ids.tolist() == [*range(32, 40), *range(8, 32)]  # each key kept its image index
     assert not torch.equal(before, model.queue)
     torch.testing.assert_close(model.queue.norm(dim=0), torch.ones(32))
 
@@ -105,3 +101,52 @@ def test_split_bn_keeps_state_dict_keys_and_eval_behaviour():
     a.train()
     a.features(torch.randn(8, 3, 64, 64))  # split statistics update the running stats
     assert not torch.equal(a.backbone.bn1.running_mean, torch.zeros(64))
+
+
+def test_own_older_key_is_masked_out_of_the_negatives():
+    """Epoch 2 sees image 3 again while its key from epoch 1 is still queued: that key is no negative of it."""
+    import torch
+    import torch.nn.functional as F
+
+    model = _moco("moco")
+    x = torch.randn(8, 3, 64, 64)
+    model(x, x.clone(), torch.arange(8))  # "epoch 1": keys of images 0-7 enter the queue at slots 0-7
+    assert model.queue_ids[:8].tolist() == list(range(8)) and (model.queue_ids[8:] == -1).all()
+    ids = torch.tensor([3, 20, 21, 22, 23, 24, 25, 26])  # "epoch 2": image 3 comes back in a new batch
+    batch = x[[3, 0, 1, 2, 4, 5, 6, 7]]
+    with torch.no_grad():
+        out = model(batch, batch.clone(), ids)
+    logits = out["logits"]  # B x (1 + 32)
+    assert torch.isneginf(logits[0, 1 + 3])  # image 3's own older key (slot 3) is excluded
+    assert torch.isfinite(logits[0, 1:]).sum() == 31 and torch.isfinite(logits[1:]).all()
+    assert float(out["own_key"]) == 1 / 8
+    # the excluded key would have been the hardest negative: the same image as the query, one step older
+    older = model.queue[:, 3]
+    others = torch.cat([model.queue[:, :3], model.queue[:, 4:8]], dim=1)
+    with torch.no_grad():
+        q = F.normalize(model.head_q(model.encoder_q.features(batch).mean(dim=(2, 3))), dim=1)[0]
+    assert float(q @ older) > float((q @ others).max())
+    # the loss is InfoNCE over each query's remaining negatives
+    per_query = [torch.logsumexp(row[torch.isfinite(row)], 0) - row[0] for row in logits]
+    torch.testing.assert_close(out["loss_nce"], torch.stack(per_query).mean())
+
+
+def test_masked_step_trains_and_stays_finite():
+    import torch
+
+    model = _moco("lcr")
+    x = torch.randn(8, 3, 64, 64)
+    model(x, x.clone(), torch.arange(8))
+    out = model(x, x.clone(), torch.arange(8))  # every query has its own key queued
+    assert float(out["own_key"]) == 1.0 and torch.isfinite(out["loss"])
+    out["loss"].backward()
+    grads = [p.grad for p in model.encoder_q.parameters() if p.grad is not None]
+    assert grads and all(torch.isfinite(g).all() for g in grads)
+
+
+def test_queue_shorter_than_the_batch_keeps_the_newest_keys():
+    import torch
+
+    model = _moco("moco", queue_size=4)
+    model(torch.randn(8, 3, 64, 64), torch.randn(8, 3, 64, 64), torch.arange(8))
+    assert model.queue_ids.tolist() == [4, 5, 6, 7] and int(model.queue_ptr) == 0

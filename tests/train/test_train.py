@@ -157,6 +157,8 @@ def test_ddp_two_processes_on_cpu(synth_root, tmp_path):
 
     ckpt = torch.load(tmp_path / "ddp" / "checkpoint.pt", weights_only=True)
     assert ckpt["train_state"]["global_step"] == 3
+    ids = ckpt["train_state"]["trainer"]["queue_ids"].tolist()  # both ranks' image indices, gathered with the keys
+    assert len(ids) == 16 and len(set(ids)) == 16 and all(0 <= i < 24 for i in ids)
 
 
 def test_validation_split_trains_on_the_rest_and_eval_rebuilds_it(synth_root, tmp_path):
@@ -198,3 +200,18 @@ def test_eval_on_val_needs_a_fraction(lcr_checkpoint, synth_root):
     assert m["val_images"] == 12 and m["val_seed"] == 0
     with pytest.raises(InputError, match="split 'dev' is not valid"):
         evaluate(lcr_checkpoint, synth_root, split="dev")
+
+
+def test_batch_as_large_as_the_data_set_names_the_minimum(synth_root, tmp_path):
+    from lcr_sdk.errors import DataError
+    from lcr_sdk.train.config import TrainConfig
+    from lcr_sdk.train.engine import Trainer
+
+    cfg = TrainConfig(arch="resnet18", image_size=64, batch_size=24)  # the 24 training images: no queue left
+    with pytest.raises(DataError, match=r"24 training images are too few for --batch-size 24: need at least 25"):
+        Trainer(cfg, synth_root, tmp_path / "r", progress=False)
+    cfg.supervised = True  # no queue: one batch of all images is fine
+    assert len(Trainer(cfg, synth_root, tmp_path / "s", progress=False).train_split) == 24
+    cfg.val_fraction = 0.25
+    with pytest.raises(DataError, match=r"16 training images \(8 held out for validation\) .* need at least 24"):
+        Trainer(cfg, synth_root, tmp_path / "v", progress=False)
