@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import os
 import pickle
+import random
 import zipfile
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from lcr_sdk._version import __version__
@@ -72,6 +74,100 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         if key not in ckpt:
             raise ModelError(f"{path} is an lcr-sdk checkpoint without '{key}'; it is damaged, retrain or re-copy")
     return ckpt
+
+
+def plain(obj: Any) -> Any:
+    """Make a checkpoint loadable with weights_only=True: numpy arrays -> tensors, numpy scalars -> Python numbers
+    (containers rebuilt, tuples kept)."""
+    if isinstance(obj, dict):
+        return {k: plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(plain(v) for v in obj)
+    if isinstance(obj, np.ndarray):
+        return torch.from_numpy(obj.copy())
+    if isinstance(obj, np.generic):
+        return obj.item()
+    return obj
+
+
+def rng_state() -> dict[str, Any]:
+    """The state of every random generator training uses (Python, numpy, torch CPU and CUDA), for resuming."""
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore :func:`rng_state` (after :func:`plain` and a weights_only load)."""
+    random.setstate(state["python"])
+    np.random.set_state(tuple(v.numpy() if torch.is_tensor(v) else v for v in state["numpy"]))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def load_pretrained(net, spec: str) -> None:
+    """Initialise ``net``'s backbone from pretrained weights (the first stage of the two-stage workflow).
+
+    Args:
+        net: the :class:`~lcr_sdk.train.model.LCRNet` to initialise.
+        spec: '' (nothing to do), 'imagenet' (torchvision's weights API; downloads, so online only), a
+            torchvision ResNet state-dict file (``.pth``, optionally under a ``state_dict`` key), or an lcr-sdk
+            checkpoint (its backbone: e.g. from ``lcr-sdk train SOURCE --supervised``).
+
+    Raises:
+        ModelError: a missing or unreadable file, a checkpoint of another arch, or weights whose keys or shapes
+            do not fit (see :func:`~lcr_sdk.train.model.load_backbone`).
+    """
+    from lcr_sdk.train.model import load_backbone
+
+    if not spec:
+        return
+    if spec == "imagenet":
+        import torchvision
+
+        try:
+            weights = torchvision.models.get_model_weights(net.arch).DEFAULT
+            state = weights.get_state_dict(progress=True)
+        except Exception as e:  # network errors surface as URLError/OSError/RuntimeError
+            raise ModelError(
+                f"could not download ImageNet weights for {net.arch} ({e}); on an offline machine download the "
+                f"torchvision state dict elsewhere and pass --pretrained PATH"
+            ) from e
+        load_backbone(net, state, f"--pretrained {spec}")
+        return
+    path = Path(spec)
+    if not path.is_file():
+        what = "is a folder" if path.is_dir() else "does not exist"
+        raise ModelError(
+            f"--pretrained {spec} {what}; give a torchvision state-dict file (.pth), an lcr-sdk checkpoint "
+            "(e.g. from `lcr-sdk train SOURCE --supervised`) or 'imagenet'"
+        )
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # corrupt, truncated, or not a torch file
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise ModelError(
+            f"--pretrained {spec} is not a readable PyTorch state dict or checkpoint ({reason}); re-copy it"
+        ) from e
+    if isinstance(state, dict) and state.get("format") == FORMAT:
+        ckpt = load_checkpoint(path)  # validated: version, config, model
+        arch = ckpt["config"].get("arch")
+        if arch != net.arch:
+            raise ModelError(
+                f"--pretrained {spec} is an lcr-sdk checkpoint of a {arch} but this run trains {net.arch}: "
+                f"use --arch {arch}, or pretrain a {net.arch}"
+            )
+        state = ckpt["model"]
+    elif isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise ModelError(
+            f"--pretrained {spec} holds a {type(state).__name__}, not a state dict; save the weights with "
+            "torch.save(model.state_dict(), PATH)"
+        )
+    load_backbone(net, state, f"--pretrained {spec}")
 
 
 def build_net(ckpt: dict[str, Any]):

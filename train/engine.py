@@ -23,11 +23,18 @@ from tqdm import tqdm
 
 from lcr_sdk.errors import DataError, ModelError
 from lcr_sdk.train.augment import moco_v2
-from lcr_sdk.train.checkpoint import load_checkpoint, save_checkpoint
+from lcr_sdk.train.checkpoint import (
+    load_checkpoint,
+    load_pretrained,
+    plain,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
 from lcr_sdk.train.config import TrainConfig
 from lcr_sdk.train.data import TrainImages, scan_split, split_validation
 from lcr_sdk.train.moco import MoCo, Supervised
-from lcr_sdk.train.model import LCRNet, torchvision_to_backbone
+from lcr_sdk.train.model import LCRNet
 
 LOG_FIELDS = ["epoch", "step", "lr", "loss", "loss_nce", "loss_fit", "acc", "img_per_s", "knn_top1", "own_key"]
 
@@ -41,61 +48,6 @@ def _seed_all(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-
-
-def _rng_state() -> dict:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(tuple(v.numpy() if torch.is_tensor(v) else v for v in state["numpy"]))
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def load_pretrained(net: LCRNet, spec: str) -> None:
-    """Initialise the backbone from torchvision weights: 'imagenet' (weights API, online) or a state-dict path."""
-    if not spec:
-        return
-    if spec == "imagenet":
-        import torchvision
-
-        try:
-            weights = torchvision.models.get_model_weights(net.arch).DEFAULT
-            state = weights.get_state_dict(progress=True)
-        except Exception as e:  # network errors surface as URLError/OSError/RuntimeError
-            raise ModelError(
-                f"could not download ImageNet weights for {net.arch} ({e}); on an offline machine download the "
-                f"torchvision state dict elsewhere and pass --pretrained PATH"
-            ) from e
-    else:
-        path = Path(spec)
-        if not path.is_file():
-            raise ModelError(f"--pretrained {spec}: no such file; give a torchvision state-dict .pth or 'imagenet'")
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:  # corrupt or non-torch file
-            raise ModelError(f"--pretrained {spec} is not a readable torch state dict ({e})") from e
-        if isinstance(state, dict) and "model" in state and "format" in state:
-            state = state["model"]  # an lcr-sdk checkpoint: reuse its backbone
-    mapped = {k: v for k, v in torchvision_to_backbone(state).items() if k.startswith("backbone.")}
-    fix = "pass torchvision weights of the same arch"
-    try:
-        missing, unexpected = net.load_state_dict(mapped, strict=False)
-    except RuntimeError as e:  # shape mismatches
-        first = str(e).splitlines()[1].strip() if len(str(e).splitlines()) > 1 else str(e)
-        raise ModelError(f"--pretrained {spec} does not fit {net.arch}: {first}; {fix}") from e
-    missing = [k for k in missing if k.startswith("backbone.")]
-    if missing or unexpected:
-        raise ModelError(
-            f"--pretrained {spec} does not fit {net.arch}: {len(missing)} missing keys (e.g. {missing[:2]}), "
-            f"{len(unexpected)} unexpected (e.g. {unexpected[:2]}); {fix}"
-        )
 
 
 def lr_at(cfg: TrainConfig, step: int, total: int, steps_per_epoch: int = 1) -> float:
@@ -174,7 +126,8 @@ class Trainer:
         _seed_all(cfg.seed)
         method = "moco" if cfg.supervised else cfg.method
         net = LCRNet(cfg.arch, method, cfg.num_parts)
-        load_pretrained(net, cfg.pretrained)
+        if not self._resuming():  # a resumed run gets its weights from the checkpoint
+            load_pretrained(net, cfg.pretrained)
         if cfg.supervised:
             model = Supervised(net, len(self.train_split.classes))
         else:
@@ -211,6 +164,9 @@ class Trainer:
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         return net, model
 
+    def _resuming(self) -> bool:
+        return self.resume and (self.out / "checkpoint.pt").exists()
+
     # -- checkpoints ---------------------------------------------------------------------------------------------
     def _checkpoint(
         self, net, model, opt, scaler, epoch: int, step_in_epoch: int, global_step: int, metrics: dict | None = None
@@ -228,11 +184,11 @@ class Trainer:
                 "epoch": epoch,
                 "step_in_epoch": step_in_epoch,
                 "global_step": global_step,
-                "rng": _rng_state(),
+                "rng": rng_state(),
                 "history": self.history,
             },
         }
-        return save_checkpoint(self.out / "checkpoint.pt", _plain(state))
+        return save_checkpoint(self.out / "checkpoint.pt", plain(state))
 
     def _restore(self, model, opt, scaler) -> tuple[int, int, int]:
         path = self.out / "checkpoint.pt"
@@ -255,7 +211,7 @@ class Trainer:
         opt.load_state_dict(ts["optimizer"])
         if scaler is not None and ts["scaler"]:
             scaler.load_state_dict(ts["scaler"])
-        _set_rng_state(ts["rng"])
+        set_rng_state(ts["rng"])
         self.history = list(ts.get("history", []))
         return ts["epoch"], ts["step_in_epoch"], ts["global_step"]
 
@@ -270,7 +226,7 @@ class Trainer:
         amp_dtype = torch.bfloat16 if cfg.amp == "bf16" else torch.float16
         scaler = torch.amp.GradScaler("cuda") if use_amp and amp_dtype == torch.float16 else None
         epoch, start_step, global_step = 0, 0, 0
-        if self.resume and (self.out / "checkpoint.pt").exists():
+        if self._resuming():
             epoch, start_step, global_step = self._restore(model, opt, scaler)
         ddp_model = model
         if self.world > 1:
@@ -395,19 +351,6 @@ class Trainer:
             if new:
                 w.writeheader()
             w.writerow(row)
-
-
-def _plain(obj):
-    """Make a checkpoint loadable with weights_only=True: numpy RNG arrays -> lists, tuples kept."""
-    if isinstance(obj, dict):
-        return {k: _plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(_plain(v) for v in obj)
-    if isinstance(obj, np.ndarray):
-        return torch.from_numpy(obj.copy())
-    if isinstance(obj, np.generic):
-        return obj.item()
-    return obj
 
 
 def train(cfg: TrainConfig, data: str | Path, out: str | Path, **kwargs) -> Path:

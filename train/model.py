@@ -14,6 +14,8 @@ DeployModel wraps them with the in-graph preprocessing (uint8 NHWC BGR in), whic
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import torch
 import torch.nn.functional as F
 import torchvision
@@ -149,16 +151,74 @@ class DeployModel(nn.Module):
         return (e, m) if p is None else (e, m, p)
 
 
-def torchvision_to_backbone(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Map a torchvision ResNet state dict (``conv1.weight``, ``fc.*``...) to LCRNet ``backbone.*`` keys.
+_BLOCKS = {
+    ("basic", 2): "resnet18",
+    ("basic", 6): "resnet34",
+    ("bottleneck", 6): "resnet50",
+    ("bottleneck", 23): "resnet101",
+}
 
-    ``fc.*`` is dropped; keys already prefixed with ``backbone.`` pass through (an LCR checkpoint's model state).
+
+def backbone_state_dict(state: Mapping[str, object]) -> dict[str, torch.Tensor]:
+    """Pretrained weights -> the ``backbone.*`` entries of an :class:`LCRNet` state dict (the one conversion).
+
+    Accepts a torchvision ResNet state dict (``conv1.weight``, ``layer1.0.bn1.running_mean``, ``fc.*``...), the
+    same saved from DistributedDataParallel (``module.`` prefix), or an lcr-sdk checkpoint's ``model`` state
+    (``backbone.*`` + ``gfb.*``). The classifier (``fc.*``) and the GFB are dropped: only the trunk is reused.
+    Non-tensor entries are left out; whether the result fits a network is :func:`load_backbone`'s check.
     """
     out = {}
-    for k, v in state.items():
-        if k.startswith("module."):
-            k = k[len("module.") :]
-        if k.startswith("fc."):
+    for key, value in state.items():
+        if not isinstance(key, str) or not torch.is_tensor(value):
             continue
-        out[k if k.startswith("backbone.") else f"backbone.{k}"] = v
+        k = key[len("module.") :] if key.startswith("module.") else key
+        if k.startswith("gfb."):
+            continue
+        k = k if k.startswith("backbone.") else f"backbone.{k}"
+        if k.startswith("backbone.fc."):
+            continue
+        out[k] = value
     return out
+
+
+def guess_arch(backbone: Mapping[str, torch.Tensor]) -> str | None:
+    """The torchvision ResNet a ``backbone.*`` state dict belongs to (block type and depth of layer3), or None."""
+    block = "bottleneck" if "backbone.layer1.0.conv3.weight" in backbone else "basic"
+    prefix = "backbone.layer3."
+    depth = len({k[len(prefix) :].split(".", 1)[0] for k in backbone if k.startswith(prefix)})
+    return _BLOCKS.get((block, depth))
+
+
+def load_backbone(net: LCRNet, state: Mapping[str, object], source: str = "the pretrained state dict") -> None:
+    """Load pretrained weights (see :func:`backbone_state_dict`) into ``net.backbone``, exactly or not at all.
+
+    Raises:
+        ModelError: the weights belong to another ResNet (names both and the ``--arch`` to use), or their keys
+            are not a ResNet's (names how many are missing and unexpected, with examples).
+    """
+    from lcr_sdk.errors import ModelError
+
+    mapped = backbone_state_dict(state)
+    fix = f"pass a torchvision {net.arch} state dict or an lcr-sdk checkpoint trained with --arch {net.arch}"
+    found = guess_arch(mapped)
+    if mapped and found is not None and found != net.arch:
+        raise ModelError(
+            f"{source} holds a {found} backbone but this run trains {net.arch}: use --arch {found}, or {fix}"
+        )
+    own = {k for k in net.state_dict() if k.startswith("backbone.")}
+    missing, unexpected = sorted(own - set(mapped)), sorted(set(mapped) - own)
+    if missing or unexpected:
+        raise ModelError(
+            f"{source} holds no {net.arch} backbone: {len(missing)} of its {len(own)} keys missing "
+            f"(e.g. {[m.removeprefix('backbone.') for m in missing[:2]]}), {len(unexpected)} unexpected "
+            f"(e.g. {[u.removeprefix('backbone.') for u in unexpected[:2]]}); {fix}"
+        )
+    current = net.state_dict()
+    wrong = [k for k in sorted(own) if mapped[k].shape != current[k].shape]
+    if wrong:  # same keys, other shapes: checked before anything is copied
+        k = wrong[0]
+        raise ModelError(
+            f"{source} does not fit a {net.arch}: {k.removeprefix('backbone.')} has shape {list(mapped[k].shape)}, "
+            f"the network's is {list(current[k].shape)} ({len(wrong)} such tensors); {fix}"
+        )
+    net.load_state_dict(mapped, strict=False)

@@ -65,14 +65,56 @@ def test_flat_attention_becomes_all_ones():
 def test_torchvision_weights_map_onto_the_backbone():
     import torchvision
 
-    from lcr_sdk.train.model import LCRNet, torchvision_to_backbone
+    from lcr_sdk.train.model import LCRNet, backbone_state_dict
 
     tv = torchvision.models.resnet18(weights=None)
-    mapped = torchvision_to_backbone(tv.state_dict())
+    mapped = backbone_state_dict(tv.state_dict())
     assert "backbone.conv1.weight" in mapped and not any(k.startswith(("fc.", "backbone.fc.")) for k in mapped)
     net = LCRNet("resnet18", "lcr", num_parts=4)
     missing, unexpected = net.load_state_dict(mapped, strict=False)
     assert unexpected == [] and all(k.startswith("gfb.") for k in missing)
+    ddp = backbone_state_dict({f"module.{k}": v for k, v in tv.state_dict().items()})
+    assert ddp.keys() == mapped.keys()  # saved from DistributedDataParallel: same result
+    own = backbone_state_dict(net.state_dict())  # an lcr-sdk checkpoint's model: backbone kept, GFB dropped
+    assert own.keys() == mapped.keys()
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "resnet34", "resnet50", "resnet101"])
+def test_guess_arch_from_the_weights(arch):
+    import torchvision
+
+    from lcr_sdk.train.model import backbone_state_dict, guess_arch
+
+    state = getattr(torchvision.models, arch)(weights=None).state_dict()
+    assert guess_arch(backbone_state_dict(state)) == arch
+
+
+def test_load_backbone_is_exact_or_refused_with_the_fix():
+    import torch
+    import torchvision
+
+    from lcr_sdk.errors import ModelError
+    from lcr_sdk.train.model import LCRNet, load_backbone
+
+    torch.manual_seed(1)
+    tv = torchvision.models.resnet18(weights=None).state_dict()
+    net = LCRNet("resnet18", "lcr", num_parts=4)
+    load_backbone(net, tv)
+    for k, v in tv.items():
+        if not k.startswith("fc."):
+            assert torch.equal(net.state_dict()[f"backbone.{k}"], v), k
+    with pytest.raises(ModelError, match="holds a resnet18 backbone but this run trains resnet50: use --arch resnet18"):
+        load_backbone(LCRNet("resnet50", "moco"), tv)
+    cut = {k: v for k, v in tv.items() if not k.startswith("layer4.")}
+    with pytest.raises(ModelError, match=r"holds no resnet18 backbone: 30 of its 120 keys missing.*layer4"):
+        load_backbone(net, cut)
+    with pytest.raises(ModelError, match=r"120 of its 120 keys missing.*2 unexpected \(e.g. \['classifier.0.weight"):
+        load_backbone(net, {"classifier.0.weight": torch.zeros(3, 3), "features.0.weight": torch.zeros(3)})
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    wide = dict(tv, **{"layer2.0.conv1.weight": torch.zeros(96, 64, 3, 3)})
+    with pytest.raises(ModelError, match=r"layer2.0.conv1.weight has shape \[96, 64, 3, 3\]"):
+        load_backbone(net, wide)
+    assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())  # nothing was copied
 
 
 def test_unknown_arch_or_method_is_refused():

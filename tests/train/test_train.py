@@ -114,20 +114,53 @@ def test_resume_refuses_other_options(synth_root, tmp_path):
     assert r.exit_code == 1 and "image_size=64" in r.output
 
 
-def test_pretrained_torchvision_state_dict(synth_root, tmp_path):
+def test_pretrained_torchvision_state_dict(tmp_path):
     import torch
     import torchvision
 
-    tv = torchvision.models.resnet18(weights=None)
-    torch.save(tv.state_dict(), tmp_path / "tv.pth")
-    from lcr_sdk.train.engine import load_pretrained
+    from lcr_sdk.train.checkpoint import load_pretrained
     from lcr_sdk.train.model import LCRNet
 
+    tv = torchvision.models.resnet18(weights=None)
+    torch.save(tv.state_dict(), tmp_path / "tv.pth")
     net = LCRNet("resnet18", "lcr", 4)
     load_pretrained(net, str(tmp_path / "tv.pth"))
-    torch.testing.assert_close(net.backbone.conv1.weight, tv.conv1.weight)
-    with pytest.raises(ModelError, match="does not fit resnet50: size mismatch"):
+    torch.testing.assert_close(net.backbone.conv1.weight, tv.conv1.weight, rtol=0, atol=0)
+    with pytest.raises(ModelError, match="holds a resnet18 backbone but this run trains resnet50: use --arch resnet18"):
         load_pretrained(LCRNet("resnet50", "lcr", 4), str(tmp_path / "tv.pth"))
+    torch.save({"state_dict": tv.state_dict()}, tmp_path / "wrapped.pth")  # the usual training-script layout
+    load_pretrained(LCRNet("resnet18", "moco"), str(tmp_path / "wrapped.pth"))
+    torch.save({k: v for k, v in tv.state_dict().items() if "layer3" not in k}, tmp_path / "cut.pth")
+    with pytest.raises(ModelError, match=r"cut.pth holds no resnet18 backbone: 30 of its 120 keys missing"):
+        load_pretrained(LCRNet("resnet18", "moco"), str(tmp_path / "cut.pth"))
+    torch.save([1, 2], tmp_path / "list.pth")
+    with pytest.raises(ModelError, match="holds a list, not a state dict"):
+        load_pretrained(LCRNet("resnet18", "moco"), str(tmp_path / "list.pth"))
+    with pytest.raises(ModelError, match="does not exist; give a torchvision state-dict file"):
+        load_pretrained(LCRNet("resnet18", "moco"), str(tmp_path / "nope.pth"))
+
+
+def test_supervised_pretraining_then_pretrained_loads_its_backbone_exactly(synth_root, tmp_path):
+    """The two-stage workflow: `train --supervised`, then `train --pretrained` that checkpoint."""
+    import torch
+
+    from lcr_sdk.train.config import TrainConfig
+    from lcr_sdk.train.engine import Trainer
+
+    r = _train(synth_root, tmp_path / "sup", "--epochs", "1", "--supervised")
+    assert r.exit_code == 0, r.output
+    source = tmp_path / "sup" / "checkpoint.pt"
+    backbone = {k: v for k, v in torch.load(source, weights_only=True)["model"].items() if k.startswith("backbone.")}
+    cfg = TrainConfig(arch="resnet18", image_size=64, batch_size=8, moco_k=16, num_parts=4, pretrained=str(source))
+    net, model = Trainer(cfg, synth_root, tmp_path / "lcr", progress=False)._build()
+    for key, value in backbone.items():  # weights and BN statistics, bit for bit, in the query and key encoders
+        assert torch.equal(net.state_dict()[key], value), key
+        assert torch.equal(model.encoder_k.state_dict()[key], value), key
+    r = _train(synth_root, tmp_path / "lcr", "--epochs", "1", "--pretrained", str(source))
+    assert r.exit_code == 0, r.output
+    r = _train(synth_root, tmp_path / "big", "--epochs", "1", "--pretrained", str(source), "--arch", "resnet34")
+    assert r.exit_code == 1 and "lcr-sdk checkpoint of a resnet18 but this run trains resnet34" in r.output
+    assert "--arch resnet18" in r.output and "Traceback" not in r.output
 
 
 @pytest.mark.slow
