@@ -14,21 +14,31 @@ class recognition needs the common rationale (the parts).
 
 The data set is written as an ImageFolder: ``OUT/train/<class>/*.png`` and ``OUT/test/<class>/*.png``, plus
 ``OUT/synth.json`` with the options and per-image object boxes. Same options and seed -> same bytes.
+
+:func:`generate_protocol` writes the two data sets of the built-in benchmark, which emulates the paper's setting
+(supervised ImageNet weights, then self-supervised training on a fine-grained set such as CUB): ``OUT/source``
+holds other part combinations (classes the target never shows) for supervised pretraining, ``OUT/target`` the
+fine-grained classes for the self-supervised stage and the evaluation. Both use the same parts, so what the
+source teaches (part detectors) transfers, as ImageNet features transfer to birds.
 """
 
 from __future__ import annotations
 
 import itertools
 import json
+import logging
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
 
-from lcr_sdk.errors import InputError
-from lcr_sdk.fileio import atomic_write_text
+from lcr_sdk.errors import DataError, InputError
+from lcr_sdk.fileio import atomic_write_text, staging_dir
+
+log = logging.getLogger(__name__)
 
 CRESTS = ("spike", "knob", "double-spike", "flat")
 WINGS = ("single-bar", "double-bar", "spots")
@@ -45,7 +55,10 @@ class SynthConfig:
         test_per_class: test images per class.
         image_size: side of the square images in pixels.
         difficulty: 0 (plain backgrounds, large objects) .. 1 (busy, high-contrast clutter, small objects).
-        seed: master seed; every image has its own generator derived from (seed, split, index).
+        seed: master seed; every image has its own generator derived from (seed, split, class, index).
+        first_class: index of the first class in the fixed class order (:func:`class_names`); a data set of
+            classes ``first_class .. first_class + num_classes - 1`` shares no class with one of classes
+            ``0 .. first_class - 1``, and each image is the same as in a data set that starts at 0 and holds it.
     """
 
     num_classes: int = 8
@@ -54,17 +67,33 @@ class SynthConfig:
     image_size: int = 112
     difficulty: float = 0.5
     seed: int = 0
+    first_class: int = 0
 
 
-def class_names(num_classes: int) -> list[str]:
-    """Class names, e.g. ``c03_knob_double-bar_fan``; classes are spread over all three part attributes."""
+MAX_CLASSES = len(CRESTS) * len(WINGS) * len(TAILS)
+
+
+def class_names(num_classes: int, first_class: int = 0) -> list[str]:
+    """Class names, e.g. ``c03_knob_double-bar_fan``; classes are spread over all three part attributes.
+
+    The order is fixed: class ``i`` is always the same part combination, whatever ``num_classes`` is, and no two
+    indices share a combination, so disjoint index ranges are disjoint sets of classes.
+    """
+    if not 0 <= first_class < MAX_CLASSES:
+        raise InputError(f"first_class={first_class} is not valid; choose 0..{MAX_CLASSES - 1}")
+    if not 2 <= num_classes <= MAX_CLASSES - first_class:
+        raise InputError(
+            f"num_classes={num_classes} is not valid with first_class={first_class}; "
+            f"choose 2..{MAX_CLASSES - first_class} (there are {MAX_CLASSES} part combinations)"
+        )
     combos = list(itertools.product(range(len(CRESTS)), range(len(WINGS)), range(len(TAILS))))
-    if not 2 <= num_classes <= len(combos):
-        raise InputError(f"num_classes={num_classes} is not valid; choose 2..{len(combos)}")
     # Spread the chosen classes: step through the combinations so that neighbours differ in several parts.
     step = next(s for s in (7, 5, 11, 13, 1) if math.gcd(s, len(combos)) == 1)
-    picked = [combos[(i * step) % len(combos)] for i in range(num_classes)]
-    return [f"c{i:02d}_{CRESTS[c]}_{WINGS[w]}_{TAILS[t]}" for i, (c, w, t) in enumerate(picked)]
+    names = []
+    for i in range(first_class, first_class + num_classes):
+        c, w, t = combos[(i * step) % len(combos)]
+        names.append(f"c{i:02d}_{CRESTS[c]}_{WINGS[w]}_{TAILS[t]}")
+    return names
 
 
 def _parts_of(name: str) -> tuple[str, str, str]:
@@ -73,7 +102,8 @@ def _parts_of(name: str) -> tuple[str, str, str]:
 
 
 def _random_colour(rng: np.random.Generator, lo: int = 0, hi: int = 256) -> tuple[int, int, int]:
-    return tuple(int(v) for v in rng.integers(lo, hi, size=3))
+    v = rng.integers(lo, hi, size=3)
+    return int(v[0]), int(v[1]), int(v[2])
 
 
 def _background(rng: np.random.Generator, s: int, difficulty: float) -> np.ndarray:
@@ -86,8 +116,8 @@ def _background(rng: np.random.Generator, s: int, difficulty: float) -> np.ndarr
         a, f = rng.uniform(0, math.pi), rng.uniform(3, 12)
         t = 0.5 + 0.5 * np.sin(2 * math.pi * f * (xx * math.cos(a) + yy * math.sin(a)) + rng.uniform(0, 6.3))
     elif kind == 1:  # checks
-        f = rng.integers(3, 9)
-        t = ((np.floor(xx * f) + np.floor(yy * f)) % 2).astype(np.float32)
+        n = rng.integers(3, 9)
+        t = ((np.floor(xx * n) + np.floor(yy * n)) % 2).astype(np.float32)
     elif kind == 2:  # smooth blobs
         small = rng.random((4, 4)).astype(np.float32)
         t = cv2.resize(small, (s, s), interpolation=cv2.INTER_CUBIC).clip(0, 1)
@@ -96,8 +126,7 @@ def _background(rng: np.random.Generator, s: int, difficulty: float) -> np.ndarr
         t = (t - t.min()) / max(float(np.ptp(t)), 1e-6)
     contrast = 0.3 + 0.7 * difficulty
     t = 0.5 + (t - 0.5) * contrast
-    img = base[None, None] * (1 - t[..., None]) + other[None, None] * t[..., None]
-    img = img.astype(np.uint8)
+    img: np.ndarray = (base[None, None] * (1 - t[..., None]) + other[None, None] * t[..., None]).astype(np.uint8)
     for _ in range(int(rng.integers(1, 3 + round(6 * difficulty)))):  # clutter shapes
         c = _random_colour(rng)
         x, y = (int(v) for v in rng.integers(0, s, size=2))
@@ -115,10 +144,13 @@ def _rot(points: np.ndarray, angle: float, centre: np.ndarray, mirror: bool) -> 
     if mirror:
         p[:, 1] = -p[:, 1]
     c, s = math.cos(angle), math.sin(angle)
-    return (p @ np.array([[c, s], [-s, c]], np.float32)) + centre
+    out: np.ndarray = (p @ np.array([[c, s], [-s, c]], np.float32)) + centre
+    return out
 
 
-def _draw_object(img: np.ndarray, rng: np.random.Generator, parts: tuple[str, str, str], difficulty: float) -> list:
+def _draw_object(
+    img: np.ndarray, rng: np.random.Generator, parts: tuple[str, str, str], difficulty: float
+) -> list[int]:
     """Draw the 'bird' and return its bounding box [x0, y0, x1, y1] in pixels."""
     s = img.shape[0]
     crest, wing, tail = parts
@@ -132,10 +164,10 @@ def _draw_object(img: np.ndarray, rng: np.random.Generator, parts: tuple[str, st
     ink, paper = (15, 15, 15), (245, 245, 245)
     thick = max(1, round(s / 64))
 
-    def P(*xy):
+    def P(*xy: Any) -> np.ndarray:
         return _rot(np.array(xy, np.float32).reshape(-1, 2), angle, centre, mirror)
 
-    def poly(pts, col):
+    def poly(pts: np.ndarray, col: tuple[int, int, int]) -> None:
         cv2.fillPoly(img, [np.round(pts * 16).astype(np.int32)], col, cv2.LINE_AA, shift=4)
 
     # tail (class part), behind the body
@@ -202,7 +234,9 @@ def _draw_object(img: np.ndarray, rng: np.random.Generator, parts: tuple[str, st
     return [round(float(x0)), round(float(y0)), round(float(x1)), round(float(y1))]
 
 
-def render(name: str, rng: np.random.Generator, image_size: int = 112, difficulty: float = 0.5):
+def render(
+    name: str, rng: np.random.Generator, image_size: int = 112, difficulty: float = 0.5
+) -> tuple[np.ndarray, list[int]]:
     """Render one image of class ``name``; returns ``(bgr_uint8, box)``."""
     img = _background(rng, image_size, difficulty)
     box = _draw_object(img, rng, _parts_of(name), difficulty)
@@ -225,7 +259,7 @@ def generate(out: str | Path, cfg: SynthConfig | None = None, progress: bool = T
     if cfg.train_per_class < 1 or cfg.test_per_class < 2:
         raise InputError("train_per_class must be >= 1 and test_per_class >= 2 (retrieval needs a second image)")
     out = Path(out)
-    names = class_names(cfg.num_classes)
+    names = class_names(cfg.num_classes, cfg.first_class)
     jobs = [
         (split, si, ci, i)
         for si, (split, n) in enumerate((("train", cfg.train_per_class), ("test", cfg.test_per_class)))
@@ -233,12 +267,12 @@ def generate(out: str | Path, cfg: SynthConfig | None = None, progress: bool = T
         for i in range(n)
     ]
     boxes: dict[str, list[int]] = {}
-    from tqdm import tqdm
+    from tqdm import tqdm  # type: ignore[import-untyped]
 
     for split, si, ci, i in tqdm(jobs, desc="synth data", unit="img", disable=not progress, leave=False):
         folder = out / split / names[ci]
         folder.mkdir(parents=True, exist_ok=True)
-        rng = np.random.default_rng([cfg.seed, si, ci, i])
+        rng = np.random.default_rng([cfg.seed, si, cfg.first_class + ci, i])
         img, box = render(names[ci], rng, cfg.image_size, cfg.difficulty)
         rel = f"{split}/{names[ci]}/{i:05d}.png"
         if not cv2.imwrite(str(out / rel), img):
@@ -247,3 +281,118 @@ def generate(out: str | Path, cfg: SynthConfig | None = None, progress: bool = T
     meta = {"generator": "lcr_sdk.synth", "config": asdict(cfg), "classes": names, "boxes": boxes}
     atomic_write_text(out / "synth.json", json.dumps(meta, indent=1))
     return out
+
+
+def matches(root: str | Path, cfg: SynthConfig) -> bool:
+    """True if ``root`` holds a data set this module wrote with exactly ``cfg`` (so it can be reused as is)."""
+    meta = Path(root) / "synth.json"
+    if not meta.is_file():
+        return False
+    try:
+        info = json.loads(meta.read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(info, dict) and info.get("generator") == "lcr_sdk.synth" and info.get("config") == asdict(cfg)
+
+
+@dataclass
+class ProtocolConfig:
+    """The two data sets of the built-in benchmark (see :func:`generate_protocol`).
+
+    Attributes:
+        target_classes: fine-grained classes of the self-supervised stage and the evaluation (classes 0..N-1).
+        source_classes: classes of the supervised pretraining, the next ones in the fixed order (no overlap).
+        target_train_per_class, target_test_per_class: target images per class (the validation split is carved
+            from the train split by the trainer).
+        source_train_per_class, source_test_per_class: source images per class.
+        image_size, difficulty, seed: as in :class:`SynthConfig`, shared by both sets.
+    """
+
+    target_classes: int = 8
+    source_classes: int = 16
+    target_train_per_class: int = 100
+    target_test_per_class: int = 40
+    source_train_per_class: int = 60
+    source_test_per_class: int = 10
+    image_size: int = 112
+    difficulty: float = 0.5
+    seed: int = 1234
+
+    def source(self) -> SynthConfig:
+        """The source set's options."""
+        return SynthConfig(
+            num_classes=self.source_classes,
+            train_per_class=self.source_train_per_class,
+            test_per_class=self.source_test_per_class,
+            image_size=self.image_size,
+            difficulty=self.difficulty,
+            seed=self.seed,
+            first_class=self.target_classes,
+        )
+
+    def target(self) -> SynthConfig:
+        """The target set's options."""
+        return SynthConfig(
+            num_classes=self.target_classes,
+            train_per_class=self.target_train_per_class,
+            test_per_class=self.target_test_per_class,
+            image_size=self.image_size,
+            difficulty=self.difficulty,
+            seed=self.seed,
+        )
+
+
+def generate_protocol(out: str | Path, cfg: ProtocolConfig | None = None, progress: bool = True) -> tuple[Path, Path]:
+    """Write ``OUT/source`` (supervised pretraining) and ``OUT/target`` (self-supervised stage, evaluation).
+
+    The sets share no class: the target holds classes ``0 .. target_classes - 1`` of :func:`class_names`, the
+    source the next ``source_classes``. A set already written with the same options is kept as it is.
+
+    Returns:
+        ``(source_root, target_root)``.
+    """
+    cfg = cfg or ProtocolConfig()
+    if cfg.target_classes + cfg.source_classes > MAX_CLASSES:
+        raise InputError(
+            f"target_classes + source_classes = {cfg.target_classes + cfg.source_classes} exceeds the "
+            f"{MAX_CLASSES} part combinations of the generator; use fewer source classes"
+        )
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    roots = []
+    for name, sub in (("source", cfg.source()), ("target", cfg.target())):
+        root = out / name
+        if matches(root, sub):
+            log.info("reusing the synthetic %s set in %s", name, root)
+        else:
+            log.info("writing the synthetic %s set to %s", name, root)
+            _replace_set(root, sub, progress)
+        roots.append(root)
+    return roots[0], roots[1]
+
+
+def _is_synth_set(root: Path) -> bool:
+    try:
+        info = json.loads((root / "synth.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(info, dict) and info.get("generator") == "lcr_sdk.synth"
+
+
+def _replace_set(root: Path, cfg: SynthConfig, progress: bool) -> None:
+    """Write a data set at ``root``: built in a staging folder, then renamed into place, so a killed run leaves
+    no half-written set and a set written earlier with other options is replaced whole (no stale images).
+
+    Raises:
+        DataError: ``root`` holds files that this module did not write (they are left alone).
+    """
+    if root.exists() and not _is_synth_set(root) and any(root.iterdir()):
+        raise DataError(
+            f"{root} holds files that lcr_sdk.synth did not write (no synth.json); they are left alone: "
+            "choose another output folder or move them away"
+        )
+    with staging_dir(root.parent, f".{root.name}-staging-") as stage:
+        generate(stage / "set", cfg, progress=progress)
+        if root.exists():
+            root.rename(stage / "old")  # removed with the staging folder
+        (stage / "set").rename(root)
