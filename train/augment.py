@@ -3,7 +3,8 @@
 Per-image torchvision transforms cost ~5-15 ms a view on a CPU core, which starves a GPU and takes a third of a
 2-core CPU step. Here every random choice is drawn per image, but the work is a few batched tensor ops:
 
-    random resized crop (scale 0.2-1, ratio 3/4-4/3) + horizontal flip   one affine grid_sample
+    random resized crop (scale 0.2-1, ratio 3/4-4/3) + horizontal flip   one affine grid_sample, anywhere in the
+                                                                          whole image (aspect kept)
     colour jitter 0.4/0.4/0.4/0.1 with p=0.8                              brightness, contrast, saturation, hue
     grayscale p=0.2
     Gaussian blur sigma 0.1-2.0 at 224 px, scaled with the side, p=0.5   separable per-image kernels
@@ -23,28 +24,53 @@ import torch.nn.functional as F
 from lcr_sdk.manifest import IMAGENET_MEAN, IMAGENET_STD
 
 
-def _u(n: int, lo: float, hi: float, g: torch.Generator | None, device) -> torch.Tensor:
+def _u(n: int, lo: float, hi: float, g: torch.Generator | None, device: torch.device | str) -> torch.Tensor:
+    """n uniform numbers in [lo, hi), drawn on the CPU (so a seeded generator gives the same on every device)."""
     return torch.rand(n, generator=g, device="cpu").to(device) * (hi - lo) + lo
 
 
-def _p(n: int, p: float, g: torch.Generator | None, device) -> torch.Tensor:
+def _p(n: int, p: float, g: torch.Generator | None, device: torch.device | str) -> torch.Tensor:
+    """n coin flips that come up True with probability p."""
     return (torch.rand(n, generator=g, device="cpu") < p).to(device)
 
 
-def resized_crop_flip(x: torch.Tensor, size: int, g=None, scale=(0.2, 1.0), ratio=(3 / 4, 4 / 3)) -> torch.Tensor:
-    """Random resized crop to ``size`` x ``size`` and random horizontal flip. x: B x 3 x H x W float."""
+def resized_crop_flip(
+    x: torch.Tensor,
+    size: int,
+    g: torch.Generator | None = None,
+    scale: tuple[float, float] = (0.2, 1.0),
+    ratio: tuple[float, float] = (3 / 4, 4 / 3),
+    extent: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Random resized crop to ``size`` x ``size`` and random horizontal flip, from anywhere in each image.
+
+    As torchvision's RandomResizedCrop: a crop covers ``scale`` of the image's area with a width/height ratio in
+    ``ratio`` (in pixels, so a wide image gets crops of the same shapes as a square one), placed uniformly.
+
+    Args:
+        x: B x 3 x H x W float; image i lies in the box ``extent[i]`` of its canvas (the rest is padding that
+            crops never reach).
+        size: output side.
+        g: generator for the random draws (None: torch's global one).
+        scale, ratio: crop area share and aspect range.
+        extent: B x 4 boxes (x0, y0, x1, y1) of the images as shares of the canvas; None = the whole canvas.
+    """
     b, dev = x.shape[0], x.device
+    box = torch.tensor([0.0, 0.0, 1.0, 1.0], device=dev).expand(b, 4) if extent is None else extent.to(dev)
+    ew, eh = box[:, 2] - box[:, 0], box[:, 3] - box[:, 1]  # image size as shares of the canvas
+    aspect = (ew * x.shape[3]) / (eh * x.shape[2])  # each image's width / height in pixels
     area = _u(b, *scale, g, dev)
     log_r = _u(b, math.log(ratio[0]), math.log(ratio[1]), g, dev)
-    w = torch.sqrt(area * torch.exp(log_r)).clamp(max=1.0)  # crop width as a fraction of the image
-    h = torch.sqrt(area / torch.exp(log_r)).clamp(max=1.0)
-    cx = (_u(b, 0, 1, g, dev) * (1 - w) + w / 2) * 2 - 1  # crop centre in [-1, 1]
-    cy = (_u(b, 0, 1, g, dev) * (1 - h) + h / 2) * 2 - 1
+    w = torch.sqrt(area * torch.exp(log_r) / aspect).clamp(max=1.0)  # crop width as a share of the image's
+    h = torch.sqrt(area / torch.exp(log_r) * aspect).clamp(max=1.0)
+    # crop centre in [-1, 1] image coordinates, then in the canvas's
+    cx = ((_u(b, 0, 1, g, dev) * (1 - w) + w / 2) * 2 - 1) * ew + (box[:, 0] + box[:, 2] - 1)
+    cy = ((_u(b, 0, 1, g, dev) * (1 - h) + h / 2) * 2 - 1) * eh + (box[:, 1] + box[:, 3] - 1)
     flip = torch.where(_p(b, 0.5, g, dev), -1.0, 1.0)
     theta = torch.zeros(b, 2, 3, device=dev)
-    theta[:, 0, 0], theta[:, 0, 2] = w * flip, cx
-    theta[:, 1, 1], theta[:, 1, 2] = h, cy
-    grid = F.affine_grid(theta, (b, 3, size, size), align_corners=False)
+    theta[:, 0, 0], theta[:, 0, 2] = w * ew * flip, cx
+    theta[:, 1, 1], theta[:, 1, 2] = h * eh, cy
+    grid = F.affine_grid(theta, [b, 3, size, size], align_corners=False)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
 
 
@@ -108,10 +134,23 @@ def normalise(x: torch.Tensor) -> torch.Tensor:
     return (x - mean) / std
 
 
-def moco_v2(images: torch.Tensor, size: int, g: torch.Generator | None = None) -> torch.Tensor:
-    """One MoCo v2 view of each image. images: B x 3 x H x W uint8 RGB (any device) -> B x 3 x size x size float."""
+def moco_v2(
+    images: torch.Tensor, size: int, g: torch.Generator | None = None, extent: torch.Tensor | None = None
+) -> torch.Tensor:
+    """One MoCo v2 view of each image.
+
+    Args:
+        images: B x 3 x H x W uint8 RGB, any device.
+        size: output side S.
+        g: generator for every random draw (None: torch's global one); the same generator state gives the same
+            views.
+        extent: B x 4 box of each image in its canvas (see :func:`resized_crop_flip`); None = all of it.
+
+    Returns:
+        B x 3 x S x S float, ImageNet-normalised.
+    """
     x = images.float() / 255.0
-    x = resized_crop_flip(x, size, g)
+    x = resized_crop_flip(x, size, g, extent=extent)
     x = colour_jitter(x, g)
     x = random_grayscale(x, g)
     x = gaussian_blur(x, g)

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import warnings
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import cv2
 import numpy as np
 import torch
 from torch.utils.data import Dataset
@@ -32,6 +34,7 @@ class Split:
     classes: list[str]
     skipped: list[tuple[Path, str]] = field(default_factory=list)
     images: list[np.ndarray] | None = None  # decoded BGR images when cached
+    sizes: list[tuple[int, int]] = field(default_factory=list)  # (height, width) of each image
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -40,7 +43,12 @@ class Split:
         """The images at ``indices`` (in that order), with the same class list."""
         images = [self.images[i] for i in indices] if self.images is not None else None
         return Split(
-            self.root, [self.paths[i] for i in indices], [self.labels[i] for i in indices], self.classes, images=images
+            self.root,
+            [self.paths[i] for i in indices],
+            [self.labels[i] for i in indices],
+            self.classes,
+            images=images,
+            sizes=[self.sizes[i] for i in indices] if self.sizes else [],
         )
 
 
@@ -94,6 +102,7 @@ def scan_split(root: str | Path, split: str, on_bad: str = "skip", size: int | N
             continue
         out.paths.append(p)
         out.labels.append(y)
+        out.sizes.append((int(img.shape[0]), int(img.shape[1])))
         if cache:
             images.append(img)
     out.images = images
@@ -148,39 +157,100 @@ def split_validation(split: Split, fraction: float, seed: int = 0) -> tuple[Spli
 
 
 def train_side(size: int) -> int:
-    """Side at which training images are held before random resized crops (like 256 for 224)."""
+    """Short side at which training images are held before random resized crops (like 256 for 224)."""
     return round(size * 8 / 7)
 
 
+MAX_CANVAS_ASPECT = 2.0  # longer images are held at a lower resolution (their short side below train_side)
+
+
+def canvas_shape(sizes: list[tuple[int, int]], side: int) -> tuple[int, int]:
+    """(H, W) of the canvas that holds every training image whole: ``side`` on the short side of the data set's
+    usual orientation and up to ``MAX_CANVAS_ASPECT`` times that on the long side (square for square images)."""
+    aspects = np.array([w / h for h, w in sizes]) if sizes else np.ones(1)
+    if np.median(aspects) >= 1:
+        return side, round(side * float(np.clip(aspects.max(), 1.0, MAX_CANVAS_ASPECT)))
+    return round(side * float(np.clip((1 / aspects).max(), 1.0, MAX_CANVAS_ASPECT))), side
+
+
+def fit_to_canvas(bgr: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Scale an image to fit ``height x width`` with its aspect kept, centred (at :func:`canvas_box`), edges
+    replicated into the margin. Returns the uint8 BGR canvas."""
+    h, w = bgr.shape[:2]
+    nh, nw = _fitted(h, w, height, width)
+    img = bgr if (nh, nw) == (h, w) else cv2.resize(bgr, (nw, nh), interpolation=cv2.INTER_LINEAR)
+    top, left = (height - nh) // 2, (width - nw) // 2
+    if (nh, nw) != (height, width):
+        img = cv2.copyMakeBorder(img, top, height - nh - top, left, width - nw - left, cv2.BORDER_REPLICATE)
+    return img
+
+
+def canvas_box(h: int, w: int, height: int, width: int) -> tuple[float, float, float, float]:
+    """Where :func:`fit_to_canvas` puts an h x w image: (x0, y0, x1, y1) as shares of the canvas."""
+    nh, nw = _fitted(h, w, height, width)
+    top, left = (height - nh) // 2, (width - nw) // 2
+    return left / width, top / height, (left + nw) / width, (top + nh) / height
+
+
 class TrainImages(Dataset):
-    """Training images as uint8 RGB 3 x Sc x Sc tensors plus labels and indices; augmentation happens later, per
-    batch.
+    """Training images, whole and with their aspect kept, as uint8 RGB 3 x H x W canvases (see
+    :func:`canvas_shape`) plus labels and indices; augmentation (random resized crops inside each image's
+    ``extent``) happens later, per batch.
 
     Cached splits are converted once into one tensor; others are read from disk per item (use DataLoader workers).
+
+    Attributes:
+        canvas: (H, W) of every held image.
+        extent: N x 4 float, the box (x0, y0, x1, y1) of each image in its canvas, as shares of the canvas.
     """
 
     def __init__(self, split: Split, size: int):
         self.split, self.side = split, train_side(size)
+        sizes = split.sizes or [im.shape[:2] for im in split.images or []]
+        self.canvas = canvas_shape(sizes, self.side)
+        hc, wc = self.canvas
+        self.extent = torch.tensor([canvas_box(h, w, hc, wc) for h, w in sizes], dtype=torch.float32).view(-1, 4)
         self.tensor = None
         if split.images is not None:
-            self.tensor = torch.from_numpy(np.stack([self._prep(im) for im in split.images]))  # N x 3 x Sc x Sc
+            self.tensor = torch.from_numpy(np.stack([self._prep(im) for im in split.images]))  # N x 3 x H x W
 
     def _prep(self, bgr: np.ndarray) -> np.ndarray:
-        return np.ascontiguousarray(resize_to(bgr, self.side, self.side)[:, :, ::-1].transpose(2, 0, 1))
+        img = fit_to_canvas(bgr, *self.canvas)
+        return np.ascontiguousarray(img[:, :, ::-1].transpose(2, 0, 1))
 
     def __len__(self) -> int:
         return len(self.split)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int, int]:
-        """(uint8 3 x Sc x Sc RGB image, label, i): the index travels with the image's key into MoCo's queue."""
+        """(uint8 3 x H x W RGB canvas, label, i): the index travels with the image's key into MoCo's queue."""
         if self.tensor is not None:
             return self.tensor[i], self.split.labels[i], i
         return torch.from_numpy(self._prep(read_image(self.split.paths[i]))), self.split.labels[i], i
 
 
-def eval_batches(split: Split, size: int, batch_size: int = 64):
-    """Yield uint8 N x S x S x 3 BGR batches by the deployment resize rule (the exported graph's input)."""
+def _fitted(h: int, w: int, height: int, width: int) -> tuple[int, int]:
+    """(h, w) of an image scaled to fit inside height x width with its aspect kept."""
+    scale = min(height / h, width / w)
+    return min(height, max(1, round(h * scale))), min(width, max(1, round(w * scale)))
+
+
+def eval_batches(
+    split: Split,
+    size: int | tuple[int, int],
+    batch_size: int = 64,
+    resize: str = "short_side_center_crop",
+    interpolation: str = "linear",
+) -> Iterator[torch.Tensor]:
+    """Yield uint8 N x H x W x 3 BGR batches as the deployed model receives them.
+
+    Args:
+        split: the images.
+        size: the model's input side, or (H, W).
+        batch_size: images per batch.
+        resize, interpolation: the manifest's rule (``Manifest.input``), so evaluation sees what deployment sees.
+    """
+    height, width = (size, size) if isinstance(size, int) else size
     for start in range(0, len(split), batch_size):
         idx = range(start, min(start + batch_size, len(split)))
         imgs = [split.images[i] if split.images is not None else read_image(split.paths[i]) for i in idx]
-        yield torch.from_numpy(np.stack([resize_to(im, size, size) for im in imgs]))
+        yield torch.from_numpy(np.stack([resize_to(im, height, width, resize, interpolation) for im in imgs]))

@@ -2,18 +2,25 @@
 
 Checkpoints (``OUT/checkpoint.pt``) are written atomically at the end of every epoch and every ``save_every``
 steps; ``resume=True`` continues from one to the same state (epoch, step, queue, optimiser, scaler, RNG), so a
-killed run resumed on the deterministic CPU path ends with the same weights as an uninterrupted one.
+killed run resumed on the deterministic CPU path ends with the same weights as an uninterrupted one. A loss or
+weights that stop being finite end the run with an error naming the options to change; the last checkpoint (all
+finite) is kept.
 """
 
 from __future__ import annotations
 
 import csv
+import json
+import logging
 import math
 import os
 import random
 import time
 import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -21,7 +28,8 @@ import torch.distributed as dist
 from torch import nn
 from tqdm import tqdm
 
-from lcr_sdk.errors import DataError, ModelError
+from lcr_sdk.errors import DataError, InputError, ModelError
+from lcr_sdk.fileio import atomic_write_text
 from lcr_sdk.train.augment import moco_v2
 from lcr_sdk.train.checkpoint import (
     load_checkpoint,
@@ -36,7 +44,11 @@ from lcr_sdk.train.data import TrainImages, scan_split, split_validation
 from lcr_sdk.train.moco import MoCo, Supervised
 from lcr_sdk.train.model import LCRNet
 
+log = logging.getLogger(__name__)
+
 LOG_FIELDS = ["epoch", "step", "lr", "loss", "loss_nce", "loss_fit", "acc", "img_per_s", "knn_top1", "own_key"]
+# Options a resumed run may change: they do not alter what is trained (everything else must match the checkpoint).
+RESUMABLE = ("workers", "eval_every", "amp", "channels_last", "pretrained")
 
 
 def _dist_info() -> tuple[int, int, int]:
@@ -65,19 +77,120 @@ def _epoch_order(n: int, seed: int, epoch: int) -> list[int]:
     return torch.randperm(n, generator=g).tolist()
 
 
+def resolve_device(device: str | None, local_rank: int = 0) -> torch.device:
+    """'cpu', 'cuda', 'cuda:N' or None (this process's GPU if there is one, else the CPU) -> a usable device.
+
+    Raises:
+        InputError: an unknown device name, or a CUDA device that is not there.
+    """
+    if device is None:
+        return torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise InputError(f"--device {device!r} is not a device name; use cpu, cuda or cuda:N") from e
+    if dev.type not in ("cpu", "cuda"):
+        raise InputError(f"--device {device!r} is not supported; use cpu, cuda or cuda:N")
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise InputError(
+                f"--device {device}: no CUDA GPU is visible to PyTorch here (torch.cuda.is_available() is False); "
+                "use --device cpu, or install a CUDA build of torch on a machine with a GPU"
+            )
+        index = local_rank if dev.index is None else dev.index  # 'cuda' -> this process's GPU
+        if index >= torch.cuda.device_count():
+            raise InputError(
+                f"--device {device}: there are {torch.cuda.device_count()} CUDA GPUs (cuda:0 to "
+                f"cuda:{torch.cuda.device_count() - 1}); pick one of them"
+            )
+        dev = torch.device("cuda", index)
+    return dev
+
+
+def _check_out(out: Path) -> None:
+    """The output folder must be a folder (or creatable as one)."""
+    for parent in (out, *out.parents):
+        if parent.exists():
+            if not parent.is_dir():
+                what = "is a file" if parent == out else f"is inside {parent}, which is a file"
+                raise InputError(f"--out {out} {what}; give a folder (it is created if missing)")
+            if not os.access(parent, os.W_OK | os.X_OK):
+                raise InputError(f"--out {out}: folder {parent} is not writable; choose another --out")
+            return
+
+
+def _finite_weights(module: nn.Module) -> bool:
+    return all(bool(torch.isfinite(t).all()) for t in module.state_dict().values() if t.is_floating_point())
+
+
+@dataclass
+class _Run:
+    """What one training run holds while it runs (built by :meth:`Trainer._start`)."""
+
+    net: LCRNet
+    model: nn.Module  # MoCo or Supervised
+    ddp: nn.Module  # ``model``, wrapped in DistributedDataParallel under torchrun
+    opt: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler | None
+    amp: torch.dtype | None  # autocast dtype, None = float32
+    dataset: TrainImages
+    steps_per_epoch: int
+    epochs: int
+    epoch: int = 0
+    step: int = 0  # steps done in the current epoch
+    global_step: int = 0
+    steps_here: int = 0  # steps done by this process (for max_steps)
+    lr: float = 0.0  # of the last step
+    bar: Any = None  # the epoch's progress bar
+
+    @property
+    def total(self) -> int:
+        return self.steps_per_epoch * self.epochs
+
+
+@dataclass
+class _Meter:
+    """Per-epoch sums of the logged quantities and throughput."""
+
+    start: float = field(default_factory=time.perf_counter)
+    steps: int = 0
+    seen: int = 0
+    sums: dict[str, float] = field(default_factory=dict)
+
+    def add(self, out: dict[str, torch.Tensor], images: int) -> None:
+        self.steps += 1
+        self.seen += images
+        for k in ("loss", "loss_nce", "loss_fit", "acc", "own_key"):
+            if k in out:
+                self.sums[k] = self.sums.get(k, 0.0) + float(out[k].detach())
+
+    def rate(self) -> float:
+        return self.seen / max(time.perf_counter() - self.start, 1e-9)
+
+    def means(self) -> dict[str, float]:
+        return {k: round(v / max(1, self.steps), 5) for k, v in self.sums.items()}
+
+
 class Trainer:
     """Trains one model; ``run()`` returns the path of the final checkpoint.
+
+    Everything that can be checked before training is checked when the Trainer is made: the options (also
+    validated by :class:`TrainConfig`), the device, the output folder and the data set.
 
     Args:
         cfg: training options.
         data: data set root (ImageFolder with train/ and test/).
         out: output folder: checkpoint.pt, log.csv, config.json.
-        resume: continue from ``out/checkpoint.pt`` if it exists.
+        resume: continue from ``out/checkpoint.pt`` if it exists (refused if it was trained with other options).
         save_every: also checkpoint every N steps (0 = at epoch ends only).
         max_steps: stop after this many steps in this process (for tests that simulate a kill).
         on_bad: unreadable images: 'skip' (report) or 'fail'.
         progress: show a progress bar.
         device: 'cpu', 'cuda', 'cuda:N' or None (CUDA if available).
+
+    Raises:
+        InputError: a bad option, device or output folder.
+        DataError: a missing, empty or unreadable data set, or too few images for the batch.
     """
 
     def __init__(
@@ -92,25 +205,36 @@ class Trainer:
         progress: bool = True,
         device: str | None = None,
     ):
+        cfg.validate()  # fields may have been changed after the config was made
+        if not (isinstance(save_every, int) and save_every >= 0):
+            raise InputError(f"--save-every {save_every!r} is not valid; give 0 (epoch ends only) or a step count")
+        if max_steps is not None and max_steps < 1:
+            raise InputError(f"max_steps {max_steps!r} is not valid; give None or a step count >= 1")
+        if on_bad not in ("skip", "fail"):
+            raise InputError(f"--on-bad {on_bad!r} is not valid; choose skip or fail")
         self.cfg, self.data, self.out = cfg, Path(data), Path(out)
         self.resume, self.save_every, self.max_steps, self.progress = resume, save_every, max_steps, progress
         self.rank, self.world, local_rank = _dist_info()
+        self.device = resolve_device(device, local_rank)
+        _check_out(self.out)
+        if cfg.batch_size % self.world:
+            raise InputError(
+                f"--batch-size {cfg.batch_size} is not divisible by the {self.world} processes; use a multiple of "
+                f"{self.world}"
+            )
         if self.world > 1 and not dist.is_initialized():
-            dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-        if device is None:
-            device = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
-        self.device = torch.device(device)
-        if self.device.type == "cuda" and self.device.index is None:  # 'cuda' -> this process's GPU
-            self.device = torch.device("cuda", local_rank)
+            dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
-        if cfg.batch_size % self.world:
-            raise DataError(f"batch size {cfg.batch_size} is not divisible by the {self.world} processes")
-        cfg.validate()  # fields may have been changed after the config was made
         full = scan_split(self.data, "train", on_bad, size=cfg.image_size)
         self.train_split, self.val_split = split_validation(full, cfg.val_fraction, cfg.val_seed)
         self.test_split = scan_split(self.data, "test", on_bad, size=cfg.image_size)
-        n, held = len(self.train_split), f" ({len(self.val_split)} held out for validation)" if cfg.val_fraction else ""
+        self._check_size()
+        self.history: list[dict] = []
+
+    def _check_size(self) -> None:
+        cfg, n = self.cfg, len(self.train_split)
+        held = f" ({len(self.val_split)} held out for validation)" if cfg.val_fraction else ""
         if n < cfg.batch_size or (n == cfg.batch_size and not cfg.supervised):
             need = cfg.batch_size if cfg.supervised else cfg.batch_size + 1
             why = "" if cfg.supervised else " (MoCo's queue of negatives holds the images outside the batch)"
@@ -118,45 +242,26 @@ class Trainer:
                 f"{n} training images{held} are too few for --batch-size {cfg.batch_size}: need at least {need}"
                 f"{why}; lower --batch-size below {n} or add images"
             )
-        self.history: list[dict] = []
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.out / "checkpoint.pt"
+
+    def _resuming(self) -> bool:
+        return self.resume and self.checkpoint_path.exists()
 
     # -- model ---------------------------------------------------------------------------------------------------
-    def _build(self):
+    def build(self) -> tuple[LCRNet, nn.Module]:
+        """The deployable network and the training module around it (MoCo or Supervised), seeded, on the device.
+
+        The backbone starts from ``cfg.pretrained`` unless the run resumes (then the checkpoint has the weights).
+        """
         cfg = self.cfg
         _seed_all(cfg.seed)
-        method = "moco" if cfg.supervised else cfg.method
-        net = LCRNet(cfg.arch, method, cfg.num_parts)
-        if not self._resuming():  # a resumed run gets its weights from the checkpoint
+        net = LCRNet(cfg.arch, "moco" if cfg.supervised else cfg.method, cfg.num_parts)
+        if not self._resuming():
             load_pretrained(net, cfg.pretrained)
-        if cfg.supervised:
-            model = Supervised(net, len(self.train_split.classes))
-        else:
-            queue = cfg.moco_k
-            limit = len(self.train_split) - cfg.batch_size
-            if queue > limit:
-                warnings.warn(
-                    f"queue {queue} is longer than the data set allows ({len(self.train_split)} training images - "
-                    f"batch {cfg.batch_size}); using {limit} negatives, as a longer queue would mostly repeat "
-                    "images (keys of a query's own image are masked out of its negatives either way)",
-                    stacklevel=2,
-                )
-                queue = limit
-            per_proc = cfg.batch_size // self.world
-            splits = 1 if (self.world > 1 or cfg.sync_bn) else max(1, min(8, per_proc // 8))
-            model = MoCo(
-                net,
-                cfg.moco_dim,
-                cfg.moco_mlp_hidden,
-                queue,
-                cfg.moco_m,
-                cfg.moco_t,
-                bn_splits=splits,
-                nu=cfg.nu,
-                tau=cfg.tau,
-                cam_sign=cfg.cam_sign,
-                cam_detach=cfg.cam_detach,
-                cam_norm=cfg.cam_norm,
-            )
+        model: nn.Module = Supervised(net, len(self.train_split.classes)) if cfg.supervised else self._moco(net)
         model.to(self.device)
         if self.device.type == "cuda" and cfg.channels_last:
             model.to(memory_format=torch.channels_last)
@@ -164,165 +269,242 @@ class Trainer:
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         return net, model
 
-    def _resuming(self) -> bool:
-        return self.resume and (self.out / "checkpoint.pt").exists()
+    def _moco(self, net: LCRNet) -> MoCo:
+        cfg, n = self.cfg, len(self.train_split)
+        queue = cfg.moco_k
+        if queue > n - cfg.batch_size:
+            warnings.warn(
+                f"queue {queue} is longer than the data set allows ({n} training images - batch {cfg.batch_size}); "
+                f"using {n - cfg.batch_size} negatives, as a longer queue would mostly repeat images (keys of a "
+                "query's own image are masked out of its negatives either way)",
+                stacklevel=3,
+            )
+            queue = n - cfg.batch_size
+        splits = 1 if (self.world > 1 or cfg.sync_bn) else max(1, min(8, cfg.batch_size // self.world // 8))
+        return MoCo(
+            net,
+            cfg.moco_dim,
+            cfg.moco_mlp_hidden,
+            queue,
+            cfg.moco_m,
+            cfg.moco_t,
+            bn_splits=splits,
+            nu=cfg.nu,
+            tau=cfg.tau,
+            cam_sign=cfg.cam_sign,
+            cam_detach=cfg.cam_detach,
+            cam_norm=cfg.cam_norm,
+        )
 
     # -- checkpoints ---------------------------------------------------------------------------------------------
-    def _checkpoint(
-        self, net, model, opt, scaler, epoch: int, step_in_epoch: int, global_step: int, metrics: dict | None = None
-    ) -> Path:
-        inner = model.module if hasattr(model, "module") else model
+    def _checkpoint(self, r: _Run, metrics: dict | None = None) -> Path:
+        """Save the run's state (rank 0 only). Refuses weights that are not finite: the last good file stays."""
+        if not _finite_weights(r.net):
+            raise self._diverged(r, "the weights are no longer finite")
+        inner = r.model.module if hasattr(r.model, "module") else r.model
         state = {
-            "config": self.cfg.to_dict() | {"method": net.method},
-            "model": {k: v.detach().cpu() for k, v in net.state_dict().items()},
+            "config": self.cfg.to_dict() | {"method": r.net.method},
+            "model": {k: v.detach().cpu() for k, v in r.net.state_dict().items()},
             "metrics": metrics or {},
             "classes": self.train_split.classes,
             "train_state": {
                 "trainer": {k: v.detach().cpu() for k, v in inner.state_dict().items()},
-                "optimizer": opt.state_dict(),
-                "scaler": scaler.state_dict() if scaler is not None else {},
-                "epoch": epoch,
-                "step_in_epoch": step_in_epoch,
-                "global_step": global_step,
+                "optimizer": r.opt.state_dict(),
+                "scaler": r.scaler.state_dict() if r.scaler is not None else {},
+                "epoch": r.epoch,
+                "step_in_epoch": r.step,
+                "global_step": r.global_step,
                 "rng": rng_state(),
                 "history": self.history,
             },
         }
-        return save_checkpoint(self.out / "checkpoint.pt", plain(state))
+        return save_checkpoint(self.checkpoint_path, plain(state))
 
-    def _restore(self, model, opt, scaler) -> tuple[int, int, int]:
-        path = self.out / "checkpoint.pt"
+    def _restore(self, r: _Run) -> None:
+        path = self.checkpoint_path
         ckpt = load_checkpoint(path, map_location="cpu")
         ts = ckpt.get("train_state")
         if not ts:
             raise ModelError(f"{path} holds no training state (a deploy-only checkpoint); cannot resume from it")
-        saved = TrainConfig.from_dict(ckpt["config"])
-        for key in ("method", "arch", "image_size", "batch_size", "seed", "epochs"):
-            if getattr(saved, key) != getattr(self.cfg, key) and not (key == "method" and self.cfg.supervised):
-                raise ModelError(
-                    f"cannot resume {path}: it was trained with {key}={getattr(saved, key)!r}, "
-                    f"this run asks for {getattr(self.cfg, key)!r}; use the same options or a new --out"
-                )
-        inner = model.module if hasattr(model, "module") else model
+        self._check_resumable(ckpt["config"], path)
+        inner = r.model.module if hasattr(r.model, "module") else r.model
         state = dict(ts["trainer"])
         if "queue" in state and "queue_ids" not in state:  # written before keys carried image indices
             state["queue_ids"] = torch.full((state["queue"].shape[1],), -1, dtype=torch.long)
         inner.load_state_dict(state)
-        opt.load_state_dict(ts["optimizer"])
-        if scaler is not None and ts["scaler"]:
-            scaler.load_state_dict(ts["scaler"])
+        r.opt.load_state_dict(ts["optimizer"])
+        if r.scaler is not None and ts["scaler"]:
+            r.scaler.load_state_dict(ts["scaler"])
         set_rng_state(ts["rng"])
         self.history = list(ts.get("history", []))
-        return ts["epoch"], ts["step_in_epoch"], ts["global_step"]
+        r.epoch, r.step, r.global_step = ts["epoch"], ts["step_in_epoch"], ts["global_step"]
+        log.info("resumed %s at epoch %d, step %d", path, r.epoch + 1, r.step)
+
+    def _check_resumable(self, saved_config: dict, path: Path) -> None:
+        """Refuse to resume with an option that changes what is trained, naming the first one that differs."""
+        saved = {**TrainConfig().to_dict(), **saved_config}
+        if saved.get("supervised") and self.cfg.supervised:
+            saved["method"] = self.cfg.method  # a supervised run records its network's method ('moco')
+        wanted = self.cfg.to_dict()
+        for key in ("supervised", *wanted):  # --supervised first: it also changes the recorded method
+            if key in RESUMABLE or saved.get(key) == wanted[key]:
+                continue
+            flag = "--" + key.replace("_", "-")
+            raise ModelError(
+                f"cannot resume {path}: it was trained with {flag} {saved.get(key)!r}, this run asks for {flag} "
+                f"{wanted[key]!r}, and {flag} is not resumable; resume with the same options (only "
+                f"{', '.join('--' + k.replace('_', '-') for k in RESUMABLE)} may change) or start a new --out"
+            )
 
     # -- loop ----------------------------------------------------------------------------------------------------
     def run(self) -> Path:
-        cfg, dev = self.cfg, self.device
-        self.out.mkdir(parents=True, exist_ok=True)
-        net, model = self._build()
-        params = [p for p in model.parameters() if p.requires_grad]
-        opt = torch.optim.SGD(params, lr=lr_at(cfg, 0, 1), momentum=0.9, weight_decay=cfg.weight_decay)
-        use_amp = dev.type == "cuda" and cfg.amp != "off"
-        amp_dtype = torch.bfloat16 if cfg.amp == "bf16" else torch.float16
-        scaler = torch.amp.GradScaler("cuda") if use_amp and amp_dtype == torch.float16 else None
-        epoch, start_step, global_step = 0, 0, 0
-        if self._resuming():
-            epoch, start_step, global_step = self._restore(model, opt, scaler)
-        ddp_model = model
-        if self.world > 1:
-            ddp_model = nn.parallel.DistributedDataParallel(
-                model, device_ids=[dev.index] if dev.type == "cuda" else None, find_unused_parameters=False
-            )
-        dataset = TrainImages(self.train_split, cfg.image_size)
-        workers = 0 if dataset.tensor is not None else cfg.workers  # in memory: nothing to load in parallel
-        per_proc = cfg.batch_size // self.world
-        steps_per_epoch = len(dataset) // cfg.batch_size
-        total = steps_per_epoch * cfg.epochs
-        steps_here = 0
-        self._write_config()
-        while epoch < cfg.epochs:
-            order = _epoch_order(len(dataset), cfg.seed, epoch)[: steps_per_epoch * cfg.batch_size]
-            batches = [
-                order[i * cfg.batch_size : (i + 1) * cfg.batch_size][self.rank :: self.world][:per_proc]
-                for i in range(steps_per_epoch)
-            ]
-            loader = torch.utils.data.DataLoader(
-                dataset,
-                batch_sampler=batches[start_step:],
-                num_workers=workers,
-                persistent_workers=False,
-                pin_memory=dev.type == "cuda",
-                worker_init_fn=None,
-                generator=torch.Generator().manual_seed(cfg.seed * 7919 + epoch),
-            )
-            model.train()
-            bar = tqdm(
-                loader,
-                desc=f"{'sup' if cfg.supervised else net.method} epoch {epoch + 1}/{cfg.epochs}",
-                initial=start_step,
-                total=steps_per_epoch,
-                disable=not self.progress or self.rank != 0,
-                leave=False,
-                dynamic_ncols=True,
-            )
-            t0, seen, sums = time.perf_counter(), 0, {}
-            for step, (images, labels, ids) in enumerate(bar, start=start_step):
-                lr = lr_at(cfg, global_step, total, steps_per_epoch)
-                for group in opt.param_groups:
-                    group["lr"] = lr
-                images = images.to(dev, non_blocking=True)
-                a = moco_v2(images, cfg.image_size)  # B x 3 x S x S, one augmented view per image
-                b = labels.to(dev) if cfg.supervised else moco_v2(images, cfg.image_size)
-                if dev.type == "cuda" and cfg.channels_last:
-                    a = a.contiguous(memory_format=torch.channels_last)
-                    if not cfg.supervised:
-                        b = b.contiguous(memory_format=torch.channels_last)
-                with torch.autocast(dev.type, dtype=amp_dtype, enabled=use_amp):
-                    out = ddp_model(a, b) if cfg.supervised else ddp_model(a, b, ids.to(dev))
-                opt.zero_grad(set_to_none=True)
-                if scaler is not None:
-                    scaler.scale(out["loss"]).backward()
-                    scaler.step(opt)
-                    scaler.update()
-                else:
-                    out["loss"].backward()
-                    opt.step()
-                global_step += 1
-                steps_here += 1
-                seen += a.shape[0] * self.world
-                for k in ("loss", "loss_nce", "loss_fit", "acc", "own_key"):
-                    if k in out:
-                        sums[k] = sums.get(k, 0.0) + float(out[k].detach())
-                n_done = step - start_step + 1
-                rate = seen / max(time.perf_counter() - t0, 1e-9)
-                bar.set_postfix(loss=f"{sums['loss'] / n_done:.3f}", lr=f"{lr:.4f}", img_s=f"{rate:.0f}")
-                done_epoch = step + 1 == steps_per_epoch
-                if self.max_steps is not None and steps_here >= self.max_steps and not done_epoch:
-                    if self.rank == 0:
-                        self._checkpoint(net, model, opt, scaler, epoch, step + 1, global_step)
-                    return self.out / "checkpoint.pt"
-                if self.save_every and global_step % self.save_every == 0 and not done_epoch and self.rank == 0:
-                    self._checkpoint(net, model, opt, scaler, epoch, step + 1, global_step)
-            bar.close()
-            row = {
-                "epoch": epoch + 1,
-                "step": global_step,
-                "lr": lr_at(cfg, global_step, total, steps_per_epoch),
-                "img_per_s": round(seen / max(time.perf_counter() - t0, 1e-9), 1),
-            }
-            row |= {k: round(v / max(1, steps_per_epoch - start_step), 5) for k, v in sums.items()}
-            epoch, start_step = epoch + 1, 0
-            if self.rank == 0 and cfg.eval_every and (epoch % cfg.eval_every == 0 or epoch == cfg.epochs):
-                row["knn_top1"] = round(self.knn_monitor(net), 4)
-            self.history.append(row)
-            if self.rank == 0:
-                self._log(row)
-                self._checkpoint(net, model, opt, scaler, epoch, 0, global_step)
-            if self.max_steps is not None and steps_here >= self.max_steps:
+        """Train to the last epoch (or ``max_steps``); returns the checkpoint path.
+
+        Raises:
+            InputError: the loss or the weights stopped being finite (the message names the options to change).
+            ModelError: ``--resume`` from a checkpoint trained with other options, or an unwritable checkpoint.
+        """
+        r = self._start()
+        while r.epoch < self.cfg.epochs:
+            meter = _Meter()
+            for images, labels, ids in self._batches(r):
+                out = self._step(r, images, labels, ids)
+                meter.add(out, images.shape[0] * self.world)
+                if self._after_step(r, meter):
+                    return self.checkpoint_path  # max_steps reached mid-epoch (a simulated kill)
+            self._end_epoch(r, meter)
+            if self.max_steps is not None and r.steps_here >= self.max_steps:
                 break
         if self.world > 1:
             dist.barrier()
-        return self.out / "checkpoint.pt"
+        return self.checkpoint_path
+
+    def _start(self) -> _Run:
+        """Build the model, optimiser, AMP scaler and data set; restore them when resuming."""
+        cfg, dev = self.cfg, self.device
+        self.out.mkdir(parents=True, exist_ok=True)
+        net, model = self.build()
+        params = [p for p in model.parameters() if p.requires_grad]
+        opt = torch.optim.SGD(params, lr=lr_at(cfg, 0, 1), momentum=0.9, weight_decay=cfg.weight_decay)
+        amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.amp) if dev.type == "cuda" else None
+        scaler = torch.amp.GradScaler("cuda") if amp == torch.float16 else None
+        dataset = TrainImages(self.train_split, cfg.image_size)
+        r = _Run(net, model, model, opt, scaler, amp, dataset, len(dataset) // cfg.batch_size, cfg.epochs)
+        if self._resuming():
+            self._restore(r)
+        if self.world > 1:
+            r.ddp = nn.parallel.DistributedDataParallel(
+                model, device_ids=[dev.index] if dev.type == "cuda" else None, find_unused_parameters=False
+            )
+        if self.rank == 0:
+            atomic_write_text(self.out / "config.json", json.dumps(cfg.to_dict(), indent=2))
+        return r
+
+    def _batches(self, r: _Run) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """This process's batches of the current epoch, from the step the run is at, behind a progress bar."""
+        cfg = self.cfg
+        per_proc = cfg.batch_size // self.world
+        order = _epoch_order(len(r.dataset), cfg.seed, r.epoch)[: r.steps_per_epoch * cfg.batch_size]
+        batches = [
+            order[i * cfg.batch_size : (i + 1) * cfg.batch_size][self.rank :: self.world][:per_proc]
+            for i in range(r.steps_per_epoch)
+        ]
+        loader = torch.utils.data.DataLoader(
+            r.dataset,
+            batch_sampler=batches[r.step :],
+            num_workers=0 if r.dataset.tensor is not None else cfg.workers,  # in memory: nothing to load
+            pin_memory=self.device.type == "cuda",
+            generator=torch.Generator().manual_seed(cfg.seed * 7919 + r.epoch),
+        )
+        r.model.train()
+        r.bar = tqdm(
+            loader,
+            desc=f"{'sup' if cfg.supervised else r.net.method} epoch {r.epoch + 1}/{cfg.epochs}",
+            initial=r.step,
+            total=r.steps_per_epoch,
+            disable=not self.progress or self.rank != 0,
+            leave=False,
+            dynamic_ncols=True,
+        )
+        try:
+            yield from r.bar
+        finally:
+            r.bar.close()
+
+    def _step(self, r: _Run, images: torch.Tensor, labels: torch.Tensor, ids: torch.Tensor) -> dict[str, torch.Tensor]:
+        """One optimiser step on one batch; raises if the loss is not finite (before the weights change)."""
+        cfg, dev = self.cfg, self.device
+        lr = lr_at(cfg, r.global_step, r.total, r.steps_per_epoch)
+        for group in r.opt.param_groups:
+            group["lr"] = lr
+        images = images.to(dev, non_blocking=True)
+        extent = r.dataset.extent[ids]  # B x 2: where each image lies in its canvas
+        a = moco_v2(images, cfg.image_size, extent=extent)  # B x 3 x S x S, one augmented view per image
+        b = labels.to(dev) if cfg.supervised else moco_v2(images, cfg.image_size, extent=extent)
+        if dev.type == "cuda" and cfg.channels_last:
+            a = a.contiguous(memory_format=torch.channels_last)
+            b = b if cfg.supervised else b.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(dev.type, dtype=r.amp or torch.bfloat16, enabled=r.amp is not None):
+            out = r.ddp(a, b) if cfg.supervised else r.ddp(a, b, ids.to(dev))
+        if not bool(torch.isfinite(out["loss"].detach())):
+            raise self._diverged(r, f"the loss is {float(out['loss'])}")
+        r.opt.zero_grad(set_to_none=True)
+        if r.scaler is not None:
+            r.scaler.scale(out["loss"]).backward()
+            r.scaler.step(r.opt)
+            r.scaler.update()
+        else:
+            out["loss"].backward()
+            r.opt.step()
+        r.global_step += 1
+        r.steps_here += 1
+        r.step += 1
+        r.lr = lr
+        return out
+
+    def _after_step(self, r: _Run, meter: _Meter) -> bool:
+        """Progress bar, step checkpoints; True when ``max_steps`` ends the run mid-epoch."""
+        r.bar.set_postfix(loss=f"{meter.sums['loss'] / meter.steps:.3f}", lr=f"{r.lr:.4f}", img_s=f"{meter.rate():.0f}")
+        if r.step == r.steps_per_epoch:
+            return False  # the epoch end saves
+        if self.max_steps is not None and r.steps_here >= self.max_steps:
+            if self.rank == 0:
+                self._checkpoint(r)
+            return True
+        if self.save_every and r.global_step % self.save_every == 0 and self.rank == 0:
+            self._checkpoint(r)
+        return False
+
+    def _end_epoch(self, r: _Run, meter: _Meter) -> None:
+        """Log the epoch, run the kNN monitor when due, checkpoint."""
+        cfg = self.cfg
+        row: dict = {
+            "epoch": r.epoch + 1,
+            "step": r.global_step,
+            "lr": lr_at(cfg, r.global_step, r.total, r.steps_per_epoch),
+            "img_per_s": round(meter.rate(), 1),
+        }
+        row |= meter.means()
+        r.epoch, r.step = r.epoch + 1, 0
+        if self.rank == 0 and cfg.eval_every and (r.epoch % cfg.eval_every == 0 or r.epoch == cfg.epochs):
+            row["knn_top1"] = round(self.knn_monitor(r.net), 4)
+        self.history.append(row)
+        if self.rank == 0:
+            self._log(row)
+            self._checkpoint(r)
+
+    def _diverged(self, r: _Run, what: str) -> InputError:
+        cfg = self.cfg
+        kept = (
+            f"the last good checkpoint {self.checkpoint_path} is kept"
+            if self.checkpoint_path.exists()
+            else "no checkpoint was written"
+        )
+        return InputError(
+            f"training diverged at epoch {r.epoch + 1}, step {r.step + 1}: {what}. Lower --lr (now {cfg.lr:g}) or "
+            f"raise --warmup-epochs (now {cfg.warmup_epochs:g}); check --moco-t ({cfg.moco_t:g}) and --tau "
+            f"({cfg.tau:g}); {kept}"
+        )
 
     def knn_monitor(self, net: LCRNet) -> float:
         """kNN top-1 with the training images as memory; queries from the validation split when there is one,
@@ -334,14 +516,6 @@ class Trainer:
         tr = embed_split(net, self.train_split, self.cfg.image_size, self.device)
         te = embed_split(net, queries, self.cfg.image_size, self.device)
         return knn_top1(tr, self.train_split.labels, te, queries.labels)
-
-    def _write_config(self) -> None:
-        import json
-
-        from lcr_sdk.fileio import atomic_write_text
-
-        if self.rank == 0:
-            atomic_write_text(self.out / "config.json", json.dumps(self.cfg.to_dict(), indent=2))
 
     def _log(self, row: dict) -> None:
         path = self.out / "log.csv"
