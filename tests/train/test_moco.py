@@ -150,3 +150,52 @@ def test_queue_shorter_than_the_batch_keeps_the_newest_keys():
     model = _moco("moco", queue_size=4)
     model(torch.randn(8, 3, 64, 64), torch.randn(8, 3, 64, 64), torch.arange(8))
     assert model.queue_ids.tolist() == [4, 5, 6, 7] and int(model.queue_ptr) == 0
+
+
+def test_gradcam_under_fp16_scales_the_loss_so_the_gradient_does_not_underflow():
+    """dL/dF below fp16's smallest subnormal (6e-8) is flushed to zero by an fp16 backward; the loss scale keeps it.
+
+    The loss here is made that small on purpose (real ResNet-50/224/batch-256 steps reach ~5e-7, where fp16 keeps
+    only one or two significant bits); the CAM, being max-normalised, must not depend on the scale.
+    """
+    import torch
+
+    from lcr_sdk.train.moco import contrastive_gradcam
+
+    torch.manual_seed(0)
+    base = torch.rand(2, 4, 3, 3) * 2
+    w = torch.tensor([1.0, -0.6, 0.8, -0.3]).view(1, 4, 1, 1)
+    f32 = base.clone().requires_grad_()
+    reference = contrastive_gradcam((f32 * w).sum() * 1e-9, f32, sign="loss")
+    f16 = base.half().requires_grad_()  # what the backbone hands over under fp16 autocast
+    loss16 = (f16.float() * w).sum() * 1e-9
+    flushed = contrastive_gradcam(loss16, f16, sign="loss")
+    assert torch.count_nonzero(flushed) == 0  # the unscaled gradient underflowed: an empty target
+    scaled = contrastive_gradcam(loss16, f16, sign="loss", loss_scale=2.0**16)
+    assert scaled.dtype == torch.float32 and (reference > 0).sum() > 4 and (reference < 0.9).sum() > 4
+    torch.testing.assert_close(scaled, reference, rtol=0, atol=2e-2)
+
+
+def test_fp16_autocast_cam_matches_fp32():
+    """A real LCR step under CPU fp16 autocast gives the fp32 step's Grad-CAM target (also when the scale overflows).
+
+    At this toy size dL/dF is ~1e-3, inside fp16's normal range, so this comparison also holds without the scale;
+    the underflow itself is exercised by the test above.
+    """
+    import torch
+
+    def cam(dtype, scale=2.0**16):
+        model = _moco("lcr", cam_loss_scale=scale)
+        x = torch.randn(8, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+        torch.manual_seed(5)  # the same key shuffle in every run
+        with torch.autocast("cpu", dtype=dtype or torch.bfloat16, enabled=dtype is not None):
+            return model(x, x.clone(), torch.arange(8))["cam"]
+
+    fp32, fp16 = cam(None), cam(torch.float16)
+    assert fp16.dtype == torch.float32 and torch.isfinite(fp16).all()
+    cos = torch.nn.functional.cosine_similarity(fp32.flatten(1), fp16.flatten(1))
+    assert cos.min() > 0.98, cos
+    torch.testing.assert_close(fp16.flatten(1).amax(1), torch.ones(8))
+    overflow = cam(torch.float16, scale=2.0**40)  # the scaled gradient overflows fp16: retried with a lower scale
+    assert torch.isfinite(overflow).all()
+    torch.testing.assert_close(overflow, fp16, rtol=0, atol=1e-3)
