@@ -6,8 +6,10 @@
 
     DIR/robin/001.jpg, DIR/robin/002.jpg, DIR/wren/001.jpg ... -> labels "robin", "wren"
 
-Each image's id is its path relative to DIR; its metadata holds the path. An existing gallery at --out is
-replaced (atomically: a crash leaves the old one). `lcr-sdk gallery build` does the same from the command line.
+Each image's id is its path relative to DIR; its metadata holds the path and the gallery records DIR, so
+`lcr-sdk gallery rebuild` can re-embed the images with a new model. An existing gallery at --out is only replaced
+with --replace (atomically: a crash leaves the old one). On LCR models each image's attention is checked:
+--quality warn (default) reports diffuse ones, refuse leaves them out. `lcr-sdk gallery build` does the same.
 """
 
 from __future__ import annotations
@@ -17,7 +19,20 @@ import sys
 from pathlib import Path
 
 from lcr_sdk import Embedder, Gallery, LcrError
-from lcr_sdk.gallery import build_from_folder
+from lcr_sdk.errors import InputError
+from lcr_sdk.gallery import Quality, build_from_folder
+from lcr_sdk.gallery.store import check_target, is_gallery
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an int >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not >= 1")
+    return value
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -25,27 +40,59 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("model", help="model file: .onnx, .engine or .pt")
     p.add_argument("images", type=Path, help="folder with one sub-folder of images per label")
     p.add_argument("--out", type=Path, required=True, help="gallery folder to write")
+    p.add_argument("--replace", action="store_true", help="replace an existing gallery at --out")
     p.add_argument("--backend", help="override the backend chosen by the model suffix")
-    p.add_argument("--batch", type=int, default=16, help="images per inference batch")
+    p.add_argument("--batch", type=positive_int, default=16, help="images per inference batch (>= 1)")
+    p.add_argument("--dtype", choices=["float32", "float16"], default="float32", help="vector storage")
+    p.add_argument("--quality", choices=["off", "warn", "refuse"], default="warn", help="attention check per image")
     return p.parse_args(argv)
 
 
-def build(model: Path, images: Path, out: Path, backend: str | None = None, batch: int = 16) -> Gallery:
+def build(
+    model: Path,
+    images: Path,
+    out: Path,
+    backend: str | None = None,
+    batch: int = 16,
+    replace: bool = False,
+    dtype: str = "float32",
+    quality: str = "warn",
+) -> Gallery:
     """Embed every labelled image under ``images`` and save the gallery to ``out``."""
+    check_target(out)  # before any image is embedded
+    if is_gallery(out) and not replace:
+        raise InputError(f"{out} already holds a gallery; pass --replace to replace it, or choose another --out")
+    flagged: list[tuple[str, Quality]] = []
     with Embedder(model, backend=backend) as emb:
-        gallery = build_from_folder(emb, images, batch=batch, require_labels=True)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    gallery.save(out)
+        gallery = build_from_folder(
+            emb,
+            images,
+            batch=batch,
+            require_labels=True,
+            dtype=dtype,
+            quality=quality,
+            on_quality=lambda p, q: flagged.append((p, q)),
+        )
+    for path, q in flagged:
+        print(f"{'left out' if quality == 'refuse' else 'warning'}: {path}: {q.reason}", file=sys.stderr)
+    if len(gallery) == 0:
+        raise InputError(f"every image of {images} was refused (--quality refuse); nothing written to {out}")
+    gallery.save(out, replace=True)
     return gallery
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        gallery = build(args.model, args.images, args.out, args.backend, args.batch)
+        gallery = build(
+            args.model, args.images, args.out, args.backend, args.batch, args.replace, args.dtype, args.quality
+        )
     except LcrError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
     labels = sorted(set(gallery.labels))
     print(f"gallery: {len(gallery)} images, {len(labels)} labels -> {args.out}", file=sys.stderr)
     return 0

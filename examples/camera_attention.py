@@ -7,6 +7,7 @@
 
 Keys in the window: p = next part map (mask -> part 0 .. K-1 -> mask), q or Esc = quit.
 The mask view marks each part's peak with its number; a part view marks that part's peak with a cross.
+Ctrl+C or SIGTERM stops the demo cleanly: the output video is finished and the exit code is 130.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import sys
 import cv2
 
 from lcr_sdk import Embedder, LcrError
-from lcr_sdk.video import FpsMeter, draw_text, open_sink, open_source
+from lcr_sdk.video import FpsMeter, draw_text, interrupt_on_sigterm, open_sink, open_source
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -71,13 +72,26 @@ def next_part(part: int | None, num_parts: int) -> int | None:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        with (
-            Embedder(args.model, backend=args.backend) as emb,
-            open_source(args.input, args.width, args.height, args.fps, args.loop) as source,
-            open_sink(args.output, headless=args.headless, fps=source.fps or 30, title="lcr attention") as sink,
-        ):
-            num_parts, part, meter = emb.manifest.num_parts, args.part, FpsMeter()
-            print(f"{emb}\nsource: {args.input} -> {args.output}", file=sys.stderr)
+        with interrupt_on_sigterm():
+            return run(args)
+    except LcrError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def run(args: argparse.Namespace) -> int:
+    interrupted = False
+    with (
+        Embedder(args.model, backend=args.backend) as emb,
+        open_source(args.input, args.width, args.height, args.fps, args.loop) as source,
+        open_sink(args.output, args.headless, source.fps or 30, "lcr attention", inputs=[args.input]) as sink,
+    ):
+        num_parts, part, meter = emb.manifest.num_parts, args.part, FpsMeter()
+        print(f"{emb}\nsource: {args.input} -> {args.output}", file=sys.stderr)
+        try:
             for frame in source:  # capture
                 if not frame.ok:  # a live source is down: say so, keep going
                     sink.render(frame.image)
@@ -101,10 +115,12 @@ def main(argv: list[str] | None = None) -> int:
                     part = next_part(part, num_parts)
                 if args.max_frames and sink.count >= args.max_frames:
                     break
-            print(f"{sink.count} frames, {meter.fps:.1f} FPS, source {source.status}", file=sys.stderr)
-    except LcrError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+        except KeyboardInterrupt:  # Ctrl+C or SIGTERM: leave the loop, finish the output
+            interrupted = True
+        print(f"{sink.count} frames, {meter.fps:.1f} FPS, source {source.status}", file=sys.stderr)
+    if interrupted:
+        print("interrupted", file=sys.stderr)
+        return 130
     return 0
 
 

@@ -1,27 +1,56 @@
 #!/usr/bin/env python3
-"""Live retrieval: the top-k gallery labels for each frame, with the attention overlay; enrol new items live.
+"""Live retrieval: the top-k gallery labels for each frame (or "unknown"), with the attention overlay; enrol live.
 
     python examples/camera_retrieval.py lcr.onnx gallery/                        # USB camera 0 -> window
     python examples/camera_retrieval.py lcr.engine gallery/ csi://0 --crop center
     python examples/camera_retrieval.py lcr.onnx gallery/ clip.mp4 out.mp4 --headless --log hits.jsonl
 
 Drag a box with the mouse to query just that region (right click clears it).
-Keys in the window: e = enrol the current frame (type a label, Enter saves; an empty label becomes item-N;
+Keys in the window: e = enrol the current query region (type a label, Enter saves; an empty label becomes item-N;
 Esc cancels), q or Esc = quit. A GALLERY folder that does not exist starts empty and is created on enrolment.
+
+A frame whose best score is below the gallery's calibrated threshold (--threshold) is shown as "unknown". An
+enrolment is one small append to the gallery (the crop is stored with it), checked first: an image on which the
+model's attention is diffuse is refused (--quality refuse, the default) or enrolled with a warning (warn).
+Ctrl+C or SIGTERM stops the demo cleanly: the output video is finished and the exit code is 130.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
-import os
 import sys
 from pathlib import Path
+from typing import Any
 
 import cv2
 
 from lcr_sdk import Embedder, Gallery, LcrError
-from lcr_sdk.video import FpsMeter, draw_text, open_sink, open_source
+from lcr_sdk.errors import InputError
+from lcr_sdk.fileio import atomic_path
+from lcr_sdk.gallery.explain import MAX_SPREAD
+from lcr_sdk.video import FpsMeter, draw_text, interrupt_on_sigterm, open_sink, open_source
+
+
+def threshold_arg(text: str) -> float | str | None:
+    """--threshold: auto | none | a cosine in [-1, 1]."""
+    if text in ("auto", "none"):
+        return None if text == "none" else "auto"
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not auto, none or a number in [-1, 1]") from None
+    if not -1 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is outside [-1, 1], the range of cosine scores")
+    return value
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} is not >= 1")
+    return value
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -32,16 +61,44 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("output", nargs="?", default="display://0", help="display://0 | out.mp4 | frames/ | last.png")
     p.add_argument("--headless", action="store_true", help="never open a window")
     p.add_argument("--backend", help="override the backend chosen by the model suffix")
-    p.add_argument("--top-k", type=int, default=3, help="hits shown per frame")
+    p.add_argument("--top-k", type=positive_int, default=3, help="hits shown per frame")
     p.add_argument("--crop", choices=["none", "center"], default="none", help="query the centre square only")
     p.add_argument("--enroll", metavar="LABEL", help="enrol the first frame under LABEL (no key needed)")
-    p.add_argument("--log", type=Path, help="write one JSON line per frame: index and hits")
+    p.add_argument(
+        "--threshold",
+        type=threshold_arg,
+        default="auto",
+        help="below this score a frame is 'unknown': auto (the gallery's calibrated one), none or a cosine",
+    )
+    p.add_argument(
+        "--quality",
+        choices=["refuse", "warn", "off"],
+        default="refuse",
+        help="enrolment check of the model's attention (LCR models): refuse or warn on diffuse attention",
+    )
+    p.add_argument(
+        "--max-spread",
+        type=float,
+        default=MAX_SPREAD,
+        help=f"largest attention spread --quality accepts, 0..1 (default {MAX_SPREAD})",
+    )
+    p.add_argument("--log", type=Path, help="write one JSON line per frame: index, hits, unknown")
     p.add_argument("--loop", action="store_true", help="loop a video file or image folder")
     p.add_argument("--max-frames", type=int, default=0, help="stop after this many frames (0: end of stream)")
     return p.parse_args(argv)
 
 
-def query_box(drawn, crop: str, h: int, w: int) -> tuple[int, int, int, int]:
+def check_log(path: Path | None) -> None:
+    """Refuse a --log path that cannot be written, before the camera and model are opened."""
+    if path is None:
+        return
+    if path.is_dir():
+        raise InputError(f"--log {path} is a folder; give a file name such as hits.jsonl")
+    if not path.parent.is_dir():
+        raise InputError(f"--log {path}: folder {path.parent} does not exist; create it or choose another path")
+
+
+def query_box(drawn: Any, crop: str, h: int, w: int) -> tuple[int, int, int, int]:
     """The region to query: a box drawn in the window (clipped), else the centre square (--crop center), else all."""
     if drawn is not None:
         x0, y0, x1, y1 = max(0, drawn[0]), max(0, drawn[1]), min(w, drawn[2]), min(h, drawn[3])
@@ -62,27 +119,78 @@ def type_key(text: str, key: int) -> tuple[str | None, str | None]:
     return (text[:-1] if key in (8, 127) else text + chr(key) if 32 <= key < 127 else text), None
 
 
-def enroll(gallery: Gallery, folder: str, vector, label: str, source: str, index: int) -> str:
-    """Add one embedding under ``label`` (empty: ``item-N``) and save the gallery; returns the label."""
+def enroll(
+    gallery: Gallery,
+    folder: str,
+    emb: Embedder,
+    image: Any,
+    label: str,
+    source: str,
+    index: int,
+    quality: str = "refuse",
+    max_spread: float = MAX_SPREAD,
+) -> str:
+    """Enrol one image crop under ``label`` (empty: ``item-N``) and commit it: one append, not a rewrite.
+
+    Returns the note shown on screen: the label, or why the image was refused (diffuse attention).
+    """
     label = label.strip() or f"item-{len(gallery) + 1}"
-    gallery.add(vector[None], labels=[label], metadata=[{"source": source, "frame": index}])
-    gallery.save(folder)
-    return label
+    try:
+        done = gallery.enroll(
+            emb, image, label, metadata={"source": source, "frame": index}, quality=quality, max_spread=max_spread
+        )
+    except InputError as e:
+        return str(e)
+    if gallery.path is None:
+        gallery.save(folder)  # a new gallery: created with this first item
+    else:
+        gallery.commit()
+    warn = f" (warning: {done.quality.reason.split(';')[0]})" if not done.quality.ok else ""
+    return f"enrolled as {label}{warn}"
+
+
+def answer(hits: list[Any], threshold: float | None) -> tuple[str, bool]:
+    """The first overlay line: the best label, or "unknown" when it scores below the threshold."""
+    if not hits:
+        return "(empty gallery)", False
+    best = hits[0]
+    if threshold is not None and best.score < threshold:
+        return f"unknown  (nearest {best.label} {best.score:.3f} < threshold {threshold:.3f})", True
+    return f"{best.label}  {best.score:.3f}", False
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        with (
-            Embedder(args.model, backend=args.backend) as emb,
-            open_source(args.input, loop=args.loop) as source,
-            open_sink(args.output, headless=args.headless, fps=source.fps or 30, title="lcr retrieval") as sink,
-            open(args.log or os.devnull, "w", encoding="utf-8") as log,
-        ):
-            exists = (Path(args.gallery) / "CURRENT").exists()
-            gallery = Gallery.load(args.gallery) if exists else Gallery(emb.manifest.embedding_dim, emb.model_id)
-            print(f"{emb}\ngallery: {len(gallery)} items in {args.gallery}", file=sys.stderr)
-            prompt, pending, note, meter, auto = None, None, "", FpsMeter(), args.enroll
+        with interrupt_on_sigterm():
+            return run(args)
+    except LcrError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def run(args: argparse.Namespace) -> int:
+    check_log(args.log)
+    with contextlib.ExitStack() as stack:
+        emb = stack.enter_context(Embedder(args.model, backend=args.backend))
+        source = stack.enter_context(open_source(args.input, loop=args.loop))
+        sink = stack.enter_context(
+            open_sink(args.output, args.headless, source.fps or 30, "lcr retrieval", inputs=[args.input, args.gallery])
+        )
+        log = None
+        if args.log is not None:  # written under a temporary name, renamed when the demo ends (Ctrl+C included)
+            log = stack.enter_context(open(stack.enter_context(atomic_path(args.log, fsync=False)), "w"))
+        exists = (Path(args.gallery) / "CURRENT").exists()
+        gallery = Gallery.load(args.gallery) if exists else Gallery(emb.manifest.embedding_dim, emb.model_id)
+        gallery.check_model(emb)
+        cut = gallery.threshold if args.threshold == "auto" else args.threshold
+        print(f"{emb}\ngallery: {len(gallery)} items in {args.gallery}, threshold {cut}", file=sys.stderr)
+        prompt, pending, note, meter, auto = None, None, "", FpsMeter(), args.enroll
+        interrupted = False
+        try:
             for frame in source:  # capture
                 if not frame.ok:  # live source down: show why
                     sink.render(frame.image)
@@ -97,33 +205,53 @@ def main(argv: list[str] | None = None) -> int:
                 if (x1 - x0, y1 - y0) != (w, h):
                     cv2.rectangle(view, (x0, y0), (x1 - 1, y1 - 1), (255, 255, 255), 2)
                 if auto:  # --enroll LABEL: first frame
-                    note = "enrolled as " + enroll(gallery, args.gallery, att.embedding, auto, args.input, frame.index)
-                    auto = None
+                    note = enroll(
+                        gallery, args.gallery, emb, region, auto, args.input, frame.index, args.quality, args.max_spread
+                    )
+                    print(note, file=sys.stderr)
+                    cut, auto = (gallery.threshold if args.threshold == "auto" else cut), None
+                headline, unknown = answer(hits, cut)
                 lines = [f"{meter.tick():5.1f} FPS  {emb.backend_name} ({emb.provider})  gallery: {len(gallery)}"]
-                lines += [f"{i + 1}. {hit.label}  {hit.score:.3f}" for i, hit in enumerate(hits)] or ["(empty gallery)"]
+                lines += [headline] + [f"{i + 1}. {hit.label}  {hit.score:.3f}" for i, hit in enumerate(hits[1:], 1)]
                 typing = prompt is not None
                 lines.append(
                     f"label: {prompt}_  (Enter saves, Esc cancels)"
                     if typing
                     else f"[e] enrol  [q] quit  {note}  source: {source.status}"
                 )
-                draw_text(view, lines)
-                log.write(json.dumps({"frame": frame.index, "hits": [[x.label, x.score] for x in hits]}) + "\n")
+                draw_text(view, lines, color=(80, 80, 255) if unknown else (255, 255, 255))
+                row = {"frame": frame.index, "hits": [[x.label, x.score] for x in hits], "unknown": unknown}
+                if log is not None:
+                    log.write(json.dumps(row) + "\n")
                 key = sink.render(view)  # render
                 if typing and key >= 0:
+                    assert prompt is not None and pending is not None
                     prompt, label = type_key(prompt, key)
                     if label is not None:
-                        note = "enrolled as " + enroll(gallery, args.gallery, pending[0], label, args.input, pending[1])
+                        note = enroll(
+                            gallery,
+                            args.gallery,
+                            emb,
+                            pending[0],
+                            label,
+                            args.input,
+                            pending[1],
+                            args.quality,
+                            args.max_spread,
+                        )
+                        print(note, file=sys.stderr)
                 elif key == ord("e"):
-                    prompt, pending = "", (att.embedding, frame.index)
+                    prompt, pending = "", (region.copy(), frame.index)
                 elif key in (ord("q"), 27) or not sink.is_open:
                     break
                 if args.max_frames and sink.count >= args.max_frames:
                     break
-            print(f"{sink.count} frames, {meter.fps:.1f} FPS, gallery {len(gallery)} items", file=sys.stderr)
-    except LcrError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+        except KeyboardInterrupt:  # Ctrl+C or SIGTERM: leave the loop, finish the video and the log
+            interrupted = True
+        print(f"{sink.count} frames, {meter.fps:.1f} FPS, gallery {len(gallery)} items", file=sys.stderr)
+    if interrupted:
+        print("interrupted", file=sys.stderr)
+        return 130
     return 0
 
 

@@ -1,35 +1,163 @@
-"""`lcr-sdk gallery build / search`: thin commands over :class:`~lcr_sdk.gallery.Gallery`."""
+"""`lcr-sdk gallery build / search / rebuild / info`: thin commands over :class:`~lcr_sdk.gallery.Gallery`."""
 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 from lcr_sdk.cli.runtime_cmd import BackendOpt, DeviceOpt, ModelArg, embedder_for
+from lcr_sdk.errors import InputError
 
-gallery_app = typer.Typer(help="Galleries: embed a labelled image folder, search it.", no_args_is_help=True)
+gallery_app = typer.Typer(
+    help="Galleries: embed a labelled image folder, search it (with 'unknown' and explanations), re-embed it.",
+    no_args_is_help=True,
+)
+
+BatchOpt = Annotated[int, typer.Option(min=1, help="Images per embed call (>= 1).")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout instead of text.")]
+DTYPES = ("float32", "float16")
+QUALITY = ("off", "warn", "refuse")
+
+
+def _check_choice(value: str, valid: tuple[str, ...], option: str) -> None:
+    if value not in valid:
+        raise InputError(f"{option} {value!r} is not valid; use one of: {', '.join(valid)}")
+
+
+def _check_out_gallery(out: Path, replace: bool) -> None:
+    from lcr_sdk.gallery.store import check_target, is_gallery
+
+    check_target(out)
+    if is_gallery(out) and not replace:
+        from lcr_sdk.gallery import Gallery
+
+        try:
+            n = f"{len(Gallery.load(out))} items"
+        except InputError:
+            n = "a damaged gallery"
+        raise InputError(f"{out} already holds a gallery ({n}); pass --replace to replace it, or choose another --out")
+
+
+def _parse_threshold(text: str) -> float | str | None:
+    if text in ("auto", "none"):
+        return None if text == "none" else "auto"
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or not -1 <= value <= 1:
+        raise InputError(
+            f"--threshold {text!r} is not valid; use auto (the gallery's calibrated one), none, or a "
+            "cosine in [-1, 1] such as 0.6"
+        )
+    return value
+
+
+def _parse_where(pairs: list[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key:
+            raise InputError(f"--where {pair!r} is not KEY=VALUE; e.g. --where shop=3 or --where camera=gate")
+        try:
+            value = json.loads(raw)
+        except ValueError:
+            value = raw  # a bare word is a string
+        if isinstance(value, (list, dict)):
+            raise InputError(f"--where {pair!r}: only str, number, true/false or null values can be matched")
+        out[key] = value
+    return out
+
+
+def _check_picture_out(path: Path, image: Path) -> None:
+    if path.suffix.lower() not in (".png", ".jpg", ".jpeg"):
+        raise InputError(f"--explain {path}: use a .png or .jpg file name")
+    if path.is_dir():
+        raise InputError(f"--explain {path} is a folder; give a file name such as why.png")
+    if not path.parent.is_dir():
+        raise InputError(f"--explain {path}: folder {path.parent} does not exist; create it first")
+    if path.exists() and path.resolve() == image.resolve():
+        raise InputError(f"--explain {path} is the query image; choose another file name")
 
 
 @gallery_app.command("build")
 def gallery_build(
     model: ModelArg,
     folder: Annotated[Path, typer.Argument(help="Folder of images, one sub-folder per label.")],
-    out: Annotated[Path, typer.Option(help="Gallery folder to write (replaced crash-safely if it is a gallery).")],
-    index: Annotated[str, typer.Option(help="exact (numpy), faiss, or faiss:<factory> e.g. faiss:HNSW32.")] = "exact",
-    batch: Annotated[int, typer.Option(help="Images per embed call.")] = 32,
+    out: Annotated[Path, typer.Option(help="Gallery folder to write (a new or empty folder, or --replace).")],
+    index: Annotated[
+        str, typer.Option(help="exact (numpy), faiss, or faiss:<factory>[;params], e.g. 'faiss:IVF1024,SQ8;nprobe=16'.")
+    ] = "exact",
+    dtype: Annotated[str, typer.Option(help="Vector storage: float32 or float16 (half the size).")] = "float32",
+    batch: BatchOpt = 32,
+    replace: Annotated[bool, typer.Option(help="Replace an existing gallery at --out (crash-safely).")] = False,
+    quality: Annotated[
+        str, typer.Option(help="LCR attention check per image: off, warn (report diffuse ones) or refuse (leave out).")
+    ] = "warn",
+    max_spread: Annotated[float, typer.Option(help="Largest attention spread accepted by --quality (0..1].")] = 0.9,
+    as_json: JsonOpt = False,
     backend: BackendOpt = None,
     device: DeviceOpt = None,
-):
+) -> None:
     """Embed a labelled folder into a gallery. Example: lcr-sdk gallery build model.onnx data/test --out gallery/"""
-    from lcr_sdk.gallery import build_from_folder
+    from lcr_sdk.gallery import Gallery, Quality, build_from_folder
+    from lcr_sdk.gallery.search import parse_index
 
+    _check_choice(dtype, DTYPES, "--dtype")
+    _check_choice(quality, QUALITY, "--quality")
+    if not 0 < max_spread <= 1:
+        raise InputError(f"--max-spread {max_spread} is not valid; pass a share in (0, 1], e.g. 0.9")
+    parse_index(index)
+    if not folder.is_dir():
+        raise InputError(f"{folder} is not a folder; pass a folder with one sub-folder of images per label")
+    _check_out_gallery(out, replace)
+    flagged: list[tuple[str, Quality]] = []
     with embedder_for(model, backend, device) as emb:
-        g = build_from_folder(emb, folder, index=index, batch=batch)
-    g.save(out)
-    typer.echo(f"gallery {out}: {len(g)} images, {len(set(g.labels))} labels, dim {g.dim}")
+        parse_index(index, emb.manifest.embedding_dim)
+        g: Gallery = build_from_folder(
+            emb,
+            folder,
+            index=index,
+            batch=batch,
+            dtype=dtype,
+            quality=quality,
+            max_spread=max_spread,
+            on_quality=lambda p, q: flagged.append((p, q)),
+            progress=not as_json,
+        )
+    if len(g) == 0:
+        raise InputError(f"no image of {folder} passed --quality refuse; nothing was written to {out}")
+    g.save(out, replace=True, progress=not as_json)
+    cal = g.calibration
+    summary = {
+        "gallery": str(out),
+        "items": len(g),
+        "labels": len(set(g.labels)),
+        "dim": g.dim,
+        "dtype": g.dtype,
+        "index": g.index,
+        "threshold": cal.threshold if cal else None,
+        "diffuse": [{"path": p, "spread": q.spread} for p, q in flagged],
+        "quality": quality,
+    }
+    if as_json:
+        typer.echo(json.dumps(summary, indent=2))
+        return
+    typer.echo(f"gallery {out}: {len(g)} images, {summary['labels']} labels, dim {g.dim}, {g.dtype}, index {g.index}")
+    if flagged:
+        what = "left out" if quality == "refuse" else "kept"
+        shown = ", ".join(f"{p} ({q.spread:.0%})" for p, q in flagged[:5]) + (" ..." if len(flagged) > 5 else "")
+        typer.echo(f"{len(flagged)} image(s) with diffuse attention {what} (spread > {max_spread:.0%}): {shown}")
+    if cal is not None:
+        typer.echo(
+            f"open-set threshold: {cal.threshold:.4f}"
+            if cal.threshold is not None
+            else f"open-set threshold: none ({cal.reason})"
+        )
 
 
 @gallery_app.command("search")
@@ -37,24 +165,106 @@ def gallery_search(
     gallery: Annotated[Path, typer.Argument(help="Gallery folder written by `lcr-sdk gallery build`.")],
     model: ModelArg,
     image: Annotated[Path, typer.Argument(help="Query image.")],
-    k: Annotated[int, typer.Option("-k", "--k", help="Number of hits.")] = 5,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the hits as JSON.")] = False,
+    k: Annotated[int, typer.Option("-k", "--k", min=1, help="Number of hits.")] = 5,
+    threshold: Annotated[
+        str, typer.Option(help="auto (the gallery's calibrated threshold), none, or a cosine: below it is 'unknown'.")
+    ] = "auto",
+    label: Annotated[list[str] | None, typer.Option(help="Only items with this label (repeatable).")] = None,
+    where: Annotated[
+        list[str] | None, typer.Option(help="Only items whose metadata has KEY=VALUE (repeatable; JSON values).")
+    ] = None,
+    explain: Annotated[
+        Path | None, typer.Option(help="Write a picture: query vs each hit, attention maps and matched parts.")
+    ] = None,
+    as_json: JsonOpt = False,
     force: Annotated[bool, typer.Option(help="Search even if the gallery was built with another model.")] = False,
     backend: BackendOpt = None,
     device: DeviceOpt = None,
-):
+) -> None:
     """Find the gallery images nearest to a query. Example: lcr-sdk gallery search gallery/ model.onnx bird.jpg -k 5"""
     from lcr_sdk.gallery import Gallery
+    from lcr_sdk.gallery.explain import stack, write_image
+    from lcr_sdk.images import read_image
 
+    cut = _parse_threshold(threshold)
+    filters = _parse_where(where or [])
+    if explain is not None:
+        _check_picture_out(explain, image)
+    query = read_image(image)
     g = Gallery.load(gallery)
     with embedder_for(model, backend, device) as emb:
-        hits = g.search(emb.embed(str(image)), k=k, model=emb, force=force)
+        hits = g.search(emb.embed(query), k=k, model=emb, force=force, label=label or None, where=filters or None)
+        t = g.threshold if cut == "auto" else cut
+        assert not isinstance(t, str)
+        if explain is not None and hits:
+            write_image(explain, stack([h.explain(query, emb).image for h in hits[:5]]))
+    rows = [dict(h.to_dict(), match=t is None or h.score >= t) for h in hits]
     if as_json:
-        typer.echo(json.dumps([h.__dict__ for h in hits], indent=2))
+        typer.echo(json.dumps(rows, indent=2))
         return
+    if hits and t is not None and hits[0].score < t:
+        typer.echo(
+            f"unknown: no gallery item reaches the threshold {t:.4f} (nearest: {hits[0].label or hits[0].id!r} "
+            f"at {hits[0].score:.4f})"
+        )
+    elif not hits:
+        typer.echo("no items" + (" match the filter" if label or filters else " in the gallery"))
     typer.echo(f"{'rank':>4}  {'score':>7}  {'label':<16}  id")
     for r, h in enumerate(hits, 1):
         typer.echo(f"{r:>4}  {h.score:7.4f}  {h.label:<16}  {h.id}")
+    if explain is not None and hits:
+        typer.echo(f"wrote {explain}", err=True)
+
+
+@gallery_app.command("rebuild")
+def gallery_rebuild(
+    gallery: Annotated[Path, typer.Argument(help="Gallery folder to re-embed.")],
+    model: Annotated[Path, typer.Option("--model", help="The new model (.onnx, .engine or .pt).")],
+    out: Annotated[Path | None, typer.Option(help="Write the new gallery here instead of replacing GALLERY.")] = None,
+    batch: BatchOpt = 32,
+    skip_missing: Annotated[
+        bool, typer.Option(help="Leave out items whose image is gone (default: refuse before any work).")
+    ] = False,
+    replace: Annotated[bool, typer.Option(help="Replace an existing gallery at --out.")] = False,
+    as_json: JsonOpt = False,
+    backend: BackendOpt = None,
+    device: DeviceOpt = None,
+) -> None:
+    """Re-embed the stored images with another model. Example: lcr-sdk gallery rebuild gallery/ --model new.onnx"""
+    from lcr_sdk.gallery import Gallery
+
+    if out is not None:
+        _check_out_gallery(out, replace)
+    g = Gallery.load(gallery)
+    with embedder_for(model, backend, device) as emb:
+        new, skipped = g.rebuild(emb, out=out, batch=batch, progress=not as_json, skip_missing=skip_missing)
+    target = out or gallery
+    if as_json:
+        typer.echo(
+            json.dumps({"gallery": str(target), "items": len(new), "skipped": skipped, "model": new.model_sha256})
+        )
+        return
+    typer.echo(
+        f"gallery {target}: {len(new)} items re-embedded with {model.name} (model {new.model_sha256[:12]})"
+        + (f"; {len(skipped)} left out (image missing): {', '.join(skipped[:5])}" if skipped else "")
+    )
+
+
+@gallery_app.command("info")
+def gallery_info(
+    gallery: Annotated[Path, typer.Argument(help="Gallery folder.")],
+    as_json: JsonOpt = False,
+) -> None:
+    """Size, labels, storage, index and open-set threshold of a gallery. Example: lcr-sdk gallery info gallery/"""
+    from lcr_sdk.gallery import Gallery
+
+    g = Gallery.load(gallery)
+    info = g.info()
+    if as_json:
+        typer.echo(json.dumps(info, indent=2))
+        return
+    for key, value in info.items():
+        typer.echo(f"{key:>16}: {value}")
 
 
 def register(app: typer.Typer) -> None:

@@ -1,180 +1,558 @@
-"""Gallery: unit embeddings with ids, labels and free metadata, searched by cosine similarity.
+"""The Gallery: unit embeddings with ids, labels, metadata and (optionally) their images; search, save, explain.
 
-    g = Gallery(emb.manifest.embedding_dim, model_sha256=emb.model_id)
-    g.add(emb.embed(images), ids=names, labels=classes, metadata=[{"file": n} for n in names])
-    hits = g.search(emb.embed(query), k=5, model=emb)   # [Hit(id, label, score, metadata), ...]
-    g.save("gallery/"); g = Gallery.load("gallery/")
+A Gallery is either in memory (``Gallery(dim, ...)``) or attached to a folder (``Gallery.load(folder)`` or after
+``save(folder)``). Changes (:meth:`Gallery.add`, :meth:`Gallery.remove`) are pending until :meth:`Gallery.commit`
+(or ``save`` to the same folder) writes them as one transaction: O(1) I/O per item, whatever the gallery's size,
+and never a lost update when several processes commit to one gallery (see :mod:`lcr_sdk.gallery.store`).
 
-Search is exact (numpy matrix product) by default, ties broken by insertion order (lower index first, the rule of
-:func:`lcr_sdk.metrics.ranking`). ``index="faiss"`` (or a FAISS factory string such as ``"faiss:HNSW32"``) uses a
-FAISS inner-product index behind the same API for large galleries (extra ``faiss``; the index is rebuilt after
-changes and on load, not stored).
-
-On disk (``save``): ``DIR/CURRENT`` names a version folder ``DIR/v000007/`` holding ``header.json`` (dim, model
-sha256, count, index), ``vectors.npy`` (float32 N x D, memory-mapped on load) and ``items.sqlite`` (id, label,
-JSON metadata per row). A save writes a new version folder, fsyncs it, then atomically replaces ``CURRENT``: a
-process killed at any point leaves either the previous gallery or the new one, never a mix.
+Slots: every item has a slot, its position in the vector array (committed slots first, then pending ones). Slots
+only grow; removing an item kills its slot until compaction. Search results are slots turned into :class:`Hit`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
+import math
 import os
-import re
-import shutil
 import sqlite3
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 
-from lcr_sdk.errors import DataError, InputError, ModelError, require
-from lcr_sdk.fileio import atomic_write_text, fsync_dir, fsync_file, staging_dir
+from lcr_sdk.errors import InputError, LcrError, ModelError
+from lcr_sdk.gallery import items, legacy, store
+from lcr_sdk.gallery.calibrate import Calibration, calibrate
+from lcr_sdk.gallery.explain import (
+    MAX_SPREAD,
+    Explanation,
+    Quality,
+    check_quality,
+    compare_parts,
+    draw,
+)
+from lcr_sdk.gallery.search import (
+    Blocks,
+    FaissIndex,
+    IndexSpec,
+    exact,
+    exact_subset,
+    parse_index,
+    search_with_index,
+)
 
-FORMAT = "lcr-sdk-gallery"
-FORMAT_VERSION = 1
-_VERSION_DIR = re.compile(r"^v(\d{6})$")
-_SCORE_BLOCK = 1 << 24  # floats per block of the query x gallery score matrix (64 MB)
+log = logging.getLogger("lcr_sdk.gallery")
+
+SMALL_FILTER = 20_000  # a filter with at most this many candidates is searched exactly, even with an index
+INDEX_EXTEND = 1024  # slots past the index before it is extended in memory ...
+INDEX_PERSIST = 0.01  # ... and share of its size past the saved index before the index file is rewritten
+ID_BLOCK = 64  # automatic ids reserved at a time by an attached gallery
+_CHECK_ROWS = 1024  # vectors checked (finite, unit length) when a gallery is opened
 
 
 @dataclass
 class Hit:
-    """One search result: the item's id, label, cosine score and metadata."""
+    """One search result: the item's id, label, cosine score and metadata.
+
+    :meth:`image` returns the item's stored image and :meth:`explain` compares it with the query.
+    """
 
     id: str
     label: str
     score: float
     metadata: dict[str, Any] = field(default_factory=dict)
+    gallery: Gallery | None = field(default=None, repr=False, compare=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        """id, label, score and metadata (what ``lcr-sdk gallery search --json`` prints)."""
+        return {"id": self.id, "label": self.label, "score": self.score, "metadata": self.metadata}
+
+    def image(self) -> np.ndarray:
+        """The item's image (BGR uint8): its stored crop, or the file its ``path`` metadata names."""
+        if self.gallery is None:
+            raise InputError(f"hit {self.id!r} is not tied to a gallery; use Gallery.image(id)")
+        return self.gallery.image(self.id)
+
+    def explain(self, query: Any, embedder: Any, color: str = "bgr") -> Explanation:
+        """Why this item matched ``query``: both attention maps, the matched part peaks and per-part similarity.
+
+        Args:
+            query: the query image (array, path or PIL image), as given to the search.
+            embedder: the :class:`~lcr_sdk.embedder.Embedder` of the gallery's model.
+        """
+        from lcr_sdk.images import to_bgr
+
+        q_img, h_img = to_bgr(query, color), self.image()
+        q_att, h_att = embedder.attend(q_img), embedder.attend(h_img)
+        parts = compare_parts(q_att, h_att)
+        stored = self.gallery.vector(self.id) if self.gallery is not None else None
+        note = ""
+        if stored is not None and float(np.dot(stored, h_att.embedding)) < 0.99:
+            note = "the item's image no longer gives its stored vector (changed since enrolment, or another model)"
+        score = float(np.dot(q_att.embedding, h_att.embedding))
+        title = f"score {self.score:.3f}  label {self.label or '-'}  id {self.id}"[:100]
+        picture = draw(q_img, q_att, h_img, h_att, parts, title)
+        return Explanation(score, self.label, self.id, parts, picture, note)
+
+
+@dataclass
+class Enrolment:
+    """What :meth:`Gallery.enroll` did: the new item's id and the image's attention quality."""
+
+    id: str
+    quality: Quality
 
 
 def _unit_rows(x: Any, dim: int, what: str) -> np.ndarray:
-    x = np.asarray(x, dtype=np.float32)
+    try:
+        x = np.asarray(x, dtype=np.float32)
+    except (TypeError, ValueError) as e:
+        raise InputError(f"{what} must be a float array of shape ({dim},) or (N, {dim}); got {type(x).__name__}") from e
     if x.ndim == 1:
         x = x[None]
-    if x.ndim != 2 or x.shape[1] != dim:
+    if x.ndim != 2 or x.shape[1] != dim or len(x) == 0:
         raise InputError(f"{what} must be ({dim},) or (N, {dim}) for this gallery of dim {dim}; got shape {x.shape}")
     norms = np.linalg.norm(x, axis=1, keepdims=True)
     if not np.all(np.isfinite(norms)) or np.any(norms == 0):
         raise InputError(f"{what} contain zero, NaN or infinite vectors; pass embeddings from Embedder.embed")
-    return x / norms
+    return np.asarray(x / norms, dtype=np.float32)
 
 
-def topk(scores: np.ndarray, k: int) -> np.ndarray:
-    """Indices of the k best scores of each row, by descending score, ties by ascending index.
+def _encode_crop(image: Any, i: int) -> bytes:
+    from lcr_sdk.images import to_bgr
 
-    Same order as ``lcr_sdk.metrics.ranking(scores)[:, :k]``, without sorting whole rows.
-    """
-    n = scores.shape[1]
-    k = min(k, n)
-    if k == n:
-        return np.argsort(-scores, axis=1, kind="stable")
-    kth = -np.partition(-scores, k - 1, axis=1)[:, k - 1 : k]  # k-th largest score of each row
-    out = np.empty((len(scores), k), dtype=np.int64)
-    for r, row in enumerate(scores):
-        cand = np.flatnonzero(row >= kth[r])  # includes every tie at the boundary, in index order
-        out[r] = cand[np.argsort(-row[cand], kind="stable")[:k]]
+    img = to_bgr(image)
+    ok, data = cv2.imencode(".png", img)
+    if not ok:
+        raise InputError(f"crops[{i}] of shape {img.shape} could not be encoded as PNG")
+    return bytes(data.tobytes())
+
+
+def _check_metadata(metadata: Any, n: int) -> list[dict[str, Any]]:
+    if metadata is None:
+        return [{} for _ in range(n)]
+    if isinstance(metadata, dict) or not isinstance(metadata, Sequence):
+        raise InputError(f"metadata must be a list of {n} dicts (one per vector); got {type(metadata).__name__}")
+    out = []
+    for i, m in enumerate(metadata):
+        if not isinstance(m, dict):
+            raise InputError(f"metadata[{i}] is {type(m).__name__} {m!r:.60}; each item's metadata must be a dict")
+        for key in m:
+            if not isinstance(key, str):
+                raise InputError(f"metadata[{i}] has key {key!r}; keys must be strings (JSON objects)")
+            items.check_text(key, f"metadata[{i}] key")
+        try:
+            json.dumps(m, allow_nan=False)
+        except (TypeError, ValueError) as e:
+            raise InputError(f"metadata must be JSON-serialisable dicts; metadata[{i}] = {m!r:.80} ({e})") from e
+        out.append(dict(m))
     return out
 
 
 class Gallery:
-    """Unit vectors with ids, labels and metadata; exact cosine search (or FAISS).
+    """Unit vectors with ids, labels and metadata; exact cosine search (or FAISS), persisted crash-safely.
 
     Args:
         dim: embedding dimension D.
         model_sha256: identity of the model that made the vectors (``Embedder.model_id``); searching with another
             model is refused unless forced.
-        index: ``"exact"`` (numpy), ``"faiss"`` (flat inner product) or ``"faiss:<factory string>"``.
+        index: ``"exact"`` (numpy), ``"faiss"`` (flat inner product) or ``"faiss:<factory>[;<params>]"``, e.g.
+            ``"faiss:HNSW32;efSearch=64"`` or ``"faiss:IVF1024,SQ8;nprobe=16"`` (see :mod:`lcr_sdk.gallery.search`).
+        dtype: storage of the vectors: ``"float32"`` or ``"float16"`` (half the memory and disk; scores are
+            computed in float32 from the stored values).
     """
 
-    def __init__(self, dim: int, model_sha256: str = "", index: str = "exact"):
-        if not isinstance(dim, int) or dim < 1:
+    def __init__(self, dim: int, model_sha256: str = "", index: str = "exact", dtype: str = "float32"):
+        if not isinstance(dim, int) or isinstance(dim, bool) or dim < 1:
             raise InputError(f"dim must be a positive int (the model's embedding_dim); got {dim!r}")
-        if index != "exact" and not index.startswith("faiss"):
-            raise InputError(f"index={index!r} is not valid; use 'exact', 'faiss' or 'faiss:<factory>' (e.g. HNSW32)")
-        self.dim, self.model_sha256, self.index = dim, model_sha256, index
+        if not isinstance(model_sha256, str):
+            raise InputError(f"model_sha256 must be a str (Embedder.model_id); got {model_sha256!r}")
+        if dtype not in store.DTYPES:
+            raise InputError(f"dtype={dtype!r} is not valid; use one of {', '.join(store.DTYPES)}")
+        self._spec: IndexSpec = parse_index(index, dim)
+        self.dim, self.model_sha256, self.index, self.dtype = dim, model_sha256, index, dtype
         self.image_root = ""  # folder the items' relative "path" metadata points into (build_from_folder), if any
-        self._vectors = np.zeros((0, dim), np.float32)
-        self._pending: list[np.ndarray] = []
-        self._ids: list[str] = []
-        self._labels: list[str] = []
-        self._meta: list[dict[str, Any]] = []
-        self._pos: dict[str, int] = {}
-        self._faiss = None
+        self._mutex = threading.RLock()
+        self._root: Path | None = None  # the folder this gallery is attached to
+        self._ver: store.Version | None = None  # its open version (None: in memory, or a format-1 folder)
+        self._legacy = False  # attached to a format-1 folder: the next commit migrates it
+        self._reset_committed()
+        self._pdb = items.memory_db()
+        self._reset_pending()
         self._next = 0
+        self._reserved = (0, 0)  # automatic ids reserved from the store: [first, end)
+        self._faiss: FaissIndex | None = None
+        self._calibration: Calibration | None = None
+
+    # -- state ------------------------------------------------------------------------------------------------
+
+    def _reset_committed(self) -> None:
+        self._raw: np.ndarray = np.zeros((0, self.dim), self.dtype)  # slots 0..synced-1 (memory-mapped)
+        self._ctail: np.ndarray = np.zeros((0, self.dim), self.dtype)  # slots synced..count-1
+        self._c_count = 0
+        self._c_alive = np.zeros(0, bool)
+        self._c_live = 0
+        self._dead_seq = 0
+        self._gen = -1
+        self._faiss = None
+
+    def _reset_pending(self) -> None:
+        self._pdb.execute("DELETE FROM items")
+        self._pdb.execute("DELETE FROM kv")
+        self._pdb.execute("DELETE FROM crops")
+        self._pvec: list[np.ndarray] = []
+        self._p_n = 0
+        self._p_alive = np.zeros(0, bool)
+        self._p_live = 0
+        self._p_removed: dict[str, int] = {}  # committed items removed, not yet committed: id -> slot
+        self._cache: dict[str, Any] = {}
+        idx = getattr(self, "_faiss", None)
+        if idx is not None and idx.count > self._c_count:
+            self._faiss = None  # it covered pending slots, which are renumbered now
+
+    def _changed(self) -> None:
+        self._cache.clear()
 
     def __len__(self) -> int:
-        return len(self._ids)
+        return self._c_live + self._p_live
 
     @property
-    def vectors(self) -> np.ndarray:
-        """float32 N x D unit vectors in insertion order (read-only view)."""
-        if self._pending:
-            self._vectors = np.concatenate([np.asarray(self._vectors), *self._pending])
-            self._pending = []
-        return self._vectors
+    def path(self) -> Path | None:
+        """The folder this gallery is saved in (None for an unsaved gallery)."""
+        return self._root
+
+    @property
+    def pending(self) -> int:
+        """Changes (added or removed items) not yet committed."""
+        return int(self._p_alive.sum()) + len(self._p_removed)
+
+    def _extra(self) -> np.ndarray:
+        if "extra" not in self._cache:
+            parts = [p for p in (self._ctail, *self._pvec) if len(p)] or [self._ctail]
+            self._cache["extra"] = parts[0] if len(parts) == 1 else np.concatenate(parts)
+            if self._pvec:
+                self._pvec = [self._cache["extra"][len(self._ctail) :]]
+        return self._cache["extra"]  # type: ignore[no-any-return]
+
+    def _blocks(self) -> Blocks:
+        return Blocks([(0, self._raw), (len(self._raw), self._extra())])
+
+    def _alive(self) -> np.ndarray:
+        if "alive" not in self._cache:
+            self._cache["alive"] = np.concatenate([self._c_alive, self._p_alive])
+        return self._cache["alive"]  # type: ignore[no-any-return]
+
+    def _slot_db(self, slots: np.ndarray) -> Iterator[tuple[sqlite3.Connection, np.ndarray, int]]:
+        """Split slots into (connection, rows in it, slot offset) for the committed and pending item tables."""
+        committed = slots[slots < self._c_count]
+        if len(committed) and self._ver is not None:
+            yield self._ver.conn, committed, 0
+        pend = slots[slots >= self._c_count]
+        if len(pend):
+            yield self._pdb, pend - self._c_count, self._c_count
+
+    # -- reading ------------------------------------------------------------------------------------------------
+
+    def _iter_rows(self, with_crops: bool = False) -> Iterator[tuple[int, str, str, str, bytes | None]]:
+        """Live items in slot order: (slot, id, label, metadata JSON, crop)."""
+        if self._ver is not None:
+            for batch in items.iter_items(self._ver.conn, with_crops):
+                for r in batch:
+                    if r[0] < self._c_count and self._c_alive[r[0]]:
+                        yield r
+        for batch in items.iter_items(self._pdb, with_crops):
+            for r in batch:
+                if self._p_alive[r[0]]:
+                    yield (r[0] + self._c_count, *r[1:])
 
     @property
     def ids(self) -> list[str]:
-        return list(self._ids)
+        """Ids of all items in slot (insertion) order; O(N): reads the item table."""
+        with self._mutex:
+            return [r[1] for r in self._iter_rows()]
 
     @property
     def labels(self) -> list[str]:
-        return list(self._labels)
+        """Labels of all items in slot order; O(N)."""
+        with self._mutex:
+            return [r[2] for r in self._iter_rows()]
+
+    @property
+    def metadata(self) -> list[dict[str, Any]]:
+        """Metadata of all items in slot order; O(N)."""
+        with self._mutex:
+            return [json.loads(r[3]) for r in self._iter_rows()]
+
+    @property
+    def vectors(self) -> np.ndarray:
+        """N x D unit vectors of the live items in slot order, in the storage dtype (memory-mapped when the
+        gallery is saved with no removed or pending items; otherwise a copy)."""
+        with self._mutex:
+            alive = self._alive()
+            if alive.all() and len(self._extra()) == 0:
+                return self._raw
+            blocks = self._blocks()
+            return np.asarray(blocks.take(np.flatnonzero(alive)), dtype=self.dtype)
+
+    def _slot_of(self, item_id: str) -> int | None:
+        if item_id in self._p_removed:
+            return None
+        hit = items.rows_of_ids(self._pdb, [item_id])
+        if hit:
+            return self._c_count + hit[item_id]
+        if self._ver is not None:
+            hit = items.rows_of_ids(self._ver.conn, [item_id])
+            if hit and hit[item_id] < self._c_count and self._c_alive[hit[item_id]]:
+                return hit[item_id]
+        return None
+
+    def vector(self, item_id: str) -> np.ndarray | None:
+        """The stored unit vector of an item (float32), or None if there is no such item."""
+        with self._mutex:
+            slot = self._slot_of(str(item_id))
+            return None if slot is None else self._blocks().take(np.array([slot]))[0]
+
+    def __contains__(self, item_id: object) -> bool:
+        return isinstance(item_id, str) and self._slot_of(item_id) is not None
+
+    def image_path(self, item_id: str) -> Path | None:
+        """Where an item's image file is: its ``path`` metadata, relative to :attr:`image_root` (None if none)."""
+        with self._mutex:
+            slot = self._slot_of(str(item_id))
+            if slot is None:
+                raise InputError(f"id {item_id!r} is not in this gallery of {len(self)} items")
+            meta = self._fetch(np.array([slot]))[slot][2]
+        p = meta.get("path")
+        if not isinstance(p, str) or not p:
+            return None
+        path = Path(p)
+        if path.is_absolute():
+            return path
+        base = Path(self.image_root) if self.image_root else (self._root or Path("."))
+        return base / path
+
+    def image(self, item_id: str) -> np.ndarray:
+        """An item's image (BGR uint8): its stored crop (live enrolments), else the file of its ``path``.
+
+        Raises:
+            InputError: the item has neither, or its file is gone.
+        """
+        from lcr_sdk.images import read_image
+
+        with self._mutex:
+            slot = self._slot_of(str(item_id))
+            if slot is None:
+                raise InputError(f"id {item_id!r} is not in this gallery of {len(self)} items")
+            data = None
+            for conn, rows, _ in self._slot_db(np.array([slot])):
+                data = items.crop(conn, int(rows[0]))
+        if data is not None:
+            img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+            if img is not None:
+                return img
+        path = self.image_path(item_id)
+        if path is None:
+            raise InputError(
+                f"item {item_id!r} has no stored image: it was added without a 'path' in its metadata or a crop; "
+                "add items with build_from_folder, enroll(), or metadata={'path': ...}"
+            )
+        return read_image(path)
+
+    def _fetch(self, slots: np.ndarray) -> dict[int, tuple[str, str, dict[str, Any]]]:
+        out: dict[int, tuple[str, str, dict[str, Any]]] = {}
+        for conn, rows, offset in self._slot_db(slots):
+            out.update({r + offset: v for r, v in items.fetch(conn, rows.tolist()).items()})
+        return out
+
+    # -- changing -----------------------------------------------------------------------------------------------
 
     def add(
         self,
         vectors: Any,
-        ids: list | None = None,
-        labels: list | None = None,
-        metadata: list[dict[str, Any]] | None = None,
+        ids: Sequence[Any] | None = None,
+        labels: Sequence[Any] | None = None,
+        metadata: Sequence[dict[str, Any]] | None = None,
+        crops: Sequence[Any] | None = None,
     ) -> list[str]:
-        """Add vectors (normalised to unit length) with optional ids, labels and JSON-able metadata dicts.
+        """Add vectors (normalised to unit length) with optional ids, labels, JSON-able metadata dicts and crops.
+
+        Everything is checked before anything changes: a bad argument leaves the gallery as it was. On a saved
+        gallery the items are pending until :meth:`commit`.
+
+        Args:
+            vectors: (D,) or (N, D) embeddings.
+            ids: unique ids (converted to str); generated ``"0"``, ``"1"``... when not given.
+            labels: one label per vector (converted to str); ``""`` when not given.
+            metadata: one dict per vector; the key ``"path"`` names the item's image file, relative to
+                :attr:`image_root`.
+            crops: one image (BGR array, path or PIL image) or None per vector, stored with the item (PNG) for
+                :meth:`image`, explanations and ``rebuild``.
 
         Returns:
-            The ids of the added items (generated ``"0"``, ``"1"``... when not given).
+            The ids of the added items.
         """
-        v = _unit_rows(vectors, self.dim, "vectors")
-        n = len(v)
-        ids = [str(i) for i in ids] if ids is not None else [str(self._next + i) for i in range(n)]
-        labels = [str(x) for x in labels] if labels is not None else [""] * n
-        metadata = list(metadata) if metadata is not None else [{} for _ in range(n)]
-        if not len(ids) == len(labels) == len(metadata) == n:
-            raise InputError(f"got {n} vectors but {len(ids)} ids, {len(labels)} labels, {len(metadata)} metadata")
-        dup = [i for i in ids if i in self._pos]
-        if dup or len(set(ids)) != n:
-            what = f"id {dup[0]!r} is already in the gallery" if dup else "the new ids repeat"
-            raise InputError(f"{what} (ids are unique); remove the old item first or pick other ids")
-        for m in metadata:
+        with self._mutex:
+            v = _unit_rows(vectors, self.dim, "vectors")
+            n = len(v)
+            if ids is not None and (isinstance(ids, (str, bytes)) or not isinstance(ids, Sequence)):
+                raise InputError(f"ids must be a list of {n} ids; got {type(ids).__name__}")
+            if labels is not None and (isinstance(labels, (str, bytes)) or not isinstance(labels, Sequence)):
+                raise InputError(f"labels must be a list of {n} labels; got {type(labels).__name__}")
+            new_ids = [str(i) for i in ids] if ids is not None else None
+            labs = [str(x) for x in labels] if labels is not None else [""] * n
+            meta = _check_metadata(metadata, n)
+            if crops is not None and (isinstance(crops, np.ndarray) or not isinstance(crops, Sequence)):
+                raise InputError(f"crops must be a list of {n} images or None; got {type(crops).__name__}")
+            crop_list = list(crops) if crops is not None else [None] * n
+            counts = (n if new_ids is None else len(new_ids), len(labs), len(meta), len(crop_list))
+            if counts != (n, n, n, n):
+                raise InputError(
+                    f"got {n} vectors but {counts[0]} ids, {counts[1]} labels, {counts[2]} metadata, {counts[3]} crops"
+                )
+            for lab in labs:
+                items.check_text(lab, "label")
+            if new_ids is not None:
+                for i in new_ids:
+                    items.check_text(i, "id")
+                self._check_new_ids(new_ids)
+            encoded = {i: _encode_crop(c, i) for i, c in enumerate(crop_list) if c is not None}
+            if new_ids is None:
+                new_ids = self._auto_ids(n)
+            else:
+                self._next += n  # automatic ids count every item ever added, as they always did
+            base = self._p_n
+            self._pdb.execute("BEGIN")
             try:
-                json.dumps(m)
-            except TypeError as e:
-                raise InputError(f"metadata must be JSON-serialisable dicts; got {m!r} ({e})") from e
-        for i in ids:
-            self._pos[i] = len(self._ids)
-            self._ids.append(i)
-        self._labels += labels
-        self._meta += [dict(m) for m in metadata]
-        self._pending.append(v)
-        self._next += n
-        self._faiss = None
-        return ids
+                items.insert(
+                    self._pdb, range(base, base + n), new_ids, labs, meta, {base + i: b for i, b in encoded.items()}
+                )
+            except sqlite3.Error as e:
+                self._pdb.execute("ROLLBACK")
+                raise InputError(f"could not add the items ({e})") from e
+            self._pdb.execute("COMMIT")
+            self._pvec.append(v.astype(self.dtype))
+            self._p_n += n
+            self._p_alive = np.concatenate([self._p_alive, np.ones(n, bool)])
+            self._p_live += n
+            self._changed()
+            return new_ids
 
-    def remove(self, ids: list | str) -> int:
-        """Remove items by id; returns how many were removed. Unknown ids raise :class:`InputError`."""
-        ids = [ids] if isinstance(ids, str) else [str(i) for i in ids]
-        unknown = [i for i in ids if i not in self._pos]
-        if unknown:
-            raise InputError(f"ids {unknown[:5]} are not in the gallery of {len(self)} items")
-        drop = {self._pos[i] for i in ids}
-        keep = np.array([r for r in range(len(self)) if r not in drop], dtype=np.int64)
-        self._vectors = np.asarray(self.vectors)[keep]
-        self._ids = [self._ids[r] for r in keep]
-        self._labels = [self._labels[r] for r in keep]
-        self._meta = [self._meta[r] for r in keep]
-        self._pos = {i: r for r, i in enumerate(self._ids)}
-        self._faiss = None
-        return len(drop)
+    def _check_new_ids(self, new_ids: list[str]) -> None:
+        if len(set(new_ids)) != len(new_ids):
+            raise InputError("the new ids repeat (ids are unique); pick other ids")
+        dup = list(items.rows_of_ids(self._pdb, new_ids))
+        if self._ver is not None:
+            dup += [i for i in items.rows_of_ids(self._ver.conn, new_ids) if i not in self._p_removed]
+        if dup:
+            raise InputError(
+                f"id {dup[0]!r} is already in the gallery (ids are unique); remove the old item first or pick other ids"
+            )
+
+    def _auto_ids(self, n: int) -> list[str]:
+        """``n`` new automatic ids: counting up, skipping ids in use; an attached gallery reserves them in its
+        store first, so two processes never hand out the same one."""
+        out: list[str] = []
+        while len(out) < n:
+            need = n - len(out)
+            if self._ver is not None and not self._legacy:
+                first, end = self._reserved
+                if first >= end:
+                    block = max(ID_BLOCK, need)
+                    with store.GalleryLock(self._ver.root).hold(True):
+                        first = self._ver.reserve_ids(block, self._next)
+                    end = first + block
+                take = min(need, end - first)
+                self._reserved = (first + take, end)
+            else:
+                first, take = self._next, need
+            self._next = max(self._next, first + take)
+            cand = [str(i) for i in range(first, first + take)]
+            used = set(items.rows_of_ids(self._pdb, cand)) | set(self._p_removed)
+            if self._ver is not None:
+                used |= set(items.rows_of_ids(self._ver.conn, cand))
+            out += [c for c in cand if c not in used]
+        return out
+
+    def remove(self, ids: Sequence[Any] | str) -> int:
+        """Remove items by id; returns how many were removed. Unknown ids raise :class:`InputError` (and nothing
+        is removed). On a saved gallery the removal is pending until :meth:`commit`."""
+        with self._mutex:
+            wanted = [ids] if isinstance(ids, str) else [str(i) for i in ids]
+            slots = {i: self._slot_of(i) for i in dict.fromkeys(wanted)}
+            unknown = [i for i, s in slots.items() if s is None]
+            if unknown:
+                raise InputError(f"ids {unknown[:5]} are not in the gallery of {len(self)} items")
+            for i, s in slots.items():
+                assert s is not None
+                if s >= self._c_count:
+                    local = s - self._c_count
+                    items.delete(self._pdb, [local])
+                    self._p_alive[local] = False
+                    self._p_live -= 1
+                else:
+                    self._p_removed[i] = s
+                    self._c_alive[s] = False
+                    self._c_live -= 1
+            self._changed()
+            return len(slots)
+
+    # -- quality-gated enrolment ------------------------------------------------------------------------------------
+
+    def enroll(
+        self,
+        embedder: Any,
+        image: Any,
+        label: str = "",
+        id: str | None = None,
+        metadata: dict[str, Any] | None = None,
+        quality: str = "warn",
+        max_spread: float = MAX_SPREAD,
+        keep_image: bool = True,
+        color: str = "bgr",
+    ) -> Enrolment:
+        """Embed one image and add it (pending until :meth:`commit`), checking its attention first.
+
+        For LCR models an image whose attention is diffuse (:func:`~lcr_sdk.gallery.explain.check_quality`) is
+        refused with ``quality="refuse"`` (:class:`InputError` with the reason) and added with a warning in the
+        returned :class:`Enrolment` with ``"warn"``; MoCo models skip the check (the quality says so).
+
+        Args:
+            embedder: the :class:`~lcr_sdk.embedder.Embedder` of the gallery's model.
+            image: a BGR array (e.g. a camera crop), path or PIL image.
+            keep_image: store the image with the item (PNG), so it can be explained and re-embedded later.
+        """
+        from lcr_sdk.images import to_bgr
+
+        if quality not in ("warn", "refuse", "off"):
+            raise InputError(f"quality={quality!r} is not valid; use 'warn', 'refuse' or 'off'")
+        self.check_model(embedder)
+        img = to_bgr(image, color)
+        att = embedder.attend(img)
+        method = embedder.manifest.method
+        q = check_quality(att.part_grid, method, max_spread)
+        if quality == "off":
+            q = Quality(True, False, q.spread, "not checked (quality='off')")
+        if not q.ok and quality == "refuse":
+            raise InputError(f"not enrolled: {q.reason}")
+        meta = dict(metadata or {})
+        if q.spread is not None:
+            meta.setdefault("attention_spread", round(q.spread, 4))
+        new = self.add(
+            att.embedding,
+            ids=None if id is None else [id],
+            labels=[label],
+            metadata=[meta],
+            crops=[img] if keep_image else None,
+        )
+        return Enrolment(new[0], q)
+
+    # -- search ---------------------------------------------------------------------------------------------------
 
     def check_model(self, model: Any, force: bool = False) -> None:
         """Refuse a query model (an Embedder or a sha256) other than the gallery's, unless ``force``."""
@@ -183,149 +561,709 @@ class Gallery:
             return
         raise ModelError(
             f"this gallery was built with model {self.model_sha256[:12]}... but the query model is {sha[:12]}...: "
-            "their embeddings are not comparable. Rebuild the gallery with this model (lcr-sdk gallery build), "
-            "or pass force=True (--force) if you know they match"
+            "their embeddings are not comparable. Rebuild the gallery with this model (lcr-sdk gallery rebuild "
+            "GALLERY --model MODEL), or pass force=True (--force) if you know they match"
         )
 
-    def search(self, queries: Any, k: int = 5, model: Any = None, force: bool = False) -> list:
+    def search(
+        self,
+        queries: Any,
+        k: int = 5,
+        model: Any = None,
+        force: bool = False,
+        threshold: float | str | None = None,
+        label: str | Sequence[str] | None = None,
+        where: dict[str, Any] | None = None,
+    ) -> Any:
         """Nearest items by cosine similarity.
 
         Args:
             queries: one vector (D,) -> ``list[Hit]``; or (N, D) -> ``list[list[Hit]]``.
-            k: hits per query (fewer if the gallery is smaller).
+            k: hits per query (fewer if the gallery, or the filter, has fewer items).
             model: the Embedder (or its ``model_id``) that made the queries; checked against the gallery's.
             force: search even when ``model`` differs from the gallery's model.
+            threshold: drop hits scoring below it: a cosine, ``"auto"`` (the gallery's calibrated
+                :attr:`threshold`; none if it has none) or None (keep all). An empty result means "unknown".
+            label: only items with this label (or one of these labels).
+            where: only items whose metadata has these top-level key/value pairs (scalar values, matched by
+                their JSON text: ``3`` and ``"3"`` differ).
         """
-        if model is not None:
-            self.check_model(model, force)
-        if not isinstance(k, int) or k < 1:
-            raise InputError(f"k must be a positive int; got {k!r}")
-        single = np.asarray(queries).ndim == 1
-        q = _unit_rows(queries, self.dim, "queries")
-        if len(self) == 0:
-            return [] if single else [[] for _ in q]
-        idx, scores = self._search_faiss(q, k) if self.index != "exact" else self._search_exact(q, k)
-        hits = [
-            [
-                Hit(self._ids[i], self._labels[i], float(s), dict(self._meta[i]))
-                for i, s in zip(ri, rs, strict=True)
-                if i >= 0
-            ]
-            for ri, rs in zip(idx, scores, strict=True)
-        ]
-        return hits[0] if single else hits
+        with self._mutex:
+            if model is not None:
+                self.check_model(model, force)
+            if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+                raise InputError(f"k must be a positive int; got {k!r}")
+            single = np.asarray(queries).ndim == 1
+            q = _unit_rows(queries, self.dim, "queries")
+            cut = self._resolve_threshold(threshold)
+            cand = self._filter(label, where)
+            if len(self) == 0 or (cand is not None and len(cand) == 0):
+                return [] if single else [[] for _ in q]
+            slots, scores = self._search(q, k, cand)
+            info = self._fetch(np.unique(slots[slots >= 0]))
+            hits = []
+            for rs, rc in zip(slots, scores, strict=True):
+                row = []
+                for s, sc in zip(rs, rc, strict=True):
+                    if s < 0 or int(s) not in info or (cut is not None and sc < cut):
+                        continue
+                    i, lab, meta = info[int(s)]
+                    row.append(Hit(i, lab, float(sc), dict(meta), self))
+                hits.append(row)
+            return hits[0] if single else hits
 
-    def _search_exact(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        v = self.vectors
-        step = max(1, _SCORE_BLOCK // len(v))
-        idx, sc = [], []
-        for i in range(0, len(q), step):
-            s = q[i : i + step] @ v.T  # n x N
-            top = topk(s, k)
-            idx.append(top)
-            sc.append(np.take_along_axis(s, top, axis=1))
-        return np.concatenate(idx), np.concatenate(sc)
+    def _resolve_threshold(self, threshold: float | str | None) -> float | None:
+        if threshold is None or threshold == "none":
+            return None
+        if threshold == "auto":
+            return self.threshold
+        if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not math.isfinite(threshold):
+            raise InputError(f"threshold={threshold!r} is not valid; pass a cosine in [-1, 1], 'auto' or None")
+        if not -1.0 <= threshold <= 1.0:
+            raise InputError(f"threshold={threshold!r} is outside [-1, 1], the range of cosine scores")
+        return float(threshold)
 
-    def _search_faiss(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        faiss = require("faiss", "faiss", "Gallery search with index='faiss'")
+    def _filter(self, label: str | Sequence[str] | None, where: dict[str, Any] | None) -> np.ndarray | None:
+        if label is None and not where:
+            return None
+        labels = [label] if isinstance(label, str) else (None if label is None else [str(x) for x in label])
+        if labels is not None and not labels:
+            raise InputError("label=[] selects nothing; pass a label, a list of labels or None")
+        if where is not None:
+            if not isinstance(where, dict):
+                raise InputError(f"where must be a dict of metadata key -> value; got {type(where).__name__}")
+            for key, value in where.items():
+                if not isinstance(key, str) or not items.is_scalar(value):
+                    raise InputError(
+                        f"where={{{key!r}: {value!r:.40}}}: keys must be strings and values str, int, float, bool "
+                        "or None (top-level metadata values are indexed; nested ones are not)"
+                    )
+        found = [items.filter_rows(self._pdb, labels, where) + self._c_count]
+        if self._ver is not None:
+            rows = items.filter_rows(self._ver.conn, labels, where)
+            found.insert(0, rows[rows < self._c_count])
+        cand = np.concatenate(found)
+        return np.asarray(cand[self._alive()[cand]], np.int64)
+
+    def _search(self, q: np.ndarray, k: int, cand: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        blocks, alive = self._blocks(), self._alive()
+        index = self._ensure_index() if self._spec.kind == "faiss" else None
+        if cand is not None:
+            if index is None or len(cand) <= SMALL_FILTER:
+                return exact_subset(q, blocks, k, cand)
+            allowed = np.zeros(len(alive), bool)
+            allowed[cand] = True
+            return search_with_index(q, blocks, k, index, alive, allowed)
+        if index is None:
+            return exact(q, blocks, k, alive)
+        return search_with_index(q, blocks, k, index, alive, None)
+
+    def _ensure_index(self) -> FaissIndex | None:
+        """The FAISS index (loaded, built or extended as needed), or None while the gallery is too small for it."""
+        upto = self._c_count if self._ver is not None else self._c_count + self._p_n
+        if self._faiss is None and self._ver is not None and self._ver.meta.index_file:
+            path = self._ver.folder / self._ver.meta.index_file
+            loaded = FaissIndex.load(path, self._spec, self.dim) if path.is_file() else None
+            if loaded is not None and loaded.count == self._ver.meta.index_count <= upto:
+                self._faiss = loaded
         if self._faiss is None:
-            spec = self.index.partition(":")[2] or "Flat"
-            index = faiss.index_factory(self.dim, spec, faiss.METRIC_INNER_PRODUCT)
-            v = np.ascontiguousarray(self.vectors)
-            if not index.is_trained:
-                index.train(v)
-            index.add(v)
-            self._faiss = index
-        scores, idx = self._faiss.search(np.ascontiguousarray(q), min(k, len(self)))
-        return idx, scores
+            fresh = FaissIndex(self._spec, self.dim)
+            if upto == 0 or upto < fresh.min_train:
+                return None
+            fresh.build(self._blocks(), upto)
+            self._faiss = fresh
+            self._persist_index(force=True)
+        elif upto - self._faiss.count >= INDEX_EXTEND:
+            self._faiss.extend(self._blocks(), upto)
+            self._persist_index()
+        return self._faiss
 
-    # -- persistence ----------------------------------------------------------------------------------------------
+    def _persist_index(self, force: bool = False, locked: bool = False) -> None:
+        """Save the in-memory index into the version folder if it covers enough more slots than the saved one."""
+        ver, idx = self._ver, self._faiss
+        if ver is None or idx is None or ver.immutable or idx.count > self._c_count:
+            return
+        saved = ver.meta.index_count
+        if not force and idx.count - saved < max(INDEX_EXTEND, INDEX_PERSIST * saved):
+            return
+        try:
+            with contextlib.nullcontext() if locked else store.GalleryLock(ver.root).hold(True, timeout=0.0):
+                if legacy.current_version(ver.root).name != ver.name:
+                    return  # compacted meanwhile: this index is for an old version
+                name = f"index-{idx.count}.faiss"
+                idx.save(ver.folder / name)
+                old = ver.reload_meta().index_file
+                with ver.transaction() as conn:
+                    ver.set_meta(conn, index_file=name, index_count=idx.count)
+                if old and old != name:
+                    (ver.folder / old).unlink(missing_ok=True)
+        except (LcrError, OSError, sqlite3.Error) as e:  # busy or read-only: searching still works
+            log.info("gallery index not saved (%s)", e)
 
-    def save(self, directory: str | os.PathLike) -> Path:
-        """Save crash-safely to ``directory`` (created if needed); returns the version folder written."""
+    # -- open set ---------------------------------------------------------------------------------------------
+
+    @property
+    def threshold(self) -> float | None:
+        """The calibrated open-set threshold (see :mod:`lcr_sdk.gallery.calibrate`); None if not calibratable.
+
+        Stored with the gallery; recomputed only when the gallery has changed by a fifth since."""
+        with self._mutex:
+            cal = self.calibration
+            return cal.threshold if cal is not None else None
+
+    @property
+    def calibration(self) -> Calibration | None:
+        """The stored (or, for a gallery changed enough since, a fresh) :class:`Calibration`."""
+        with self._mutex:
+            if self._calibration is None or self._calibration.stale(len(self)):
+                self._calibration = self.calibrate()
+            return self._calibration
+
+    def calibrate(self, seed: int = 0) -> Calibration:
+        """Compute the open-set threshold now, on a bounded sample (stored with the gallery at the next commit)."""
+        with self._mutex:
+            total = self._c_count + self._p_n
+            alive = self._alive()
+            blocks = self._blocks()
+
+            def labels_at(slots: np.ndarray) -> dict[int, str]:
+                slots = slots[alive[slots]]
+                out: dict[int, str] = {}
+                for conn, rows, off in self._slot_db(slots):
+                    out.update({r + off: lab for r, lab in items.labels_of(conn, rows.tolist()).items()})
+                return out
+
+            def partners(label: str, start: int, limit: int) -> list[int]:
+                found: list[int] = []
+                if self._ver is not None:
+                    found += [
+                        r
+                        for r in items.same_label(self._ver.conn, label, start, limit)
+                        if r < self._c_count and self._c_alive[r]
+                    ]
+                found += [
+                    r + self._c_count for r in items.same_label(self._pdb, label, max(0, start - self._c_count), limit)
+                ]
+                return found[:limit]
+
+            cal = calibrate(total, labels_at, partners, blocks.take, len(self), seed)
+            self._calibration = cal
+            return cal
+
+    # -- persistence ------------------------------------------------------------------------------------------
+
+    def _meta(self) -> store.Meta:
+        cal = self._calibration
+        return store.Meta(
+            dim=self.dim,
+            dtype=self.dtype,
+            model_sha256=self.model_sha256,
+            index=self.index,
+            next_id=self._next,
+            image_root=self.image_root,
+            calibration=cal.to_dict() if cal is not None else None,
+        )
+
+    def _chunks(self, batch: int = 8192) -> Iterator[store.Chunk]:
+        blocks = self._blocks()
+        rows: list[tuple[int, str, str, str, bytes | None]] = []
+        for r in self._iter_rows(with_crops=True):
+            rows.append(r)
+            if len(rows) == batch:
+                yield self._chunk(blocks, rows)
+                rows = []
+        if rows:
+            yield self._chunk(blocks, rows)
+
+    def _chunk(self, blocks: Blocks, rows: list[tuple[int, str, str, str, bytes | None]]) -> store.Chunk:
+        slots = np.array([r[0] for r in rows], np.int64)
+        return store.Chunk(
+            blocks.take(slots).astype(self.dtype),
+            [r[1] for r in rows],
+            [r[2] for r in rows],
+            [json.loads(r[3]) for r in rows],
+            {i: r[4] for i, r in enumerate(rows) if r[4] is not None},
+        )
+
+    def _index_writer(self, progress: bool) -> Callable[[Path, int], tuple[str, int] | None] | None:
+        if self._spec.kind != "faiss":
+            return None
+
+        def write(folder: Path, n: int) -> tuple[str, int] | None:
+            idx = FaissIndex(self._spec, self.dim)
+            if n == 0 or n < idx.min_train:
+                return None
+            vec = np.memmap(folder / store.vector_file(self.dtype), dtype=self.dtype, mode="r", shape=(n, self.dim))
+            idx.build(Blocks([(0, vec)]), n, progress)
+            name = f"index-{n}.faiss"
+            idx.save(folder / name)
+            return name, n
+
+        return write
+
+    def save(self, directory: str | os.PathLike[str], replace: bool = True, progress: bool = False) -> Path:
+        """Save to ``directory``; returns the version folder.
+
+        - The folder this gallery is attached to (it was loaded from or saved there): :meth:`commit` (O(changes)).
+        - A new or empty folder: the whole gallery is written; this gallery is then attached to it.
+        - Another gallery's folder: it is replaced crash-safely (``replace=False`` refuses instead).
+
+        A process killed at any point leaves the previous gallery or the new one, never a mix.
+        """
         root = Path(directory)
-        if root.exists() and not root.is_dir():
-            raise InputError(f"gallery path {root} is a file; pass a folder")
-        if root.is_dir() and any(root.iterdir()) and not (root / "CURRENT").exists():
-            raise InputError(f"{root} is a non-empty folder that is not a gallery; pick a new or empty folder")
-        root.mkdir(parents=True, exist_ok=True)
-        versions = [int(m.group(1)) for p in root.iterdir() if (m := _VERSION_DIR.match(p.name))]
-        name = f"v{max(versions, default=0) + 1:06d}"
-        with staging_dir(root, ".tmp-") as tmp:  # renamed to the version folder once complete
-            np.save(tmp / "vectors.npy", np.ascontiguousarray(self.vectors, dtype=np.float32))
-            with sqlite3.connect(tmp / "items.sqlite") as db:
-                db.execute(
-                    "CREATE TABLE items (row INTEGER PRIMARY KEY, id TEXT UNIQUE NOT NULL, label TEXT, metadata TEXT)"
-                )
-                db.executemany(
-                    "INSERT INTO items VALUES (?, ?, ?, ?)",
-                    (
-                        (r, i, lab, json.dumps(m))
-                        for r, (i, lab, m) in enumerate(zip(self._ids, self._labels, self._meta, strict=True))
-                    ),
-                )
-            db.close()
-            header = {
-                "format": FORMAT,
-                "format_version": FORMAT_VERSION,
-                "dim": self.dim,
-                "count": len(self),
-                "model_sha256": self.model_sha256,
-                "index": self.index,
-                "next_id": self._next,
-                "image_root": self.image_root,
-            }
-            (tmp / "header.json").write_text(json.dumps(header, indent=2) + "\n", encoding="utf-8")
-            for f in tmp.iterdir():
-                fsync_file(f)
-            fsync_dir(tmp)
-            os.rename(tmp, root / name)
-            fsync_dir(root)
-        atomic_write_text(root / "CURRENT", name + "\n")  # the commit point
-        fsync_dir(root)
-        for p in root.iterdir():  # older versions and leftovers of interrupted saves
-            if p.name != name and (_VERSION_DIR.match(p.name) or p.name.startswith(".tmp-")):
-                shutil.rmtree(p, ignore_errors=True)
-        return root / name
+        with self._mutex:
+            if self._root is not None and root.resolve() == self._root.resolve() and not self._legacy:
+                self.commit()
+                assert self._ver is not None
+                return self._ver.folder
+            store.check_target(root)
+            if (
+                store.is_gallery(root)
+                and not replace
+                and not (self._legacy and root.resolve() == self._root_resolved())
+            ):
+                raise InputError(f"{root} already holds a gallery; pass replace=True (--replace) to replace it")
+            try:
+                root.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise InputError(f"cannot create gallery folder {root} ({e.strerror}); choose another path") from e
+            with store.GalleryLock(root).hold(True):
+                return self._write_all(root, progress)
+
+    def _write_all(self, root: Path, progress: bool = False, index: bool = True) -> Path:
+        """Write the whole gallery as a new version of ``root`` and attach to it (caller holds the lock)."""
+        if self._calibration is None or self._calibration.stale(len(self)):
+            self.calibrate()
+        writer = self._index_writer(progress) if index else None
+        folder: Path = _write_or_explain(root, lambda: store.write_version(root, self._meta(), self._chunks(), writer))
+        self._attach(root, store.Version(root, folder))
+        return folder
+
+    def _root_resolved(self) -> Path | None:
+        return self._root.resolve() if self._root is not None else None
+
+    def commit(self) -> None:
+        """Write pending changes into the folder this gallery is attached to: one transaction, O(changes) I/O.
+
+        Changes committed by other processes since this gallery was loaded are kept (and become visible here).
+
+        Raises:
+            InputError: the gallery was never saved (use :meth:`save`), a pending id was added by another process
+                meanwhile (nothing is written; remove or rename it and commit again), or the disk is full.
+        """
+        with self._mutex:
+            if self._root is None:
+                raise InputError("this gallery is not saved anywhere yet; call save(folder) first")
+            root = self._root
+            if self._legacy:  # format 1: the first commit rewrites it in format 2
+                with store.GalleryLock(root).hold(True):
+                    self._write_all(root)
+                return
+            with store.GalleryLock(root).hold(True):
+                self._refresh_locked()
+                if self.pending or self._meta_changed():
+                    _write_or_explain(root, self._commit_locked)
+                self._maintain_locked()
+
+    def _meta_changed(self) -> bool:
+        assert self._ver is not None
+        m = self._ver.meta
+        return m.image_root != self.image_root or m.next_id < self._next
+
+    def _commit_locked(self) -> None:
+        ver = self._ver
+        assert ver is not None
+        new = [r for batch in items.iter_items(self._pdb, with_crops=True) for r in batch if self._p_alive[r[0]]]
+        clash = [i for i in items.rows_of_ids(ver.conn, [r[1] for r in new]) if i not in self._p_removed]
+        if clash:
+            raise InputError(
+                f"id {clash[0]!r} was added to {self._root} by another process since this gallery was loaded; "
+                "nothing was committed: remove or rename the item here and commit again"
+            )
+        now = items.rows_of_ids(ver.conn, list(self._p_removed))
+        kill = [now[i] for i, s in self._p_removed.items() if now.get(i) == s]
+        base = ver.meta.count
+        vecs = self._extra()[len(self._ctail) :]
+        with ver.transaction() as conn:
+            if kill:
+                items.delete(conn, kill)
+                conn.executemany("INSERT INTO dead (row) VALUES (?)", ((r,) for r in kill))
+            rows = list(range(base, base + len(new)))
+            items.insert(
+                conn,
+                rows,
+                [r[1] for r in new],
+                [r[2] for r in new],
+                [json.loads(r[3]) for r in new],
+                {base + j: r[4] for j, r in enumerate(new) if r[4] is not None},
+            )
+            conn.executemany(
+                "INSERT INTO tail (row, vector) VALUES (?, ?)",
+                ((row, vecs[r[0]].tobytes()) for row, r in zip(rows, new, strict=True)),
+            )
+            ver.set_meta(
+                conn,
+                count=base + len(new),
+                next_id=max(ver.meta.next_id, self._next),
+                image_root=self.image_root,
+                generation=ver.meta.generation + 1,
+            )
+        self._reset_pending()
+        self._refresh_locked()
+
+    def _maintain_locked(self) -> None:
+        """After a commit: move a full tail into the vector file, compact, save the index and calibration."""
+        ver = self._ver
+        assert ver is not None and self._root is not None
+        if ver.meta.count - ver.meta.synced >= store.TAIL_ROWS:
+            ver.checkpoint()
+            self._refresh_locked()
+        dead = self._c_count - self._c_live
+        if dead >= store.COMPACT_MIN_DEAD and dead >= store.COMPACT_FRACTION * self._c_count:
+            self.compact(locked=True)
+            ver = self._ver
+            assert ver is not None
+        self._persist_index(locked=True)
+        cal = self._calibration
+        stored = ver.meta.calibration
+        if cal is None or cal.stale(len(self)):
+            cal = self.calibrate()
+        if cal.to_dict() != stored:
+            with ver.transaction() as conn:
+                ver.set_meta(conn, calibration=cal.to_dict())
+
+    def compact(self, locked: bool = False) -> Path:
+        """Rewrite the saved gallery without its removed slots (a new version folder); O(N).
+
+        Commits do this by themselves once removed slots are a quarter of the gallery."""
+        with self._mutex:
+            if self._root is None or self._ver is None:
+                raise InputError("only a saved gallery can be compacted; call save(folder) first")
+            if self.pending:
+                raise InputError(f"{self.pending} changes are pending; commit() them before compacting")
+            root = self._root
+            with contextlib.nullcontext() if locked else store.GalleryLock(root).hold(True):
+                if not locked:
+                    self._refresh_locked()
+                return self._write_all(root, index=False)
+
+    def refresh(self) -> bool:
+        """Bring in changes other processes committed since this gallery was loaded; returns whether any were."""
+        with self._mutex:
+            if self._root is None or self._legacy:
+                return False
+            with store.GalleryLock(self._root).hold(False):
+                return self._refresh_locked()
+
+    def _refresh_locked(self) -> bool:
+        assert self._root is not None
+        folder = legacy.current_version(self._root)
+        if self._ver is None or folder.name != self._ver.name:
+            self._attach(self._root, store.Version(self._root, folder), keep_pending=True)
+            return True
+        ver = self._ver
+        meta = ver.reload_meta()
+        if meta.generation == self._gen and meta.synced == len(self._raw):
+            return False
+        self._sync_committed(ver)
+        return True
+
+    def _sync_committed(self, ver: store.Version) -> None:
+        """Extend the committed view to the version's current state (O(changes))."""
+        meta = ver.meta
+        old_synced, old_count = len(self._raw), self._c_count
+        if meta.count < old_count or meta.synced < old_synced:
+            raise store.damaged(ver.folder, f"it shrank from {old_count} to {meta.count} slots within a version")
+        if meta.synced != old_synced:
+            self._raw = ver.vectors(meta.synced)
+        keep = self._ctail[max(0, meta.synced - old_synced) :] if meta.synced <= old_count else self._ctail[:0]
+        start = max(old_count, meta.synced)
+        fresh = ver.tail(start, meta.count) if meta.count > start else np.zeros((0, self.dim), self.dtype)
+        self._ctail = np.concatenate([keep, fresh]) if len(fresh) else np.ascontiguousarray(keep)
+        self._c_alive = np.concatenate([self._c_alive, np.ones(meta.count - old_count, bool)])
+        self._c_count = meta.count
+        dead, self._dead_seq = ver.dead_since(self._dead_seq)
+        self._c_alive[dead[dead < meta.count]] = False
+        for s in self._p_removed.values():
+            if s < meta.count:
+                self._c_alive[s] = False
+        self._c_live = int(self._c_alive.sum())
+        self._gen = meta.generation
+        self._next = max(self._next, meta.next_id)
+        if meta.calibration is not None:
+            self._calibration = Calibration.from_dict(meta.calibration)
+        self._changed()
+        if fresh.size:
+            _check_vectors(ver.folder, fresh, self.dtype)
+
+    def _attach(self, root: Path, ver: store.Version, keep_pending: bool = False) -> None:
+        """Attach to an open version: adopt its meta and load its committed view."""
+        meta = ver.meta
+        if (meta.dim, meta.dtype) != (self.dim, self.dtype):
+            raise InputError(f"gallery {root} holds {meta.dim}-d {meta.dtype} vectors, not {self.dim}-d {self.dtype}")
+        if self._ver is not None and self._ver is not ver:
+            self._ver.close()
+        removed = dict(self._p_removed) if keep_pending else {}
+        self._root, self._ver, self._legacy = root, ver, False
+        self.model_sha256, self.index, self.image_root = meta.model_sha256, meta.index, meta.image_root
+        self._spec = parse_index(meta.index, self.dim)
+        self._reset_committed()
+        if not keep_pending:
+            self._reset_pending()
+        self._p_removed = {}
+        self._sync_committed(ver)
+        if removed:  # pending removals of a gallery compacted meanwhile: find the items again by id
+            for i, s in items.rows_of_ids(ver.conn, list(removed)).items():
+                if self._c_alive[s]:
+                    self._p_removed[i] = s
+                    self._c_alive[s] = False
+            self._c_live = int(self._c_alive.sum())
+        self._reserved = (0, 0)
+        self._changed()
+        _check_vectors(ver.folder, self._raw, self.dtype, self._c_alive[: len(self._raw)])
 
     @classmethod
-    def load(cls, directory: str | os.PathLike, mmap: bool = True) -> Gallery:
-        """Load the gallery a :meth:`save` wrote (vectors memory-mapped unless ``mmap=False``)."""
+    def load(cls, directory: str | os.PathLike[str], mmap: bool = True) -> Gallery:
+        """Open a saved gallery (vectors memory-mapped unless ``mmap=False``).
+
+        Format-1 galleries (lcr-sdk 0.1) are read as they are and rewritten in the current format at the first
+        :meth:`commit`. Everything is checked as it is read: the folder ``CURRENT`` names, every field of the
+        header, the model identity, the index spec and a sample of the vectors (finite, unit length).
+        """
         root = Path(directory)
-        current = root / "CURRENT"
-        if not current.is_file():
-            raise InputError(f"{root} is not a saved gallery (no CURRENT file); build one with `lcr-sdk gallery build`")
-        folder = root / current.read_text(encoding="utf-8").strip()
-        try:
-            header = json.loads((folder / "header.json").read_text(encoding="utf-8"))
-            if header.get("format") != FORMAT or header.get("format_version") != FORMAT_VERSION:
-                raise InputError(
-                    f"{folder} holds gallery format {header.get('format')!r} version "
-                    f"{header.get('format_version')!r}; this lcr-sdk reads {FORMAT} v{FORMAT_VERSION}"
-                )
-            vectors = np.load(folder / "vectors.npy", mmap_mode="r" if mmap else None)
-            with sqlite3.connect(f"file:{folder / 'items.sqlite'}?mode=ro", uri=True) as db:
-                rows = db.execute("SELECT row, id, label, metadata FROM items ORDER BY row").fetchall()
-            db.close()
-        except (OSError, ValueError, sqlite3.Error) as e:
-            raise InputError(f"gallery {folder} is damaged ({e}); rebuild it with `lcr-sdk gallery build`") from e
-        if vectors.shape != (header["count"], header["dim"]) or len(rows) != header["count"]:
-            raise InputError(
-                f"gallery {folder} is inconsistent: header says {header['count']} x {header['dim']}, "
-                f"vectors are {vectors.shape}, {len(rows)} items; rebuild it"
-            )
-        g = cls(header["dim"], header.get("model_sha256", ""), header.get("index", "exact"))
-        g._vectors = vectors
-        g._ids = [r[1] for r in rows]
-        g._labels = [r[2] for r in rows]
-        g._meta = [json.loads(r[3]) for r in rows]
-        g._pos = {i: r for r, i in enumerate(g._ids)}
-        g._next = header.get("next_id", len(rows))
-        g.image_root = header.get("image_root", "")
+        if not root.is_dir():
+            raise InputError(f"{root} is not a saved gallery (no such folder); build one with `lcr-sdk gallery build`")
+        with store.GalleryLock(root).hold(False):
+            ver = store.open_version(root)
+            if ver is None:
+                return cls._load_v1(root, legacy.read_v1(legacy.current_version(root), mmap))
+            meta = ver.meta
+            try:
+                g = cls(meta.dim, meta.model_sha256, meta.index, meta.dtype)
+            except InputError as e:
+                ver.close()
+                raise store.damaged(ver.folder, f"its index spec {meta.index!r} is not valid: {e}") from None
+            g._attach(root, ver)
+        if not mmap:
+            g._raw = np.array(g._raw)
         return g
 
+    @classmethod
+    def _load_v1(cls, root: Path, old: legacy.V1Gallery) -> Gallery:
+        h = old.header
+        try:
+            g = cls(h["dim"], h["model_sha256"], str(h.get("index", "exact")))
+        except InputError as e:
+            raise store.damaged(old.folder, f"its index spec {h.get('index')!r} is not valid: {e}") from None
+        for i, lab in zip(old.ids, old.labels, strict=True):
+            items.check_text(i, "id")
+            items.check_text(lab, "label")
+        _check_vectors(old.folder, old.vectors, "float32")
+        g._pdb.execute("BEGIN")
+        items.insert(g._pdb, range(len(old.ids)), old.ids, old.labels, old.metadata)
+        g._pdb.execute("COMMIT")
+        g._pvec = [old.vectors]
+        g._p_n = g._p_live = len(old.ids)
+        g._p_alive = np.ones(len(old.ids), bool)
+        next_id = h.get("next_id", len(old.ids))
+        g._next = next_id if isinstance(next_id, int) else len(old.ids)
+        root_str = h.get("image_root", "")
+        g.image_root = root_str if isinstance(root_str, str) else ""
+        g._root, g._legacy = root, True
+        g._changed()
+        return g
+
+    def rebuild(
+        self,
+        embedder: Any,
+        out: str | os.PathLike[str] | None = None,
+        batch: int = 32,
+        progress: bool = True,
+        skip_missing: bool = False,
+    ) -> tuple[Gallery, list[str]]:
+        """Re-embed every item from its stored image (crop, or file under :attr:`image_root`) with ``embedder``.
+
+        Ids, labels, metadata and crops are kept; the model identity, dimension and vectors are the new model's.
+        Every image is located before any is embedded. The result replaces this gallery's folder (refused if
+        another process committed to it meanwhile), is written to ``out``, or (unsaved galleries) returned only.
+
+        Returns:
+            The new gallery and the ids left out (``skip_missing``).
+
+        Raises:
+            InputError: items without a findable image (unless ``skip_missing``), or a bad option.
+        """
+        from tqdm import tqdm  # type: ignore[import-untyped]
+
+        from lcr_sdk.images import read_image
+
+        if not isinstance(batch, int) or isinstance(batch, bool) or batch < 1:
+            raise InputError(f"batch={batch!r} is not valid; pass a positive number of images per embed call")
+        with self._mutex:
+            version = (self._ver.name, self._gen) if self._ver is not None else None
+            rows = list(self._iter_rows(with_crops=True))
+            missing: list[str] = []
+            sources: list[bytes | Path | None] = []
+            for _, item_id, _, _, crop in rows:
+                if crop is not None:
+                    sources.append(crop)
+                    continue
+                path = self.image_path(item_id)
+                if path is None or not path.is_file():
+                    missing.append(item_id)
+                sources.append(path)
+            if missing and not skip_missing:
+                where = f" under {self.image_root}" if self.image_root else ""
+                raise InputError(
+                    f"{len(missing)} of {len(rows)} items have no image to re-embed (e.g. {missing[0]!r}: no crop and "
+                    f"no file{where}); restore the images, or pass --skip-missing (skip_missing=True) to leave them out"
+                )
+            dim = embedder.manifest.embedding_dim
+            new = Gallery(dim, embedder.model_id, self.index, self.dtype)
+            new.image_root = self.image_root
+            keep = [i for i, (r, src) in enumerate(zip(rows, sources, strict=True)) if r[1] not in set(missing)]
+            with tqdm(total=len(keep), desc="re-embedding", unit="img", disable=not progress) as bar:
+                for i in range(0, len(keep), batch):
+                    part = [rows[j] for j in keep[i : i + batch]]
+                    imgs = []
+                    for j in keep[i : i + batch]:
+                        src = sources[j]
+                        if isinstance(src, bytes):
+                            imgs.append(cv2.imdecode(np.frombuffer(src, np.uint8), cv2.IMREAD_COLOR))
+                        else:
+                            assert src is not None
+                            imgs.append(read_image(src))
+                    new.add(
+                        embedder.embed(imgs),
+                        ids=[r[1] for r in part],
+                        labels=[r[2] for r in part],
+                        metadata=[json.loads(r[3]) for r in part],
+                        crops=[imgs[n] if r[4] is not None else None for n, r in enumerate(part)],
+                    )
+                    bar.update(len(part))
+            target = Path(out) if out is not None else self._root
+            if target is None:
+                return new, missing
+            if self._root is not None and target.resolve() == self._root.resolve():
+                with store.GalleryLock(target).hold(True):
+                    now = store.open_version(target)
+                    changed = now is None or version is None or (now.name, now.meta.generation) != version
+                    if now is not None:
+                        now.close()
+                    if changed and not self._legacy:
+                        raise InputError(
+                            f"gallery {target} changed while it was re-embedded (another process committed to it); "
+                            "nothing was replaced: run the rebuild again"
+                        )
+                    new._write_all(target, progress)
+            else:
+                new.save(target, replace=True, progress=progress)
+            return new, missing
+
+    def info(self) -> dict[str, Any]:
+        """A summary: size, labels, storage, index, open-set threshold, where it is saved."""
+        with self._mutex:
+            cal = self.calibration
+            ver = self._ver
+            return {
+                "path": str(self._root) if self._root else None,
+                "format": 1 if self._legacy else (store.FORMAT_VERSION if ver else None),
+                "version": ver.name if ver else None,
+                "items": len(self),
+                "labels": len(set(self.labels)),
+                "dim": self.dim,
+                "dtype": self.dtype,
+                "model_sha256": self.model_sha256,
+                "index": self.index,
+                "index_saved_over": ver.meta.index_count if ver else 0,
+                "threshold": cal.threshold if cal else None,
+                "threshold_far": cal.far if cal else None,
+                "threshold_frr": cal.frr if cal else None,
+                "threshold_note": cal.reason if cal else None,
+                "image_root": self.image_root,
+                "pending": self.pending,
+                "removed_slots": self._c_count - self._c_live - len(self._p_removed),
+            }
+
+    def verify(self) -> None:
+        """Check every stored vector (finite, unit length) and the item count; O(N).
+
+        Raises:
+            InputError: naming the first bad item.
+        """
+        with self._mutex:
+            where = self._ver.folder if self._ver is not None else Path(str(self._root or "memory"))
+            blocks, alive = self._blocks(), self._alive()
+            for first, chunk in blocks.chunks(65536):
+                _check_vectors(where, chunk, self.dtype, alive[first : first + len(chunk)], sample=False)
+            n = sum(1 for _ in self._iter_rows())
+            if n != len(self):
+                raise store.damaged(where, f"{n} items in its tables but {len(self)} live slots")
+
+    def close(self) -> None:
+        """Release the saved gallery's files (the object stays usable in memory only after this)."""
+        with self._mutex:
+            if self._ver is not None:
+                self._ver.close()
+
     def __repr__(self) -> str:
-        return f"Gallery({len(self)} x {self.dim}, index={self.index!r}, model={self.model_sha256[:12]!r})"
+        where = f", path={str(self._root)!r}" if self._root is not None else ""
+        return (
+            f"Gallery({len(self)} x {self.dim} {self.dtype}, index={self.index!r}, "
+            f"model={self.model_sha256[:12]!r}{where})"
+        )
+
+
+def _write_or_explain(root: Path, write: Callable[[], Any]) -> Any:
+    """Run a write; turn a full disk or a refused write into one :class:`InputError` (nothing committed)."""
+    import shutil
+
+    try:
+        return write()
+    except sqlite3.Error as e:
+        if "full" in str(e).lower():
+            free = shutil.disk_usage(root).free / 2**20
+            raise InputError(
+                f"cannot write gallery {root}: the disk is full ({free:.1f} MiB free); free space and try again "
+                "(the saved gallery is unchanged; pending changes are kept)"
+            ) from None
+        raise InputError(f"cannot write gallery {root} ({e}); the saved gallery is unchanged") from None
+    except OSError as e:
+        if e.errno == 28:  # ENOSPC
+            free = shutil.disk_usage(root).free / 2**20
+            raise InputError(
+                f"cannot write gallery {root}: the disk is full ({free:.1f} MiB free); free space and try again "
+                "(the saved gallery is unchanged; pending changes are kept)"
+            ) from None
+        raise InputError(f"cannot write gallery {root} ({e.strerror or e}); the saved gallery is unchanged") from None
+
+
+def _check_vectors(
+    where: Path, vectors: np.ndarray, dtype: str, alive: np.ndarray | None = None, sample: bool = True
+) -> None:
+    """Refuse stored vectors that are not finite unit vectors (a sample of them unless ``sample=False``)."""
+    n = len(vectors)
+    if n == 0:
+        return
+    if sample and n > _CHECK_ROWS:
+        rng = np.random.default_rng(n)
+        rows = np.unique(np.concatenate([rng.integers(0, n, _CHECK_ROWS), np.arange(max(0, n - 16), n)]))
+    else:
+        rows = np.arange(n)
+    if alive is not None:
+        rows = rows[alive[rows]]
+    if len(rows) == 0:
+        return
+    norms = np.linalg.norm(np.asarray(vectors[rows], np.float32), axis=1)
+    tol = 1e-2 if dtype == "float16" else 1e-3
+    bad = ~np.isfinite(norms) | (np.abs(norms - 1) > tol)
+    if bad.any():
+        r = int(rows[np.argmax(bad)])
+        raise store.damaged(
+            where,
+            f"stored vector {r} has norm {norms[np.argmax(bad)]:.4g}; stored vectors are finite and of unit "
+            "length, so the vector file was modified",
+        )
 
 
 def build_from_folder(
@@ -335,12 +1273,17 @@ def build_from_folder(
     batch: int = 32,
     progress: bool = True,
     require_labels: bool = False,
+    dtype: str = "float32",
+    quality: str = "off",
+    max_spread: float = MAX_SPREAD,
+    on_quality: Callable[[str, Quality], None] | None = None,
 ) -> Gallery:
     """Embed every image of a labelled folder (``folder/<label>/*.jpg``, see :func:`lcr_sdk.images.labelled_images`)
     into a new gallery: the one way the CLI, the examples and the quickstart build galleries.
 
     Each item's id is its path relative to ``folder`` (POSIX form), its label the sub-folder name, and its metadata
-    ``{"path": <that relative path>}``; ``folder`` itself is kept as :attr:`Gallery.image_root`.
+    ``{"path": <that relative path>}``; ``folder`` itself is kept as :attr:`Gallery.image_root`, so
+    ``lcr-sdk gallery rebuild`` can re-embed the images with another model.
 
     Args:
         embedder: an :class:`~lcr_sdk.embedder.Embedder`.
@@ -349,16 +1292,25 @@ def build_from_folder(
         batch: images per embed call.
         progress: show a progress bar.
         require_labels: refuse images directly in ``folder`` (no label sub-folder), for apps that show labels.
+        dtype: vector storage, ``"float32"`` or ``"float16"``.
+        quality: enrolment check of LCR models' attention (:func:`~lcr_sdk.gallery.explain.check_quality`):
+            ``"off"``, ``"warn"`` (keep diffuse images, report them) or ``"refuse"`` (leave them out).
+        on_quality: called with (relative path, :class:`Quality`) for each image that fails the check.
 
     Raises:
-        InputError: ``batch`` < 1. DataError: no images in ``folder``, or unlabelled ones with ``require_labels``.
+        InputError: a bad option, or a file name that is not UTF-8 (before any image is embedded).
+        DataError: no images in ``folder``, or unlabelled ones with ``require_labels``.
     """
-    from tqdm import tqdm
+    from tqdm import tqdm  # type: ignore[import-untyped]
 
+    from lcr_sdk.errors import DataError
     from lcr_sdk.images import labelled_images
 
-    if not isinstance(batch, int) or batch < 1:
+    if not isinstance(batch, int) or isinstance(batch, bool) or batch < 1:
         raise InputError(f"batch={batch!r} is not valid; pass a positive number of images per embed call, e.g. 32")
+    if quality not in ("off", "warn", "refuse"):
+        raise InputError(f"quality={quality!r} is not valid; use 'off', 'warn' or 'refuse'")
+    gallery = Gallery(embedder.manifest.embedding_dim, model_sha256=embedder.model_id, index=index, dtype=dtype)
     folder = Path(folder)
     paths, labels = labelled_images(folder)
     if require_labels and "" in labels:
@@ -366,17 +1318,34 @@ def build_from_folder(
             f"{folder} holds {labels.count('')} image(s) outside a label sub-folder (e.g. {paths[labels.index('')]}); "
             f"expected {folder}/<label>/<image>.jpg: move each image into the folder named after its label"
         )
-    gallery = Gallery(embedder.manifest.embedding_dim, model_sha256=embedder.model_id, index=index)
+    rel_all = [p.relative_to(folder).as_posix() for p in paths]
+    for r in rel_all:  # before the slow part: SQLite cannot store names that are not UTF-8
+        items.check_text(r, f"file name in {folder}:")
     gallery.image_root = str(folder.resolve())
+    method = embedder.manifest.method
+    gate = quality != "off" and method == "lcr"
+    if quality != "off" and not gate:
+        log.info("enrolment quality not checked: a %s model has no attention mask", method)
     with tqdm(total=len(paths), desc="embedding", unit="img", disable=not progress) as bar:
         for i in range(0, len(paths), batch):
-            chunk = paths[i : i + batch]
-            rel = [p.relative_to(folder).as_posix() for p in chunk]
-            gallery.add(
-                embedder.embed([str(p) for p in chunk]),
-                ids=rel,
-                labels=labels[i : i + batch],
-                metadata=[{"path": r} for r in rel],
-            )
+            chunk, rel, labs = paths[i : i + batch], rel_all[i : i + batch], labels[i : i + batch]
+            if gate:
+                out = embedder.infer(np.stack([embedder.prepare(str(p)) for p in chunk]))
+                vecs, parts = np.asarray(out["embedding"], np.float32), np.asarray(out["parts"], np.float32)
+                keep = []
+                for j, m in enumerate(parts):
+                    q = check_quality(m, method, max_spread)
+                    if not q.ok:
+                        if on_quality is not None:
+                            on_quality(rel[j], q)
+                        else:
+                            log.warning("%s: %s", rel[j], q.reason)
+                    keep.append(q.ok or quality == "warn")
+                sel = [j for j, ok in enumerate(keep) if ok]
+                vecs, rel, labs = vecs[sel], [rel[j] for j in sel], [labs[j] for j in sel]
+            else:
+                vecs = embedder.embed([str(p) for p in chunk])
+            if len(rel):
+                gallery.add(vecs, ids=rel, labels=labs, metadata=[{"path": r} for r in rel])
             bar.update(len(chunk))
     return gallery

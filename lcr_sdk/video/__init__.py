@@ -9,10 +9,13 @@ Source URIs: ``0`` or ``/dev/video0`` (USB/V4L2 camera), ``csi://0`` (Jetson CSI
 (also ``rtmp://``, ``http(s)://``), a video file (``clip.mp4``), an image file, a folder of images or a glob
 (``"imgs/*.jpg"``). Live sources (cameras, streams) are read on a background thread that keeps only the newest
 frame, so a slow consumer always gets current frames, and a dropped source is reopened with exponential backoff;
-meanwhile iteration yields placeholder frames (``ok=False``) that show the status. A file ends the iteration.
+meanwhile iteration yields placeholder frames (``ok=False``) that show the status. A file ends the iteration (a
+video file served over ``http(s)://`` too: it is played once, not reconnected to).
 
 Sink URIs: ``display://0`` (a window), ``out.mp4`` / ``.avi`` / ``.mkv`` (a video, finalised on close under a
-temporary name first), ``frames/`` (a folder of PNG frames), ``last.png`` (one image, overwritten each frame).
+temporary name first), ``frames/`` (a folder of PNG frames; a trailing ``/`` always means a folder), ``last.png`` (one
+image, overwritten each frame). ``open_sink(..., inputs=[...])`` refuses an output that is one of the inputs, and
+:func:`interrupt_on_sigterm` makes a service stop (SIGTERM) finish the outputs as Ctrl+C does.
 
 The package has three parts: :mod:`~lcr_sdk.video.sources` (frames in), :mod:`~lcr_sdk.video.sinks` (frames out)
 and :mod:`~lcr_sdk.video.draw` (text, frame rate, resizing for the demos' overlays).
@@ -30,6 +33,7 @@ from lcr_sdk.video.sinks import (
     VideoFileSink,
     WindowSink,
     has_display,
+    interrupt_on_sigterm,
     open_sink,
 )
 from lcr_sdk.video.sources import (
@@ -73,6 +77,7 @@ __all__ = [
     "fit_frame",
     "has_display",
     "has_gstreamer",
+    "interrupt_on_sigterm",
     "open_sink",
     "open_source",
 ]

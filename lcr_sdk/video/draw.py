@@ -33,7 +33,8 @@ class FpsMeter:
     """Frames per second of a loop, smoothed over recent frames (exponential moving average)."""
 
     def __init__(self, smoothing: float = 0.9):
-        self.smoothing, self.fps, self._last = smoothing, 0.0, None
+        self.smoothing, self.fps = smoothing, 0.0
+        self._last: float | None = None
 
     def tick(self) -> float:
         """Call once per frame; returns the smoothed rate."""

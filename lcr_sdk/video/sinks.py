@@ -6,8 +6,13 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import sys
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
+from types import FrameType
+from typing import Any
 
 import cv2
 import numpy as np
@@ -20,6 +25,10 @@ from lcr_sdk.video.sources import VIDEO_SUFFIXES
 
 _FOURCC = {".mp4": "mp4v", ".m4v": "mp4v", ".mov": "mp4v", ".avi": "MJPG", ".mkv": "FFV1"}  # .mkv: lossless
 SINK_FORMS = "display://0 (window), out.mp4 | out.avi | out.mkv (video), frames/ (PNG folder), last.png (image)"
+
+
+class _Discard(Exception):
+    """Thrown into a sink's atomic_path to drop its temporary file."""
 
 
 class Sink:
@@ -41,7 +50,7 @@ class Sink:
     def __enter__(self) -> Sink:
         return self
 
-    def __exit__(self, exc_type, exc, tb) -> None:
+    def __exit__(self, exc_type: type[BaseException] | None, exc: object, tb: object) -> None:
         self.close()
 
     def __repr__(self) -> str:
@@ -63,7 +72,7 @@ class WindowSink(Sink):
         cv2.namedWindow(title, cv2.WINDOW_NORMAL | cv2.WINDOW_KEEPRATIO)
         cv2.setMouseCallback(title, self.on_mouse)
 
-    def on_mouse(self, event: int, x: int, y: int, flags: int = 0, param=None) -> None:
+    def on_mouse(self, event: int, x: int, y: int, flags: int = 0, param: object = None) -> None:
         """OpenCV mouse callback: left drag sets :attr:`box`, right click clears it."""
         if event == cv2.EVENT_LBUTTONDOWN:
             self._drag = (x, y)
@@ -108,7 +117,7 @@ class VideoFileSink(Sink):
         if self._writer is None:
             self._size = (image.shape[1], image.shape[0])
             fourcc = _FOURCC.get(self.path.suffix.lower(), "mp4v")
-            self._writer = cv2.VideoWriter(str(self.tmp), cv2.VideoWriter_fourcc(*fourcc), self.fps, self._size)
+            self._writer = cv2.VideoWriter(str(self.tmp), cv2.VideoWriter.fourcc(*fourcc), self.fps, self._size)
             if not self._writer.isOpened():
                 self._writer = None
                 raise InputError(
@@ -122,16 +131,16 @@ class VideoFileSink(Sink):
         """Finish the file and rename it into place (``keep=False``, or no frame written: remove it)."""
         if self.is_open:
             wrote = self._writer is not None
-            if wrote:
+            if self._writer is not None:
                 self._writer.release()
                 self._writer = None
             if keep and wrote:
                 self._commit.__exit__(None, None, None)
-            else:
-                self._commit.__exit__(InterruptedError, InterruptedError("discarded"), None)
+            else:  # the temporary file is removed, the final name never appears
+                self._commit.__exit__(_Discard, _Discard(), None)
         super().close()
 
-    def __exit__(self, exc_type, exc, tb) -> None:
+    def __exit__(self, exc_type: type[BaseException] | None, exc: object, tb: object) -> None:
         self.close(keep=exc_type is None or issubclass(exc_type, KeyboardInterrupt))  # Ctrl+C keeps the video
 
 
@@ -178,8 +187,24 @@ def has_display() -> bool:
     return True
 
 
+def _refuse_overwrite(output: str, source: str | os.PathLike[str]) -> None:
+    """Refuse an output that would overwrite (or write into) a demo's input."""
+    src = Path(os.fspath(source))
+    if output.startswith("display") or not src.exists():
+        return
+    if Path(output).resolve() == src.resolve():  # "x.jpg/" is the same path as x.jpg
+        what = "folder" if src.is_dir() else "file"
+        raise InputError(
+            f"output {output!r} is the input {what} {src}: writing it would destroy the input; choose another output"
+        )
+
+
 def open_sink(
-    uri: str | os.PathLike | None = "display://0", headless: bool = False, fps: float = 30.0, title: str = "lcr-sdk"
+    uri: str | os.PathLike[str] | None = "display://0",
+    headless: bool = False,
+    fps: float = 30.0,
+    title: str = "lcr-sdk",
+    inputs: Sequence[str | os.PathLike[str]] = (),
 ) -> Sink:
     """Open a frame sink by URI (see the module docstring for the forms).
 
@@ -189,11 +214,14 @@ def open_sink(
         headless: never open a window: a display URI becomes a sink that only counts frames.
         fps: frame rate written into a video file.
         title: window title.
+        inputs: paths the caller reads (a demo's input): an output that is one of them is refused.
 
     Raises:
-        InputError: a window was asked for where none can open, or the URI is not a valid sink.
+        InputError: a window was asked for where none can open, the URI is not a valid sink, or it is an input.
     """
     uri = str(os.fspath(uri)) if uri else "display://0"
+    for source in inputs:
+        _refuse_overwrite(uri, source)
     if uri == "display" or uri.startswith("display://"):
         if headless:
             return Sink(uri)
@@ -206,6 +234,12 @@ def open_sink(
         return WindowSink(uri, title)
     path = Path(uri)
     suffix = path.suffix.lower()
+    if uri.endswith(("/", os.sep)):  # a trailing slash always means a folder, whatever the name looks like
+        if path.exists() and not path.is_dir():
+            raise InputError(f"output {uri!r} names a folder, but {path} is a file; choose another output folder")
+        return FolderSink(uri, path)
+    if path.is_dir() and suffix in VIDEO_SUFFIXES + IMAGE_SUFFIXES:
+        raise InputError(f"output {uri!r} is a folder; give a file name, or end it with / to write PNG frames into it")
     if suffix in VIDEO_SUFFIXES:
         path.parent.mkdir(parents=True, exist_ok=True)
         return VideoFileSink(uri, path, fps)
@@ -215,3 +249,23 @@ def open_sink(
     if uri.endswith(("/", os.sep)) or path.is_dir() or not suffix:
         return FolderSink(uri, path)
     raise InputError(f"output {uri!r} has suffix {suffix!r}, which is not a sink; valid outputs: {SINK_FORMS}")
+
+
+@contextmanager
+def interrupt_on_sigterm() -> Iterator[None]:
+    """Within this block SIGTERM (a service stop, ``kill PID``) raises :class:`KeyboardInterrupt` like Ctrl+C, so a
+    demo finishes its output files the same way. Only in the main thread; elsewhere it does nothing."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous: Any = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

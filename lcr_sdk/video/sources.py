@@ -126,7 +126,7 @@ class Source:
     def __enter__(self) -> Source:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
     def __repr__(self) -> str:
@@ -336,7 +336,7 @@ def _capture_opener(
     width: int | None = None,
     height: int | None = None,
     fps: float | None = None,
-) -> Opener:
+) -> Callable[[], CaptureReader]:
     """An opener for ``cv2.VideoCapture(target, api)``; raises :class:`InputError` if it does not open."""
 
     def opener() -> CaptureReader:
@@ -358,7 +358,7 @@ def _capture_opener(
 
 
 def open_source(
-    uri: str | int | os.PathLike,
+    uri: str | int | os.PathLike[str],
     width: int | None = None,
     height: int | None = None,
     fps: float | None = None,
@@ -383,10 +383,11 @@ def open_source(
     """
     uri = str(os.fspath(uri)) if not isinstance(uri, int) else str(uri)
     size = (width, height) if width and height else None
-    live_kw = dict(size=size, backoff=backoff, max_retries=max_retries)
     if opener is not None:
         live = uri.isdigit() or uri.startswith(("/dev/video", "v4l2://", "csi://", *STREAM_SCHEMES))
-        return LiveSource(opener, uri, **live_kw) if live else FileSource(opener, uri, size, fps, loop)
+        if live:
+            return LiveSource(opener, uri, size, backoff, max_retries)
+        return FileSource(opener, uri, size, fps, loop)
     linux_v4l2 = cv2.CAP_V4L2 if sys.platform.startswith("linux") else cv2.CAP_ANY
     if uri.isdigit() or uri.startswith(("/dev/video", "v4l2://")):
         target: int | str = int(uri) if uri.isdigit() else uri.removeprefix("v4l2://")
@@ -395,7 +396,11 @@ def open_source(
             "`v4l2-ctl --list-devices`), and that you may read it (the `video` group)"
         )
         return LiveSource(
-            _capture_opener(target, linux_v4l2, f"camera {uri}", hint, width, height, fps), uri, **live_kw
+            _capture_opener(target, linux_v4l2, f"camera {uri}", hint, width, height, fps),
+            uri,
+            size,
+            backoff,
+            max_retries,
         )
     if uri.startswith("csi://"):
         if not has_gstreamer():
@@ -411,13 +416,21 @@ def open_source(
             "check the ribbon cable and `nvgstcapture-1.0`; if another process holds the camera, "
             "`sudo systemctl restart nvargus-daemon`"
         )
-        return LiveSource(_capture_opener(pipe, cv2.CAP_GSTREAMER, f"CSI camera {uri}", hint), uri, **live_kw)
+        csi = _capture_opener(pipe, cv2.CAP_GSTREAMER, f"CSI camera {uri}", hint)
+        return LiveSource(csi, uri, size, backoff, max_retries)
     if uri.startswith(STREAM_SCHEMES):
         hint = (
             "check the URL, credentials (rtsp://user:pass@host/path) and that the stream plays in "
             "`ffplay URL`; for RTSP over TCP set OPENCV_FFMPEG_CAPTURE_OPTIONS='rtsp_transport;tcp'"
         )
-        return LiveSource(_capture_opener(uri, cv2.CAP_FFMPEG, f"stream {uri}", hint), uri, **live_kw)
+        opener = _capture_opener(uri, cv2.CAP_FFMPEG, f"stream {uri}", hint)
+        if uri.startswith(("http://", "https://")):
+            first = opener()  # fails here, with the hint, if the URL does not open
+            if first.cap.get(cv2.CAP_PROP_FRAME_COUNT) > 0:  # a video file served over HTTP: play it once
+                readers: list[Reader] = [first]
+                return FileSource(lambda: readers.pop() if readers else opener(), uri, size, fps, loop)
+            first.close()  # a live HTTP stream (MJPEG and the like): reconnect when it drops
+        return LiveSource(opener, uri, size, backoff, max_retries)
     path = Path(uri)
     if any(c in uri for c in "*?[") and not path.exists():
         paths = sorted(Path(p) for p in glob.glob(uri) if Path(p).suffix.lower() in IMAGE_SUFFIXES)

@@ -141,25 +141,92 @@ def test_retrieval_demo_center_crop_queries_the_crop(demo_model, gallery_case, t
     assert all(r["hits"][0][1] < 0.999 for r in rows)  # the crop is not the gallery image
 
 
-def test_enrolment_adds_the_frame_and_it_is_found_next_time(demo_model, gallery_case, synth_root, tmp_path):
+def test_enrolment_appends_the_frame_and_it_is_found_next_time(demo_model, gallery_case, synth_root, tmp_path):
     import shutil
 
     gallery = tmp_path / "gallery"
     shutil.copytree(gallery_case[0], gallery)
+    version = gallery / (gallery / "CURRENT").read_text().strip()
+    vec_file = version / "vectors.f32"
+    before = (vec_file.stat().st_mtime_ns, vec_file.read_bytes())
     new = to_frame(cv2.imread(str(sorted((synth_root / "train").glob("*/*.png"))[0])))
     cv2.imwrite(str(tmp_path / "new.png"), new)
     demo = load_example("camera_retrieval")
     argv = [str(demo_model), str(gallery), str(tmp_path / "new.png"), str(tmp_path / "o1.png"), "--headless"]
-    assert demo.main([*argv, "--enroll", "my-bird"]) == 0
-    assert demo.main([*argv, "--log", str(tmp_path / "hits.jsonl")]) == 0
+    assert demo.main([*argv, "--enroll", "my-bird", "--quality", "warn"]) == 0
+    # the enrolment appended one item: same version folder, the vectors file not rewritten
+    assert (gallery / "CURRENT").read_text().strip() == version.name
+    assert (vec_file.stat().st_mtime_ns, vec_file.read_bytes()) == before
+    assert demo.main([*argv, "--log", str(tmp_path / "hits.jsonl"), "--threshold", "none"]) == 0
     top = json.loads((tmp_path / "hits.jsonl").read_text())["hits"][0]
     assert top[0] == "my-bird" and top[1] > 0.999
 
-    from lcr_sdk import Gallery
+    from lcr_sdk import Embedder, Gallery
 
     g = Gallery.load(gallery)
-    assert len(g) == 9 and demo.enroll(g, str(gallery), g.vectors[0], "  ", "test", 0) == "item-10"
-    assert Gallery.load(gallery).labels[-1] == "item-10"
+    assert len(g) == 9 and g.labels[-1] == "my-bird"
+    stored = g.image(g.ids[-1])  # the crop itself is stored with a live enrolment
+    assert stored.shape == new.shape and np.abs(stored.astype(int) - new.astype(int)).max() == 0
+    assert g.metadata[-1]["source"] == str(tmp_path / "new.png") and g.metadata[-1]["frame"] == 0
+    with Embedder(demo_model) as emb:
+        note = demo.enroll(g, str(gallery), emb, new, "  ", "test", 0, quality="warn")
+    assert note.startswith("enrolled as item-10") and Gallery.load(gallery).labels[-1] == "item-10"
+
+
+def test_enrolment_quality_gate_refuses_diffuse_attention(demo_model, gallery_case, tmp_path, capsys):
+    """A flat grey frame gives the model nothing to look at: refused (default) or enrolled with a warning."""
+    import shutil
+
+    from lcr_sdk import Embedder, Gallery
+    from lcr_sdk.gallery.explain import spread_of
+
+    gallery = tmp_path / "gallery"
+    shutil.copytree(gallery_case[0], gallery)
+    grey = np.full((480, 640, 3), 128, np.uint8)
+    cv2.imwrite(str(tmp_path / "grey.png"), grey)
+    with Embedder(demo_model) as emb:
+        spread = spread_of(emb.attend(grey).part_grid)
+    limit = f"{spread - 0.01:.3f}"  # just under this model's spread for the grey frame
+    demo = load_example("camera_retrieval")
+    argv = [str(demo_model), str(gallery), str(tmp_path / "grey.png"), str(tmp_path / "o.png"), "--headless"]
+    assert demo.main([*argv, "--enroll", "grey", "--max-spread", limit]) == 0
+    err = capsys.readouterr().err
+    assert "not enrolled: attention is diffuse" in err and len(Gallery.load(gallery)) == 8
+    out = cv2.imread(str(tmp_path / "o.png"))
+    assert out is not None  # the refusal is drawn on the frame as well
+    assert demo.main([*argv, "--enroll", "grey", "--max-spread", limit, "--quality", "warn"]) == 0
+    assert "enrolled as grey (warning: attention is diffuse" in capsys.readouterr().err
+    g = Gallery.load(gallery)
+    assert len(g) == 9 and g.metadata[-1]["attention_spread"] == pytest.approx(spread, abs=1e-3)
+
+
+def test_retrieval_demo_says_unknown_below_the_gallery_threshold(demo_model, gallery_case, synth_root, tmp_path):
+    from lcr_sdk import Gallery
+
+    gallery, clip, _ = gallery_case
+    g = Gallery.load(gallery)
+    threshold = g.threshold
+    assert threshold is not None
+    others = sorted((synth_root / "train").glob("*/*.png"))[::5][:6]  # images that are not in the gallery
+    frames = [cv2.imread(str(p)) for p in others] + frames_of(clip)[:2]
+    clip2 = write_video(tmp_path / "mixed.mkv", [to_frame(f) for f in frames])
+    log = tmp_path / "hits.jsonl"
+    argv = [str(demo_model), str(gallery), str(clip2), str(tmp_path / "out"), "--headless", "--log", str(log)]
+    demo = load_example("camera_retrieval")
+    assert demo.main(argv) == 0  # --threshold auto: the gallery's calibrated threshold
+    rows = [json.loads(line) for line in log.read_text().splitlines()]
+    assert [r["unknown"] for r in rows] == [r["hits"][0][1] < threshold for r in rows]
+    # random-init weights score every bird alike, so their calibrated threshold separates little: set one
+    assert demo.main([*argv, "--threshold", "0.9"]) == 0
+    rows = [json.loads(line) for line in log.read_text().splitlines()]
+    assert [r["unknown"] for r in rows] == [r["hits"][0][1] < 0.9 for r in rows]
+    assert rows[-1]["unknown"] is False and rows[-2]["unknown"] is False  # gallery frames: known
+    assert any(r["unknown"] for r in rows), [r["hits"][0][1] for r in rows]
+    frames_out = sorted((tmp_path / "out").glob("*.png"))
+    first = cv2.imread(str(frames_out[[r["unknown"] for r in rows].index(True)]))
+    # "unknown" is drawn in red: the text box holds reddish pixels, not only white ones
+    box = first[8:80, 8:400].reshape(-1, 3).astype(int)
+    assert ((box[:, 2] > 200) & (box[:, 0] < 120)).sum() > 20
 
 
 def test_label_prompt_typing():

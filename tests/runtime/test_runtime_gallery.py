@@ -8,6 +8,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -95,7 +96,7 @@ def test_bad_arguments():
         g.add(_unit(1, 8), metadata=[{"f": object()}])
 
 
-def test_save_load_roundtrip_sqlite_npy(tmp_path):
+def test_save_load_roundtrip(tmp_path):
     import sqlite3
 
     v = _unit(20, 12)
@@ -109,8 +110,9 @@ def test_save_load_roundtrip_sqlite_npy(tmp_path):
     g.remove(["img4"])
     version = g.save(tmp_path / "g")
     assert (tmp_path / "g" / "CURRENT").read_text().strip() == version.name
-    rows = sqlite3.connect(version / "items.sqlite").execute("SELECT COUNT(*) FROM items").fetchone()
+    rows = sqlite3.connect(version / "gallery.db").execute("SELECT COUNT(*) FROM items").fetchone()
     assert rows == (19,)
+    assert (version / "vectors.f32").stat().st_size == 19 * 12 * 4  # raw rows, nothing else
     h = Gallery.load(tmp_path / "g")
     assert isinstance(h.vectors, np.memmap)  # memory-mapped, not read into RAM
     assert len(h) == 19 and h.ids == g.ids and h.labels == g.labels and h.model_sha256 == "f" * 64
@@ -119,22 +121,257 @@ def test_save_load_roundtrip_sqlite_npy(tmp_path):
     h.add(_unit(1, 12, seed=9), ids=["new"])  # a loaded gallery grows and saves again
     h.save(tmp_path / "g")
     assert len(Gallery.load(tmp_path / "g")) == 20
-    assert sorted(p.name for p in (tmp_path / "g").iterdir()) == ["CURRENT", "v000002"]
+    assert sorted(p.name for p in (tmp_path / "g").iterdir()) == [".lock", "CURRENT", "v000001"]  # no rewrite
 
 
-def test_save_and_load_refuse_wrong_folders(tmp_path):
-    (tmp_path / "other").mkdir()
-    (tmp_path / "other" / "keep.txt").write_text("x")
-    with pytest.raises(InputError, match="not a gallery"):
-        Gallery(4).save(tmp_path / "other")
-    with pytest.raises(InputError, match="no CURRENT"):
-        Gallery.load(tmp_path / "other")
-    g = Gallery(4)
-    g.add(_unit(2, 4))
-    ver = g.save(tmp_path / "g")
-    (ver / "vectors.npy").write_bytes(b"junk")
-    with pytest.raises(InputError, match="damaged"):
-        Gallery.load(tmp_path / "g")
+def _wchar() -> int:
+    """Bytes this process has passed to write calls so far (Linux /proc/self/io)."""
+    with open("/proc/self/io") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("wchar:"))
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/io"), reason="needs Linux /proc/self/io to count written bytes")
+@pytest.mark.parametrize("n", [2_000, 40_000])
+def test_enrolment_writes_the_same_few_bytes_whatever_the_gallery_size(tmp_path, n):
+    """One add + commit appends: the bytes written do not grow with the gallery, old files stay untouched."""
+    g = Gallery(64)
+    g.add(_unit(n, 64), labels=[str(i % 50) for i in range(n)])
+    version = g.save(tmp_path / "g")
+    vec_file = version / "vectors.f32"
+    before = (vec_file.stat().st_mtime_ns, vec_file.read_bytes())
+    h = Gallery.load(tmp_path / "g")
+    written = []
+    for i in range(20):
+        start = _wchar()
+        h.add(_unit(1, 64, seed=100 + i), labels=["new"], metadata=[{"frame": i}])
+        h.commit()
+        written.append(_wchar() - start)
+    assert (vec_file.stat().st_mtime_ns, vec_file.read_bytes()) == before  # the vectors file was not rewritten
+    assert sorted(p.name for p in (tmp_path / "g").iterdir()) == [".lock", "CURRENT", version.name]
+    assert np.median(written) < 40_000, written  # a few WAL pages, not n x 256 bytes of vectors
+    assert len(Gallery.load(tmp_path / "g")) == n + 20
+
+
+def test_tail_moves_to_the_vector_file_by_appending(tmp_path, monkeypatch):
+    from lcr_sdk.gallery import store
+
+    monkeypatch.setattr(store, "TAIL_ROWS", 8)
+    v = _unit(30, 16)
+    g = Gallery(16)
+    g.add(v[:10])
+    version = g.save(tmp_path / "g")
+    head = (version / "vectors.f32").read_bytes()
+    for i in range(10, 30):
+        g.add(v[i])
+        g.commit()
+    grown = (version / "vectors.f32").read_bytes()
+    assert grown[: len(head)] == head and len(grown) > len(head)  # appended, the old rows untouched
+    h = Gallery.load(tmp_path / "g")
+    np.testing.assert_allclose(h.vectors, v, atol=1e-6)
+    assert [hit.id for hit in h.search(v[25], k=1)] == ["25"]
+
+
+def test_removals_are_pending_until_commit_and_compaction_reclaims_them(tmp_path, monkeypatch):
+    from lcr_sdk.gallery import store
+
+    monkeypatch.setattr(store, "COMPACT_MIN_DEAD", 10)
+    v = _unit(40, 16)
+    g = Gallery(16)
+    g.add(v, labels=[str(i % 4) for i in range(40)])
+    first = g.save(tmp_path / "g")
+    h = Gallery.load(tmp_path / "g")
+    h.remove([str(i) for i in range(5)])
+    assert len(h) == 35 and len(Gallery.load(tmp_path / "g")) == 40  # not yet committed
+    assert all(hit.id not in {"0", "1", "2", "3", "4"} for hit in h.search(v[0], k=10))
+    h.commit()
+    assert len(Gallery.load(tmp_path / "g")) == 35 and h.info()["removed_slots"] == 5
+    assert (tmp_path / "g" / "CURRENT").read_text().strip() == first.name  # 5 of 40 dead: no compaction yet
+    h.remove([str(i) for i in range(5, 12)])
+    h.commit()  # 12 of 40 slots dead (>= 10 and >= 25%): rewritten without them
+    assert (tmp_path / "g" / "CURRENT").read_text().strip() != first.name and not first.exists()
+    k = Gallery.load(tmp_path / "g")
+    assert len(k) == 28 and k.info()["removed_slots"] == 0 and k.ids == [str(i) for i in range(12, 40)]
+    np.testing.assert_allclose(k.vectors, v[12:], atol=1e-6)
+    assert k.search(v[20], k=1)[0].id == "20"
+
+
+def test_commits_from_two_gallery_objects_merge(tmp_path):
+    v = _unit(10, 8)
+    Gallery(8).save(tmp_path / "g")
+    a, b = Gallery.load(tmp_path / "g"), Gallery.load(tmp_path / "g")
+    a.add(v[:3], ids=["a0", "a1", "a2"])
+    a.commit()
+    b.add(v[3:5], ids=["b0", "b1"])
+    b.commit()  # b did not see a's items when it was loaded: they are kept, not overwritten
+    assert sorted(Gallery.load(tmp_path / "g").ids) == ["a0", "a1", "a2", "b0", "b1"]
+    assert sorted(b.ids) == ["a0", "a1", "a2", "b0", "b1"] and a.refresh() and len(a) == 5
+    auto_a, auto_b = a.add(v[5]), b.add(v[6])  # automatic ids are reserved in the store: never the same
+    assert auto_a != auto_b
+    a.commit()
+    b.commit()
+    b.add(v[7], ids=["c"])
+    a.add(v[8], ids=["c"])
+    b.commit()
+    with pytest.raises(InputError, match="another process"):
+        a.commit()  # same new id from two writers: the second is refused, nothing half-written
+    assert len(Gallery.load(tmp_path / "g")) == 8 and a.pending == 1
+
+
+def _write_v1(root, vectors, ids, labels, metadata, **header):
+    """A gallery laid out exactly as lcr-sdk 0.1 saved it (format 1), built by hand."""
+    import json
+    import sqlite3
+
+    folder = root / "v000003"
+    folder.mkdir(parents=True)
+    np.save(folder / "vectors.npy", vectors.astype(np.float32))
+    db = sqlite3.connect(folder / "items.sqlite")
+    db.execute("CREATE TABLE items (row INTEGER PRIMARY KEY, id TEXT UNIQUE NOT NULL, label TEXT, metadata TEXT)")
+    db.executemany(
+        "INSERT INTO items VALUES (?, ?, ?, ?)",
+        [(r, i, lab, json.dumps(m)) for r, (i, lab, m) in enumerate(zip(ids, labels, metadata))],
+    )
+    db.commit()
+    db.close()
+    h = {"format": "lcr-sdk-gallery", "format_version": 1, "dim": vectors.shape[1], "count": len(ids)}
+    h.update({"model_sha256": "e" * 64, "index": "exact", "next_id": len(ids), "image_root": "/data/birds"})
+    h.update(header)
+    (folder / "header.json").write_text(json.dumps(h, indent=2) + "\n")
+    (root / "CURRENT").write_text("v000003\n")
+    return folder
+
+
+def test_format_1_gallery_loads_as_it_is_and_the_first_commit_migrates_it(tmp_path):
+    v = _unit(12, 16)
+    ids = [f"robin/{i}.jpg" for i in range(6)] + [f"wren/{i}.jpg" for i in range(6)]
+    labels = ["robin"] * 6 + ["wren"] * 6
+    old = _write_v1(tmp_path / "g", v, ids, labels, [{"path": i} for i in ids])
+    g = Gallery.load(tmp_path / "g")
+    assert g.ids == ids and g.labels == labels and g.model_sha256 == "e" * 64 and g.image_root == "/data/birds"
+    np.testing.assert_array_equal(g.vectors, v)  # format 1's own file, memory-mapped
+    assert [h.id for h in g.search(v[7], k=2)][0] == "wren/1.jpg"
+    assert g.image_path("wren/1.jpg") == Path("/data/birds/wren/1.jpg")
+    assert old.exists() and g.info()["format"] == 1  # reading changes nothing on disk
+    g.add(_unit(1, 16, seed=4), ids=["new"], labels=["robin"])
+    g.commit()  # rewrites the gallery in format 2 (once), then appends
+    assert not old.exists() and g.info()["format"] == 2
+    h = Gallery.load(tmp_path / "g")
+    assert h.ids == [*ids, "new"] and h.image_root == "/data/birds" and h.info()["format"] == 2
+    np.testing.assert_allclose(h.vectors[:12], v)
+    assert h.add(_unit(1, 16, seed=5)) == ["13"]  # automatic ids continue after format 1's next_id
+
+
+def test_float16_storage_halves_the_file_and_keeps_the_ranking(tmp_path):
+    centres = _unit(50, 128, seed=1)
+    rng = np.random.default_rng(2)
+    v = np.repeat(centres, 20, axis=0) + 0.05 * rng.standard_normal((1000, 128)).astype(np.float32)
+    v /= np.linalg.norm(v, axis=1, keepdims=True)
+    q = v[::37] + 0.02 * rng.standard_normal((28, 128)).astype(np.float32)
+    full, half = Gallery(128), Gallery(128, dtype="float16")
+    full.add(v)
+    half.add(v)
+    f_ver, h_ver = full.save(tmp_path / "f32"), half.save(tmp_path / "f16")
+    assert (h_ver / "vectors.f16").stat().st_size * 2 == (f_ver / "vectors.f32").stat().st_size
+    half = Gallery.load(tmp_path / "f16")
+    assert half.vectors.dtype == np.float16 and half.dtype == "float16"
+    a, b = full.search(q, k=5), half.search(q, k=5)
+    diffs = [abs(x.score - y.score) for ra, rb in zip(a, b) for x, y in zip(ra, rb)]
+    assert max(diffs) < 2e-3
+    assert np.mean([ra[0].id == rb[0].id for ra, rb in zip(a, b)]) == 1.0
+
+
+def test_filters_by_label_and_metadata_use_the_sqlite_indexes(tmp_path):
+    import sqlite3
+
+    from lcr_sdk.gallery import items
+
+    v = _unit(60, 16)
+    g = Gallery(16)
+    g.add(v[:40], labels=[f"c{i % 4}" for i in range(40)], metadata=[{"shop": i % 3, "cam": "gate"} for i in range(40)])
+    g.save(tmp_path / "g")
+    g.add(v[40:], labels=[f"c{i % 4}" for i in range(40, 60)], metadata=[{"shop": i % 3} for i in range(40, 60)])
+    q = v[41]  # a pending item: filters see committed and pending items alike
+    hits = g.search(q, k=60, label="c1")
+    assert {h.label for h in hits} == {"c1"} and len(hits) == 15 and hits[0].id == "41"
+    hits = g.search(q, k=60, label=["c1", "c2"], where={"shop": 2})
+    expect = {str(i) for i in range(60) if i % 4 in (1, 2) and i % 3 == 2}
+    assert {h.id for h in hits} == expect
+    assert g.search(q, k=5, where={"cam": "gate", "shop": 0})[0].metadata == {"shop": 0, "cam": "gate"}
+    assert g.search(q, k=5, where={"shop": "0"}) == []  # JSON text: 0 and "0" differ
+    assert g.search(q, k=5, label="nobody") == []
+    with pytest.raises(InputError, match="indexed"):
+        g.search(q, where={"shop": [1, 2]})
+    g.remove(["41"])
+    assert "41" not in {h.id for h in g.search(q, k=60, label="c1")}
+    # the filters are index lookups in SQLite, not scans of every row's metadata
+    conn = sqlite3.connect(tmp_path / "g" / (tmp_path / "g" / "CURRENT").read_text().strip() / "gallery.db")
+    plan = " ".join(
+        str(r) for r in conn.execute("EXPLAIN QUERY PLAN SELECT row FROM kv WHERE key = ? AND value = ?", ("shop", "1"))
+    )
+    assert "USING PRIMARY KEY" in plan or "USING INDEX" in plan, plan
+    plan = " ".join(str(r) for r in conn.execute("EXPLAIN QUERY PLAN SELECT row FROM items WHERE label IN (?)", ("a",)))
+    assert "items_label" in plan, plan
+    expect = {i for i in range(40) if i % 4 == 1 and i % 3 == 1}
+    assert set(items.filter_rows(conn, ["c1"], {"shop": 1}).tolist()) == expect
+
+
+def _clustered(labels: int, per: int, d: int = 64, spread: float = 0.25, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    centres = _unit(labels, d, seed=seed + 1)
+    noise = rng.standard_normal((labels * per, d)).astype(np.float32) / np.sqrt(d)
+    v = np.repeat(centres, per, axis=0) + spread * noise
+    return v / np.linalg.norm(v, axis=1, keepdims=True), [f"L{i}" for i in range(labels) for _ in range(per)], centres
+
+
+def test_open_set_threshold_says_unknown_for_labels_not_in_the_gallery(tmp_path):
+    v, labels, centres = _clustered(12, 10)
+    g = Gallery(64)
+    g.add(v[:100], labels=labels[:100])  # labels L0..L9 enrolled; L10, L11 are not
+    cal = g.calibration
+    assert cal is not None and cal.threshold is not None and cal.genuine > 50 and cal.impostor > 50
+    known, unknown = v[:100:10], v[100:]
+    assert all(hits for hits in g.search(known + 0.0, k=3, threshold="auto"))  # gallery members: accepted
+    assert all(row == [] for row in g.search(unknown, k=3, threshold="auto"))  # other labels: "unknown"
+    assert all(row for row in g.search(unknown, k=3))  # without a threshold: the nearest wrong label
+    assert g.search(unknown[0], k=3, threshold=0.999) == [] and g.search(unknown[0], k=3, threshold=-1.0)
+    with pytest.raises(InputError, match="threshold"):
+        g.search(known, threshold=2.0)
+
+
+def test_calibration_is_stored_and_refreshed_only_when_the_gallery_changed_enough(tmp_path, monkeypatch):
+    from lcr_sdk.gallery import calibrate as cal_mod
+    from lcr_sdk.gallery import core
+
+    v, labels, _ = _clustered(10, 10)
+    g = Gallery(64)
+    g.add(v[:50], labels=labels[:50])
+    g.save(tmp_path / "g")
+    first = g.calibration
+    calls = []
+    real = cal_mod.calibrate
+    monkeypatch.setattr(core, "calibrate", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    h = Gallery.load(tmp_path / "g")
+    assert h.calibration == first and not calls  # read from the gallery, not recomputed
+    for i in range(50, 55):  # a few enrolments: the stored calibration stands
+        h.add(v[i], labels=[labels[i]])
+        h.commit()
+    assert not calls and h.threshold == first.threshold
+    for i in range(55, 70):  # +40%: refreshed once, at a commit
+        h.add(v[i], labels=[labels[i]])
+        h.commit()
+    assert len(calls) == 1 and Gallery.load(tmp_path / "g").calibration.items >= 60
+
+
+def test_calibration_with_single_item_labels_uses_impostor_scores_only():
+    v, labels, _ = _clustered(40, 1)
+    g = Gallery(64)
+    g.add(v, labels=labels)
+    cal = g.calibration
+    assert cal.genuine == 0 and cal.impostor == 40 and "no label has two items" in cal.reason
+    g2 = Gallery(64)
+    g2.add(v[:5], labels=["same"] * 5)
+    assert g2.threshold is None and "fewer than two labels" in g2.calibration.reason
+    assert g2.search(v[0], k=2, threshold="auto")  # no threshold: nothing is called unknown
 
 
 def test_other_model_refused_unless_forced():
@@ -199,6 +436,120 @@ def test_save_is_crash_safe(tmp_path):
     assert kills == 12
     print(f"{interrupted} of {kills} kills left an unfinished save behind")
     assert interrupted >= 2  # the kills did land inside save(), not only between saves
+
+
+# A child that enrols one item per commit and removes every third one, with a tiny tail and compaction limit so that
+# kills land in commits, tail moves and compactions alike; it prints each item number once its commit returned.
+_ENROLLER = textwrap.dedent("""
+    import sys, zlib, numpy as np
+    from lcr_sdk.gallery import Gallery, store
+    store.TAIL_ROWS, store.COMPACT_MIN_DEAD = 16, 8
+    def vec(name):
+        v = np.random.default_rng(zlib.crc32(name.encode())).standard_normal(32).astype(np.float32)
+        return v / np.linalg.norm(v)
+    root, i = sys.argv[1], int(sys.argv[2])
+    g = Gallery.load(root)
+    while True:
+        g.add(vec(f"e{i}"), ids=[f"e{i}"], labels=[str(i % 5)])
+        if i % 3 == 2:
+            g.remove([f"e{i - 1}"])
+        g.commit()
+        print(i, flush=True)
+        i += 1
+""")
+
+
+def _vec(name: str, d: int = 32) -> np.ndarray:
+    import zlib
+
+    v = np.random.default_rng(zlib.crc32(name.encode())).standard_normal(d).astype(np.float32)
+    return v / np.linalg.norm(v)
+
+
+@pytest.mark.slow
+def test_commit_is_crash_safe(tmp_path):
+    """kill -9 at random moments of a process committing one item at a time: the gallery always loads and holds
+    every item whose commit had returned (and the removals), each with its own vector."""
+    root = tmp_path / "g"
+    Gallery(32).save(root)
+    rng = np.random.default_rng(3)
+    start, committed, leftovers = 0, -1, 0
+    for _ in range(12):
+        proc = subprocess.Popen(
+            [sys.executable, "-c", _ENROLLER, str(root), str(start)], stdout=subprocess.PIPE, text=True
+        )
+        time.sleep(float(rng.uniform(0.3, 1.2)))
+        os.kill(proc.pid, signal.SIGKILL)
+        out = proc.communicate()[0].split()
+        committed = max([committed, *map(int, out)])
+        leftovers += any(p.name.startswith(".tmp-") for p in root.iterdir())
+        g = Gallery.load(root)
+        ids = set(g.ids)
+        removed = {f"e{i - 1}" for i in range(committed + 2) if i % 3 == 2}
+        must = {f"e{i}" for i in range(committed + 1)} - removed
+        assert must <= ids, sorted(must - ids)[:5]  # nothing committed is lost
+        assert ids - must <= {f"e{committed + 1}", f"e{committed}"}  # at most the commit in flight
+        assert not (ids & (removed - {f"e{committed}"}))
+        for i in sorted(ids)[:: max(1, len(ids) // 25)]:
+            np.testing.assert_allclose(g.vector(i), _vec(i), atol=1e-6)
+        g.verify()
+        start = max(int(i[1:]) for i in ids) + 1 if ids else 0
+        g.close()
+    assert committed > 100  # the kills hit a process that was busy committing
+    print(f"{committed + 1} commits, {leftovers} kills left a compaction's staging folder")
+
+
+_WRITER = textwrap.dedent("""
+    import sys, zlib, numpy as np
+    from lcr_sdk.gallery import Gallery
+    def vec(name):
+        v = np.random.default_rng(zlib.crc32(name.encode())).standard_normal(32).astype(np.float32)
+        return v / np.linalg.norm(v)
+    root, who = sys.argv[1], sys.argv[2]
+    for i in range(25):
+        g = Gallery.load(root)  # load, add, save: the pattern that used to lose the other writer's items
+        g.add(vec(f"{who}-{i}"), ids=[f"{who}-{i}"], labels=[who])
+        g.save(root)
+        g.close()
+""")
+_READER = textwrap.dedent("""
+    import sys, zlib, numpy as np
+    from lcr_sdk.gallery import Gallery
+    def vec(name):
+        v = np.random.default_rng(zlib.crc32(name.encode())).standard_normal(32).astype(np.float32)
+        return v / np.linalg.norm(v)
+    root, seen = sys.argv[1], 0
+    while seen < 50:
+        g = Gallery.load(root)
+        ids = g.ids
+        assert len(ids) == len(set(ids)) == len(g) == len(g.vectors), "half-switched"
+        for i in ids:
+            assert np.allclose(g.vector(i), vec(i), atol=1e-6), i
+        assert len(ids) >= seen, "went back"
+        seen = len(ids)
+        g.close()
+    print("reads ok", flush=True)
+""")
+
+
+@pytest.mark.slow
+def test_two_processes_saving_one_gallery_lose_nothing(tmp_path):
+    root = tmp_path / "g"
+    Gallery(32).save(root)
+    procs = [
+        subprocess.Popen([sys.executable, "-c", _WRITER, str(root), who], stderr=subprocess.PIPE, text=True)
+        for who in ("a", "b")
+    ]
+    reader = subprocess.Popen(
+        [sys.executable, "-c", _READER, str(root)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    for p in procs:
+        assert p.wait(timeout=300) == 0, p.stderr.read()
+    out, err = reader.communicate(timeout=300)
+    assert reader.returncode == 0 and "reads ok" in out, err
+    g = Gallery.load(root)
+    assert sorted(g.ids) == sorted(f"{w}-{i}" for w in "ab" for i in range(25))  # 50 saves, none lost
+    assert g.labels.count("a") == g.labels.count("b") == 25
 
 
 @pytest.mark.torch

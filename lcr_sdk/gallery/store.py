@@ -1,0 +1,447 @@
+"""Gallery persistence (format 2): append-only vectors, items in SQLite, one writer at a time, crash-safe.
+
+Layout of a gallery folder ``DIR``::
+
+    DIR/.lock              the cross-process lock (flock): writers exclusive, loads shared
+    DIR/CURRENT            names the live version folder (written atomically)
+    DIR/v000003/gallery.db SQLite in WAL mode: meta, items, kv (metadata index), crops, tail, dead
+    DIR/v000003/vectors.f32 (or .f16) raw row-major vectors of slots 0..synced-1
+    DIR/v000003/index-<n>.faiss  a persisted FAISS index over slots 0..n-1 (if the gallery has one)
+
+An enrolment (``Gallery.commit``) is one SQLite transaction inside the current version folder: the new items, their
+vectors as rows of ``tail`` and the removed slots in ``dead``. WAL mode makes that one fsync, whatever the gallery's
+size. When ``tail`` holds :data:`TAIL_ROWS` vectors they are appended to the vector file (fsynced) and then dropped
+from ``tail`` in a second transaction: a kill between the two leaves bytes past ``synced`` that nothing reads.
+When removed slots reach :data:`COMPACT_FRACTION` of the gallery, the whole gallery is rewritten into a new version
+folder which ``CURRENT`` then names (:func:`write_version`, the same path that saves a new or replaced gallery).
+So every enrolment or removal costs O(1) I/O amortised, and a process killed at any moment leaves the last
+committed state.
+
+Readers hold the shared lock only while they open a version (read CURRENT, the meta and the tail, map the vector
+file); writers hold the exclusive lock for a commit. A reader therefore never sees a half-switched version.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+import re
+import shutil
+import sqlite3
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lcr_sdk._version import __version__
+from lcr_sdk.errors import InputError
+from lcr_sdk.fileio import atomic_write_text, fsync_dir, fsync_file, staging_dir
+from lcr_sdk.gallery import items
+from lcr_sdk.gallery.legacy import FORMAT, VERSION_DIR, current_version
+
+FORMAT_VERSION = 2
+DB = "gallery.db"
+DTYPES = ("float32", "float16")
+TAIL_ROWS = 4096  # committed vectors kept in SQLite before they are appended to the vector file
+COMPACT_MIN_DEAD = 1024  # compaction once removed slots are this many ...
+COMPACT_FRACTION = 0.25  # ... and this share of all slots
+LOCK_TIMEOUT = 60.0  # seconds a writer waits for another writer
+INDEX_FILE = re.compile(r"^index-(\d+)\.faiss$")
+_STORE_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS tail (row INTEGER PRIMARY KEY, vector BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS dead (seq INTEGER PRIMARY KEY AUTOINCREMENT, row INTEGER NOT NULL);
+"""
+_META_TYPES: dict[str, type | tuple[type, ...]] = {
+    "format": str,
+    "format_version": int,
+    "dim": int,
+    "dtype": str,
+    "model_sha256": str,
+    "index": str,
+    "next_id": int,
+    "image_root": str,
+    "count": int,
+    "synced": int,
+    "generation": int,
+    "index_file": str,
+    "index_count": int,
+    "calibration": (dict, type(None)),
+}
+
+
+def vector_file(dtype: str) -> str:
+    return "vectors.f16" if dtype == "float16" else "vectors.f32"
+
+
+def damaged(where: Path, why: str) -> InputError:
+    return InputError(
+        f"gallery {where} is damaged ({why}); restore it from a backup, or rebuild it with `lcr-sdk gallery build` "
+        "(or `lcr-sdk gallery rebuild` while its images are still where it recorded them)"
+    )
+
+
+# -- locking ------------------------------------------------------------------------------------------------------
+
+
+class GalleryLock:
+    """The gallery's cross-process lock: ``flock`` on ``DIR/.lock`` (exclusive for writers, shared for loads).
+
+    Where the lock file cannot be created (a read-only gallery), a shared lock is skipped: nobody can write there.
+    """
+
+    def __init__(self, root: Path):
+        self.path = root / ".lock"
+
+    @contextlib.contextmanager
+    def hold(self, exclusive: bool, timeout: float = LOCK_TIMEOUT) -> Iterator[None]:
+        try:
+            import fcntl
+        except ImportError:  # Windows: no flock; one writer per gallery is then the caller's job
+            yield
+            return
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)  # the umask applies
+        except OSError as e:
+            if exclusive or e.errno not in (errno.EACCES, errno.EROFS, errno.EPERM, errno.ENOENT):
+                raise InputError(
+                    f"cannot lock gallery {self.path.parent} for writing ({e.strerror}); check that the folder "
+                    "exists and is writable by this user"
+                ) from e
+            try:
+                fd = os.open(self.path, os.O_RDONLY)
+            except OSError:
+                yield  # read-only media without a lock file: there can be no writer
+                return
+        try:
+            deadline = time.monotonic() + timeout
+            while True:
+                try:
+                    fcntl.flock(fd, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() > deadline:
+                        raise InputError(
+                            f"gallery {self.path.parent} is being written by another process (waited {timeout:.0f} s "
+                            "for its lock); try again when it has finished"
+                        ) from None
+                    time.sleep(0.005)
+            yield
+        finally:
+            os.close(fd)  # releases the lock
+
+    def try_exclusive(self) -> contextlib.AbstractContextManager[None]:
+        """The exclusive lock if it is free right now (else :class:`InputError` at once)."""
+        return self.hold(True, timeout=0.0)
+
+
+# -- meta ---------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Meta:
+    """The gallery-wide fields of a format-2 version folder (the ``meta`` table)."""
+
+    dim: int
+    dtype: str = "float32"
+    model_sha256: str = ""
+    index: str = "exact"
+    next_id: int = 0
+    image_root: str = ""
+    count: int = 0  # slots (live and dead)
+    synced: int = 0  # slots whose vectors are in the vector file; slots synced..count-1 are rows of `tail`
+    generation: int = 0  # commits into this version folder
+    index_file: str = ""
+    index_count: int = 0
+    calibration: dict[str, Any] | None = None
+    format: str = FORMAT
+    format_version: int = FORMAT_VERSION
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def row_bytes(self) -> int:
+        return self.dim * np.dtype(self.dtype).itemsize
+
+    def rows(self) -> list[tuple[str, str]]:
+        d = {k: getattr(self, k) for k in _META_TYPES}
+        d["created_by"] = f"lcr-sdk {__version__}"
+        return [(k, json.dumps(v)) for k, v in d.items()]
+
+
+def read_meta(conn: sqlite3.Connection, folder: Path) -> Meta:
+    """Read and validate the meta table.
+
+    Raises:
+        InputError: a field is missing or of the wrong type or value (the message names it).
+    """
+    try:
+        raw = dict(conn.execute("SELECT key, value FROM meta").fetchall())
+        values = {k: json.loads(v) for k, v in raw.items()}
+    except (sqlite3.Error, ValueError) as e:
+        raise damaged(folder, f"its meta table cannot be read: {e}") from e
+    for key, kind in _META_TYPES.items():
+        if key not in values:
+            raise damaged(folder, f"meta has no {key!r}")
+        v = values[key]
+        if not isinstance(v, kind) or (isinstance(v, bool) and kind is int):
+            raise damaged(folder, f"meta {key!r} is {v!r}")
+    if values["format"] != FORMAT:
+        raise damaged(folder, f"meta format is {values['format']!r}, not {FORMAT!r}")
+    if values["format_version"] != FORMAT_VERSION:
+        raise InputError(
+            f"gallery {folder} has format version {values['format_version']}; this lcr-sdk {__version__} reads "
+            f"versions 1 and {FORMAT_VERSION}: upgrade lcr-sdk (pip install -U lcr-sdk)"
+        )
+    meta = Meta(**{k: values[k] for k in _META_TYPES})
+    if meta.dim < 1 or meta.dtype not in DTYPES:
+        raise damaged(folder, f"meta says dim {meta.dim}, dtype {meta.dtype!r} (valid dtypes: {', '.join(DTYPES)})")
+    if not 0 <= meta.synced <= meta.count or meta.next_id < 0:
+        raise damaged(folder, f"meta says count {meta.count}, synced {meta.synced}, next_id {meta.next_id}")
+    if meta.index_file and (not INDEX_FILE.match(meta.index_file) or not 0 < meta.index_count <= meta.count):
+        raise damaged(folder, f"meta names index file {meta.index_file!r} over {meta.index_count} slots")
+    return meta
+
+
+# -- an open version folder -----------------------------------------------------------------------------------------
+
+
+def _uri(path: Path, **query: str) -> str:
+    return path.resolve().as_uri() + ("?" + "&".join(f"{k}={v}" for k, v in query.items()) if query else "")
+
+
+def _connect(db: Path) -> tuple[sqlite3.Connection, bool]:
+    """Open ``db`` (read-write where allowed); returns the connection and whether it is immutable (read-only media)."""
+    kw: dict[str, Any] = dict(uri=True, timeout=LOCK_TIMEOUT, isolation_level=None, check_same_thread=False)
+    writable = os.access(db, os.W_OK) and os.access(db.parent, os.W_OK)
+    conn = sqlite3.connect(_uri(db, mode="rw" if writable else "ro"), **kw)
+    try:
+        conn.execute("SELECT COUNT(*) FROM meta").fetchone()
+        return conn, False
+    except sqlite3.OperationalError as e:
+        conn.close()
+        wal = db.with_name(db.name + "-wal")
+        if writable or (wal.exists() and wal.stat().st_size > 0):
+            if "no such table" in str(e):
+                raise damaged(db.parent, "gallery.db has no meta table") from None
+            raise InputError(
+                f"cannot read gallery {db.parent} ({e}): it is being written and this user cannot create the "
+                "SQLite shared-memory file beside it; read it when the writer has finished, or give this user "
+                "write access to the folder"
+            ) from None
+    # A WAL database needs a -shm file; a user who may not create one reads the checkpointed file as immutable
+    # (no writer is active: there is no WAL, and the caller holds the shared lock).
+    conn = sqlite3.connect(_uri(db, mode="ro", immutable="1"), **kw)
+    try:
+        conn.execute("SELECT COUNT(*) FROM meta").fetchone()
+    except sqlite3.Error as e:
+        conn.close()
+        raise damaged(db.parent, f"gallery.db: {e}") from None
+    return conn, True
+
+
+class Version:
+    """One open format-2 version folder: its SQLite connection and meta. The caller holds the gallery's lock."""
+
+    def __init__(self, root: Path, folder: Path):
+        self.root, self.folder = root, folder
+        db = folder / DB
+        if not db.is_file():
+            raise damaged(folder, f"{DB} is missing")
+        try:
+            self.conn, self.immutable = _connect(db)
+        except sqlite3.DatabaseError as e:
+            raise damaged(folder, f"{DB}: {e}") from e
+        self.meta = read_meta(self.conn, folder)
+
+    @property
+    def name(self) -> str:
+        return self.folder.name
+
+    def reload_meta(self) -> Meta:
+        if self.immutable:  # an immutable connection never sees later commits: reopen it
+            self.conn.close()
+            self.conn, self.immutable = _connect(self.folder / DB)
+        self.meta = read_meta(self.conn, self.folder)
+        return self.meta
+
+    def vectors(self, synced: int) -> np.ndarray:
+        """Slots 0..synced-1 from the vector file, memory-mapped (read-only)."""
+        m = self.meta
+        path = self.folder / vector_file(m.dtype)
+        if synced == 0:
+            return np.zeros((0, m.dim), m.dtype)
+        try:
+            size = path.stat().st_size
+        except OSError as e:
+            raise damaged(self.folder, f"{path.name}: {e.strerror}") from e
+        if size < synced * m.row_bytes:
+            raise damaged(self.folder, f"{path.name} holds {size} bytes, less than {synced} rows of {m.row_bytes}")
+        return np.memmap(path, dtype=m.dtype, mode="r", shape=(synced, m.dim))
+
+    def tail(self, start: int, stop: int) -> np.ndarray:
+        """Vectors of tail slots start..stop-1 (all must be present)."""
+        m = self.meta
+        rows = self.conn.execute(
+            "SELECT row, vector FROM tail WHERE row >= ? AND row < ? ORDER BY row", (start, stop)
+        ).fetchall()
+        if len(rows) != stop - start or (rows and (rows[0][0] != start or rows[-1][0] != stop - 1)):
+            raise damaged(self.folder, f"its tail holds {len(rows)} of slots {start}..{stop - 1}")
+        if any(len(b) != m.row_bytes for _, b in rows):
+            raise damaged(self.folder, "a tail vector has the wrong size")
+        out = np.frombuffer(b"".join(b for _, b in rows), dtype=m.dtype).reshape(-1, m.dim)
+        return np.array(out, dtype=m.dtype)
+
+    def dead_since(self, seq: int) -> tuple[np.ndarray, int]:
+        """Rows removed after removal number ``seq``, and the newest removal number."""
+        found = self.conn.execute("SELECT seq, row FROM dead WHERE seq > ? ORDER BY seq", (seq,)).fetchall()
+        rows = np.fromiter((r for _, r in found), dtype=np.int64, count=len(found))
+        return rows, (found[-1][0] if found else seq)
+
+    def dead_count(self) -> int:
+        return int(self.conn.execute("SELECT COUNT(*) FROM dead").fetchone()[0])
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """``BEGIN IMMEDIATE`` ... ``COMMIT`` (rolled back on any exception). The caller holds the exclusive lock."""
+        if self.immutable:
+            raise InputError(f"gallery {self.root} is read-only for this user; write to a copy")
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield self.conn
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+        self.conn.execute("COMMIT")
+
+    def set_meta(self, conn: sqlite3.Connection, **values: Any) -> None:
+        conn.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", ((k, json.dumps(v)) for k, v in values.items()))
+        for k, v in values.items():
+            setattr(self.meta, k, v)
+
+    def reserve_ids(self, n: int, floor: int) -> int:
+        """Reserve ``n`` automatic ids (the caller holds the exclusive lock); returns the first."""
+        meta = self.reload_meta()
+        first = max(meta.next_id, floor)
+        with self.transaction() as conn:
+            self.set_meta(conn, next_id=first + n)
+        return first
+
+    def checkpoint(self) -> None:
+        """Append the tail's vectors to the vector file (fsynced), then drop them from the tail."""
+        m = self.meta
+        if m.count == m.synced:
+            return
+        vecs = self.tail(m.synced, m.count)
+        path = self.folder / vector_file(m.dtype)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o666)
+        try:
+            os.pwrite(fd, vecs.tobytes(), m.synced * m.row_bytes)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        with self.transaction() as conn:
+            conn.execute("DELETE FROM tail WHERE row < ?", (m.count,))
+            self.set_meta(conn, synced=m.count)
+
+    def close(self) -> None:
+        with contextlib.suppress(sqlite3.Error):
+            self.conn.close()
+
+
+def open_version(root: Path) -> Version | None:
+    """The live version of the gallery at ``root``, or None if it is a format-1 gallery. Caller holds the lock."""
+    folder = current_version(root)
+    if (folder / "header.json").exists() and not (folder / DB).exists():
+        return None
+    return Version(root, folder)
+
+
+# -- writing a whole version ----------------------------------------------------------------------------------------
+
+
+@dataclass
+class Chunk:
+    """Consecutive items for :func:`write_version`: vectors (in the gallery's dtype) and their rows' fields."""
+
+    vectors: np.ndarray
+    ids: list[str]
+    labels: list[str]
+    metadata: list[dict[str, Any]]
+    crops: dict[int, bytes] = field(default_factory=dict)  # index within the chunk -> encoded image
+
+
+def is_gallery(root: Path) -> bool:
+    return (root / "CURRENT").is_file()
+
+
+def next_version_name(root: Path) -> str:
+    versions = [int(m.group(1)) for p in root.iterdir() if (m := VERSION_DIR.match(p.name))]
+    return f"v{max(versions, default=0) + 1:06d}"
+
+
+def write_version(
+    root: Path,
+    meta: Meta,
+    chunks: Iterable[Chunk],
+    index_writer: Any = None,
+) -> Path:
+    """Write a complete gallery as a new version folder and switch ``CURRENT`` to it (caller holds the lock).
+
+    ``index_writer(folder, count) -> (file name, slots covered)`` may write a FAISS index into the new folder.
+    A process killed at any point leaves the previous version (a hidden staging folder is all that remains).
+    """
+    name = next_version_name(root)
+    with staging_dir(root, ".tmp-") as tmp:
+        db_path = tmp / DB
+        os.close(os.open(db_path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))  # SQLite keeps the umask's mode
+        conn = sqlite3.connect(db_path, isolation_level=None)
+        try:
+            conn.execute("PRAGMA journal_mode=OFF")  # a staging file: durability comes from the fsyncs below
+            conn.execute("PRAGMA synchronous=OFF")
+            conn.executescript(items.SCHEMA + _STORE_SCHEMA)
+            n = 0
+            with open(tmp / vector_file(meta.dtype), "wb") as vf:
+                conn.execute("BEGIN")
+                for c in chunks:
+                    rows = list(range(n, n + len(c.ids)))
+                    crops = {n + i: b for i, b in c.crops.items()}
+                    items.insert(conn, rows, c.ids, c.labels, c.metadata, crops)
+                    vf.write(np.ascontiguousarray(c.vectors, dtype=meta.dtype).tobytes())
+                    n += len(c.ids)
+                meta.count = meta.synced = n
+                meta.generation, meta.index_file, meta.index_count = 0, "", 0
+                if index_writer is not None:
+                    vf.flush()
+                    written = index_writer(tmp, n)
+                    if written:
+                        meta.index_file, meta.index_count = written
+                conn.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", meta.rows())
+                conn.execute("COMMIT")
+            conn.execute("PRAGMA journal_mode=WAL")  # recorded in the file: every later commit is one WAL append
+        finally:
+            conn.close()
+        for f in tmp.iterdir():
+            fsync_file(f)
+        fsync_dir(tmp)
+        os.rename(tmp, root / name)
+        fsync_dir(root)
+    atomic_write_text(root / "CURRENT", name + "\n")  # the commit point
+    fsync_dir(root)
+    for p in root.iterdir():  # older versions (readers that mapped them keep their open files)
+        if p.name != name and VERSION_DIR.match(p.name):
+            shutil.rmtree(p, ignore_errors=True)
+    return root / name
+
+
+def check_target(root: Path) -> None:
+    """Refuse a save target that is a file or a non-empty folder that is not a gallery."""
+    if root.exists() and not root.is_dir():
+        raise InputError(f"gallery path {root} is a file; pass a folder")
+    if root.is_dir() and not is_gallery(root):
+        if any(not p.name.startswith((".tmp-", ".lock")) for p in root.iterdir()):
+            raise InputError(f"{root} is a non-empty folder that is not a gallery; pick a new or empty folder")
