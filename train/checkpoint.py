@@ -13,9 +13,12 @@ Written atomically (temp file + rename), so a killed run never leaves a half-wri
 
 from __future__ import annotations
 
+import errno
+import glob
 import os
 import pickle
 import random
+import shutil
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -32,12 +35,58 @@ FORMAT_VERSION = 1
 
 
 def save_checkpoint(path: str | os.PathLike, ckpt: dict[str, Any]) -> Path:
-    """Save ``ckpt`` (format fields added) to ``path`` atomically."""
+    """Save ``ckpt`` (format fields added) to ``path`` atomically: the old file stays until the new one is whole.
+
+    Temporary files that killed runs left beside ``path`` (``.checkpoint.pt.*.tmp``) are removed first.
+
+    Raises:
+        ModelError: the file cannot be written (full disk, no permission): names the path and the free space; the
+            previous checkpoint is kept.
+    """
     path = Path(path)
     ckpt = {"format": FORMAT, "format_version": FORMAT_VERSION, "sdk_version": __version__, **ckpt}
-    with atomic_path(path) as tmp:
-        torch.save(ckpt, tmp)
+    for stale in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        stale.unlink(missing_ok=True)
+    try:
+        with atomic_path(path) as tmp:
+            torch.save(ckpt, tmp)
+    except (OSError, RuntimeError) as e:
+        needed = _nbytes(ckpt)
+        free = shutil.disk_usage(path.parent).free if path.parent.is_dir() else None
+        full = getattr(e, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or (
+            isinstance(e, RuntimeError) and free is not None and free < needed
+        )
+        if full or isinstance(e, OSError):
+            raise write_error(path, e, needed, full) from e
+        raise
     return path
+
+
+def write_error(path: Path, e: BaseException, needed: int | None = None, full: bool = False) -> ModelError:
+    """The one-line error for a file training could not write: what, why, the free space, and that the old file is
+    kept."""
+    free = shutil.disk_usage(path.parent).free if path.parent.is_dir() else 0
+    why = "the disk is full" if full else (getattr(e, "strerror", None) or str(e).splitlines()[0])
+    size = f" (it needs about {_mb(needed)})" if needed else ""
+    return ModelError(
+        f"could not write {path}: {why}; {_mb(free)} free on {path.parent}{size}. The previous file is kept; free "
+        "some space or choose another --out"
+    )
+
+
+def _mb(n: int | None) -> str:
+    return f"{(n or 0) / 2**20:.1f} MB"
+
+
+def _nbytes(obj: Any) -> int:
+    """Bytes of the tensors in a (nested) checkpoint dict: about its size on disk."""
+    if torch.is_tensor(obj):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(_nbytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(_nbytes(v) for v in obj)
+    return 0
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:

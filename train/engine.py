@@ -9,7 +9,9 @@ finite) is kept.
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import errno
 import json
 import logging
 import math
@@ -38,6 +40,7 @@ from lcr_sdk.train.checkpoint import (
     rng_state,
     save_checkpoint,
     set_rng_state,
+    write_error,
 )
 from lcr_sdk.train.config import TrainConfig
 from lcr_sdk.train.data import TrainImages, scan_split, split_validation
@@ -117,6 +120,15 @@ def _check_out(out: Path) -> None:
             if not os.access(parent, os.W_OK | os.X_OK):
                 raise InputError(f"--out {out}: folder {parent} is not writable; choose another --out")
             return
+
+
+@contextlib.contextmanager
+def _writing(path: Path) -> Iterator[Path]:
+    """Turn an OSError while writing ``path`` into the one-line error naming the path and the free space."""
+    try:
+        yield path
+    except OSError as e:
+        raise write_error(path, e, full=e.errno in (errno.ENOSPC, errno.EDQUOT)) from e
 
 
 def _finite_weights(module: nn.Module) -> bool:
@@ -397,7 +409,8 @@ class Trainer:
                 model, device_ids=[dev.index] if dev.type == "cuda" else None, find_unused_parameters=False
             )
         if self.rank == 0:
-            atomic_write_text(self.out / "config.json", json.dumps(cfg.to_dict(), indent=2))
+            with _writing(self.out / "config.json") as path:
+                atomic_write_text(path, json.dumps(cfg.to_dict(), indent=2))
         return r
 
     def _batches(self, r: _Run) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
@@ -518,9 +531,9 @@ class Trainer:
         return knn_top1(tr, self.train_split.labels, te, queries.labels)
 
     def _log(self, row: dict) -> None:
-        path = self.out / "log.csv"
-        new = not path.exists() or row["epoch"] == 1
-        with open(path, "w" if new else "a", newline="") as f:
+        """Append the epoch's row to log.csv (a new file at epoch 1)."""
+        new = not (self.out / "log.csv").exists() or row["epoch"] == 1
+        with _writing(self.out / "log.csv") as path, open(path, "w" if new else "a", newline="") as f:
             w = csv.DictWriter(f, fieldnames=LOG_FIELDS, extrasaction="ignore")
             if new:
                 w.writeheader()

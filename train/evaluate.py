@@ -6,31 +6,54 @@
   tuned on the test split), top-1 on test.
 - ``split='val'``: the same three on the validation split carved from train (:func:`split_validation`), with the
   rest of train as memory and probe training set. Model choices are made there, never on the test split.
-Images go through the deployment resize rule and DeployModel's in-graph preprocessing (uint8 BGR in).
+Images go through the manifest's resize rule and DeployModel's in-graph preprocessing (uint8 BGR in), as in the
+runtime.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal, overload
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from lcr_sdk.errors import DataError, InputError
+from lcr_sdk.manifest import InputSpec, manifest_for_checkpoint
 from lcr_sdk.metrics import knn_top1, retrieval_metrics
 from lcr_sdk.train.checkpoint import load_net
 from lcr_sdk.train.data import Split, eval_batches, scan_split, split_validation
 from lcr_sdk.train.model import DeployModel, LCRNet
 
 
+def deploy_input(net: LCRNet, size: int) -> InputSpec:
+    """The input spec the exported model of ``net`` at ``size`` declares (its manifest's): evaluation resizes by it."""
+    config = {"arch": net.arch, "method": net.method, "num_parts": net.num_parts, "image_size": size}
+    return manifest_for_checkpoint(config, checkpoint_sha256="").input
+
+
+@overload
+def embed_split(
+    net: LCRNet, split: Split, size: int, device: str | torch.device = ..., with_attention: Literal[False] = ...
+) -> np.ndarray: ...
+@overload
+def embed_split(
+    net: LCRNet, split: Split, size: int, device: str | torch.device = ..., *, with_attention: Literal[True]
+) -> tuple[np.ndarray, np.ndarray]: ...
 @torch.no_grad()
-def embed_split(net: LCRNet, split: Split, size: int, device: str | torch.device = "cpu", with_attention: bool = False):
-    """Embeddings (N x D float32 numpy) of a split; with ``with_attention`` also the masks (N x h x w)."""
+def embed_split(
+    net: LCRNet, split: Split, size: int, device: str | torch.device = "cpu", with_attention: bool = False
+) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+    """Embeddings (N x D float32 numpy) of a split; with ``with_attention`` also the masks (N x h x w).
+
+    Images are brought to the model's input by its manifest's resize rule, as the runtime does.
+    """
     was_training = net.training
+    spec = deploy_input(net, size)
     model = DeployModel(net).to(device).eval()
     embs, masks = [], []
-    for batch in eval_batches(split, size):
+    for batch in eval_batches(split, (spec.height, spec.width), resize=spec.resize, interpolation=spec.interpolation):
         out = model(batch.to(device))
         embs.append(out[0].float().cpu())
         masks.append(out[1].float().cpu())

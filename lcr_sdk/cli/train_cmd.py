@@ -18,7 +18,10 @@ import typer
 
 from lcr_sdk.errors import DataError, InputError, require
 
-data_app = typer.Typer(help="Data sets: make the built-in synthetic one.", no_args_is_help=True)
+data_app = typer.Typer(
+    help="Data sets: make the built-in synthetic one, or import CUB-200-2011, Stanford Cars, FGVC-Aircraft.",
+    no_args_is_help=True,
+)
 
 DataArg = Annotated[Path, typer.Argument(help="Data set root with train/<class>/* and test/<class>/* folders.")]
 
@@ -59,6 +62,39 @@ def synth(
     typer.echo(f"wrote {classes * (train_per_class + test_per_class)} images to {root}/train and {root}/test")
 
 
+@data_app.command("import")
+def import_cmd(
+    dataset: Annotated[
+        str, typer.Argument(help="cub (CUB-200-2011), cars (Stanford Cars) or aircraft (FGVC-Aircraft).")
+    ],
+    src: Annotated[Path, typer.Argument(help="The extracted official archive.")],
+    out: Annotated[Path, typer.Argument(help="A new folder for train/<class>/ and test/<class>/.")],
+    crop_banner: Annotated[
+        bool, typer.Option(help="FGVC-Aircraft: cut the 20-px copyright banner off (--no-crop-banner links as is).")
+    ] = True,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+):
+    """Import a fine-grained benchmark from its official layout into the ImageFolder layout `train` reads.
+
+    Images are hard links (symlinks across file systems), never copies; the official train/test split is kept.
+    Example: lcr-sdk data import cub ~/datasets/CUB_200_2011 data/cub
+    """
+    from lcr_sdk.train.importers import DATASETS, import_dataset
+
+    if dataset not in DATASETS:
+        raise InputError(
+            f"data set {dataset!r} is not one of {', '.join(DATASETS)}; e.g. lcr-sdk data import cub SRC OUT"
+        )
+    summary = import_dataset(dataset, src, out, crop_banner=crop_banner)
+    if as_json:
+        typer.echo(json.dumps(summary, indent=2))
+    else:
+        typer.echo(
+            f"imported {summary['train']} train and {summary['test']} test images in {summary['classes']} classes "
+            f"to {out} ({summary['images']})"
+        )
+
+
 def train_cmd(
     data: DataArg,
     method: Annotated[str, typer.Option(help="lcr (MoCo v2 + GradCAM fitting branch) or moco (baseline).")] = "lcr",
@@ -86,7 +122,13 @@ def train_cmd(
     ] = True,
     cam_norm: Annotated[str, typer.Option(help="max: scale each CAM to max 1; none: raw (released code).")] = "max",
     supervised: Annotated[bool, typer.Option(help="Train with labels instead (the supervised upper bound).")] = False,
-    pretrained: Annotated[str, typer.Option(help="'' random init, 'imagenet' (online) or a torchvision .pth.")] = "",
+    pretrained: Annotated[
+        str,
+        typer.Option(
+            help="Backbone to start from: '' random init, 'imagenet' (online), a torchvision .pth, or an lcr-sdk "
+            "checkpoint (e.g. from `train --supervised` on a source data set)."
+        ),
+    ] = "",
     workers: Annotated[int, typer.Option(help="Data-loader processes.")] = 2,
     amp: Annotated[str, typer.Option(help="Mixed precision on CUDA: bf16, fp16 or off.")] = "bf16",
     channels_last: Annotated[bool, typer.Option(help="channels_last memory format on CUDA.")] = True,
@@ -108,31 +150,8 @@ def train_cmd(
     Example: lcr-sdk train data/birds --method lcr --arch resnet18 --image-size 112 --epochs 50 \\
         --batch-size 64 --out runs/lcr
     """
-    _need_torch("lcr-sdk train")
-    if nproc_per_node > 1 and "RANK" not in os.environ:
-        argv = _without_option(sys.argv[1:], "--nproc-per-node")
-        cmd = [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            f"--nproc-per-node={nproc_per_node}",
-            "-m",
-            "lcr_sdk.cli",
-            *argv,
-        ]
-        typer.echo(f"launching: {shlex.join(cmd)}")
-        raise typer.Exit(subprocess.call(cmd))
-    from lcr_sdk.train.config import TrainConfig
-    from lcr_sdk.train.engine import train
+    from lcr_sdk.train.config import TrainConfig  # torch-free: options are checked before anything starts
 
-    for name, value, valid in (
-        ("method", method, ("lcr", "moco")),
-        ("cam-sign", cam_sign, ("score", "loss")),
-        ("cam-norm", cam_norm, ("max", "none")),
-        ("amp", amp, ("bf16", "fp16", "off")),
-    ):
-        if value not in valid:
-            raise InputError(f"--{name} {value!r} is not valid; choose one of {', '.join(valid)}")
     cfg = TrainConfig(
         method=method,
         arch=arch,
@@ -163,6 +182,27 @@ def train_cmd(
         val_fraction=val_fraction,
         val_seed=val_seed,
     )
+    for name, value, low in (("save-every", save_every, 0), ("nproc-per-node", nproc_per_node, 1)):
+        if value < low:
+            raise InputError(f"--{name} {value} is not valid; give an integer >= {low}")
+    if on_bad not in ("skip", "fail"):
+        raise InputError(f"--on-bad {on_bad!r} is not valid; choose skip or fail")
+    _need_torch("lcr-sdk train")
+    if nproc_per_node > 1 and "RANK" not in os.environ:
+        argv = _without_option(sys.argv[1:], "--nproc-per-node")
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            f"--nproc-per-node={nproc_per_node}",
+            "-m",
+            "lcr_sdk.cli",
+            *argv,
+        ]
+        typer.echo(f"launching: {shlex.join(cmd)}")
+        raise typer.Exit(subprocess.call(cmd))
+    from lcr_sdk.train.engine import train
+
     path = train(cfg, data, out, resume=resume, save_every=save_every, on_bad=on_bad, progress=progress, device=device)
     if int(os.environ.get("RANK", 0)) == 0:
         typer.echo(f"checkpoint: {path}")

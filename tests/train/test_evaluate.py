@@ -22,3 +22,21 @@ def test_eval_reports_it_on_synthetic_data(lcr_checkpoint, synth_root):
 
     m = evaluate(lcr_checkpoint, synth_root, device="cpu")
     assert 0 < m["attention_on_object"] < 1
+
+
+def test_evaluation_embeds_images_as_the_runtime_does(lcr_checkpoint):
+    """Wide, tall and square images: evaluation's embeddings are the deployed model's (manifest resize rule)."""
+    from lcr_sdk import Embedder
+    from lcr_sdk.train.checkpoint import load_net
+    from lcr_sdk.train.data import Split
+    from lcr_sdk.train.evaluate import embed_split
+
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 256, shape, dtype=np.uint8) for shape in [(48, 100, 3), (100, 48, 3), (64, 64, 3)]]
+    split = Split(None, [None] * 3, [0, 1, 2], ["a", "b", "c"], images=images)
+    net, _ = load_net(lcr_checkpoint)
+    ours = embed_split(net, split, 64)
+    with Embedder(lcr_checkpoint, device="cpu") as emb:
+        runtime = emb.embed(images)
+    np.testing.assert_allclose(ours, runtime, rtol=0, atol=1e-5)
+    assert np.abs(ours[0] - ours[1]).max() > 1e-3  # different images, different embeddings
