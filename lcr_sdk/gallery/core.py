@@ -700,6 +700,22 @@ class Gallery:
         except (LcrError, OSError, sqlite3.Error) as e:  # busy or read-only: searching still works
             log.info("gallery index not saved (%s)", e)
 
+    def set_index(self, index: str) -> None:
+        """Change the search index (see :class:`Gallery`); a saved gallery records it at once, and the new index is
+        built at the next search (then saved with the gallery)."""
+        with self._mutex:
+            spec = parse_index(index, self.dim)
+            self.index, self._spec, self._faiss = index, spec, None
+            if self._ver is not None and self._root is not None and not self._legacy:
+                with store.GalleryLock(self._root).hold(True):
+                    self._refresh_locked()
+                    ver = self._ver
+                    old = ver.meta.index_file
+                    with ver.transaction() as conn:
+                        ver.set_meta(conn, index=index, index_file="", index_count=0)
+                    if old:
+                        (ver.folder / old).unlink(missing_ok=True)
+
     # -- open set ---------------------------------------------------------------------------------------------
 
     @property

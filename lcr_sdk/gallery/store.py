@@ -44,6 +44,11 @@ from lcr_sdk.fileio import atomic_write_text, fsync_dir, fsync_file, staging_dir
 from lcr_sdk.gallery import items
 from lcr_sdk.gallery.legacy import FORMAT, VERSION_DIR, current_version
 
+try:
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None  # type: ignore[assignment]
+
 FORMAT_VERSION = 2
 DB = "gallery.db"
 DTYPES = ("float32", "float16")
@@ -100,9 +105,7 @@ class GalleryLock:
 
     @contextlib.contextmanager
     def hold(self, exclusive: bool, timeout: float = LOCK_TIMEOUT) -> Iterator[None]:
-        try:
-            import fcntl
-        except ImportError:  # Windows: no flock; one writer per gallery is then the caller's job
+        if fcntl is None:  # Windows: no flock; one writer per gallery is then the caller's job
             yield
             return
         try:
@@ -313,10 +316,11 @@ class Version:
         self.conn.execute("BEGIN IMMEDIATE")
         try:
             yield self.conn
+            self.conn.execute("COMMIT")
         except BaseException:
-            self.conn.execute("ROLLBACK")
+            if self.conn.in_transaction:  # SQLite rolls back by itself on some errors (a full disk)
+                self.conn.execute("ROLLBACK")
             raise
-        self.conn.execute("COMMIT")
 
     def set_meta(self, conn: sqlite3.Connection, **values: Any) -> None:
         conn.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", ((k, json.dumps(v)) for k, v in values.items()))

@@ -1,0 +1,508 @@
+"""Bad input for galleries: every case a real input (arguments, files on disk, CLI options) and its outcome: the
+error class, a message that names the fix, the exit code, and nothing lost (the gallery in memory and on disk is
+exactly as it was)."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from lcr_sdk.cli import app
+from lcr_sdk.errors import InputError
+from lcr_sdk.gallery import Gallery
+
+runner = CliRunner()
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _unit(n: int, d: int = 8, seed: int = 0) -> np.ndarray:
+    v = np.random.default_rng(seed).standard_normal((n, d)).astype(np.float32)
+    return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+
+def _state(g: Gallery) -> tuple:
+    return (len(g), g.ids, g.labels, g.metadata, np.asarray(g.vectors).tobytes(), g.pending)
+
+
+# -- every mutation is all-or-nothing ----------------------------------------------------------------------------
+
+BAD_ADDS = {
+    "metadata not a dict": (dict(metadata=["abc"]), "must be a dict"),
+    "metadata a dict, not a list": (dict(metadata={"a": 1}), "list of 1 dicts"),
+    "metadata key not a string": (dict(metadata=[{1: "x"}]), "keys must be strings"),
+    "metadata NaN": (dict(metadata=[{"x": float("nan")}]), "JSON-serialisable"),
+    "metadata object": (dict(metadata=[{"x": object()}]), "JSON-serialisable"),
+    "id not UTF-8 (lone surrogate)": (dict(ids=["photo\udcff.jpg"]), "not valid UTF-8"),
+    "label with NUL": (dict(labels=["ro\x00bin"]), "NUL"),
+    "duplicate id": (dict(ids=["a"]), "already in the gallery"),
+    "ids a string": (dict(ids="abc"), "list of 1 ids"),
+    "count mismatch": (dict(ids=["x", "y"]), "1 vectors but 2 ids"),
+    "crop not an image": (dict(crops=[np.zeros((2, 2), np.uint8)]), "too small"),
+    "crop of wrong type": (dict(crops=["/nonexistent/crop.png"]), "does not exist"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_ADDS))
+def test_bad_add_changes_nothing_in_memory_or_on_disk(case, tmp_path):
+    kwargs, match = BAD_ADDS[case]
+    g = Gallery(8)
+    g.add(_unit(3), ids=["a", "b", "c"], labels=["x", "y", "z"], metadata=[{"n": i} for i in range(3)])
+    g.save(tmp_path / "g")
+    g.add(_unit(1, seed=1), ids=["pending"])
+    before = _state(g)
+    with pytest.raises(InputError, match=match):
+        g.add(_unit(1, seed=2), **kwargs)
+    assert _state(g) == before
+    assert [h.id for h in g.search(_unit(1, seed=1)[0], k=1)] == ["pending"]  # search works as before
+    g.commit()
+    assert Gallery.load(tmp_path / "g").ids == ["a", "b", "c", "pending"]
+
+
+@pytest.mark.parametrize(
+    "vectors, match",
+    [
+        (np.zeros((1, 7), np.float32), r"\(N, 8\)"),
+        (np.full((1, 8), np.nan, np.float32), "NaN"),
+        (np.zeros((0, 8), np.float32), r"\(N, 8\)"),
+        ([["a"] * 8], "float array"),
+    ],
+    ids=["wrong dim", "NaN", "empty", "strings"],
+)
+def test_bad_vectors_change_nothing(vectors, match):
+    g = Gallery(8)
+    g.add(_unit(2))
+    before = _state(g)
+    with pytest.raises(InputError, match=match):
+        g.add(vectors)
+    assert _state(g) == before
+
+
+def test_remove_with_an_unknown_id_removes_nothing(tmp_path):
+    g = Gallery(8)
+    g.add(_unit(3), ids=["a", "b", "c"])
+    g.save(tmp_path / "g")
+    before = _state(g)
+    with pytest.raises(InputError, match="not in the gallery"):
+        g.remove(["a", "nope"])
+    assert _state(g) == before and g.pending == 0
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(dim=0), "positive int"),
+        (dict(dim=8, index="annoy"), "faiss:HNSW32"),
+        (dict(dim=8, dtype="int8"), "float32, float16"),
+        (dict(dim=8, model_sha256=5), "model_sha256"),
+    ],
+    ids=["dim 0", "unknown index", "dtype", "model id not str"],
+)
+def test_bad_gallery_arguments(kwargs, match):
+    with pytest.raises(InputError, match=match):
+        Gallery(**kwargs)
+
+
+@pytest.mark.parametrize(
+    "spec, match",
+    [("faiss:Bogus42", "not valid for dimension 8"), ("faiss:HNSW8;nprobe=x", "do not apply")],
+    ids=["factory", "search parameter"],
+)
+def test_invalid_faiss_spec_is_refused_when_the_gallery_is_made(spec, match):
+    pytest.importorskip("faiss")
+    with pytest.raises(InputError, match=match):
+        Gallery(8, index=spec)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(k=0), "k must"),
+        (dict(threshold=1.5), r"outside \[-1, 1\]"),
+        (dict(threshold="high"), "threshold="),
+        (dict(where={"a": [1]}), "indexed"),
+        (dict(where="shop=1"), "dict"),
+        (dict(label=[]), "selects nothing"),
+    ],
+    ids=["k 0", "threshold > 1", "threshold word", "where list value", "where string", "empty label list"],
+)
+def test_bad_search_options(kwargs, match):
+    g = Gallery(8)
+    g.add(_unit(3), labels=["a", "b", "a"])
+    with pytest.raises(InputError, match=match):
+        g.search(_unit(1)[0], **kwargs)
+
+
+# -- what load trusts: nothing ----------------------------------------------------------------------------------
+
+
+def _saved(tmp_path: Path, n: int = 6) -> tuple[Path, Path]:
+    g = Gallery(8, model_sha256="m" * 64)
+    g.add(_unit(n), ids=[f"i{i}" for i in range(n)], labels=["a", "b"] * (n // 2))
+    version = g.save(tmp_path / "g")
+    g.close()
+    return tmp_path / "g", version
+
+
+def _set_meta(version: Path, key: str, value: object | None) -> None:
+    db = sqlite3.connect(version / "gallery.db")
+    if value is None:
+        db.execute("DELETE FROM meta WHERE key = ?", (key,))
+    else:
+        db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, json.dumps(value)))
+    db.commit()
+    db.close()
+
+
+def _scale_vectors(version: Path, factor: float) -> None:
+    path = version / "vectors.f32"
+    v = np.fromfile(path, np.float32) * factor
+    v.tofile(path)
+
+
+CORRUPT = {
+    "CURRENT is an absolute path": (lambda r, v: (r / "CURRENT").write_text(str(v.resolve())), "must name a version"),
+    "CURRENT climbs out": (lambda r, v: (r / "CURRENT").write_text("../elsewhere/v000001"), "must name a version"),
+    "CURRENT names a missing version": (lambda r, v: (r / "CURRENT").write_text("v000099"), "does not exist"),
+    "meta without model_sha256": (lambda r, v: _set_meta(v, "model_sha256", None), "model_sha256"),
+    "meta model_sha256 not a string": (lambda r, v: _set_meta(v, "model_sha256", 7), "model_sha256"),
+    "meta without count": (lambda r, v: _set_meta(v, "count", None), "'count'"),
+    "meta dim a string": (lambda r, v: _set_meta(v, "dim", "8"), "'dim'"),
+    "meta index spec invalid": (lambda r, v: _set_meta(v, "index", "annoy:16"), "index spec"),
+    "meta index file escapes": (lambda r, v: (_set_meta(v, "index_file", "../../x.faiss"),), "index file"),
+    "newer format": (lambda r, v: _set_meta(v, "format_version", 9), "upgrade lcr-sdk"),
+    "scaled vectors": (lambda r, v: _scale_vectors(v, 3.0), "norm"),
+    "NaN vectors": (lambda r, v: _scale_vectors(v, np.nan), "norm"),
+    "0-byte vectors file": (lambda r, v: (v / "vectors.f32").write_bytes(b""), "bytes, less than"),
+    "truncated vectors file": (
+        lambda r, v: (v / "vectors.f32").write_bytes((v / "vectors.f32").read_bytes()[:100]),
+        "less than",
+    ),
+    "vectors file missing": (lambda r, v: (v / "vectors.f32").unlink(), "vectors.f32"),
+    "database is junk": (lambda r, v: (v / "gallery.db").write_bytes(b"junk" * 300), "damaged"),
+    "database missing": (lambda r, v: (v / "gallery.db").unlink(), "gallery.db is missing"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CORRUPT))
+def test_corrupt_gallery_is_refused_on_load_with_the_fix(case, tmp_path):
+    make, match = CORRUPT[case]
+    root, version = _saved(tmp_path)
+    for extra in ("gallery.db-wal", "gallery.db-shm"):  # a cleanly closed gallery: the edits below are the truth
+        (version / extra).unlink(missing_ok=True)
+    make(root, version)
+    with pytest.raises(InputError, match=match) as e:
+        Gallery.load(root)
+    assert any(fix in str(e.value) for fix in ("rebuild", "restore", "upgrade")), str(e.value)
+
+
+def _tail_nan(tmp_path: Path) -> Path:
+    root, _ = _saved(tmp_path)
+    g = Gallery.load(root)
+    g.add(_unit(1, seed=5), ids=["late"])
+    g.commit()
+    version = root / (root / "CURRENT").read_text().strip()
+    g.close()
+    db = sqlite3.connect(version / "gallery.db")
+    db.execute("UPDATE tail SET vector = ?", (np.full(8, np.nan, np.float32).tobytes(),))
+    db.commit()
+    db.close()
+    return root
+
+
+def test_nan_vector_in_the_committed_tail_is_refused(tmp_path):
+    with pytest.raises(InputError, match="norm"):
+        Gallery.load(_tail_nan(tmp_path))
+
+
+def _v1(root: Path, header: object, vectors: bytes | None = None, metadata: str = "{}") -> None:
+    folder = root / "v000001"
+    folder.mkdir(parents=True)
+    if vectors is None:
+        np.save(folder / "vectors.npy", _unit(2))
+    else:
+        (folder / "vectors.npy").write_bytes(vectors)
+    db = sqlite3.connect(folder / "items.sqlite")
+    db.execute("CREATE TABLE items (row INTEGER PRIMARY KEY, id TEXT UNIQUE NOT NULL, label TEXT, metadata TEXT)")
+    db.executemany("INSERT INTO items VALUES (?, ?, ?, ?)", [(0, "a", "x", metadata), (1, "b", "y", "{}")])
+    db.commit()
+    db.close()
+    (folder / "header.json").write_text(json.dumps(header))
+    (root / "CURRENT").write_text("v000001\n")
+
+
+V1_HEADER = {"format": "lcr-sdk-gallery", "format_version": 1, "dim": 8, "count": 2, "model_sha256": "m"}
+V1_CORRUPT = {
+    "header without count": (dict(header={k: v for k, v in V1_HEADER.items() if k != "count"}), "'count'"),
+    "header without model_sha256": (
+        dict(header={k: v for k, v in V1_HEADER.items() if k != "model_sha256"}),
+        "'model_sha256'",
+    ),
+    "header not an object": (dict(header=[1, 2, 3]), "not a JSON object"),
+    "0-byte vectors.npy": (dict(header=V1_HEADER, vectors=b""), "damaged"),
+    "metadata not JSON": (dict(header=V1_HEADER, metadata="{broken"), "not JSON"),
+    "metadata not an object": (dict(header=V1_HEADER, metadata="[1, 2]"), "not a JSON object"),
+    "count disagrees": (dict(header={**V1_HEADER, "count": 5}), "header says 5"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(V1_CORRUPT))
+def test_corrupt_format_1_gallery_is_refused(case, tmp_path):
+    kwargs, match = V1_CORRUPT[case]
+    _v1(tmp_path / "g", **kwargs)
+    with pytest.raises(InputError, match=match):
+        Gallery.load(tmp_path / "g")
+
+
+def test_scaled_format_1_vectors_are_refused(tmp_path):
+    import io
+
+    buf = io.BytesIO()
+    np.save(buf, _unit(2) * 2)
+    _v1(tmp_path / "g", V1_HEADER, vectors=buf.getvalue())
+    with pytest.raises(InputError, match="norm"):
+        Gallery.load(tmp_path / "g")
+
+
+# -- save targets, locks, permissions ------------------------------------------------------------------------------
+
+
+def test_save_refuses_a_file_a_foreign_folder_and_an_unasked_replace(tmp_path):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(InputError, match="is a file"):
+        Gallery(8).save(tmp_path / "file")
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "keep.txt").write_text("x")
+    with pytest.raises(InputError, match="not a gallery"):
+        Gallery(8).save(tmp_path / "docs")
+    root, _ = _saved(tmp_path)
+    small = Gallery(8)
+    small.add(_unit(1))
+    with pytest.raises(InputError, match="replace=True"):
+        small.save(root, replace=False)
+    assert len(Gallery.load(root)) == 6 and (tmp_path / "docs" / "keep.txt").exists()
+
+
+def test_commit_without_a_saved_gallery_says_to_save():
+    g = Gallery(8)
+    g.add(_unit(1))
+    with pytest.raises(InputError, match="save"):
+        g.commit()
+
+
+@pytest.mark.skipif(not hasattr(os, "umask"), reason="POSIX permissions")
+def test_gallery_files_respect_the_umask(tmp_path):
+    old = os.umask(0o022)
+    try:
+        g = Gallery(8)
+        g.add(_unit(4), labels=["a", "a", "b", "b"])
+        g.save(tmp_path / "g")
+        g.add(_unit(1, seed=3), labels=["a"])
+        g.commit()
+    finally:
+        os.umask(old)
+    paths = [p for p in (tmp_path / "g").rglob("*")] + [tmp_path / "g"]
+    assert any(p.name == "gallery.db" for p in paths) and any(p.name == "CURRENT" for p in paths)
+    for p in paths:
+        mode = stat.S_IMODE(p.stat().st_mode)
+        assert mode & 0o044 == 0o044, (p, oct(mode))  # group and others may read
+        if p.is_dir():
+            assert mode & 0o011 == 0o011, (p, oct(mode))  # ... and enter folders
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0, reason="needs root to run as another user")
+def test_another_user_can_read_and_search_a_gallery_it_cannot_write(tmp_path):
+    """The service-user case: a gallery made by one user (umask 022) is loaded and searched by another."""
+    import tempfile
+
+    base = Path(tempfile.mkdtemp(prefix="lcr-gallery-share-"))
+    try:
+        os.chmod(base, 0o755)
+        old = os.umask(0o022)
+        try:
+            g = Gallery(8)
+            g.add(_unit(5), ids=[f"i{i}" for i in range(5)], labels=["a", "b", "a", "b", "a"])
+            g.save(base / "g")
+            g.close()
+        finally:
+            os.umask(old)
+        # everything is imported as root (the interpreter lives in root's home), then the process becomes nobody
+        code = (
+            "import os, fcntl, mmap, numpy as np; from lcr_sdk.gallery import Gallery; "
+            "os.setgid(65534); os.setuid(65534); g = Gallery.load({!r}); "
+            "v = np.asarray(g.vectors[2], np.float32); print(g.search(v, k=1)[0].id, len(g), os.getuid())"
+        ).format(str(base / "g"))
+        r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd="/tmp")
+        assert r.returncode == 0, r.stderr
+        assert r.stdout.split() == ["i2", "5", "65534"]
+    finally:
+        import shutil
+
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0, reason="mounting a tmpfs needs root")
+def test_full_disk_during_commit_is_one_error_and_keeps_everything(tmp_path):
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mnt)], capture_output=True).returncode:
+        pytest.skip("mounting a tmpfs is not allowed here")
+    try:
+        g = Gallery(256)
+        g.add(_unit(200, 256), labels=["a", "b"] * 100)
+        g.save(mnt / "g")
+        g.add(_unit(4000, 256, seed=1), labels=["c"] * 4000)  # 4 MB of vectors: more than the disk holds
+        with pytest.raises(InputError, match=r"disk is full \(.* MiB free\)") as e:
+            g.commit()
+        assert "\n" not in str(e.value)
+        assert g.pending == 4000 and len(Gallery.load(mnt / "g")) == 200  # committed state and pending both kept
+        big = Gallery(256)
+        big.add(_unit(5000, 256, seed=2))
+        with pytest.raises(InputError, match=r"disk is full \(.* MiB free\)"):
+            big.save(mnt / "g")  # a whole new version that does not fit: the old one stays
+        assert len(Gallery.load(mnt / "g")) == 200 and sorted(p.name for p in (mnt / "g").iterdir())[1:] == [
+            "CURRENT",
+            (mnt / "g" / "CURRENT").read_text().strip(),
+        ]
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+
+
+# -- the CLI and the build example ----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def model(lcr_checkpoint, tmp_path_factory) -> Path:
+    from model_helpers import export_onnx
+
+    return export_onnx(lcr_checkpoint, tmp_path_factory.mktemp("rob_gallery") / "lcr.onnx")
+
+
+@pytest.fixture
+def built(model, synth_root, tmp_path) -> Path:
+    out = tmp_path / "g"
+    r = runner.invoke(app, ["gallery", "build", str(model), str(synth_root / "test"), "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    return out
+
+
+def _intact(gallery: Path, n: int = 16) -> None:
+    g = Gallery.load(gallery)
+    assert len(g) == n and g.labels.count(g.labels[0]) == 4
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize(
+    "extra, code, match",
+    [
+        (["--batch", "-1"], 2, "--batch"),
+        (["--batch", "0"], 2, "--batch"),
+        ([], 1, "--replace"),
+        (["--replace", "--index", "faiss:Bogus"], 1, "FAISS factory"),
+        (["--replace", "--dtype", "int8"], 1, "--dtype"),
+        (["--replace", "--quality", "maybe"], 1, "--quality"),
+        (["--replace", "--max-spread", "0"], 1, "--max-spread"),
+    ],
+    ids=["batch -1", "batch 0", "existing without --replace", "bad factory", "dtype", "quality", "max-spread"],
+)
+def test_gallery_build_refuses_bad_options_before_touching_the_gallery(built, model, synth_root, extra, code, match):
+    r = runner.invoke(app, ["gallery", "build", str(model), str(synth_root / "train"), "--out", str(built), *extra])
+    assert r.exit_code == code, r.output
+    assert match in r.output and "Traceback" not in r.output
+    _intact(built)
+
+
+@pytest.mark.torch
+def test_gallery_build_with_a_non_utf8_file_name_fails_before_embedding(model, synth_root, tmp_path, monkeypatch):
+    import shutil
+
+    from lcr_sdk.embedder import Embedder
+
+    data = tmp_path / "data"
+    shutil.copytree(synth_root / "test", data)
+    src = (
+        next((data / "c00_spike_single-bar_fan").glob("*.png"))
+        if (data / "c00_spike_single-bar_fan").is_dir()
+        else (next(data.glob("*/*.png")))
+    )
+    os.rename(bytes(src), bytes(src.parent) + b"/caf\xe9.png")  # a Latin-1 name, not UTF-8
+    calls = []
+    monkeypatch.setattr(Embedder, "embed", lambda self, *a, **k: calls.append(1))
+    monkeypatch.setattr(Embedder, "infer", lambda self, *a, **k: calls.append(1))
+    r = runner.invoke(app, ["gallery", "build", str(model), str(data), "--out", str(tmp_path / "g")])
+    assert r.exit_code == 1 and "not valid UTF-8" in r.output and "convmv" in r.output, r.output
+    assert calls == [] and not (tmp_path / "g").exists()  # refused before any image was embedded
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize(
+    "extra, code, match",
+    [
+        (["--threshold", "5"], 1, "--threshold"),
+        (["--where", "shop"], 1, "KEY=VALUE"),
+        (["--where", "shop=[1,2]"], 1, "only str, number"),
+        (["--explain", "why.txt"], 1, ".png or .jpg"),
+        (["--explain", "/nonexistent/dir/why.png"], 1, "does not exist"),
+        (["-k", "0"], 2, "-k"),
+    ],
+    ids=["threshold", "where no =", "where list", "explain suffix", "explain folder", "k 0"],
+)
+def test_gallery_search_refuses_bad_options(built, model, synth_root, extra, code, match):
+    query = next((synth_root / "test").glob("*/*.png"))
+    r = runner.invoke(app, ["gallery", "search", str(built), str(model), str(query), *extra])
+    assert r.exit_code == code and match in r.output and "Traceback" not in r.output, r.output
+
+
+@pytest.mark.torch
+def test_gallery_search_on_a_damaged_gallery_is_one_line(built, model, synth_root):
+    version = built / (built / "CURRENT").read_text().strip()
+    _scale_vectors(version, 2.0)
+    query = next((synth_root / "test").glob("*/*.png"))
+    r = runner.invoke(app, ["gallery", "search", str(built), str(model), str(query)])
+    assert r.exit_code == 1 and "damaged" in r.output and "Traceback" not in r.output
+    assert len([ln for ln in r.output.splitlines() if ln.startswith("Error:")]) == 1
+
+
+@pytest.mark.torch
+def test_gallery_rebuild_with_missing_images_refuses_before_work_then_skips_when_asked(model, synth_root, tmp_path):
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(synth_root / "test", data)
+    out = tmp_path / "g"
+    assert runner.invoke(app, ["gallery", "build", str(model), str(data), "--out", str(out)]).exit_code == 0
+    gone = sorted(data.glob("*/*.png"))[:3]
+    for p in gone:
+        p.unlink()
+    r = runner.invoke(app, ["gallery", "rebuild", str(out), "--model", str(model)])
+    assert r.exit_code == 1 and "3 of 16 items have no image" in r.output and "--skip-missing" in r.output
+    assert len(Gallery.load(out)) == 16
+    r = runner.invoke(app, ["gallery", "rebuild", str(out), "--model", str(model), "--skip-missing", "--json"])
+    assert r.exit_code == 0, r.output
+    assert len(json.loads(r.output)["skipped"]) == 3 and len(Gallery.load(out)) == 13
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize(
+    "extra, code, match",
+    [(["--batch", "0"], 2, "--batch"), (["--batch", "x"], 2, "--batch"), ([], 1, "--replace")],
+    ids=["batch 0", "batch not a number", "existing without --replace"],
+)
+def test_build_example_refuses_bad_options(built, model, synth_root, extra, code, match):
+    script = ROOT / "examples" / "build_gallery.py"
+    r = subprocess.run(
+        [sys.executable, str(script), str(model), str(synth_root / "train"), "--out", str(built), *extra],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert r.returncode == code and match in r.stderr and "Traceback" not in r.stderr, r.stderr
+    _intact(built)
