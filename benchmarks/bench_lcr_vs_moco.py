@@ -129,10 +129,43 @@ def table(out: Path, names: list[str], seeds: list[int]) -> str:
     return "\n".join(rows)
 
 
+def prepare_data(args: argparse.Namespace) -> Path:
+    """The data set to train on. ``--data DIR`` is the user's: used as it is, never written to (a folder without
+    train/ and test/ is refused). Without it the synthetic set is generated into this script's own folder,
+    ``OUT/data``, which must be empty, missing, or a synthetic set written with the same options.
+    """
+    from lcr_sdk.synth import SynthConfig, generate, matches
+
+    if args.data is not None:
+        missing = [s for s in ("train", "test") if not (args.data / s).is_dir()]
+        if missing:
+            raise SystemExit(
+                f"--data {args.data} has no {' or '.join(missing)}/ folder; pass an ImageFolder data set "
+                "(DIR/train/<class>/*, DIR/test/<class>/*), or leave --data out to generate the synthetic set "
+                "into OUT/data (nothing is ever written into a --data folder)"
+            )
+        return args.data
+    data = args.out / "data"
+    cfg = SynthConfig(
+        args.classes, args.train_per_class, args.test_per_class, args.image_size, args.difficulty, seed=1234
+    )
+    if matches(data, cfg):
+        return data
+    if data.exists() and any(data.iterdir()):
+        raise SystemExit(
+            f"{data} exists and is not the synthetic set these options make; it is left alone: choose another "
+            "--out, delete the folder, or pass it as --data if it is a data set to train on"
+        )
+    args.out.mkdir(parents=True, exist_ok=True)
+    return generate(data, cfg, progress=False)
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=Path("runs/bench"))
-    ap.add_argument("--data", type=Path, help="data set root (default: OUT/data, generated if missing)")
+    ap.add_argument(
+        "--data", type=Path, help="a data set to use as it is (default: OUT/data, the synthetic set, generated there)"
+    )
     ap.add_argument("--classes", type=int, default=8)
     ap.add_argument("--train-per-class", type=int, default=100)
     ap.add_argument("--test-per-class", type=int, default=40)
@@ -172,18 +205,7 @@ def main(argv=None) -> None:
         print(table(args.out, list(args.variants), sorted(set(args.seeds) | set(args.ablation_seeds or []))))
         return
     t0 = time.time()
-    args.out.mkdir(parents=True, exist_ok=True)
-    data = args.data or args.out / "data"
-    if not (data / "synth.json").exists():
-        from lcr_sdk.synth import SynthConfig, generate
-
-        generate(
-            data,
-            SynthConfig(
-                args.classes, args.train_per_class, args.test_per_class, args.image_size, args.difficulty, seed=1234
-            ),
-            progress=False,
-        )
+    data = prepare_data(args)
     ab_seeds = args.ablation_seeds or args.seeds
     main_names = [n for n in args.variants if n in ("lcr", "moco", "supervised")]
     jobs = [(n, s) for s in args.seeds for n in main_names]

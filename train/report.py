@@ -73,28 +73,53 @@ def retrieval_figure(
     return np.vstack(blocks)
 
 
-def curves_figure(logs: dict[str, Path], out: Path) -> None:
-    """Loss (and kNN monitor, when logged) per epoch for each method, as a PNG."""
+def _read_log(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def curves_figure(
+    logs: dict[str, Path], out: Path, start: dict[str, float] | None = None, knn_title: str = "kNN monitor"
+) -> list[str]:
+    """Training curves per method as a PNG: the loss per epoch and, when any run logged it, the kNN monitor.
+
+    Args:
+        logs: method name -> its ``log.csv``.
+        out: the PNG to write.
+        start: values before the first epoch (e.g. ``{"knn_top1": ...}`` of the starting backbone), drawn at
+            epoch 0 of every kNN curve.
+        knn_title: title of the kNN panel (say which split the monitor queries).
+
+    Returns:
+        The titles of the panels drawn: a panel without data is left out, never drawn empty.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
-    for name, path in logs.items():
-        if not path.exists():
-            continue
-        rows = list(csv.DictReader(open(path)))
-        ep = [int(r["epoch"]) for r in rows]
-        axes[0].plot(ep, [float(r["loss_nce"]) for r in rows], marker="o", label=f"{name} InfoNCE / CE")
-        if rows and rows[0].get("loss_fit"):
-            axes[0].plot(ep, [float(r["loss_fit"]) for r in rows], marker="x", ls="--", label=f"{name} fit (KL)")
-        knn = [(e, float(r["knn_top1"])) for e, r in zip(ep, rows) if r.get("knn_top1")]
-        if knn:
-            axes[1].plot(*zip(*knn), marker="o", label=name)
-    axes[0].set(xlabel="epoch", ylabel="loss", title="training loss")
-    axes[1].set(xlabel="epoch", ylabel="kNN top-1", title="kNN monitor (train bank, test queries)")
-    for ax in axes:
+    rows = {name: _read_log(p) for name, p in logs.items() if p.exists()}
+    knn = {
+        name: [(int(r["epoch"]), float(r["knn_top1"])) for r in rs if r.get("knn_top1")] for name, rs in rows.items()
+    }
+    knn = {name: pts for name, pts in knn.items() if pts}
+    titles = ["training loss"] + ([knn_title] if knn else [])
+    fig, axes = plt.subplots(1, len(titles), figsize=(5 * len(titles), 3.6), squeeze=False)
+    loss_ax = axes[0][0]
+    for name, rs in rows.items():
+        ep = [int(r["epoch"]) for r in rs]
+        loss_ax.plot(ep, [float(r["loss_nce"]) for r in rs], marker="o", label=f"{name} InfoNCE")
+        if rs and rs[0].get("loss_fit"):
+            loss_ax.plot(ep, [float(r["loss_fit"]) for r in rs], marker="x", ls="--", label=f"{name} fit (KL)")
+    loss_ax.set(xlabel="epoch", ylabel="loss", title=titles[0])
+    if knn:
+        ax = axes[0][1]
+        for name, pts in knn.items():
+            if start and "knn_top1" in start:
+                pts = [(0, start["knn_top1"]), *pts]
+            ax.plot(*zip(*pts), marker="o", label=name)
+        ax.set(xlabel="epoch (0 = the starting backbone)", ylabel="kNN top-1", title=titles[1])
+    for ax in axes[0]:
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=7)
@@ -103,17 +128,20 @@ def curves_figure(logs: dict[str, Path], out: Path) -> None:
     fig.savefig(tmp, dpi=110)
     plt.close(fig)
     tmp.replace(out)
+    return titles
 
 
 def metrics_table(metrics: dict[str, dict]) -> str:
     """Plain-text table (percent) of the metrics of each method."""
-    lines = [f"{'method':<12}" + "".join(f"{SHORT.get(c, c):>12}" for c in COLUMNS)]
+    w = max(12, *(len(n) + 2 for n in metrics))
+    lines = [f"{'method':<{w}}" + "".join(f"{SHORT.get(c, c):>12}" for c in COLUMNS)]
     for name, m in metrics.items():
-        lines.append(f"{name:<12}" + "".join(f"{100 * m[c]:>11.1f}%" if c in m else f"{'-':>12}" for c in COLUMNS))
+        lines.append(f"{name:<{w}}" + "".join(f"{100 * m[c]:>11.1f}%" if c in m else f"{'-':>12}" for c in COLUMNS))
     return "\n".join(lines)
 
 
 def write_png(path: Path, image: np.ndarray) -> None:
+    """Encode ``image`` (BGR uint8) as a PNG at ``path``, atomically."""
     ok, buf = cv2.imencode(".png", image)
     if not ok:
         raise OSError(f"could not encode {path}")
@@ -121,9 +149,17 @@ def write_png(path: Path, image: np.ndarray) -> None:
 
 
 def write_html(
-    report_dir: Path, title: str, metrics: dict[str, dict], notes: list[str], pictures: list[tuple[str, str]]
+    report_dir: Path,
+    title: str,
+    metrics: dict[str, dict],
+    notes: list[str],
+    pictures: list[tuple[str, str]],
+    verdict: str = "",
 ) -> Path:
-    """One self-contained page: the images are embedded as data URIs, so it opens anywhere."""
+    """One self-contained page: the metrics table, ``verdict`` (one sentence) under it, the notes, the pictures.
+
+    The images are embedded as data URIs, so the page opens anywhere.
+    """
 
     def img_tag(name: str) -> str:
         data = base64.b64encode((report_dir / name).read_bytes()).decode()
@@ -144,6 +180,7 @@ table{{border-collapse:collapse}}td,th{{border:1px solid #bbb;padding:4px 10px;t
 img{{max-width:100%;border:1px solid #ddd}}</style></head><body>
 <h1>{html.escape(title)}</h1>
 <table><tr>{head}</tr>{body}</table>
+{f'<p class="verdict"><b>{html.escape(verdict)}</b></p>' if verdict else ""}
 <ul>{"".join(f"<li>{html.escape(n)}</li>" for n in notes)}</ul>
 {sections}
 </body></html>"""
@@ -153,4 +190,5 @@ img{{max-width:100%;border:1px solid #ddd}}</style></head><body>
 
 
 def save_metrics(path: Path, metrics: dict) -> None:
+    """Write ``metrics`` as indented JSON, atomically."""
     atomic_write_text(path, json.dumps(metrics, indent=2))

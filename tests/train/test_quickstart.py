@@ -1,41 +1,128 @@
-"""`lcr-sdk quickstart --fast`: the README's main job, end to end on a tiny budget."""
+"""`lcr-sdk quickstart --fast`: the README's main job, end to end on a tiny budget, and its report."""
 
+import csv
 import json
+import logging
 import re
+import sys
 
+import cv2
 import pytest
 from typer.testing import CliRunner
 
 from lcr_sdk.cli import app
 
-pytestmark = [pytest.mark.torch, pytest.mark.slow]
+pytestmark = [pytest.mark.torch]
+
+ROWS = {"random init", "pretrained only", "moco", "lcr", "chance"}
 
 
-def test_fast_quickstart_writes_data_checkpoints_model_gallery_and_report(tmp_path):
+@pytest.mark.slow
+def test_fast_quickstart_runs_the_protocol_and_reports_it(tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="lcr_sdk")
     out = tmp_path / "qs"
     out.mkdir()  # an existing folder is fine
     r = CliRunner().invoke(app, ["quickstart", "--fast", "--out", str(out)])
     assert r.exit_code == 0, r.output
-    assert (out / "data" / "train").is_dir() and (out / "data" / "test").is_dir()
-    for method in ("lcr", "moco", "supervised"):
-        assert (out / f"{method}.pt").is_file()
-    assert (out / "lcr.onnx").is_file() and (out / "lcr.onnx.json").is_file()
-    from lcr_sdk import Gallery
-
-    assert len(Gallery.load(out / "gallery")) == 4 * 32
+    # stage 1 on the source set, stage 2 on the target set, no class in common
+    source = {p.name for p in (out / "data" / "source" / "train").iterdir()}
+    target = {p.name for p in (out / "data" / "target" / "train").iterdir()}
+    assert source and target and not source & target
+    for name in ("pretrained", "moco", "lcr"):
+        assert (out / f"{name}.pt").is_file()
+    assert not (out / "supervised.pt").exists()  # the quickstart drops the supervised-on-target row
+    for stage in ("moco", "lcr"):
+        cfg = json.loads((out / "runs" / stage / "config.json").read_text())
+        assert cfg["pretrained"].endswith("checkpoint.pt") and "pretrain" in cfg["pretrained"]
 
     rep = out / "report"
-    metrics = json.loads((rep / "metrics.json").read_text())
-    assert set(metrics) == {"lcr", "moco", "supervised", "chance"}
-    assert all(0 <= metrics[m]["rank1"] <= 1 for m in ("lcr", "moco", "supervised"))
-    assert metrics["chance"]["rank1"] == 0.25
+    saved = json.loads((rep / "metrics.json").read_text())
+    rows = saved["rows"]
+    assert set(rows) == ROWS
+    assert all(0 <= rows[m]["mAP"] <= 1 for m in ROWS - {"chance"})
+    assert rows["chance"]["rank1"] == 0.25
+    lcr, moco = 100 * rows["lcr"]["mAP"], 100 * rows["moco"]["mAP"]
+    sentence = saved["verdict"]
+    assert sentence.startswith("LCR beat" if lcr > moco else "LCR did not beat")
+    assert f"{lcr - moco:+.1f} points" in sentence and "no reference seed spread" in sentence  # --fast: none
+
     page = (rep / "index.html").read_text()
+    table = page[page.index("<table>") : page.index("</table>")]
+    for title in ("random init", "pretrained only", "MoCo v2", "LCR", "chance"):
+        assert f"<td>{title}</td>" in table
+    assert page.index("</table>") < page.index(sentence.split(":")[0]) < page.index("<ul>")  # right under it
     images = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
     assert len(images) == 3 and all(len(i) > 1000 for i in images)  # self-contained, real pictures
-    assert "<table>" in page and "lcr" in page and "deploy: exported lcr.onnx" in page
-    assert "rank1" in r.output  # the metrics table is printed
+    # the kNN monitor ran at these settings, so its panel is drawn with data
+    logged = list(csv.DictReader(open(out / "runs" / "lcr" / "log.csv")))
+    assert logged and all(row["knn_top1"] for row in logged)
+    assert "kNN monitor" in page
 
-    # a second run reuses the data set instead of writing it again
-    r2 = CliRunner().invoke(app, ["quickstart", "--fast", "--out", str(out), "--epochs", "1"])
-    assert r2.exit_code == 0, r2.output
-    assert "data: reusing" in r2.output
+    # deployed through the runtime: the gallery is the target's train split, built from its folder
+    from lcr_sdk import Gallery
+
+    gallery = Gallery.load(out / "gallery")
+    assert len(gallery) == 4 * 32
+    assert gallery.image_root == str((out / "data" / "target" / "train").resolve())
+    assert "deploy: exported lcr.onnx" in page
+    assert "LCR" in caplog.text and sentence in caplog.text  # the table and verdict are logged for the CLI
+
+
+@pytest.mark.slow
+def test_quickstart_without_the_export_extra_skips_deploy_and_says_how_to_get_it(tmp_path, monkeypatch, caplog):
+    caplog.set_level(logging.INFO, logger="lcr_sdk")
+    monkeypatch.setitem(sys.modules, "onnx", None)  # `import onnx` now fails as on an install without the extra
+    out = tmp_path / "qs"
+    r = CliRunner().invoke(app, ["quickstart", "--fast", "--out", str(out), "--epochs", "1"])
+    assert r.exit_code == 0, r.output
+    page = (out / "report" / "index.html").read_text()
+    assert "deploy: skipped" in page and "pip install &#x27;lcr-sdk[export]&#x27;" in page
+    assert not (out / "lcr.onnx").exists() and not (out / "gallery").exists()
+    assert (out / "lcr.pt").is_file() and "<table>" in page  # the training part still ran and reported
+    assert "export step will be skipped" in caplog.text  # said up front, before the slow work
+
+
+def test_quickstart_reuses_its_data_sets(tmp_path, caplog):
+    from lcr_sdk.synth import generate_protocol
+    from lcr_sdk.train.quickstart import FAST
+
+    caplog.set_level(logging.INFO, logger="lcr_sdk")
+    generate_protocol(tmp_path, FAST.data, progress=False)
+    stamp = (tmp_path / "target" / "synth.json").stat().st_mtime_ns
+    generate_protocol(tmp_path, FAST.data, progress=False)
+    assert (tmp_path / "target" / "synth.json").stat().st_mtime_ns == stamp
+    assert "reusing the synthetic target set" in caplog.text
+
+
+def _log(path, knn: bool):
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["epoch", "loss_nce", "loss_fit", "knn_top1"])
+        for e in (1, 2, 3):
+            w.writerow([e, 6.0 - e / 10, 0.1, 0.3 + e / 20 if knn else ""])
+
+
+def test_curves_draw_no_empty_knn_panel(tmp_path):
+    from lcr_sdk.train.report import curves_figure
+
+    _log(tmp_path / "a.csv", knn=False)
+    panels = curves_figure({"LCR": tmp_path / "a.csv"}, tmp_path / "a.png")
+    assert panels == ["training loss"]
+    _log(tmp_path / "b.csv", knn=True)
+    panels = curves_figure({"LCR": tmp_path / "b.csv"}, tmp_path / "b.png", start={"knn_top1": 0.25})
+    assert len(panels) == 2 and panels[1].startswith("kNN monitor")
+    one, two = cv2.imread(str(tmp_path / "a.png")), cv2.imread(str(tmp_path / "b.png"))
+    assert two.shape[1] > 1.8 * one.shape[1]  # a second panel only when it has data
+
+
+def test_verdict_reads_the_gap_against_the_benchmark_spread():
+    from lcr_sdk.train.quickstart import verdict
+
+    rows = {"lcr": {"mAP": 0.452}, "moco": {"mAP": 0.431}}
+    ref = {"lcr_minus_moco_map": (0.5, 0.8), "row_sd_map": 1.1, "seeds": 3}
+    s = verdict(rows, ref)
+    assert s.startswith("LCR beat MoCo v2 here") and "+2.1 points" in s and "larger than the seed spread" in s
+    assert "1.1 points over 3 seeds" in s
+    s = verdict({"lcr": {"mAP": 0.43}, "moco": {"mAP": 0.435}}, ref)
+    assert s.startswith("LCR did not beat") and "-0.5 points" in s and "within the seed spread" in s
+    assert "no reference seed spread" in verdict(rows, None)
