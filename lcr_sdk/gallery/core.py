@@ -37,6 +37,7 @@ from lcr_sdk.gallery.explain import (
     compare_parts,
     draw,
 )
+from lcr_sdk.gallery.pending import Pending
 from lcr_sdk.gallery.search import (
     Blocks,
     FaissIndex,
@@ -53,7 +54,6 @@ SMALL_FILTER = 20_000  # a filter with at most this many candidates is searched 
 INDEX_EXTEND = 1024  # slots past the index before it is extended in memory ...
 INDEX_PERSIST = 0.01  # ... and share of its size past the saved index before the index file is rewritten
 ID_BLOCK = 64  # automatic ids reserved at a time by an attached gallery
-_CHECK_ROWS = 1024  # vectors checked (finite, unit length) when a gallery is opened
 
 
 @dataclass
@@ -180,47 +180,28 @@ class Gallery:
         self.image_root = ""  # folder the items' relative "path" metadata points into (build_from_folder), if any
         self._mutex = threading.RLock()
         self._root: Path | None = None  # the folder this gallery is attached to
-        self._ver: store.Version | None = None  # its open version (None: in memory, or a format-1 folder)
+        self._saved: store.Saved | None = None  # its committed state (None: in memory, or a format-1 folder)
         self._legacy = False  # attached to a format-1 folder: the next commit migrates it
-        self._reset_committed()
-        self._pdb = items.memory_db()
-        self._reset_pending()
+        self._pending = Pending(dim, dtype)
+        self._cache: dict[str, Any] = {}
         self._next = 0
         self._reserved = (0, 0)  # automatic ids reserved from the store: [first, end)
         self._faiss: FaissIndex | None = None
         self._calibration: Calibration | None = None
 
     # -- state ------------------------------------------------------------------------------------------------
-
-    def _reset_committed(self) -> None:
-        self._raw: np.ndarray = np.zeros((0, self.dim), self.dtype)  # slots 0..synced-1 (memory-mapped)
-        self._ctail: np.ndarray = np.zeros((0, self.dim), self.dtype)  # slots synced..count-1
-        self._c_count = 0
-        self._c_alive = np.zeros(0, bool)
-        self._c_live = 0
-        self._dead_seq = 0
-        self._gen = -1
-        self._faiss = None
-
-    def _reset_pending(self) -> None:
-        self._pdb.execute("DELETE FROM items")
-        self._pdb.execute("DELETE FROM kv")
-        self._pdb.execute("DELETE FROM crops")
-        self._pvec: list[np.ndarray] = []
-        self._p_n = 0
-        self._p_alive = np.zeros(0, bool)
-        self._p_live = 0
-        self._p_removed: dict[str, int] = {}  # committed items removed, not yet committed: id -> slot
-        self._cache: dict[str, Any] = {}
-        idx = getattr(self, "_faiss", None)
-        if idx is not None and idx.count > self._c_count:
-            self._faiss = None  # it covered pending slots, which are renumbered now
+    # Slots 0..c-1 are the saved gallery's (self._saved, None for an unsaved gallery), slots c.. the pending ones.
 
     def _changed(self) -> None:
         self._cache.clear()
 
+    @property
+    def _c_count(self) -> int:
+        return self._saved.count if self._saved is not None else 0
+
     def __len__(self) -> int:
-        return self._c_live + self._p_live
+        saved = self._saved.live - len(self._pending.removed) if self._saved is not None else 0
+        return saved + self._pending.live
 
     @property
     def path(self) -> Path | None:
@@ -230,46 +211,48 @@ class Gallery:
     @property
     def pending(self) -> int:
         """Changes (added or removed items) not yet committed."""
-        return int(self._p_alive.sum()) + len(self._p_removed)
-
-    def _extra(self) -> np.ndarray:
-        if "extra" not in self._cache:
-            parts = [p for p in (self._ctail, *self._pvec) if len(p)] or [self._ctail]
-            self._cache["extra"] = parts[0] if len(parts) == 1 else np.concatenate(parts)
-            if self._pvec:
-                self._pvec = [self._cache["extra"][len(self._ctail) :]]
-        return self._cache["extra"]  # type: ignore[no-any-return]
+        return self._pending.changes
 
     def _blocks(self) -> Blocks:
-        return Blocks([(0, self._raw), (len(self._raw), self._extra())])
+        """The vectors of every slot: the saved file (memory-mapped), then the saved tail and the pending rows."""
+        if "blocks" not in self._cache:
+            raw = self._saved.raw if self._saved is not None else np.zeros((0, self.dim), self.dtype)
+            tail = self._saved.tail if self._saved is not None else raw[:0]
+            pend = self._pending.vectors()
+            extra = pend if len(tail) == 0 else (tail if len(pend) == 0 else np.concatenate([tail, pend]))
+            self._cache["blocks"] = Blocks([(0, raw), (len(raw), extra)])
+        return self._cache["blocks"]  # type: ignore[no-any-return]
 
     def _alive(self) -> np.ndarray:
+        """Which slots hold a live item (removed ones, committed or not, are dead)."""
         if "alive" not in self._cache:
-            self._cache["alive"] = np.concatenate([self._c_alive, self._p_alive])
+            saved = self._saved.alive.copy() if self._saved is not None else np.zeros(0, bool)
+            saved[list(self._pending.removed.values())] = False
+            self._cache["alive"] = np.concatenate([saved, self._pending.alive])
         return self._cache["alive"]  # type: ignore[no-any-return]
 
     def _slot_db(self, slots: np.ndarray) -> Iterator[tuple[sqlite3.Connection, np.ndarray, int]]:
-        """Split slots into (connection, rows in it, slot offset) for the committed and pending item tables."""
-        committed = slots[slots < self._c_count]
-        if len(committed) and self._ver is not None:
-            yield self._ver.conn, committed, 0
-        pend = slots[slots >= self._c_count]
+        """Split slots into (connection, rows in it, slot offset) for the saved and pending item tables."""
+        c = self._c_count
+        committed = slots[slots < c]
+        if len(committed) and self._saved is not None:
+            yield self._saved.conn, committed, 0
+        pend = slots[slots >= c]
         if len(pend):
-            yield self._pdb, pend - self._c_count, self._c_count
+            yield self._pending.db, pend - c, c
 
     # -- reading ------------------------------------------------------------------------------------------------
 
     def _iter_rows(self, with_crops: bool = False) -> Iterator[tuple[int, str, str, str, bytes | None]]:
         """Live items in slot order: (slot, id, label, metadata JSON, crop)."""
-        if self._ver is not None:
-            for batch in items.iter_items(self._ver.conn, with_crops):
+        alive, c = self._alive(), self._c_count
+        if self._saved is not None:
+            for batch in items.iter_items(self._saved.conn, with_crops):
                 for r in batch:
-                    if r[0] < self._c_count and self._c_alive[r[0]]:
+                    if r[0] < c and alive[r[0]]:
                         yield r
-        for batch in items.iter_items(self._pdb, with_crops):
-            for r in batch:
-                if self._p_alive[r[0]]:
-                    yield (r[0] + self._c_count, *r[1:])
+        for r in self._pending.live_rows(with_crops):
+            yield (r[0] + c, *r[1:])
 
     @property
     def ids(self) -> list[str]:
@@ -294,21 +277,20 @@ class Gallery:
         """N x D unit vectors of the live items in slot order, in the storage dtype (memory-mapped when the
         gallery is saved with no removed or pending items; otherwise a copy)."""
         with self._mutex:
-            alive = self._alive()
-            if alive.all() and len(self._extra()) == 0:
-                return self._raw
-            blocks = self._blocks()
+            alive, blocks = self._alive(), self._blocks()
+            if alive.all() and len(blocks.parts[1][1]) == 0:
+                return blocks.parts[0][1]
             return np.asarray(blocks.take(np.flatnonzero(alive)), dtype=self.dtype)
 
     def _slot_of(self, item_id: str) -> int | None:
-        if item_id in self._p_removed:
+        if item_id in self._pending.removed:
             return None
-        hit = items.rows_of_ids(self._pdb, [item_id])
+        hit = items.rows_of_ids(self._pending.db, [item_id])
         if hit:
             return self._c_count + hit[item_id]
-        if self._ver is not None:
-            hit = items.rows_of_ids(self._ver.conn, [item_id])
-            if hit and hit[item_id] < self._c_count and self._c_alive[hit[item_id]]:
+        if self._saved is not None:
+            hit = items.rows_of_ids(self._saved.conn, [item_id])
+            if hit and hit[item_id] < self._saved.count and self._saved.alive[hit[item_id]]:
                 return hit[item_id]
         return None
 
@@ -426,29 +408,16 @@ class Gallery:
                 new_ids = self._auto_ids(n)
             else:
                 self._next += n  # automatic ids count every item ever added, as they always did
-            base = self._p_n
-            self._pdb.execute("BEGIN")
-            try:
-                items.insert(
-                    self._pdb, range(base, base + n), new_ids, labs, meta, {base + i: b for i, b in encoded.items()}
-                )
-            except sqlite3.Error as e:
-                self._pdb.execute("ROLLBACK")
-                raise InputError(f"could not add the items ({e})") from e
-            self._pdb.execute("COMMIT")
-            self._pvec.append(v.astype(self.dtype))
-            self._p_n += n
-            self._p_alive = np.concatenate([self._p_alive, np.ones(n, bool)])
-            self._p_live += n
+            self._pending.add(v.astype(self.dtype), new_ids, labs, meta, encoded)
             self._changed()
             return new_ids
 
     def _check_new_ids(self, new_ids: list[str]) -> None:
         if len(set(new_ids)) != len(new_ids):
             raise InputError("the new ids repeat (ids are unique); pick other ids")
-        dup = list(items.rows_of_ids(self._pdb, new_ids))
-        if self._ver is not None:
-            dup += [i for i in items.rows_of_ids(self._ver.conn, new_ids) if i not in self._p_removed]
+        dup = list(items.rows_of_ids(self._pending.db, new_ids))
+        if self._saved is not None:
+            dup += [i for i in items.rows_of_ids(self._saved.conn, new_ids) if i not in self._pending.removed]
         if dup:
             raise InputError(
                 f"id {dup[0]!r} is already in the gallery (ids are unique); remove the old item first or pick other ids"
@@ -460,12 +429,12 @@ class Gallery:
         out: list[str] = []
         while len(out) < n:
             need = n - len(out)
-            if self._ver is not None and not self._legacy:
+            if self._saved is not None:
                 first, end = self._reserved
                 if first >= end:
                     block = max(ID_BLOCK, need)
-                    with store.GalleryLock(self._ver.root).hold(True):
-                        first = self._ver.reserve_ids(block, self._next)
+                    with store.GalleryLock(self._saved.root).hold(True):
+                        first = self._saved.ver.reserve_ids(block, self._next)
                     end = first + block
                 take = min(need, end - first)
                 self._reserved = (first + take, end)
@@ -473,9 +442,9 @@ class Gallery:
                 first, take = self._next, need
             self._next = max(self._next, first + take)
             cand = [str(i) for i in range(first, first + take)]
-            used = set(items.rows_of_ids(self._pdb, cand)) | set(self._p_removed)
-            if self._ver is not None:
-                used |= set(items.rows_of_ids(self._ver.conn, cand))
+            used = set(items.rows_of_ids(self._pending.db, cand)) | set(self._pending.removed)
+            if self._saved is not None:
+                used |= set(items.rows_of_ids(self._saved.conn, cand))
             out += [c for c in cand if c not in used]
         return out
 
@@ -491,14 +460,9 @@ class Gallery:
             for i, s in slots.items():
                 assert s is not None
                 if s >= self._c_count:
-                    local = s - self._c_count
-                    items.delete(self._pdb, [local])
-                    self._p_alive[local] = False
-                    self._p_live -= 1
+                    self._pending.drop(s - self._c_count)
                 else:
-                    self._p_removed[i] = s
-                    self._c_alive[s] = False
-                    self._c_live -= 1
+                    self._pending.removed[i] = s
             self._changed()
             return len(slots)
 
@@ -638,9 +602,9 @@ class Gallery:
                         f"where={{{key!r}: {value!r:.40}}}: keys must be strings and values str, int, float, bool "
                         "or None (top-level metadata values are indexed; nested ones are not)"
                     )
-        found = [items.filter_rows(self._pdb, labels, where) + self._c_count]
-        if self._ver is not None:
-            rows = items.filter_rows(self._ver.conn, labels, where)
+        found = [items.filter_rows(self._pending.db, labels, where) + self._c_count]
+        if self._saved is not None:
+            rows = items.filter_rows(self._saved.conn, labels, where)
             found.insert(0, rows[rows < self._c_count])
         cand = np.concatenate(found)
         return np.asarray(cand[self._alive()[cand]], np.int64)
@@ -659,12 +623,15 @@ class Gallery:
         return search_with_index(q, blocks, k, index, alive, None)
 
     def _ensure_index(self) -> FaissIndex | None:
-        """The FAISS index (loaded, built or extended as needed), or None while the gallery is too small for it."""
-        upto = self._c_count if self._ver is not None else self._c_count + self._p_n
-        if self._faiss is None and self._ver is not None and self._ver.meta.index_file:
-            path = self._ver.folder / self._ver.meta.index_file
+        """The FAISS index (loaded, built or extended as needed), or None while the gallery is too small for it.
+
+        A saved gallery's index covers its committed slots (pending ones are searched exactly)."""
+        saved = self._saved
+        upto = saved.count if saved is not None else self._pending.n
+        if self._faiss is None and saved is not None and saved.meta.index_file:
+            path = saved.ver.folder / saved.meta.index_file
             loaded = FaissIndex.load(path, self._spec, self.dim) if path.is_file() else None
-            if loaded is not None and loaded.count == self._ver.meta.index_count <= upto:
+            if loaded is not None and loaded.count == saved.meta.index_count <= upto:
                 self._faiss = loaded
         if self._faiss is None:
             fresh = FaissIndex(self._spec, self.dim)
@@ -680,23 +647,22 @@ class Gallery:
 
     def _persist_index(self, force: bool = False, locked: bool = False) -> None:
         """Save the in-memory index into the version folder if it covers enough more slots than the saved one."""
-        ver, idx = self._ver, self._faiss
-        if ver is None or idx is None or ver.immutable or idx.count > self._c_count:
+        saved, idx = self._saved, self._faiss
+        if saved is None or idx is None or saved.ver.immutable or idx.count > saved.count:
             return
-        saved = ver.meta.index_count
-        if not force and idx.count - saved < max(INDEX_EXTEND, INDEX_PERSIST * saved):
+        done = saved.meta.index_count
+        if not force and idx.count - done < max(INDEX_EXTEND, INDEX_PERSIST * done):
             return
         try:
-            with contextlib.nullcontext() if locked else store.GalleryLock(ver.root).hold(True, timeout=0.0):
-                if legacy.current_version(ver.root).name != ver.name:
-                    return  # compacted meanwhile: this index is for an old version
+            with contextlib.nullcontext() if locked else store.GalleryLock(saved.root).hold(True, timeout=0.0):
+                if legacy.current_version(saved.root).name != saved.ver.name:
+                    return  # rewritten meanwhile: this index is for an old version
                 name = f"index-{idx.count}.faiss"
-                idx.save(ver.folder / name)
-                old = ver.reload_meta().index_file
-                with ver.transaction() as conn:
-                    ver.set_meta(conn, index_file=name, index_count=idx.count)
+                idx.save(saved.ver.folder / name)
+                old = saved.ver.reload_meta().index_file
+                saved.record(index_file=name, index_count=idx.count)
                 if old and old != name:
-                    (ver.folder / old).unlink(missing_ok=True)
+                    (saved.ver.folder / old).unlink(missing_ok=True)
         except (LcrError, OSError, sqlite3.Error) as e:  # busy or read-only: searching still works
             log.info("gallery index not saved (%s)", e)
 
@@ -706,15 +672,13 @@ class Gallery:
         with self._mutex:
             spec = parse_index(index, self.dim)
             self.index, self._spec, self._faiss = index, spec, None
-            if self._ver is not None and self._root is not None and not self._legacy:
+            if self._saved is not None and self._root is not None:
                 with store.GalleryLock(self._root).hold(True):
-                    self._refresh_locked()
-                    ver = self._ver
-                    old = ver.meta.index_file
-                    with ver.transaction() as conn:
-                        ver.set_meta(conn, index=index, index_file="", index_count=0)
+                    saved = self._refresh_locked()
+                    old = saved.meta.index_file
+                    saved.record(index=index, index_file="", index_count=0)
                     if old:
-                        (ver.folder / old).unlink(missing_ok=True)
+                        (saved.ver.folder / old).unlink(missing_ok=True)
 
     # -- open set ---------------------------------------------------------------------------------------------
 
@@ -738,31 +702,23 @@ class Gallery:
     def calibrate(self, seed: int = 0) -> Calibration:
         """Compute the open-set threshold now, on a bounded sample (stored with the gallery at the next commit)."""
         with self._mutex:
-            total = self._c_count + self._p_n
-            alive = self._alive()
-            blocks = self._blocks()
+            c = self._c_count
+            alive, blocks = self._alive(), self._blocks()
 
             def labels_at(slots: np.ndarray) -> dict[int, str]:
-                slots = slots[alive[slots]]
                 out: dict[int, str] = {}
-                for conn, rows, off in self._slot_db(slots):
+                for conn, rows, off in self._slot_db(slots[alive[slots]]):
                     out.update({r + off: lab for r, lab in items.labels_of(conn, rows.tolist()).items()})
                 return out
 
             def partners(label: str, start: int, limit: int) -> list[int]:
                 found: list[int] = []
-                if self._ver is not None:
-                    found += [
-                        r
-                        for r in items.same_label(self._ver.conn, label, start, limit)
-                        if r < self._c_count and self._c_alive[r]
-                    ]
-                found += [
-                    r + self._c_count for r in items.same_label(self._pdb, label, max(0, start - self._c_count), limit)
-                ]
-                return found[:limit]
+                if self._saved is not None:
+                    found += [r for r in items.same_label(self._saved.conn, label, start, limit) if alive[r]]
+                pend = items.same_label(self._pending.db, label, max(0, start - c), limit)
+                return (found + [r + c for r in pend])[:limit]
 
-            cal = calibrate(total, labels_at, partners, blocks.take, len(self), seed)
+            cal = calibrate(c + self._pending.n, labels_at, partners, blocks.take, len(self), seed)
             self._calibration = cal
             return cal
 
@@ -828,16 +784,13 @@ class Gallery:
         """
         root = Path(directory)
         with self._mutex:
-            if self._root is not None and root.resolve() == self._root.resolve() and not self._legacy:
+            same = self._root is not None and root.resolve() == self._root.resolve()
+            if same and not self._legacy:
                 self.commit()
-                assert self._ver is not None
-                return self._ver.folder
+                assert self._saved is not None
+                return self._saved.ver.folder
             store.check_target(root)
-            if (
-                store.is_gallery(root)
-                and not replace
-                and not (self._legacy and root.resolve() == self._root_resolved())
-            ):
+            if store.is_gallery(root) and not replace and not same:
                 raise InputError(f"{root} already holds a gallery; pass replace=True (--replace) to replace it")
             try:
                 root.mkdir(parents=True, exist_ok=True)
@@ -852,16 +805,15 @@ class Gallery:
             self.calibrate()
         writer = self._index_writer(progress) if index else None
         folder: Path = _write_or_explain(root, lambda: store.write_version(root, self._meta(), self._chunks(), writer))
-        self._attach(root, store.Version(root, folder))
+        self._attach(store.Saved(root, store.Version(root, folder)))
         return folder
-
-    def _root_resolved(self) -> Path | None:
-        return self._root.resolve() if self._root is not None else None
 
     def commit(self) -> None:
         """Write pending changes into the folder this gallery is attached to: one transaction, O(changes) I/O.
 
         Changes committed by other processes since this gallery was loaded are kept (and become visible here).
+        Afterwards a full tail is appended to the vector file, a gallery with a quarter of its slots removed is
+        compacted, and the index and the open-set calibration are saved when they are due.
 
         Raises:
             InputError: the gallery was never saved (use :meth:`save`), a pending id was added by another process
@@ -871,172 +823,100 @@ class Gallery:
             if self._root is None:
                 raise InputError("this gallery is not saved anywhere yet; call save(folder) first")
             root = self._root
-            if self._legacy:  # format 1: the first commit rewrites it in format 2
-                with store.GalleryLock(root).hold(True):
-                    self._write_all(root)
-                return
             with store.GalleryLock(root).hold(True):
-                self._refresh_locked()
-                if self.pending or self._meta_changed():
-                    _write_or_explain(root, self._commit_locked)
+                if self._legacy:  # format 1: the first commit rewrites it in format 2
+                    self._write_all(root)
+                    return
+                saved = self._refresh_locked()
+                if self.pending or saved.meta.image_root != self.image_root or saved.meta.next_id < self._next:
+                    p = self._pending
+                    new = [(r[1], r[2], json.loads(r[3]), r[4]) for r in p.live_rows(with_crops=True)]
+                    vecs = p.vectors()[p.alive] if p.n else p.vectors()
+                    _write_or_explain(root, lambda: saved.commit(new, vecs, p.removed, self._next, self.image_root))
+                    p.clear()
+                    self._changed()
                 self._maintain_locked()
-
-    def _meta_changed(self) -> bool:
-        assert self._ver is not None
-        m = self._ver.meta
-        return m.image_root != self.image_root or m.next_id < self._next
-
-    def _commit_locked(self) -> None:
-        ver = self._ver
-        assert ver is not None
-        new = [r for batch in items.iter_items(self._pdb, with_crops=True) for r in batch if self._p_alive[r[0]]]
-        clash = [i for i in items.rows_of_ids(ver.conn, [r[1] for r in new]) if i not in self._p_removed]
-        if clash:
-            raise InputError(
-                f"id {clash[0]!r} was added to {self._root} by another process since this gallery was loaded; "
-                "nothing was committed: remove or rename the item here and commit again"
-            )
-        now = items.rows_of_ids(ver.conn, list(self._p_removed))
-        kill = [now[i] for i, s in self._p_removed.items() if now.get(i) == s]
-        base = ver.meta.count
-        vecs = self._extra()[len(self._ctail) :]
-        with ver.transaction() as conn:
-            if kill:
-                items.delete(conn, kill)
-                conn.executemany("INSERT INTO dead (row) VALUES (?)", ((r,) for r in kill))
-            rows = list(range(base, base + len(new)))
-            items.insert(
-                conn,
-                rows,
-                [r[1] for r in new],
-                [r[2] for r in new],
-                [json.loads(r[3]) for r in new],
-                {base + j: r[4] for j, r in enumerate(new) if r[4] is not None},
-            )
-            conn.executemany(
-                "INSERT INTO tail (row, vector) VALUES (?, ?)",
-                ((row, vecs[r[0]].tobytes()) for row, r in zip(rows, new, strict=True)),
-            )
-            ver.set_meta(
-                conn,
-                count=base + len(new),
-                next_id=max(ver.meta.next_id, self._next),
-                image_root=self.image_root,
-                generation=ver.meta.generation + 1,
-            )
-        self._reset_pending()
-        self._refresh_locked()
 
     def _maintain_locked(self) -> None:
         """After a commit: move a full tail into the vector file, compact, save the index and calibration."""
-        ver = self._ver
-        assert ver is not None and self._root is not None
-        if ver.meta.count - ver.meta.synced >= store.TAIL_ROWS:
-            ver.checkpoint()
-            self._refresh_locked()
-        dead = self._c_count - self._c_live
-        if dead >= store.COMPACT_MIN_DEAD and dead >= store.COMPACT_FRACTION * self._c_count:
-            self.compact(locked=True)
-            ver = self._ver
-            assert ver is not None
+        saved = self._saved
+        assert saved is not None and self._root is not None
+        saved.checkpoint_if_full()
+        self._changed()
+        if saved.compaction_due:
+            self._write_all(self._root, index=False)
+            saved = self._saved
+            assert saved is not None
         self._persist_index(locked=True)
         cal = self._calibration
-        stored = ver.meta.calibration
         if cal is None or cal.stale(len(self)):
             cal = self.calibrate()
-        if cal.to_dict() != stored:
-            with ver.transaction() as conn:
-                ver.set_meta(conn, calibration=cal.to_dict())
+        if cal.to_dict() != saved.meta.calibration:
+            saved.record(calibration=cal.to_dict())
 
-    def compact(self, locked: bool = False) -> Path:
+    def compact(self) -> Path:
         """Rewrite the saved gallery without its removed slots (a new version folder); O(N).
 
         Commits do this by themselves once removed slots are a quarter of the gallery."""
         with self._mutex:
-            if self._root is None or self._ver is None:
+            if self._root is None or self._saved is None:
                 raise InputError("only a saved gallery can be compacted; call save(folder) first")
             if self.pending:
                 raise InputError(f"{self.pending} changes are pending; commit() them before compacting")
-            root = self._root
-            with contextlib.nullcontext() if locked else store.GalleryLock(root).hold(True):
-                if not locked:
-                    self._refresh_locked()
-                return self._write_all(root, index=False)
+            with store.GalleryLock(self._root).hold(True):
+                self._refresh_locked()
+                return self._write_all(self._root, index=False)
 
     def refresh(self) -> bool:
         """Bring in changes other processes committed since this gallery was loaded; returns whether any were."""
         with self._mutex:
-            if self._root is None or self._legacy:
+            if self._root is None or self._saved is None:
                 return False
+            before = (self._saved.ver.name, self._saved.gen, self._saved.meta.synced)
             with store.GalleryLock(self._root).hold(False):
-                return self._refresh_locked()
+                saved = self._refresh_locked()
+            return (saved.ver.name, saved.gen, saved.meta.synced) != before
 
-    def _refresh_locked(self) -> bool:
-        assert self._root is not None
-        folder = legacy.current_version(self._root)
-        if self._ver is None or folder.name != self._ver.name:
-            self._attach(self._root, store.Version(self._root, folder), keep_pending=True)
-            return True
-        ver = self._ver
-        meta = ver.reload_meta()
-        if meta.generation == self._gen and meta.synced == len(self._raw):
-            return False
-        self._sync_committed(ver)
-        return True
+    def _refresh_locked(self) -> store.Saved:
+        """The saved view brought up to date (the caller holds a lock)."""
+        assert self._saved is not None
+        saved = self._saved.current()
+        if saved is not self._saved:
+            self._attach(saved, keep_pending=True)
+        else:
+            self._adopt(saved)
+        return saved
 
-    def _sync_committed(self, ver: store.Version) -> None:
-        """Extend the committed view to the version's current state (O(changes))."""
-        meta = ver.meta
-        old_synced, old_count = len(self._raw), self._c_count
-        if meta.count < old_count or meta.synced < old_synced:
-            raise store.damaged(ver.folder, f"it shrank from {old_count} to {meta.count} slots within a version")
-        if meta.synced != old_synced:
-            self._raw = ver.vectors(meta.synced)
-        keep = self._ctail[max(0, meta.synced - old_synced) :] if meta.synced <= old_count else self._ctail[:0]
-        start = max(old_count, meta.synced)
-        fresh = ver.tail(start, meta.count) if meta.count > start else np.zeros((0, self.dim), self.dtype)
-        self._ctail = np.concatenate([keep, fresh]) if len(fresh) else np.ascontiguousarray(keep)
-        self._c_alive = np.concatenate([self._c_alive, np.ones(meta.count - old_count, bool)])
-        self._c_count = meta.count
-        dead, self._dead_seq = ver.dead_since(self._dead_seq)
-        self._c_alive[dead[dead < meta.count]] = False
-        for s in self._p_removed.values():
-            if s < meta.count:
-                self._c_alive[s] = False
-        self._c_live = int(self._c_alive.sum())
-        self._gen = meta.generation
+    def _adopt(self, saved: store.Saved) -> None:
+        """Take the saved gallery's fields that others may have changed."""
+        meta = saved.meta
         self._next = max(self._next, meta.next_id)
         if meta.calibration is not None:
             self._calibration = Calibration.from_dict(meta.calibration)
         self._changed()
-        if fresh.size:
-            _check_vectors(ver.folder, fresh, self.dtype)
 
-    def _attach(self, root: Path, ver: store.Version, keep_pending: bool = False) -> None:
-        """Attach to an open version: adopt its meta and load its committed view."""
-        meta = ver.meta
+    def _attach(self, saved: store.Saved, keep_pending: bool = False) -> None:
+        """Attach to a saved version: adopt its meta and its committed view (pending changes kept if asked)."""
+        meta = saved.meta
         if (meta.dim, meta.dtype) != (self.dim, self.dtype):
-            raise InputError(f"gallery {root} holds {meta.dim}-d {meta.dtype} vectors, not {self.dim}-d {self.dtype}")
-        if self._ver is not None and self._ver is not ver:
-            self._ver.close()
-        removed = dict(self._p_removed) if keep_pending else {}
-        self._root, self._ver, self._legacy = root, ver, False
+            raise InputError(
+                f"gallery {saved.root} holds {meta.dim}-d {meta.dtype} vectors, not {self.dim}-d {self.dtype}"
+            )
+        if self._saved is not None and self._saved is not saved:
+            self._saved.close()
+        removed = dict(self._pending.removed) if keep_pending else {}
+        if not keep_pending:
+            self._pending.clear()
+        self._pending.removed = {}
+        if removed:  # removals pending against a rewritten version: find those items again by id
+            for i, s in items.rows_of_ids(saved.conn, list(removed)).items():
+                if saved.alive[s]:
+                    self._pending.removed[i] = s
+        self._root, self._saved, self._legacy = saved.root, saved, False
         self.model_sha256, self.index, self.image_root = meta.model_sha256, meta.index, meta.image_root
         self._spec = parse_index(meta.index, self.dim)
-        self._reset_committed()
-        if not keep_pending:
-            self._reset_pending()
-        self._p_removed = {}
-        self._sync_committed(ver)
-        if removed:  # pending removals of a gallery compacted meanwhile: find the items again by id
-            for i, s in items.rows_of_ids(ver.conn, list(removed)).items():
-                if self._c_alive[s]:
-                    self._p_removed[i] = s
-                    self._c_alive[s] = False
-            self._c_live = int(self._c_alive.sum())
-        self._reserved = (0, 0)
-        self._changed()
-        _check_vectors(ver.folder, self._raw, self.dtype, self._c_alive[: len(self._raw)])
+        self._faiss, self._reserved = None, (0, 0)
+        self._adopt(saved)
 
     @classmethod
     def load(cls, directory: str | os.PathLike[str], mmap: bool = True) -> Gallery:
@@ -1059,9 +939,14 @@ class Gallery:
             except InputError as e:
                 ver.close()
                 raise store.damaged(ver.folder, f"its index spec {meta.index!r} is not valid: {e}") from None
-            g._attach(root, ver)
-        if not mmap:
-            g._raw = np.array(g._raw)
+            try:
+                g._attach(store.Saved(root, ver))
+            except BaseException:
+                ver.close()
+                raise
+        if not mmap and g._saved is not None:
+            g._saved.raw = np.array(g._saved.raw)
+            g._changed()
         return g
 
     @classmethod
@@ -1074,13 +959,8 @@ class Gallery:
         for i, lab in zip(old.ids, old.labels, strict=True):
             items.check_text(i, "id")
             items.check_text(lab, "label")
-        _check_vectors(old.folder, old.vectors, "float32")
-        g._pdb.execute("BEGIN")
-        items.insert(g._pdb, range(len(old.ids)), old.ids, old.labels, old.metadata)
-        g._pdb.execute("COMMIT")
-        g._pvec = [old.vectors]
-        g._p_n = g._p_live = len(old.ids)
-        g._p_alive = np.ones(len(old.ids), bool)
+        store.check_vectors(old.folder, old.vectors, "float32")
+        g._pending.add(old.vectors, old.ids, old.labels, old.metadata, {})
         next_id = h.get("next_id", len(old.ids))
         g._next = next_id if isinstance(next_id, int) else len(old.ids)
         root_str = h.get("image_root", "")
@@ -1116,7 +996,7 @@ class Gallery:
         if not isinstance(batch, int) or isinstance(batch, bool) or batch < 1:
             raise InputError(f"batch={batch!r} is not valid; pass a positive number of images per embed call")
         with self._mutex:
-            version = (self._ver.name, self._gen) if self._ver is not None else None
+            version = (self._saved.ver.name, self._saved.gen) if self._saved is not None else None
             rows = list(self._iter_rows(with_crops=True))
             missing: list[str] = []
             sources: list[bytes | Path | None] = []
@@ -1180,7 +1060,7 @@ class Gallery:
         """A summary: size, labels, storage, index, open-set threshold, where it is saved."""
         with self._mutex:
             cal = self.calibration
-            ver = self._ver
+            ver = self._saved.ver if self._saved is not None else None
             return {
                 "path": str(self._root) if self._root else None,
                 "format": 1 if self._legacy else (store.FORMAT_VERSION if ver else None),
@@ -1198,7 +1078,7 @@ class Gallery:
                 "threshold_note": cal.reason if cal else None,
                 "image_root": self.image_root,
                 "pending": self.pending,
-                "removed_slots": self._c_count - self._c_live - len(self._p_removed),
+                "removed_slots": self._saved.dead if self._saved is not None else 0,
             }
 
     def verify(self) -> None:
@@ -1208,10 +1088,10 @@ class Gallery:
             InputError: naming the first bad item.
         """
         with self._mutex:
-            where = self._ver.folder if self._ver is not None else Path(str(self._root or "memory"))
+            where = self._saved.ver.folder if self._saved is not None else Path(str(self._root or "memory"))
             blocks, alive = self._blocks(), self._alive()
             for first, chunk in blocks.chunks(65536):
-                _check_vectors(where, chunk, self.dtype, alive[first : first + len(chunk)], sample=False)
+                store.check_vectors(where, chunk, self.dtype, alive[first : first + len(chunk)], sample=False)
             n = sum(1 for _ in self._iter_rows())
             if n != len(self):
                 raise store.damaged(where, f"{n} items in its tables but {len(self)} live slots")
@@ -1219,8 +1099,8 @@ class Gallery:
     def close(self) -> None:
         """Release the saved gallery's files (the object stays usable in memory only after this)."""
         with self._mutex:
-            if self._ver is not None:
-                self._ver.close()
+            if self._saved is not None:
+                self._saved.close()
 
     def __repr__(self) -> str:
         where = f", path={str(self._root)!r}" if self._root is not None else ""
@@ -1252,34 +1132,6 @@ def _write_or_explain(root: Path, write: Callable[[], Any]) -> Any:
                 "(the saved gallery is unchanged; pending changes are kept)"
             ) from None
         raise InputError(f"cannot write gallery {root} ({e.strerror or e}); the saved gallery is unchanged") from None
-
-
-def _check_vectors(
-    where: Path, vectors: np.ndarray, dtype: str, alive: np.ndarray | None = None, sample: bool = True
-) -> None:
-    """Refuse stored vectors that are not finite unit vectors (a sample of them unless ``sample=False``)."""
-    n = len(vectors)
-    if n == 0:
-        return
-    if sample and n > _CHECK_ROWS:
-        rng = np.random.default_rng(n)
-        rows = np.unique(np.concatenate([rng.integers(0, n, _CHECK_ROWS), np.arange(max(0, n - 16), n)]))
-    else:
-        rows = np.arange(n)
-    if alive is not None:
-        rows = rows[alive[rows]]
-    if len(rows) == 0:
-        return
-    norms = np.linalg.norm(np.asarray(vectors[rows], np.float32), axis=1)
-    tol = 1e-2 if dtype == "float16" else 1e-3
-    bad = ~np.isfinite(norms) | (np.abs(norms - 1) > tol)
-    if bad.any():
-        r = int(rows[np.argmax(bad)])
-        raise store.damaged(
-            where,
-            f"stored vector {r} has norm {norms[np.argmax(bad)]:.4g}; stored vectors are finite and of unit "
-            "length, so the vector file was modified",
-        )
 
 
 def build_from_folder(

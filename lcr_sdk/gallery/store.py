@@ -449,3 +449,169 @@ def check_target(root: Path) -> None:
     if root.is_dir() and not is_gallery(root):
         if any(not p.name.startswith((".tmp-", ".lock")) for p in root.iterdir()):
             raise InputError(f"{root} is a non-empty folder that is not a gallery; pick a new or empty folder")
+
+
+# -- the committed view of an attached gallery ----------------------------------------------------------------------
+
+_CHECK_ROWS = 1024  # vectors checked (finite, unit length) when a version is opened
+
+
+def check_vectors(
+    where: Path, vectors: np.ndarray, dtype: str, alive: np.ndarray | None = None, sample: bool = True
+) -> None:
+    """Refuse stored vectors that are not finite unit vectors (a sample of them unless ``sample=False``)."""
+    n = len(vectors)
+    if n == 0:
+        return
+    if sample and n > _CHECK_ROWS:
+        rng = np.random.default_rng(n)
+        rows = np.unique(np.concatenate([rng.integers(0, n, _CHECK_ROWS), np.arange(max(0, n - 16), n)]))
+    else:
+        rows = np.arange(n)
+    if alive is not None:
+        rows = rows[alive[rows]]
+    if len(rows) == 0:
+        return
+    norms = np.linalg.norm(np.asarray(vectors[rows], np.float32), axis=1)
+    tol = 1e-2 if dtype == "float16" else 1e-3
+    bad = ~np.isfinite(norms) | (np.abs(norms - 1) > tol)
+    if bad.any():
+        r = int(rows[np.argmax(bad)])
+        raise damaged(
+            where,
+            f"stored vector {r} has norm {norms[np.argmax(bad)]:.4g}; stored vectors are finite and of unit "
+            "length, so the vector file was modified",
+        )
+
+
+class Saved:
+    """What this process sees of a saved gallery: its open version, the vectors of its slots (the vector file,
+    memory-mapped, then the tail rows) and which slots are alive. :meth:`sync` brings in later commits; every method
+    that writes expects the caller to hold the exclusive lock."""
+
+    def __init__(self, root: Path, ver: Version):
+        self.root, self.ver = root, ver
+        m = ver.meta
+        self.raw: np.ndarray = np.zeros((0, m.dim), m.dtype)  # slots 0..synced-1
+        self.tail: np.ndarray = np.zeros((0, m.dim), m.dtype)  # slots synced..count-1
+        self.count = 0
+        self.alive = np.zeros(0, bool)
+        self.live = 0
+        self.dead_seq = 0
+        self.gen = -1
+        self.sync()
+        check_vectors(ver.folder, self.raw, m.dtype, self.alive[: len(self.raw)])
+
+    @property
+    def meta(self) -> Meta:
+        return self.ver.meta
+
+    @property
+    def conn(self) -> sqlite3.Connection:
+        return self.ver.conn
+
+    @property
+    def dead(self) -> int:
+        return self.count - self.live
+
+    def sync(self) -> bool:
+        """Extend the view to the version's current state (O(changes)); returns whether anything changed."""
+        ver = self.ver
+        meta = ver.reload_meta() if self.gen >= 0 else ver.meta
+        if meta.generation == self.gen and meta.synced == len(self.raw):
+            return False
+        old_synced, old_count = len(self.raw), self.count
+        if meta.count < old_count or meta.synced < old_synced:
+            raise damaged(ver.folder, f"it shrank from {old_count} to {meta.count} slots within a version")
+        if meta.synced != old_synced:
+            self.raw = ver.vectors(meta.synced)
+        keep = self.tail[max(0, meta.synced - old_synced) :] if meta.synced <= old_count else self.tail[:0]
+        start = max(old_count, meta.synced)
+        fresh = ver.tail(start, meta.count) if meta.count > start else np.zeros((0, meta.dim), meta.dtype)
+        self.tail = np.concatenate([keep, fresh]) if len(fresh) else np.ascontiguousarray(keep)
+        self.alive = np.concatenate([self.alive, np.ones(meta.count - old_count, bool)])
+        self.count = meta.count
+        dead, self.dead_seq = ver.dead_since(self.dead_seq)
+        self.alive[dead[dead < meta.count]] = False
+        self.live = int(self.alive.sum())
+        self.gen = meta.generation
+        if fresh.size:
+            check_vectors(ver.folder, fresh, meta.dtype)
+        return True
+
+    def current(self) -> Saved:
+        """This view brought up to date, or a new one if the gallery was rewritten (compaction, replace)."""
+        folder = current_version(self.root)
+        if folder.name != self.ver.name:
+            self.close()
+            return Saved(self.root, Version(self.root, folder))
+        self.sync()
+        return self
+
+    def commit(
+        self,
+        new: list[tuple[str, str, dict[str, Any], bytes | None]],
+        vectors: np.ndarray,
+        removed: dict[str, int],
+        next_id: int,
+        image_root: str,
+    ) -> None:
+        """Write new items (id, label, metadata, crop) with their vectors, and remove items (id -> slot), in one
+        transaction; then sync.
+
+        Raises:
+            InputError: a new id was committed by another process meanwhile (nothing is written).
+        """
+        ver = self.ver
+        clash = [i for i in items.rows_of_ids(ver.conn, [r[0] for r in new]) if i not in removed]
+        if clash:
+            raise InputError(
+                f"id {clash[0]!r} was added to {self.root} by another process since this gallery was loaded; "
+                "nothing was committed: remove or rename the item here and commit again"
+            )
+        now = items.rows_of_ids(ver.conn, list(removed))
+        kill = [now[i] for i, s in removed.items() if now.get(i) == s]  # items removed elsewhere are gone already
+        base, dtype = ver.meta.count, ver.meta.dtype
+        rows = list(range(base, base + len(new)))
+        with ver.transaction() as conn:
+            if kill:
+                items.delete(conn, kill)
+                conn.executemany("INSERT INTO dead (row) VALUES (?)", ((r,) for r in kill))
+            items.insert(
+                conn,
+                rows,
+                [r[0] for r in new],
+                [r[1] for r in new],
+                [r[2] for r in new],
+                {row: r[3] for row, r in zip(rows, new, strict=True) if r[3] is not None},
+            )
+            conn.executemany(
+                "INSERT INTO tail (row, vector) VALUES (?, ?)",
+                ((row, np.ascontiguousarray(v, dtype).tobytes()) for row, v in zip(rows, vectors, strict=True)),
+            )
+            ver.set_meta(
+                conn,
+                count=base + len(new),
+                next_id=max(ver.meta.next_id, next_id),
+                image_root=image_root,
+                generation=ver.meta.generation + 1,
+            )
+        self.sync()
+
+    def checkpoint_if_full(self) -> None:
+        """Move a full tail into the vector file (an append)."""
+        if self.meta.count - self.meta.synced >= TAIL_ROWS:
+            self.ver.checkpoint()
+            self.sync()
+
+    @property
+    def compaction_due(self) -> bool:
+        return self.dead >= COMPACT_MIN_DEAD and self.dead >= COMPACT_FRACTION * self.count
+
+    def record(self, **values: Any) -> None:
+        """Store gallery-wide fields (calibration, index file) in one small transaction."""
+        with self.ver.transaction() as conn:
+            self.ver.set_meta(conn, **values)
+
+    def close(self) -> None:
+        self.ver.close()
