@@ -13,6 +13,7 @@ METHODS = ("lcr", "moco")
 CAM_SIGNS = ("loss", "score")
 CAM_NORMS = ("max", "none")
 AMP_MODES = ("bf16", "fp16", "off")
+FLOAT32_MAX = 3.4028234663852886e38  # the optimiser applies the learning rate in float32
 
 
 @dataclass
@@ -118,6 +119,12 @@ class TrainConfig:
         _integer("workers", self.workers, 0)
         _integer("eval_every", self.eval_every, 0, "0 turns the kNN monitor off")
         _number("lr", self.lr, 0.0, None, "the paper's base lr is 0.03 (scaled by batch / 256)", low_open=True)
+        used = self.lr * self.batch_size / 256
+        if used > FLOAT32_MAX:
+            raise InputError(
+                f"--lr {self.lr!r} is not valid: the rate used, lr x batch-size / 256 = {used:g}, is beyond float32's "
+                "range; give a learning rate like the paper's 0.03"
+            )
         _number("weight_decay", self.weight_decay, 0.0, None)
         _number("warmup_epochs", self.warmup_epochs, 0.0, None)
         _number("moco_m", self.moco_m, 0.0, 1.0, "MoCo's key-encoder momentum is 0.999 (0.99 for short runs)")

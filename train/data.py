@@ -53,7 +53,7 @@ class Split:
 
 
 def scan_split(root: str | Path, split: str, on_bad: str = "skip", size: int | None = None) -> Split:
-    """Find and check ``root/split/<class>/*``.
+    """Find and check ``root/split/<class>/*`` (hidden folders and files are left out).
 
     Args:
         root: data set root.
@@ -62,34 +62,16 @@ def scan_split(root: str | Path, split: str, on_bad: str = "skip", size: int | N
         size: the model's input side; when given and the split is small enough, decoded images stay in memory.
 
     Raises:
-        DataError: missing split folder, no class folders, an empty class, or a bad image with on_bad='fail'.
+        InputError: an unknown ``on_bad``.
+        DataError: a root that is not a folder, a missing split folder, no class folders, an empty class, a class
+            whose every image is unreadable, or a bad image with on_bad='fail'.
     """
     if on_bad not in ("skip", "fail"):
-        raise DataError(f"on_bad={on_bad!r} is not valid; use 'skip' or 'fail'")
-    root = Path(root)
-    folder = root / split
-    if not folder.is_dir():
-        have = sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else None
-        raise DataError(
-            f"data set {root} has no '{split}' folder (found: {have if have is not None else 'root does not exist'}). "
-            f"Expected ROOT/train/<class>/*.jpg and ROOT/test/<class>/*.jpg (the CUB/Cars/Aircraft layout); "
-            f"`lcr-sdk data synth {root}` makes a synthetic one"
-        )
-    classes = sorted(p.name for p in folder.iterdir() if p.is_dir())
-    if not classes:
-        raise DataError(f"{folder} has no class sub-folders; put each class's images in {folder}/<class>/")
-    paths, labels = [], []
-    for ci, name in enumerate(classes):
-        files = list_images(folder / name)
-        if not files:
-            raise DataError(
-                f"class folder {folder / name} has no images ({', '.join(IMAGE_SUFFIXES)}); add images or remove it"
-            )
-        paths += files
-        labels += [ci] * len(files)
+        raise InputError(f"on_bad={on_bad!r} is not valid; use 'skip' or 'fail'")
+    folder, classes, paths, labels = _find_images(Path(root), split)
     out = Split(folder, [], [], classes)
     cache = size is not None and len(paths) * size * size * 3 < CACHE_LIMIT_BYTES
-    images = [] if cache else None
+    images: list[np.ndarray] = []
     for p, y in zip(paths, labels):
         try:
             img = read_image(p)
@@ -105,7 +87,7 @@ def scan_split(root: str | Path, split: str, on_bad: str = "skip", size: int | N
         out.sizes.append((int(img.shape[0]), int(img.shape[1])))
         if cache:
             images.append(img)
-    out.images = images
+    out.images = images if cache else None
     if out.skipped:
         warnings.warn(
             f"{len(out.skipped)} unreadable image(s) in {folder} skipped, e.g. {out.skipped[0][0]}", stacklevel=2
@@ -114,6 +96,38 @@ def scan_split(root: str | Path, split: str, on_bad: str = "skip", size: int | N
     if missing:
         raise DataError(f"every image of class '{classes[missing[0]]}' in {folder} was unreadable; fix or remove it")
     return out
+
+
+def _find_images(root: Path, split: str) -> tuple[Path, list[str], list[Path], list[int]]:
+    """(split folder, class names, image paths, labels) of ``root/split/<class>/*``, or the DataError saying why
+    the layout is not that."""
+    folder = root / split
+    if root.exists() and not root.is_dir():
+        raise DataError(
+            f"data set {root} is a file, not a folder; extract it, or give the folder with train/<class>/ and "
+            "test/<class>/ (`lcr-sdk data import` converts the CUB, Cars and Aircraft archives)"
+        )
+    if not folder.is_dir():
+        have = sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else None
+        raise DataError(
+            f"data set {root} has no '{split}' folder (found: {have if have is not None else 'root does not exist'}). "
+            f"Expected ROOT/train/<class>/*.jpg and ROOT/test/<class>/*.jpg (`lcr-sdk data import` converts the "
+            f"CUB/Cars/Aircraft archives); `lcr-sdk data synth {root}` makes a synthetic one"
+        )
+    classes = sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not classes:
+        raise DataError(f"{folder} has no class sub-folders; put each class's images in {folder}/<class>/")
+    paths: list[Path] = []
+    labels: list[int] = []
+    for ci, name in enumerate(classes):
+        files = list_images(folder / name)
+        if not files:
+            raise DataError(
+                f"class folder {folder / name} has no images ({', '.join(IMAGE_SUFFIXES)}); add images or remove it"
+            )
+        paths += files
+        labels += [ci] * len(files)
+    return folder, classes, paths, labels
 
 
 def split_validation(split: Split, fraction: float, seed: int = 0) -> tuple[Split, Split]:

@@ -509,7 +509,7 @@ class Trainer:
     def _diverged(self, r: _Run, what: str) -> InputError:
         cfg = self.cfg
         kept = (
-            f"the last good checkpoint {self.checkpoint_path} is kept"
+            f"the last checkpoint {self.checkpoint_path} (all weights finite) is kept"
             if self.checkpoint_path.exists()
             else "no checkpoint was written"
         )

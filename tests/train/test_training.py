@@ -248,3 +248,23 @@ def test_batch_as_large_as_the_data_set_names_the_minimum(synth_root, tmp_path):
     cfg.val_fraction = 0.25
     with pytest.raises(DataError, match=r"16 training images \(8 held out for validation\) .* need at least 24"):
         Trainer(cfg, synth_root, tmp_path / "v", progress=False)
+
+
+def test_non_finite_weights_are_never_saved(synth_root, tmp_path):
+    """The checkpoint guard: weights that stopped being finite are refused, and the file on disk stays as it was."""
+    import torch
+
+    from lcr_sdk.errors import InputError
+    from lcr_sdk.train.config import TrainConfig
+    from lcr_sdk.train.engine import Trainer
+
+    cfg = TrainConfig(arch="resnet18", image_size=64, batch_size=8, moco_k=16, num_parts=4, epochs=1, workers=0)
+    trainer = Trainer(cfg, synth_root, tmp_path / "run", progress=False)
+    run = trainer._start()
+    trainer._checkpoint(run)
+    before = (tmp_path / "run" / "checkpoint.pt").read_bytes()
+    with torch.no_grad():
+        run.net.backbone.layer3[0].conv1.weight[0, 0, 0, 0] = float("inf")
+    with pytest.raises(InputError, match=r"diverged at epoch 1, step 1: the weights are no longer finite.*--lr"):
+        trainer._checkpoint(run)
+    assert (tmp_path / "run" / "checkpoint.pt").read_bytes() == before
