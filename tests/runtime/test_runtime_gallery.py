@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -578,3 +579,164 @@ def test_leave_one_out_rank1_equals_retrieval_metrics(lcr_checkpoint, synth_root
     from lcr_sdk.train.evaluate import evaluate
 
     assert evaluate(lcr_checkpoint, synth_root, device="cpu")["rank1"] == pytest.approx(np.mean(correct))
+
+
+# -- features on real small galleries built by the CLI ---------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def cli_models(lcr_checkpoint, moco_checkpoint, tmp_path_factory):
+    from model_helpers import export_onnx
+
+    folder = tmp_path_factory.mktemp("gallery_models")
+    return export_onnx(lcr_checkpoint, folder / "lcr.onnx"), export_onnx(moco_checkpoint, folder / "moco.onnx")
+
+
+def _cli(*args: object):
+    from typer.testing import CliRunner
+
+    from lcr_sdk.cli import app
+
+    r = CliRunner().invoke(app, [str(a) for a in args])
+    assert r.exit_code == 0, r.output
+    return r.output
+
+
+@pytest.mark.torch
+def test_cli_float16_gallery_matches_float32(cli_models, synth_root, tmp_path):
+    lcr, _ = cli_models
+    _cli("gallery", "build", lcr, synth_root / "train", "--out", tmp_path / "f32", "--quality", "off")
+    out = _cli("gallery", "build", lcr, synth_root / "train", "--out", tmp_path / "f16", "--dtype", "float16", "--json")
+    assert json.loads(out)["dtype"] == "float16"
+    assert json.loads(_cli("gallery", "info", tmp_path / "f16", "--json"))["dtype"] == "float16"
+    for query in sorted((synth_root / "test").glob("*/*.png"))[::4]:
+        a = json.loads(_cli("gallery", "search", tmp_path / "f32", lcr, query, "--json", "--threshold", "none"))
+        b = json.loads(_cli("gallery", "search", tmp_path / "f16", lcr, query, "--json", "--threshold", "none"))
+        assert a[0]["id"] == b[0]["id"]
+        assert max(abs(x["score"] - y["score"]) for x, y in zip(a, b)) < 2e-3
+
+
+@pytest.mark.torch
+def test_cli_filters_and_unknown(cli_models, synth_root, tmp_path):
+    lcr, _ = cli_models
+    _cli("gallery", "build", lcr, synth_root / "train", "--out", tmp_path / "g")
+    member = sorted((synth_root / "train").glob("*/*.png"))[3]
+    label = member.parent.name
+    other = sorted(p for p in (synth_root / "train").iterdir() if p.name != label)[0].name
+    hits = json.loads(_cli("gallery", "search", tmp_path / "g", lcr, member, "--json", "--label", other, "-k", "10"))
+    assert len(hits) == 6 and {h["label"] for h in hits} == {other}
+    rel = member.relative_to(synth_root / "train").as_posix()
+    hits = json.loads(_cli("gallery", "search", tmp_path / "g", lcr, member, "--json", "--where", f"path={rel}"))
+    assert [h["id"] for h in hits] == [rel] and hits[0]["score"] == pytest.approx(1.0, abs=1e-5)
+    # a member scores 1.0: known at any threshold below 1; a test image is "unknown" against a strict threshold
+    assert "unknown" not in _cli("gallery", "search", tmp_path / "g", lcr, member, "--threshold", "0.999")
+    query = sorted((synth_root / "test").glob("*/*.png"))[0]
+    text = _cli("gallery", "search", tmp_path / "g", lcr, query, "--threshold", "0.999")
+    assert text.startswith("unknown: no gallery item reaches the threshold 0.9990 (nearest: ")
+    rows = json.loads(_cli("gallery", "search", tmp_path / "g", lcr, query, "--threshold", "0.999", "--json"))
+    assert rows and not any(r["match"] for r in rows)
+    auto = json.loads(_cli("gallery", "search", tmp_path / "g", lcr, query, "--json"))  # the calibrated default
+    t = Gallery.load(tmp_path / "g").threshold
+    assert t is not None and [r["match"] for r in auto] == [r["score"] >= t for r in auto]
+
+
+@pytest.mark.torch
+def test_explained_hits_compare_parts_honestly(cli_models, synth_root, tmp_path):
+    import cv2
+
+    from lcr_sdk import Embedder
+
+    lcr, moco = cli_models
+    _cli("gallery", "build", lcr, synth_root / "train", "--out", tmp_path / "g")
+    member = sorted((synth_root / "train").glob("*/*.png"))[7]
+    out = tmp_path / "why.png"
+    _cli("gallery", "search", tmp_path / "g", lcr, member, "-k", "3", "--explain", out)
+    pic = cv2.imread(str(out))
+    assert pic is not None and pic.shape[0] >= 3 * 200  # one row per hit
+    g = Gallery.load(tmp_path / "g")
+    with Embedder(lcr) as emb:
+        hits = g.search(emb.embed(str(member)), k=2, model=emb)
+        same = hits[0].explain(str(member), emb)  # the query is the gallery image itself
+        assert same.score == pytest.approx(1.0, abs=1e-5) and len(same.parts) == emb.manifest.num_parts
+        assert all(p.similarity == pytest.approx(1.0, abs=1e-6) for p in same.parts if p.hit_strength > 0)
+        assert same.matched_parts and all(p.query_peak == p.hit_peak for p in same.parts)
+        diff = hits[1].explain(str(member), emb)
+        assert diff.score == pytest.approx(hits[1].score, abs=1e-4)
+        assert all(0 <= p.similarity <= 1 for p in diff.parts) and any(p.similarity < 0.99 for p in diff.parts)
+        assert diff.image.shape[1] > diff.image.shape[0] and diff.to_dict()["parts"][0].keys() >= {"similarity"}
+    _cli("gallery", "rebuild", tmp_path / "g", "--model", moco)
+    g = Gallery.load(tmp_path / "g")
+    with Embedder(moco) as emb:
+        why = g.search(emb.embed(str(member)), k=1, model=emb)[0].explain(str(member), emb)
+    assert why.parts == [] and why.image.ndim == 3  # MoCo: no part maps to compare
+
+
+@pytest.mark.torch
+def test_quality_gate_refuses_diffuse_images_when_building(cli_models, synth_root, tmp_path):
+    import numpy as np
+
+    from lcr_sdk import Embedder
+    from lcr_sdk.gallery.explain import spread_of
+    from lcr_sdk.images import labelled_images
+
+    lcr, moco = cli_models
+    paths, _ = labelled_images(synth_root / "train")
+    with Embedder(lcr) as emb:
+        spreads = {p.relative_to(synth_root / "train").as_posix(): spread_of(emb.attend(p).part_grid) for p in paths}
+    limit = float(np.median(list(spreads.values())))
+    out = _cli(
+        "gallery",
+        "build",
+        lcr,
+        synth_root / "train",
+        "--out",
+        tmp_path / "g",
+        "--quality",
+        "refuse",
+        "--max-spread",
+        f"{limit:.6f}",
+        "--json",
+    )
+    refused = {d["path"] for d in json.loads(out)["diffuse"]}
+    assert refused == {p for p, s in spreads.items() if s > float(f"{limit:.6f}")} and refused
+    assert set(Gallery.load(tmp_path / "g").ids) == set(spreads) - refused
+    out = _cli(
+        "gallery",
+        "build",
+        moco,
+        synth_root / "train",
+        "--out",
+        tmp_path / "m",
+        "--quality",
+        "refuse",
+        "--max-spread",
+        "0.01",
+        "--json",
+    )
+    assert json.loads(out)["items"] == len(paths)  # MoCo: nothing to check, nothing refused
+
+
+@pytest.mark.torch
+def test_rebuild_reembeds_from_paths_and_crops(cli_models, synth_root, tmp_path):
+    import cv2
+
+    from lcr_sdk import Embedder
+
+    lcr, moco = cli_models
+    _cli("gallery", "build", lcr, synth_root / "train", "--out", tmp_path / "g")
+    frame = cv2.imread(str(sorted((synth_root / "test").glob("*/*.png"))[0]))
+    g = Gallery.load(tmp_path / "g")
+    with Embedder(lcr) as emb:
+        g.enroll(emb, frame, label="live", quality="off")  # a live enrolment: only the crop is stored
+        g.commit()
+    before = Gallery.load(tmp_path / "g")
+    _cli("gallery", "rebuild", tmp_path / "g", "--model", moco)
+    after = Gallery.load(tmp_path / "g")
+    assert after.ids == before.ids and after.labels == before.labels and after.metadata == before.metadata
+    with Embedder(moco) as emb:
+        assert after.model_sha256 == emb.model_id != before.model_sha256
+        np.testing.assert_allclose(after.vector(after.ids[-1]), emb.embed(frame), atol=1e-5)  # from the stored crop
+        p = synth_root / "train" / after.ids[0]
+        np.testing.assert_allclose(after.vector(after.ids[0]), emb.embed(str(p)), atol=1e-5)  # from the file
+    with pytest.raises(ModelError, match="rebuild"):
+        after.check_model(before.model_sha256)
