@@ -3,6 +3,12 @@
 Exporter: ``torch.onnx.export(..., dynamo=False)``, the TorchScript exporter, at opset 17. In eval mode it folds
 every BatchNorm into the preceding convolution and folds constants; ``dynamic_axes`` gives a dynamic batch with a
 fixed H x W. Opset 17 is read by TensorRT 10 and 11 and supports per-channel QDQ (opset >= 13) for int8.
+
+Preprocessing is rearranged for TensorRT, which accepts a UINT8 tensor only as a network input feeding a Cast
+(docs/DESIGN.md section 2): the graph starts ``images -> Cast -> Transpose -> Add(-255 * mean) -> conv1'``, where
+conv1' is conv1 with its input channels reversed (BGR -> RGB) and divided by ``255 * std``. The mean stays an Add:
+conv1 zero-pads, and a padded zero must mean "the mean colour", not black. The result equals ``DeployModel``
+(uint8 -> flip -> /255 -> -mean -> /std -> conv1) up to float rounding; verification checks it.
 """
 
 from __future__ import annotations
@@ -28,9 +34,8 @@ def export_onnx(net, manifest: Manifest, path: str | os.PathLike) -> None:
     """
     torch = require("torch", "export", "exporting to ONNX")
     onnx = require("onnx", "export", "exporting to ONNX")
-    from lcr_sdk.train.model import DeployModel
 
-    model = DeployModel(net).eval()
+    model = folded_deploy_model(net, manifest.input.mean, manifest.input.std)
     dummy = torch.zeros(max(2, manifest.batch_opt), manifest.input.height, manifest.input.width, 3, dtype=torch.uint8)
     names = manifest.output_names
     with warnings.catch_warnings():
@@ -54,6 +59,41 @@ def export_onnx(net, manifest: Manifest, path: str | os.PathLike) -> None:
     embed_manifest(proto, manifest)
     check(proto)
     onnx.save(proto, str(path))
+
+
+def folded_deploy_model(net, mean, std):
+    """``DeployModel`` of a copy of ``net`` whose preprocessing TensorRT can parse: Cast first, one Add for the mean,
+    the channel flip and ``1 / (255 * std)`` folded into conv1's weights (``net`` itself is left unchanged)."""
+    import copy
+
+    torch = require("torch", "export", "exporting to ONNX")
+    from lcr_sdk.train.model import DeployModel
+
+    net = copy.deepcopy(net).eval()
+    conv1 = net.backbone.conv1
+    if conv1.in_channels != 3 or conv1.bias is not None:
+        raise ModelError(f"expected conv1 with 3 input channels and no bias, got {conv1}; the arch is not supported")
+    scale = torch.tensor([255.0 * s for s in std], dtype=conv1.weight.dtype).view(1, 3, 1, 1)
+    with torch.no_grad():
+        conv1.weight.copy_((conv1.weight / scale).flip(1))  # RGB -> BGR input channels, raw 0..255 units
+    model = DeployModel(net).eval()
+    model.preprocess = _cast_first_preprocess(torch, mean)
+    return model
+
+
+def _cast_first_preprocess(torch, mean):
+    """uint8 N x H x W x 3 BGR -> float N x 3 x H x W BGR minus 255 * mean (defined lazily: no torch at import)."""
+
+    class CastFirst(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            shift = [-255.0 * m for m in reversed(tuple(mean))]  # BGR order: the flip is in conv1's weights
+            self.register_buffer("shift", torch.tensor(shift).view(1, 3, 1, 1))
+
+        def forward(self, images):
+            return images.float().permute(0, 3, 1, 2) + self.shift  # Cast, Transpose (float), Add
+
+    return CastFirst()
 
 
 def _fix_output_shapes(proto, manifest: Manifest) -> None:

@@ -1,21 +1,34 @@
 """``export_model``: checkpoint -> ONNX of a precision (-> TensorRT engine) + manifests, verified, installed atomically.
 
-Everything is built in a hidden staging folder beside the output and renamed into place only after it was written,
-checked and (by default) verified, so a failure at any step leaves nothing where a model is expected.
+Everything is built in a hidden staging folder beside the output and installed (model and sidecar as a pair,
+:func:`lcr_sdk.manifest.install_model`) only after it was written, checked against TensorRT's parser rules, run once
+(no NaN) and (by default) verified, so a failure at any step leaves the old model, or nothing, where a model is
+expected.
 """
 
 from __future__ import annotations
 
+import errno
+import logging
 import os
+import shutil
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
 from lcr_sdk.backends.base import ENGINE_SUFFIXES
 from lcr_sdk.errors import InputError, ModelError, require
-from lcr_sdk.fileio import fsync_file, sha256_file, staging_dir
-from lcr_sdk.manifest import DEFAULT_BATCH, PRECISIONS, manifest_for_checkpoint, sidecar_path, write_sidecar
+from lcr_sdk.fileio import sha256_file, staging_dir
+from lcr_sdk.manifest import (
+    DEFAULT_BATCH,
+    PRECISIONS,
+    install_model,
+    manifest_for_checkpoint,
+    sidecar_path,
+    write_sidecar,
+)
 
+_log = logging.getLogger(__name__)
 STAGING_PREFIX = ".lcr-export-"  # hidden build folder beside the output; a killed export's is removed next time
 
 
@@ -41,17 +54,17 @@ def export_model(
     workspace_gib: float = 4.0,
     timing_cache: str | os.PathLike | None = "default",
     progress: bool = True,
-    log: Callable[[str], None] | None = print,
+    log: Callable[[str], None] | None = _log.info,
 ) -> Path:
     """Export the deployable part of a checkpoint and write the manifest beside it.
 
     Args:
         checkpoint: an lcr-sdk checkpoint (``.pt``).
-        out_path: the model file: ``.onnx``, or ``.engine``/``.plan`` with ``trt`` (the ONNX is then written
-            beside it with the ``.onnx`` suffix). Default: beside the checkpoint, ``<stem>-<precision>.onnx``.
+        out_path: the model file: ``.onnx``, or ``.engine``/``.plan``/``.trt`` with ``trt`` (the ONNX is then
+            written beside it with the ``.onnx`` suffix). Default: beside the checkpoint, ``<stem>-<precision>.onnx``.
         precision: ``fp32``, ``fp16`` or ``int8`` (needs ``calib_dir``).
         calib_dir: folder of real images for int8 calibration (searched recursively).
-        trt: also build a TensorRT engine from the ONNX.
+        trt: also build a TensorRT engine from the ONNX (on this machine: engines are specific to GPU and TensorRT).
         batch: (min, opt, max) batch sizes the model is declared (and the engine optimised) for.
         image_size: input size (int or (H, W)); default the checkpoint's training ``image_size``.
         verify: compare with the PyTorch model on a sample of real images and refuse to install on a miss.
@@ -60,21 +73,23 @@ def export_model(
         calib_method: ``minmax``, ``percentile`` or ``entropy``.
         calib_images: at most this many calibration images are used (spread over the folder).
         workspace_gib: TensorRT workspace limit.
-        timing_cache: TensorRT timing cache file; ``"default"`` is ``~/.cache/lcr-sdk/tensorrt-timing.cache``.
+        timing_cache: TensorRT timing cache (see :func:`lcr_sdk.export.trt.build_engine`).
         progress: show progress bars.
-        log: where notes and the verification report go (None: nowhere).
+        log: where notes and the verification report go (None: nowhere; default the module logger).
 
     Returns:
-        The path of the model file (the engine with ``trt``).
+        The path of the model file (the engine with ``trt``), exactly as given.
 
     Raises:
-        ModelError: bad checkpoint, or verification missed the precision's threshold.
-        InputError: bad precision, output path or options. DataError: empty or unreadable image folder.
+        ModelError: bad or non-finite checkpoint, a model that outputs NaN, or verification missed the threshold.
+        InputError: bad precision, output path or options, or no space left for the output (the old model is kept).
+        DataError: empty or unreadable image folder.
     """
     onnx = require("onnx", "export", "exporting a model")
     from lcr_sdk.export.data import find_images, load_images
     from lcr_sdk.export.graph import OPSET, check, embed_manifest, export_onnx
     from lcr_sdk.export.precision import to_fp16, to_int8
+    from lcr_sdk.export.trt_rules import tensorrt_violations
     from lcr_sdk.export.verify import format_report, verify_model
     from lcr_sdk.train.checkpoint import load_net
 
@@ -83,81 +98,136 @@ def export_model(
         raise InputError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)}")
     if precision == "int8" and calib_dir is None:
         raise InputError("int8 export needs calibration images: pass --calib DIR (a few hundred real images)")
+    if workspace_gib <= 0:
+        raise InputError(f"workspace {workspace_gib} GiB is not valid; pass a positive size, e.g. --workspace 4")
+    if verify_sample < 2 or calib_images < 1:
+        raise InputError(f"verify_sample ({verify_sample}) must be >= 2 and calib_images ({calib_images}) >= 1")
     out = Path(out_path) if out_path is not None else default_out_path(checkpoint, precision, trt)
     valid = ENGINE_SUFFIXES if trt else (".onnx",)
     if out.suffix.lower() not in valid:
         hint = " (--trt writes an engine; its ONNX goes beside it)" if trt else ""
         raise InputError(f"output {out} must end in {' or '.join(valid)}{hint}")
-    onnx_out = out.with_suffix(".onnx")
+    if out.is_dir():
+        raise InputError(f"output {out} is a folder; give a file name inside it, e.g. {out / ('model' + valid[0])}")
+    onnx_out = out.with_suffix(".onnx") if trt else out
 
     net, ckpt = load_net(checkpoint)  # ModelError for a missing, corrupt, foreign or newer checkpoint
+    check_finite_weights(ckpt["model"], checkpoint)
     manifest = manifest_for_checkpoint(ckpt["config"], sha256_file(checkpoint), image_size, batch, precision)
     manifest = replace(manifest, opset=OPSET)
     calib = None
     if precision == "int8":  # read images before the slow work, so a bad folder fails fast
         calib, _ = load_images(find_images(calib_dir, "calibration", calib_images), manifest, "calibration")
 
-    with staging_dir(out.parent, STAGING_PREFIX) as stage:
-        fp32 = stage / "fp32.onnx"
-        export_onnx(net, manifest, fp32)
-        if precision == "int8":
-            n_calib = to_int8(fp32, stage / "int8.onnx", calib, manifest, calib_method)
-            proto = onnx.load(str(stage / "int8.onnx"))
-        else:
-            proto = onnx.load(str(fp32))
-            if precision == "fp16":
-                proto = to_fp16(proto)
-        calibration = {"calibration": {"method": calib_method, "images": n_calib}} if calib is not None else {}
-        manifest = replace(manifest, model_file=onnx_out.name, extra=calibration)
-        embed_manifest(proto, manifest)
-        check(proto)
-        staged_onnx = stage / onnx_out.name
-        onnx.save(proto, str(staged_onnx))
-        manifest = replace(manifest, model_sha256=sha256_file(staged_onnx))
-        write_sidecar(manifest, staged_onnx)
-        staged = [staged_onnx]
+    try:
+        with staging_dir(out.parent, STAGING_PREFIX) as stage:
+            fp32 = stage / "fp32.onnx"
+            export_onnx(net, manifest, fp32)
+            n_calib = 0
+            if precision == "int8":
+                n_calib = to_int8(fp32, stage / "int8.onnx", calib, manifest, calib_method, progress=progress)
+                proto = onnx.load(str(stage / "int8.onnx"))
+            else:
+                proto = onnx.load(str(fp32))
+                if precision == "fp16":
+                    proto = to_fp16(proto)
+            calibration = {"calibration": {"method": calib_method, "images": n_calib}} if calib is not None else {}
+            manifest = replace(manifest, model_file=onnx_out.name, extra=calibration)
+            embed_manifest(proto, manifest)
+            check(proto)
+            problems = tensorrt_violations(proto)
+            if problems:  # a graph TensorRT's parser would reject is a bug here, never the user's
+                raise ModelError(f"the exported graph breaks TensorRT's ONNX rules: {'; '.join(problems[:3])}")
+            staged_onnx = stage / onnx_out.name
+            onnx.save(proto, str(staged_onnx))
+            manifest = replace(manifest, model_sha256=sha256_file(staged_onnx))
+            write_sidecar(manifest, staged_onnx)
+            check_finite_outputs(staged_onnx, manifest, calib)
+            staged = [(staged_onnx, onnx_out)]
 
-        images = verify_images if verify_images is not None else calib_dir
-        if verify and images is None:
-            say(
-                "note: verification skipped (no images): pass --verify-images DIR or --calib DIR, or run "
-                f"`lcr-sdk verify {onnx_out} --checkpoint {checkpoint} --images DIR`"
-            )
-        if verify and images is not None:
-            _verify(
-                verify_model(staged_onnx, checkpoint, images, verify_sample, manifest=manifest, progress=progress),
-                staged_onnx,
-                say,
-                format_report,
-            )
-
-        if trt:
-            from lcr_sdk.export.trt import DEFAULT_TIMING_CACHE, build_engine
-
-            cache = DEFAULT_TIMING_CACHE if timing_cache == "default" else timing_cache
-            staged_engine = stage / out.name
-            engine_manifest = build_engine(staged_onnx, staged_engine, manifest, workspace_gib, cache, progress)
-            write_sidecar(engine_manifest, staged_engine)
-            if verify and images is not None:
-                _verify(
-                    verify_model(
-                        staged_engine, checkpoint, images, verify_sample, manifest=engine_manifest, progress=progress
-                    ),
-                    staged_engine,
-                    say,
-                    format_report,
+            images = verify_images if verify_images is not None else calib_dir
+            if verify and images is None:
+                say(
+                    "note: verification skipped (no images): pass --verify-images DIR or --calib DIR, or run "
+                    f"`lcr-sdk verify {onnx_out} --checkpoint {checkpoint} --images DIR`"
                 )
-            staged.append(staged_engine)
+            if verify and images is not None:
+                report = verify_model(
+                    staged_onnx, checkpoint, images, verify_sample, manifest=manifest, progress=progress
+                )
+                _verify(report, say, format_report)
 
-        for model in staged:  # sidecar first: a model file in place always has its manifest beside it
-            for src in (sidecar_path(model), model):
-                fsync_file(src)
-                os.replace(src, out.parent / src.name)
+            if trt:
+                from lcr_sdk.export.trt import build_engine
+
+                staged_engine = stage / out.name
+                engine_manifest = build_engine(
+                    staged_onnx, staged_engine, manifest, workspace_gib, timing_cache, progress
+                )
+                write_sidecar(engine_manifest, staged_engine)
+                if verify and images is not None:
+                    report = verify_model(
+                        staged_engine, checkpoint, images, verify_sample, manifest=engine_manifest, progress=progress
+                    )
+                    _verify(report, say, format_report)
+                staged.append((staged_engine, out))
+
+            for src, dest in staged:
+                install_model(src, dest)
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        raise InputError(_no_space(out, e)) from e
     say(f"wrote {out} and {sidecar_path(out).name}" + (f" (and {onnx_out.name})" if trt else ""))
     return out
 
 
-def _verify(report: dict, model: Path, say: Callable[[str], None], format_report) -> None:
+def _no_space(out: Path, e: OSError) -> str:
+    free = shutil.disk_usage(out.parent).free
+    kept = f"{out} was left as it was" if out.exists() else f"nothing was written at {out}"
+    return (
+        f"no space left on the device of {out.parent} ({free / 2**20:.1f} MiB free) while exporting ({e.strerror}); "
+        f"{kept}. Free some space or choose another --out"
+    )
+
+
+def check_finite_weights(state: dict, checkpoint: str | os.PathLike) -> None:
+    """Refuse a checkpoint with NaN or infinite weights (a diverged training run) before anything is written."""
+    torch = require("torch", "export", "checking checkpoint weights")
+    bad = [k for k, v in state.items() if torch.is_tensor(v) and v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise ModelError(
+            f"checkpoint {checkpoint} has non-finite weights (NaN or inf in {len(bad)} tensors, e.g. {bad[0]!r}): its "
+            "training diverged. Retrain with a smaller --lr (or check --tau / --moco-t > 0), or export an earlier "
+            "checkpoint"
+        )
+
+
+def check_finite_outputs(model: Path, manifest, images=None) -> None:
+    """Run the staged model once (real calibration images if given, else a grey and a noise image) through the
+    runtime's ONNX Runtime backend and refuse it if any output is NaN or infinite."""
+    import numpy as np
+
+    from lcr_sdk.backends.base import backend_for
+
+    spec = manifest.input
+    n = max(manifest.batch_min, min(2, manifest.batch_max))
+    if images is not None and len(images) >= n:
+        batch = images[:n]
+    else:
+        noise = np.random.default_rng(0).integers(0, 256, (n, spec.height, spec.width, 3), dtype=np.uint8)
+        batch = np.concatenate([np.full((1, spec.height, spec.width, 3), 128, np.uint8), noise])[:n]
+    with backend_for(model)(model, manifest, device="cpu") as backend:
+        out = backend.infer(np.ascontiguousarray(batch))
+    bad = [k for k, v in out.items() if not np.isfinite(v).all()]
+    if bad:
+        raise ModelError(
+            f"the exported model outputs NaN or inf ({', '.join(bad)}) on ordinary images; it was not written. The "
+            "checkpoint's weights are finite but overflow: retrain (smaller --lr), or export an earlier checkpoint"
+        )
+
+
+def _verify(report: dict, say: Callable[[str], None], format_report) -> None:
     say(format_report(report))
     if not report["passed"]:
         raise ModelError(

@@ -5,9 +5,24 @@ preprocessing, the min-max mask, the mask-weighted pooling and the L2 norm stay 
 inputs and outputs. Written here in a few lines rather than with ``onnxruntime.transformers.float16``, which
 (ORT 1.32) round-trips blocked nodes' outputs through float16 and so loses the float32 pooling it was asked to keep.
 
-int8: ``onnxruntime.quantization.quantize_static`` in QDQ format (what TensorRT reads), per-channel symmetric
-int8 weights, symmetric int8 activations, only Conv inputs quantised: the uint8 ``images`` input, the
-preprocessing, the mask and the pooling stay float. Calibration uses real images read like inference reads them.
+int8: explicit Q/DQ placed the way TensorRT fuses it (NVIDIA's placement guidance for ResNets: quantise the inputs
+of weighted layers and the residual Add's shortcut input, never the outputs of weighted layers):
+
+- every backbone Conv gets its activation input quantised (per-tensor, symmetric, zero point 0) and its weights
+  stored as per-channel symmetric INT8 initializers with a DequantizeLinear (axis 0);
+- each residual Add gets its shortcut operand (input 1: the block input or the downsample Conv's output)
+  quantised, so TensorRT can fuse ``Conv + Add + ReLU`` into one int8 kernel;
+- biases stay float32: the TensorRT parser rejects an INT32 DequantizeLinear (onnx-tensorrt issue 850), so
+  onnxruntime's default bias quantisation is not used;
+- the 3-channel stem conv stays float (a 3-channel INT8 convolution is the case TensorRT reports "no
+  implementation" for, and it is a small share of the work), and so does the GFB conv: its part maps are a model
+  output and drive the mask;
+- preprocessing, mask, pooling and L2 norm stay float32.
+
+Ranges come from onnxruntime's calibrators (minmax, percentile, entropy; symmetric) run one batch at a time on real
+images read like inference reads them; the Q/DQ nodes are written here. NVIDIA's ModelOpt ONNX PTQ is not used:
+its ``onnx`` extra pins ``onnx~=1.21`` and ``onnxruntime-gpu`` (replacing the CPU onnxruntime the runtime core
+uses) and pulls cupy and polygraphy, more than this placement needs.
 """
 
 from __future__ import annotations
@@ -21,10 +36,11 @@ from pathlib import Path
 
 import numpy as np
 
-from lcr_sdk.errors import InputError, require
+from lcr_sdk.errors import InputError, ModelError, require
 from lcr_sdk.manifest import Manifest
 
 FP16_OPS = {"Conv", "Relu", "MaxPool", "Add"}
+INT8_MAX = 127
 CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
 RECOMMENDED_CALIB_IMAGES = 300
 
@@ -40,8 +56,14 @@ def to_fp16(proto):
     inits = {t.name: t for t in graph.initializer}
     types.update({name: t.data_type for name, t in inits.items()})
 
+    keep_float = preprocess_nodes(graph)
+
     def is_half(node) -> bool:
-        return node.op_type in FP16_OPS and all(types.get(x) == TensorProto.FLOAT for x in node.input if x)
+        return (
+            node.op_type in FP16_OPS
+            and node.name not in keep_float
+            and all(types.get(x) == TensorProto.FLOAT for x in node.input if x)
+        )
 
     # A graph output made by a float16 node gets a float32 Cast at the end under its own name.
     half_outputs = {o for n in graph.node if is_half(n) for o in n.output} & {o.name for o in graph.output}
@@ -86,6 +108,21 @@ def to_fp16(proto):
     return model
 
 
+def preprocess_nodes(graph) -> set[str]:
+    """Names of the nodes between the graph input and the first Conv (Cast, Transpose, the mean Add)."""
+    consumers: dict[str, list] = {}
+    for n in graph.node:
+        for x in n.input:
+            consumers.setdefault(x, []).append(n)
+    found, frontier = set(), [i.name for i in graph.input]
+    while frontier:
+        for n in consumers.get(frontier.pop(), []):
+            if n.op_type != "Conv" and n.name not in found:
+                found.add(n.name)
+                frontier.extend(n.output)
+    return found
+
+
 def _half_initializer(graph, inits: dict, name: str, numpy_helper) -> str:
     """Name of a float16 copy of initializer ``name`` (created once)."""
     half_name = f"{name}/fp16"
@@ -103,8 +140,9 @@ def to_int8(
     manifest: Manifest,
     method: str = "percentile",
     batch_size: int = 8,
+    progress: bool = True,
 ) -> int:
-    """Statically quantise an fp32 ONNX file to a QDQ int8 file using calibration ``images``.
+    """Statically quantise an fp32 ONNX file to a QDQ int8 file using calibration ``images`` (module docstring).
 
     Args:
         fp32_path: the fp32 graph.
@@ -113,19 +151,14 @@ def to_int8(
         manifest: the model's manifest (input name).
         method: ``minmax``, ``percentile`` or ``entropy``.
         batch_size: images per calibration batch.
+        progress: show a progress bar.
 
     Returns:
-        The number of images calibrated on (whole batches only; see ``Reader``).
+        The number of images calibrated on (whole batches only).
     """
+    onnx = require("onnx", "export", "int8 quantisation")
     require("onnxruntime.quantization", "export", "int8 quantisation")
-    from onnxruntime.quantization import (
-        CalibrationDataReader,
-        CalibrationMethod,
-        QuantFormat,
-        QuantType,
-        quantize_static,
-    )
-    from onnxruntime.quantization.shape_inference import quant_pre_process
+    from onnxruntime.quantization.calibrate import CalibrationMethod, create_calibrator
     from tqdm import tqdm
 
     methods = {
@@ -141,47 +174,152 @@ def to_int8(
             "images like those the model will see are recommended for stable ranges",
             stacklevel=2,
         )
-
-    class Reader(CalibrationDataReader):
-        def __init__(self):
-            # Equal-sized batches only: ORT's histogram collectors (percentile, entropy) stack the per-batch
-            # outputs and fail on a smaller last batch, so the remainder (< batch_size images) is left out.
-            n = max(1, len(images) // batch_size)
-            size = batch_size if len(images) >= batch_size else len(images)
-            self.it = iter(
-                tqdm(
-                    [images[i * size : (i + 1) * size] for i in range(n)],
-                    desc=f"int8 calibration ({method})",
-                    unit="batch",
-                    total=n,
-                    leave=False,
-                )
-            )
-
-        def get_next(self):
-            batch = next(self.it, None)
-            return None if batch is None else {manifest.input.name: batch}
-
-    prepared = Path(out_path).with_name(Path(out_path).name + ".pre.onnx")
+    proto = onnx.load(str(fp32_path))
+    plan = int8_plan(proto)
+    # Equal-sized batches only: the histogram collectors compare bins across batches of one shape.
+    size = batch_size if len(images) >= batch_size else len(images)
+    n_batches = max(1, len(images) // size)
+    augmented = Path(out_path).with_name(Path(out_path).name + ".calib.onnx")
     quiet = logging.getLogger()
     level = quiet.level
     quiet.setLevel(logging.ERROR)  # onnxruntime.quantization logs advice on the root logger
     try:
-        quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=True)
+        calibrator = create_calibrator(
+            str(fp32_path),
+            ["Conv", "Add"],
+            augmented_model_path=str(augmented),
+            calibrate_method=methods[method],
+            extra_options={"symmetric": True},
+        )
         with contextlib.redirect_stdout(io.StringIO()):  # the histogram calibrators print their steps
-            quantize_static(
-                str(prepared),
-                str(out_path),
-                Reader(),
-                quant_format=QuantFormat.QDQ,
-                per_channel=True,
-                activation_type=QuantType.QInt8,
-                weight_type=QuantType.QInt8,
-                op_types_to_quantize=["Conv"],
-                calibrate_method=methods[method],
-                extra_options={"ActivationSymmetric": True, "WeightSymmetric": True},
-            )
+            for i in tqdm(
+                range(n_batches), desc=f"int8 calibration ({method})", unit="batch", leave=False, disable=not progress
+            ):
+                calibrator.collect_data(_OneBatch({manifest.input.name: images[i * size : (i + 1) * size]}))
+            ranges = calibrator.compute_data()
     finally:
         quiet.setLevel(level)
-        prepared.unlink(missing_ok=True)
-    return min(len(images), max(batch_size, len(images) // batch_size * batch_size))
+        augmented.unlink(missing_ok=True)
+        Path(str(augmented) + ".data").unlink(missing_ok=True)
+    amax = {}
+    for name in plan["activations"]:
+        lo, hi = ranges[name].range_value
+        amax[name] = float(max(abs(float(np.asarray(lo).min())), abs(float(np.asarray(hi).max()))))
+    onnx.save(insert_qdq(proto, plan, amax), str(out_path))
+    return n_batches * size
+
+
+class _OneBatch:
+    """A CalibrationDataReader over one feed (the calibrator is fed batch by batch to bound its memory)."""
+
+    def __init__(self, feed: dict[str, np.ndarray]):
+        self.feed: dict[str, np.ndarray] | None = feed
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        feed, self.feed = self.feed, None
+        return feed
+
+
+def int8_plan(proto) -> dict[str, list[str]]:
+    """Where Q/DQ goes in an fp32 graph: ``{"convs": [...], "activations": [...]}``.
+
+    ``convs`` are the names of the Conv nodes whose input and weights are quantised (all but the 3-channel stem and
+    the GFB conv); ``activations`` are the tensors that get a Q/DQ pair: those Convs' inputs and the shortcut
+    operand of each residual Add.
+
+    Raises:
+        ModelError: a residual Add whose first operand is not a Conv output (a graph this placement does not know).
+    """
+    from onnx import numpy_helper
+
+    graph = proto.graph
+    inits = {t.name: t for t in graph.initializer}
+    producer = {o: n for n in graph.node for o in n.output}
+    convs = [n for n in graph.node if n.op_type == "Conv"]
+    stem = [n for n in convs if numpy_helper.to_array(inits[n.input[1]]).shape[1] == 3]
+    # The GFB conv reads the backbone's last feature map, which the pooling (a Mul) reads too; a block input is
+    # read only by Convs and the residual Add.
+    gfb = [n for n in convs if any(m.op_type not in ("Conv", "Add") and n.input[0] in m.input for m in graph.node)]
+    quantised = [n for n in convs if n not in stem and n not in gfb]
+    acts = list(dict.fromkeys(n.input[0] for n in quantised))
+    for n in graph.node:
+        if n.op_type != "Add" or any(x in inits or x not in producer for x in n.input):
+            continue  # the preprocessing Add (a constant operand) is not a residual
+        main = producer[n.input[0]]
+        if main.op_type != "Conv":
+            raise ModelError(f"residual Add {n.name!r} does not take a Conv output first; int8 placement unknown")
+        if n.input[1] not in acts:
+            acts.append(n.input[1])
+    return {"convs": [n.name for n in quantised], "activations": acts}
+
+
+def insert_qdq(proto, plan: dict[str, list[str]], amax: dict[str, float]):
+    """Return ``proto`` with Q/DQ pairs on ``plan["activations"]`` (scale amax / 127) and per-channel INT8 weights
+    (with a DequantizeLinear) on ``plan["convs"]``; biases untouched (float32)."""
+    from onnx import helper, numpy_helper
+
+    graph = proto.graph
+    inits = {t.name: t for t in graph.initializer}
+    nodes = list(graph.node)
+    new_inits = []
+    zero8 = numpy_helper.from_array(np.zeros((), np.int8), "qdq/zero_point")
+    new_inits.append(zero8)
+    dq_of = {}
+    qdq_nodes = []
+    for name in plan["activations"]:
+        scale = max(amax[name], 1e-8) / INT8_MAX
+        s = numpy_helper.from_array(np.array(scale, np.float32), f"{name}/scale")
+        new_inits.append(s)
+        q, dq = f"{name}/quantized", f"{name}/dequantized"
+        qdq_nodes.append(helper.make_node("QuantizeLinear", [name, s.name, zero8.name], [q], name=f"{name}/Q"))
+        qdq_nodes.append(helper.make_node("DequantizeLinear", [q, s.name, zero8.name], [dq], name=f"{name}/DQ"))
+        dq_of[name] = dq
+    convs = set(plan["convs"])
+    out_nodes = []
+    producers = {o for n in nodes for o in n.output} | {i.name for i in graph.input}
+    placed = set()
+
+    def place_ready() -> None:  # a Q/DQ pair goes right after its tensor is produced (topological order)
+        for i in range(0, len(qdq_nodes), 2):
+            tensor = qdq_nodes[i].input[0]
+            if i not in placed and tensor in ready:
+                out_nodes.extend(qdq_nodes[i : i + 2])
+                placed.add(i)
+
+    ready = {i.name for i in graph.input} | set(inits)
+    place_ready()
+    for node in nodes:
+        is_residual = node.op_type == "Add" and all(x in producers and x not in inits for x in node.input)
+        if node.name in convs:
+            node.input[0] = dq_of[node.input[0]]
+            w = numpy_helper.to_array(inits[node.input[1]]).astype(np.float32)
+            scale = np.maximum(np.abs(w).reshape(len(w), -1).max(axis=1), 1e-12) / INT8_MAX  # per output channel
+            q = np.clip(np.round(w / scale.reshape(-1, 1, 1, 1)), -INT8_MAX, INT8_MAX).astype(np.int8)
+            wname = node.input[1]
+            qw = numpy_helper.from_array(q, f"{wname}/int8")
+            ws = numpy_helper.from_array(scale.astype(np.float32), f"{wname}/scale")
+            wz = numpy_helper.from_array(np.zeros(len(w), np.int8), f"{wname}/zero_point")
+            new_inits += [qw, ws, wz]
+            out_nodes.append(
+                helper.make_node(
+                    "DequantizeLinear",
+                    [qw.name, ws.name, wz.name],
+                    [f"{wname}/dequantized"],
+                    name=f"{wname}/DQ",
+                    axis=0,
+                )
+            )
+            node.input[1] = f"{wname}/dequantized"
+        elif is_residual and node.input[1] in dq_of:
+            node.input[1] = dq_of[node.input[1]]
+        out_nodes.append(node)
+        ready.update(node.output)
+        place_ready()
+    used = {x for n in out_nodes for x in n.input}
+    kept = [t for t in graph.initializer if t.name in used]
+    graph.ClearField("node")
+    graph.node.extend(out_nodes)
+    graph.ClearField("initializer")
+    graph.initializer.extend(kept + [t for t in new_inits if t.name in used])
+    graph.ClearField("value_info")
+    return proto

@@ -1,14 +1,15 @@
-"""Check an exported model against the fp32 PyTorch model of its checkpoint, on the same real images."""
+"""Check an exported model against the fp32 PyTorch model of its checkpoint, on the same real images, through the
+runtime's backends."""
 
 from __future__ import annotations
 
 import os
-from pathlib import Path
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
 
-from lcr_sdk.errors import InputError, require
+from lcr_sdk.errors import InputError
 from lcr_sdk.manifest import Manifest, read_manifest
 from lcr_sdk.metrics import ranking
 
@@ -24,24 +25,31 @@ def verify_model(
     batch_size: int = 8,
     manifest: Manifest | None = None,
     progress: bool = True,
+    device: str | None = None,
 ) -> dict[str, Any]:
-    """Run the exported model and the checkpoint's PyTorch ``DeployModel`` on the same images and compare.
+    """Run the exported model and the checkpoint's fp32 PyTorch model on the same images and compare.
+
+    Both run through the runtime's own backends (:func:`lcr_sdk.backends.base.backend_for`): ONNX Runtime for an
+    ``.onnx``, TensorRT for an engine, the PyTorch backend (CPU, fp32) for the checkpoint, so the figures describe
+    exactly what :class:`~lcr_sdk.embedder.Embedder` runs.
 
     Args:
-        model_path: an ``.onnx`` file (ONNX Runtime, CPU) or an engine (through ``lcr_sdk.Embedder``).
+        model_path: an ``.onnx`` file or an engine.
         checkpoint: the checkpoint it was exported from.
         images_dir: a folder of real images, searched recursively.
         max_images: use at most this many images, spread over the folder (None: all).
-        batch_size: images per forward pass.
+        batch_size: images per forward pass (clipped to the model's batch range).
         manifest: the model's manifest; read from beside the model if not given.
         progress: show a progress bar.
+        device: device of the exported model's backend (None: what ``Embedder`` would choose).
 
     Returns:
         ``{"precision", "images", "cosine_min", "cosine_median", "attention_max_abs_err", "rank1_agreement",
-        "thresholds": {...}, "passed"}``.
+        "thresholds": {...}, "passed", "provider", "reference"}``.
     """
     from tqdm import tqdm
 
+    from lcr_sdk.backends.base import backend_for
     from lcr_sdk.export.data import batches, find_images, load_images
 
     manifest = manifest or read_manifest(model_path)
@@ -49,31 +57,46 @@ def verify_model(
     images, _ = load_images(paths, manifest, "verification")
     if len(images) < 2:
         raise InputError(f"verification needs at least 2 images for Rank-1 agreement; {images_dir} gave {len(images)}")
-    run_model = _runner(Path(model_path), manifest)
     batch_size = max(manifest.batch_min, min(batch_size, manifest.batch_max))
-    run_torch = _torch_runner(checkpoint)
+    # The reference declares the exported model's input and batch range, so one batch feeds both.
+    ref_manifest = replace(manifest, precision="fp32", tensorrt=None, model_sha256="")
+    model = backend_for(model_path)(model_path, manifest, device=device)
+    reference = backend_for(checkpoint, "torch")(checkpoint, ref_manifest, device="cpu")
     got, ref = [], []
-    for batch in tqdm(
-        list(batches(images, batch_size)), desc="verify", unit="batch", disable=not progress, leave=False
-    ):
-        got.append(run_model(batch))
-        ref.append(run_torch(batch))
-    emb, emb_ref = (np.concatenate([g[0] for g in out]) for out in (got, ref))
-    att, att_ref = (np.concatenate([g[1] for g in out]) for out in (got, ref))
+    with model, reference:
+        for batch in tqdm(
+            list(batches(images, batch_size)), desc="verify", unit="batch", disable=not progress, leave=False
+        ):
+            got.append(_run(model, batch, manifest.batch_min))
+            ref.append(_run(reference, batch, manifest.batch_min))
+        provider, ref_provider = model.provider, reference.provider
+    emb, emb_ref = (np.concatenate([g["embedding"] for g in out]) for out in (got, ref))
+    att, att_ref = (np.concatenate([g["attention"] for g in out]) for out in (got, ref))
     cos = np.sum(emb * emb_ref, axis=1) / (np.linalg.norm(emb, axis=1) * np.linalg.norm(emb_ref, axis=1))
     min_cos, min_rank1 = THRESHOLDS[manifest.precision]
     agreement = rank1_agreement(emb, emb_ref)
-    passed = bool(cos.min() >= min_cos and (min_rank1 is None or agreement >= min_rank1))
+    finite = bool(np.isfinite(emb).all() and np.isfinite(att).all())
+    passed = bool(finite and cos.min() >= min_cos and (min_rank1 is None or agreement >= min_rank1))
     return {
         "precision": manifest.precision,
         "images": len(images),
-        "cosine_min": float(cos.min()),
-        "cosine_median": float(np.median(cos)),
-        "attention_max_abs_err": float(np.abs(att - att_ref).max()),
+        "cosine_min": float(np.nan_to_num(cos, nan=-1.0).min()),
+        "cosine_median": float(np.median(np.nan_to_num(cos, nan=-1.0))),
+        "attention_max_abs_err": float(np.nan_to_num(np.abs(att - att_ref), nan=np.inf).max()),
         "rank1_agreement": agreement,
         "thresholds": {"cosine_min": min_cos, "rank1_agreement": min_rank1},
         "passed": passed,
+        "provider": provider,
+        "reference": ref_provider,
     }
+
+
+def _run(backend, batch: np.ndarray, batch_min: int) -> dict[str, np.ndarray]:
+    """One batch through a backend; a last batch under ``batch_min`` is padded with its last image (as Embedder)."""
+    n = len(batch)
+    if n < batch_min:
+        batch = np.concatenate([batch, np.repeat(batch[-1:], batch_min - n, axis=0)])
+    return {k: np.asarray(v)[:n] for k, v in backend.infer(batch).items()}
 
 
 def rank1_agreement(a: np.ndarray, b: np.ndarray) -> float:
@@ -94,7 +117,8 @@ def format_report(report: dict[str, Any]) -> str:
     need_rank1 = f" (need >= {t['rank1_agreement']})" if t["rank1_agreement"] is not None else ""
     return "\n".join(
         [
-            f"verified {report['precision']} on {report['images']} images against the fp32 PyTorch model:",
+            f"verified {report['precision']} ({report.get('provider', '?')}) on {report['images']} images against the "
+            f"fp32 PyTorch model ({report.get('reference', '?')}):",
             f"  embedding cosine  min {report['cosine_min']:.6f}  median {report['cosine_median']:.6f}"
             f"  (need min >= {t['cosine_min']})",
             f"  attention max abs error {report['attention_max_abs_err']:.2e}",
@@ -102,40 +126,3 @@ def format_report(report: dict[str, Any]) -> str:
             "  PASSED" if report["passed"] else "  FAILED",
         ]
     )
-
-
-def _runner(model_path: Path, manifest: Manifest):
-    """batch -> (embedding, attention) for the exported model."""
-    if model_path.suffix == ".onnx":
-        import onnxruntime as ort
-
-        sess = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
-        return lambda batch: sess.run(["embedding", "attention"], {manifest.input.name: batch})
-    # Engines (TensorRT) run through the runtime's backend table.
-    from lcr_sdk.backends.base import backend_for
-
-    backend = backend_for(model_path)(model_path, manifest)
-    backend.load()
-
-    def run(batch: np.ndarray):
-        out = backend.infer(batch)
-        return out["embedding"], out["attention"]
-
-    return run
-
-
-def _torch_runner(checkpoint: str | os.PathLike):
-    """batch -> (embedding, attention) for the fp32 PyTorch DeployModel of a checkpoint."""
-    torch = require("torch", "export", "verifying against the PyTorch model")
-    from lcr_sdk.train.checkpoint import load_net
-    from lcr_sdk.train.model import DeployModel
-
-    net, _ = load_net(checkpoint)
-    model = DeployModel(net).eval()
-
-    def run(batch: np.ndarray):
-        with torch.inference_mode():
-            out = model(torch.from_numpy(np.ascontiguousarray(batch)))
-        return out[0].numpy(), out[1].numpy()
-
-    return run

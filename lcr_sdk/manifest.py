@@ -119,13 +119,17 @@ class Manifest:
                 f"{FORMAT_VERSION}. Re-export the model with this SDK (lcr-sdk export CHECKPOINT ...) or install "
                 "the lcr-sdk version that wrote it."
             )
-        d = {k: v for k, v in d.items() if k != "outputs"}
+        d = {k: v for k, v in d.items() if k not in ("outputs", "previous")}
         try:
-            d["input"] = InputSpec(**{**d["input"], "mean": tuple(d["input"]["mean"]), "std": tuple(d["input"]["std"])})
+            inp = d["input"]
+            if not isinstance(inp, dict):
+                raise TypeError(f"'input' is {type(inp).__name__}, not an object")
+            d["input"] = InputSpec(**{**inp, "mean": tuple(inp["mean"]), "std": tuple(inp["std"])})
             d["feature_size"] = tuple(d["feature_size"])
             m = cls(**d)
         except (KeyError, TypeError) as e:
             raise ModelError(f"{source} is missing or has an unknown field ({e}); re-export the model") from e
+        _check_types(m, source)
         if m.method not in METHODS:
             raise ModelError(f"{source}: method {m.method!r} is not one of {METHODS}")
         if m.precision not in PRECISIONS:
@@ -143,6 +147,70 @@ class Manifest:
         except json.JSONDecodeError as e:
             raise ModelError(f"{source} is not valid JSON ({e}); re-export the model to rewrite it") from e
         return cls.from_dict(d, source)
+
+
+_INT_FIELDS = ("embedding_dim", "num_parts", "batch_min", "batch_opt", "batch_max")
+_STR_FIELDS = ("arch", "method", "precision", "checkpoint_sha256", "model_sha256", "model_file", "sdk_version")
+
+
+def _check_types(m: Manifest, source: str) -> None:
+    """Every field of the type the runtime relies on; one ModelError naming the field otherwise."""
+
+    def bad(field_name: str, value: Any, want: str) -> ModelError:
+        return ModelError(
+            f"{source}: field {field_name!r} is {value!r} ({type(value).__name__}), expected {want}; the manifest was "
+            "edited or damaged: re-export the model (lcr-sdk export) to rewrite it"
+        )
+
+    def is_int(v: Any) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    for f in _INT_FIELDS:
+        if not is_int(getattr(m, f)) or getattr(m, f) < 0:
+            raise bad(f, getattr(m, f), "an integer >= 0")
+    for f in _STR_FIELDS:
+        if not isinstance(getattr(m, f), str):
+            raise bad(f, getattr(m, f), "a string")
+    if len(m.feature_size) != 2 or not all(is_int(v) and v > 0 for v in m.feature_size):
+        raise bad("feature_size", list(m.feature_size), "[h, w], two positive integers")
+    spec = m.input
+    for f in ("height", "width"):
+        if not is_int(getattr(spec, f)) or getattr(spec, f) < MIN_INPUT_SIDE:
+            raise bad(f"input.{f}", getattr(spec, f), f"an integer >= {MIN_INPUT_SIDE}")
+    for f in ("name", "layout", "color", "dtype", "resize", "interpolation"):
+        if not isinstance(getattr(spec, f), str):
+            raise bad(f"input.{f}", getattr(spec, f), "a string")
+    for f in ("mean", "std"):
+        values = getattr(spec, f)
+        if len(values) != 3 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+            raise bad(f"input.{f}", list(values), "three numbers")
+    if (spec.layout, spec.color, spec.dtype) != ("NHWC", "BGR", "uint8"):
+        raise ModelError(
+            f"{source}: input layout/color/dtype {spec.layout}/{spec.color}/{spec.dtype} is not NHWC/BGR/uint8, the "
+            "only input lcr-sdk models take; re-export the model"
+        )
+    if spec.interpolation not in ("linear", "area", "cubic", "nearest"):
+        raise bad("input.interpolation", spec.interpolation, "linear, area, cubic or nearest")
+    if m.opset is not None and not is_int(m.opset):
+        raise bad("opset", m.opset, "an integer or null")
+    if m.tensorrt is not None and not isinstance(m.tensorrt, dict):
+        raise bad("tensorrt", m.tensorrt, "an object or null")
+    if not isinstance(m.extra, dict):
+        raise bad("extra", m.extra, "an object")
+    if m.method == "moco" and m.num_parts != 0:
+        raise ModelError(f"{source}: a moco model has no part maps, but num_parts is {m.num_parts}; re-export it")
+    if m.method == "lcr" and m.num_parts == 0:
+        raise ModelError(f"{source}: an lcr model needs num_parts >= 1 (the GFB's K); re-export it")
+    if m.arch in ARCH_DIMS and m.embedding_dim != ARCH_DIMS[m.arch]:
+        raise ModelError(
+            f"{source}: embedding_dim {m.embedding_dim} does not match arch {m.arch} (D = {ARCH_DIMS[m.arch]}); "
+            "re-export the model"
+        )
+    if tuple(m.feature_size) != feature_size(spec.height, spec.width):
+        raise ModelError(
+            f"{source}: feature_size {list(m.feature_size)} does not match input {spec.height}x{spec.width} "
+            f"(stride 32 gives {list(feature_size(spec.height, spec.width))}); re-export the model"
+        )
 
 
 def manifest_for_checkpoint(
@@ -202,11 +270,54 @@ def sidecar_path(model_path: str | os.PathLike) -> Path:
     return model_path.with_name(model_path.name + ".json")
 
 
-def write_sidecar(manifest: Manifest, model_path: str | os.PathLike) -> Path:
-    """Write the manifest beside the model, atomically. Returns the sidecar path."""
+def write_sidecar(manifest: Manifest, model_path: str | os.PathLike, previous: Manifest | None = None) -> Path:
+    """Write the manifest beside the model, atomically. Returns the sidecar path.
+
+    Args:
+        previous: the manifest of the model file this one replaces, kept under ``"previous"`` while the pair is
+            switched (see :func:`install_model`).
+    """
     path = sidecar_path(model_path)
-    atomic_write_text(path, manifest.to_json() + "\n")
+    d = manifest.to_dict()
+    if previous is not None:
+        d["previous"] = previous.to_dict()
+    atomic_write_text(path, json.dumps(d, indent=2, sort_keys=True) + "\n")
     return path
+
+
+def install_model(staged: str | os.PathLike, dest: str | os.PathLike) -> Path:
+    """Move a staged model file and its sidecar onto ``dest`` so that a process killed at any moment leaves a
+    consistent pair: the old model with a manifest that describes it, or the new one.
+
+    Two files cannot be renamed at once, so the sidecar carries both manifests while they switch:
+
+    1. ``dest.json`` is replaced by the new manifest with the old one (if ``dest`` had a matching manifest) under
+       ``"previous"``;
+    2. the model file is renamed onto ``dest``;
+    3. ``dest.json`` is rewritten with the new manifest alone.
+
+    :func:`read_manifest` picks whichever of the two manifests matches the model file's sha256, so after a kill
+    between 1 and 2 the old model still loads, and after one between 2 and 3 the new one does.
+    """
+    from lcr_sdk.fileio import fsync_dir, fsync_file, sha256_file
+
+    staged, dest = Path(staged), Path(dest)
+    new = Manifest.from_json(sidecar_path(staged).read_text(encoding="utf-8"), source=str(sidecar_path(staged)))
+    old = None
+    if dest.is_file() and sidecar_path(dest).is_file():
+        try:
+            old = read_manifest(dest)
+        except ModelError:
+            old = None  # an unreadable old manifest protects nothing
+        if old is not None and old.model_sha256 and old.model_sha256 != sha256_file(dest):
+            old = None
+    fsync_file(staged)
+    write_sidecar(new, dest, previous=old)
+    os.replace(staged, dest)
+    fsync_dir(dest.parent)
+    write_sidecar(new, dest)
+    sidecar_path(staged).unlink(missing_ok=True)
+    return dest
 
 
 def read_manifest(model_path: str | os.PathLike) -> Manifest:
@@ -218,7 +329,17 @@ def read_manifest(model_path: str | os.PathLike) -> Manifest:
     model_path = Path(model_path)
     side = sidecar_path(model_path)
     if side.exists():
-        return Manifest.from_json(side.read_text(encoding="utf-8"), source=str(side))
+        text = side.read_text(encoding="utf-8")
+        manifest = Manifest.from_json(text, source=str(side))
+        previous = json.loads(text).get("previous")
+        if isinstance(previous, dict) and model_path.is_file():  # a pair switch was interrupted: pick the match
+            from lcr_sdk.fileio import sha256_file
+
+            if sha256_file(model_path) != manifest.model_sha256:
+                old = Manifest.from_dict(previous, source=f"{side} (previous)")
+                if old.model_sha256 == sha256_file(model_path):
+                    return old
+        return manifest
     if model_path.suffix == ".onnx" and model_path.exists():
         text = _onnx_metadata(model_path)
         if text is not None:

@@ -75,6 +75,25 @@ class Backend(ABC):
     def __exit__(self, *exc) -> None:
         self.close()
 
+    def check_io(self, inputs: dict[str, tuple[str, list[Any]]], outputs: dict[str, list[Any]]) -> None:
+        """Raise :class:`ModelError` if the graph's declared I/O does not match the manifest (at load)."""
+        problems = io_mismatches(self.manifest, inputs, outputs)
+        if problems:
+            raise ModelError(
+                f"{self.path} does not match its manifest: {'; '.join(problems)}. Re-export the model "
+                "(lcr-sdk export) so that graph and manifest agree, or copy the model together with its own .json"
+            )
+
+    def check_outputs(self, out: dict[str, Any], n: int) -> dict[str, Any]:
+        """Raise :class:`ModelError` if one call's outputs are not of the manifest's shapes; return ``out``."""
+        problems = output_mismatches(self.manifest, out, n)
+        if problems:
+            raise ModelError(
+                f"{self.path} returned {'; '.join(problems)}: the graph does not compute what its manifest "
+                "declares; re-export the model (lcr-sdk export)"
+            )
+        return out
+
     def check_feed(self, feed: np.ndarray) -> np.ndarray:
         """Validate a host batch against the manifest's input spec and batch range; return it C-contiguous."""
         spec, m = self.manifest.input, self.manifest
@@ -88,6 +107,62 @@ class Backend(ABC):
         if not m.batch_min <= len(feed) <= m.batch_max:
             raise InputError(f"batch of {len(feed)} is outside the model's batch range {m.batch_min}..{m.batch_max}")
         return np.ascontiguousarray(feed)
+
+
+def io_mismatches(
+    manifest: Manifest, inputs: dict[str, tuple[str, list[Any]]], outputs: dict[str, list[Any]]
+) -> list[str]:
+    """How a graph's declared I/O differs from its manifest; [] when they agree.
+
+    Args:
+        manifest: the model's manifest.
+        inputs: input name -> (dtype name, e.g. ``"uint8"``, shape with a str/None/-1 for a dynamic axis).
+        outputs: output name -> shape, likewise.
+    """
+    m, spec = manifest, manifest.input
+
+    def static(d: Any) -> bool:
+        return isinstance(d, int) and d >= 0
+
+    problems = []
+    if list(inputs) != [spec.name]:
+        problems.append(f"inputs {list(inputs)} instead of [{spec.name!r}]")
+    else:
+        dtype, shape = inputs[spec.name]
+        if dtype != spec.dtype:
+            problems.append(f"input {spec.name!r} is {dtype}, the manifest says {spec.dtype}")
+        if len(shape) != 4 or [d if static(d) else "?" for d in shape[1:]] != [spec.height, spec.width, 3]:
+            problems.append(
+                f"input {spec.name!r} has shape {list(shape)}, the manifest says [N, {spec.height}, {spec.width}, 3]"
+            )
+    want = m.output_shapes
+    if sorted(outputs) != sorted(want):
+        problems.append(
+            f"outputs {sorted(outputs)}, the manifest ({m.method}, num_parts={m.num_parts}) says {sorted(want)}"
+        )
+    for name, shape in outputs.items():
+        if name not in want:
+            continue
+        expected = want[name]
+        if len(shape) != len(expected) or any(
+            static(d) and e != "N" and d != e for d, e in zip(shape, expected, strict=False)
+        ):
+            problems.append(f"output {name!r} has shape {list(shape)}, the manifest says {expected}")
+    return problems
+
+
+def output_mismatches(manifest: Manifest, out: dict[str, Any], n: int) -> list[str]:
+    """How one call's outputs differ from the shapes the manifest promises for a batch of ``n``."""
+    problems = []
+    for name, expected in manifest.output_shapes.items():
+        if name not in out:
+            problems.append(f"no {name!r} output")
+            continue
+        shape = tuple(int(d) for d in out[name].shape)
+        want = tuple(n if e == "N" else e for e in expected)
+        if shape != want:
+            problems.append(f"{name!r} of shape {shape} for a batch of {n} (expected {want})")
+    return problems
 
 
 def backend_for(path: str | os.PathLike, backend: str | None = None) -> type[Backend]:

@@ -1,26 +1,38 @@
 """TensorRT backend: a serialized engine run with name-based I/O and ``execute_async_v3``, without torch.
 
 Follows NVIDIA's documented Python API of TensorRT 10 and 11 (names checked against both bindings wheels):
-``num_io_tensors``, ``get_tensor_name``, ``get_tensor_mode``, ``set_input_shape``, ``set_tensor_address``,
-``execute_async_v3``; no binding indices. Device memory, copies and streams come from cuda-python's runtime
-bindings (``cuda.bindings.runtime``; no pycuda). Each thread gets its own execution context, CUDA stream and
-device buffers sized for the profile's largest batch, reused across calls. A caller holding torch CUDA tensors
-passes them directly: they are used in place, and outputs come back as torch CUDA tensors (no host round trip).
+``Runtime.deserialize_cuda_engine``, ``num_io_tensors``, ``get_tensor_name``, ``get_tensor_mode``,
+``get_tensor_dtype``, ``get_tensor_shape``, ``get_tensor_profile_shape``, ``create_execution_context``,
+``set_input_shape``, ``set_tensor_address``, ``execute_async_v3``, ``nptype``; no binding indices. Device memory,
+pinned host memory, copies and streams come from cuda-python's runtime bindings (:mod:`lcr_sdk.backends.cuda`;
+``cudaMalloc``, ``cudaMallocHost``, ``cudaMemcpyAsync``, ``cudaStreamCreate``/``Synchronize``/``Destroy``,
+``cudaFree``, ``cudaFreeHost``; no pycuda).
+
+- The engine runs on one GPU, ``device="cuda"`` or ``"cuda:N"``; ``device="cpu"`` is refused (use the .onnx).
+- CUDA's current device is per host thread, so every call that touches buffers first makes the engine's GPU
+  current in the calling thread. Each thread gets its own execution context, stream, device buffers and pinned
+  host buffers (sized for the profile's largest batch), reused across calls: host <-> device copies go through
+  pinned memory, which DMA can read directly.
+- A caller holding torch CUDA tensors on the engine's GPU passes them directly: they are used in place, and outputs
+  come back as torch CUDA tensors (no host round trip); a tensor on another device is refused.
 
 An engine only runs on the TensorRT version and GPU it was built for: :func:`engine_mismatch` compares the
-manifest with the running system and the backend refuses a mismatch with the command that rebuilds it.
+manifest with the running system and the backend refuses a mismatch with the torch-free command that rebuilds it
+from the exported ONNX.
 """
 
 from __future__ import annotations
 
+import ctypes
 import threading
 import warnings
 from typing import Any
 
 import numpy as np
 
+from lcr_sdk.backends import cuda
 from lcr_sdk.backends.base import Backend
-from lcr_sdk.errors import InputError, ModelError, require
+from lcr_sdk.errors import InputError, ModelError, import_platform
 
 
 def _version_key(version: str) -> tuple[str, ...]:
@@ -53,39 +65,43 @@ def engine_mismatch(built: dict[str, Any] | None, running: dict[str, Any]) -> li
     return problems
 
 
-def rebuild_command(precision: str, out: str) -> str:
-    """The command that rebuilds an engine for this machine (int8 also needs calibration images)."""
-    calib = " --calib IMAGES_DIR" if precision == "int8" else ""
-    return f"lcr-sdk export CKPT --trt --precision {precision}{calib} --out {out}"
-
-
-def _cudart():
-    try:
-        from cuda.bindings import runtime as cudart  # cuda-python >= 12.6
-    except ImportError:
-        cudart = require("cuda.cudart", "trt", "Running a TensorRT engine")  # older cuda-python
-    return cudart
-
-
-def _ck(result):
-    """Unpack a cuda-python ``(err, *values)`` tuple, raising on error."""
-    err, *values = result if isinstance(result, tuple) else (result,)
-    if int(err) != 0:
-        raise RuntimeError(f"CUDA runtime error {err}")
-    return values[0] if len(values) == 1 else values
+def rebuild_command(precision: str, out: str, onnx_file: str | None = None) -> str:
+    """The torch-free command that rebuilds an engine on this machine from its exported ONNX (and its .json)."""
+    source = onnx_file or (out.rsplit(".", 1)[0] + ".onnx")
+    return f"lcr-sdk export {source} --trt --precision {precision} --out {out}"
 
 
 class _ThreadState:
-    """One thread's execution context, stream and reusable device buffers."""
+    """One thread's execution context, stream, device buffers and pinned host buffers."""
 
-    def __init__(self, engine, cudart, sizes: dict[str, int]):
+    def __init__(self, engine: Any, sizes: dict[str, int], device: int):
+        rt = cuda.cudart()
+        cuda.set_device(device)
+        self.device = device
         self.context = engine.create_execution_context()
-        self.stream = _ck(cudart.cudaStreamCreate())
-        self.buffers = {name: _ck(cudart.cudaMalloc(n)) for name, n in sizes.items()}
+        self.stream = cuda.check(rt.cudaStreamCreate(), device, "cudaStreamCreate")
+        self.buffers = {n: cuda.check(rt.cudaMalloc(b), device, "cudaMalloc") for n, b in sizes.items()}
+        self.pinned = {n: cuda.check(rt.cudaMallocHost(b), device, "cudaMallocHost") for n, b in sizes.items()}
+
+    def host_view(self, name: str, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+        """A numpy array over this thread's pinned buffer for ``name``."""
+        nbytes = int(np.prod(shape)) * dtype.itemsize
+        raw = (ctypes.c_byte * nbytes).from_address(int(self.pinned[name]))
+        return np.frombuffer(raw, dtype=dtype, count=int(np.prod(shape))).reshape(shape)
+
+    def free(self) -> None:
+        rt = cuda.cudart()
+        cuda.set_device(self.device)
+        for ptr in self.buffers.values():
+            rt.cudaFree(ptr)
+        for ptr in self.pinned.values():
+            rt.cudaFreeHost(ptr)
+        rt.cudaStreamDestroy(self.stream)
+        self.context = None
 
 
 class TensorRTBackend(Backend):
-    """Runs a serialized TensorRT engine (``.engine`` / ``.plan``).
+    """Runs a serialized TensorRT engine (``.engine`` / ``.plan`` / ``.trt``).
 
     Options:
         force: run an engine whose manifest names another TensorRT version or GPU (a warning instead of an error).
@@ -94,18 +110,23 @@ class TensorRTBackend(Backend):
     name = "tensorrt"
 
     def load(self) -> None:
-        trt = require("tensorrt", "trt", "Running a TensorRT engine")
-        cudart = _cudart()
-        self.trt, self.cudart = trt, cudart
-        dev = int(str(self.device).split(":")[1]) if self.device and ":" in str(self.device) else 0
-        _ck(cudart.cudaSetDevice(dev))
-        running = running_system(dev)
+        if self.device is not None and not str(self.device).startswith("cuda"):
+            raise InputError(
+                f"device={self.device!r}: a TensorRT engine runs only on a CUDA GPU; pass device='cuda' or "
+                "'cuda:N', or run the exported .onnx for the CPU: Embedder('model.onnx', device='cpu')"
+            )
+        self.device_id = cuda.device_index(self.device)
+        trt = import_platform("tensorrt")
+        self.trt = trt
+        cuda.set_device(self.device_id)
+        running = running_system(self.device_id)
         problems = engine_mismatch(self.manifest.tensorrt, running)
+        rebuild = rebuild_command(self.manifest.precision, self.path.name, self.manifest.extra.get("onnx_file"))
         if problems:
             msg = (
                 f"TensorRT engine {self.path} cannot run here: {'; '.join(problems)}. Engines are specific to the "
-                f"TensorRT version and GPU; rebuild it on this machine: "
-                f"{rebuild_command(self.manifest.precision, self.path.name)}"
+                f"TensorRT version and GPU; build one on this machine from the exported ONNX (no torch needed): "
+                f"{rebuild}"
             )
             if not self.options.get("force"):
                 raise ModelError(msg)
@@ -116,8 +137,7 @@ class TensorRTBackend(Backend):
         if self.engine is None:
             raise ModelError(
                 f"TensorRT could not deserialize {self.path} ({self.path.stat().st_size} bytes): it is "
-                f"truncated or not an engine; rebuild it: "
-                f"{rebuild_command(self.manifest.precision, self.path.name)}"
+                f"truncated or not an engine; rebuild it here: {rebuild}"
             )
         self._describe_io()
         self._local = threading.local()
@@ -130,31 +150,35 @@ class TensorRTBackend(Backend):
         """Names, modes, dtypes and max-batch byte sizes of the engine's I/O tensors; checked against the manifest."""
         trt, m = self.trt, self.manifest
         self.inputs, self.outputs, self.dtypes, self.sizes = [], [], {}, {}
+        inputs, outputs = {}, {}
         for i in range(self.engine.num_io_tensors):
             name = self.engine.get_tensor_name(i)
             is_input = self.engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT
             (self.inputs if is_input else self.outputs).append(name)
             self.dtypes[name] = np.dtype(trt.nptype(self.engine.get_tensor_dtype(name)))
-            shape = [m.batch_max if d < 0 else d for d in self.engine.get_tensor_shape(name)]
-            self.sizes[name] = int(np.prod(shape)) * self.dtypes[name].itemsize
-        if self.inputs != [m.input.name] or sorted(self.outputs) != sorted(m.output_names):
-            raise ModelError(
-                f"{self.path} has inputs {self.inputs} and outputs {self.outputs}; its manifest expects "
-                f"{[m.input.name]} and {m.output_names}: rebuild it with lcr-sdk export"
+            dims = list(self.engine.get_tensor_shape(name))
+            (inputs if is_input else outputs)[name] = (
+                (self.dtypes[name].name, dims) if is_input else [d if d >= 0 else "N" for d in dims]
             )
+            shape = [m.batch_max if d < 0 else d for d in dims]
+            self.sizes[name] = int(np.prod(shape)) * self.dtypes[name].itemsize
+        self.check_io(inputs, outputs)
         lo, _, hi = self.engine.get_tensor_profile_shape(m.input.name, 0)
         if lo[0] > m.batch_min or hi[0] < m.batch_max:
             raise ModelError(
                 f"{self.path}: engine profile batch {lo[0]}..{hi[0]} does not cover the manifest's "
-                f"{m.batch_min}..{m.batch_max}; rebuild it with lcr-sdk export"
+                f"{m.batch_min}..{m.batch_max}; rebuild it: "
+                f"{rebuild_command(m.precision, self.path.name, m.extra.get('onnx_file'))}"
             )
 
     def _state(self) -> _ThreadState:
         state = getattr(self._local, "state", None)
         if state is None:
-            state = self._local.state = _ThreadState(self.engine, self.cudart, self.sizes)
+            state = self._local.state = _ThreadState(self.engine, self.sizes, self.device_id)
             with self._lock:
                 self._states.append(state)
+        else:
+            cuda.set_device(self.device_id)  # this thread may have switched GPU since
         return state
 
     def infer(self, feed: Any) -> dict[str, Any]:
@@ -162,29 +186,38 @@ class TensorRTBackend(Backend):
         if type(feed).__module__.startswith("torch"):
             return self._infer_torch(feed)
         feed = self.check_feed(feed)
-        cudart, st, name = self.cudart, self._state(), self.inputs[0]
-        h2d, d2h = cudart.cudaMemcpyKind.cudaMemcpyHostToDevice, cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost
+        rt, st, name = cuda.cudart(), self._state(), self.inputs[0]
+        h2d, d2h = rt.cudaMemcpyKind.cudaMemcpyHostToDevice, rt.cudaMemcpyKind.cudaMemcpyDeviceToHost
         st.context.set_input_shape(name, feed.shape)
         for n, ptr in st.buffers.items():
             st.context.set_tensor_address(n, int(ptr))
-        _ck(cudart.cudaMemcpyAsync(st.buffers[name], feed.ctypes.data, feed.nbytes, h2d, st.stream))
+        st.host_view(name, feed.shape, feed.dtype)[...] = feed  # into pinned memory
+        cuda.check(rt.cudaMemcpyAsync(st.buffers[name], st.pinned[name], feed.nbytes, h2d, st.stream))
         if not st.context.execute_async_v3(int(st.stream)):
-            raise RuntimeError(f"TensorRT execute_async_v3 failed on {self.path}")
-        out = {}
+            raise ModelError(f"TensorRT execute_async_v3 failed on {self.path}; see the TensorRT log above")
+        shapes = {n: tuple(st.context.get_tensor_shape(n)) for n in self.outputs}
         for n in self.outputs:
-            arr = np.empty(tuple(st.context.get_tensor_shape(n)), dtype=self.dtypes[n])
-            _ck(cudart.cudaMemcpyAsync(arr.ctypes.data, st.buffers[n], arr.nbytes, d2h, st.stream))
-            out[n] = arr
-        _ck(cudart.cudaStreamSynchronize(st.stream))
-        return {n: out[n].astype(np.float32, copy=False) for n in self.manifest.output_names}
+            nbytes = int(np.prod(shapes[n])) * self.dtypes[n].itemsize
+            cuda.check(rt.cudaMemcpyAsync(st.pinned[n], st.buffers[n], nbytes, d2h, st.stream))
+        cuda.check(rt.cudaStreamSynchronize(st.stream), self.device_id, "cudaStreamSynchronize")
+        out = {
+            n: st.host_view(n, shapes[n], self.dtypes[n]).astype(np.float32, copy=True)
+            for n in self.manifest.output_names
+        }
+        return self.check_outputs(out, len(feed))
 
-    def _infer_torch(self, feed) -> dict[str, Any]:
+    def _infer_torch(self, feed: Any) -> dict[str, Any]:
         import torch
 
         if not feed.is_cuda or feed.dtype != torch.uint8 or feed.ndim != 4:
             raise InputError(
                 f"tensor input must be a uint8 N x H x W x 3 CUDA tensor; got {feed.dtype} "
                 f"{tuple(feed.shape)} on {feed.device}"
+            )
+        if feed.device.index != self.device_id:
+            raise InputError(
+                f"tensor is on {feed.device} but the engine runs on cuda:{self.device_id}; move it with "
+                f".to('cuda:{self.device_id}') or load the engine with device='{feed.device}'"
             )
         feed = feed.contiguous()
         st, name = self._state(), self.inputs[0]
@@ -197,16 +230,13 @@ class TensorRTBackend(Backend):
             st.context.set_tensor_address(n, out[n].data_ptr())
         stream = torch.cuda.current_stream(feed.device)
         if not st.context.execute_async_v3(stream.cuda_stream):
-            raise RuntimeError(f"TensorRT execute_async_v3 failed on {self.path}")
-        return {n: out[n].float() for n in self.manifest.output_names}
+            raise ModelError(f"TensorRT execute_async_v3 failed on {self.path}; see the TensorRT log above")
+        return self.check_outputs({n: out[n].float() for n in self.manifest.output_names}, len(feed))
 
     def close(self) -> None:
         if getattr(self, "_states", None):
             for st in self._states:
-                for ptr in st.buffers.values():
-                    self.cudart.cudaFree(ptr)
-                self.cudart.cudaStreamDestroy(st.stream)
-                st.context = None
+                st.free()
             self._states = []
         self.engine = None
         super().close()
@@ -214,7 +244,5 @@ class TensorRTBackend(Backend):
 
 def running_system(device: int = 0) -> dict[str, Any]:
     """TensorRT version, GPU name and compute capability of this process (what an engine's manifest records)."""
-    trt = require("tensorrt", "trt", "Reading the TensorRT version")
-    prop = _ck(_cudart().cudaGetDeviceProperties(device))
-    gpu = prop.name.decode() if isinstance(prop.name, bytes) else str(prop.name)
-    return {"version": trt.__version__, "gpu": gpu.strip("\x00"), "compute_capability": f"{prop.major}.{prop.minor}"}
+    trt = import_platform("tensorrt")
+    return {"version": trt.__version__, **cuda.gpu_identity(device)}

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from lcr_sdk.backends.base import Backend
-from lcr_sdk.errors import InputError, require
+from lcr_sdk.errors import InputError, ModelError, require
 from lcr_sdk.fileio import sha256_file
 from lcr_sdk.manifest import DEFAULT_BATCH, Manifest, manifest_for_checkpoint
 
@@ -58,6 +58,12 @@ class TorchBackend(Backend):
                 f"(torch.cuda.is_available() = {torch.cuda.is_available()})"
             )
         net, _ = load_net(self.path)
+        m = self.manifest
+        if (net.arch, net.method, net.num_parts) != (m.arch, m.method, m.num_parts):
+            raise ModelError(
+                f"checkpoint {self.path} is {net.arch} {net.method} with K={net.num_parts}, but the model it is "
+                f"compared with is {m.arch} {m.method} with K={m.num_parts}; pass the checkpoint it was exported from"
+            )
         model = DeployModel(net).eval().to(dev)
         if dev.type == "cuda":
             model = model.to(memory_format=torch.channels_last)  # the NHWC input is already channels-last
@@ -96,8 +102,9 @@ class TorchBackend(Backend):
             else:
                 outs = [o.float() for o in self.model(x)]
         if as_torch:
-            return dict(zip(self.manifest.output_names, outs, strict=True))
-        return {n: o.cpu().numpy() for n, o in zip(self.manifest.output_names, outs, strict=True)}
+            return self.check_outputs(dict(zip(self.manifest.output_names, outs, strict=True)), len(x))
+        out = {n: o.cpu().numpy() for n, o in zip(self.manifest.output_names, outs, strict=True)}
+        return self.check_outputs(out, len(x))
 
     def _graph(self, n: int) -> tuple:
         """Capture (once per batch size) a CUDA graph of the model with static input and output buffers."""
