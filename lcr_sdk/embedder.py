@@ -20,64 +20,88 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 
 from lcr_sdk.backends.base import Backend, backend_for
-from lcr_sdk.errors import InputError, ModelError
+from lcr_sdk.errors import InputError, ModelError, import_platform
 from lcr_sdk.fileio import sha256_file
-from lcr_sdk.images import crop_box, heatmap_overlay, resize_to, to_bgr
+from lcr_sdk.images import crop_box, heatmap_overlay, read_image, resize_to, to_bgr
 from lcr_sdk.manifest import Manifest
+
+cv2 = import_platform("cv2")  # OpenCV: the cpu/gpu extra, or the platform's own (JetPack), named if missing
 
 
 @dataclass
 class Attention:
-    """Where the model looked, at the size of the input image.
+    """Where the model looked, mapped onto the input image (``size`` = its H, W).
+
+    The maps live on the model's feature grid and are brought to image size only when asked for, by one bilinear
+    rule (OpenCV's ``INTER_LINEAR`` convention) onto the crop box the model saw: ``mask`` and ``parts`` on first
+    access, ``part_map(k)`` one map, and ``overlay`` in strips of rows, so a 20000 x 20000 frame never holds a
+    full-size float map (docs/BENCHMARKS.md, "Runtime", for the measured peaks).
 
     Attributes:
         embedding: float32 (D,) unit embedding.
         mask: float32 (H, W) attention mask M in [0, 1] (0 outside the region the model saw, for a centre crop).
-        parts: float32 (K, H, W) part maps P, or None for a ``moco`` model; resized on first access only (K maps
-            at frame size cost ~20 ms at 640x480, more than inference on a GPU), ``part_map(k)`` resizes one.
+        parts: float32 (K, H, W) part maps P, or None for a ``moco`` model (K maps at frame size cost ~20 ms at
+            640x480, more than inference on a GPU: use ``part_map(k)`` or ``part_grid`` where one will do).
         peaks: one ``(part_index, x, y, score)`` per part: the pixel of its strongest response and its value.
+        mask_grid: float32 (h, w) mask on the model's feature grid.
         part_grid: float32 (K, h, w) part maps on the model's feature grid, or None.
+        box: the region ``(x0, y0, x1, y1)`` of the image the model saw (:func:`lcr_sdk.images.crop_box`).
+        size: ``(H, W)`` of the image.
     """
 
     embedding: np.ndarray
-    mask: np.ndarray
+    mask_grid: np.ndarray
     peaks: list[tuple[int, int, int, float]]
     part_grid: np.ndarray | None = None
     box: tuple[float, float, float, float] = field(default=(0.0, 0.0, 0.0, 0.0), repr=False)
+    size: tuple[int, int] = (0, 0)
+
+    @cached_property
+    def mask(self) -> np.ndarray:
+        return _to_image(self.mask_grid[None], *self.size, self.box)[0]
 
     @cached_property
     def parts(self) -> np.ndarray | None:
         if self.part_grid is None:
             return None
-        return _to_image(self.part_grid, *self.mask.shape, self.box)
+        return _to_image(self.part_grid, *self.size, self.box)
 
     def part_map(self, k: int) -> np.ndarray:
         """Part map ``k`` at the image's size (H, W)."""
+        self._check_part(k)
+        if "parts" in self.__dict__:  # already resized
+            return self.parts[k]  # type: ignore[index]
+        return _to_image(self.part_grid[k : k + 1], *self.size, self.box)[0]  # type: ignore[index]
+
+    def _check_part(self, k: int) -> None:
         n = 0 if self.part_grid is None else len(self.part_grid)
         if not 0 <= k < n:
             raise InputError(f"part={k} is not valid: this model has {n} part maps" + (f" (0..{n - 1})" if n else ""))
-        if "parts" in self.__dict__:  # already resized
-            return self.parts[k]
-        return _to_image(self.part_grid[k : k + 1], *self.mask.shape, self.box)[0]
 
     def overlay(self, image: Any, part: int | None = None, alpha: float = 0.5, color: str = "bgr") -> np.ndarray:
         """A BGR uint8 picture of the image with the mask (or part ``part``, its peak marked) as a heatmap."""
         img = to_bgr(image, color)
-        if img.shape[:2] != self.mask.shape:
+        h, w = self.size
+        if img.shape[:2] != (h, w):
             raise InputError(
                 f"overlay image is {img.shape[1]}x{img.shape[0]} but the attention was computed for "
-                f"{self.mask.shape[1]}x{self.mask.shape[0]}; pass the same image given to attend()"
+                f"{w}x{h}; pass the same image given to attend()"
             )
         if part is None:
-            heat = self.mask
+            grid = self.mask_grid[None]
         else:
-            p = self.part_map(part)
-            heat = p / p.max() if p.max() > 0 else p
-        out = heatmap_overlay(img, heat, alpha)
+            self._check_part(part)
+            g = self.part_grid[part : part + 1]  # type: ignore[index]
+            peak = float(g.max())
+            grid = g / peak if peak > 0 else g
+        out = np.empty_like(img)
+        for r0 in range(0, h, OVERLAY_ROWS):  # strips bound the float temporaries of a huge frame
+            rows = np.arange(r0, min(h, r0 + OVERLAY_ROWS))
+            heat = _to_image(grid, h, w, self.box, rows)[0]
+            out[rows[0] : rows[-1] + 1] = heatmap_overlay(img[rows[0] : rows[-1] + 1], heat, alpha)
         if part is not None:
             _, x, y, _ = self.peaks[part]
             size = max(8, min(img.shape[:2]) // 12)
@@ -85,12 +109,39 @@ class Attention:
         return out
 
 
-def _to_image(maps: np.ndarray, h: int, w: int, box: tuple[float, float, float, float]) -> np.ndarray:
-    """Resize (C, fh, fw) feature-grid maps onto the crop box of an h x w image; 0 outside it. -> (C, h, w)."""
+OVERLAY_ROWS = 1024
+
+
+def _axis(n_src: int, n_dst: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Source indices and weights of a bilinear resize along one axis (OpenCV INTER_LINEAR: half-pixel centres,
+    edges clamped): ``dst[i] = src[i0] * (1 - f) + src[i1] * f``."""
+    x = (np.arange(n_dst) + 0.5) * (n_src / max(n_dst, 1)) - 0.5
+    i0 = np.floor(x).astype(np.int64)
+    f = (x - i0).astype(np.float32)
+    f[i0 < 0] = 0.0
+    i0 = np.clip(i0, 0, n_src - 1)
+    f[i0 >= n_src - 1] = 0.0
+    return i0, np.minimum(i0 + 1, n_src - 1), f
+
+
+def _to_image(
+    maps: np.ndarray, h: int, w: int, box: tuple[float, float, float, float], rows: np.ndarray | None = None
+) -> np.ndarray:
+    """Resize (C, fh, fw) feature-grid maps onto the crop box of an h x w image, 0 outside it -> (C, h, w), or only
+    the image rows ``rows`` -> (C, len(rows), w)."""
     x0, y0, x1, y1 = (int(round(v)) for v in box)
-    out = np.zeros((len(maps), h, w), np.float32)
-    for c, m in enumerate(maps):
-        out[c, y0:y1, x0:x1] = cv2.resize(m.astype(np.float32), (x1 - x0, y1 - y0), interpolation=cv2.INTER_LINEAR)
+    maps = np.asarray(maps, np.float32)
+    c, fh, fw = maps.shape
+    xi0, xi1, fx = _axis(fw, x1 - x0)
+    horizontal = maps[:, :, xi0] * (1 - fx) + maps[:, :, xi1] * fx  # C x fh x (x1 - x0): small
+    rows = np.arange(h) if rows is None else rows
+    out = np.zeros((c, len(rows), w), np.float32)
+    inside = (rows >= y0) & (rows < y1)
+    if inside.any():
+        yi0, yi1, fy = _axis(fh, y1 - y0)
+        local = rows[inside] - y0
+        wy = fy[local][None, :, None]
+        out[:, inside, x0:x1] = horizontal[:, yi0[local]] * (1 - wy) + horizontal[:, yi1[local]] * wy
     return out
 
 
@@ -169,8 +220,14 @@ class Embedder:
     # -- host preprocessing -------------------------------------------------------------------------------------
 
     def prepare(self, image: Any, color: str = "bgr") -> np.ndarray:
-        """One image (array, path or PIL) -> uint8 H x W x 3 BGR at the model's input size."""
+        """One image (array, path or PIL) -> uint8 H x W x 3 BGR at the model's input size.
+
+        A file is decoded at reduced size when it is much larger than the input (``read_image``'s ``min_size``),
+        so a huge photo never costs its full-size pixels.
+        """
         spec = self.manifest.input
+        if isinstance(image, (str, os.PathLike)):
+            image = read_image(image, min_size=(spec.height, spec.width))
         return resize_to(to_bgr(image, color), spec.height, spec.width, spec.resize, spec.interpolation)
 
     def infer(self, batch: Any) -> dict[str, Any]:
@@ -229,7 +286,7 @@ class Embedder:
         out = self._run_chunk(self.prepare(img)[None])
         h, w = img.shape[:2]
         box = crop_box(h, w, spec.height, spec.width, spec.resize)
-        mask = _to_image(out["attention"][:1], h, w, box)[0]
+        mask_grid = np.asarray(out["attention"][0], np.float32)  # h x w on the feature grid; resized lazily
         grid, peaks = None, []
         if "parts" in out:
             grid = np.asarray(out["parts"][0], np.float32)  # K x fh x fw; resized lazily (Attention.parts)
@@ -240,7 +297,7 @@ class Embedder:
                 x = int(min(w - 1, x0 + (ix + 0.5) * (x1 - x0) / fw))
                 y = int(min(h - 1, y0 + (iy + 0.5) * (y1 - y0) / fh))
                 peaks.append((k, x, y, float(g[iy, ix])))
-        return Attention(out["embedding"][0].astype(np.float32), mask, peaks, grid, box)
+        return Attention(out["embedding"][0].astype(np.float32), mask_grid, peaks, grid, box, (h, w))
 
     def close(self) -> None:
         """Release the backend."""

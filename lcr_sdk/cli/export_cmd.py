@@ -1,6 +1,8 @@
 """`lcr-sdk export` and `lcr-sdk verify`: thin commands over ``lcr_sdk.export``.
 
-Nothing here imports torch at import time; the export package is imported inside the commands.
+Nothing here imports torch at import time; the export package is imported inside the commands. Building an engine
+from an exported ONNX (``lcr-sdk export model.onnx --trt``) and attaching a manifest to a trtexec engine
+(``--manifest``) need neither torch nor onnx: only the runtime core and TensorRT.
 """
 
 from __future__ import annotations
@@ -35,22 +37,51 @@ def _parse_batch(text: str) -> tuple[int, int, int]:
         values = tuple(int(v) for v in text.split(","))
     except ValueError:
         values = ()
-    if len(values) != 3:
-        raise InputError(f"--batch {text!r} is not MIN,OPT,MAX (three integers, e.g. 1,8,32)")
+    if len(values) != 3 or not 1 <= values[0] <= values[1] <= values[2]:
+        raise InputError(f"--batch {text!r} is not MIN,OPT,MAX (three integers, 1 <= MIN <= OPT <= MAX, e.g. 1,8,32)")
     return values  # type: ignore[return-value]
 
 
+def _check_options(precision: str, workspace: float, verify_sample: int, calib_images: int) -> None:
+    from lcr_sdk.manifest import PRECISIONS
+
+    if precision not in PRECISIONS:
+        raise InputError(f"--precision {precision!r} is not one of {', '.join(PRECISIONS)}")
+    if workspace <= 0:
+        raise InputError(f"--workspace {workspace} is not valid; give the TensorRT workspace in GiB, e.g. 4")
+    if verify_sample < 2:
+        raise InputError(f"--verify-sample {verify_sample} is not valid; Rank-1 agreement needs at least 2 images")
+    if calib_images < 1:
+        raise InputError(f"--calib-images {calib_images} is not valid; use a few hundred")
+
+
 def export(
-    checkpoint: Annotated[Path, typer.Argument(help="lcr-sdk checkpoint (.pt) to export.")],
+    source: Annotated[
+        Path,
+        typer.Argument(
+            help="A checkpoint (.pt); or an exported .onnx with --trt (builds the engine here, no torch needed); "
+            "or an engine built with trtexec, with --manifest."
+        ),
+    ],
     onnx: Annotated[bool, typer.Option("--onnx", help="Write the ONNX model (always; --trt adds an engine).")] = True,
-    trt: Annotated[bool, typer.Option("--trt", help="Also build a TensorRT engine (implies --onnx).")] = False,
-    precision: Annotated[str, typer.Option("--precision", "-p", help="fp32, fp16 or int8 (needs --calib).")] = "fp32",
+    trt: Annotated[bool, typer.Option("--trt", help="Build a TensorRT engine on this machine.")] = False,
+    precision: Annotated[
+        str | None,
+        typer.Option("--precision", "-p", help="fp32, fp16 or int8 (needs --calib); an .onnx keeps its own."),
+    ] = None,
     out: Annotated[
         Path | None,
         typer.Option(
             "--out",
             "-o",
-            help="Model file: .onnx, or .engine with --trt (default: beside the checkpoint, <stem>-<precision>.onnx).",
+            help="Model file: .onnx, or .engine with --trt (default: beside the source, <stem>-<precision>.onnx).",
+        ),
+    ] = None,
+    manifest: Annotated[
+        Path | None,
+        typer.Option(
+            "--manifest",
+            help="With an engine as SOURCE: the ONNX (or its .json) it was built from; writes the engine's manifest.",
         ),
     ] = None,
     calib: Annotated[
@@ -77,25 +108,65 @@ def export(
     timing_cache: Annotated[
         Path | None,
         typer.Option(
-            help="TensorRT timing cache file, reused across builds (default ~/.cache/lcr-sdk/tensorrt-timing.cache)."
+            help="TensorRT timing cache file or folder (default: one file per TensorRT version and GPU "
+            "architecture under ~/.cache/lcr-sdk)."
         ),
     ] = None,
 ) -> None:
     """Export a checkpoint to ONNX (fp32/fp16/int8) and optionally a TensorRT engine, with its manifest.
 
     Example: lcr-sdk export runs/x/lcr.pt --precision int8 --calib data/train --out lcr-int8.onnx
+
+    On the device (TensorRT and the runtime core only): lcr-sdk export lcr-fp16.onnx --trt --out lcr-fp16.engine
     """
-    require("torch", "export", "lcr-sdk export")
+    from lcr_sdk.backends.base import ENGINE_SUFFIXES
+
+    _check_options(precision or "fp32", workspace, verify_sample, calib_images)
+    parsed_batch = _parse_batch(batch)
+    cache: str | Path = timing_cache if timing_cache is not None else "default"
+    suffix = source.suffix.lower()
+    if manifest is not None or suffix in ENGINE_SUFFIXES:
+        if manifest is None or suffix not in ENGINE_SUFFIXES:
+            raise InputError(
+                "--manifest attaches an ONNX's manifest to an engine built with trtexec: lcr-sdk export "
+                "model.engine --manifest model.onnx"
+                + (f" ({source} is not an engine)" if suffix not in ENGINE_SUFFIXES else "")
+            )
+        from lcr_sdk.export.trt import attach_manifest
+
+        built = attach_manifest(source, manifest)
+        t = built.tensorrt or {}
+        typer.echo(
+            f"wrote {source}.json (from {manifest}; TensorRT {t.get('version')}, {t.get('gpu')}, "
+            f"compute capability {t.get('compute_capability')})"
+        )
+        return
+    if suffix == ".onnx":
+        if not trt:
+            raise InputError(
+                f"{source} is already an exported model; to build a TensorRT engine from it on this machine pass "
+                f"--trt: lcr-sdk export {source} --trt --out {source.with_suffix('.engine').name}"
+            )
+        from lcr_sdk.export.trt import build_engine_from_onnx
+
+        build_engine_from_onnx(source, out, precision, workspace_gib=workspace, timing_cache=cache, say=typer.echo)
+        return
+    if suffix not in (".pt", ".pth"):
+        raise InputError(
+            f"cannot export {source}: give a checkpoint (.pt), an exported .onnx with --trt, or an engine "
+            f"({', '.join(ENGINE_SUFFIXES)}) with --manifest"
+        )
+    require("torch", "export", "lcr-sdk export CHECKPOINT")
     from lcr_sdk.export import export_model
 
     with _warnings_as_lines():
         export_model(
-            checkpoint,
+            source,
             out,
-            precision=precision,
+            precision=precision or "fp32",
             calib_dir=calib,
             trt=trt,
-            batch=_parse_batch(batch),
+            batch=parsed_batch,
             image_size=image_size,
             verify=verify,
             verify_images=verify_images,
@@ -103,7 +174,7 @@ def export(
             calib_method=calib_method,
             calib_images=calib_images,
             workspace_gib=workspace,
-            timing_cache=timing_cache if timing_cache is not None else "default",
+            timing_cache=cache,
             log=typer.echo,
         )
 
@@ -113,7 +184,7 @@ def verify(
     checkpoint: Annotated[Path, typer.Option("--checkpoint", "-c", help="Checkpoint it was exported from.")],
     images: Annotated[Path, typer.Option("--images", "-i", help="Folder of real images (searched recursively).")],
     max_images: Annotated[int, typer.Option(help="Use at most this many images (0: all).")] = 256,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout instead of text.")] = False,
 ) -> None:
     """Compare an exported model with the fp32 PyTorch model on real images; exit 1 below the precision's threshold.
 
@@ -121,13 +192,15 @@ def verify(
 
     Example: lcr-sdk verify lcr-int8.onnx --checkpoint runs/x/lcr.pt --images data/test
     """
+    if max_images < 0:
+        raise InputError(f"--max-images {max_images} is not valid; use 0 (all) or a positive number")
+    if not model.is_file():
+        raise InputError(f"model {model} does not exist; export one with `lcr-sdk export CHECKPOINT --out {model}`")
     require("torch", "export", "lcr-sdk verify")
     from lcr_sdk.export import format_report, verify_model
 
-    if not model.is_file():
-        raise InputError(f"model {model} does not exist; export one with `lcr-sdk export CHECKPOINT --out {model}`")
     with _warnings_as_lines():
-        report = verify_model(model, checkpoint, images, max_images or None)
+        report = verify_model(model, checkpoint, images, max_images or None, progress=not as_json)
     typer.echo(json.dumps(report, indent=2) if as_json else format_report(report))
     if not report["passed"]:
         raise typer.Exit(1)

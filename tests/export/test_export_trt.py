@@ -26,7 +26,7 @@ def test_missing_tensorrt_says_how_to_get_it(lcr_checkpoint, tmp_path):
     from lcr_sdk.manifest import InputSpec, Manifest
 
     m = Manifest("resnet18", "lcr", 512, 8, (2, 2), InputSpec(64, 64))
-    with pytest.raises(MissingDependencyError, match=r"JetPack.*pip install 'lcr-sdk\[trt\]'"):
+    with pytest.raises(MissingDependencyError, match=r"JetPack.*pip install 'lcr-sdk\[trt-cu12\]'"):
         build_engine(tmp_path / "m.onnx", tmp_path / "m.engine", m)
     assert not (tmp_path / "m.engine").exists()
 

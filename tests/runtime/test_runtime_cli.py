@@ -92,8 +92,11 @@ def test_bench_and_info(model):
     assert r.exit_code == 0, r.output
     assert "CPUExecutionProvider" in r.output and "with host preprocessing" in r.output
     assert r.output.count("| 2 |") == 2
-    r = _run("info", model)
+    r = _run("info", model, "--json")
     assert r.exit_code == 0 and json.loads(r.output)["arch"] == "resnet18"
+    r = _run("info", model)
+    assert r.exit_code == 0 and "resnet18 lcr, fp32, embedding D=512, parts K=8" in r.output
+    assert "input: images uint8 [N, 64, 64, 3] NHWC BGR" in r.output and "engine:" not in r.output
 
 
 def test_domain_errors_are_one_line(model, tmp_path):

@@ -149,7 +149,7 @@ def test_engine_from_elsewhere_is_refused_before_tensorrt_loads(lcr_onnx, tmp_pa
     try:
         import tensorrt  # noqa: F401
     except Exception:
-        with pytest.raises(MissingDependencyError, match=r"lcr-sdk\[trt\]"):
+        with pytest.raises(MissingDependencyError, match=r"JetPack.*lcr-sdk\[trt-cu12\]"):
             Embedder(engine)
     else:
         pytest.skip("TensorRT installed: tests/runtime/test_runtime_tensorrt.py covers this")

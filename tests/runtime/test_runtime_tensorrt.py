@@ -37,10 +37,13 @@ def test_both_differences_reported():
     assert len(engine_mismatch({"version": "8.6.1", "gpu": "A100", "compute_capability": "8.0"}, RUNNING)) == 2
 
 
-def test_rebuild_command():
-    assert rebuild_command("fp16", "model.engine") == "lcr-sdk export CKPT --trt --precision fp16 --out model.engine"
-    assert rebuild_command("int8", "m.engine") == (
-        "lcr-sdk export CKPT --trt --precision int8 --calib IMAGES_DIR --out m.engine"
+def test_rebuild_command_is_torch_free_from_the_onnx():
+    """The refusal of a foreign engine names the build from the exported ONNX, which needs no torch or checkpoint."""
+    assert (
+        rebuild_command("fp16", "model.engine") == "lcr-sdk export model.onnx --trt --precision fp16 --out model.engine"
+    )
+    assert rebuild_command("int8", "m.plan", "lcr-int8.onnx") == (
+        "lcr-sdk export lcr-int8.onnx --trt --precision int8 --out m.plan"
     )
 
 
@@ -135,5 +138,5 @@ def test_engine_from_other_version_is_refused(engine, tmp_path):
     d = json.loads(sidecar_path(engine).read_text())
     d["tensorrt"]["version"] = "9.0.0"
     sidecar_path(other).write_text(json.dumps(d))
-    with pytest.raises(ModelError, match="lcr-sdk export CKPT --trt --precision fp32 --out lcr.engine"):
+    with pytest.raises(ModelError, match="lcr-sdk export lcr.onnx --trt --precision fp32 --out lcr.engine"):
         Embedder(other)

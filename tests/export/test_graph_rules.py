@@ -1,0 +1,180 @@
+"""Every exported precision obeys the TensorRT 10.3 ONNX parser's documented rules (export/trt_rules.py), and the
+int8 graph places Q/DQ the way TensorRT fuses it. TensorRT itself cannot run here: these are the parser's written
+rules, checked on the real exported graphs; the checker is shown to catch the graphs the rules were written for.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.torch
+onnx = pytest.importorskip("onnx")
+
+from lcr_sdk.export.trt_rules import tensorrt_violations  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def graphs(lcr_checkpoint, moco_checkpoint, synth_root, tmp_path_factory) -> dict[tuple[str, str], Path]:
+    from lcr_sdk.export import export_model
+
+    folder = tmp_path_factory.mktemp("rules")
+    out = {}
+    for method, ckpt in (("lcr", lcr_checkpoint), ("moco", moco_checkpoint)):
+        for precision in ("fp32", "fp16", "int8"):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # few calibration images
+                out[method, precision] = export_model(
+                    ckpt,
+                    folder / f"{method}-{precision}.onnx",
+                    precision=precision,
+                    calib_dir=synth_root / "train",
+                    verify=False,
+                    progress=False,
+                    log=None,
+                )
+    return out
+
+
+CASES = [(m, p) for m in ("lcr", "moco") for p in ("fp32", "fp16", "int8")]
+
+
+@pytest.mark.parametrize("method, precision", CASES)
+def test_graph_obeys_the_tensorrt_parser_rules(graphs, method, precision):
+    assert tensorrt_violations(onnx.load(str(graphs[method, precision]))) == []
+
+
+@pytest.mark.parametrize("method, precision", CASES)
+def test_preprocessing_is_cast_transpose_add_then_conv(graphs, method, precision):
+    """uint8 input -> Cast -> Transpose -> one Add (the mean) -> conv1; flip and 1/std live in conv1's weights."""
+    proto = onnx.load(str(graphs[method, precision]))
+    consumers = {}
+    for n in proto.graph.node:
+        for x in n.input:
+            consumers.setdefault(x, []).append(n)
+    chain, tensor = [], "images"
+    while True:
+        (node,) = consumers[tensor]
+        if node.op_type in ("Conv", "DequantizeLinear", "QuantizeLinear") or len(chain) > 5:
+            break
+        chain.append(node.op_type)
+        tensor = node.output[0]
+    expected = ["Cast", "Transpose", "Add"] + (["Cast"] if precision == "fp16" else [])
+    assert chain == expected
+    assert consumers[tensor][0].op_type == "Conv", "the stem conv stays float in every precision"
+
+
+def _int8(graphs, method):
+    proto = onnx.load(str(graphs[method, "int8"]))
+    graph = proto.graph
+    inits = {t.name: t for t in graph.initializer}
+    producer = {o: n for n in graph.node for o in n.output}
+    consumers = {}
+    for n in graph.node:
+        for x in n.input:
+            consumers.setdefault(x, []).append(n)
+    return graph, inits, producer, consumers
+
+
+@pytest.mark.parametrize("method", ["lcr", "moco"])
+def test_int8_qdq_where_tensorrt_fuses(graphs, method):
+    from onnx import TensorProto, numpy_helper
+
+    graph, inits, producer, consumers = _int8(graphs, method)
+    dq_inputs = [n.input[0] for n in graph.node if n.op_type == "DequantizeLinear"]
+    # No bias quantisation: every DequantizeLinear reads INT8 (weights as initializers, activations from a Q).
+    for x in dq_inputs:
+        dtype = inits[x].data_type if x in inits else TensorProto.INT8
+        assert dtype == TensorProto.INT8, f"{x} is not INT8"
+    convs = [n for n in graph.node if n.op_type == "Conv"]
+    stem = [n for n in convs if producer.get(n.input[0]) is not None and producer[n.input[0]].op_type == "Add"]
+    assert len(stem) == 1, "the 3-channel stem reads the preprocessing Add, not a DequantizeLinear"
+    w = inits.get(stem[0].input[1])
+    assert w is not None and w.data_type == TensorProto.FLOAT and numpy_helper.to_array(w).shape[1] == 3
+    quantised = [n for n in convs if producer[n.input[0]].op_type == "DequantizeLinear"]
+    floats = [n for n in convs if n not in quantised]
+    assert len(floats) == (2 if method == "lcr" else 1), "float: the stem and the GFB conv only"
+    for n in quantised:  # per-channel INT8 weights through a DequantizeLinear on axis 0
+        dq = producer[n.input[1]]
+        assert dq.op_type == "DequantizeLinear" and inits[dq.input[0]].data_type == TensorProto.INT8
+        assert len(inits[dq.input[1]].dims) == 1 and inits[dq.input[1]].dims[0] == inits[dq.input[0]].dims[0]
+        if len(n.input) > 2:
+            assert n.input[2] in inits and inits[n.input[2]].data_type == TensorProto.FLOAT, "bias stays float"
+    residual = [n for n in graph.node if n.op_type == "Add" and all(x not in inits for x in n.input)]
+    # the tensor each shortcut Q/DQ quantises: Add <- DequantizeLinear <- QuantizeLinear <- tensor
+    shortcuts = {producer[producer[add.input[1]].input[0]].input[0] for add in residual}
+    for n in convs:  # no Q on a Conv output, except a downsample conv's: it is a residual Add's shortcut input
+        quantised_output = any(c.op_type == "QuantizeLinear" for c in consumers.get(n.output[0], []))
+        assert not quantised_output or n.output[0] in shortcuts
+    assert len(residual) == 8  # resnet18: 8 BasicBlocks
+    for add in residual:
+        main, shortcut = producer[add.input[0]], producer[add.input[1]]
+        assert main.op_type == "Conv" and shortcut.op_type == "DequantizeLinear"
+
+
+@pytest.mark.parametrize("method", ["lcr", "moco"])
+def test_int8_mask_pooling_norm_and_part_maps_stay_float(graphs, method):
+    graph, inits, producer, consumers = _int8(graphs, method)
+    qdq = {"QuantizeLinear", "DequantizeLinear"}
+    for op in ("ReduceMax", "ReduceMin", "ReduceSum", "ReduceL2", "Mul", "Div", "Where"):
+        for n in (n for n in graph.node if n.op_type == op):
+            assert all(producer.get(x) is None or producer[x].op_type not in qdq for x in n.input), n.name
+    for out in graph.output:
+        assert producer[out.name].op_type not in qdq
+    if method == "lcr":  # the GFB conv output (the part maps) is never quantised
+        gfb = [n for n in graph.node if n.op_type == "Conv" and producer[n.input[0]].op_type == "Relu"]
+        assert len(gfb) == 1 and all(c.op_type not in qdq for c in consumers[gfb[0].output[0]])
+
+
+def test_checker_rejects_the_graphs_it_was_written_for(lcr_checkpoint, synth_root, tmp_path):
+    """The reference model traced as is (uint8 Transpose and Slice before the Cast) and onnxruntime's default QDQ
+    (INT32 bias DequantizeLinear) are what TensorRT's parser rejects; the checker names both."""
+    import torch
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    from lcr_sdk.train.checkpoint import load_net
+    from lcr_sdk.train.model import DeployModel
+
+    path = tmp_path / "reference.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            DeployModel(load_net(lcr_checkpoint)[0]),
+            (torch.zeros(2, 64, 64, 3, dtype=torch.uint8),),
+            str(path),
+            dynamo=False,
+            opset_version=17,
+            input_names=["images"],
+            output_names=["embedding", "attention", "parts"],
+            dynamic_axes={n: {0: "N"} for n in ("images", "embedding", "attention", "parts")},
+        )
+    problems = " | ".join(tensorrt_violations(onnx.load(str(path))))
+    assert "UINT8 inside the network" in problems and "feeds Transpose" in problems
+
+    from lcr_sdk.images import read_image
+
+    images = np.stack([read_image(p) for p in sorted((synth_root / "train").rglob("*.png"))[:8]])
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.feeds = iter([{"images": images}])
+
+        def get_next(self):
+            return next(self.feeds, None)
+
+    quantised = tmp_path / "ort-default-int8.onnx"
+    quantize_static(
+        str(path),
+        str(quantised),
+        Reader(),
+        quant_format=QuantFormat.QDQ,
+        per_channel=True,
+        activation_type=QuantType.QInt8,
+        weight_type=QuantType.QInt8,
+        op_types_to_quantize=["Conv"],
+    )
+    problems = " | ".join(tensorrt_violations(onnx.load(str(quantised))))
+    assert "DequantizeLinear" in problems and "is INT32" in problems
