@@ -620,7 +620,9 @@ class Gallery:
             return search_with_index(q, blocks, k, index, alive, allowed)
         if index is None:
             return exact(q, blocks, k, alive)
-        return search_with_index(q, blocks, k, index, alive, None)
+        if "all_alive" not in self._cache:
+            self._cache["all_alive"] = bool(alive.all())
+        return search_with_index(q, blocks, k, index, alive, None, self._cache["all_alive"])
 
     def _ensure_index(self) -> FaissIndex | None:
         """The FAISS index (loaded, built or extended as needed), or None while the gallery is too small for it.

@@ -139,6 +139,12 @@ def rerank(q: np.ndarray, blocks: Blocks, cand: np.ndarray, k: int) -> tuple[np.
     vecs = blocks.take(np.where(flat < 0, 0, flat)).reshape(*cand.shape, -1)
     s = np.einsum("qd,qcd->qc", q, vecs)
     s = np.where((cand >= 0) & np.isfinite(s), s, -np.inf).astype(np.float32)
+    if len(q) == 1:  # one query (a camera frame): the same order as merge(), with fewer array passes
+        row, c = s[0], cand[0]
+        order = np.lexsort((np.where(c < 0, np.iinfo(np.int64).max, c), -row))[:k]
+        out_s, out_c = row[order][None], c[order][None].copy()
+        out_c[~np.isfinite(out_s)] = -1
+        return out_c, out_s
     return merge([(cand, s)], k)
 
 
@@ -319,15 +325,16 @@ def search_with_index(
     index: FaissIndex,
     alive: np.ndarray,
     allowed_mask: np.ndarray | None,
+    all_alive: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Index candidates over slots < index.count (re-ranked exactly) merged with an exact search of the rest.
 
-    ``alive`` marks live slots; ``allowed_mask`` (optional) further restricts them (a filter).
+    ``alive`` marks live slots (``all_alive``: every one is, so the index needs no selector); ``allowed_mask``
+    (optional) further restricts them (a filter).
     """
     m = index.count
     ok = alive if allowed_mask is None else alive & allowed_mask
-    head_ok = ok[:m]
-    selector = None if head_ok.all() else head_ok
+    selector = None if allowed_mask is None and all_alive else ok[:m]
     fetch = max(RERANK * k, k + 16)
     try:
         cand = index.search(q, fetch, selector)
