@@ -7,6 +7,7 @@ install and fail with the pip extra to install.
 from __future__ import annotations
 
 import json
+import math
 import os
 import shlex
 import subprocess
@@ -235,8 +236,10 @@ def eval_cmd(
     m = evaluate(
         checkpoint, data, linear=linear_probe, device=device, split=split, val_fraction=val_fraction, val_seed=val_seed
     )
-    if as_json:
-        typer.echo(json.dumps(m, indent=2))
+    if as_json:  # NaN (no answerable query) is not JSON: null
+        typer.echo(
+            json.dumps({k: None if isinstance(v, float) and math.isnan(v) else v for k, v in m.items()}, indent=2)
+        )
         return
     for key in ("rank1", "rank5", "mAP", "knn_top1", "linear_top1", "chance"):
         if key in m:
