@@ -189,42 +189,55 @@ def search(args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
     truth = [[h.id for h in row] for row in ref.search(q[: args.recall_queries], k=5)]
     ref.close()
     print(
-        "| index | storage | build s | memory MiB | queries/s batch 1 (p10-p90 ms) | queries/s batch 64 | "
-        "recall@5 |\n|---|---|---|---|---|---|---|"
+        "| index | storage | build s | memory MiB (vectors + index) | queries/s batch 1 (ms: median, p10-p90) | "
+        "queries/s batch 64 | recall@5 | load avg |\n|---|---|---|---|---|---|---|---|"
     )
     for dtype in args.dtype:
         folder = build(work / f"g{n}-{dtype}", n, d, args, dtype=dtype)
-        for spec in args.index:
+        for spec_sweep in args.index:
+            # "faiss:HNSW32;efSearch=64|efSearch=128": one index, timed with each set of search parameters
+            spec, _, sweep = spec_sweep.partition("|")
             g = Gallery.load(folder)
             if g.index != spec:
                 g.set_index(spec)
             t = time.perf_counter()
             g.search(q[0], k=5)  # builds the index (and saves it into the gallery)
             build_s = time.perf_counter() - t
-            mem = g.vectors.nbytes  # memory-mapped vectors: exact search and re-ranking read them
-            if spec != "exact":  # plus the index, as large in memory as its file
-                mem = (g.path / g.info()["version"] / g._ver.meta.index_file).stat().st_size
-            single, t1 = _qps(lambda b, g=g: g.search(b[0], k=5), q[:1], min_s=args.seconds, max_calls=400)
-            got = [[h.id for h in row] for row in g.search(q[: args.recall_queries], k=5)]
-            batch, _ = _qps(lambda b, g=g: g.search(b, k=5), q[:64], min_s=args.seconds, max_calls=200)
-            rec = _recall(got, truth)
-            row = {
-                "index": spec,
-                "dtype": dtype,
-                "n": n,
-                "build_s": build_s,
-                "memory_mib": mem / 2**20,
-                "qps_1": single,
-                "ms_1": [1e3 * x for x in t1],
-                "qps_64": batch,
-                "recall5": rec,
-            }
-            rows.append(row)
-            print(
-                f"| {spec} | {dtype} | {build_s:.1f} | {mem / 2**20:,.0f} | {single:,.0f} ({_pct(row['ms_1'])}) | "
-                f"{batch:,.0f} | {rec:.3f} |",
-                flush=True,
-            )
+            info = g.info()
+            vec_mib = g.vectors.nbytes / 2**20  # memory-mapped: exact search and re-ranking read them
+            index_mib = 0.0
+            if info["index_file"]:  # the index is as large in memory as its file
+                index_mib = (Path(str(info["path"])) / str(info["version"]) / str(info["index_file"])).stat().st_size
+                index_mib /= 2**20
+            settings = [spec.partition(";")[2]] + [p for p in sweep.split("|") if p]
+            for params in settings:
+                if params and g._faiss is not None:
+                    import faiss
+
+                    faiss.ParameterSpace().set_index_parameters(g._faiss.index, params)
+                name = spec.partition(";")[0] + (f";{params}" if params else "")
+                single, t1 = _qps(lambda b, g=g: g.search(b[0], k=5), q[:1], min_s=args.seconds, max_calls=2000)
+                got = [[h.id for h in row] for row in g.search(q[: args.recall_queries], k=5)]
+                batch, _ = _qps(lambda b, g=g: g.search(b, k=5), q[:64], min_s=args.seconds, max_calls=200)
+                row = {
+                    "index": name,
+                    "dtype": dtype,
+                    "n": n,
+                    "build_s": build_s,
+                    "vectors_mib": vec_mib,
+                    "index_mib": index_mib,
+                    "qps_1": single,
+                    "ms_1": [1e3 * x for x in t1],
+                    "qps_64": batch,
+                    "recall5": _recall(got, truth),
+                    "load": os.getloadavg()[0],
+                }
+                rows.append(row)
+                print(
+                    f"| {name} | {dtype} | {build_s:.0f} | {vec_mib:,.0f} + {index_mib:,.0f} | {single:,.0f} "
+                    f"({_pct(row['ms_1'])}) | {batch:,.0f} | {row['recall5']:.3f} | {row['load']:.1f} |",
+                    flush=True,
+                )
             g.close()
             del g
             gc.collect()

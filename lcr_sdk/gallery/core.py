@@ -1073,6 +1073,7 @@ class Gallery:
                 "dtype": self.dtype,
                 "model_sha256": self.model_sha256,
                 "index": self.index,
+                "index_file": ver.meta.index_file if ver else "",
                 "index_saved_over": ver.meta.index_count if ver else 0,
                 "threshold": cal.threshold if cal else None,
                 "threshold_far": cal.far if cal else None,

@@ -262,7 +262,7 @@ class FaissIndex:
     def build(self, blocks: Blocks, n: int, progress: bool = False, seed: int = 0) -> None:
         """Train (on a sample) and add slots 0..n-1."""
         if not self.index.is_trained:
-            want = max(self.min_train, 64 * self.min_train // 39)
+            want = 40 * self.min_train // 39  # FAISS warns below 39 training vectors per centroid
             rng = np.random.default_rng(seed)
             sample = np.sort(rng.choice(n, size=min(n, want), replace=False))
             self.index.train(np.ascontiguousarray(blocks.take(sample)))
