@@ -1,0 +1,210 @@
+"""Bad input for export and the runtime commands: every case a real input (checkpoint, option, output path, a full
+disk) and its outcome: exit code 1, one line that names what was given and the fix, and nothing lost (no file
+where the model goes, or the old model left as it was)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+from model_helpers import export_onnx
+from typer.testing import CliRunner
+
+from lcr_sdk.cli import app
+
+pytestmark = pytest.mark.torch
+runner = CliRunner()
+
+
+def _run(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def _one_line_error(r, *words: str) -> None:
+    assert r.exit_code == 1, r.output
+    assert r.output.startswith("Error: ") and r.output.count("\n") == 1 and "Traceback" not in r.output, r.output
+    for w in words:
+        assert w in r.output, (w, r.output)
+
+
+def _files(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir())
+
+
+@pytest.fixture(scope="module")
+def model(lcr_checkpoint, tmp_path_factory) -> Path:
+    return export_onnx(lcr_checkpoint, tmp_path_factory.mktemp("onnx") / "lcr.onnx")
+
+
+@pytest.fixture(scope="module")
+def image(synth_root) -> Path:
+    return next((synth_root / "test").glob("*/*.png"))
+
+
+# -- checkpoints that would export a broken model ------------------------------------------------------------------
+
+
+def _edited_checkpoint(src: Path, dst: Path, key: str, value: float) -> Path:
+    import torch
+
+    from lcr_sdk.train.checkpoint import load_checkpoint, save_checkpoint
+
+    ckpt = load_checkpoint(src)
+    ckpt["model"][key] = torch.full_like(ckpt["model"][key], value)
+    keep = {k: v for k, v in ckpt.items() if k not in ("format", "format_version", "sdk_version")}
+    return save_checkpoint(dst, keep)
+
+
+BROKEN_WEIGHTS = {
+    "NaN weights (diverged training)": ("backbone.conv1.weight", float("nan"), "non-finite weights"),
+    "infinite weights": ("backbone.layer4.1.conv2.weight", float("inf"), "non-finite weights"),
+    "finite weights that make NaN (negative BN variance)": ("backbone.bn1.running_var", -1.0, "outputs NaN or inf"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BROKEN_WEIGHTS))
+def test_checkpoint_that_would_embed_nan_is_refused(case, lcr_checkpoint, tmp_path):
+    key, value, message = BROKEN_WEIGHTS[case]
+    ckpt = _edited_checkpoint(lcr_checkpoint, tmp_path / "bad.pt", key, value)
+    out = tmp_path / "out"
+    out.mkdir()
+    r = _run("export", ckpt, "--no-verify", "--out", out / "m.onnx")
+    _one_line_error(r, message, "--lr")
+    assert _files(out) == []
+
+
+# -- output paths --------------------------------------------------------------------------------------------------
+
+
+def test_upper_case_suffix_is_written_and_reported_as_given(lcr_checkpoint, tmp_path):
+    r = _run("export", lcr_checkpoint, "--no-verify", "--out", tmp_path / "T.ONNX")
+    assert r.exit_code == 0, r.output
+    assert f"wrote {tmp_path / 'T.ONNX'} and T.ONNX.json" in r.output
+    assert _files(tmp_path) == ["T.ONNX", "T.ONNX.json"]
+
+
+@pytest.mark.parametrize(
+    "where, message",
+    [("folder", "is a folder"), ("missing folder", "does not exist"), ("under a file", "is not a folder")],
+)
+def test_bad_output_path_is_refused_before_the_export(where, message, lcr_checkpoint, tmp_path):
+    (tmp_path / "folder.onnx").mkdir()
+    (tmp_path / "afile").write_text("x")
+    out = {
+        "folder": tmp_path / "folder.onnx",
+        "missing folder": tmp_path / "nope" / "m.onnx",
+        "under a file": tmp_path / "afile" / "m.onnx",
+    }[where]
+    r = _run("export", lcr_checkpoint, "--no-verify", "--out", out)
+    assert r.exit_code == 1 and r.output.startswith("Error: ") and "Traceback" not in r.output
+    assert message in r.output or "does not exist" in r.output, r.output
+    assert _files(tmp_path) == ["afile", "folder.onnx"] and _files(tmp_path / "folder.onnx") == []
+
+
+# -- options, checked before any slow work ------------------------------------------------------------------------
+
+BAD_OPTIONS = {
+    "batch zero": (["--batch", "0,1,2"], "1 <= MIN <= OPT <= MAX"),
+    "batch decreasing": (["--batch", "8,4,2"], "1 <= MIN <= OPT <= MAX"),
+    "batch not numbers": (["--batch", "a,b,c"], "three integers"),
+    "batch two values": (["--batch", "1,2"], "MIN,OPT,MAX"),
+    "workspace zero": (["--workspace", "0"], "--workspace 0"),
+    "verify sample one": (["--verify-sample", "1"], "at least 2 images"),
+    "calib images zero": (["--calib-images", "0"], "--calib-images 0"),
+    "precision fp8": (["--precision", "fp8"], "fp32, fp16, int8"),
+    "int8 without calib": (["--precision", "int8"], "--calib DIR"),
+    "unknown source type": (None, "give a checkpoint (.pt)"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_OPTIONS))
+def test_bad_export_option_is_one_line_and_writes_nothing(case, lcr_checkpoint, tmp_path):
+    args, message = BAD_OPTIONS[case]
+    source = lcr_checkpoint
+    if args is None:
+        source, args = tmp_path / "weights.txt", []
+        source.write_text("not a model")
+    out = tmp_path / "out"
+    out.mkdir()
+    r = _run("export", source, *args, "--out", out / "m.onnx")
+    _one_line_error(r, message)
+    assert _files(out) == []
+
+
+def test_bad_calibration_method_fails_before_calibration(lcr_checkpoint, synth_root, tmp_path):
+    r = _run("export", lcr_checkpoint, "-p", "int8", "--calib", synth_root / "train", "--calib-method", "kl", "--out",
+             tmp_path / "m.onnx")  # fmt: skip
+    _one_line_error(r, "calibration method 'kl'", "minmax")
+    assert _files(tmp_path) == []
+
+
+def test_manifest_option_needs_an_engine(model, tmp_path):
+    r = _run("export", model, "--manifest", model)
+    _one_line_error(r, "--manifest attaches an ONNX's manifest to an engine", "is not an engine")
+
+
+# -- a full disk keeps the old model -------------------------------------------------------------------------------
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0, reason="mounting a tmpfs needs root")
+def test_full_disk_during_export_keeps_the_old_model_and_says_where(lcr_checkpoint, tmp_path):
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mnt)], capture_output=True).returncode:
+        pytest.skip("mounting a tmpfs is not allowed here")
+    try:
+        (mnt / "m.onnx").write_bytes(b"the old model")
+        (mnt / "m.onnx.json").write_text('{"old": true}')
+        r = _run("export", lcr_checkpoint, "--no-verify", "--out", mnt / "m.onnx")  # ~45 MB into 8 MB
+        _one_line_error(r, "no space left on the device of", str(mnt), "MiB free", "was left as it was")
+        assert (mnt / "m.onnx").read_bytes() == b"the old model"
+        assert (mnt / "m.onnx.json").read_text() == '{"old": true}'
+        assert _files(mnt) == ["m.onnx", "m.onnx.json"], "no staging folder or temporary file is left"
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+
+
+# -- runtime commands: options checked before the model loads -------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["embed", "{model}", "{image}", "--out", "{tmp}/nope/e.npy"], "does not exist"),
+        (["embed", "{model}", "{image}", "--out", "{tmp}"], "is a folder"),
+        (["attention", "{model}", "{image}", "--out", "{tmp}/x.xyz"], ".xyz is not a picture format"),
+        (["attention", "{model}", "{image}", "--out", "{tmp}/nope/x.png"], "does not exist"),
+        (["attention", "{model}", "{image}", "--part", "-1"], "--part -1"),
+        (["bench", "{model}", "--iters", "0"], "--iters 0"),
+        (["bench", "{model}", "--batch", "0"], "must be >= 1"),
+        (["bench", "{model}", "--batch", "a,b"], "comma-separated list of ints"),
+        (["bench", "{model}", "--warmup", "-1"], "--warmup -1"),
+        (["info", "{tmp}/none.onnx"], "does not exist"),
+        (["verify", "{model}", "-c", "{tmp}/x.pt", "-i", "{tmp}", "--max-images", "-1"], "--max-images -1"),
+    ],
+)
+def test_bad_runtime_option_is_one_line(args, message, model, image, tmp_path):
+    full = [a.format(model=model, image=image, tmp=tmp_path) for a in args]
+    before = _files(tmp_path)
+    _one_line_error(_run(*full), message)
+    assert _files(tmp_path) == before
+
+
+@pytest.mark.parametrize("cmd", ["embed", "attention", "bench", "info"])
+def test_json_is_one_document_and_nothing_else(cmd, model, image, tmp_path):
+    args = {
+        "embed": ["embed", model, image, image],
+        "attention": ["attention", model, image, "--out", tmp_path / "o.png"],
+        "bench": ["bench", model, "--batch", "1,2", "--iters", "2", "--warmup", "0"],
+        "info": ["info", model],
+    }[cmd]
+    r = runner.invoke(app, [str(a) for a in args] + ["--json"])
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.stdout)  # the whole of stdout is one JSON document
+    key = {"embed": "embeddings", "attention": "peaks", "bench": "rows", "info": "arch"}[cmd]
+    assert key in doc
+    if cmd == "embed":
+        assert len(doc["embeddings"]) == 2 and len(doc["embeddings"][0]["vector"]) == doc["dim"] == 512
