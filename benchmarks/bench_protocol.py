@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -159,20 +160,17 @@ def run_job(args: argparse.Namespace, kind: str, seed: int, variant: str) -> Non
 
 
 def _jobs(args: argparse.Namespace) -> list[tuple[str, int, str, list[str]]]:
-    """(kind, seed, variant, dependencies) in the order they should start."""
-    jobs = []
-    for s in args.seeds:
-        pre = f"pretrain s{s}"
-        jobs.append(("pretrain", s, "pretrain", []))
-        for row in args.rows:
+    """(kind, seed, variant, dependencies) in the order they should start: every seed's pretraining first, then
+    each row (in ``--rows`` order) and each variant for all seeds, so that an early stop leaves whole rows."""
+    jobs: list[tuple[str, int, str, list[str]]] = [("pretrain", s, "pretrain", []) for s in args.seeds]
+    for row in [*args.rows, *args.variants]:
+        for s in args.seeds:
             if row == "random init":
                 jobs.append(("random", s, row, []))
             elif row == "pretrained only":
-                jobs.append(("pretrained", s, row, [pre]))
+                jobs.append(("pretrained", s, row, [f"pretrain s{s}"]))
             else:
-                jobs.append(("target", s, row, [pre]))
-        for v in args.variants:
-            jobs.append(("target", s, v, [pre]))
+                jobs.append(("target", s, row, [f"pretrain s{s}"]))
     return jobs
 
 
@@ -196,6 +194,18 @@ def run_all(args: argparse.Namespace) -> None:
     running: list[tuple[str, subprocess.Popen, float]] = []
     t0 = time.time()
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # `timeout` / kill: stop the runs too (finally)
+    try:
+        _loop(args, jobs, finished, failed, running, t0, env)
+    finally:
+        for _, p, _ in running:
+            if p.poll() is None:
+                p.terminate()
+    if failed:
+        print(f"failed: {sorted(failed)}", flush=True)
+
+
+def _loop(args, jobs, finished, failed, running, t0, env) -> None:
     while jobs or running:
         for item in list(running):
             name, p, start = item
@@ -226,8 +236,6 @@ def run_all(args: argparse.Namespace) -> None:
         if args.deadline and time.time() - t0 > args.deadline and not running:
             break
         time.sleep(1.0)
-    if failed:
-        print(f"failed: {sorted(failed)}", flush=True)
 
 
 def _cell(values: list[float]) -> str:
@@ -291,7 +299,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=Path("runs/protocol"), help="this benchmark's own folder")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--rows", nargs="*", default=ROWS, choices=ROWS, help="protocol rows to run")
+    ap.add_argument("--rows", nargs="*", default=ROWS, choices=ROWS, help="protocol rows to run, in this order")
     ap.add_argument("--variants", nargs="*", default=[], help='extra target runs, e.g. "lcr nu=3"')
     # data
     ap.add_argument("--target-classes", type=int, default=d.target_classes)

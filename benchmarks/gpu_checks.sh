@@ -1,28 +1,51 @@
 #!/usr/bin/env bash
 # The GPU checks, in one call on a GPU machine with torch preinstalled (no network needed):
 #   1. training step time of LCR over MoCo v2 on CUDA (bf16 autocast, channels_last), ResNet-18/112 and ResNet-50/224
-#   2. LCR vs MoCo v2 vs supervised on the synthetic benchmark, 3 seeds, then ablations while time remains
+#   2. the built-in benchmark's protocol at a GPU budget (benchmarks/bench_protocol.py: supervised pretraining on
+#      the source set, then MoCo v2 / LCR / supervised on the target from it, beside random init and pretrained
+#      only), 3 seeds, then the table of whatever finished before the deadline
 # Results go to $OUT (default /tmp/gpu_out). Run from the repository root:
 #   pip wheel --no-deps -w .whl .        (here: the package as a wheel; carry .whl to the device)
 #   bash benchmarks/gpu_checks.sh [BENCH_SECONDS]
+# A smoke run of the same script on a CPU, with tiny settings and the local install (seconds, not figures):
+#   TINY=1 DEVICE=cpu PYTHON=.venv/bin/python bash benchmarks/gpu_checks.sh 300
 set -u
 export PYTHONUNBUFFERED=1
 REPO=$(pwd)
 OUT=${OUT:-/tmp/gpu_out}
-BENCH_SECONDS=${1:-250}
+DEVICE=${DEVICE:-cuda}
+PYTHON=${PYTHON:-python3}
+BENCH_SECONDS=${1:-420}
 mkdir -p "$OUT"
-python3 -m pip install -q --no-deps --target /tmp/site "$REPO"/.whl/lcr_sdk-*.whl || exit 1
-export PYTHONPATH=/tmp/site
-cd /tmp  # so `python -m lcr_sdk.cli` finds the installed package, not the source tree's lcr_sdk/
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
-python3 -c "import torch; print('torch', torch.__version__)" | tee -a "$OUT/gpu.txt"
-python3 "$REPO/benchmarks/bench_train_step.py" --device cuda --arch resnet18 --image-size 112 --batch 256 \
-  --steps 5 --rounds 5 --json "$OUT/step_resnet18.json"
-python3 "$REPO/benchmarks/bench_train_step.py" --device cuda --arch resnet50 --image-size 224 --batch 64 \
-  --steps 5 --rounds 5 --json "$OUT/step_resnet50.json"
-BENCH=(--out /tmp/bench --device cuda --train-per-class 250 --test-per-class 50 --epochs 30 --batch-size 256
-       --eval-every 10 --seeds 0 1 2 --ablation-seeds 0)
-timeout "$BENCH_SECONDS" python3 "$REPO/benchmarks/bench_lcr_vs_moco.py" "${BENCH[@]}" --parallel 4 --threads 3 \
-  --deadline $((BENCH_SECONDS * 6 / 10))
-python3 "$REPO/benchmarks/bench_lcr_vs_moco.py" "${BENCH[@]}" --table-only | tee "$OUT/bench_table.md"
-tar czf "$OUT/bench_runs.tgz" -C /tmp/bench --exclude='*.pt' --exclude=data .
+if [ -d "$REPO/.whl" ] && [ "$DEVICE" = cuda ]; then
+  "$PYTHON" -m pip install -q --no-deps --target /tmp/site "$REPO"/.whl/lcr_sdk-*.whl || exit 1
+  export PYTHONPATH=/tmp/site
+  cd /tmp  # so that `import lcr_sdk` finds the installed package, not the source tree's lcr_sdk/
+fi
+if [ "$DEVICE" = cuda ]; then
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
+fi
+"$PYTHON" -c "import torch; print('torch', torch.__version__)" | tee -a "$OUT/gpu.txt"
+
+if [ "${TINY:-0}" = 1 ]; then
+  STEP=(--device "$DEVICE" --arch resnet18 --image-size 64 --batch 8 --steps 1 --rounds 1)
+  "$PYTHON" "$REPO/benchmarks/bench_train_step.py" "${STEP[@]}" --json "$OUT/step_resnet18.json" || exit 1
+  BENCH=(--out "$OUT/protocol" --device "$DEVICE" --target-classes 4 --source-classes 4 --train-per-class 20
+         --test-per-class 6 --source-per-class 20 --image-size 64 --pre-epochs 1 --epochs 1 --batch-size 16
+         --seeds 0 1 2 --parallel 2 --threads 1)
+else
+  "$PYTHON" "$REPO/benchmarks/bench_train_step.py" --device cuda --arch resnet18 --image-size 112 --batch 256 \
+    --steps 5 --rounds 5 --json "$OUT/step_resnet18.json"
+  "$PYTHON" "$REPO/benchmarks/bench_train_step.py" --device cuda --arch resnet50 --image-size 224 --batch 64 \
+    --steps 5 --rounds 5 --json "$OUT/step_resnet50.json"
+  # GPU budget: 2.5x the CPU budget's images, 5x its pretraining and 6x its target epochs, batch 128
+  BENCH=(--out "$OUT/protocol" --device cuda --train-per-class 250 --test-per-class 50 --source-per-class 150
+         --pre-epochs 30 --epochs 50 --batch-size 128 --seeds 0 1 2 --parallel 4 --threads 3)
+fi
+# main rows first (every seed), the supervised upper bound last; the deadline leaves time for the table
+timeout "$BENCH_SECONDS" "$PYTHON" "$REPO/benchmarks/bench_protocol.py" "${BENCH[@]}" \
+  --rows "random init" "pretrained only" moco lcr supervised --deadline $((BENCH_SECONDS * 7 / 10))
+rc=$?
+"$PYTHON" "$REPO/benchmarks/bench_protocol.py" "${BENCH[@]}" --table-only | tee "$OUT/protocol_table.md"
+tar czf "$OUT/protocol_runs.tgz" -C "$OUT/protocol" --exclude='*.pt' --exclude=data . && rm -rf "$OUT/protocol"
+exit $rc
