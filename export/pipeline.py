@@ -116,7 +116,7 @@ def export_model(
     manifest = manifest_for_checkpoint(ckpt["config"], sha256_file(checkpoint), image_size, batch, precision)
     manifest = replace(manifest, opset=OPSET)
     calib = None
-    if precision == "int8":  # read images before the slow work, so a bad folder fails fast
+    if precision == "int8" and calib_dir is not None:  # read images before the slow work: a bad folder fails fast
         calib, _ = load_images(find_images(calib_dir, "calibration", calib_images), manifest, "calibration")
 
     try:
@@ -124,7 +124,7 @@ def export_model(
             fp32 = stage / "fp32.onnx"
             export_onnx(net, manifest, fp32)
             n_calib = 0
-            if precision == "int8":
+            if calib is not None:
                 n_calib = to_int8(fp32, stage / "int8.onnx", calib, manifest, calib_method, progress=progress)
                 proto = onnx.load(str(stage / "int8.onnx"))
             else:

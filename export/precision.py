@@ -159,7 +159,7 @@ def to_int8(
     onnx = require("onnx", "export", "int8 quantisation")
     require("onnxruntime.quantization", "export", "int8 quantisation")
     from onnxruntime.quantization.calibrate import CalibrationMethod, create_calibrator
-    from tqdm import tqdm
+    from tqdm import tqdm  # type: ignore[import-untyped]
 
     methods = {
         "minmax": CalibrationMethod.MinMax,
@@ -277,7 +277,7 @@ def insert_qdq(proto, plan: dict[str, list[str]], amax: dict[str, float]):
     convs = set(plan["convs"])
     out_nodes = []
     producers = {o for n in nodes for o in n.output} | {i.name for i in graph.input}
-    placed = set()
+    placed: set[int] = set()
 
     def place_ready() -> None:  # a Q/DQ pair goes right after its tensor is produced (topological order)
         for i in range(0, len(qdq_nodes), 2):

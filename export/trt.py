@@ -131,13 +131,13 @@ def build_engine(
     with _Progress(trt, config, enabled=progress):
         serialized = builder.build_serialized_network(network, config)
     if serialized is None:
-        errors = " | ".join(logger.errors[-3:]) or "no error logged"
+        logged = " | ".join(logger.errors[-3:]) or "no error logged"
         if any("memory" in e.lower() for e in logger.errors):
             raise ModelError(
-                f"TensorRT ran out of GPU memory building {engine_path} ({errors}); retry with a smaller "
+                f"TensorRT ran out of GPU memory building {engine_path} ({logged}); retry with a smaller "
                 f"--workspace (now {workspace_gib} GiB) or a smaller max batch (now {manifest.batch_max})"
             )
-        raise ModelError(f"TensorRT failed to build an engine from {onnx_path}: {errors}")
+        raise ModelError(f"TensorRT failed to build an engine from {onnx_path}: {logged}")
 
     data = bytes(serialized)
     Path(engine_path).write_bytes(data)  # a staging path: installed with its sidecar by the caller
@@ -357,7 +357,7 @@ class _Progress:
             config.progress_monitor = self.monitor
 
     def _tick(self) -> None:
-        from tqdm import tqdm
+        from tqdm import tqdm  # type: ignore[import-untyped]
 
         with tqdm(desc="TensorRT build", bar_format="{desc}: {postfix} {elapsed}", leave=False) as bar:
             while not self._stop.wait(1.0):

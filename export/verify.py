@@ -47,7 +47,7 @@ def verify_model(
         ``{"precision", "images", "cosine_min", "cosine_median", "attention_max_abs_err", "rank1_agreement",
         "thresholds": {...}, "passed", "provider", "reference"}``.
     """
-    from tqdm import tqdm
+    from tqdm import tqdm  # type: ignore[import-untyped]
 
     from lcr_sdk.backends.base import backend_for
     from lcr_sdk.export.data import batches, find_images, load_images

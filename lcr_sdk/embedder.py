@@ -61,7 +61,8 @@ class Attention:
 
     @cached_property
     def mask(self) -> np.ndarray:
-        return _to_image(self.mask_grid[None], *self.size, self.box)[0]
+        full: np.ndarray = _to_image(self.mask_grid[None], *self.size, self.box)[0]
+        return full
 
     @cached_property
     def parts(self) -> np.ndarray | None:
@@ -72,9 +73,12 @@ class Attention:
     def part_map(self, k: int) -> np.ndarray:
         """Part map ``k`` at the image's size (H, W)."""
         self._check_part(k)
-        if "parts" in self.__dict__:  # already resized
-            return self.parts[k]  # type: ignore[index]
-        return _to_image(self.part_grid[k : k + 1], *self.size, self.box)[0]  # type: ignore[index]
+        assert self.part_grid is not None  # _check_part refused a moco model
+        if "parts" in self.__dict__ and self.parts is not None:  # already resized
+            resized: np.ndarray = self.parts[k]
+            return resized
+        one: np.ndarray = _to_image(self.part_grid[k : k + 1], *self.size, self.box)[0]
+        return one
 
     def _check_part(self, k: int) -> None:
         n = 0 if self.part_grid is None else len(self.part_grid)
@@ -145,7 +149,7 @@ def _to_image(
     return out
 
 
-def _concat(arrays: list) -> Any:
+def _concat(arrays: list[Any]) -> Any:
     """Concatenate numpy arrays or torch tensors along the batch axis."""
     if isinstance(arrays[0], np.ndarray):
         return np.concatenate(arrays)
@@ -177,10 +181,10 @@ class Embedder:
 
     def __init__(
         self,
-        path: str | os.PathLike,
+        path: str | os.PathLike[str],
         backend: str | None = None,
         device: str | None = None,
-        providers: Sequence | None = None,
+        providers: Sequence[Any] | None = None,
         **options: Any,
     ):
         path = Path(path)
@@ -306,7 +310,7 @@ class Embedder:
     def __enter__(self) -> Embedder:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
     def __repr__(self) -> str:

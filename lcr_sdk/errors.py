@@ -1,5 +1,9 @@
 """Domain errors. The CLI turns each into one line and exit code 1 (``--debug`` shows the traceback)."""
 
+from __future__ import annotations
+
+from typing import Any
+
 
 class LcrError(Exception):
     """Base class: the message says what was given, what is valid and how to fix it."""
@@ -47,7 +51,7 @@ PLATFORM_PACKAGES = {
 }
 
 
-def import_platform(module: str):
+def import_platform(module: str) -> Any:
     """Import a package the platform may provide (``cv2``, ``onnxruntime``, ``tensorrt``) or raise
     :class:`MissingDependencyError` naming the extra (desktop) or the system package (Jetson).
 
@@ -76,7 +80,7 @@ def _numpy_version() -> str:
         return "?"
 
 
-def require(module: str, extra: str, purpose: str):
+def require(module: str, extra: str, purpose: str) -> Any:
     """Import an optional module or raise :class:`MissingDependencyError` naming the extra to install.
 
     Args:

@@ -91,7 +91,7 @@ class Manifest:
         return ["embedding", "attention", "parts"] if self.num_parts else ["embedding", "attention"]
 
     @property
-    def output_shapes(self) -> dict[str, list]:
+    def output_shapes(self) -> dict[str, list[Any]]:
         """Output shapes with ``"N"`` for the dynamic batch axis."""
         h, w = self.feature_size
         shapes = {"embedding": ["N", self.embedding_dim], "attention": ["N", h, w]}
@@ -264,13 +264,13 @@ def manifest_for_checkpoint(
     )
 
 
-def sidecar_path(model_path: str | os.PathLike) -> Path:
+def sidecar_path(model_path: str | os.PathLike[str]) -> Path:
     """``model.onnx`` -> ``model.onnx.json``."""
     model_path = Path(model_path)
     return model_path.with_name(model_path.name + ".json")
 
 
-def write_sidecar(manifest: Manifest, model_path: str | os.PathLike, previous: Manifest | None = None) -> Path:
+def write_sidecar(manifest: Manifest, model_path: str | os.PathLike[str], previous: Manifest | None = None) -> Path:
     """Write the manifest beside the model, atomically. Returns the sidecar path.
 
     Args:
@@ -285,7 +285,7 @@ def write_sidecar(manifest: Manifest, model_path: str | os.PathLike, previous: M
     return path
 
 
-def install_model(staged: str | os.PathLike, dest: str | os.PathLike) -> Path:
+def install_model(staged: str | os.PathLike[str], dest: str | os.PathLike[str]) -> Path:
     """Move a staged model file and its sidecar onto ``dest`` so that a process killed at any moment leaves a
     consistent pair: the old model with a manifest that describes it, or the new one.
 
@@ -320,7 +320,7 @@ def install_model(staged: str | os.PathLike, dest: str | os.PathLike) -> Path:
     return dest
 
 
-def read_manifest(model_path: str | os.PathLike) -> Manifest:
+def read_manifest(model_path: str | os.PathLike[str]) -> Manifest:
     """Read the manifest of a model: the sidecar if present, else the ONNX ``metadata_props``.
 
     Raises:
@@ -341,9 +341,9 @@ def read_manifest(model_path: str | os.PathLike) -> Manifest:
                     return old
         return manifest
     if model_path.suffix == ".onnx" and model_path.exists():
-        text = _onnx_metadata(model_path)
-        if text is not None:
-            return Manifest.from_json(text, source=f"{model_path} (metadata_props)")
+        meta = _onnx_metadata(model_path)
+        if meta is not None:
+            return Manifest.from_json(meta, source=f"{model_path} (metadata_props)")
     raise ModelError(
         f"no manifest for {model_path}: expected {side} beside it"
         + (" or an 'lcr_sdk.manifest' entry in its metadata_props" if model_path.suffix == ".onnx" else "")
@@ -353,12 +353,14 @@ def read_manifest(model_path: str | os.PathLike) -> Manifest:
 
 def _onnx_metadata(model_path: Path) -> str | None:
     """The manifest JSON stored in an ONNX file's metadata_props, read through onnxruntime (no onnx needed)."""
-    import onnxruntime as ort
+    from lcr_sdk.errors import import_platform
 
+    ort = import_platform("onnxruntime")
     try:
         so = ort.SessionOptions()
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
         sess = ort.InferenceSession(str(model_path), so, providers=["CPUExecutionProvider"])
     except Exception as e:  # onnxruntime raises its own exception types
         raise ModelError(f"{model_path} is not a readable ONNX model ({e}); re-export it with `lcr-sdk export`") from e
-    return sess.get_modelmeta().custom_metadata_map.get(ONNX_METADATA_KEY)
+    text = sess.get_modelmeta().custom_metadata_map.get(ONNX_METADATA_KEY)
+    return None if text is None else str(text)

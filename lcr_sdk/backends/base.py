@@ -42,7 +42,7 @@ class Backend(ABC):
 
     name = "base"
 
-    def __init__(self, path: str | os.PathLike, manifest: Manifest, device: str | None = None, **options: Any):
+    def __init__(self, path: str | os.PathLike[str], manifest: Manifest, device: str | None = None, **options: Any):
         self.path = Path(path)
         self.manifest = manifest
         self.device = device
@@ -51,7 +51,7 @@ class Backend(ABC):
         self.loaded = False
 
     @classmethod
-    def read_manifest(cls, path: str | os.PathLike, **options: Any) -> Manifest:
+    def read_manifest(cls, path: str | os.PathLike[str], **options: Any) -> Manifest:
         """The model's manifest (sidecar or ONNX metadata); a checkpoint backend builds it from the config."""
         return read_manifest(path)
 
@@ -72,7 +72,7 @@ class Backend(ABC):
             self.load()
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
     def check_io(self, inputs: dict[str, tuple[str, list[Any]]], outputs: dict[str, list[Any]]) -> None:
@@ -165,7 +165,7 @@ def output_mismatches(manifest: Manifest, out: dict[str, Any], n: int) -> list[s
     return problems
 
 
-def backend_for(path: str | os.PathLike, backend: str | None = None) -> type[Backend]:
+def backend_for(path: str | os.PathLike[str], backend: str | None = None) -> type[Backend]:
     """The backend class for a model file: named explicitly, or from the suffix table."""
     path = Path(path)
     if backend is None:
@@ -178,4 +178,5 @@ def backend_for(path: str | os.PathLike, backend: str | None = None) -> type[Bac
     if backend not in BACKENDS:
         raise InputError(f"backend {backend!r} is unknown; valid: {', '.join(BACKENDS)}")
     module, cls = BACKENDS[backend].split(":")
-    return getattr(importlib.import_module(module), cls)
+    found: type[Backend] = getattr(importlib.import_module(module), cls)
+    return found

@@ -45,7 +45,7 @@ def tensorrt_importable() -> bool:
     return importlib.util.find_spec("tensorrt") is not None
 
 
-def trt_cache_dir(model_path: str | os.PathLike) -> Path:
+def trt_cache_dir(model_path: str | os.PathLike[str]) -> Path:
     """Where the TensorRT provider keeps its engines and timing cache for a model: a hidden folder beside it, or,
     if that folder cannot be created, one under ``~/.cache/lcr-sdk/ort-trt`` named by the model's path."""
     path = Path(model_path).resolve()
@@ -62,7 +62,7 @@ def trt_cache_dir(model_path: str | os.PathLike) -> Path:
     return folder
 
 
-def trt_options(manifest: Manifest, cache: str | os.PathLike, device_id: int = 0) -> dict[str, Any]:
+def trt_options(manifest: Manifest, cache: str | os.PathLike[str], device_id: int = 0) -> dict[str, Any]:
     """TensorRT provider options: caches in ``cache``, one profile for the manifest's batch range, the precision's
     flag (the graph's types decide; the flags let TensorRT use fp16 / int8 kernels for them)."""
     spec = manifest.input
@@ -87,10 +87,10 @@ def trt_options(manifest: Manifest, cache: str | os.PathLike, device_id: int = 0
 def choose_providers(
     available: list[str],
     device: str | None = None,
-    providers: list | None = None,
+    providers: list[Any] | None = None,
     tensorrt: bool | None = None,
     trt_provider_options: dict[str, Any] | None = None,
-) -> list:
+) -> list[Any]:
     """The provider list to request (module docstring).
 
     Args:
@@ -120,7 +120,7 @@ def choose_providers(
         dev_id = int(str(device).split(":")[1]) if ":" in str(device) else 0
     else:
         raise InputError(f"device {device!r} is not valid for onnxruntime; use 'cpu', 'cuda', 'cuda:N' or None (auto)")
-    chosen: list = []
+    chosen: list[Any] = []
     if TRT_EP in available and (tensorrt_importable() if tensorrt is None else tensorrt):
         chosen.append((TRT_EP, {**(trt_provider_options or {}), "device_id": dev_id}))
     if CUDA_EP in available:
@@ -132,7 +132,7 @@ def _provider_name(p: Any) -> str:
     return p[0] if isinstance(p, tuple) else str(p)
 
 
-def fallback(requested: list, actual: list[str], explicit: bool) -> tuple[str | None, bool]:
+def fallback(requested: list[Any], actual: list[str], explicit: bool) -> tuple[str | None, bool]:
     """``(message, is_error_under_strict)`` when the session did not get the provider that was wanted, else
     ``(None, False)``. See the module docstring for the rule."""
     names = [_provider_name(p) for p in requested]

@@ -87,7 +87,8 @@ class _ThreadState:
         """A numpy array over this thread's pinned buffer for ``name``."""
         nbytes = int(np.prod(shape)) * dtype.itemsize
         raw = (ctypes.c_byte * nbytes).from_address(int(self.pinned[name]))
-        return np.frombuffer(raw, dtype=dtype, count=int(np.prod(shape))).reshape(shape)
+        view: np.ndarray = np.frombuffer(memoryview(raw).cast("B"), dtype=dtype, count=int(np.prod(shape)))
+        return view.reshape(shape)
 
     def free(self) -> None:
         rt = cuda.cudart()
@@ -149,17 +150,22 @@ class TensorRTBackend(Backend):
     def _describe_io(self) -> None:
         """Names, modes, dtypes and max-batch byte sizes of the engine's I/O tensors; checked against the manifest."""
         trt, m = self.trt, self.manifest
-        self.inputs, self.outputs, self.dtypes, self.sizes = [], [], {}, {}
-        inputs, outputs = {}, {}
+        self.inputs: list[str] = []
+        self.outputs: list[str] = []
+        self.dtypes: dict[str, np.dtype[Any]] = {}
+        self.sizes: dict[str, int] = {}
+        inputs: dict[str, tuple[str, list[Any]]] = {}
+        outputs: dict[str, list[Any]] = {}
         for i in range(self.engine.num_io_tensors):
             name = self.engine.get_tensor_name(i)
             is_input = self.engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT
             (self.inputs if is_input else self.outputs).append(name)
             self.dtypes[name] = np.dtype(trt.nptype(self.engine.get_tensor_dtype(name)))
             dims = list(self.engine.get_tensor_shape(name))
-            (inputs if is_input else outputs)[name] = (
-                (self.dtypes[name].name, dims) if is_input else [d if d >= 0 else "N" for d in dims]
-            )
+            if is_input:
+                inputs[name] = (self.dtypes[name].name, dims)
+            else:
+                outputs[name] = [d if d >= 0 else "N" for d in dims]
             shape = [m.batch_max if d < 0 else d for d in dims]
             self.sizes[name] = int(np.prod(shape)) * self.dtypes[name].itemsize
         self.check_io(inputs, outputs)

@@ -34,7 +34,7 @@ class TorchBackend(Backend):
     name = "torch"
 
     @classmethod
-    def read_manifest(cls, path: str | os.PathLike, **options: Any) -> Manifest:
+    def read_manifest(cls, path: str | os.PathLike[str], **options: Any) -> Manifest:
         require("torch", "train", "Running a .pt checkpoint")
         from lcr_sdk.train.checkpoint import load_checkpoint
 
@@ -72,7 +72,7 @@ class TorchBackend(Backend):
             model.preprocess = torch.nn.Sequential(model.preprocess, _to_half(torch))
         self.model = torch.compile(model) if self.options.get("compile") else model
         self.dev = dev
-        self._graphs: dict[int, tuple] = {}
+        self._graphs: dict[int, tuple[Any, Any, Any]] = {}
         self._lock = threading.Lock()  # graph replays share static buffers
         self.provider = (
             f"torch {dev.type}"
@@ -106,7 +106,7 @@ class TorchBackend(Backend):
         out = {n: o.cpu().numpy() for n, o in zip(self.manifest.output_names, outs, strict=True)}
         return self.check_outputs(out, len(x))
 
-    def _graph(self, n: int) -> tuple:
+    def _graph(self, n: int) -> tuple[Any, Any, Any]:
         """Capture (once per batch size) a CUDA graph of the model with static input and output buffers."""
         if n not in self._graphs:
             torch, spec = self.torch, self.manifest.input
@@ -128,11 +128,11 @@ class TorchBackend(Backend):
         super().close()
 
 
-def _to_half(torch):
+def _to_half(torch: Any) -> Any:
     """A module casting its input to float16 (defined lazily: this file imports without torch)."""
 
-    class ToHalf(torch.nn.Module):
-        def forward(self, x):
+    class ToHalf(torch.nn.Module):  # type: ignore[misc,name-defined]
+        def forward(self, x: Any) -> Any:
             return x.half()
 
     return ToHalf()
