@@ -209,3 +209,96 @@ def test_embed_and_attend_work_without_torch(lcr_onnx, synth_root):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert "ok CPUExecutionProvider" in out.stdout
+
+
+# -- ONNX Runtime provider choice -----------------------------------------------------------------------------------
+# onnxruntime here is the CPU build, so lists of GPU providers are stand-ins for what onnxruntime-gpu reports
+# (it lists TensorrtExecutionProvider whether or not TensorRT is installed); the real API is used where it runs.
+
+GPU_BUILD = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+
+
+def _names(providers):
+    return [p[0] if isinstance(p, tuple) else p for p in providers]
+
+
+def test_tensorrt_provider_only_when_tensorrt_is_importable():
+    from lcr_sdk.backends.onnxruntime import choose_providers
+
+    assert _names(choose_providers(GPU_BUILD, None, tensorrt=False)) == GPU_BUILD[1:]
+    chosen = choose_providers(GPU_BUILD, None, tensorrt=True, trt_provider_options={"trt_engine_cache_enable": True})
+    assert _names(chosen) == GPU_BUILD and chosen[0][1] == {"trt_engine_cache_enable": True, "device_id": 0}
+    assert choose_providers(GPU_BUILD, "cuda:1", tensorrt=False)[0] == ("CUDAExecutionProvider", {"device_id": 1})
+    assert choose_providers(GPU_BUILD, "cpu", tensorrt=True) == ["CPUExecutionProvider"]
+    assert choose_providers(["CPUExecutionProvider"], None, tensorrt=True) == ["CPUExecutionProvider"]
+    with pytest.raises(ModelError, match="onnxruntime-gpu"):
+        choose_providers(["CPUExecutionProvider"], "cuda", tensorrt=False)
+    with pytest.raises(ValueError, match="'gpu' is not valid"):
+        choose_providers(GPU_BUILD, "gpu")
+
+
+def test_strict_keeps_a_working_cuda_provider():
+    """TensorRT asked for (because importable) but CUDA running: a warning, never a strict error; CPU instead of a
+    GPU provider: an error under strict."""
+    from lcr_sdk.backends.onnxruntime import fallback
+
+    requested = [("TensorrtExecutionProvider", {}), ("CUDAExecutionProvider", {}), "CPUExecutionProvider"]
+    msg, is_error = fallback(requested, ["CUDAExecutionProvider", "CPUExecutionProvider"], explicit=False)
+    assert "TensorrtExecutionProvider" in msg and not is_error
+    msg, is_error = fallback(requested, ["CPUExecutionProvider"], explicit=False)
+    assert "runs on CPUExecutionProvider" in msg and is_error
+    assert fallback(requested, ["TensorrtExecutionProvider", "CUDAExecutionProvider"], explicit=False) == (None, False)
+    assert fallback(["CPUExecutionProvider"], ["CPUExecutionProvider"], explicit=False) == (None, False)
+    msg, is_error = fallback(["TensorrtExecutionProvider"], ["CUDAExecutionProvider"], explicit=True)
+    assert is_error  # an explicit list: its first entry is what was asked for
+
+
+def test_tensorrt_provider_options_cache_beside_the_model(lcr_onnx):
+    from lcr_sdk.backends.onnxruntime import trt_cache_dir, trt_options
+    from lcr_sdk.manifest import read_manifest
+
+    cache = trt_cache_dir(lcr_onnx)
+    assert cache.parent == lcr_onnx.parent.resolve() and cache.name == f".{lcr_onnx.name}.ort-trt" and cache.is_dir()
+    opts = trt_options(read_manifest(lcr_onnx), cache)
+    assert opts["trt_engine_cache_enable"] and opts["trt_engine_cache_path"] == str(cache)
+    assert opts["trt_timing_cache_enable"] and opts["trt_timing_cache_path"] == str(cache)
+    assert (opts["trt_profile_min_shapes"], opts["trt_profile_opt_shapes"], opts["trt_profile_max_shapes"]) == (
+        "images:1x64x64x3",
+        "images:4x64x64x3",
+        "images:8x64x64x3",
+    )
+    assert not opts["trt_fp16_enable"] and not opts["trt_int8_enable"]
+
+
+def test_auto_device_on_the_real_cpu_build_is_quiet_even_strict(lcr_onnx):
+    """The real onnxruntime here offers only the CPU: auto picks it, with no fallback warning, strict or not."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ProviderFallbackWarning)
+        with Embedder(lcr_onnx, strict=True) as e:
+            assert e.provider == "CPUExecutionProvider"
+
+
+def test_overlay_in_row_strips_equals_the_whole_frame_at_once(emb, frames, monkeypatch):
+    """Huge frames are blended in strips of rows; the picture is the same as blending the full-size mask."""
+    import lcr_sdk.embedder as embedder_module
+    from lcr_sdk.images import heatmap_overlay
+
+    img = cv2.resize(frames[3], (90, 70))
+    r = emb.attend(img)
+    whole = heatmap_overlay(img, r.mask, 0.5)
+    monkeypatch.setattr(embedder_module, "OVERLAY_ROWS", 16)
+    np.testing.assert_array_equal(r.overlay(img), whole)
+    k = emb.manifest.num_parts - 1
+    p = r.part_map(k)
+    marked = r.overlay(img, part=k)
+    assert marked.shape == img.shape and p.shape == img.shape[:2]
+
+
+def test_mask_matches_opencv_bilinear_resize_onto_the_crop(emb, frames):
+    img = frames[3]
+    h, w = img.shape[:2]
+    r = emb.attend(img)
+    x0, y0, x1, y1 = (int(round(v)) for v in r.box)
+    ref = cv2.resize(r.mask_grid, (x1 - x0, y1 - y0), interpolation=cv2.INTER_LINEAR)
+    np.testing.assert_allclose(r.mask[y0:y1, x0:x1], ref, atol=1e-5)
+    assert r.mask.shape == (h, w) and not r.mask[:, :x0].any() and not r.mask[:, x1:].any()
