@@ -1,7 +1,9 @@
 """Export benchmark, ONNX Runtime on the CPU; prints markdown tables.
 
 1. Cost of the folded GFB + min-max mask + weighted pooling over a plain backbone + average pool graph, per batch.
-2. Latency (batch 1) and throughput (batch 32) of the fp32, fp16 and int8 graphs, with verification figures.
+2. The preprocessing TensorRT accepts (Cast first, flip and 1/std folded into conv1, one Add) against the reference
+   graph traced as is (uint8 Transpose, Slice, Cast, Mul, Add), side by side.
+3. Latency (batch 1) and throughput (batch 32) of the fp32, fp16 and int8 graphs, with verification figures.
 
     .venv/bin/python benchmarks/bench_export.py [--checkpoint lcr.pt --images data/test --calib data/train]
 
@@ -26,7 +28,7 @@ import torch.nn.functional as F
 from lcr_sdk.export import export_model, verify_model
 from lcr_sdk.export.graph import OPSET
 from lcr_sdk.train.checkpoint import load_net
-from lcr_sdk.train.model import Preprocess
+from lcr_sdk.train.model import DeployModel, Preprocess
 
 
 class PlainModel(torch.nn.Module):
@@ -53,6 +55,25 @@ def export_plain(checkpoint: Path, size: int, path: Path) -> Path:
             input_names=["images"],
             output_names=["embedding"],
             dynamic_axes={"images": {0: "N"}, "embedding": {0: "N"}},
+        )
+    return path
+
+
+def export_reference(checkpoint: Path, size: int, path: Path) -> Path:
+    """The reference DeployModel traced as is: uint8 Transpose and Slice (flip) before the Cast, then Mul and Add."""
+    net, _ = load_net(checkpoint)
+    names = ["embedding", "attention", "parts"] if net.method == "lcr" else ["embedding", "attention"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            DeployModel(net),
+            (torch.zeros(2, size, size, 3, dtype=torch.uint8),),
+            str(path),
+            dynamo=False,
+            opset_version=OPSET,
+            input_names=["images"],
+            output_names=names,
+            dynamic_axes={n: {0: "N"} for n in ["images", *names]},
         )
     return path
 
@@ -89,6 +110,8 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=112)
     ap.add_argument("--reps", type=int, default=15)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--calib-images", type=int, default=500)
+    ap.add_argument("--skip-gfb-cost", action="store_true", help="skip table 1")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-export-"))
     ckpt = args.checkpoint
@@ -119,22 +142,37 @@ def main() -> None:
                 work / f"lcr-{p}.onnx",
                 precision=p,
                 calib_dir=args.calib,
+                calib_images=args.calib_images,
                 image_size=args.size,
                 verify=False,
                 progress=False,
                 log=None,
             )
-    plain = export_plain(ckpt, args.size, work / "plain.onnx")
-
     rng = np.random.default_rng(0)
-    print("| batch | plain backbone + avg pool, ms | LCR graph (GFB + mask + weighted pool), ms | cost |")
-    print("|---|---|---|---|")
-    sess = {"plain": session(plain, args.threads), "lcr": session(models["fp32"], args.threads)}
+    if not args.skip_gfb_cost:
+        plain = export_plain(ckpt, args.size, work / "plain.onnx")
+        print("| batch | plain backbone + avg pool, ms | LCR graph (GFB + mask + weighted pool), ms | cost |")
+        print("|---|---|---|---|")
+        sess = {"plain": session(plain, args.threads), "lcr": session(models["fp32"], args.threads)}
+        for n in (1, 8, 32):
+            batch = rng.integers(0, 256, (n, args.size, args.size, 3), dtype=np.uint8)
+            t = time_interleaved(sess, batch, args.reps if n < 32 else max(5, args.reps // 3))
+            ratio = np.median(t["lcr"]) / np.median(t["plain"]) - 1
+            print(f"| {n} | {fmt(t['plain'])} | {fmt(t['lcr'])} | {ratio * 100:+.1f}% |")
+
+    reference = export_reference(ckpt, args.size, work / "reference.onnx")
+    print(
+        "\n| batch | reference preprocessing (uint8 Transpose/Slice, Cast, Mul, Add), ms | exported (Cast, Transpose, "
+        "Add; flip and 1/std in conv1), ms | after / before | max abs embedding difference |"
+    )
+    print("|---|---|---|---|---|")
+    sess = {"before": session(reference, args.threads), "after": session(models["fp32"], args.threads)}
     for n in (1, 8, 32):
         batch = rng.integers(0, 256, (n, args.size, args.size, 3), dtype=np.uint8)
         t = time_interleaved(sess, batch, args.reps if n < 32 else max(5, args.reps // 3))
-        ratio = np.median(t["lcr"]) / np.median(t["plain"]) - 1
-        print(f"| {n} | {fmt(t['plain'])} | {fmt(t['lcr'])} | {ratio * 100:+.1f}% |")
+        diff = np.abs(sess["before"].run(None, {"images": batch})[0] - sess["after"].run(None, {"images": batch})[0])
+        ratio = np.median(t["after"]) / np.median(t["before"])
+        print(f"| {n} | {fmt(t['before'])} | {fmt(t['after'])} | {ratio:.3f} | {diff.max():.1e} |")
 
     print(
         "\n| precision | batch 1 latency, ms | batch 32, images/s | min cosine | median cosine | "

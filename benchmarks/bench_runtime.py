@@ -2,11 +2,15 @@
 
     .venv/bin/python benchmarks/bench_runtime.py overhead            # resnet18 at 112 px, batch 1 and 8, CPU
     .venv/bin/python benchmarks/bench_runtime.py gallery [--max-n 1000000]
+    .venv/bin/python benchmarks/bench_runtime.py memory [--side 20000]   # peak memory on a huge photo
 
 overhead: the same ONNX model, run (a) by a bare ``onnxruntime.InferenceSession`` fed ready uint8 N x 112 x 112 x 3
 tensors and (b) by ``Embedder.embed`` on 640x480 BGR frames (host resize + crop included), alternating in rounds so
 both see the same machine load; the ratio is computed per round, reported as median and spread.
 gallery: exact numpy search vs FAISS flat inner product (if installed), top-5, 64 queries per call.
+memory: peak resident memory (VmHWM) of a fresh process per case, on a --side x --side photo (a JPEG made once):
+``Embedder.embed(path)`` (decoded at reduced size), ``embed`` of the decoded array, ``attend`` + ``overlay`` of
+the decoded array; the process after loading the model is the baseline.
 Prints markdown tables. Needs torch to make the (random-init) model.
 """
 
@@ -136,9 +140,69 @@ def gallery(max_n: int, max_bytes: float, queries: int) -> None:
             del v
 
 
+_MEMORY_CASE = """
+import json, sys
+import numpy as np
+def hwm():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM"):
+            return int(line.split()[1]) * 1024
+case, model, jpg = sys.argv[1:4]
+import cv2
+from lcr_sdk import Embedder
+emb = Embedder(model, device="cpu")
+emb.embed(np.zeros((64, 64, 3), np.uint8))
+base = hwm()
+if case == "embed(path)":
+    emb.embed(jpg)
+else:
+    img = cv2.imread(jpg)
+    decoded = hwm()
+    if case == "embed(array)":
+        emb.embed(img)
+    else:
+        r = emb.attend(img)
+        out = r.overlay(img)
+print(json.dumps({"base": base, "peak": hwm()}))
+"""
+
+
+def memory(side: int) -> None:
+    """Peak resident memory per case on a side x side photo, each case in a fresh process."""
+    import json
+    import subprocess
+    import sys
+
+    import cv2
+
+    with tempfile.TemporaryDirectory() as d:
+        folder = Path(d)
+        model = _make_model(folder)
+        jpg = folder / "huge.jpg"
+        y, x = np.mgrid[0:side:8, 0:side:8]
+        small = np.stack([(x * 255 // side), (y * 255 // side), ((x + y) * 127 // side)], -1).astype(np.uint8)
+        cv2.imwrite(str(jpg), cv2.resize(small, (side, side), interpolation=cv2.INTER_NEAREST))
+        del small, x, y
+        print(
+            f"{side} x {side} JPEG ({jpg.stat().st_size / 2**20:.0f} MiB file, {side * side * 3 / 2**30:.2f} GiB "
+            "decoded), resnet18 LCR at 112 px, ONNX Runtime CPU\n"
+        )
+        print("| case | peak resident memory, GiB | above the loaded model, GiB |\n|---|---|---|")
+        for case in ("embed(path)", "embed(array)", "attend + overlay"):
+            run = subprocess.run(
+                [sys.executable, "-c", _MEMORY_CASE, case, str(model), str(jpg)], capture_output=True, text=True
+            )
+            if run.returncode:
+                print(f"| {case} | failed: {run.stderr.strip().splitlines()[-1:]} | - |")
+                continue
+            r = json.loads(run.stdout.strip().splitlines()[-1])
+            print(f"| {case} | {r['peak'] / 2**30:.2f} | {(r['peak'] - r['base']) / 2**30:.2f} |")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("what", choices=["overhead", "gallery"])
+    ap.add_argument("what", choices=["overhead", "gallery", "memory"])
+    ap.add_argument("--side", type=int, default=20000, help="side of the photo (memory)")
     ap.add_argument("--rounds", type=int, default=7, help="alternating measurement rounds (overhead)")
     ap.add_argument("--reps", type=int, default=10, help="calls per round (overhead)")
     ap.add_argument("--max-n", type=int, default=1_000_000, help="largest gallery size")
@@ -147,6 +211,8 @@ def main() -> None:
     a = ap.parse_args()
     if a.what == "overhead":
         overhead(a.rounds, a.reps)
+    elif a.what == "memory":
+        memory(a.side)
     else:
         gallery(a.max_n, a.max_gib * 2**30, a.queries)
 

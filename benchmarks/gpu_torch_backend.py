@@ -3,6 +3,10 @@
     python benchmarks/gpu_torch_backend.py                 # CUDA machine; JSON to $OUT/gpu_torch_backend.json if set
     python benchmarks/gpu_torch_backend.py --smoke         # CPU check of the script itself (resnet18, 64 px, tiny)
 
+Beside the backend's configurations it times a bare ``torch.compile`` of the same weights (the DeployModel, fp16,
+channels_last, called directly: no Embedder, no checks) in the same run, so the backend's overhead over plain
+PyTorch is a ratio on one machine (batch 256 throughput, batch 1 latency).
+
 Runs ``Embedder(checkpoint, device="cuda", fp16=..., cuda_graph=..., compile=...)`` on a random-init checkpoint
 (speed does not depend on the weights) and feeds uint8 N x 224 x 224 x 3 CUDA tensors through ``Embedder.infer``,
 so no host copy or host preprocessing is timed: this is the model as the backend runs it. Each configuration is
@@ -40,6 +44,41 @@ def _measure(emb, x, iters: int, reps: int, sync) -> list[float]:
         sync()
         out.append((time.perf_counter() - t) / iters)
     return out
+
+
+class _Bare:
+    """A bare torch.compile'd fp16 DeployModel (same weights, same fp16 placement as the backend's fp16 mode), called
+    directly: the baseline the backend's compiled mode is compared with."""
+
+    def __init__(self, ckpt: Path):
+        import torch
+
+        from lcr_sdk.backends.torch import _to_half
+        from lcr_sdk.train.checkpoint import load_net
+        from lcr_sdk.train.model import DeployModel
+
+        model = DeployModel(load_net(ckpt)[0]).eval().cuda().to(memory_format=torch.channels_last)
+        model.net.half()
+        model.preprocess = torch.nn.Sequential(model.preprocess, _to_half(torch))
+        self.torch, self.model = torch, torch.compile(model)
+
+    def infer(self, x):
+        with self.torch.inference_mode():
+            return self.model(x)
+
+
+def _bare_compile(ckpt: Path, batches: list[int], size: int, iters: int, reps: int, sync) -> list[dict]:
+    import torch
+
+    bare, rows = _Bare(ckpt), []
+    for n in batches:
+        x = torch.randint(0, 256, (n, size, size, 3), dtype=torch.uint8, device="cuda")
+        t = _measure(bare, x, iters, reps, sync)
+        med = statistics.median(t)
+        row = {"config": "bare torch.compile fp16 (no Embedder)", "batch": n, "ms_median": 1e3 * med}
+        row.update(ms_min=1e3 * min(t), ms_max=1e3 * max(t), images_per_s=n / med, provider="torch")
+        rows.append(row)
+    return rows
 
 
 def main() -> None:
@@ -98,6 +137,8 @@ def main() -> None:
                     }
                 )
             emb.close()
+        if device == "cuda" and not a.no_compile:
+            rows += _bare_compile(ckpt, batches, size, iters, a.reps, sync)
     print(
         f"PyTorch backend, {arch} LCR at {size} px on {gpu}, torch {torch.__version__}, "
         f"{a.reps} reps x {iters} calls, uint8 tensors on {device} in (no host copies)\n"
