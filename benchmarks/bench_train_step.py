@@ -28,7 +28,7 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def build(method: str, cfg: TrainConfig, device: torch.device):
+def build(method: str, cfg: TrainConfig, device: torch.device) -> tuple[MoCo, torch.optim.Optimizer]:
     torch.manual_seed(0)
     model = MoCo(
         LCRNet(cfg.arch, method, cfg.num_parts),
@@ -43,12 +43,12 @@ def build(method: str, cfg: TrainConfig, device: torch.device):
         cam_norm=cfg.cam_norm,
     ).to(device)
     if device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
+        model.to(memory_format=torch.channels_last)
     opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.01, momentum=0.9)
     return model, opt
 
 
-def step(model, opt, images, cfg: TrainConfig, device: torch.device) -> None:
+def step(model: MoCo, opt: torch.optim.Optimizer, images: torch.Tensor, cfg: TrainConfig, device: torch.device) -> None:
     a, b = moco_v2(images, cfg.image_size), moco_v2(images, cfg.image_size)
     ids = torch.arange(images.shape[0], device=device)  # the same images every step: their keys are masked
     if device.type == "cuda":
@@ -60,7 +60,7 @@ def step(model, opt, images, cfg: TrainConfig, device: torch.device) -> None:
     opt.step()
 
 
-def main(argv=None) -> dict:
+def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--arch", default="resnet18")

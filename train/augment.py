@@ -78,7 +78,15 @@ def _gray(x: torch.Tensor) -> torch.Tensor:
     return 0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3]  # B x 1 x H x W
 
 
-def colour_jitter(x: torch.Tensor, g=None, b_=0.4, c_=0.4, s_=0.4, h_=0.1, p: float = 0.8) -> torch.Tensor:
+def colour_jitter(
+    x: torch.Tensor,
+    g: torch.Generator | None = None,
+    b_: float = 0.4,
+    c_: float = 0.4,
+    s_: float = 0.4,
+    h_: float = 0.1,
+    p: float = 0.8,
+) -> torch.Tensor:
     """Brightness, contrast, saturation and hue jitter on RGB in [0, 1], applied to each image with prob. p."""
     n, dev = x.shape[0], x.device
     on = _p(n, p, g, dev).view(n, 1, 1, 1)
@@ -103,12 +111,15 @@ def colour_jitter(x: torch.Tensor, g=None, b_=0.4, c_=0.4, s_=0.4, h_=0.1, p: fl
     return torch.where(on, y, x)
 
 
-def random_grayscale(x: torch.Tensor, g=None, p: float = 0.2) -> torch.Tensor:
+def random_grayscale(x: torch.Tensor, g: torch.Generator | None = None, p: float = 0.2) -> torch.Tensor:
+    """Replace each image by its luma, with probability p."""
     on = _p(x.shape[0], p, g, x.device).view(-1, 1, 1, 1)
     return torch.where(on, _gray(x).expand_as(x), x)
 
 
-def gaussian_blur(x: torch.Tensor, g=None, sigma=(0.1, 2.0), p: float = 0.5) -> torch.Tensor:
+def gaussian_blur(
+    x: torch.Tensor, g: torch.Generator | None = None, sigma: tuple[float, float] = (0.1, 2.0), p: float = 0.5
+) -> torch.Tensor:
     """Blur each image with its own sigma, with probability p.
 
     ``sigma`` is in pixels of a 224 px image (MoCo v2's setting) and scales with the side, so a 112 px image gets
@@ -116,7 +127,7 @@ def gaussian_blur(x: torch.Tensor, g=None, sigma=(0.1, 2.0), p: float = 0.5) -> 
     """
     n, c, h, w = x.shape
     k = max(3, int(0.1 * h) // 2 * 2 + 1)
-    s = _u(n, *sigma, g, x.device) * (h / 224)
+    s = _u(n, sigma[0], sigma[1], g, x.device) * (h / 224)
     on = _p(n, p, g, x.device)
     t = torch.arange(k, device=x.device, dtype=x.dtype) - k // 2
     kern = torch.exp(-(t[None] ** 2) / (2 * s[:, None] ** 2))
@@ -129,6 +140,7 @@ def gaussian_blur(x: torch.Tensor, g=None, sigma=(0.1, 2.0), p: float = 0.5) -> 
 
 
 def normalise(x: torch.Tensor) -> torch.Tensor:
+    """RGB in [0, 1] -> ImageNet mean/std normalised."""
     mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1)
     std = torch.tensor(IMAGENET_STD, device=x.device).view(1, 3, 1, 1)
     return (x - mean) / std

@@ -150,7 +150,8 @@ def rng_state() -> dict[str, Any]:
 def set_rng_state(state: dict[str, Any]) -> None:
     """Restore :func:`rng_state` (after :func:`plain` and a weights_only load)."""
     random.setstate(state["python"])
-    np.random.set_state(tuple(v.numpy() if torch.is_tensor(v) else v for v in state["numpy"]))
+    numpy_state: Any = tuple(v.numpy() if torch.is_tensor(v) else v for v in state["numpy"])
+    np.random.set_state(numpy_state)
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
-from tqdm import tqdm
+from tqdm import tqdm  # type: ignore[import-untyped]
 
 from lcr_sdk.errors import DataError, InputError, ModelError
 from lcr_sdk.fileio import atomic_write_text
@@ -129,6 +129,12 @@ def _writing(path: Path) -> Iterator[Path]:
         yield path
     except OSError as e:
         raise write_error(path, e, full=e.errno in (errno.ENOSPC, errno.EDQUOT)) from e
+
+
+def _unwrapped(model: nn.Module) -> nn.Module:
+    """The module inside a DistributedDataParallel / SyncBatchNorm-converted wrapper (or the module itself)."""
+    inner = getattr(model, "module", model)
+    return inner if isinstance(inner, nn.Module) else model
 
 
 def _finite_weights(module: nn.Module) -> bool:
@@ -313,7 +319,7 @@ class Trainer:
         """Save the run's state (rank 0 only). Refuses weights that are not finite: the last good file stays."""
         if not _finite_weights(r.net):
             raise self._diverged(r, "the weights are no longer finite")
-        inner = r.model.module if hasattr(r.model, "module") else r.model
+        inner = _unwrapped(r.model)
         state = {
             "config": self.cfg.to_dict() | {"method": r.net.method},
             "model": {k: v.detach().cpu() for k, v in r.net.state_dict().items()},
@@ -339,7 +345,7 @@ class Trainer:
         if not ts:
             raise ModelError(f"{path} holds no training state (a deploy-only checkpoint); cannot resume from it")
         self._check_resumable(ckpt["config"], path)
-        inner = r.model.module if hasattr(r.model, "module") else r.model
+        inner = _unwrapped(r.model)
         state = dict(ts["trainer"])
         if "queue" in state and "queue_ids" not in state:  # written before keys carried image indices
             state["queue_ids"] = torch.full((state["queue"].shape[1],), -1, dtype=torch.long)

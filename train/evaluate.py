@@ -88,8 +88,8 @@ def linear_probe(
     """Top-1 of a linear classifier on frozen features (full-batch L-BFGS, fixed settings)."""
     torch.manual_seed(seed)
     xtr, xte = torch.from_numpy(train_x).float(), torch.from_numpy(test_x).float()
-    classes, ytr = np.unique(np.asarray(train_y), return_inverse=True)
-    ytr = torch.from_numpy(ytr)
+    classes, inverse = np.unique(np.asarray(train_y), return_inverse=True)
+    ytr = torch.from_numpy(inverse)
     mean, std = xtr.mean(0), xtr.std(0).clamp_min(1e-6)
     xtr, xte = (xtr - mean) / std, (xte - mean) / std
     clf = torch.nn.Linear(xtr.shape[1], len(classes))

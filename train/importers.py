@@ -156,10 +156,9 @@ def read_cars(src: Path) -> Layout:
     train_annos = _need(devkit / "cars_train_annos.mat", "devkit/cars_train_annos.mat", "Stanford Cars")
     test_annos = next(
         (p for p in (root / "cars_test_annos_withlabels.mat", devkit / "cars_test_annos_withlabels.mat") if p.exists()),
-        None,
+        root / "cars_test_annos_withlabels.mat",
     )
-    if test_annos is None:
-        _need(root / "cars_test_annos_withlabels.mat", "cars_test_annos_withlabels.mat, the labelled test list", "Cars")
+    _need(test_annos, "cars_test_annos_withlabels.mat, the labelled test list", "Stanford Cars")
     folders = {
         s: _need(root / f"cars_{s}", f"cars_{s}/ with the {s} images", "Stanford Cars") for s in ("train", "test")
     }
@@ -173,7 +172,8 @@ def read_cars(src: Path) -> Layout:
     names = load(meta).get("class_names")
     if names is None:
         raise DataError(f"{meta} has no 'class_names'; it is not the devkit's cars_meta.mat")
-    classes = [str(n) for n in (names.tolist() if hasattr(names, "tolist") else names)]
+    listed = names.tolist() if hasattr(names, "tolist") else names
+    classes = [listed] if isinstance(listed, str) else [str(n) for n in listed]  # one class squeezes to a str
     items = []
     for split, path in (("train", train_annos), ("test", test_annos)):
         annos = load(path).get("annotations")
@@ -193,16 +193,9 @@ def read_cars(src: Path) -> Layout:
 def read_aircraft(src: Path) -> Layout:
     """fgvc-aircraft-2013b/data/: variants.txt, images_variant_trainval.txt and images_variant_test.txt
     (image_id variant), images/<image_id>.jpg. The official trainval list is the training split."""
-    root = next(
-        (p for p in (src / "fgvc-aircraft-2013b" / "data", src / "data", src) if (p / "variants.txt").exists()), None
-    )
-    if root is None:
-        _need(
-            src / "fgvc-aircraft-2013b" / "data" / "variants.txt",
-            "fgvc-aircraft-2013b/data/variants.txt",
-            "FGVC-Aircraft",
-        )
-    assert root is not None
+    official = src / "fgvc-aircraft-2013b" / "data"
+    root = next((p for p in (official, src / "data", src) if (p / "variants.txt").exists()), official)
+    _need(root / "variants.txt", "fgvc-aircraft-2013b/data/variants.txt", "FGVC-Aircraft")
     classes = [" ".join(row) for row in _lines(root / "variants.txt")]
     index = {name: i for i, name in enumerate(classes)}
     images = _need(root / "images", "data/images/", "FGVC-Aircraft")
@@ -257,7 +250,11 @@ def _crop(src: Path, dst: Path, bottom: int) -> None:
 
 
 def import_dataset(
-    dataset: str, src: str | os.PathLike[str], out: str | os.PathLike[str], crop_banner: bool = True
+    dataset: str,
+    src: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    crop_banner: bool = True,
+    progress: bool = False,
 ) -> dict[str, Any]:
     """Import a benchmark (``cub``, ``cars`` or ``aircraft``) from its official layout into ``out``.
 
@@ -266,6 +263,7 @@ def import_dataset(
         src: the extracted official archive (the folder that holds its metadata files, or its parent).
         out: a new folder (or an empty one) for ``train/<class>/`` and ``test/<class>/``.
         crop_banner: cut FGVC-Aircraft's 20-px copyright banner off (new JPEG files); False links the originals.
+        progress: show a progress bar.
 
     Returns:
         A summary: dataset, source, out, classes, train and test image counts, how images were placed.
@@ -275,16 +273,8 @@ def import_dataset(
         DataError: SRC is not the official layout (names the missing or damaged file), or an image the metadata
             lists does not exist.
     """
-    if dataset not in READERS:
-        raise InputError(f"data set {dataset!r} is not one of {', '.join(DATASETS)}")
     src_path, out_path = Path(src), Path(out)
-    if not src_path.is_dir():
-        raise InputError(f"SRC {src_path} is not a folder; pass the extracted official {dataset} archive")
-    if out_path.exists() and (not out_path.is_dir() or any(out_path.iterdir())):
-        what = "is a file" if not out_path.is_dir() else "is not empty"
-        raise InputError(f"OUT {out_path} {what}; give a new folder (nothing existing is overwritten)")
-    if not out_path.parent.is_dir():
-        raise InputError(f"OUT {out_path}: folder {out_path.parent} does not exist; create it first")
+    _check_paths(dataset, src_path, out_path)
     layout = READERS[dataset](src_path)
     missing = [it.src for it in layout.items if not it.src.is_file()]
     if missing:
@@ -293,35 +283,55 @@ def import_dataset(
             "archive is incomplete: re-extract it"
         )
     crop = layout.crop_bottom if crop_banner else 0
-    folders = class_folders(layout.classes)
-    mode = ["hardlink"]
-    counts = {"train": 0, "test": 0}
     with staging_dir(out_path.parent, STAGING_PREFIX) as stage:
-        for split in ("train", "test"):
-            for folder in folders:
-                (stage / split / folder).mkdir(parents=True)
-        seen: set[Path] = set()
-        for it in layout.items:
-            dst = stage / it.split / folders[it.label] / it.src.name
-            if dst in seen:
-                raise DataError(f"two {it.split} images of class {folders[it.label]} are named {it.src.name}")
-            seen.add(dst)
-            if crop:
-                _crop(it.src, dst.with_suffix(".jpg"), crop)
-            else:
-                _link(it.src, dst, mode)
-            counts[it.split] += 1
+        counts, placed = _write(layout, stage, crop, progress)
         summary = {
             "dataset": dataset,
             "source": str(src_path.resolve()),
             "out": str(out_path),
-            "classes": len(folders),
+            "classes": len(layout.classes),
             "train": counts["train"],
             "test": counts["test"],
-            "images": f"cropped {crop} px banner (new JPEG files)" if crop else f"{mode[0]}s to the source files",
+            "images": placed,
         }
         (stage / "lcr-import.json").write_text(json.dumps(summary, indent=2) + "\n")
         if out_path.exists():
             out_path.rmdir()  # empty (checked above)
         os.replace(stage, out_path)
     return summary
+
+
+def _check_paths(dataset: str, src: Path, out: Path) -> None:
+    if dataset not in READERS:
+        raise InputError(f"data set {dataset!r} is not one of {', '.join(DATASETS)}")
+    if not src.is_dir():
+        raise InputError(f"SRC {src} is not a folder; pass the extracted official {dataset} archive")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        what = "is a file" if not out.is_dir() else "is not empty"
+        raise InputError(f"OUT {out} {what}; give a new folder (nothing existing is overwritten)")
+    if not out.parent.is_dir():
+        raise InputError(f"OUT {out}: folder {out.parent} does not exist; create it first")
+
+
+def _write(layout: Layout, stage: Path, crop: int, progress: bool) -> tuple[dict[str, int], str]:
+    """Place every image under ``stage/<split>/<class folder>/``; returns the counts and how images were placed."""
+    from tqdm import tqdm
+
+    folders = class_folders(layout.classes)
+    for split in ("train", "test"):
+        for folder in folders:
+            (stage / split / folder).mkdir(parents=True)
+    mode = ["hardlink"]
+    counts = {"train": 0, "test": 0}
+    seen: set[Path] = set()
+    for it in tqdm(layout.items, desc=f"import {layout.name}", unit="img", disable=not progress, leave=False):
+        dst = stage / it.split / folders[it.label] / it.src.name
+        if dst in seen:
+            raise DataError(f"two {it.split} images of class {folders[it.label]} are named {it.src.name}")
+        seen.add(dst)
+        if crop:
+            _crop(it.src, dst.with_suffix(".jpg"), crop)
+        else:
+            _link(it.src, dst, mode)
+        counts[it.split] += 1
+    return counts, f"cropped {crop} px banner (new JPEG files)" if crop else f"{mode[0]}s to the source files"

@@ -45,6 +45,7 @@ class SplitBatchNorm(nn.BatchNorm2d):
         s = self.num_splits
         if not self.training or s <= 1 or n % s:
             return super().forward(x)
+        assert self.running_mean is not None and self.running_var is not None  # track_running_stats, as in ResNets
         mean_in = self.running_mean.repeat(s)
         var_in = self.running_var.repeat(s)
         out = F.batch_norm(
@@ -54,7 +55,7 @@ class SplitBatchNorm(nn.BatchNorm2d):
             self.weight.repeat(s),
             self.bias.repeat(s),
             True,
-            self.momentum,
+            0.1 if self.momentum is None else self.momentum,
             self.eps,
         ).reshape(n, c, h, w)
         self.running_mean.copy_(mean_in.view(s, c).mean(0))
@@ -67,7 +68,7 @@ def use_split_bn(module: nn.Module, num_splits: int) -> None:
     for m in module.modules():
         if type(m) in (nn.BatchNorm2d, SplitBatchNorm):
             m.__class__ = SplitBatchNorm
-            m.num_splits = num_splits
+            setattr(m, "num_splits", num_splits)  # noqa: B010 (the class was just swapped)
 
 
 def mlp_head(dim_in: int, hidden: int, dim_out: int) -> nn.Sequential:
@@ -144,6 +145,10 @@ class MoCo(nn.Module):
         cam_loss_scale: loss scale of the Grad-CAM gradient under fp16 autocast (lowered for a step if the
             scaled gradient overflows); 1 is used in float32 and bfloat16.
     """
+
+    queue: torch.Tensor
+    queue_ids: torch.Tensor
+    queue_ptr: torch.Tensor
 
     def __init__(
         self,

@@ -103,7 +103,7 @@ class LCRNet(nn.Module):
         """A = max over K of P (B x h x w), before normalisation; ones for 'moco'."""
         if self.gfb is None:
             return feats.new_ones(feats.shape[0], *feats.shape[2:])
-        parts = self.parts(feats) if parts is None else parts
+        parts = self.gfb(feats) if parts is None else parts
         return parts.max(dim=1).values
 
     def attention(self, feats: torch.Tensor, parts: torch.Tensor | None = None) -> torch.Tensor:
@@ -123,6 +123,9 @@ class LCRNet(nn.Module):
 
 class Preprocess(nn.Module):
     """uint8 N x H x W x 3 BGR -> float N x 3 x H x W RGB, ImageNet mean/std. Lives inside the exported graph."""
+
+    scale: torch.Tensor
+    shift: torch.Tensor
 
     def __init__(self, mean=IMAGENET_MEAN, std=IMAGENET_STD):
         super().__init__()

@@ -54,7 +54,7 @@ def synth(
     image_size: Annotated[int, typer.Option(help="Image side in pixels.")] = 112,
     difficulty: Annotated[float, typer.Option(help="0 (plain backgrounds) .. 1 (busy clutter, small objects).")] = 0.5,
     seed: Annotated[int, typer.Option(help="Seed: same options and seed give the same images.")] = 0,
-):
+) -> None:
     """Write the built-in synthetic fine-grained data set (no download). Example: lcr-sdk data synth data/birds"""
     from lcr_sdk.synth import SynthConfig, generate
 
@@ -74,7 +74,8 @@ def import_cmd(
         bool, typer.Option(help="FGVC-Aircraft: cut the 20-px copyright banner off (--no-crop-banner links as is).")
     ] = True,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
-):
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+) -> None:
     """Import a fine-grained benchmark from its official layout into the ImageFolder layout `train` reads.
 
     Images are hard links (symlinks across file systems), never copies; the official train/test split is kept.
@@ -86,7 +87,7 @@ def import_cmd(
         raise InputError(
             f"data set {dataset!r} is not one of {', '.join(DATASETS)}; e.g. lcr-sdk data import cub SRC OUT"
         )
-    summary = import_dataset(dataset, src, out, crop_banner=crop_banner)
+    summary = import_dataset(dataset, src, out, crop_banner=crop_banner, progress=progress)
     if as_json:
         typer.echo(json.dumps(summary, indent=2))
     else:
@@ -145,11 +146,16 @@ def train_cmd(
         float, typer.Option(help="Hold out this share of each class of train/ as a validation split (0: none).")
     ] = 0.0,
     val_seed: Annotated[int, typer.Option(help="Seed of the validation split (shared by all training seeds).")] = 0,
-):
+) -> None:
     """Train LCR or the MoCo v2 baseline on an ImageFolder data set.
 
     Example: lcr-sdk train data/birds --method lcr --arch resnet18 --image-size 112 --epochs 50 \\
         --batch-size 64 --out runs/lcr
+
+    The paper's two stages: a pretrained backbone (ImageNet weights: --pretrained resnet50.pth), or one trained
+    here with labels on other classes (lcr-sdk train data/source --supervised --out runs/pre), then
+    self-supervised training on the fine-grained set: lcr-sdk train data/cub --pretrained runs/pre/checkpoint.pt
+    --val-fraction 0.1 --out runs/lcr
     """
     from lcr_sdk.train.config import TrainConfig  # torch-free: options are checked before anything starts
 
@@ -224,7 +230,7 @@ def eval_cmd(
     val_seed: Annotated[
         int | None, typer.Option(help="With --split val: the split's seed (default: the checkpoint's).")
     ] = None,
-):
+) -> None:
     """Leave-one-out retrieval (Rank-1, Rank-5, mAP), kNN top-1 and an optional linear probe on the test split,
     or on the validation split (--split val) where model choices are made.
 
@@ -257,7 +263,7 @@ def quickstart_cmd(
     epochs: Annotated[int | None, typer.Option(help="Override the epochs of each method.")] = None,
     seed: Annotated[int, typer.Option(help="Seed for data and training.")] = 0,
     device: Annotated[str | None, typer.Option(help="cpu or cuda (default: CUDA if available).")] = None,
-):
+) -> None:
     """Make the synthetic data set, train LCR and MoCo v2 (and a supervised bound), evaluate, write a report.
 
     Example: lcr-sdk quickstart --out lcr-quickstart   (then open lcr-quickstart/report/index.html)
