@@ -11,12 +11,15 @@
 The package has one module per concern: :mod:`~lcr_sdk.gallery.core` (the :class:`Gallery` API),
 :mod:`~lcr_sdk.gallery.store` (persistence: append-only format 2, locking, crash safety),
 :mod:`~lcr_sdk.gallery.legacy` (format 1), :mod:`~lcr_sdk.gallery.items` (the SQLite item table, filters),
+:mod:`~lcr_sdk.gallery.pending` (changes not yet committed), :mod:`~lcr_sdk.gallery.build` (galleries from images:
+a labelled folder, or a re-embedding with another model),
 :mod:`~lcr_sdk.gallery.search` (exact and FAISS search), :mod:`~lcr_sdk.gallery.calibrate` (the open-set
 threshold) and :mod:`~lcr_sdk.gallery.explain` (explained hits, enrolment quality).
 """
 
+from lcr_sdk.gallery.build import build_from_folder
 from lcr_sdk.gallery.calibrate import Calibration
-from lcr_sdk.gallery.core import Enrolment, Gallery, Hit, build_from_folder
+from lcr_sdk.gallery.core import Enrolment, Gallery, Hit
 from lcr_sdk.gallery.explain import Explanation, PartMatch, Quality, check_quality
 from lcr_sdk.gallery.search import topk
 
