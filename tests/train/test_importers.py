@@ -167,7 +167,7 @@ def test_cli_import_json(tmp_path):
         app, ["data", "import", "cub", str(tmp_path / "src" / "CUB_200_2011"), str(tmp_path / "out"), "--json"]
     )
     assert r.exit_code == 0, r.output
-    assert json.loads(r.output)["train"] == 3
+    assert json.loads(r.stdout)["train"] == 3  # the progress bar goes to stderr
     r = runner.invoke(app, ["data", "import", "inat", str(tmp_path / "src"), str(tmp_path / "o2")])
     assert r.exit_code == 1 and "'inat' is not one of cub, cars, aircraft" in r.output
 
