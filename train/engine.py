@@ -138,7 +138,9 @@ def _unwrapped(model: nn.Module) -> nn.Module:
 
 
 def _finite_weights(module: nn.Module) -> bool:
-    return all(bool(torch.isfinite(t).all()) for t in module.state_dict().values() if t.is_floating_point())
+    """Every floating-point tensor of the state dict (weights and BN statistics) is finite (one device sync)."""
+    checks = [torch.isfinite(t).all() for t in module.state_dict().values() if t.is_floating_point()]
+    return bool(torch.stack(checks).all()) if checks else True
 
 
 @dataclass
