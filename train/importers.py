@@ -315,7 +315,7 @@ def _check_paths(dataset: str, src: Path, out: Path) -> None:
 
 def _write(layout: Layout, stage: Path, crop: int, progress: bool) -> tuple[dict[str, int], str]:
     """Place every image under ``stage/<split>/<class folder>/``; returns the counts and how images were placed."""
-    from tqdm import tqdm
+    from tqdm import tqdm  # type: ignore[import-untyped]
 
     folders = class_folders(layout.classes)
     for split in ("train", "test"):
