@@ -22,13 +22,14 @@ from typing import Any
 
 import numpy as np
 
-from lcr_sdk.backends.base import Backend, backend_for
 from lcr_sdk.errors import InputError, ModelError, import_platform
-from lcr_sdk.fileio import sha256_file
-from lcr_sdk.images import crop_box, heatmap_overlay, read_image, resize_to, to_bgr
-from lcr_sdk.manifest import Manifest
 
-cv2 = import_platform("cv2")  # OpenCV: the cpu/gpu extra, or the platform's own (JetPack), named if missing
+cv2 = import_platform("cv2")  # OpenCV: the cpu/gpu extra, or the platform's own (JetPack); named if missing
+
+from lcr_sdk.backends.base import Backend, backend_for  # noqa: E402
+from lcr_sdk.fileio import sha256_file  # noqa: E402
+from lcr_sdk.images import crop_box, heatmap_overlay, read_image, resize_to, to_bgr  # noqa: E402
+from lcr_sdk.manifest import Manifest  # noqa: E402
 
 
 @dataclass
