@@ -11,7 +11,7 @@ Esc cancels), q or Esc = quit. A GALLERY folder that does not exist starts empty
 
 A frame whose best score is below the gallery's calibrated threshold (--threshold) is shown as "unknown". An
 enrolment is one small append to the gallery (the crop is stored with it), checked first: an image on which the
-model's attention is diffuse is refused (--quality refuse, the default) or enrolled with a warning (warn).
+model's attention is diffuse is enrolled with a warning on screen (--quality warn, the default) or refused (refuse).
 Ctrl+C or SIGTERM stops the demo cleanly: the output video is finished and the exit code is 130.
 """
 
@@ -73,7 +73,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--quality",
         choices=["refuse", "warn", "off"],
-        default="refuse",
+        default="warn",
         help="enrolment check of the model's attention (LCR models): refuse or warn on diffuse attention",
     )
     p.add_argument(
@@ -127,7 +127,7 @@ def enroll(
     label: str,
     source: str,
     index: int,
-    quality: str = "refuse",
+    quality: str = "warn",
     max_spread: float = MAX_SPREAD,
 ) -> str:
     """Enrol one image crop under ``label`` (empty: ``item-N``) and commit it: one append, not a rewrite.

@@ -11,6 +11,7 @@ import typer
 
 from lcr_sdk.cli.runtime_cmd import BackendOpt, DeviceOpt, ModelArg, embedder_for
 from lcr_sdk.errors import InputError
+from lcr_sdk.gallery.explain import MAX_SPREAD
 
 gallery_app = typer.Typer(
     help="Galleries: embed a labelled image folder, search it (with 'unknown' and explanations), re-embed it.",
@@ -98,7 +99,9 @@ def gallery_build(
     quality: Annotated[
         str, typer.Option(help="LCR attention check per image: off, warn (report diffuse ones) or refuse (leave out).")
     ] = "warn",
-    max_spread: Annotated[float, typer.Option(help="Largest attention spread accepted by --quality (0..1].")] = 0.9,
+    max_spread: Annotated[
+        float, typer.Option(help="Largest attention spread --quality accepts, (0..1]: the share of the view covered.")
+    ] = MAX_SPREAD,
     as_json: JsonOpt = False,
     backend: BackendOpt = None,
     device: DeviceOpt = None,
@@ -110,7 +113,7 @@ def gallery_build(
     _check_choice(dtype, DTYPES, "--dtype")
     _check_choice(quality, QUALITY, "--quality")
     if not 0 < max_spread <= 1:
-        raise InputError(f"--max-spread {max_spread} is not valid; pass a share in (0, 1], e.g. 0.9")
+        raise InputError(f"--max-spread {max_spread} is not valid; pass a share in (0, 1], e.g. {MAX_SPREAD}")
     parse_index(index)
     if not folder.is_dir():
         raise InputError(f"{folder} is not a folder; pass a folder with one sub-folder of images per label")

@@ -16,9 +16,10 @@ computed at run time. What can be computed, and is shown here:
 
 A MoCo model has no part maps and an all-ones mask: its explanation is the two images and the score only.
 
-Enrolment quality: an LCR attention whose mass is spread over the whole view (:func:`spread_of` close to 1) means
-the model found nothing to focus on (blur, an empty scene, an object too small): such an image makes a poor gallery
-item.
+Enrolment quality: an LCR attention mask whose mass is spread over the whole view (:func:`spread_of` close to 1)
+means the model found nothing to focus on (blur, an empty scene, an object too small): such an image makes a poor
+gallery item. How well this separates good from bad images depends on the model: a model whose attention follows the
+object separates them; the short-budget models trained in docs/BENCHMARKS.md barely do (see "Gallery").
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ import numpy as np
 from lcr_sdk.errors import InputError
 from lcr_sdk.images import heatmap_overlay
 
-MAX_SPREAD = 0.6  # default enrolment limit on the mean of the attention mask over the model's view
+MAX_SPREAD = 0.9  # default enrolment limit on spread_of(): the mask covers at most 90% of the view
 PANEL_HEIGHT = 280
 _COLORS = [(66, 135, 245), (245, 66, 90), (80, 200, 120), (240, 200, 40), (200, 90, 220), (40, 200, 220)]
 
@@ -56,18 +57,20 @@ class Quality:
 
 
 def spread_of(parts: np.ndarray) -> float:
-    """How widely an image's attention is spread: the effective area of A = max_k P_k, as a share of the view.
+    """How widely an image's attention mask is spread over the view: 0 (one cell) .. 1 (every cell alike).
 
-    A is normalised to sum 1 and its perplexity exp(entropy) divided by the number of cells: 1.0 when every cell
-    holds the same mass, 1/(h*w) when one cell holds all of it. (The graph's mask M is min-max normalised, so it
-    always spans 0..1 and hides how flat A was; the raw part maps do not.)
+    The mask is the graph's M = minmax(max_k P_k) (docs/DESIGN.md section 2), computed here from the part maps on
+    the feature grid. Its mass, normalised to sum 1, has an effective area exp(entropy) cells; min-max normalisation
+    always leaves one cell at 0, so the effective area is divided by (cells - 1). A flat A (no part responds more
+    anywhere) has no mask at all and counts as fully spread.
     """
     a = np.asarray(parts, np.float64).reshape(len(parts), -1).max(axis=0)
-    total = a.sum()
-    if not np.isfinite(total) or total <= 0:
-        return 1.0  # no part responds anywhere: nothing to focus on
-    p = a[a > 0] / total
-    return float(np.exp(-(p * np.log(p)).sum()) / a.size)
+    lo, hi = float(a.min()), float(a.max())
+    if a.size < 2 or not np.isfinite(hi - lo) or hi - lo <= 1e-9 * max(abs(hi), 1.0):
+        return 1.0
+    m = (a - lo) / (hi - lo)
+    p = m[m > 0] / m.sum()
+    return float(min(1.0, np.exp(-(p * np.log(p)).sum()) / (a.size - 1)))
 
 
 def check_quality(parts: np.ndarray | None, method: str, max_spread: float = MAX_SPREAD) -> Quality:

@@ -174,7 +174,7 @@ def test_enrolment_appends_the_frame_and_it_is_found_next_time(demo_model, galle
 
 
 def test_enrolment_quality_gate_refuses_diffuse_attention(demo_model, gallery_case, tmp_path, capsys):
-    """A flat grey frame gives the model nothing to look at: refused (default) or enrolled with a warning."""
+    """A flat grey frame gives the model nothing to look at: enrolled with a warning (default) or refused."""
     import shutil
 
     from lcr_sdk import Embedder, Gallery
@@ -189,12 +189,12 @@ def test_enrolment_quality_gate_refuses_diffuse_attention(demo_model, gallery_ca
     limit = f"{spread - 0.01:.3f}"  # just under this model's spread for the grey frame
     demo = load_example("camera_retrieval")
     argv = [str(demo_model), str(gallery), str(tmp_path / "grey.png"), str(tmp_path / "o.png"), "--headless"]
-    assert demo.main([*argv, "--enroll", "grey", "--max-spread", limit]) == 0
+    assert demo.main([*argv, "--enroll", "grey", "--max-spread", limit, "--quality", "refuse"]) == 0
     err = capsys.readouterr().err
     assert "not enrolled: attention is diffuse" in err and len(Gallery.load(gallery)) == 8
     out = cv2.imread(str(tmp_path / "o.png"))
     assert out is not None  # the refusal is drawn on the frame as well
-    assert demo.main([*argv, "--enroll", "grey", "--max-spread", limit, "--quality", "warn"]) == 0
+    assert demo.main([*argv, "--enroll", "grey", "--max-spread", limit]) == 0
     assert "enrolled as grey (warning: attention is diffuse" in capsys.readouterr().err
     g = Gallery.load(gallery)
     assert len(g) == 9 and g.metadata[-1]["attention_spread"] == pytest.approx(spread, abs=1e-3)
