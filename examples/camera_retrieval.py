@@ -139,14 +139,18 @@ def enroll(
         done = gallery.enroll(
             emb, image, label, metadata={"source": source, "frame": index}, quality=quality, max_spread=max_spread
         )
-    except InputError as e:
-        return str(e)
+    except InputError as e:  # refused (--quality refuse): the reason is the note
+        print(str(e), file=sys.stderr)
+        return str(e).split(";")[0]
     if gallery.path is None:
         gallery.save(folder)  # a new gallery: created with this first item
     else:
         gallery.commit()
-    warn = f" (warning: {done.quality.reason.split(';')[0]})" if not done.quality.ok else ""
-    return f"enrolled as {label}{warn}"
+    q = done.quality
+    if q.ok:
+        return f"enrolled as {label}"
+    print(f"warning: {label}: {q.reason}", file=sys.stderr)
+    return f"enrolled as {label} (warning: attention is diffuse, {q.spread:.1%} of the view > {max_spread:.0%})"
 
 
 def answer(hits: list[Any], threshold: float | None) -> tuple[str, bool]:
@@ -217,8 +221,10 @@ def run(args: argparse.Namespace) -> int:
                 lines.append(
                     f"label: {prompt}_  (Enter saves, Esc cancels)"
                     if typing
-                    else f"[e] enrol  [q] quit  {note}  source: {source.status}"
+                    else f"[e] enrol  [q] quit  source: {source.status}"
                 )
+                if note:
+                    lines.append(note)  # the last enrolment: its label, or why it was refused or warned about
                 draw_text(view, lines, color=(80, 80, 255) if unknown else (255, 255, 255))
                 row = {"frame": frame.index, "hits": [[x.label, x.score] for x in hits], "unknown": unknown}
                 if log is not None:

@@ -91,10 +91,10 @@ def check_quality(parts: np.ndarray | None, method: str, max_spread: float = MAX
             False,
             True,
             s,
-            f"attention is diffuse: spread over {s:.0%} of the view (limit {max_spread:.0%}); the model found no "
+            f"attention is diffuse: spread over {s:.1%} of the view (limit {max_spread:.0%}); the model found no "
             "clear object: frame the object larger and sharper, or raise the limit",
         )
-    return Quality(True, True, s, f"attention spread over {s:.0%} of the view (limit {max_spread:.0%})")
+    return Quality(True, True, s, f"attention spread over {s:.1%} of the view (limit {max_spread:.0%})")
 
 
 # -- explanation ----------------------------------------------------------------------------------------------------
@@ -222,7 +222,7 @@ def draw(
     x_off = left.shape[1] + gap
     canvas[36 : 36 + height, x_off:] = right
     font = cv2.FONT_HERSHEY_SIMPLEX
-    cv2.putText(canvas, title, (6, 24), font, 0.55, (0, 0, 0), 1, cv2.LINE_AA)
+    cv2.putText(canvas, _fit(title, canvas.shape[1] - 12, 0.55), (6, 24), font, 0.55, (0, 0, 0), 1, cv2.LINE_AA)
     marks = [p for p in parts if p.matched][:max_marks]
     for i, p in enumerate(marks):
         color = _COLORS[i % len(_COLORS)]
@@ -238,8 +238,15 @@ def draw(
         )
     else:
         line = "no part maps (MoCo model): attention is uniform"
-    cv2.putText(canvas, line[:110], (6, height + 56), font, 0.45, (0, 0, 0), 1, cv2.LINE_AA)
+    cv2.putText(canvas, _fit(line, canvas.shape[1] - 12, 0.45), (6, height + 56), font, 0.45, (0, 0, 0), 1, cv2.LINE_AA)
     return canvas
+
+
+def _fit(text: str, width: int, scale: float) -> str:
+    """``text`` shortened with "..." until it is at most ``width`` pixels wide."""
+    while len(text) > 4 and cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)[0][0] > width:
+        text = text[: len(text) - 4] + "..."
+    return text
 
 
 def stack(rows: list[np.ndarray]) -> np.ndarray:

@@ -195,7 +195,8 @@ def test_enrolment_quality_gate_refuses_diffuse_attention(demo_model, gallery_ca
     out = cv2.imread(str(tmp_path / "o.png"))
     assert out is not None  # the refusal is drawn on the frame as well
     assert demo.main([*argv, "--enroll", "grey", "--max-spread", limit]) == 0
-    assert "enrolled as grey (warning: attention is diffuse" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "enrolled as grey (warning: attention is diffuse" in err and "frame the object larger" in err
     g = Gallery.load(gallery)
     assert len(g) == 9 and g.metadata[-1]["attention_spread"] == pytest.approx(spread, abs=1e-3)
 
