@@ -8,12 +8,16 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import cv2
 import numpy as np
 
-from lcr_sdk.errors import DataError, InputError
+from lcr_sdk.errors import DataError, InputError, import_platform
+
+if TYPE_CHECKING:
+    import cv2
+else:  # JetPack's OpenCV on a Jetson, opencv-python elsewhere: a missing one is an error naming the fix
+    cv2 = import_platform("cv2")
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
 _INTERP = {"linear": cv2.INTER_LINEAR, "area": cv2.INTER_AREA, "cubic": cv2.INTER_CUBIC, "nearest": cv2.INTER_NEAREST}

@@ -29,7 +29,7 @@ def _has_cuda() -> bool:
 def pytest_collection_modifyitems(config, items):
     skips = {
         "torch": (HAS_TORCH, "torch not installed (pip install 'lcr-sdk[train,export]')"),
-        "tensorrt": (None, "TensorRT not importable here (JetPack or pip install 'lcr-sdk[trt]' on a CUDA machine)"),
+        "tensorrt": (None, "TensorRT not importable here (JetPack, or pip install 'lcr-sdk[trt-cu12]' with a GPU)"),
         "cuda": (None, "no CUDA GPU"),
     }
     cache = {}
