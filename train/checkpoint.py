@@ -48,8 +48,8 @@ def save_checkpoint(path: str | os.PathLike, ckpt: dict[str, Any]) -> Path:
     for stale in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
         stale.unlink(missing_ok=True)
     try:
-        with atomic_path(path) as tmp:
-            torch.save(ckpt, tmp)
+        with atomic_path(path) as tmp, open(tmp, "wb") as f:  # closed even when the write fails (frees the space)
+            torch.save(ckpt, f)
     except (OSError, RuntimeError) as e:
         needed = _nbytes(ckpt)
         free = shutil.disk_usage(path.parent).free if path.parent.is_dir() else None

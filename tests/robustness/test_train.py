@@ -276,8 +276,12 @@ def test_full_disk_during_checkpoint_save_keeps_the_old_one(synth_root, tmp_path
         assert "MB free on" in line and "The previous file is kept" in line
         assert (out / "checkpoint.pt").read_bytes() == b"the previous checkpoint"
         assert not list(out.glob(".checkpoint.pt.*"))  # no temporary file left
+        used = shutil.disk_usage(mnt).used
+        assert used < 1 << 20, used  # the failed write's space is free again (no file handle kept open)
     finally:
-        subprocess.run(["umount", str(mnt)], capture_output=True)
+        if subprocess.run(["umount", str(mnt)], capture_output=True).returncode:
+            subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+            pytest.fail("the tmpfs was still busy: a file on it stayed open after the failed save")
 
 
 # -- eval -------------------------------------------------------------------------------------------------------------
