@@ -43,6 +43,14 @@ log = logging.getLogger(__name__)
 CRESTS = ("spike", "knob", "double-spike", "flat")
 WINGS = ("single-bar", "double-bar", "spots")
 TAILS = ("fan", "fork", "pin")
+# Size of the smallest class parts (crest, wing spots) against the body. At 1.0 a crest was 4-12 px at 112 px and
+# supervised pretraining on the benchmark's source set (16 classes, 6 epochs) reached 10-14% training accuracy
+# (chance 6%); for one seed its backbone stayed near random init on the target (validation mAP 15.9, random 14.6);
+# with these sizes the same run gave 26.6 (docs/BENCHMARKS.md, "Training").
+CREST_SCALE = 1.5
+SPOT_SCALE = 1.4
+# Bumped whenever the same options draw other images, so that a set written by an older generator is not reused.
+GENERATOR_VERSION = 2
 
 
 @dataclass
@@ -200,7 +208,9 @@ def _draw_object(
     else:  # spots
         for x, y in ((-0.3, -0.35), (-0.05, -0.45), (0.15, -0.3)):
             c = P((L * x, H * y))[0]
-            cv2.circle(img, (round(c[0] * 16), round(c[1] * 16)), round(H * 0.2 * 16), ink, -1, cv2.LINE_AA, 4)
+            cv2.circle(
+                img, (round(c[0] * 16), round(c[1] * 16)), round(H * 0.2 * SPOT_SCALE * 16), ink, -1, cv2.LINE_AA, 4
+            )
     # head with an eye, then the crest (class part) on top of the head
     hc = P((L * 1.0, -H * 0.35))[0]
     hr = H * 0.62
@@ -209,26 +219,27 @@ def _draw_object(
     eye = P((L * 1.12, -H * 0.45))[0]
     cv2.circle(img, (round(eye[0] * 16), round(eye[1] * 16)), round(hr * 0.22 * 16), ink, -1, cv2.LINE_AA, 4)
     hx, hy = L * 1.0, -H * 0.35 - hr * 0.85  # top of the head, object frame
+    cr = hr * CREST_SCALE  # the crest's unit
     if crest == "spike":
-        poly(P((hx - hr * 0.35, hy), (hx, hy - hr * 1.3), (hx + hr * 0.35, hy)), ink)
+        poly(P((hx - cr * 0.35, hy), (hx, hy - cr * 1.3), (hx + cr * 0.35, hy)), ink)
     elif crest == "double-spike":
-        poly(P((hx - hr * 0.6, hy), (hx - hr * 0.35, hy - hr * 1.2), (hx - hr * 0.1, hy)), ink)
-        poly(P((hx + hr * 0.1, hy), (hx + hr * 0.35, hy - hr * 1.2), (hx + hr * 0.6, hy)), ink)
+        poly(P((hx - cr * 0.6, hy), (hx - cr * 0.35, hy - cr * 1.2), (hx - cr * 0.1, hy)), ink)
+        poly(P((hx + cr * 0.1, hy), (hx + cr * 0.35, hy - cr * 1.2), (hx + cr * 0.6, hy)), ink)
     elif crest == "knob":
-        c = P((hx, hy - hr * 0.35))[0]
-        cv2.circle(img, (round(c[0] * 16), round(c[1] * 16)), round(hr * 0.45 * 16), ink, -1, cv2.LINE_AA, 4)
+        c = P((hx, hy - cr * 0.35))[0]
+        cv2.circle(img, (round(c[0] * 16), round(c[1] * 16)), round(cr * 0.45 * 16), ink, -1, cv2.LINE_AA, 4)
     else:  # flat: a bar along the top of the head
         poly(
             P(
-                (hx - hr * 0.7, hy + hr * 0.1),
-                (hx + hr * 0.7, hy + hr * 0.1),
-                (hx + hr * 0.6, hy - hr * 0.3),
-                (hx - hr * 0.6, hy - hr * 0.3),
+                (hx - cr * 0.7, hy + cr * 0.1),
+                (hx + cr * 0.7, hy + cr * 0.1),
+                (hx + cr * 0.6, hy - cr * 0.3),
+                (hx - cr * 0.6, hy - cr * 0.3),
             ),
             ink,
         )
     head = P(*[(L + dx * hr, -H * 0.35 + dy * hr) for dx in (-1, 1) for dy in (-1, 1)])  # head circle's corners
-    pts = np.concatenate([body, head, P((L * 1.0, hy - hr * 1.3)), P((-L * 1.6, H * 1.0)), P((-L * 1.6, -H * 1.0))])
+    pts = np.concatenate([body, head, P((L * 1.0, hy - cr * 1.3)), P((-L * 1.6, H * 1.0)), P((-L * 1.6, -H * 1.0))])
     x0, y0 = pts.min(0).clip(0, s)
     x1, y1 = pts.max(0).clip(0, s)
     return [round(float(x0)), round(float(y0)), round(float(x1)), round(float(y1))]
@@ -278,7 +289,13 @@ def generate(out: str | Path, cfg: SynthConfig | None = None, progress: bool = T
         if not cv2.imwrite(str(out / rel), img):
             raise OSError(f"could not write {out / rel}")
         boxes[rel] = box
-    meta = {"generator": "lcr_sdk.synth", "config": asdict(cfg), "classes": names, "boxes": boxes}
+    meta = {
+        "generator": "lcr_sdk.synth",
+        "generator_version": GENERATOR_VERSION,
+        "config": asdict(cfg),
+        "classes": names,
+        "boxes": boxes,
+    }
     atomic_write_text(out / "synth.json", json.dumps(meta, indent=1))
     return out
 
@@ -292,7 +309,12 @@ def matches(root: str | Path, cfg: SynthConfig) -> bool:
         info = json.loads(meta.read_text())
     except (OSError, ValueError):
         return False
-    return isinstance(info, dict) and info.get("generator") == "lcr_sdk.synth" and info.get("config") == asdict(cfg)
+    return (
+        isinstance(info, dict)
+        and info.get("generator") == "lcr_sdk.synth"
+        and info.get("generator_version") == GENERATOR_VERSION
+        and info.get("config") == asdict(cfg)
+    )
 
 
 @dataclass

@@ -47,11 +47,11 @@ class Budget:
     pre_epochs: int
     epochs: int
     batch_size: int = 32
-    eval_every: int = 2  # kNN monitor every N target epochs (the report's "kNN monitor" panel)
+    eval_every: int = 4  # kNN monitor (validation split) every N target epochs (the report's "kNN monitor" panel)
 
 
 # The default finishes in under 10 minutes on 2 CPU cores, --fast in under 3 (docs/BENCHMARKS.md).
-DEFAULT = Budget(ProtocolConfig(), pre_epochs=6, epochs=8)
+DEFAULT = Budget(ProtocolConfig(), pre_epochs=10, epochs=8)
 FAST = Budget(
     ProtocolConfig(
         target_classes=4,

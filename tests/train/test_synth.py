@@ -6,7 +6,16 @@ import json
 import pytest
 
 from lcr_sdk.errors import DataError, InputError
-from lcr_sdk.synth import MAX_CLASSES, ProtocolConfig, SynthConfig, class_names, generate, generate_protocol
+from lcr_sdk.synth import (
+    GENERATOR_VERSION,
+    MAX_CLASSES,
+    ProtocolConfig,
+    SynthConfig,
+    class_names,
+    generate,
+    generate_protocol,
+    matches,
+)
 
 
 def _digest(root):
@@ -192,3 +201,15 @@ def test_benchmark_generates_into_its_own_folder_only(tmp_path):
         bench.prepare_data(args)
     assert (other / "data" / "mine" / "notes.txt").read_text() == "keep me"
     assert sorted(p.name for p in (other / "data").iterdir()) == ["mine"]
+
+
+def test_a_set_from_an_older_generator_is_written_again(tmp_path):
+    cfg = _protocol()
+    _, target = generate_protocol(tmp_path, cfg, progress=False)
+    assert matches(target, cfg.target())
+    meta = json.loads((target / "synth.json").read_text())
+    meta["generator_version"] -= 1  # same options, drawn by an earlier generator: other images
+    (target / "synth.json").write_text(json.dumps(meta))
+    assert not matches(target, cfg.target())
+    generate_protocol(tmp_path, cfg, progress=False)
+    assert json.loads((target / "synth.json").read_text())["generator_version"] == GENERATOR_VERSION
