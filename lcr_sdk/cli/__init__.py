@@ -94,7 +94,7 @@ def _root(
     debug: bool = typer.Option(False, "--debug", help="Show full tracebacks instead of one-line errors."),
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
 ) -> None:
-    _state["debug"] = debug or _state["debug"]
+    _state["debug"] = debug or bool(os.environ.get("LCR_SDK_DEBUG"))  # per invocation, never sticky
 
 
 def _register() -> None:
