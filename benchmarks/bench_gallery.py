@@ -2,6 +2,7 @@
 """Gallery at edge scale: enrolment cost, search speed and recall, load time (docs/BENCHMARKS.md, "Gallery").
 
     python benchmarks/bench_gallery.py spread --model lcr.onnx --data DIR/test     # within/between-class cosines
+    python benchmarks/bench_gallery.py quality --model lcr.onnx --data DIR/test    # attention spread: images, blanks
     python benchmarks/bench_gallery.py enrol --sizes 10000 100000 1000000           # before/after, ms per enrolment
     python benchmarks/bench_gallery.py search --n 1000000 --dtype float32           # exact, FAISS flat/HNSW/IVF
     python benchmarks/bench_gallery.py load --n 1000000                              # memory-mapped load, index load
@@ -30,6 +31,52 @@ from typing import Any
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+# -- enrolment quality -------------------------------------------------------------------------------------------
+
+
+def quality(model: str, data: str) -> dict[str, Any]:
+    """Attention spread (lcr_sdk.gallery.explain.spread_of) of a labelled folder's images and of frames that give a
+    model nothing to look at: does the enrolment check tell them apart for this model?"""
+    import cv2
+
+    from lcr_sdk import Embedder
+    from lcr_sdk.gallery.explain import MAX_SPREAD, spread_of
+    from lcr_sdk.images import labelled_images
+
+    paths, _ = labelled_images(data)
+    spreads = []
+    with Embedder(model) as emb:
+        for i in range(0, len(paths), 32):
+            out = emb.infer(np.stack([emb.prepare(str(p)) for p in paths[i : i + 32]]))
+            spreads += [spread_of(p) for p in out["parts"]]
+        bird = cv2.imread(str(paths[0]))
+        small = np.full((480, 640, 3), 200, np.uint8)
+        small[200:280, 280:360] = cv2.resize(bird, (80, 80))
+        frames = {
+            "grey": np.full((480, 640, 3), 128, np.uint8),
+            "black": np.zeros((480, 640, 3), np.uint8),
+            "noise": np.random.default_rng(0).integers(0, 256, (480, 640, 3), dtype=np.uint8),
+            "blurred image": cv2.GaussianBlur(cv2.resize(bird, (640, 480)), (0, 0), 12),
+            "80 px bird in a 640x480 frame": small,
+        }
+        bad = {name: spread_of(emb.attend(img).part_grid) for name, img in frames.items()}
+        grid = emb.manifest.feature_size
+    a = np.asarray(spreads)
+    row = {
+        "model": model,
+        "grid": grid,
+        "images": len(a),
+        "p5_p50_p95": np.percentile(a, [5, 50, 95]).round(3).tolist(),
+        "flagged_at_default": float(np.mean(a > MAX_SPREAD)),
+        "frames": {k: round(v, 3) for k, v in bad.items()},
+    }
+    print(
+        f"| {Path(model).name} | {grid[0]}x{grid[1]} | {' / '.join(f'{x:.2f}' for x in row['p5_p50_p95'])} | "
+        f"{row['flagged_at_default']:.0%} | " + " | ".join(f"{v:.2f}" for v in bad.values()) + " |"
+    )
+    return row
 
 
 # -- data ----------------------------------------------------------------------------------------------------------
@@ -188,6 +235,10 @@ def search(args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
     ref = Gallery.load(build(work / f"g{n}-float32", n, d, args))  # recall is measured against exact float32
     truth = [[h.id for h in row] for row in ref.search(q[: args.recall_queries], k=5)]
     ref.close()
+    n_cls = (n + args.per_class - 1) // args.per_class
+    classes = np.random.default_rng(99).integers(0, n_cls, args.queries)[: args.recall_queries]  # as queries() drew
+    same = np.mean([[i.split("-")[0] == f"i{c}" for i in row] for row, c in zip(truth, classes, strict=True)])
+    print(f"# exact top-5: {same:.1%} of the items are of the query's class (how much the data say who is who)")
     print(
         "| index | storage | build s | memory MiB (vectors + index) | queries/s batch 1 (ms: median, p10-p90) | "
         "queries/s batch 64 | recall@5 | load avg |\n|---|---|---|---|---|---|---|---|"
@@ -285,7 +336,7 @@ def load(args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("what", choices=["spread", "enrol", "search", "load"])
+    ap.add_argument("what", choices=["spread", "quality", "enrol", "search", "load"])
     ap.add_argument("--model", help="spread: an exported model")
     ap.add_argument("--data", help="spread: a labelled image folder (the synthetic test split)")
     ap.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
@@ -307,10 +358,10 @@ def main() -> None:
     ap.add_argument("--json", type=Path, help="also write the raw rows here")
     args = ap.parse_args()
     print(f"# machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} (shared with other jobs)")
-    if args.what == "spread":
+    if args.what in ("spread", "quality"):
         if not args.model or not args.data:
-            raise SystemExit("spread needs --model and --data")
-        rows: Any = spread(args.model, args.data)
+            raise SystemExit(f"{args.what} needs --model and --data")
+        rows: Any = spread(args.model, args.data) if args.what == "spread" else quality(args.model, args.data)
         print(json.dumps(rows, indent=2))
     else:
         work = args.work or Path(tempfile.mkdtemp(prefix="bench-gallery-", dir=ROOT))

@@ -260,7 +260,14 @@ class FaissIndex:
         return min_train(self.index)
 
     def build(self, blocks: Blocks, n: int, progress: bool = False, seed: int = 0) -> None:
-        """Train (on a sample) and add slots 0..n-1."""
+        """Train (on a sample) and add slots 0..n-1.
+
+        An HNSW graph is built with efConstruction >= 2 x M (FAISS's default 40 starves an HNSW64 graph: measured
+        at 1M, its recall@5 stayed below 0.6 at any efSearch)."""
+        faiss: Any = require("faiss", "faiss", "a FAISS gallery index")
+        base = faiss.downcast_index(self.index)
+        if isinstance(base, faiss.IndexHNSW):
+            base.hnsw.efConstruction = max(base.hnsw.efConstruction, 2 * base.hnsw.nb_neighbors(1))
         if not self.index.is_trained:
             want = 40 * self.min_train // 39  # FAISS warns below 39 training vectors per centroid
             rng = np.random.default_rng(seed)
