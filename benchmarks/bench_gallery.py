@@ -232,8 +232,13 @@ def search(args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
     n, d = args.n, args.dim
     q = queries(args.queries, d, n, args.per_class, args.within, args.between)
     rows = []
-    ref = Gallery.load(build(work / f"g{n}-float32", n, d, args))  # recall is measured against exact float32
-    truth = [[h.id for h in row] for row in ref.search(q[: args.recall_queries], k=5)]
+    # recall is measured against exact float32 search (whatever index the reference gallery has saved)
+    from lcr_sdk.gallery.search import exact
+
+    ref = Gallery.load(build(work / f"g{n}-float32", n, d, args))
+    slots, _ = exact(q[: args.recall_queries], ref._blocks(), 5, ref._alive())
+    found = ref._fetch(np.unique(slots))
+    truth = [[found[int(s)][0] for s in row] for row in slots]
     ref.close()
     n_cls = (n + args.per_class - 1) // args.per_class
     classes = np.random.default_rng(99).integers(0, n_cls, args.queries)[: args.recall_queries]  # as queries() drew
