@@ -2,7 +2,7 @@
 """Write a short 640 x 480 demo clip from the synthetic data set, as input for the demos and bench_demo.py.
 
     python benchmarks/make_demo_clip.py --out clip.mp4                                  # fresh synthetic birds
-    python benchmarks/make_demo_clip.py --data lcr-quickstart/data/test --out clip.mp4  # the quickstart's test split
+    python benchmarks/make_demo_clip.py --data lcr-quickstart/data/target/test --out clip.mp4  # quickstart test split
 
 Each image is shown for --hold frames, scaled to the frame height and centred on a stretched copy of itself (so
 the model's centre crop sees exactly the image). Images are taken round-robin over the classes. A JSON file

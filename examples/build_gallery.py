@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Build a retrieval gallery from a folder of labelled images (one sub-folder per label).
 
-    python examples/build_gallery.py lcr.onnx lcr-quickstart/data/train --out gallery/
+    python examples/build_gallery.py lcr.onnx lcr-quickstart/data/target/train --out gallery/
     python examples/camera_retrieval.py lcr.onnx gallery/ 0
 
     DIR/robin/001.jpg, DIR/robin/002.jpg, DIR/wren/001.jpg ... -> labels "robin", "wren"
