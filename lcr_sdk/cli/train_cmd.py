@@ -258,13 +258,15 @@ def quickstart_cmd(
         "lcr-quickstart"
     ),
     fast: Annotated[
-        bool, typer.Option("--fast", help="A smoke run in under 3 minutes (tiny data, 1-2 epochs).")
+        bool, typer.Option("--fast", help="A smoke run in under 3 minutes (tiny data at 64 px, one epoch per stage).")
     ] = False,
-    epochs: Annotated[int | None, typer.Option(help="Override the epochs of each method.")] = None,
-    seed: Annotated[int, typer.Option(help="Seed for data and training.")] = 0,
+    epochs: Annotated[
+        int | None, typer.Option(help="Override the epochs of the self-supervised stage (MoCo v2 and LCR).")
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Training seed (the data sets are fixed: the benchmark's).")] = 0,
     device: Annotated[str | None, typer.Option(help="cpu or cuda (default: CUDA if available).")] = None,
 ) -> None:
-    """Make the synthetic data set, train LCR and MoCo v2 (and a supervised bound), evaluate, write a report.
+    """Pretrain on a synthetic source set, train MoCo v2 and LCR from it on the target set, evaluate, report.
 
     Example: lcr-sdk quickstart --out lcr-quickstart   (then open lcr-quickstart/report/index.html)
     """
