@@ -11,7 +11,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from lcr_sdk.fileio import atomic_write_bytes, atomic_write_text
+from lcr_sdk.fileio import atomic_path, atomic_write_bytes, atomic_write_text
 from lcr_sdk.images import heatmap_overlay
 from lcr_sdk.metrics import ranking
 
@@ -124,10 +124,9 @@ def curves_figure(
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=7)
     fig.tight_layout()
-    tmp = out.with_name(out.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=110)
+    with atomic_path(out, suffix=".tmp.png") as tmp:  # matplotlib picks the format by the extension
+        fig.savefig(tmp, dpi=110)
     plt.close(fig)
-    tmp.replace(out)
     return titles
 
 
