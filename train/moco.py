@@ -79,7 +79,7 @@ def mlp_head(dim_in: int, hidden: int, dim_out: int) -> nn.Sequential:
 def contrastive_gradcam(
     loss: torch.Tensor,
     feats: torch.Tensor,
-    sign: str = "score",
+    sign: str = "loss",
     detach: bool = True,
     norm: str = "max",
     loss_scale: float = 1.0,
