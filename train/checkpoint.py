@@ -75,7 +75,7 @@ def write_error(path: Path, e: BaseException, needed: int | None = None, full: b
 
 
 def _mb(n: int | None) -> str:
-    return f"{(n or 0) / 2**20:.1f} MB"
+    return f"{(n or 0) / 2**20:.1f} MiB"
 
 
 def _nbytes(obj: Any) -> int:

@@ -43,7 +43,7 @@ def os_error_line(e: OSError) -> str:
         folder = Path(name).parent if not Path(name).is_dir() else Path(name)
         try:
             free = shutil.disk_usage(folder).free
-            what += f"; {free / 1e6:.1f} MB free on {folder}: free space or write elsewhere"
+            what += f"; {free / 2**20:.1f} MiB free on {folder}: free space or write elsewhere"
         except OSError:
             what += ": free space or write elsewhere"
     elif e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):

@@ -273,7 +273,7 @@ def test_full_disk_during_checkpoint_save_keeps_the_old_one(synth_root, tmp_path
         (out / "checkpoint.pt").write_bytes(b"the previous checkpoint")
         line = _error_line(_train(synth_root, out))
         assert f"could not write {out / 'checkpoint.pt'}: the disk is full" in line, line
-        assert "MB free on" in line and "The previous file is kept" in line
+        assert "MiB free on" in line and "The previous file is kept" in line
         assert (out / "checkpoint.pt").read_bytes() == b"the previous checkpoint"
         assert not list(out.glob(".checkpoint.pt.*"))  # no temporary file left
         used = shutil.disk_usage(mnt).used
