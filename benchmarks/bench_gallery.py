@@ -322,8 +322,11 @@ def load(args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
             g.close()
         rows.append({"what": f"Gallery.load {n:,} x {d} {dtype} (memory-mapped)", "ms": times})
         for spec in args.index:
+            if not spec.startswith("faiss"):
+                continue  # exact search has no index to load
             g = Gallery.load(folder)
             if g.index != spec:
+                g.close()
                 continue
             itimes = []
             for _ in range(args.reps):
