@@ -38,7 +38,7 @@ else
     --steps 5 --rounds 5 --json "$OUT/step_resnet18.json"
   "$PYTHON" "$REPO/benchmarks/bench_train_step.py" --device cuda --arch resnet50 --image-size 224 --batch 64 \
     --steps 5 --rounds 5 --json "$OUT/step_resnet50.json"
-  # GPU budget: 2.5x the CPU budget's images, 5x its pretraining and 6x its target epochs, batch 128
+  # GPU budget: 2.5x the CPU budget's images, 30 pretraining and 50 target epochs (CPU: 10 and 4), batch 128
   BENCH=(--out "$OUT/protocol" --device cuda --train-per-class 250 --test-per-class 50 --source-per-class 150
          --pre-epochs 30 --epochs 50 --batch-size 128 --seeds 0 1 2 --parallel 4 --threads 3)
 fi
