@@ -18,7 +18,7 @@ from pathlib import Path
 
 from lcr_sdk.backends.base import ENGINE_SUFFIXES
 from lcr_sdk.errors import InputError, ModelError, require
-from lcr_sdk.fileio import sha256_file, staging_dir
+from lcr_sdk.fileio import mib, sha256_file, staging_dir
 from lcr_sdk.manifest import (
     DEFAULT_BATCH,
     PRECISIONS,
@@ -186,7 +186,7 @@ def _no_space(out: Path, e: OSError) -> str:
     free = shutil.disk_usage(out.parent).free
     kept = f"{out} was left as it was" if out.exists() else f"nothing was written at {out}"
     return (
-        f"no space left on the device of {out.parent} ({free / 2**20:.1f} MiB free) while exporting ({e.strerror}); "
+        f"no space left on the device of {out.parent} ({mib(free)} free) while exporting ({e.strerror}); "
         f"{kept}. Free some space or choose another --out"
     )
 

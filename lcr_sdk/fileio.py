@@ -38,6 +38,11 @@ def dir_mode() -> int:
     return 0o777 & ~_umask()
 
 
+def mib(nbytes: float | None) -> str:
+    """A byte count as every full-disk message gives it: ``"12.3 MiB"`` (None counts as 0)."""
+    return f"{(nbytes or 0) / 2**20:.1f} MiB"
+
+
 def fsync_file(path: str | os.PathLike[str]) -> None:
     """Flush a file's content to disk."""
     with open(path, "rb") as f:

@@ -28,7 +28,7 @@ import torch
 
 from lcr_sdk._version import __version__
 from lcr_sdk.errors import ModelError
-from lcr_sdk.fileio import atomic_path
+from lcr_sdk.fileio import atomic_path, mib
 
 FORMAT = "lcr-sdk-checkpoint"
 FORMAT_VERSION = 1
@@ -67,15 +67,11 @@ def write_error(path: Path, e: BaseException, needed: int | None = None, full: b
     kept."""
     free = shutil.disk_usage(path.parent).free if path.parent.is_dir() else 0
     why = "the disk is full" if full else (getattr(e, "strerror", None) or str(e).splitlines()[0])
-    size = f" (it needs about {_mb(needed)})" if needed else ""
+    size = f" (it needs about {mib(needed)})" if needed else ""
     return ModelError(
-        f"could not write {path}: {why}; {_mb(free)} free on {path.parent}{size}. The previous file is kept; free "
+        f"could not write {path}: {why}; {mib(free)} free on {path.parent}{size}. The previous file is kept; free "
         "some space or choose another --out"
     )
-
-
-def _mb(n: int | None) -> str:
-    return f"{(n or 0) / 2**20:.1f} MiB"
 
 
 def _nbytes(obj: Any) -> int:

@@ -30,6 +30,7 @@ from typer.core import TyperGroup
 
 from lcr_sdk._version import __version__
 from lcr_sdk.errors import LcrError
+from lcr_sdk.fileio import mib
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 _state = {"debug": bool(os.environ.get("LCR_SDK_DEBUG"))}
@@ -43,7 +44,7 @@ def os_error_line(e: OSError) -> str:
         folder = Path(name).parent if not Path(name).is_dir() else Path(name)
         try:
             free = shutil.disk_usage(folder).free
-            what += f"; {free / 2**20:.1f} MiB free on {folder}: free space or write elsewhere"
+            what += f"; {mib(free)} free on {folder}: free space or write elsewhere"
         except OSError:
             what += ": free space or write elsewhere"
     elif e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):

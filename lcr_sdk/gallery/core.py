@@ -27,6 +27,7 @@ import cv2
 import numpy as np
 
 from lcr_sdk.errors import InputError, LcrError, ModelError
+from lcr_sdk.fileio import mib
 from lcr_sdk.gallery import items, legacy, store
 from lcr_sdk.gallery.calibrate import Calibration, calibrate
 from lcr_sdk.gallery.explain import (
@@ -1055,21 +1056,19 @@ def _write_or_explain(root: Path, write: Callable[[], Any]) -> Any:
     """Run a write; turn a full disk or a refused write into one :class:`InputError` (nothing committed)."""
     import shutil
 
+    def disk_full() -> InputError:
+        return InputError(
+            f"cannot write gallery {root}: the disk is full ({mib(shutil.disk_usage(root).free)} free); free space "
+            "and try again (the saved gallery is unchanged; pending changes are kept)"
+        )
+
     try:
         return write()
     except sqlite3.Error as e:
         if "full" in str(e).lower():
-            free = shutil.disk_usage(root).free / 2**20
-            raise InputError(
-                f"cannot write gallery {root}: the disk is full ({free:.1f} MiB free); free space and try again "
-                "(the saved gallery is unchanged; pending changes are kept)"
-            ) from None
+            raise disk_full() from None
         raise InputError(f"cannot write gallery {root} ({e}); the saved gallery is unchanged") from None
     except OSError as e:
         if e.errno == 28:  # ENOSPC
-            free = shutil.disk_usage(root).free / 2**20
-            raise InputError(
-                f"cannot write gallery {root}: the disk is full ({free:.1f} MiB free); free space and try again "
-                "(the saved gallery is unchanged; pending changes are kept)"
-            ) from None
+            raise disk_full() from None
         raise InputError(f"cannot write gallery {root} ({e.strerror or e}); the saved gallery is unchanged") from None
