@@ -42,40 +42,33 @@ class PlainModel(torch.nn.Module):
         return F.normalize(self.net.features(self.pre(images)).mean(dim=(2, 3)), dim=1)
 
 
-def export_plain(checkpoint: Path, size: int, path: Path) -> Path:
-    net, _ = load_net(checkpoint)
+def _trace(model: torch.nn.Module, size: int, path: Path, outputs: list[str]) -> Path:
+    """Trace a uint8 NHWC model to ONNX at the exporter's opset, batch dynamic."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(
-            PlainModel(net),
+            model,
             (torch.zeros(2, size, size, 3, dtype=torch.uint8),),
             str(path),
             dynamo=False,
             opset_version=OPSET,
             input_names=["images"],
-            output_names=["embedding"],
-            dynamic_axes={"images": {0: "N"}, "embedding": {0: "N"}},
+            output_names=outputs,
+            dynamic_axes={n: {0: "N"} for n in ["images", *outputs]},
         )
     return path
+
+
+def export_plain(checkpoint: Path, size: int, path: Path) -> Path:
+    net, _ = load_net(checkpoint)
+    return _trace(PlainModel(net), size, path, ["embedding"])
 
 
 def export_reference(checkpoint: Path, size: int, path: Path) -> Path:
     """The reference DeployModel traced as is: uint8 Transpose and Slice (flip) before the Cast, then Mul and Add."""
     net, _ = load_net(checkpoint)
     names = ["embedding", "attention", "parts"] if net.method == "lcr" else ["embedding", "attention"]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            DeployModel(net),
-            (torch.zeros(2, size, size, 3, dtype=torch.uint8),),
-            str(path),
-            dynamo=False,
-            opset_version=OPSET,
-            input_names=["images"],
-            output_names=names,
-            dynamic_axes={n: {0: "N"} for n in ["images", *names]},
-        )
-    return path
+    return _trace(DeployModel(net), size, path, names)
 
 
 def margin_split(checkpoint: Path, model: Path, images: Path) -> None:
