@@ -30,20 +30,16 @@ from lcr_sdk import Embedder, Gallery, LcrError
 from lcr_sdk.errors import InputError
 from lcr_sdk.fileio import atomic_path
 from lcr_sdk.gallery.explain import MAX_SPREAD
+from lcr_sdk.gallery.search import parse_threshold
 from lcr_sdk.video import FpsMeter, draw_text, interrupt_on_sigterm, open_sink, open_source
 
 
 def threshold_arg(text: str) -> float | str | None:
-    """--threshold: auto | none | a cosine in [-1, 1]."""
-    if text in ("auto", "none"):
-        return None if text == "none" else "auto"
+    """--threshold: auto | none | a cosine in [-1, 1] (the library's own check)."""
     try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not auto, none or a number in [-1, 1]") from None
-    if not -1 <= value <= 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is outside [-1, 1], the range of cosine scores")
-    return value
+        return parse_threshold(text, "--threshold")
+    except InputError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def positive_int(text: str) -> int:
