@@ -33,7 +33,6 @@ from lcr_sdk.errors import InputError, ModelError, import_platform
 from lcr_sdk.manifest import Manifest
 
 TRT_EP, CUDA_EP, CPU_EP = "TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"
-PREFERRED = (TRT_EP, CUDA_EP, CPU_EP)
 
 
 class ProviderFallbackWarning(RuntimeWarning):
@@ -203,10 +202,9 @@ class OnnxRuntimeBackend(Backend):
         self._input = self.manifest.input.name
         self._outputs = self.manifest.output_names
 
-    def infer(self, feed: np.ndarray) -> dict[str, np.ndarray]:
-        feed = self.check_feed(feed)
+    def _infer(self, feed: np.ndarray) -> dict[str, np.ndarray]:
         values = self.session.run(self._outputs, {self._input: feed})
-        return self.check_outputs(dict(zip(self._outputs, values, strict=True)), len(feed))
+        return dict(zip(self._outputs, values, strict=True))
 
     def close(self) -> None:
         self.session = None

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from lcr_sdk.backends import cuda
-from lcr_sdk.backends.base import Backend
+from lcr_sdk.backends.base import Backend, is_torch_tensor
 from lcr_sdk.errors import InputError, ModelError, import_platform
 
 
@@ -109,6 +109,7 @@ class TensorRTBackend(Backend):
     """
 
     name = "tensorrt"
+    takes_tensors = True
 
     def load(self) -> None:
         if self.device is not None and not str(self.device).startswith("cuda"):
@@ -187,11 +188,10 @@ class TensorRTBackend(Backend):
             cuda.set_device(self.device_id)  # this thread may have switched GPU since
         return state
 
-    def infer(self, feed: Any) -> dict[str, Any]:
+    def _infer(self, feed: Any) -> dict[str, Any]:
         """Numpy uint8 NHWC in -> numpy out; a torch CUDA uint8 tensor in -> torch CUDA tensors out."""
-        if type(feed).__module__.startswith("torch"):
+        if is_torch_tensor(feed):
             return self._infer_torch(feed)
-        feed = self.check_feed(feed)
         rt, st, name = cuda.cudart(), self._state(), self.inputs[0]
         h2d, d2h = rt.cudaMemcpyKind.cudaMemcpyHostToDevice, rt.cudaMemcpyKind.cudaMemcpyDeviceToHost
         st.context.set_input_shape(name, feed.shape)
@@ -206,26 +206,24 @@ class TensorRTBackend(Backend):
             nbytes = int(np.prod(shapes[n])) * self.dtypes[n].itemsize
             cuda.check(rt.cudaMemcpyAsync(st.pinned[n], st.buffers[n], nbytes, d2h, st.stream))
         cuda.check(rt.cudaStreamSynchronize(st.stream), self.device_id, "cudaStreamSynchronize")
-        out = {
+        return {
             n: st.host_view(n, shapes[n], self.dtypes[n]).astype(np.float32, copy=True)
             for n in self.manifest.output_names
         }
-        return self.check_outputs(out, len(feed))
 
     def _infer_torch(self, feed: Any) -> dict[str, Any]:
         import torch
 
-        if not feed.is_cuda or feed.dtype != torch.uint8 or feed.ndim != 4:
+        if not feed.is_cuda:
             raise InputError(
-                f"tensor input must be a uint8 N x H x W x 3 CUDA tensor; got {feed.dtype} "
-                f"{tuple(feed.shape)} on {feed.device}"
+                f"tensor is on {feed.device} but a TensorRT engine reads GPU memory; move it with "
+                f".to('cuda:{self.device_id}') or pass a numpy array"
             )
         if feed.device.index != self.device_id:
             raise InputError(
                 f"tensor is on {feed.device} but the engine runs on cuda:{self.device_id}; move it with "
                 f".to('cuda:{self.device_id}') or load the engine with device='{feed.device}'"
             )
-        feed = feed.contiguous()
         st, name = self._state(), self.inputs[0]
         st.context.set_input_shape(name, tuple(feed.shape))
         st.context.set_tensor_address(name, feed.data_ptr())
@@ -237,7 +235,7 @@ class TensorRTBackend(Backend):
         stream = torch.cuda.current_stream(feed.device)
         if not st.context.execute_async_v3(stream.cuda_stream):
             raise ModelError(f"TensorRT execute_async_v3 failed on {self.path}; see the TensorRT log above")
-        return self.check_outputs({n: out[n].float() for n in self.manifest.output_names}, len(feed))
+        return {n: out[n].float() for n in self.manifest.output_names}
 
     def close(self) -> None:
         if getattr(self, "_states", None):

@@ -111,9 +111,14 @@ BAD_OPTIONS = {
     "batch decreasing": (["--batch", "8,4,2"], "1 <= MIN <= OPT <= MAX"),
     "batch not numbers": (["--batch", "a,b,c"], "three integers"),
     "batch two values": (["--batch", "1,2"], "MIN,OPT,MAX"),
-    "workspace zero": (["--workspace", "0"], "--workspace 0"),
+    "workspace zero": (["--workspace", "0"], "workspace 0.0 GiB (--workspace)"),
+    "workspace nan": (["--workspace", "nan"], "workspace nan GiB (--workspace)"),
     "verify sample one": (["--verify-sample", "1"], "at least 2 images"),
-    "calib images zero": (["--calib-images", "0"], "--calib-images 0"),
+    "calib images zero": (["--calib-images", "0"], "calib_images 0 (--calib-images)"),
+    "calibration method": (["--calib-method", "kl"], "calibration method 'kl' (--calib-method)"),
+    "image size past the bound": (["--image-size", "100000"], "lower --image-size or the batch's MAX"),
+    "batch past the bound": (["--batch", "1,8,100000"], "a batch of 100000 at 64x64"),
+    "verify sample past the bound": (["--verify-sample", "100000000"], "--verify-sample 100000000 at 64x64"),
     "precision fp8": (["--precision", "fp8"], "fp32, fp16, int8"),
     "int8 without calib": (["--precision", "int8"], "--calib DIR"),
     "unknown source type": (None, "give a checkpoint (.pt)"),
@@ -134,6 +139,19 @@ def test_bad_export_option_is_one_line_and_writes_nothing(case, lcr_checkpoint, 
     assert _files(out) == []
 
 
+def test_engine_build_options_are_checked_before_tensorrt(model, tmp_path):
+    """Building an engine from an ONNX checks --workspace before TensorRT is looked for (not installed here)."""
+    r = _run("export", model, "--trt", "--workspace", "-1", "--out", tmp_path / "m.engine")
+    _one_line_error(r, "workspace -1.0 GiB (--workspace)")
+    assert _files(tmp_path) == []
+
+
+def test_export_onnx_option_is_gone(lcr_checkpoint, tmp_path):
+    """The ONNX is always written; there is no --onnx switch that pretends otherwise."""
+    r = _run("export", lcr_checkpoint, "--onnx", "--out", tmp_path / "m.onnx")
+    assert r.exit_code == 2 and "--onnx" in r.output and _files(tmp_path) == []
+
+
 def test_bad_calibration_method_fails_before_calibration(lcr_checkpoint, synth_root, tmp_path):
     r = _run("export", lcr_checkpoint, "-p", "int8", "--calib", synth_root / "train", "--calib-method", "kl", "--out",
              tmp_path / "m.onnx")  # fmt: skip
@@ -147,6 +165,31 @@ def test_manifest_option_needs_an_engine(model, tmp_path):
 
 
 # -- a full disk keeps the old model -------------------------------------------------------------------------------
+
+
+def test_one_full_disk_rule_knows_enospc_edquot_and_sqlite(tmp_path):
+    """lcr_sdk.fileio.is_disk_full: a real ENOSPC (/dev/full), a quota error, a real SQLite 'disk is full'; not a
+    permission error."""
+    import errno
+    import sqlite3
+
+    from lcr_sdk.fileio import is_disk_full
+
+    if os.path.exists("/dev/full"):
+        with pytest.raises(OSError) as full:
+            with open("/dev/full", "wb", buffering=0) as f:
+                f.write(b"x")
+        assert is_disk_full(full.value)
+    assert is_disk_full(OSError(errno.EDQUOT, os.strerror(errno.EDQUOT), "q"))
+    assert not is_disk_full(PermissionError(errno.EACCES, "Permission denied", "p"))
+    db = sqlite3.connect(tmp_path / "small.db")
+    db.execute("PRAGMA max_page_count = 2")
+    with pytest.raises(sqlite3.OperationalError) as sql:
+        db.execute("CREATE TABLE t (x BLOB)")
+        db.execute("INSERT INTO t VALUES (?)", (b"x" * 100_000,))
+    db.close()
+    assert is_disk_full(sql.value)
+    assert not is_disk_full(sqlite3.OperationalError("no such table: t"))
 
 
 @pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0, reason="mounting a tmpfs needs root")
