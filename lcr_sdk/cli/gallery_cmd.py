@@ -11,7 +11,6 @@ import typer
 
 from lcr_sdk.cli.runtime_cmd import BackendOpt, DeviceOpt, ModelArg, embedder_for
 from lcr_sdk.errors import InputError
-from lcr_sdk.gallery.explain import MAX_SPREAD
 
 gallery_app = typer.Typer(
     help="Galleries: embed a labelled image folder, search it (with 'unknown' and explanations), re-embed it.",
@@ -100,16 +99,22 @@ def gallery_build(
         str, typer.Option(help="LCR attention check per image: off, warn (report diffuse ones) or refuse (leave out).")
     ] = "warn",
     max_spread: Annotated[
-        float, typer.Option(help="Largest attention spread --quality accepts, (0..1]: the share of the view covered.")
-    ] = MAX_SPREAD,
+        float | None,
+        typer.Option(
+            help="Largest attention spread --quality accepts, (0..1]: the share of the view covered "
+            "(default: the gallery's, 0.9)."
+        ),
+    ] = None,
     as_json: JsonOpt = False,
     backend: BackendOpt = None,
     device: DeviceOpt = None,
 ) -> None:
     """Embed a labelled folder into a gallery. Example: lcr-sdk gallery build model.onnx data/test --out gallery/"""
     from lcr_sdk.gallery import Gallery, Quality, build_from_folder
+    from lcr_sdk.gallery.explain import MAX_SPREAD
     from lcr_sdk.gallery.search import parse_index
 
+    max_spread = MAX_SPREAD if max_spread is None else max_spread
     _check_choice(dtype, DTYPES, "--dtype")
     _check_choice(quality, QUALITY, "--quality")
     if not 0 < max_spread <= 1:
