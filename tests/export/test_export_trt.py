@@ -306,6 +306,19 @@ def test_engine_from_onnx_without_torch(fp16_onnx, tmp_path):
     assert (cache.parent / "tensorrt-11.4.0.106-sm87.cache").is_file()
 
 
+def test_engine_built_here_goes_into_a_triton_repository(fp16_onnx, tmp_path):
+    """`lcr-sdk export model.onnx --trt --triton REPO/`: the engine built here becomes REPO/<name>/1/model.plan, and
+    the entry records the TensorRT it was built with."""
+    out, repo = tmp_path / "lcr-fp16.engine", tmp_path / "models"
+    r, calls = _cli(tmp_path, "export", fp16_onnx, "--trt", "--out", out, "--triton", repo)
+    assert r.returncode == 0 and "build" in calls, r.stderr
+    entry = repo / "lcr-fp16"
+    assert (entry / "1" / "model.plan").read_bytes() == out.read_bytes() == b"FAKE-ENGINE"
+    config = (entry / "config.pbtxt").read_text()
+    assert 'platform: "tensorrt_plan"' in config and "# built with TensorRT 10.3.0 on Orin" in config
+    assert json.loads((entry / "lcr-sdk.json").read_text())["tensorrt"]["version"] == "10.3.0"
+
+
 REFUSED_BEFORE_TENSORRT = {
     "onnx without --trt": ([], "pass --trt"),
     "another precision than the graph's": (["--trt", "--precision", "int8"], "is a fp16 graph"),

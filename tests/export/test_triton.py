@@ -146,3 +146,19 @@ def test_bad_input_is_refused_and_writes_nothing(change, error, message, tmp_pat
     with pytest.raises(error, match=message):
         write_triton_repository(engine, tmp_path / "repo", name=change.get("name"), preferred=change.get("preferred"))
     assert not (tmp_path / "repo").exists() or list((tmp_path / "repo").iterdir()) == []
+
+
+@pytest.mark.torch
+def test_cli_writes_the_repository_from_an_exported_onnx(onnx_model, tmp_path):
+    from typer.testing import CliRunner
+
+    from lcr_sdk.cli import app
+
+    repo = tmp_path / "models"
+    r = CliRunner().invoke(app, ["export", str(onnx_model), "--triton", str(repo), "--triton-name", "lcr"])
+    assert r.exit_code == 0, r.output
+    _check_against_manifest(_parse(repo / "lcr"), read_manifest(onnx_model), "lcr")
+    r = CliRunner().invoke(app, ["export", str(onnx_model), "--triton", str(repo), "--triton-name", "lcr"])
+    assert r.exit_code == 1 and "--replace" in r.output
+    r = CliRunner().invoke(app, ["export", str(onnx_model), "--triton", str(repo), "--triton-name", "lcr", "--replace"])
+    assert r.exit_code == 0, r.output

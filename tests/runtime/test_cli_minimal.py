@@ -81,6 +81,13 @@ def test_engine_build_reaches_the_tensorrt_check_without_optional_packages(onnx_
 
 
 @pytest.mark.torch
+def test_triton_repository_is_written_without_optional_packages(onnx_model, tmp_path):
+    r = _cli("export", onnx_model, "--triton", tmp_path / "models")
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "models" / onnx_model.stem / "1" / "model.onnx").read_bytes() == onnx_model.read_bytes()
+
+
+@pytest.mark.torch
 @pytest.mark.parametrize(
     "args, fix",
     [
