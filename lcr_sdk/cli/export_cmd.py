@@ -101,18 +101,34 @@ def export(
             "architecture under ~/.cache/lcr-sdk)."
         ),
     ] = None,
+    triton: Annotated[
+        Path | None,
+        typer.Option(
+            help="Also write a Triton model repository entry REPO/<name>/ (config.pbtxt, 1/model.onnx or "
+            "1/model.plan) for the model written (or given: an .onnx, or an engine)."
+        ),
+    ] = None,
+    triton_name: Annotated[
+        str | None, typer.Option(help="Model name in the Triton repository (default: the stem).")
+    ] = None,
+    replace: Annotated[bool, typer.Option(help="Replace an existing Triton repository entry.")] = False,
 ) -> None:
     """Export a checkpoint to ONNX (fp32/fp16/int8) and optionally a TensorRT engine, with its manifest.
 
     Example: lcr-sdk export runs/x/lcr.pt --precision int8 --calib data/train --out lcr-int8.onnx
 
     On the device (TensorRT and the runtime core only): lcr-sdk export lcr-fp16.onnx --trt --out lcr-fp16.engine
+
+    Triton: lcr-sdk export lcr-fp16.onnx --triton models/ (or an engine; or with --trt, the engine built here)
     """
     from lcr_sdk.backends.base import ENGINE_SUFFIXES
 
     parsed_batch = _parse_batch(batch)
     cache: str | Path = timing_cache if timing_cache is not None else "default"
     suffix = source.suffix.lower()
+    if triton is not None and manifest is None and (suffix in ENGINE_SUFFIXES or (suffix == ".onnx" and not trt)):
+        _to_triton(source, triton, triton_name, replace)  # an exported model as it is: no export, no build
+        return
     if manifest is not None or suffix in ENGINE_SUFFIXES:
         if manifest is None or suffix not in ENGINE_SUFFIXES:
             raise InputError(
@@ -139,7 +155,11 @@ def export(
         from lcr_sdk.export.trt import build_engine_from_onnx
 
         check_export_options(precision=None, workspace_gib=workspace)
-        build_engine_from_onnx(source, out, precision, workspace_gib=workspace, timing_cache=cache, say=typer.echo)
+        built = build_engine_from_onnx(
+            source, out, precision, workspace_gib=workspace, timing_cache=cache, say=typer.echo
+        )
+        if triton is not None:
+            _to_triton(built, triton, triton_name, replace)
         return
     if suffix not in (".pt", ".pth"):
         raise InputError(
@@ -150,7 +170,7 @@ def export(
     from lcr_sdk.export import export_model
 
     with _warnings_as_lines():
-        export_model(
+        written = export_model(
             source,
             out,
             precision=precision or "fp32",
@@ -167,6 +187,15 @@ def export(
             timing_cache=cache,
             log=typer.echo,
         )
+    if triton is not None:
+        _to_triton(written, triton, triton_name, replace)
+
+
+def _to_triton(model: Path, repo: Path, name: str | None, replace: bool) -> None:
+    from lcr_sdk.export.triton import write_triton_repository
+
+    folder = write_triton_repository(model, repo, name=name, replace=replace)
+    typer.echo(f"wrote Triton model {folder.name} in {repo} ({folder / 'config.pbtxt'}, {folder / '1'})")
 
 
 def verify(

@@ -10,7 +10,6 @@ import typer
 
 from lcr_sdk.cli.runtime_cmd import BackendOpt, DeviceOpt, ModelArg, embedder_for
 from lcr_sdk.errors import InputError
-from lcr_sdk.gallery.explain import MAX_SPREAD
 
 gallery_app = typer.Typer(
     help="Galleries: embed a labelled image folder, search it (with 'unknown' and explanations), re-embed it.",
@@ -77,18 +76,23 @@ def gallery_build(
         str, typer.Option(help="LCR attention check per image: off, warn (report diffuse ones) or refuse (leave out).")
     ] = "warn",
     max_spread: Annotated[
-        float, typer.Option(help="Largest attention spread --quality accepts, (0..1]: the share of the view covered.")
-    ] = MAX_SPREAD,
+        float | None,
+        typer.Option(
+            help="Largest attention spread --quality accepts, (0..1]: the share of the view covered "
+            "(default: the gallery's, 0.9)."
+        ),
+    ] = None,
     as_json: JsonOpt = False,
     backend: BackendOpt = None,
     device: DeviceOpt = None,
 ) -> None:
     """Embed a labelled folder into a gallery. Example: lcr-sdk gallery build model.onnx data/test --out gallery/"""
     from lcr_sdk.gallery import Gallery, Quality, build_from_folder
-    from lcr_sdk.gallery.explain import check_quality_options
+    from lcr_sdk.gallery.explain import MAX_SPREAD, check_quality_options
     from lcr_sdk.gallery.search import parse_index
     from lcr_sdk.gallery.store import check_dtype
 
+    max_spread = MAX_SPREAD if max_spread is None else max_spread
     check_dtype(dtype, "--dtype")  # the library's checks, before the model is loaded
     check_quality_options(quality, max_spread, ("--quality", "--max-spread"))
     parse_index(index)
