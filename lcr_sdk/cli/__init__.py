@@ -12,7 +12,8 @@ Exit codes, the same for every command (scripts may rely on them):
     2    usage error: an unknown command or option, a missing argument (typer/click's own message)
     130  interrupted by Ctrl+C or SIGTERM; whatever was being written is left as it was before the command
 
-``--debug`` (or ``LCR_SDK_DEBUG=1``) shows the full traceback instead of the one line.
+``--debug`` (or ``LCR_SDK_DEBUG`` set to 1, true or yes; any other value is off) shows the full traceback instead
+of the one line.
 """
 
 from __future__ import annotations
@@ -33,7 +34,14 @@ from lcr_sdk.errors import LcrError
 from lcr_sdk.fileio import mib
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
-_state = {"debug": bool(os.environ.get("LCR_SDK_DEBUG"))}
+
+
+def _debug_env() -> bool:
+    """``LCR_SDK_DEBUG`` turns tracebacks on only when it is 1, true or yes (any case); 0, false, no: off."""
+    return os.environ.get("LCR_SDK_DEBUG", "").strip().lower() in ("1", "true", "yes")
+
+
+_state = {"debug": _debug_env()}
 
 
 def os_error_line(e: OSError) -> str:
@@ -95,7 +103,7 @@ def _root(
     debug: bool = typer.Option(False, "--debug", help="Show full tracebacks instead of one-line errors."),
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
 ) -> None:
-    _state["debug"] = debug or bool(os.environ.get("LCR_SDK_DEBUG"))  # per invocation, never sticky
+    _state["debug"] = debug or _debug_env()  # per invocation, never sticky
 
 
 def _register() -> None:

@@ -81,7 +81,7 @@ def _bad_checkpoints(tmp: Path) -> dict[str, tuple[Path, str]]:
     import torch
 
     corrupt = tmp / "corrupt.pt"
-    corrupt.write_bytes(os.urandom(2000))
+    corrupt.write_bytes(bytes(torch.randint(0, 256, (2000,), generator=torch.Generator().manual_seed(0)).tolist()))
     foreign = tmp / "foreign.pt"
     torch.save({"conv1.weight": torch.zeros(1)}, foreign)
     newer = tmp / "newer.pt"

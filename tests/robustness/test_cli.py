@@ -13,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
@@ -170,3 +171,35 @@ def test_module_entry_point_matches_the_console_script(tmp_path):
         timeout=120,
     )
     assert r.returncode == 1 and r.stderr.startswith("Error: ") and "Traceback" not in r.stderr
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize(
+    "args",
+    [["export", "{ckpt}", "--out", "{out}/m.onnx"], ["eval", "{ckpt}", "{out}"], ["info", "{ckpt}"]],
+    ids=["export", "eval", "info"],
+)
+def test_library_warnings_never_precede_the_error_line(tmp_path, args):
+    """A corrupt checkpoint whose first byte is 0x80 (a pickle protocol marker) makes torch warn about the protocol
+    while it fails to load it: the user still sees exactly one line, ``Error: ...``, and nothing before it."""
+    rng = np.random.default_rng(7)
+    ckpt = tmp_path / "corrupt.pt"
+    ckpt.write_bytes(bytes([0x80, 0x5F]) + rng.bytes(1998))  # protocol 95: torch warns before refusing the file
+    argv = [a.format(ckpt=ckpt, out=tmp_path) for a in args]
+    r = subprocess.run([sys.executable, "-m", "lcr_sdk.cli", *argv], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 1, r.stderr
+    assert r.stderr.startswith("Error: ") and r.stderr.count("\n") == 1, r.stderr
+    assert "not a readable PyTorch checkpoint" in r.stderr and r.stdout == ""
+
+
+@pytest.mark.parametrize("value", ["0", "false", "no", "off", "", "FALSE"])
+def test_debug_variable_set_to_off_keeps_one_line_errors(value):
+    r = runner.invoke(app, COMMANDS["info"], env={"LCR_SDK_DEBUG": value})
+    assert r.exit_code == 1 and r.output.startswith("Error: ") and r.output.count("\n") == 1, r.output
+    assert not isinstance(r.exception, Exception) or isinstance(r.exception, SystemExit)
+
+
+@pytest.mark.parametrize("value", ["1", "true", "yes", "TRUE"])
+def test_debug_variable_set_to_on_shows_the_traceback(value):
+    r = runner.invoke(app, COMMANDS["info"], env={"LCR_SDK_DEBUG": value})
+    assert r.exit_code != 0 and type(r.exception).__name__ == "ModelError"
