@@ -50,6 +50,8 @@ def os_error_line(e: OSError) -> str:
     what = f"{e.strerror or e} ({name})" if name else str(e.strerror or e)
     if e.errno in (errno.ENOSPC, errno.EDQUOT) and name:
         folder = Path(name).parent if not Path(name).is_dir() else Path(name)
+        while not folder.exists() and folder != folder.parent:  # a file of a folder still to be made: its disk
+            folder = folder.parent
         try:
             free = shutil.disk_usage(folder).free
             what += f"; {mib(free)} free on {folder}: free space or write elsewhere"
