@@ -13,7 +13,8 @@ Exit codes, the same for every command (scripts may rely on them):
     2    usage error: an unknown command or option, a missing argument (typer/click's own message)
     130  interrupted by Ctrl+C or SIGTERM; whatever was being written is left as it was before the command
 
-``--debug`` (or ``LCR_SDK_DEBUG=1``) shows the full traceback instead of the one line.
+``--debug`` (or ``LCR_SDK_DEBUG`` set to 1, true or yes; any other value is off) shows the full traceback instead
+of the one line.
 """
 
 from __future__ import annotations
@@ -34,7 +35,14 @@ from lcr_sdk.errors import PLATFORM_PACKAGES, LcrError
 from lcr_sdk.fileio import mib
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
-_state = {"debug": bool(os.environ.get("LCR_SDK_DEBUG"))}
+
+
+def _debug_env() -> bool:
+    """``LCR_SDK_DEBUG`` turns tracebacks on only when it is 1, true or yes (any case); 0, false, no: off."""
+    return os.environ.get("LCR_SDK_DEBUG", "").strip().lower() in ("1", "true", "yes")
+
+
+_state = {"debug": _debug_env()}
 
 
 def os_error_line(e: OSError) -> str:
@@ -43,6 +51,8 @@ def os_error_line(e: OSError) -> str:
     what = f"{e.strerror or e} ({name})" if name else str(e.strerror or e)
     if e.errno in (errno.ENOSPC, errno.EDQUOT) and name:
         folder = Path(name).parent if not Path(name).is_dir() else Path(name)
+        while not folder.exists() and folder != folder.parent:  # a file of a folder still to be made: its disk
+            folder = folder.parent
         try:
             free = shutil.disk_usage(folder).free
             what += f"; {mib(free)} free on {folder}: free space or write elsewhere"
@@ -128,7 +138,7 @@ def _root(
     debug: bool = typer.Option(False, "--debug", help="Show full tracebacks instead of one-line errors."),
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
 ) -> None:
-    _state["debug"] = debug or bool(os.environ.get("LCR_SDK_DEBUG"))  # per invocation, never sticky
+    _state["debug"] = debug or _debug_env()  # per invocation, never sticky
 
 
 def _register() -> None:
