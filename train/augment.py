@@ -17,6 +17,7 @@ and the hue shift is a rotation in YIQ space (torchvision converts to HSV); both
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -139,15 +140,21 @@ def gaussian_blur(
     return torch.where(on.view(n, 1, 1, 1), y.view(n, c, h, w), x)
 
 
-def normalise(x: torch.Tensor) -> torch.Tensor:
-    """RGB in [0, 1] -> ImageNet mean/std normalised."""
-    mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, device=x.device).view(1, 3, 1, 1)
-    return (x - mean) / std
+def normalise(
+    x: torch.Tensor, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD
+) -> torch.Tensor:
+    """RGB in [0, 1] -> (x - mean) / std (default ImageNet's; each arch's: :func:`lcr_sdk.manifest.normalisation`)."""
+    m = torch.tensor(tuple(mean), device=x.device).view(1, 3, 1, 1)
+    s = torch.tensor(tuple(std), device=x.device).view(1, 3, 1, 1)
+    return (x - m) / s
 
 
 def moco_v2(
-    images: torch.Tensor, size: int, g: torch.Generator | None = None, extent: torch.Tensor | None = None
+    images: torch.Tensor,
+    size: int,
+    g: torch.Generator | None = None,
+    extent: torch.Tensor | None = None,
+    norm: tuple[Sequence[float], Sequence[float]] = (IMAGENET_MEAN, IMAGENET_STD),
 ) -> torch.Tensor:
     """One MoCo v2 view of each image.
 
@@ -157,13 +164,14 @@ def moco_v2(
         g: generator for every random draw (None: torch's global one); the same generator state gives the same
             views.
         extent: B x 4 box of each image in its canvas (see :func:`resized_crop_flip`); None = all of it.
+        norm: (mean, std) of the arch's input normalisation.
 
     Returns:
-        B x 3 x S x S float, ImageNet-normalised.
+        B x 3 x S x S float, normalised with ``norm``.
     """
     x = images.float() / 255.0
     x = resized_crop_flip(x, size, g, extent=extent)
     x = colour_jitter(x, g)
     x = random_grayscale(x, g)
     x = gaussian_blur(x, g)
-    return normalise(x)
+    return normalise(x, *norm)

