@@ -155,11 +155,11 @@ def export(
         from lcr_sdk.export.trt import build_engine_from_onnx
 
         check_export_options(precision=None, workspace_gib=workspace)
-        built = build_engine_from_onnx(
+        engine_path = build_engine_from_onnx(
             source, out, precision, workspace_gib=workspace, timing_cache=cache, say=typer.echo
         )
         if triton is not None:
-            _to_triton(built, triton, triton_name, replace)
+            _to_triton(engine_path, triton, triton_name, replace)
         return
     if suffix not in (".pt", ".pth"):
         raise InputError(
