@@ -257,6 +257,10 @@ class Embedder:
         """Run ready batches (uint8 N x H x W x 3 BGR at the model size, numpy or a torch tensor): raw outputs.
 
         Batches larger than the model's ``batch_max`` are split; the outputs are concatenated.
+
+        Raises:
+            InputError: not a N x H x W x 3 uint8 batch at the model's size (checked by the backend).
+            ModelError: NaN or infinite outputs (numpy outputs; see :meth:`_finite`).
         """
         m = self.manifest
         if not hasattr(batch, "shape") or len(batch.shape) != 4:
