@@ -102,7 +102,10 @@ def atomic_path(path: str | os.PathLike[str], fsync: bool = True, suffix: str = 
     """
     path = Path(path)
     _check_parent(path)
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    try:
+        fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    except OSError as e:  # read-only media, no permission, full disk: name the file asked for, not the temp name
+        raise OSError(e.errno, e.strerror or str(e), str(path)) from e
     os.close(fd)
     tmp = Path(name)
     try:

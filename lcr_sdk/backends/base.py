@@ -103,6 +103,23 @@ class Backend(ABC):
                 "(lcr-sdk export) so that graph and manifest agree, or copy the model together with its own .json"
             )
 
+    def check_embedded(self, embedded: Manifest) -> None:
+        """Raise :class:`ModelError` if the manifest in use disagrees with the one stored inside the model file.
+
+        An ONNX graph carries its manifest in ``metadata_props``; the sidecar beside it is what the runtime reads
+        first. A sidecar edited to another resize rule or normalisation, or carrying another checkpoint's hash, would
+        change every embedding (or let a model search a gallery of another) while the file hash still matches: the
+        two must agree on every field but the model's own hash (which a file cannot hold).
+        """
+        problems = manifest_differences(self.manifest, embedded)
+        if problems:
+            side = self.path.with_name(self.path.name + ".json")
+            raise ModelError(
+                f"the manifest of {self.path} (sidecar {side}) disagrees with the manifest inside the graph: "
+                f"{'; '.join(problems)}. The sidecar was edited or belongs to another model: restore it, delete it "
+                "(the graph's own manifest is then used) or re-export the model (lcr-sdk export)"
+            )
+
     def check_outputs(self, out: dict[str, Any], n: int) -> dict[str, Any]:
         """Raise :class:`ModelError` if one call's outputs are not of the manifest's shapes; return ``out``."""
         problems = output_mismatches(self.manifest, out, n)
@@ -191,6 +208,30 @@ def io_mismatches(
         ):
             problems.append(f"output {name!r} has shape {list(shape)}, the manifest says {expected}")
     return problems
+
+
+def manifest_differences(given: Manifest, embedded: Manifest) -> list[str]:
+    """``field: value (sidecar) vs value (graph)`` for each field two manifests disagree on; [] when they agree.
+
+    The model file's sha256 is left out (empty inside a graph), and so is ``outputs`` (derived from other fields).
+    """
+
+    def flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for k, v in d.items():
+            if isinstance(v, dict) and k != "extra":
+                out.update(flat(v, f"{prefix}{k}."))
+            else:
+                out[f"{prefix}{k}"] = list(v) if isinstance(v, tuple) else v
+        return out
+
+    a, b = flat(given.to_dict()), flat(embedded.to_dict())
+    keys = sorted((set(a) | set(b)) - {"model_sha256"})
+    return [
+        f"{k} {a.get(k)!r} (sidecar) vs {b.get(k)!r} (graph)"
+        for k in keys
+        if not k.startswith("outputs") and a.get(k) != b.get(k)
+    ]
 
 
 def output_mismatches(manifest: Manifest, out: dict[str, Any], n: int) -> list[str]:

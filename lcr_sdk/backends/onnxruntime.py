@@ -30,7 +30,7 @@ import numpy as np
 
 from lcr_sdk.backends.base import Backend
 from lcr_sdk.errors import InputError, ModelError, import_platform
-from lcr_sdk.manifest import Manifest
+from lcr_sdk.manifest import ONNX_METADATA_KEY, Manifest
 
 TRT_EP, CUDA_EP, CPU_EP = "TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"
 
@@ -190,6 +190,9 @@ class OnnxRuntimeBackend(Backend):
                 raise ModelError(msg)
             warnings.warn(msg, ProviderFallbackWarning, stacklevel=3)
         self._check_io()
+        embedded = self.session.get_modelmeta().custom_metadata_map.get(ONNX_METADATA_KEY)
+        if embedded is not None:
+            self.check_embedded(Manifest.from_json(embedded, source=f"{self.path} (metadata_props)"))
         self.loaded = True
 
     def _check_io(self) -> None:

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -251,3 +253,103 @@ def test_json_is_one_document_and_nothing_else(cmd, model, image, tmp_path):
     assert key in doc
     if cmd == "embed":
         assert len(doc["embeddings"]) == 2 and len(doc["embeddings"][0]["vector"]) == doc["dim"] == 512
+
+
+# -- outputs that are inputs, odd inputs, stdout closed early --------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "cmd, target",
+    [
+        ("attention", "image"),
+        ("attention", "hard link to the image"),
+        ("embed", "image"),
+        ("embed", "second image"),
+        ("embed", "model"),
+    ],
+)
+def test_output_naming_an_input_is_refused_and_the_input_kept(cmd, target, model, image, tmp_path):
+    img, other = tmp_path / "x.png", tmp_path / "y.png"
+    shutil.copy(image, img)
+    shutil.copy(image, other)
+    m = tmp_path / model.name
+    shutil.copy(model, m)
+    shutil.copy(model.with_name(model.name + ".json"), m.with_name(m.name + ".json"))
+    link = tmp_path / "link.png"
+    os.link(img, link)
+    out = {"image": img, "hard link to the image": link, "second image": other, "model": m}[target]
+    before = out.read_bytes()
+    args = ["attention", m, img] if cmd == "attention" else ["embed", m, img, other]
+    _one_line_error(_run(*args, "--out", out), f"--out {out} is the input", "choose another name")
+    assert out.read_bytes() == before
+
+
+def test_fifo_as_an_image_is_refused_without_waiting(model, tmp_path):
+    """A named pipe given as an image would block the decoder until something writes to it: refused at once, by
+    the CLI and by the Embedder (both run in a process of their own with a time limit, so a hang fails the test)."""
+    fifo = tmp_path / "camera.png"
+    os.mkfifo(fifo)
+    cli = [sys.executable, "-m", "lcr_sdk.cli", "embed", str(model), str(fifo)]
+    r = subprocess.run(cli, capture_output=True, text=True, timeout=120)
+    assert (
+        r.returncode == 1 and r.stderr.strip() == f"Error: image {fifo} is a FIFO; give an image file (.jpg, .png, ...)"
+    )
+    code = f"from lcr_sdk import Embedder\nEmbedder({str(model)!r}, device='cpu').embed({str(fifo)!r})"
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert "InputError: image" in r.stderr and "is a FIFO" in r.stderr, r.stderr[-2000:]
+
+
+@pytest.mark.parametrize("cmd", ["embed", "info"])
+def test_reader_closing_stdout_ends_the_command_quietly(cmd, model, image):
+    """`lcr-sdk embed ... | head` where head has gone: no "Error: Broken pipe", no traceback, exit 141 (128 +
+    SIGPIPE, what a standard tool killed by SIGPIPE returns)."""
+    args = {"embed": ["embed", str(model), str(image), str(image)], "info": ["info", str(model)]}[cmd]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "lcr_sdk.cli", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    proc.stdout.close()  # the reader leaves before the first line is written
+    err = proc.stderr.read()
+    assert proc.wait(timeout=120) == 141 and err == "", err
+
+
+def test_bench_batch_past_its_bound_is_refused(model, tmp_path):
+    _one_line_error(_run("bench", model, "--batch", "1,20000"), "--batch '1,20000'", "go up to 256")
+
+
+def test_embed_refuses_nan_outputs_of_finite_weights(lcr_checkpoint, image, tmp_path):
+    """A checkpoint whose weights are finite but make NaN (negative BN variance): embed refuses it and writes no
+    .npy and no JSON (export already refuses it)."""
+    bad = _edited_checkpoint(lcr_checkpoint, tmp_path / "bad.pt", "backbone.bn1.running_var", -1.0)
+    out = tmp_path / "e.npy"
+    r = _run("embed", bad, image, "--out", out, "--json", "--device", "cpu")
+    _one_line_error(r, "outputs NaN or inf", "embedding", "--lr")
+    assert not out.exists()
+
+
+@pytest.fixture
+def read_only_folder(tmp_path):
+    """A real read-only file system (a tmpfs mounted ro): needs root, skipped elsewhere."""
+    if not hasattr(os, "geteuid") or os.geteuid() != 0:
+        pytest.skip("mounting a file system needs root")
+    mnt = tmp_path / "ro"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(mnt)], capture_output=True).returncode:
+        pytest.skip("mounting a tmpfs is not allowed here")
+    yield mnt
+    subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+
+
+def test_embed_out_on_read_only_media_names_the_users_path(model, image, read_only_folder):
+    out = read_only_folder / "e.npy"
+    r = _run("embed", model, image, "--out", out)
+    _one_line_error(r, f"--out {out}", "read-only file system", "choose another path")
+    assert f"{read_only_folder}/." not in r.output  # no hidden temporary name
+
+
+def test_atomic_write_on_read_only_media_names_the_target(read_only_folder):
+    """The library's writer names the file asked for, never its hidden temporary name."""
+    from lcr_sdk.fileio import atomic_write_bytes
+
+    with pytest.raises(OSError) as e:
+        atomic_write_bytes(read_only_folder / "e.npy", b"x")
+    assert e.value.filename == str(read_only_folder / "e.npy")
