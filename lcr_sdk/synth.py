@@ -364,7 +364,8 @@ def load_meta(root: str | Path) -> dict[str, Any] | None:
             and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in box)
         ):
             raise DataError(f"{meta}: the box of {rel} is {str(box)[:60]}, not four numbers; {fix}")
-    return info
+    checked: dict[str, Any] = info
+    return checked
 
 
 def matches(root: str | Path, cfg: SynthConfig) -> bool:
