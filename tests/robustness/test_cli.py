@@ -186,7 +186,7 @@ def test_library_warnings_never_precede_the_error_line(tmp_path, args):
     ckpt = tmp_path / "corrupt.pt"
     ckpt.write_bytes(bytes([0x80, 0x5F]) + rng.bytes(1998))  # protocol 95: torch warns before refusing the file
     argv = [a.format(ckpt=ckpt, out=tmp_path) for a in args]
-    r = subprocess.run([sys.executable, "-m", "lcr_sdk.cli", *argv], capture_output=True, text=True, timeout=300)
+    r = subprocess.run([sys.executable, "-m", "lcr_sdk.cli", *argv], capture_output=True, text=True, timeout=900)
     assert r.returncode == 1, r.stderr
     assert r.stderr.startswith("Error: ") and r.stderr.count("\n") == 1, r.stderr
     assert "not a readable PyTorch checkpoint" in r.stderr and r.stdout == ""
