@@ -16,6 +16,7 @@ slightly permissive there. Pass ``threshold=`` to search to override it.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -56,10 +57,27 @@ class Calibration:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Calibration | None:
+        """A stored calibration; None for one with other fields (an older SDK's: it is computed again).
+
+        Raises:
+            ValueError: a field of the wrong type, or a number that is not finite (the message names it).
+        """
         try:
-            return cls(**d)
+            cal = cls(**d)
         except TypeError:
             return None
+        numbers = {"far": cal.far, "frr": cal.frr, "seconds": cal.seconds}
+        if cal.threshold is not None:
+            numbers["threshold"] = cal.threshold
+        for name, value in numbers.items():
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ValueError(f"{name} is {value!r}, not a finite number")
+        for name, count in (("genuine", cal.genuine), ("impostor", cal.impostor), ("items", cal.items)):
+            if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+                raise ValueError(f"{name} is {count!r}, not a count")
+        if not isinstance(cal.reason, str):
+            raise ValueError(f"reason is {cal.reason!r}, not text")
+        return cal
 
     def stale(self, items: int) -> bool:
         """Whether the gallery changed enough since (``items`` now) to recalibrate."""

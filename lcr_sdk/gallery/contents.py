@@ -13,7 +13,6 @@ records additions and removals; writing them to disk is :mod:`lcr_sdk.gallery.pe
 
 from __future__ import annotations
 
-import json
 import sqlite3
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -420,7 +419,7 @@ class Contents:
             blocks.take(slots).astype(self.dtype),
             [r[1] for r in rows],
             [r[2] for r in rows],
-            [json.loads(r[3]) for r in rows],
+            [items.parse_metadata(r[1], r[3]) for r in rows],
             {i: r[4] for i, r in enumerate(rows) if r[4] is not None},
         )
 
@@ -428,7 +427,7 @@ class Contents:
         """The live pending items (id, label, metadata, crop) and their vectors, as :meth:`store.Saved.commit`
         takes them."""
         p = self.pending
-        new = [(r[1], r[2], json.loads(r[3]), r[4]) for r in p.live_rows(with_crops=True)]
+        new = [(r[1], r[2], items.parse_metadata(r[1], r[3]), r[4]) for r in p.live_rows(with_crops=True)]
         return new, (p.vectors()[p.alive] if p.n else p.vectors())
 
     def attach(self, saved: store.Saved, keep_pending: bool = False) -> None:
@@ -458,7 +457,10 @@ class Contents:
         meta = saved.meta
         self.next_id = max(self.next_id, meta.next_id)
         if meta.calibration is not None:
-            self.calibration = Calibration.from_dict(meta.calibration)
+            try:
+                self.calibration = Calibration.from_dict(meta.calibration)
+            except ValueError as e:
+                raise store.damaged(saved.ver.folder, f"its stored calibration is not valid: {e}") from None
         self.changed()
 
     def close(self) -> None:

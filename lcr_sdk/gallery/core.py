@@ -131,6 +131,8 @@ def _check_metadata(metadata: Any, n: int) -> list[dict[str, Any]]:
             items.check_text(key, f"metadata[{i}] key")
         try:
             json.dumps(m, allow_nan=False)
+        except RecursionError:
+            raise InputError(f"metadata[{i}] is nested too deeply to store as JSON; flatten it") from None
         except (TypeError, ValueError) as e:
             raise InputError(f"metadata must be JSON-serialisable dicts; metadata[{i}] = {m!r:.80} ({e})") from e
         out.append(dict(m))
@@ -231,7 +233,7 @@ class Gallery:
     def metadata(self) -> list[dict[str, Any]]:
         """Metadata of all items in slot order; O(N)."""
         with self._mutex:
-            return [json.loads(r[3]) for r in self._contents.rows()]
+            return [items.parse_metadata(r[1], r[3]) for r in self._contents.rows()]
 
     @property
     def vectors(self) -> np.ndarray:
@@ -595,7 +597,7 @@ class Gallery:
             }
 
     def verify(self) -> None:
-        """Check every stored vector (finite, unit length) and the item count; O(N).
+        """Check every stored vector (finite, unit length), every item's fields and the item count; O(N).
 
         Raises:
             InputError: naming the first bad item.
@@ -606,7 +608,10 @@ class Gallery:
             blocks, alive = c.blocks(), c.alive()
             for first, chunk in blocks.chunks(65536):
                 store.check_vectors(where, chunk, c.dtype, alive[first : first + len(chunk)], sample=False)
-            n = sum(1 for _ in c.rows())
+            n = 0
+            for r in c.rows():  # ids and labels stored as text, metadata a JSON object
+                items.parse_metadata(r[1], r[3])
+                n += 1
             if n != len(c):
                 raise store.damaged(where, f"{n} items in its tables but {len(c)} live slots")
 
