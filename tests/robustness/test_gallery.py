@@ -649,6 +649,41 @@ def test_gallery_rebuild_with_missing_images_refuses_before_work_then_skips_when
 
 
 @pytest.mark.torch
+def test_rebuilding_a_format_1_gallery_in_place_while_another_process_commits_loses_nothing(
+    model, synth_root, tmp_path
+):
+    from lcr_sdk.embedder import Embedder
+    from lcr_sdk.gallery.legacy import write_v1
+
+    folder = synth_root / "test"
+    images = sorted(folder.glob("*/*.png"))[:4]
+    rel = [p.relative_to(folder).as_posix() for p in images]
+    root = tmp_path / "g"
+    labels = [p.parent.name for p in images]
+    write_v1(root, _unit(4), rel, labels, [{"path": r} for r in rel], image_root=str(folder))
+    g = Gallery.load(root)
+
+    class CommitsMeanwhile:
+        """The real embedder; while its first batch is embedded, another process commits to the gallery."""
+
+        def __init__(self, emb: Embedder):
+            self.emb, self.manifest, self.model_id, self.done = emb, emb.manifest, emb.model_id, False
+
+        def embed(self, imgs: list) -> np.ndarray:
+            if not self.done:
+                other = Gallery.load(root)
+                other.add(_unit(1, seed=9), ids=["meanwhile"])
+                other.commit()
+                self.done = True
+            return self.emb.embed(imgs)
+
+    with Embedder(model) as emb:
+        with pytest.raises(InputError, match="changed while it was re-embedded"):
+            g.rebuild(CommitsMeanwhile(emb), progress=False)
+    assert sorted(Gallery.load(root).ids) == sorted([*rel, "meanwhile"])  # the other commit stands
+
+
+@pytest.mark.torch
 @pytest.mark.parametrize(
     "extra, code, match",
     [(["--batch", "0"], 2, "--batch"), (["--batch", "x"], 2, "--batch"), ([], 1, "--replace")],
