@@ -145,6 +145,8 @@ def fetch(conn: sqlite3.Connection, rows: Sequence[int]) -> dict[int, tuple[str,
 def crop(conn: sqlite3.Connection, row: int) -> bytes | None:
     """The stored encoded crop of a row, if any."""
     hit = conn.execute("SELECT image FROM crops WHERE row = ?", (int(row),)).fetchone()
+    if hit is not None and not isinstance(hit[0], bytes):
+        raise damaged_item(f"row {row}", f"its stored image is {type(hit[0]).__name__}, not encoded image bytes")
     return bytes(hit[0]) if hit else None
 
 
