@@ -168,6 +168,8 @@ def iter_items(
             return
         for r in part:
             check_stored(r[1], r[2])
+            if r[4] is not None and not isinstance(r[4], bytes):
+                raise damaged_item(r[1], f"its stored image is {type(r[4]).__name__}, not encoded image bytes")
         yield part
         last = part[-1][0]
 

@@ -561,13 +561,14 @@ class Saved:
     def _check_items(self) -> None:
         """Every live slot has its item row and no other row exists (an item lost or hidden is refused)."""
         conn, count = self.ver.conn, self.count
-        rows = items.count(conn)
-        placed = conn.execute(
-            "SELECT COUNT(*) FROM items WHERE row >= 0 AND row < ? AND row NOT IN (SELECT row FROM dead)", (count,)
-        ).fetchone()[0]
-        if rows != self.live or placed != self.live:
+        rows = items.count(conn)  # the one scan; the two below are index lookups
+        outside = conn.execute("SELECT COUNT(*) FROM items WHERE row < 0 OR row >= ?", (count,)).fetchone()[0]
+        on_dead = conn.execute("SELECT COUNT(*) FROM items WHERE row IN (SELECT row FROM dead)").fetchone()[0]
+        if rows != self.live or outside or on_dead:
             raise damaged(
-                self.ver.folder, f"{rows} item rows ({placed} of them on live slots) for its {self.live} live slots"
+                self.ver.folder,
+                f"{rows} item rows for its {self.live} live slots ({outside} outside its slots, {on_dead} on removed "
+                "ones)",
             )
 
     @property
