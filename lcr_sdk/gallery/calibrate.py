@@ -20,7 +20,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -152,3 +152,33 @@ def calibrate(
     impostor = imp_all[probe & np.isfinite(imp_all)]
     t, far, frr, how = choose_threshold(genuine.astype(np.float64), impostor.astype(np.float64))
     return Calibration(float(t), far, frr, len(genuine), len(impostor), items, how, time.perf_counter() - t0)
+
+
+class Sampled(Protocol):
+    """What calibration reads of a gallery's contents (:class:`lcr_sdk.gallery.contents.Contents`)."""
+
+    calibration: Calibration | None
+    total_slots: int
+
+    def __len__(self) -> int: ...
+
+    def labels_at(self, slots: np.ndarray) -> dict[int, str]: ...
+
+    def partners(self, label: str, start: int, limit: int) -> list[int]: ...
+
+    def take(self, slots: np.ndarray) -> np.ndarray: ...
+
+
+def recalibrate(contents: Sampled, seed: int = 0) -> Calibration:
+    """Calibrate a gallery's contents now and keep the result with them."""
+    cal = calibrate(contents.total_slots, contents.labels_at, contents.partners, contents.take, len(contents), seed)
+    contents.calibration = cal
+    return cal
+
+
+def current(contents: Sampled) -> Calibration:
+    """The contents' stored calibration, or a fresh one if they changed enough since (:meth:`Calibration.stale`)."""
+    cal = contents.calibration
+    if cal is None or cal.stale(len(contents)):
+        cal = recalibrate(contents)
+    return cal

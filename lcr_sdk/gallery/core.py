@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from lcr_sdk.errors import InputError, ModelError, import_platform
-from lcr_sdk.gallery import items, persist, rebuild, store
+from lcr_sdk.gallery import calibrate, items, persist, rebuild, store
 from lcr_sdk.gallery.calibrate import Calibration
 from lcr_sdk.gallery.contents import Contents
 from lcr_sdk.gallery.explain import (
@@ -463,18 +463,18 @@ class Gallery:
 
         Stored with the gallery; recomputed only when the gallery has changed by a fifth since."""
         with self._mutex:
-            return self._contents.current_calibration().threshold
+            return calibrate.current(self._contents).threshold
 
     @property
     def calibration(self) -> Calibration | None:
         """The stored (or, for a gallery changed enough since, a fresh) :class:`Calibration`."""
         with self._mutex:
-            return self._contents.current_calibration()
+            return calibrate.current(self._contents)
 
     def calibrate(self, seed: int = 0) -> Calibration:
         """Compute the open-set threshold now, on a bounded sample (stored with the gallery at the next commit)."""
         with self._mutex:
-            return self._contents.calibrate(seed)
+            return calibrate.recalibrate(self._contents, seed)
 
     # -- persistence ------------------------------------------------------------------------------------------
 
@@ -573,7 +573,7 @@ class Gallery:
         """A summary: size, labels, storage, index, open-set threshold, where it is saved."""
         with self._mutex:
             c = self._contents
-            cal = c.current_calibration()
+            cal = calibrate.current(c)
             ver = c.saved.ver if c.saved is not None else None
             return {
                 "path": str(c.root) if c.root else None,

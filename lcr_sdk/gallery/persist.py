@@ -20,7 +20,7 @@ import numpy as np
 
 from lcr_sdk.errors import InputError
 from lcr_sdk.fileio import mib
-from lcr_sdk.gallery import items, legacy, store
+from lcr_sdk.gallery import calibrate, items, legacy, store
 from lcr_sdk.gallery.contents import Contents
 from lcr_sdk.gallery.search import Searcher, parse_index
 
@@ -72,7 +72,7 @@ def save(c: Contents, s: Searcher, directory: str | os.PathLike[str], replace: b
 
 def write_all(c: Contents, s: Searcher, root: Path, progress: bool = False, index: bool = True) -> Path:
     """Write the whole gallery as a new version of ``root`` and attach to it (the caller holds the lock)."""
-    c.current_calibration()
+    calibrate.current(c)
     writer = s.writer(c.dtype, progress) if index else None
     folder: Path = write_or_explain(root, lambda: store.write_version(root, c.meta(), c.chunks(), writer))
     attach(c, s, store.Saved(root, store.Version(root, folder)))
@@ -111,7 +111,7 @@ def _maintain_locked(c: Contents, s: Searcher) -> None:
         assert saved is not None
     if s.index is not None:
         s.persist(c, locked=True)
-    cal = c.current_calibration()
+    cal = calibrate.current(c)
     if cal.to_dict() != saved.meta.calibration:
         saved.record(calibration=cal.to_dict())
 

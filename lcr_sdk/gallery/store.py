@@ -576,10 +576,6 @@ class Saved:
         return self.ver.meta
 
     @property
-    def conn(self) -> sqlite3.Connection:
-        return self.ver.conn
-
-    @property
     def dead(self) -> int:
         return self.count - self.live
 
