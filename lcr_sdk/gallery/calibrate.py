@@ -158,7 +158,9 @@ class Sampled(Protocol):
     """What calibration reads of a gallery's contents (:class:`lcr_sdk.gallery.contents.Contents`)."""
 
     calibration: Calibration | None
-    total_slots: int
+
+    @property
+    def total_slots(self) -> int: ...
 
     def __len__(self) -> int: ...
 

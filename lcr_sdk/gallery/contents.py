@@ -138,7 +138,7 @@ class Contents:
         self.image_root = ""  # folder the items' relative "path" metadata points into (build_from_folder), if any
         self.root: Path | None = None  # the folder this gallery is attached to
         self.saved: store.Saved | None = None  # its committed state
-        self.legacy = False  # attached to a format-1 folder: the next commit migrates it
+        self.legacy = ""  # the format-1 version folder it was read from, if any: the next commit migrates it
         self.pending = Pending(dim, dtype)
         self.next_id = 0
         self.reserved = (0, 0)  # automatic ids reserved from the store: [first, end)
@@ -433,7 +433,7 @@ class Contents:
             for i, s in items.rows_of_ids(saved.ver.conn, list(removed)).items():
                 if saved.alive[s]:
                     self.pending.removed[i] = s
-        self.root, self.saved, self.legacy = saved.root, saved, False
+        self.root, self.saved, self.legacy = saved.root, saved, ""
         self.model_sha256, self.index, self.image_root = meta.model_sha256, meta.index, meta.image_root
         self.reserved = (0, 0)
         self.adopt(saved)

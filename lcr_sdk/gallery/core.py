@@ -276,7 +276,7 @@ class Gallery:
             cv2 = import_platform("cv2")
             img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
             if img is not None:
-                return img
+                return np.asarray(img)
         path = self.image_path(item_id)
         if path is None:
             raise InputError(

@@ -495,7 +495,9 @@ def parse_threshold(threshold: float | str | None, option: str = "threshold") ->
 def resolve_threshold(threshold: float | str | None, c: Contents) -> float | None:
     """The cosine cut of a search's ``threshold`` (:func:`parse_threshold`; ``"auto"``: the calibrated one)."""
     cut = parse_threshold(threshold)
-    return calibrate.current(c).threshold if cut == "auto" else cut  # type: ignore[return-value]
+    if isinstance(cut, str):  # "auto"
+        return calibrate.current(c).threshold
+    return cut
 
 
 def _filter(c: Contents, label: str | Sequence[str] | None, where: dict[str, Any] | None) -> np.ndarray | None:
