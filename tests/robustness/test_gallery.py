@@ -340,6 +340,22 @@ def test_a_gallery_never_follows_a_link_out_of_its_folder(case, tmp_path):
     assert (outside.read_bytes() if outside.is_file() else None) == before  # nothing written, nothing created
 
 
+def test_a_vector_file_linked_after_load_is_not_written_through(tmp_path, monkeypatch):
+    from lcr_sdk.gallery import store
+
+    monkeypatch.setattr(store, "TAIL_ROWS", 2)  # the next commits append the tail to the vector file
+    root, version = _saved(tmp_path)
+    g = Gallery.load(root)
+    outside = tmp_path / "outside.f32"
+    os.rename(version / "vectors.f32", outside)
+    (version / "vectors.f32").symlink_to(outside)
+    before = outside.read_bytes()
+    g.add(_unit(2, seed=3), ids=["n1", "n2"])
+    with pytest.raises(InputError, match="vectors.f32 is a symbolic link"):
+        g.commit()
+    assert outside.read_bytes() == before
+
+
 def test_a_format_1_gallery_never_follows_a_link_out_of_its_folder(tmp_path):
     _v1(tmp_path / "g", V1_HEADER)
     vectors = tmp_path / "g" / "v000001" / "vectors.npy"
