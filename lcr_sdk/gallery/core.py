@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from lcr_sdk.errors import InputError, ModelError, import_platform
-from lcr_sdk.gallery import items, persist, rebuild, store
+from lcr_sdk.gallery import calibrate, items, persist, rebuild, store
 from lcr_sdk.gallery.calibrate import Calibration
 from lcr_sdk.gallery.contents import Contents
 from lcr_sdk.gallery.explain import (
@@ -131,6 +131,8 @@ def _check_metadata(metadata: Any, n: int) -> list[dict[str, Any]]:
             items.check_text(key, f"metadata[{i}] key")
         try:
             json.dumps(m, allow_nan=False)
+        except RecursionError:
+            raise InputError(f"metadata[{i}] is nested too deeply to store as JSON; flatten it") from None
         except (TypeError, ValueError) as e:
             raise InputError(f"metadata must be JSON-serialisable dicts; metadata[{i}] = {m!r:.80} ({e})") from e
         out.append(dict(m))
@@ -231,7 +233,7 @@ class Gallery:
     def metadata(self) -> list[dict[str, Any]]:
         """Metadata of all items in slot order; O(N)."""
         with self._mutex:
-            return [json.loads(r[3]) for r in self._contents.rows()]
+            return [items.parse_metadata(r[1], r[3]) for r in self._contents.rows()]
 
     @property
     def vectors(self) -> np.ndarray:
@@ -274,7 +276,7 @@ class Gallery:
             cv2 = import_platform("cv2")
             img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
             if img is not None:
-                return img
+                return np.asarray(img)
         path = self.image_path(item_id)
         if path is None:
             raise InputError(
@@ -461,18 +463,18 @@ class Gallery:
 
         Stored with the gallery; recomputed only when the gallery has changed by a fifth since."""
         with self._mutex:
-            return self._contents.current_calibration().threshold
+            return calibrate.current(self._contents).threshold
 
     @property
     def calibration(self) -> Calibration | None:
         """The stored (or, for a gallery changed enough since, a fresh) :class:`Calibration`."""
         with self._mutex:
-            return self._contents.current_calibration()
+            return calibrate.current(self._contents)
 
     def calibrate(self, seed: int = 0) -> Calibration:
         """Compute the open-set threshold now, on a bounded sample (stored with the gallery at the next commit)."""
         with self._mutex:
-            return self._contents.calibrate(seed)
+            return calibrate.recalibrate(self._contents, seed)
 
     # -- persistence ------------------------------------------------------------------------------------------
 
@@ -571,7 +573,7 @@ class Gallery:
         """A summary: size, labels, storage, index, open-set threshold, where it is saved."""
         with self._mutex:
             c = self._contents
-            cal = c.current_calibration()
+            cal = calibrate.current(c)
             ver = c.saved.ver if c.saved is not None else None
             return {
                 "path": str(c.root) if c.root else None,
@@ -595,7 +597,7 @@ class Gallery:
             }
 
     def verify(self) -> None:
-        """Check every stored vector (finite, unit length) and the item count; O(N).
+        """Check every stored vector (finite, unit length), every item's fields and the item count; O(N).
 
         Raises:
             InputError: naming the first bad item.
@@ -606,7 +608,10 @@ class Gallery:
             blocks, alive = c.blocks(), c.alive()
             for first, chunk in blocks.chunks(65536):
                 store.check_vectors(where, chunk, c.dtype, alive[first : first + len(chunk)], sample=False)
-            n = sum(1 for _ in c.rows())
+            n = 0
+            for r in c.rows():  # ids and labels stored as text, metadata a JSON object
+                items.parse_metadata(r[1], r[3])
+                n += 1
             if n != len(c):
                 raise store.damaged(where, f"{n} items in its tables but {len(c)} live slots")
 

@@ -9,6 +9,7 @@ in format 2 at its first commit, unless another process changed it since it was 
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import sqlite3
@@ -20,7 +21,7 @@ import numpy as np
 
 from lcr_sdk.errors import InputError
 from lcr_sdk.fileio import mib
-from lcr_sdk.gallery import items, legacy, store
+from lcr_sdk.gallery import calibrate, items, legacy, store
 from lcr_sdk.gallery.contents import Contents
 from lcr_sdk.gallery.search import Searcher, parse_index
 
@@ -43,6 +44,11 @@ def write_or_explain(root: Path, write: Callable[[], Any]) -> Any:
     except OSError as e:
         if e.errno == 28:  # ENOSPC
             raise disk_full() from None
+        if e.errno == errno.ELOOP:  # a file opened with O_NOFOLLOW is a link
+            raise InputError(
+                f"cannot write gallery {root}: {Path(str(e.filename)).name} is a symbolic link and a gallery never "
+                "follows a link out of its folder; restore the gallery from a backup"
+            ) from None
         raise InputError(f"cannot write gallery {root} ({e.strerror or e}); the saved gallery is unchanged") from None
 
 
@@ -72,7 +78,7 @@ def save(c: Contents, s: Searcher, directory: str | os.PathLike[str], replace: b
 
 def write_all(c: Contents, s: Searcher, root: Path, progress: bool = False, index: bool = True) -> Path:
     """Write the whole gallery as a new version of ``root`` and attach to it (the caller holds the lock)."""
-    c.current_calibration()
+    calibrate.current(c)
     writer = s.writer(c.dtype, progress) if index else None
     folder: Path = write_or_explain(root, lambda: store.write_version(root, c.meta(), c.chunks(), writer))
     attach(c, s, store.Saved(root, store.Version(root, folder)))
@@ -103,7 +109,7 @@ def _maintain_locked(c: Contents, s: Searcher) -> None:
     """After a commit: move a full tail into the vector file, compact, save the index and calibration."""
     saved = c.saved
     assert saved is not None and c.root is not None
-    saved.checkpoint_if_full()
+    write_or_explain(c.root, saved.checkpoint_if_full)  # opens the vector file without following a link
     c.changed()
     if saved.compaction_due:
         write_all(c, s, c.root, index=False)
@@ -111,7 +117,7 @@ def _maintain_locked(c: Contents, s: Searcher) -> None:
         assert saved is not None
     if s.index is not None:
         s.persist(c, locked=True)
-    cal = c.current_calibration()
+    cal = calibrate.current(c)
     if cal.to_dict() != saved.meta.calibration:
         saved.record(calibration=cal.to_dict())
 
