@@ -20,36 +20,34 @@ from typing import Any
 import numpy as np
 
 from lcr_sdk.errors import InputError
-from lcr_sdk.fileio import mib
+from lcr_sdk.fileio import is_disk_full, mib
 from lcr_sdk.gallery import calibrate, items, legacy, store
 from lcr_sdk.gallery.contents import Contents
 from lcr_sdk.gallery.search import Searcher, parse_index
 
 
 def write_or_explain(root: Path, write: Callable[[], Any]) -> Any:
-    """Run a write; turn a full disk or a refused write into one :class:`InputError` (nothing committed)."""
+    """Run a write; turn a full disk or a refused write into one :class:`InputError` (nothing committed).
 
-    def disk_full() -> InputError:
-        return InputError(
-            f"cannot write gallery {root}: the disk is full ({mib(shutil.disk_usage(root).free)} free); free space "
-            "and try again (the saved gallery is unchanged; pending changes are kept)"
-        )
-
+    A full disk is what :func:`lcr_sdk.fileio.is_disk_full` says it is (no space, a user's quota used up, SQLite's
+    "database or disk is full").
+    """
     try:
         return write()
-    except sqlite3.Error as e:
-        if "full" in str(e).lower():
-            raise disk_full() from None
-        raise InputError(f"cannot write gallery {root} ({e}); the saved gallery is unchanged") from None
-    except OSError as e:
-        if e.errno == 28:  # ENOSPC
-            raise disk_full() from None
-        if e.errno == errno.ELOOP:  # a file opened with O_NOFOLLOW is a link
+    except (sqlite3.Error, OSError) as e:
+        if is_disk_full(e):
+            quota = "; the user's disk quota is used up" if getattr(e, "errno", None) == errno.EDQUOT else ""
+            raise InputError(
+                f"cannot write gallery {root}: the disk is full ({mib(shutil.disk_usage(root).free)} free{quota}); "
+                "free space and try again (the saved gallery is unchanged; pending changes are kept)"
+            ) from None
+        if isinstance(e, OSError) and e.errno == errno.ELOOP:  # a file opened with O_NOFOLLOW is a link
             raise InputError(
                 f"cannot write gallery {root}: {Path(str(e.filename)).name} is a symbolic link and a gallery never "
                 "follows a link out of its folder; restore the gallery from a backup"
             ) from None
-        raise InputError(f"cannot write gallery {root} ({e.strerror or e}); the saved gallery is unchanged") from None
+        why = (e.strerror or e) if isinstance(e, OSError) else e
+        raise InputError(f"cannot write gallery {root} ({why}); the saved gallery is unchanged") from None
 
 
 # -- writing ------------------------------------------------------------------------------------------------------

@@ -550,6 +550,30 @@ def test_full_disk_during_commit_is_one_error_and_keeps_everything(tmp_path):
         subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
 
 
+def test_a_full_disk_quota_during_commit_is_the_full_disk_error(tmp_path, monkeypatch):
+    # no quota can be set up here: the vector file's append (os.pwrite, the lowest-level write of a commit) fails
+    # with EDQUOT as it does on a filesystem whose user quota is used up
+    import errno
+
+    from lcr_sdk.gallery import store
+
+    monkeypatch.setattr(store, "TAIL_ROWS", 2)  # the next commit appends the tail to the vector file
+    root, _ = _saved(tmp_path)
+    g = Gallery.load(root)
+    g.add(_unit(2, seed=3), ids=["n1", "n2"])
+    real = os.pwrite
+
+    def over_quota(fd: int, data: bytes, offset: int) -> int:
+        raise OSError(errno.EDQUOT, os.strerror(errno.EDQUOT))
+
+    monkeypatch.setattr(os, "pwrite", over_quota)
+    with pytest.raises(InputError, match=r"disk is full \(.* MiB free.*quota") as e:
+        g.commit()
+    assert "\n" not in str(e.value)
+    monkeypatch.setattr(os, "pwrite", real)
+    assert sorted(Gallery.load(root).ids) == sorted([f"i{i}" for i in range(6)] + ["n1", "n2"])  # nothing lost
+
+
 # -- the CLI and the build example ----------------------------------------------------------------------------------
 
 
