@@ -273,10 +273,7 @@ class Gallery:
         with self._mutex:
             data = self._contents.crop(self._contents.existing_slot(str(item_id)))
         if data is not None:
-            cv2 = import_platform("cv2")
-            img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
-            if img is not None:
-                return np.asarray(img)
+            return items.decode_crop(str(item_id), data)
         path = self.image_path(item_id)
         if path is None:
             raise InputError(

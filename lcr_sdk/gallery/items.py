@@ -150,6 +150,18 @@ def crop(conn: sqlite3.Connection, row: int) -> bytes | None:
     return bytes(hit[0]) if hit else None
 
 
+def decode_crop(item_id: str, data: bytes) -> np.ndarray:
+    """Decode an item's stored crop (BGR uint8) within the image pixel limit, like any image file.
+
+    Raises:
+        InputError: the bytes are not an image, or their header declares more pixels than the limit (checked before
+            decoding: a crafted header is one error, not a decode of its declared size).
+    """
+    from lcr_sdk.images import decode_image
+
+    return decode_image(data, f"the stored crop of gallery item {item_id!r:.80}")
+
+
 def count(conn: sqlite3.Connection) -> int:
     return int(conn.execute("SELECT COUNT(*) FROM items").fetchone()[0])
 

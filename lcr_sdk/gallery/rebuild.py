@@ -10,9 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from lcr_sdk.errors import InputError, import_platform
+from lcr_sdk.errors import InputError
 from lcr_sdk.gallery import items
 from lcr_sdk.gallery.contents import Contents, Row
 
@@ -52,22 +50,12 @@ def reembed(add: Callable[..., list[str]], found: list[Source], embedder: Any, b
 
     from lcr_sdk.images import read_image
 
-    cv2 = import_platform("cv2")
     with tqdm(total=len(found), desc="re-embedding", unit="img", disable=not progress) as bar:
         for i in range(0, len(found), batch):
             part = found[i : i + batch]
             imgs = []
             for r, src in part:
-                if isinstance(src, bytes):
-                    img = cv2.imdecode(np.frombuffer(src, np.uint8), cv2.IMREAD_COLOR)
-                    if img is None:
-                        raise InputError(
-                            f"item {r[1]!r}: its stored image cannot be decoded; the gallery is damaged: remove the "
-                            "item, or restore the gallery from a backup"
-                        )
-                    imgs.append(img)
-                else:
-                    imgs.append(read_image(src))
+                imgs.append(items.decode_crop(r[1], src) if isinstance(src, bytes) else read_image(src))
             add(
                 embedder.embed(imgs),
                 ids=[r[1] for r, _ in part],

@@ -410,6 +410,43 @@ def test_a_damaged_stored_item_is_one_error_naming_it(case, tmp_path):
         assert "damaged" in str(e.value) and "rebuild" in str(e.value)
 
 
+def _huge_png_header(side: int = 50_000) -> bytes:
+    """A 57-byte PNG whose header declares side x side pixels (a decoder would allocate them all)."""
+    import struct
+    import zlib
+
+    ihdr = b"IHDR" + struct.pack(">IIBBBBB", side, side, 8, 2, 0, 0, 0)
+    idat = b"IDAT" + zlib.compress(b"")
+    return b"\x89PNG\r\n\x1a\n" + b"".join(
+        struct.pack(">I", len(c) - 4) + c + struct.pack(">I", zlib.crc32(c)) for c in (ihdr, idat, b"IEND")
+    )
+
+
+def _gallery_with_a_huge_crop(tmp_path: Path) -> Path:
+    g = Gallery(8)
+    g.add(_unit(1), ids=["live"], crops=[np.full((32, 32, 3), 128, np.uint8)])
+    version = g.save(tmp_path / "g")
+    g.close()
+    _sql(version, "UPDATE crops SET image = ?", _huge_png_header())
+    return tmp_path / "g"
+
+
+def test_a_stored_crop_declaring_a_huge_size_is_one_error_not_a_decode(tmp_path):
+    g = Gallery.load(_gallery_with_a_huge_crop(tmp_path))
+    with pytest.raises(InputError, match=r"stored crop of gallery item 'live' is a PNG of 50000 x 50000 pixels"):
+        g.image("live")
+
+
+@pytest.mark.torch
+def test_rebuilding_from_a_stored_crop_declaring_a_huge_size_is_one_error_and_keeps_the_gallery(model, tmp_path):
+    root = _gallery_with_a_huge_crop(tmp_path)
+    before = sorted(p.name for p in root.iterdir())  # no new version folder is written
+    r = runner.invoke(app, ["gallery", "rebuild", str(root), "--model", str(model)])
+    assert r.exit_code == 1 and "50000 x 50000" in r.output and "Traceback" not in r.output, r.output
+    assert len([ln for ln in r.output.splitlines() if ln.startswith("Error:")]) == 1
+    assert sorted(p.name for p in root.iterdir()) == before and Gallery.load(root).ids == ["live"]
+
+
 def test_metadata_nested_too_deep_is_refused_by_add(tmp_path):
     deep: list = []
     for _ in range(200_000):
