@@ -36,6 +36,7 @@ from lcr_sdk.gallery.explain import (
     draw,
 )
 from lcr_sdk.gallery.search import Searcher, parse_index
+from lcr_sdk.redact import redact
 
 
 @dataclass
@@ -131,11 +132,13 @@ def _check_metadata(metadata: Any, n: int) -> list[dict[str, Any]]:
             items.check_text(key, f"metadata[{i}] key")
         try:
             json.dumps(m, allow_nan=False)
+            out.append(items.redact_values(m))  # a source URI's password is never stored
         except RecursionError:
             raise InputError(f"metadata[{i}] is nested too deeply to store as JSON; flatten it") from None
         except (TypeError, ValueError) as e:
-            raise InputError(f"metadata must be JSON-serialisable dicts; metadata[{i}] = {m!r:.80} ({e})") from e
-        out.append(dict(m))
+            raise InputError(
+                f"metadata must be JSON-serialisable dicts; metadata[{i}] = {redact(repr(m)):.80} ({e})"
+            ) from e
     return out
 
 
@@ -302,7 +305,8 @@ class Gallery:
             ids: unique ids (converted to str); generated ``"0"``, ``"1"``... when not given.
             labels: one label per vector (converted to str); ``""`` when not given.
             metadata: one dict per vector; the key ``"path"`` names the item's image file, relative to
-                :attr:`image_root`.
+                :attr:`image_root`. Credentials in its strings (the password of a source URI such as
+                ``rtsp://user:pw@cam/stream``) are stored as ``***`` (:func:`lcr_sdk.redact.redact`).
             crops: one image (BGR array, path or PIL image) or None per vector, stored with the item (PNG) for
                 :meth:`image`, explanations and ``rebuild``.
 

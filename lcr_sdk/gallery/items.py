@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from lcr_sdk.errors import InputError
+from lcr_sdk.redact import redact
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS items (row INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE, label TEXT NOT NULL,
@@ -160,6 +161,18 @@ def decode_crop(item_id: str, data: bytes) -> np.ndarray:
     from lcr_sdk.images import decode_image
 
     return decode_image(data, f"the stored crop of gallery item {item_id!r:.80}")
+
+
+def redact_values(value: Any) -> Any:
+    """A JSON-like value with the credentials in every string (a source URI's password) hidden by
+    :func:`lcr_sdk.redact.redact`: what a gallery stores and prints of item metadata."""
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, dict):
+        return {k: redact_values(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [redact_values(v) for v in value]
+    return value
 
 
 def count(conn: sqlite3.Connection) -> int:
