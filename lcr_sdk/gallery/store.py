@@ -230,18 +230,7 @@ def read_meta(conn: sqlite3.Connection, folder: Path) -> Meta:
     Raises:
         InputError: a field is missing or of the wrong type or value (the message names it).
     """
-    try:
-        raw = dict(conn.execute("SELECT key, value FROM meta").fetchall())
-    except sqlite3.Error as e:
-        raise damaged(folder, f"its meta table cannot be read: {e}") from e
-    values = {}
-    for k, v in raw.items():
-        try:
-            values[k] = json.loads(v, parse_constant=items.not_json)
-        except RecursionError:
-            raise damaged(folder, f"meta {k!r:.40} is nested too deeply to read") from None
-        except (TypeError, ValueError) as e:
-            raise damaged(folder, f"meta {k!r:.40} is not JSON ({e})") from None
+    values = _meta_values(conn, folder)
     for key, kind in _META_TYPES.items():
         if key not in values:
             raise damaged(folder, f"meta has no {key!r}")
@@ -263,6 +252,23 @@ def read_meta(conn: sqlite3.Connection, folder: Path) -> Meta:
     if meta.index_file and (not INDEX_FILE.match(meta.index_file) or not 0 < meta.index_count <= meta.count):
         raise damaged(folder, f"meta names index file {meta.index_file!r} over {meta.index_count} slots")
     return meta
+
+
+def _meta_values(conn: sqlite3.Connection, folder: Path) -> dict[str, Any]:
+    """The meta table's values parsed from JSON, not yet checked."""
+    try:
+        raw = dict(conn.execute("SELECT key, value FROM meta").fetchall())
+    except sqlite3.Error as e:
+        raise damaged(folder, f"its meta table cannot be read: {e}") from e
+    values = {}
+    for k, v in raw.items():
+        try:
+            values[k] = json.loads(v, parse_constant=items.not_json)
+        except RecursionError:
+            raise damaged(folder, f"meta {k!r:.40} is nested too deeply to read") from None
+        except (TypeError, ValueError) as e:
+            raise damaged(folder, f"meta {k!r:.40} is not JSON ({e})") from None
+    return values
 
 
 # -- an open version folder -----------------------------------------------------------------------------------------
