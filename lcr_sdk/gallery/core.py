@@ -531,6 +531,19 @@ class Gallery:
         """
         return cls._of(*persist.load(Path(directory), mmap))
 
+    @classmethod
+    def connect(cls, uri: str, collection: str | None = None, **kw: Any) -> Any:
+        """A fleet gallery in a Milvus collection (the `fleet` extra): an http(s)/tcp URI of a Milvus server, or a
+        path ending in .db for an embedded milvus-lite database; see docs/FLEET.md.
+
+        The arguments go to :func:`lcr_sdk.gallery.fleet.connect` (imported only here: Milvus is optional); without
+        ``collection`` its default collection is used.
+        """
+        import importlib
+
+        fleet = importlib.import_module("lcr_sdk.gallery.fleet")
+        return fleet.connect(uri, **({} if collection is None else {"collection": collection}), **kw)
+
     def rebuild(
         self,
         embedder: Any,
