@@ -7,6 +7,7 @@ image to a uint8 BGR H x W x 3 array of the model's size, by the resize rule the
 from __future__ import annotations
 
 import os
+import stat
 import struct
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -56,7 +57,7 @@ def image_size(data: bytes | np.ndarray) -> tuple[str, int, int] | None:
     b = data.tobytes() if isinstance(data, np.ndarray) else bytes(data)
     try:
         return _header_size(b)
-    except (IndexError, ValueError, struct.error):  # a header cut short
+    except (IndexError, KeyError, ValueError, struct.error):  # a header cut short (KeyError: a PAM without WIDTH)
         return None
 
 
@@ -166,23 +167,39 @@ def read_image(
         limit: most pixels to decode (after that reduction); None: :func:`max_pixels`.
 
     Raises:
-        InputError: the file is missing, a folder, larger than :data:`MAX_FILE_BYTES`, not a decodable image of a
-            format this reader knows, above the pixel limit, or smaller than 8 px on a side.
+        InputError: the file is missing, not a regular file (a folder, or a FIFO or device, which would block the
+            read), larger than :data:`MAX_FILE_BYTES`, not a decodable image of a format this reader knows, above
+            the pixel limit, or smaller than 8 px on a side.
     """
     p = Path(path)
     if not p.exists():
         raise InputError(
             f"image file {p} does not exist; pass the path of a readable image ({', '.join(IMAGE_SUFFIXES)})"
         )
-    if p.is_dir():
-        raise InputError(f"{p} is a folder, not an image file")
-    if p.is_file() and p.stat().st_size > MAX_FILE_BYTES:
+    st = p.stat()  # never blocks, where opening a FIFO waits for a writer
+    if not stat.S_ISREG(st.st_mode):
         raise InputError(
-            f"{p} is {p.stat().st_size / 2**30:.1f} GiB, larger than any image this reader accepts "
+            f"{p} is {_file_kind(st.st_mode)}, not an image file; give the path of an image file "
+            f"({', '.join(IMAGE_SUFFIXES)})"
+        )
+    if st.st_size > MAX_FILE_BYTES:
+        raise InputError(
+            f"{p} is {st.st_size / 2**30:.1f} GiB, larger than any image this reader accepts "
             f"({MAX_FILE_BYTES / 2**30:.0f} GiB); downscale it or pass a smaller copy"
         )
     data = np.fromfile(p, dtype=np.uint8)
     return decode_image(data, str(p), min_size, limit)
+
+
+def _file_kind(mode: int) -> str:
+    """What a path that is not a regular file is, for a message."""
+    if stat.S_ISDIR(mode):
+        return "a folder"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO (named pipe)"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    return "a socket" if stat.S_ISSOCK(mode) else "a special file"
 
 
 def decode_image(
