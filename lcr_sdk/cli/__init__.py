@@ -32,7 +32,7 @@ from typer.core import TyperGroup
 
 from lcr_sdk._version import __version__
 from lcr_sdk.errors import PLATFORM_PACKAGES, LcrError
-from lcr_sdk.fileio import mib
+from lcr_sdk.fileio import is_disk_full, mib
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -49,7 +49,7 @@ def os_error_line(e: OSError) -> str:
     """One line for an operating-system error: what failed, on which path, and (disk full) how much space is left."""
     name = e.filename or ""
     what = f"{e.strerror or e} ({name})" if name else str(e.strerror or e)
-    if e.errno in (errno.ENOSPC, errno.EDQUOT) and name:
+    if is_disk_full(e) and name:
         folder = Path(name).parent if not Path(name).is_dir() else Path(name)
         while not folder.exists() and folder != folder.parent:  # a file of a folder still to be made: its disk
             folder = folder.parent
