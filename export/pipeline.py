@@ -153,22 +153,13 @@ def export_model(
         DataError: empty or unreadable image folder.
     """
     check_export_options(precision, calib_dir, calib_method, calib_images, verify_sample, workspace_gib, batch)
-    onnx = require("onnx", "export", "exporting a model")
+    require("onnx", "export", "exporting a model")
     from lcr_sdk.export.data import find_images, load_images
-    from lcr_sdk.export.graph import OPSET, check, embed_manifest, export_onnx
-    from lcr_sdk.export.precision import to_fp16, to_int8
-    from lcr_sdk.export.trt_rules import tensorrt_violations
-    from lcr_sdk.export.verify import format_report, verify_model
+    from lcr_sdk.export.graph import OPSET
     from lcr_sdk.train.checkpoint import load_net
 
     say = log or (lambda _msg: None)
-    out = Path(out_path) if out_path is not None else default_out_path(checkpoint, precision, trt)
-    valid = ENGINE_SUFFIXES if trt else (".onnx",)
-    if out.suffix.lower() not in valid:
-        hint = " (--trt writes an engine; its ONNX goes beside it)" if trt else ""
-        raise InputError(f"output {out} must end in {' or '.join(valid)}{hint}")
-    if out.is_dir():
-        raise InputError(f"output {out} is a folder; give a file name inside it, e.g. {out / ('model' + valid[0])}")
+    out = _check_out_path(checkpoint, out_path, precision, trt)
     onnx_out = out.with_suffix(".onnx") if trt else out
 
     net, ckpt = load_net(checkpoint)  # ModelError for a missing, corrupt, foreign or newer checkpoint
@@ -179,60 +170,28 @@ def export_model(
     calib = None
     if precision == "int8" and calib_dir is not None:  # read images before the slow work: a bad folder fails fast
         calib, _ = load_images(find_images(calib_dir, "calibration", calib_images), manifest, "calibration")
+    images = (verify_images if verify_images is not None else calib_dir) if verify else None  # None: no verification
 
     try:
         with staging_dir(out.parent, STAGING_PREFIX) as stage:
-            fp32 = stage / "fp32.onnx"
-            export_onnx(net, manifest, fp32)
-            n_calib = 0
-            if calib is not None:
-                n_calib = to_int8(fp32, stage / "int8.onnx", calib, manifest, calib_method, progress=progress)
-                proto = onnx.load(str(stage / "int8.onnx"))
-            else:
-                proto = onnx.load(str(fp32))
-                if precision == "fp16":
-                    proto = to_fp16(proto)
-            calibration = {"calibration": {"method": calib_method, "images": n_calib}} if calib is not None else {}
-            manifest = replace(manifest, model_file=onnx_out.name, extra=calibration)
-            embed_manifest(proto, manifest)
-            check(proto)
-            problems = tensorrt_violations(proto)
-            if problems:  # a graph TensorRT's parser would reject is a bug here, never the user's
-                raise ModelError(f"the exported graph breaks TensorRT's ONNX rules: {'; '.join(problems[:3])}")
-            staged_onnx = stage / onnx_out.name
-            onnx.save(proto, str(staged_onnx))
-            manifest = replace(manifest, model_sha256=sha256_file(staged_onnx))
-            write_sidecar(manifest, staged_onnx)
-            check_finite_outputs(staged_onnx, manifest, calib)
-            staged = [(staged_onnx, onnx_out)]
-
-            images = verify_images if verify_images is not None else calib_dir
+            staged_onnx, manifest = _stage_onnx(
+                stage, net, manifest, onnx_out.name, precision, calib, calib_method, progress
+            )
             if verify and images is None:
                 say(
                     "note: verification skipped (no images): pass --verify-images DIR or --calib DIR, or run "
                     f"`lcr-sdk verify {onnx_out} --checkpoint {checkpoint} --images DIR`"
                 )
-            if verify and images is not None:
-                report = verify_model(
-                    staged_onnx, checkpoint, images, verify_sample, manifest=manifest, progress=progress
-                )
-                _verify(report, say, format_report)
-
+            if images is not None:
+                _verify(staged_onnx, manifest, checkpoint, images, verify_sample, say, progress)
+            staged = [(staged_onnx, onnx_out)]
             if trt:
-                from lcr_sdk.export.trt import build_engine
-
-                staged_engine = stage / out.name
-                engine_manifest = build_engine(
-                    staged_onnx, staged_engine, manifest, workspace_gib, timing_cache, progress
+                staged_engine, engine_manifest = _stage_engine(
+                    stage / out.name, staged_onnx, manifest, workspace_gib, timing_cache, progress
                 )
-                write_sidecar(engine_manifest, staged_engine)
-                if verify and images is not None:
-                    report = verify_model(
-                        staged_engine, checkpoint, images, verify_sample, manifest=engine_manifest, progress=progress
-                    )
-                    _verify(report, say, format_report)
+                if images is not None:
+                    _verify(staged_engine, engine_manifest, checkpoint, images, verify_sample, say, progress)
                 staged.append((staged_engine, out))
-
             for src, dest in staged:
                 install_model(src, dest)
     except OSError as e:
@@ -241,6 +200,73 @@ def export_model(
         raise InputError(_no_space(out, e)) from e
     say(f"wrote {out} and {sidecar_path(out).name}" + (f" (and {onnx_out.name})" if trt else ""))
     return out
+
+
+def _check_out_path(
+    checkpoint: str | os.PathLike, out_path: str | os.PathLike | None, precision: str, trt: bool
+) -> Path:
+    """The output path (given, or the default beside the checkpoint), refused if its suffix or kind is wrong."""
+    out = Path(out_path) if out_path is not None else default_out_path(checkpoint, precision, trt)
+    valid = ENGINE_SUFFIXES if trt else (".onnx",)
+    if out.suffix.lower() not in valid:
+        hint = " (--trt writes an engine; its ONNX goes beside it)" if trt else ""
+        raise InputError(f"output {out} must end in {' or '.join(valid)}{hint}")
+    if out.is_dir():
+        raise InputError(f"output {out} is a folder; give a file name inside it, e.g. {out / ('model' + valid[0])}")
+    return out
+
+
+def _stage_onnx(
+    stage: Path, net, manifest: Manifest, name: str, precision: str, calib, calib_method: str, progress: bool
+) -> tuple[Path, Manifest]:
+    """Write the ONNX of ``precision`` as ``stage / name`` with its sidecar, checked against TensorRT's parser rules
+    and run once (no NaN); returns it and its manifest."""
+    import onnx
+
+    from lcr_sdk.export.graph import check, embed_manifest, export_onnx
+    from lcr_sdk.export.precision import to_fp16, to_int8
+    from lcr_sdk.export.trt_rules import tensorrt_violations
+
+    fp32 = stage / "fp32.onnx"
+    export_onnx(net, manifest, fp32)
+    n_calib = 0
+    if calib is not None:
+        n_calib = to_int8(fp32, stage / "int8.onnx", calib, manifest, calib_method, progress=progress)
+        proto = onnx.load(str(stage / "int8.onnx"))
+    else:
+        proto = onnx.load(str(fp32))
+        if precision == "fp16":
+            proto = to_fp16(proto)
+    calibration = {"calibration": {"method": calib_method, "images": n_calib}} if calib is not None else {}
+    manifest = replace(manifest, model_file=name, extra=calibration)
+    embed_manifest(proto, manifest)
+    check(proto)
+    problems = tensorrt_violations(proto)
+    if problems:  # a graph TensorRT's parser would reject is a bug here, never the user's
+        raise ModelError(f"the exported graph breaks TensorRT's ONNX rules: {'; '.join(problems[:3])}")
+    staged_onnx = stage / name
+    onnx.save(proto, str(staged_onnx))
+    manifest = replace(manifest, model_sha256=sha256_file(staged_onnx))
+    write_sidecar(manifest, staged_onnx)
+    check_finite_outputs(staged_onnx, manifest, calib)
+    return staged_onnx, manifest
+
+
+def _stage_engine(
+    staged_engine: Path,
+    staged_onnx: Path,
+    manifest: Manifest,
+    workspace_gib: float,
+    timing_cache: str | os.PathLike | None,
+    progress: bool,
+) -> tuple[Path, Manifest]:
+    """Build the TensorRT engine of the staged ONNX as ``staged_engine`` with its sidecar; returns it and its
+    manifest."""
+    from lcr_sdk.export.trt import build_engine
+
+    engine_manifest = build_engine(staged_onnx, staged_engine, manifest, workspace_gib, timing_cache, progress)
+    write_sidecar(engine_manifest, staged_engine)
+    return staged_engine, engine_manifest
 
 
 def _no_space(out: Path, e: OSError) -> str:
@@ -288,7 +314,19 @@ def check_finite_outputs(model: Path, manifest, images=None) -> None:
         )
 
 
-def _verify(report: dict, say: Callable[[str], None], format_report) -> None:
+def _verify(
+    model: Path,
+    manifest: Manifest,
+    checkpoint: str | os.PathLike,
+    images: str | os.PathLike,
+    sample: int,
+    say: Callable[[str], None],
+    progress: bool,
+) -> None:
+    """Compare the staged model with the PyTorch model on a sample of ``images`` and report it; ModelError on a miss."""
+    from lcr_sdk.export.verify import format_report, verify_model
+
+    report = verify_model(model, checkpoint, images, sample, manifest=manifest, progress=progress)
     say(format_report(report))
     if not report["passed"]:
         raise ModelError(

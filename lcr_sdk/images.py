@@ -7,6 +7,7 @@ image to a uint8 BGR H x W x 3 array of the model's size, by the resize rule the
 from __future__ import annotations
 
 import os
+import stat
 import struct
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -56,7 +57,7 @@ def image_size(data: bytes | np.ndarray) -> tuple[str, int, int] | None:
     b = data.tobytes() if isinstance(data, np.ndarray) else bytes(data)
     try:
         return _header_size(b)
-    except (IndexError, ValueError, struct.error):  # a header cut short
+    except (IndexError, KeyError, ValueError, struct.error):  # a header cut short (KeyError: a PAM without WIDTH)
         return None
 
 
@@ -67,26 +68,34 @@ def _header_size(b: bytes) -> tuple[str, int, int] | None:
     if b[:2] == b"\xff\xd8":
         return _jpeg_size(b)
     if b[:2] == b"BM":
-        if struct.unpack("<I", b[14:18])[0] == 12:  # OS/2 core header: 16-bit sides
-            w, h = struct.unpack("<HH", b[18:22])
-        else:
-            w, h = struct.unpack("<ii", b[18:26])
-        return "BMP", abs(w), abs(h)  # a negative height means top-down rows
+        return _bmp_size(b)
     if b[:4] == b"RIFF" and b[8:12] == b"WEBP":
-        kind = b[12:16]
-        if kind == b"VP8X":
-            return "WebP", 1 + int.from_bytes(b[24:27], "little"), 1 + int.from_bytes(b[27:30], "little")
-        if kind == b"VP8L":
-            bits = int.from_bytes(b[21:25], "little")
-            return "WebP", 1 + (bits & 0x3FFF), 1 + ((bits >> 14) & 0x3FFF)
-        if kind == b"VP8 ":
-            w, h = struct.unpack("<HH", b[26:30])
-            return "WebP", w & 0x3FFF, h & 0x3FFF
-        return None
+        return _webp_size(b)
     if b[:4] in (b"II*\x00", b"MM\x00*"):
         return _tiff_size(b)
     if len(b) > 2 and b[:1] == b"P" and b[1:2] in b"1234567" and b[2:3].isspace():
         return _pnm_size(b)
+    return None
+
+
+def _bmp_size(b: bytes) -> tuple[str, int, int]:
+    if struct.unpack("<I", b[14:18])[0] == 12:  # OS/2 core header: 16-bit sides
+        w, h = struct.unpack("<HH", b[18:22])
+    else:
+        w, h = struct.unpack("<ii", b[18:26])
+    return "BMP", abs(w), abs(h)  # a negative height means top-down rows
+
+
+def _webp_size(b: bytes) -> tuple[str, int, int] | None:
+    kind = b[12:16]
+    if kind == b"VP8X":
+        return "WebP", 1 + int.from_bytes(b[24:27], "little"), 1 + int.from_bytes(b[27:30], "little")
+    if kind == b"VP8L":
+        bits = int.from_bytes(b[21:25], "little")
+        return "WebP", 1 + (bits & 0x3FFF), 1 + ((bits >> 14) & 0x3FFF)
+    if kind == b"VP8 ":
+        w, h = struct.unpack("<HH", b[26:30])
+        return "WebP", w & 0x3FFF, h & 0x3FFF
     return None
 
 
@@ -158,23 +167,39 @@ def read_image(
         limit: most pixels to decode (after that reduction); None: :func:`max_pixels`.
 
     Raises:
-        InputError: the file is missing, a folder, larger than :data:`MAX_FILE_BYTES`, not a decodable image of a
-            format this reader knows, above the pixel limit, or smaller than 8 px on a side.
+        InputError: the file is missing, not a regular file (a folder, or a FIFO or device, which would block the
+            read), larger than :data:`MAX_FILE_BYTES`, not a decodable image of a format this reader knows, above
+            the pixel limit, or smaller than 8 px on a side.
     """
     p = Path(path)
     if not p.exists():
         raise InputError(
             f"image file {p} does not exist; pass the path of a readable image ({', '.join(IMAGE_SUFFIXES)})"
         )
-    if p.is_dir():
-        raise InputError(f"{p} is a folder, not an image file")
-    if p.is_file() and p.stat().st_size > MAX_FILE_BYTES:
+    st = p.stat()  # never blocks, where opening a FIFO waits for a writer
+    if not stat.S_ISREG(st.st_mode):
         raise InputError(
-            f"{p} is {p.stat().st_size / 2**30:.1f} GiB, larger than any image this reader accepts "
+            f"{p} is {_file_kind(st.st_mode)}, not an image file; give the path of an image file "
+            f"({', '.join(IMAGE_SUFFIXES)})"
+        )
+    if st.st_size > MAX_FILE_BYTES:
+        raise InputError(
+            f"{p} is {st.st_size / 2**30:.1f} GiB, larger than any image this reader accepts "
             f"({MAX_FILE_BYTES / 2**30:.0f} GiB); downscale it or pass a smaller copy"
         )
     data = np.fromfile(p, dtype=np.uint8)
     return decode_image(data, str(p), min_size, limit)
+
+
+def _file_kind(mode: int) -> str:
+    """What a path that is not a regular file is, for a message."""
+    if stat.S_ISDIR(mode):
+        return "a folder"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO (named pipe)"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    return "a socket" if stat.S_ISSOCK(mode) else "a special file"
 
 
 def decode_image(
@@ -264,6 +289,17 @@ def to_bgr(image: Any, color: str = "bgr", min_size: tuple[int, int] | None = No
         raise InputError("image is None (cv2.imread returns None for a missing or unreadable file); check the path")
     if isinstance(image, (str, os.PathLike)):
         return read_image(image, min_size)
+    array, color = _as_uint8_array(image, color)
+    out = _channels_to_bgr(array, color)
+    if min(out.shape[:2]) < MIN_SIDE:
+        raise InputError(
+            f"image of size {out.shape[1]}x{out.shape[0]} is too small; each side must be >= {MIN_SIDE} px"
+        )
+    return np.ascontiguousarray(out)
+
+
+def _as_uint8_array(image: Any, color: str) -> tuple[np.ndarray, str]:
+    """A PIL image or a numpy array as a non-empty uint8 array and its channel order; InputError for anything else."""
     if type(image).__module__.startswith("PIL."):
         image, color = np.asarray(image.convert("RGB")), "rgb"
     if not isinstance(image, np.ndarray):
@@ -278,24 +314,23 @@ def to_bgr(image: Any, color: str = "bgr", min_size: tuple[int, int] | None = No
             f"image dtype is {image.dtype}; uint8 (0..255) is required. For a float image in 0..1 use "
             "(img * 255).clip(0, 255).astype(np.uint8)"
         )
+    return image, color
+
+
+def _channels_to_bgr(image: np.ndarray, color: str) -> np.ndarray:
+    """A gray, 3- or 4-channel uint8 array in ``color`` order as BGR H x W x 3; InputError for another shape."""
     if image.ndim == 3 and image.shape[2] == 1:
         image = image[:, :, 0]
     if image.ndim == 2:
-        out = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
-    elif image.ndim == 3 and image.shape[2] == 3:
-        out = image if color == "bgr" else cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
-    elif image.ndim == 3 and image.shape[2] == 4:
-        out = cv2.cvtColor(image, cv2.COLOR_BGRA2BGR if color == "bgr" else cv2.COLOR_RGBA2BGR)
-    else:
-        raise InputError(
-            f"image shape {image.shape} is not an image; valid shapes are H x W (gray), H x W x 3 (BGR/RGB) "
-            "or H x W x 4 (BGRA/RGBA)"
-        )
-    if min(out.shape[:2]) < MIN_SIDE:
-        raise InputError(
-            f"image of size {out.shape[1]}x{out.shape[0]} is too small; each side must be >= {MIN_SIDE} px"
-        )
-    return np.ascontiguousarray(out)
+        return cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
+    if image.ndim == 3 and image.shape[2] == 3:
+        return image if color == "bgr" else cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
+    if image.ndim == 3 and image.shape[2] == 4:
+        return cv2.cvtColor(image, cv2.COLOR_BGRA2BGR if color == "bgr" else cv2.COLOR_RGBA2BGR)
+    raise InputError(
+        f"image shape {image.shape} is not an image; valid shapes are H x W (gray), H x W x 3 (BGR/RGB) "
+        "or H x W x 4 (BGRA/RGBA)"
+    )
 
 
 def _cover_scale(h: int, w: int, height: int, width: int) -> float:

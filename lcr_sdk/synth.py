@@ -161,6 +161,82 @@ def _rot(points: np.ndarray, angle: float, centre: np.ndarray, mirror: bool) -> 
     return out
 
 
+@dataclass(frozen=True)
+class _Pen:
+    """Draws in the object's frame (x right = towards the head) onto ``img``, at 1/16 px precision."""
+
+    img: np.ndarray
+    angle: float
+    centre: np.ndarray
+    mirror: bool
+
+    def at(self, *xy: Any) -> np.ndarray:
+        """Object-frame points ``(x, y), ...`` -> image coordinates, N x 2."""
+        return _rot(np.array(xy, np.float32).reshape(-1, 2), self.angle, self.centre, self.mirror)
+
+    def fill(self, pts: np.ndarray, col: tuple[int, int, int]) -> None:
+        cv2.fillPoly(self.img, [np.round(pts * 16).astype(np.int32)], col, cv2.LINE_AA, shift=4)
+
+    def circle(self, c: np.ndarray, radius: float, col: tuple[int, int, int], thickness: int = -1) -> None:
+        """A circle around image point ``c`` (filled unless ``thickness`` is given)."""
+        cv2.circle(self.img, (round(c[0] * 16), round(c[1] * 16)), round(radius * 16), col, thickness, cv2.LINE_AA, 4)
+
+
+_INK, _PAPER = (15, 15, 15), (245, 245, 245)
+
+
+def _draw_tail(pen: _Pen, tail: str, L: float, H: float) -> None:
+    """The tail (a class part), behind the body."""
+    tx = -L * 0.85
+    if tail == "fan":
+        pen.fill(pen.at((tx, 0), (tx - L * 0.6, H * 0.9), (tx - L * 0.6, -H * 0.9)), _INK)
+    elif tail == "fork":
+        pen.fill(pen.at((tx, 0), (tx - L * 0.65, H * 1.0), (tx - L * 0.35, 0), (tx - L * 0.65, -H * 1.0)), _INK)
+    else:  # pin: one long thin tail
+        pen.fill(pen.at((tx, H * 0.18), (tx - L * 0.8, 0), (tx, -H * 0.18)), _INK)
+
+
+def _draw_wing(pen: _Pen, wing: str, L: float, H: float) -> None:
+    """The wing (a class part): dark marks on a light wing patch."""
+    pen.fill(pen.at((-L * 0.45, -H * 0.05), (L * 0.35, -H * 0.05), (L * 0.1, -H * 0.75), (-L * 0.5, -H * 0.7)), _PAPER)
+    if wing in ("single-bar", "double-bar"):
+        xs = (-0.12,) if wing == "single-bar" else (-0.34, 0.06)
+        for x in xs:
+            pen.fill(
+                pen.at(
+                    (L * x, -H * 0.08),
+                    (L * (x + 0.2), -H * 0.08),
+                    (L * (x + 0.15), -H * 0.72),
+                    (L * (x - 0.05), -H * 0.72),
+                ),
+                _INK,
+            )
+    else:  # spots
+        for x, y in ((-0.3, -0.35), (-0.05, -0.45), (0.15, -0.3)):
+            pen.circle(pen.at((L * x, H * y))[0], H * 0.2 * SPOT_SCALE, _INK)
+
+
+def _draw_crest(pen: _Pen, crest: str, hx: float, hy: float, cr: float) -> None:
+    """The crest (a class part) on top of the head at ``(hx, hy)``, in units of ``cr``."""
+    if crest == "spike":
+        pen.fill(pen.at((hx - cr * 0.35, hy), (hx, hy - cr * 1.3), (hx + cr * 0.35, hy)), _INK)
+    elif crest == "double-spike":
+        pen.fill(pen.at((hx - cr * 0.6, hy), (hx - cr * 0.35, hy - cr * 1.2), (hx - cr * 0.1, hy)), _INK)
+        pen.fill(pen.at((hx + cr * 0.1, hy), (hx + cr * 0.35, hy - cr * 1.2), (hx + cr * 0.6, hy)), _INK)
+    elif crest == "knob":
+        pen.circle(pen.at((hx, hy - cr * 0.35))[0], cr * 0.45, _INK)
+    else:  # flat: a bar along the top of the head
+        pen.fill(
+            pen.at(
+                (hx - cr * 0.7, hy + cr * 0.1),
+                (hx + cr * 0.7, hy + cr * 0.1),
+                (hx + cr * 0.6, hy - cr * 0.3),
+                (hx - cr * 0.6, hy - cr * 0.3),
+            ),
+            _INK,
+        )
+
+
 def _draw_object(
     img: np.ndarray, rng: np.random.Generator, parts: tuple[str, str, str], difficulty: float
 ) -> list[int]:
@@ -174,77 +250,29 @@ def _draw_object(
     centre = rng.uniform(margin, s - margin, size=2).astype(np.float32)
     body_col = _random_colour(rng, 90, 256)
     L, H = scale / 2, scale / 4.2  # body half-length and half-height (object frame)
-    ink, paper = (15, 15, 15), (245, 245, 245)
     thick = max(1, round(s / 64))
+    pen = _Pen(img, angle, centre, mirror)
 
-    def P(*xy: Any) -> np.ndarray:
-        return _rot(np.array(xy, np.float32).reshape(-1, 2), angle, centre, mirror)
-
-    def poly(pts: np.ndarray, col: tuple[int, int, int]) -> None:
-        cv2.fillPoly(img, [np.round(pts * 16).astype(np.int32)], col, cv2.LINE_AA, shift=4)
-
-    # tail (class part), behind the body
-    tx = -L * 0.85
-    if tail == "fan":
-        poly(P((tx, 0), (tx - L * 0.6, H * 0.9), (tx - L * 0.6, -H * 0.9)), ink)
-    elif tail == "fork":
-        poly(P((tx, 0), (tx - L * 0.65, H * 1.0), (tx - L * 0.35, 0), (tx - L * 0.65, -H * 1.0)), ink)
-    else:  # pin: one long thin tail
-        poly(P((tx, H * 0.18), (tx - L * 0.8, 0), (tx, -H * 0.18)), ink)
+    _draw_tail(pen, tail, L, H)
     # body: ellipse polygon in the body colour with a dark outline
     t = np.linspace(0, 2 * math.pi, 40, endpoint=False)
-    body = P(*np.stack([L * np.cos(t), H * np.sin(t)], 1).ravel())
-    poly(body, body_col)
-    cv2.polylines(img, [np.round(body * 16).astype(np.int32)], True, ink, thick, cv2.LINE_AA, shift=4)
-    # wing (class part): dark marks on a light wing patch
-    poly(P((-L * 0.45, -H * 0.05), (L * 0.35, -H * 0.05), (L * 0.1, -H * 0.75), (-L * 0.5, -H * 0.7)), paper)
-    if wing in ("single-bar", "double-bar"):
-        xs = (-0.12,) if wing == "single-bar" else (-0.34, 0.06)
-        for x in xs:
-            poly(
-                P(
-                    (L * x, -H * 0.08),
-                    (L * (x + 0.2), -H * 0.08),
-                    (L * (x + 0.15), -H * 0.72),
-                    (L * (x - 0.05), -H * 0.72),
-                ),
-                ink,
-            )
-    else:  # spots
-        for x, y in ((-0.3, -0.35), (-0.05, -0.45), (0.15, -0.3)):
-            c = P((L * x, H * y))[0]
-            cv2.circle(
-                img, (round(c[0] * 16), round(c[1] * 16)), round(H * 0.2 * SPOT_SCALE * 16), ink, -1, cv2.LINE_AA, 4
-            )
-    # head with an eye, then the crest (class part) on top of the head
-    hc = P((L * 1.0, -H * 0.35))[0]
+    body = pen.at(*np.stack([L * np.cos(t), H * np.sin(t)], 1).ravel())
+    pen.fill(body, body_col)
+    cv2.polylines(img, [np.round(body * 16).astype(np.int32)], True, _INK, thick, cv2.LINE_AA, shift=4)
+    _draw_wing(pen, wing, L, H)
+    # head with an eye, then the crest on top of the head
+    hc = pen.at((L * 1.0, -H * 0.35))[0]
     hr = H * 0.62
-    cv2.circle(img, (round(hc[0] * 16), round(hc[1] * 16)), round(hr * 16), body_col, -1, cv2.LINE_AA, 4)
-    cv2.circle(img, (round(hc[0] * 16), round(hc[1] * 16)), round(hr * 16), ink, thick, cv2.LINE_AA, 4)
-    eye = P((L * 1.12, -H * 0.45))[0]
-    cv2.circle(img, (round(eye[0] * 16), round(eye[1] * 16)), round(hr * 0.22 * 16), ink, -1, cv2.LINE_AA, 4)
+    pen.circle(hc, hr, body_col)
+    pen.circle(hc, hr, _INK, thick)
+    pen.circle(pen.at((L * 1.12, -H * 0.45))[0], hr * 0.22, _INK)
     hx, hy = L * 1.0, -H * 0.35 - hr * 0.85  # top of the head, object frame
     cr = hr * CREST_SCALE  # the crest's unit
-    if crest == "spike":
-        poly(P((hx - cr * 0.35, hy), (hx, hy - cr * 1.3), (hx + cr * 0.35, hy)), ink)
-    elif crest == "double-spike":
-        poly(P((hx - cr * 0.6, hy), (hx - cr * 0.35, hy - cr * 1.2), (hx - cr * 0.1, hy)), ink)
-        poly(P((hx + cr * 0.1, hy), (hx + cr * 0.35, hy - cr * 1.2), (hx + cr * 0.6, hy)), ink)
-    elif crest == "knob":
-        c = P((hx, hy - cr * 0.35))[0]
-        cv2.circle(img, (round(c[0] * 16), round(c[1] * 16)), round(cr * 0.45 * 16), ink, -1, cv2.LINE_AA, 4)
-    else:  # flat: a bar along the top of the head
-        poly(
-            P(
-                (hx - cr * 0.7, hy + cr * 0.1),
-                (hx + cr * 0.7, hy + cr * 0.1),
-                (hx + cr * 0.6, hy - cr * 0.3),
-                (hx - cr * 0.6, hy - cr * 0.3),
-            ),
-            ink,
-        )
-    head = P(*[(L + dx * hr, -H * 0.35 + dy * hr) for dx in (-1, 1) for dy in (-1, 1)])  # head circle's corners
-    pts = np.concatenate([body, head, P((L * 1.0, hy - cr * 1.3)), P((-L * 1.6, H * 1.0)), P((-L * 1.6, -H * 1.0))])
+    _draw_crest(pen, crest, hx, hy, cr)
+    head = pen.at(*[(L + dx * hr, -H * 0.35 + dy * hr) for dx in (-1, 1) for dy in (-1, 1)])  # head circle's corners
+    pts = np.concatenate(
+        [body, head, pen.at((L * 1.0, hy - cr * 1.3)), pen.at((-L * 1.6, H * 1.0)), pen.at((-L * 1.6, -H * 1.0))]
+    )
     x0, y0 = pts.min(0).clip(0, s)
     x1, y1 = pts.max(0).clip(0, s)
     return [round(float(x0)), round(float(y0)), round(float(x1)), round(float(y1))]

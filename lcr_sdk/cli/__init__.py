@@ -12,6 +12,8 @@ Exit codes, the same for every command (scripts may rely on them):
          disk): one line on stderr, ``Error: <what was given>; <what is valid / how to fix it>``
     2    usage error: an unknown command or option, a missing argument (typer/click's own message)
     130  interrupted by Ctrl+C or SIGTERM; whatever was being written is left as it was before the command
+    141  the reader of stdout went away (``lcr-sdk ... | head``): nothing more is printed, as a standard tool killed
+         by SIGPIPE (128 + 13)
 
 ``--debug`` (or ``LCR_SDK_DEBUG`` set to 1, true or yes; any other value is off) shows the full traceback instead
 of the one line.
@@ -20,9 +22,11 @@ of the one line.
 from __future__ import annotations
 
 import errno
+import io
 import os
 import shutil
 import signal
+import sys
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -32,9 +36,9 @@ from typer.core import TyperGroup
 
 from lcr_sdk._version import __version__
 from lcr_sdk.errors import PLATFORM_PACKAGES, LcrError
-from lcr_sdk.fileio import mib
+from lcr_sdk.fileio import is_disk_full, mib
 
-EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED, EXIT_BROKEN_PIPE = 0, 1, 2, 130, 141
 
 
 def _debug_env() -> bool:
@@ -49,7 +53,7 @@ def os_error_line(e: OSError) -> str:
     """One line for an operating-system error: what failed, on which path, and (disk full) how much space is left."""
     name = e.filename or ""
     what = f"{e.strerror or e} ({name})" if name else str(e.strerror or e)
-    if e.errno in (errno.ENOSPC, errno.EDQUOT) and name:
+    if is_disk_full(e) and name:
         folder = Path(name).parent if not Path(name).is_dir() else Path(name)
         while not folder.exists() and folder != folder.parent:  # a file of a folder still to be made: its disk
             folder = folder.parent
@@ -66,9 +70,19 @@ def os_error_line(e: OSError) -> str:
 class _Group(TyperGroup):
     """Turns errors into one line on stderr and the documented exit code; ``--debug`` re-raises."""
 
+    def make_context(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().make_context(*args, **kwargs)
+        except BrokenPipeError:  # `lcr-sdk --help | head`: the root's help and --version print here
+            _stdout_closed()
+
     def invoke(self, ctx: Any) -> Any:
         try:
-            return super().invoke(ctx)
+            result = super().invoke(ctx)
+            sys.stdout.flush()  # output the reader never took fails here, not at interpreter exit
+            return result
+        except BrokenPipeError:
+            _stdout_closed()
         except LcrError as e:
             _fail(e, f"Error: {e}", EXIT_ERROR)
         except KeyboardInterrupt as e:
@@ -107,6 +121,16 @@ def missing_package_line(e: ImportError) -> str | None:
     if name in INSTALL:
         return f"this command needs {name!r}, which is not installed ({first}); {INSTALL[name]}"
     return None
+
+
+def _stdout_closed() -> None:
+    """End the command quietly when the reader of stdout has gone: no error line, exit code 141."""
+    try:  # the interpreter flushes stdout again at exit: point it at /dev/null so that flush cannot fail
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, io.UnsupportedOperation):  # no file descriptor (a test runner's buffer)
+        pass
+    raise typer.Exit(EXIT_BROKEN_PIPE) from None
 
 
 def _fail(e: BaseException, line: str, code: int) -> None:

@@ -21,15 +21,17 @@ from lcr_sdk.errors import InputError, require
 
 @contextlib.contextmanager
 def _warnings_as_lines() -> Iterator[None]:
-    """Show library warnings as one yellow line each (not Python's file:line form)."""
+    """Show library warnings as one yellow line each (not Python's file:line form), once the work has succeeded.
+
+    When the work fails, its warnings are dropped: the one ``Error:`` line stands alone on stderr, as for every
+    command (a skipped unreadable image is not what to fix when the export itself failed).
+    """
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", UserWarning)
-        try:
-            yield
-        finally:
-            for w in caught:
-                if issubclass(w.category, UserWarning):
-                    typer.secho(f"warning: {w.message}", err=True, fg=typer.colors.YELLOW)
+        yield  # an exception leaves here, before any warning is shown
+    for w in caught:
+        if issubclass(w.category, UserWarning):
+            typer.secho(f"warning: {w.message}", err=True, fg=typer.colors.YELLOW)
 
 
 def _parse_batch(text: str) -> tuple[int, int, int]:

@@ -396,50 +396,88 @@ def open_source(
         if live:
             return LiveSource(opener, uri, size, backoff, max_retries)
         return FileSource(opener, uri, size, fps, loop)
-    linux_v4l2 = cv2.CAP_V4L2 if sys.platform.startswith("linux") else cv2.CAP_ANY
     if uri.isdigit() or uri.startswith(("/dev/video", "v4l2://")):
-        target: int | str = int(uri) if uri.isdigit() else uri.removeprefix("v4l2://")
-        hint = (
-            "check that the camera is plugged in and not used by another program (`ls /dev/video*`, "
-            "`v4l2-ctl --list-devices`), and that you may read it (the `video` group)"
-        )
-        return LiveSource(
-            _capture_opener(target, linux_v4l2, f"camera {uri}", hint, width, height, fps),
-            uri,
-            size,
-            backoff,
-            max_retries,
-        )
+        return _open_camera(uri, width, height, fps, backoff, max_retries)
     if uri.startswith("csi://"):
-        if not has_gstreamer():
-            raise InputError(
-                f"{uri} needs OpenCV built with GStreamer, and this OpenCV {cv2.__version__} has none "
-                "(cv2.getBuildInformation() says 'GStreamer: NO'; the pip wheel opencv-python never has it). On a "
-                "Jetson use JetPack's OpenCV: `pip uninstall -y opencv-python opencv-python-headless` in a venv made "
-                "with `python3 -m venv --system-site-packages`, so that `import cv2` finds the system OpenCV "
-                "(`sudo apt install python3-opencv` or `nvidia-opencv`). Or use a USB camera (0 or /dev/video0)."
-            )
-        pipe = csi_pipeline(int(uri.removeprefix("csi://") or 0), width or 1280, height or 720, fps or 30)
-        hint = (
-            "check the ribbon cable and `nvgstcapture-1.0`; if another process holds the camera, "
-            "`sudo systemctl restart nvargus-daemon`"
-        )
-        csi = _capture_opener(pipe, cv2.CAP_GSTREAMER, f"CSI camera {uri}", hint)
-        return LiveSource(csi, uri, size, backoff, max_retries)
+        return _open_csi(uri, width, height, fps, backoff, max_retries)
     if uri.startswith(STREAM_SCHEMES):
-        hint = (
-            "check the URL, credentials (rtsp://user:pass@host/path) and that the stream plays in "
-            "`ffplay URL`; for RTSP over TCP set OPENCV_FFMPEG_CAPTURE_OPTIONS='rtsp_transport;tcp'"
+        return _open_stream(uri, size, fps, loop, backoff, max_retries)
+    return _open_local(uri, size, fps, loop)
+
+
+def _open_camera(
+    uri: str,
+    width: int | None,
+    height: int | None,
+    fps: float | None,
+    backoff: tuple[float, float],
+    max_retries: int | None,
+) -> Source:
+    """A V4L2 camera: an index, ``/dev/videoN`` or ``v4l2://DEVICE``."""
+    linux_v4l2 = cv2.CAP_V4L2 if sys.platform.startswith("linux") else cv2.CAP_ANY
+    target: int | str = int(uri) if uri.isdigit() else uri.removeprefix("v4l2://")
+    hint = (
+        "check that the camera is plugged in and not used by another program (`ls /dev/video*`, "
+        "`v4l2-ctl --list-devices`), and that you may read it (the `video` group)"
+    )
+    size = (width, height) if width and height else None
+    camera = _capture_opener(target, linux_v4l2, f"camera {uri}", hint, width, height, fps)
+    return LiveSource(camera, uri, size, backoff, max_retries)
+
+
+def _open_csi(
+    uri: str,
+    width: int | None,
+    height: int | None,
+    fps: float | None,
+    backoff: tuple[float, float],
+    max_retries: int | None,
+) -> Source:
+    """A Jetson CSI camera, ``csi://N``, through GStreamer."""
+    if not has_gstreamer():
+        raise InputError(
+            f"{uri} needs OpenCV built with GStreamer, and this OpenCV {cv2.__version__} has none "
+            "(cv2.getBuildInformation() says 'GStreamer: NO'; the pip wheel opencv-python never has it). On a "
+            "Jetson use JetPack's OpenCV: `pip uninstall -y opencv-python opencv-python-headless` in a venv made "
+            "with `python3 -m venv --system-site-packages`, so that `import cv2` finds the system OpenCV "
+            "(`sudo apt install python3-opencv` or `nvidia-opencv`). Or use a USB camera (0 or /dev/video0)."
         )
-        opener = _capture_opener(uri, cv2.CAP_FFMPEG, f"stream {redact(uri)}", hint)
-        if uri.startswith(("http://", "https://")):
-            first = opener()  # fails here, with the hint, if the URL does not open
-            if first.cap.get(cv2.CAP_PROP_FRAME_COUNT) > 0:  # a video file served over HTTP: play it once
-                _check_frame_size(first.cap, redact(uri))
-                readers: list[Reader] = [first]
-                return FileSource(lambda: readers.pop() if readers else opener(), uri, size, fps, loop)
-            first.close()  # a live HTTP stream (MJPEG and the like): reconnect when it drops
-        return LiveSource(opener, uri, size, backoff, max_retries)
+    pipe = csi_pipeline(int(uri.removeprefix("csi://") or 0), width or 1280, height or 720, fps or 30)
+    hint = (
+        "check the ribbon cable and `nvgstcapture-1.0`; if another process holds the camera, "
+        "`sudo systemctl restart nvargus-daemon`"
+    )
+    size = (width, height) if width and height else None
+    csi = _capture_opener(pipe, cv2.CAP_GSTREAMER, f"CSI camera {uri}", hint)
+    return LiveSource(csi, uri, size, backoff, max_retries)
+
+
+def _open_stream(
+    uri: str,
+    size: tuple[int, int] | None,
+    fps: float | None,
+    loop: bool,
+    backoff: tuple[float, float],
+    max_retries: int | None,
+) -> Source:
+    """A network stream (:data:`STREAM_SCHEMES`); a video file served over HTTP plays as a file."""
+    hint = (
+        "check the URL, credentials (rtsp://user:pass@host/path) and that the stream plays in "
+        "`ffplay URL`; for RTSP over TCP set OPENCV_FFMPEG_CAPTURE_OPTIONS='rtsp_transport;tcp'"
+    )
+    opener = _capture_opener(uri, cv2.CAP_FFMPEG, f"stream {redact(uri)}", hint)
+    if uri.startswith(("http://", "https://")):
+        first = opener()  # fails here, with the hint, if the URL does not open
+        if first.cap.get(cv2.CAP_PROP_FRAME_COUNT) > 0:  # a video file served over HTTP: play it once
+            _check_frame_size(first.cap, redact(uri))
+            readers: list[Reader] = [first]
+            return FileSource(lambda: readers.pop() if readers else opener(), uri, size, fps, loop)
+        first.close()  # a live HTTP stream (MJPEG and the like): reconnect when it drops
+    return LiveSource(opener, uri, size, backoff, max_retries)
+
+
+def _open_local(uri: str, size: tuple[int, int] | None, fps: float | None, loop: bool) -> Source:
+    """A glob of images, a folder of images, an image file or a video file."""
     path = Path(uri)
     if any(c in uri for c in "*?[") and not path.exists():
         paths = sorted(Path(p) for p in glob.glob(uri) if Path(p).suffix.lower() in IMAGE_SUFFIXES)
@@ -460,19 +498,19 @@ def open_source(
     if path.suffix.lower() in IMAGE_SUFFIXES:
         read_image(path)  # fail now, with the image reader's message, if it is not an image
         return FileSource(lambda: ImageListReader([path]), uri, size, fps, loop)
+    return FileSource(lambda: _open_video_file(path), uri, size, fps, loop)
 
-    def open_file() -> CaptureReader:
-        cap = cv2.VideoCapture(str(path), cv2.CAP_ANY)
-        if not cap.isOpened():
-            cap.release()
-            raise InputError(
-                f"{path} ({path.stat().st_size} bytes) could not be opened as a video; it may be "
-                f"truncated or in a format this OpenCV cannot decode. Valid sources: {SOURCE_FORMS}"
-            )
-        _check_frame_size(cap, str(path))
-        return CaptureReader(cap)
 
-    return FileSource(open_file, uri, size, fps, loop)
+def _open_video_file(path: Path) -> CaptureReader:
+    cap = cv2.VideoCapture(str(path), cv2.CAP_ANY)
+    if not cap.isOpened():
+        cap.release()
+        raise InputError(
+            f"{path} ({path.stat().st_size} bytes) could not be opened as a video; it may be "
+            f"truncated or in a format this OpenCV cannot decode. Valid sources: {SOURCE_FORMS}"
+        )
+    _check_frame_size(cap, str(path))
+    return CaptureReader(cap)
 
 
 def check_frame_options(width: int | None, height: int | None, fps: float | None) -> None:

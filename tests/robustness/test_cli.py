@@ -1,6 +1,7 @@
 """The CLI contract every command keeps: documented exit codes, one-line errors, never a traceback.
 
-Exit codes: 0 ok, 1 user error (one line "Error: ..."), 2 usage error, 130 interrupted (Ctrl+C or SIGTERM).
+Exit codes: 0 ok, 1 user error (one line "Error: ..."), 2 usage error, 130 interrupted (Ctrl+C or SIGTERM), 141
+the reader of stdout went away.
 Each case runs the real app (typer's CliRunner, or a real process where a signal is needed).
 """
 
@@ -171,6 +172,22 @@ def test_module_entry_point_matches_the_console_script(tmp_path):
         timeout=120,
     )
     assert r.returncode == 1 and r.stderr.startswith("Error: ") and "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["--help"], ["--version"], ["export", "--help"], ["data", "synth", "--help"], ["gallery", "build", "--help"]],
+    ids=["root help", "version", "command help", "group command help", "gallery command help"],
+)
+def test_reader_closing_stdout_ends_any_command_quietly(args):
+    """`lcr-sdk ... | head` where head has gone before the first line: no "Error: Broken pipe", no traceback, exit 141
+    (128 + SIGPIPE), whichever command printed and at whichever stage of the CLI."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "lcr_sdk.cli", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    proc.stdout.close()  # the reader leaves before the first line is written
+    err = proc.stderr.read()
+    assert proc.wait(timeout=120) == 141 and err == "", err
 
 
 @pytest.mark.torch

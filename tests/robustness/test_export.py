@@ -141,6 +141,26 @@ def test_bad_export_option_is_one_line_and_writes_nothing(case, lcr_checkpoint, 
     assert _files(out) == []
 
 
+def test_an_export_that_warns_then_fails_prints_its_error_line_alone(lcr_checkpoint, synth_root, tmp_path):
+    """An unreadable verification image is skipped with a warning; one readable image is then too few to verify:
+    exit 1 and the one Error line, with no warning ahead of it. When the export succeeds, the warning is shown."""
+    good = sorted((synth_root / "test").glob("*/*.png"))[:2]
+    images = tmp_path / "verify"
+    images.mkdir()
+    shutil.copy(good[0], images / "a.png")
+    (images / "broken.png").write_bytes(b"not an image")
+    out = tmp_path / "out"
+    out.mkdir()
+    r = _run("export", lcr_checkpoint, "--out", out / "m.onnx", "--verify-images", images)
+    _one_line_error(r, "verification needs at least 2 images")
+    assert _files(out) == []
+    shutil.copy(good[1], images / "b.png")
+    r = _run("export", lcr_checkpoint, "--out", out / "m.onnx", "--verify-images", images)
+    assert r.exit_code == 0, r.output
+    assert "warning: skipped 1 unreadable verification image(s)" in r.output and "Error" not in r.output, r.output
+    assert _files(out) == ["m.onnx", "m.onnx.json"]
+
+
 def test_engine_build_options_are_checked_before_tensorrt(model, tmp_path):
     """Building an engine from an ONNX checks --workspace before TensorRT is looked for (not installed here)."""
     r = _run("export", model, "--trt", "--workspace", "-1", "--out", tmp_path / "m.engine")

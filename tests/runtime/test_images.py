@@ -1,6 +1,12 @@
 """Host-side image helpers shared by the runtime and the training report."""
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
+import pytest
 
 from lcr_sdk.images import heatmap_overlay, resize_to
 
@@ -98,6 +104,41 @@ def test_header_size_is_read_in_every_format_without_decoding(tmp_path):
     ok, data = cv2.imencode(".webp", img, [cv2.IMWRITE_WEBP_QUALITY, 101])  # lossless: VP8L
     assert image_size(data) == ("WebP", 53, 37)
     assert image_size(b"not an image") is None and image_size(b"\x89PNG\r\n\x1a\n") is None
+
+
+def test_a_header_cut_short_is_not_an_image_in_any_format(tmp_path):
+    """A file that starts like an image but whose header is incomplete gets the reader's one error, never a crash."""
+    import cv2
+
+    from lcr_sdk.errors import InputError
+    from lcr_sdk.images import image_size, read_image
+
+    ok, pam = cv2.imencode(".pam", np.zeros((37, 53, 3), np.uint8))
+    assert ok and image_size(pam) == ("PAM", 53, 37)
+    for name, data in [("no-width.pam", b"P7\nHEIGHT 37\n"), ("no-height.pam", b"P7\nWIDTH 53\n")]:
+        assert image_size(data) is None, name
+        (tmp_path / name).write_bytes(data)
+        with pytest.raises(InputError, match="could not be decoded as an image"):
+            read_image(tmp_path / name)
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="named pipes are POSIX")
+def test_a_fifo_a_device_or_a_folder_is_refused_without_reading(tmp_path):
+    """A named pipe given as an image would block the read until something writes to it (a device may never end): the
+    reader refuses each at once in one line. It runs in a process of its own with a time limit, so a hang fails."""
+    fifo = tmp_path / "camera.png"
+    os.mkfifo(fifo)
+    code = (
+        "import sys\nfrom lcr_sdk.errors import InputError\nfrom lcr_sdk.images import read_image\n"
+        "for p in sys.argv[1:]:\n    try:\n        read_image(p)\n    except InputError as e:\n        print(e)\n"
+    )
+    paths = [fifo, Path(os.devnull), tmp_path]
+    r = subprocess.run([sys.executable, "-c", code, *map(str, paths)], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    lines = r.stdout.splitlines()
+    assert len(lines) == 3, r.stdout
+    for line, path, what in zip(lines, paths, ["a FIFO (named pipe)", "a device", "a folder"]):
+        assert line.startswith(f"{path} is {what}, not an image file; give the path of an image file (.jpg, "), line
 
 
 def test_an_image_over_the_pixel_limit_is_refused_before_decoding(tmp_path, monkeypatch):
