@@ -16,6 +16,7 @@ import errno
 import hashlib
 import os
 import shutil
+import signal
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -102,26 +103,45 @@ def atomic_path(path: str | os.PathLike[str], fsync: bool = True, suffix: str = 
     """
     path = Path(path)
     _check_parent(path)
+    made: list[Path] = []  # filled before a held stop is let through, so the cleanup below always knows the name
     try:
-        fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
-    except OSError as e:  # read-only media, no permission, full disk: name the file asked for, not the temp name
-        raise OSError(e.errno, e.strerror or str(e), str(path)) from e
-    os.close(fd)
-    tmp = Path(name)
-    try:
+        _new_temp(path, suffix, made)
+        tmp = made[0]
         os.chmod(tmp, file_mode())
         yield tmp
         if fsync:
             fsync_file(tmp)
         os.replace(tmp, path)
     except OSError as e:
-        tmp.unlink(missing_ok=True)
-        if e.filename == str(tmp) or e.filename is None:  # name the file the caller asked for, not our temp name
+        for tmp in made:
+            tmp.unlink(missing_ok=True)
+        # name the file the caller asked for, not our temp name
+        if e.filename in [str(t) for t in made] or e.filename is None:
             raise OSError(e.errno, e.strerror or str(e), str(path)) from e
         raise
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        for tmp in made:
+            tmp.unlink(missing_ok=True)
         raise
+
+
+def _new_temp(path: Path, suffix: str, made: list[Path]) -> None:
+    """Create an empty temporary file beside ``path`` and append its name to ``made``.
+
+    SIGINT and SIGTERM are held while the file is created and named, so that a stop (whose handler raises) cannot
+    land between the two and leave a file nobody knows the name of; a held signal is handled right after.
+    """
+    block = getattr(signal, "pthread_sigmask", None)
+    held = block(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM}) if block else None
+    try:
+        fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+        made.append(Path(name))
+        os.close(fd)
+    except OSError as e:  # read-only media, no permission, full disk: name the file asked for, not the temp name
+        raise OSError(e.errno, e.strerror or str(e), str(path)) from e
+    finally:
+        if block and held is not None:
+            block(signal.SIG_SETMASK, held)
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
