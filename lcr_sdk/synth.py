@@ -43,10 +43,8 @@ log = logging.getLogger(__name__)
 CRESTS = ("spike", "knob", "double-spike", "flat")
 WINGS = ("single-bar", "double-bar", "spots")
 TAILS = ("fan", "fork", "pin")
-# Size of the smallest class parts (crest, wing spots) against the body. At 1.0 a crest was 4-12 px at 112 px and
-# supervised pretraining on the benchmark's source set (16 classes, 6 epochs) reached 10-14% training accuracy
-# (chance 6%); for one seed its backbone stayed near random init on the target (validation mAP 15.9, random 14.6);
-# with these sizes the same run gave 26.6 (docs/BENCHMARKS.md, "Training").
+# Size of the smallest class parts (crest, wing spots) against the body: large enough that a supervised ResNet-18
+# learns them at 112 px within the built-in benchmark's pretraining budget (docs/BENCHMARKS.md, "Training").
 CREST_SCALE = 1.5
 SPOT_SCALE = 1.4
 # Bounds of the size options, so that any run fits the memory budget docs/RELIABILITY.md states (512 MB): a run at
