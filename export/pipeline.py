@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -25,6 +25,7 @@ from lcr_sdk.manifest import (
     Manifest,
     install_model,
     manifest_for_checkpoint,
+    profiles_problem,
     sidecar_path,
     write_sidecar,
 )
@@ -45,7 +46,7 @@ def check_export_options(
     calib_images: int = 500,
     verify_sample: int = 64,
     workspace_gib: float = 4.0,
-    batch: tuple[int, int, int] = DEFAULT_BATCH,
+    batch: tuple[int, int, int] | Sequence[tuple[int, int, int]] = DEFAULT_BATCH,
 ) -> None:
     """Check export options before any work (the one place they are checked; the CLI passes the error through).
 
@@ -71,8 +72,37 @@ def check_export_options(
         )
     if calib_images < 1:
         raise InputError(f"calib_images {calib_images} (--calib-images) is not valid; use a few hundred")
-    if len(batch) != 3 or not 1 <= batch[0] <= batch[1] <= batch[2]:
-        raise InputError(f"batch {tuple(batch)} (--batch) is not MIN,OPT,MAX with 1 <= MIN <= OPT <= MAX, e.g. 1,8,32")
+    profiles = batch_profiles(batch)
+    for p in profiles:
+        if len(p) != 3 or not 1 <= p[0] <= p[1] <= p[2]:
+            raise InputError(f"batch {tuple(p)} (--batch) is not MIN,OPT,MAX with 1 <= MIN <= OPT <= MAX, e.g. 1,8,32")
+    gap = profiles_problem([list(p) for p in profiles])
+    if gap:
+        raise InputError(
+            f"batch profiles {', '.join(','.join(map(str, p)) for p in profiles)} (--batch, given more than once) "
+            f"{gap}; add a profile for them, e.g. --batch 1,1,1 --batch 2,8,32"
+        )
+
+
+def batch_profiles(batch: tuple[int, int, int] | Sequence[tuple[int, int, int]]) -> list[tuple[int, ...]]:
+    """``batch`` as a list of (min, opt, max) profiles: one triple, or a sequence of them."""
+    if len(batch) and all(isinstance(v, int) for v in batch):
+        return [tuple(batch)]  # type: ignore[arg-type]
+    return [tuple(p) for p in batch]  # type: ignore[union-attr]
+
+
+def manifest_profiles(manifest: Manifest, profiles: list[tuple[int, ...]]) -> Manifest:
+    """``manifest`` declaring ``profiles``: batch_min/batch_max span them, batch_opt is the first one's."""
+    if len(profiles) == 1:
+        lo, opt, hi = profiles[0]
+        return replace(manifest, batch_min=lo, batch_opt=opt, batch_max=hi, profiles=None)
+    return replace(
+        manifest,
+        batch_min=min(p[0] for p in profiles),
+        batch_opt=profiles[0][1],
+        batch_max=max(p[2] for p in profiles),
+        profiles=[list(p) for p in profiles],
+    )
 
 
 def check_export_sizes(manifest: Manifest, calib_images: int, verify_sample: int, calibrating: bool) -> None:
@@ -110,7 +140,7 @@ def export_model(
     precision: str = "fp32",
     calib_dir: str | os.PathLike | None = None,
     trt: bool = False,
-    batch: tuple[int, int, int] = DEFAULT_BATCH,
+    batch: tuple[int, int, int] | Sequence[tuple[int, int, int]] = DEFAULT_BATCH,
     image_size: int | tuple[int, int] | None = None,
     verify: bool = True,
     verify_images: str | os.PathLike | None = None,
@@ -131,7 +161,9 @@ def export_model(
         precision: ``fp32``, ``fp16`` or ``int8`` (needs ``calib_dir``).
         calib_dir: folder of real images for int8 calibration (searched recursively).
         trt: also build a TensorRT engine from the ONNX (on this machine: engines are specific to GPU and TensorRT).
-        batch: (min, opt, max) batch sizes the model is declared (and the engine optimised) for.
+        batch: (min, opt, max) batch sizes the model is declared (and the engine optimised) for; or a list of
+            them, one TensorRT optimisation profile each, together covering every batch from the smallest to the
+            largest (e.g. ``[(1, 1, 1), (2, 8, 32)]``: batch 1 tuned on its own).
         image_size: input size (int or (H, W)); default the checkpoint's training ``image_size``.
         verify: compare with the PyTorch model on a sample of real images and refuse to install on a miss.
         verify_images: images for verification; default ``calib_dir``. Without either, verification is skipped.
@@ -173,7 +205,9 @@ def export_model(
 
     net, ckpt = load_net(checkpoint)  # ModelError for a missing, corrupt, foreign or newer checkpoint
     check_finite_weights(ckpt["model"], checkpoint)
-    manifest = manifest_for_checkpoint(ckpt["config"], sha256_file(checkpoint), image_size, batch, precision)
+    profiles = batch_profiles(batch)
+    manifest = manifest_for_checkpoint(ckpt["config"], sha256_file(checkpoint), image_size, profiles[0], precision)
+    manifest = manifest_profiles(manifest, profiles)
     manifest = replace(manifest, opset=OPSET)
     check_export_sizes(manifest, calib_images, verify_sample, calibrating=precision == "int8")
     calib = None

@@ -105,6 +105,9 @@ class Manifest:
     batch_min: int = 1
     batch_opt: int = 8
     batch_max: int = 32
+    # Optimisation profiles [[min, opt, max], ...] when more than one (batch_min/batch_max then span them all and
+    # batch_opt is the first profile's); None: the one profile batch_min/opt/max (every older manifest).
+    profiles: list[list[int]] | None = None
     checkpoint_sha256: str = ""
     model_sha256: str = ""  # of the model file; empty inside ONNX metadata_props (a file cannot hold its own hash)
     model_file: str = ""
@@ -129,8 +132,17 @@ class Manifest:
             shapes["parts"] = ["N", self.num_parts, h, w]
         return shapes
 
+    @property
+    def batch_profiles(self) -> list[tuple[int, int, int]]:
+        """The optimisation profiles as (min, opt, max) batches: ``profiles``, or the one batch range."""
+        if self.profiles:
+            return [(p[0], p[1], p[2]) for p in self.profiles]
+        return [(self.batch_min, self.batch_opt, self.batch_max)]
+
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
+        if d["profiles"] is None:
+            del d["profiles"]  # a one-profile manifest reads as before, also by older lcr-sdk releases
         d["outputs"] = self.output_shapes  # written for readers; derived, so ignored on read
         return d
 
@@ -168,6 +180,13 @@ class Manifest:
             raise ModelError(f"{source}: resize rule {m.input.resize!r} is not one of {RESIZE_RULES}")
         if not 1 <= m.batch_min <= m.batch_opt <= m.batch_max:
             raise ModelError(f"{source}: batch range min/opt/max {m.batch_min}/{m.batch_opt}/{m.batch_max} is invalid")
+        if m.profiles is not None:
+            problem = profiles_problem(m.profiles)
+            span = (m.batch_min, m.batch_max) == (min(p[0] for p in m.profiles), max(p[2] for p in m.profiles))
+            if problem or not span:
+                raise ModelError(
+                    f"{source}: profiles {m.profiles} {problem or 'do not span batch_min..batch_max'}; re-export it"
+                )
         return m
 
     @classmethod
@@ -177,6 +196,27 @@ class Manifest:
         except json.JSONDecodeError as e:
             raise ModelError(f"{source} is not valid JSON ({e}); re-export the model to rewrite it") from e
         return cls.from_dict(d, source)
+
+
+def profiles_problem(profiles: Any) -> str:
+    """Why ``profiles`` is not a list of [min, opt, max] batches (1 <= min <= opt <= max) covering every batch from
+    the smallest min to the largest max; '' when it is."""
+    ok = isinstance(profiles, (list, tuple)) and len(profiles) >= 1
+    ok = ok and all(
+        isinstance(p, (list, tuple))
+        and len(p) == 3
+        and all(isinstance(v, int) and not isinstance(v, bool) for v in p)
+        and 1 <= p[0] <= p[1] <= p[2]
+        for p in profiles
+    )
+    if not ok:
+        return "are not [[min, opt, max], ...] with 1 <= min <= opt <= max"
+    reach = 0
+    for lo, _, hi in sorted(profiles):
+        if lo > reach + 1 and reach > 0:
+            return f"leave batches {reach + 1}..{lo - 1} without a profile"
+        reach = max(reach, hi)
+    return ""
 
 
 _INT_FIELDS = ("embedding_dim", "num_parts", "batch_min", "batch_opt", "batch_max")
