@@ -18,7 +18,7 @@ from pathlib import Path
 from lcr_sdk.backends.base import ENGINE_SUFFIXES
 from lcr_sdk.errors import InputError, ModelError, require
 from lcr_sdk.export.precision import CALIBRATION_METHODS
-from lcr_sdk.fileio import is_disk_full, mib, sha256_file, staging_dir
+from lcr_sdk.fileio import atomic_path, is_disk_full, mib, sha256_file, staging_dir
 from lcr_sdk.manifest import (
     DEFAULT_BATCH,
     PRECISIONS,
@@ -151,6 +151,8 @@ def export_model(
     timing_cache: str | os.PathLike | None = "default",
     progress: bool = True,
     log: Callable[[str], None] | None = _log.info,
+    resize: str | None = None,
+    deepstream: str | os.PathLike | None = None,
 ) -> Path:
     """Export the deployable part of a checkpoint and write the manifest beside it.
 
@@ -170,6 +172,9 @@ def export_model(
         verify_sample: at most this many images are verified.
         calib_method: ``minmax``, ``percentile`` or ``entropy``.
         calib_images: at most this many calibration images are used (spread over the folder).
+        resize: the manifest's resize rule (``short_side_center_crop``, the default; ``stretch``; ``letterbox``).
+        deepstream: also write DeepStream's variant into this folder (:func:`write_deepstream`); needs ``resize``
+            ``stretch`` or ``letterbox`` (what nvinfer can do) and fp32 or fp16.
         workspace_gib: TensorRT workspace limit.
         timing_cache: TensorRT timing cache (see :func:`lcr_sdk.export.trt.build_engine`).
         progress: show progress bars.
@@ -185,6 +190,7 @@ def export_model(
         DataError: empty or unreadable image folder.
     """
     check_export_options(precision, calib_dir, calib_method, calib_images, verify_sample, workspace_gib, batch)
+    check_resize_options(resize, deepstream, precision)
     onnx = require("onnx", "export", "exporting a model")
     from lcr_sdk.export.data import find_images, load_images
     from lcr_sdk.export.graph import OPSET, check, embed_manifest, export_onnx
@@ -208,6 +214,8 @@ def export_model(
     profiles = batch_profiles(batch)
     manifest = manifest_for_checkpoint(ckpt["config"], sha256_file(checkpoint), image_size, profiles[0], precision)
     manifest = manifest_profiles(manifest, profiles)
+    if resize is not None:
+        manifest = replace(manifest, input=replace(manifest.input, resize=resize))
     manifest = replace(manifest, opset=OPSET)
     check_export_sizes(manifest, calib_images, verify_sample, calibrating=precision == "int8")
     calib = None
@@ -267,14 +275,79 @@ def export_model(
                     _verify(report, say, format_report)
                 staged.append((staged_engine, out))
 
+            if deepstream is not None:
+                staged += write_deepstream(net, manifest, stage / "deepstream", Path(deepstream))
             for src, dest in staged:
                 install_model(src, dest)
+            if deepstream is not None:  # the nvinfer config goes in last: it names the model installed above
+                with atomic_path(Path(deepstream) / DEEPSTREAM_CONFIG) as tmp:
+                    tmp.write_text((stage / "deepstream" / DEEPSTREAM_CONFIG).read_text())
     except OSError as e:
         if not is_disk_full(e):
             raise
         raise InputError(_no_space(out, e)) from e
     say(f"wrote {out} and {sidecar_path(out).name}" + (f" (and {onnx_out.name})" if trt else ""))
+    if deepstream is not None:
+        say(f"wrote {Path(deepstream) / DEEPSTREAM_MODEL} and {Path(deepstream) / DEEPSTREAM_CONFIG} (DeepStream)")
     return out
+
+
+DEEPSTREAM_MODEL = "lcr-deepstream.onnx"
+DEEPSTREAM_CONFIG = "config_infer_secondary_lcr.txt"
+
+
+def check_resize_options(resize: str | None, deepstream: str | os.PathLike | None, precision: str) -> None:
+    """Refuse a resize rule the runtime does not know, and a DeepStream export nvinfer could not feed."""
+    from lcr_sdk.manifest import RESIZE_RULES
+
+    if resize is not None and resize not in RESIZE_RULES:
+        raise InputError(f"resize rule {resize!r} (--resize) is not one of {', '.join(RESIZE_RULES)}")
+    if deepstream is None:
+        return
+    if resize not in ("stretch", "letterbox"):
+        raise InputError(
+            f"--deepstream needs --resize stretch or letterbox (nvinfer scales the whole object box and has no centre "
+            f"crop), got {resize or 'short_side_center_crop'}: e.g. --resize letterbox --deepstream {deepstream}"
+        )
+    if precision not in ("fp32", "fp16"):
+        raise InputError(f"--deepstream writes an fp32 or fp16 model, not {precision}; pass --precision fp16")
+    if Path(deepstream).exists() and not Path(deepstream).is_dir():
+        raise InputError(f"--deepstream {deepstream} is a file; give a folder (it is created if missing)")
+
+
+def write_deepstream(net, manifest: Manifest, stage: Path, folder: Path) -> list[tuple[Path, Path]]:
+    """Stage DeepStream's variant of ``manifest``'s model (float32 planar RGB input with 255 * mean removed, as
+    nvinfer feeds it; docs/DEEPSTREAM.md) and its nvinfer config in ``stage``; returns the (staged, final) model
+    pairs for :func:`install_model`, the config staged beside them.
+
+    Raises:
+        ModelError: the variant breaks TensorRT's ONNX rules (a bug here).
+    """
+    import onnx
+
+    from lcr_sdk.export.deepstream import nvinfer_config
+    from lcr_sdk.export.graph import embed_manifest, export_onnx
+    from lcr_sdk.export.precision import to_fp16
+    from lcr_sdk.export.trt_rules import tensorrt_violations
+
+    stage.mkdir(parents=True, exist_ok=True)
+    folder.mkdir(parents=True, exist_ok=True)
+    spec = replace(manifest.input, layout="NCHW", color="RGB", dtype="float32")
+    variant = replace(manifest, input=spec, model_file=DEEPSTREAM_MODEL, model_sha256="", extra={})
+    path = stage / DEEPSTREAM_MODEL
+    export_onnx(net, variant, path)
+    proto = onnx.load(str(path))
+    if variant.precision == "fp16":
+        proto = to_fp16(proto)
+    embed_manifest(proto, variant)
+    problems = tensorrt_violations(proto)
+    if problems:
+        raise ModelError(f"the DeepStream graph breaks TensorRT's ONNX rules: {'; '.join(problems[:3])}")
+    onnx.save(proto, str(path))
+    variant = replace(variant, model_sha256=sha256_file(path))
+    write_sidecar(variant, path)
+    (stage / DEEPSTREAM_CONFIG).write_text(nvinfer_config(variant, DEEPSTREAM_MODEL))
+    return [(path, folder / DEEPSTREAM_MODEL)]
 
 
 def _no_space(out: Path, e: OSError) -> str:

@@ -22,7 +22,9 @@ FORMAT_VERSION = 1
 ONNX_METADATA_KEY = "lcr_sdk.manifest"
 METHODS = ("lcr", "moco")
 PRECISIONS = ("fp32", "fp16", "int8")
-RESIZE_RULES = ("short_side_center_crop", "stretch")
+RESIZE_RULES = ("short_side_center_crop", "stretch", "letterbox")
+# The one input an lcr-sdk model takes, and the DeepStream variant's (nvinfer feeds float planar RGB, mean removed).
+INPUTS = (("NHWC", "BGR", "uint8"), ("NCHW", "RGB", "float32"))
 
 # Input normalisations in RGB order on the 0..1 scale: (x - mean) / std. The normalisation belongs to the weights
 # (the one they were trained with), so each arch carries its own and the manifest records it.
@@ -254,10 +256,10 @@ def _check_types(m: Manifest, source: str) -> None:
         values = getattr(spec, f)
         if len(values) != 3 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
             raise bad(f"input.{f}", list(values), "three numbers")
-    if (spec.layout, spec.color, spec.dtype) != ("NHWC", "BGR", "uint8"):
+    if (spec.layout, spec.color, spec.dtype) not in INPUTS:
         raise ModelError(
             f"{source}: input layout/color/dtype {spec.layout}/{spec.color}/{spec.dtype} is not NHWC/BGR/uint8, the "
-            "only input lcr-sdk models take; re-export the model"
+            "input lcr-sdk models take (or NCHW/RGB/float32, the DeepStream variant's); re-export the model"
         )
     if spec.interpolation not in ("linear", "area", "cubic", "nearest"):
         raise bad("input.interpolation", spec.interpolation, "linear, area, cubic or nearest")

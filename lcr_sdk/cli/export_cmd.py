@@ -107,6 +107,20 @@ def export(
             "architecture under ~/.cache/lcr-sdk)."
         ),
     ] = None,
+    resize: Annotated[
+        str | None,
+        typer.Option(
+            help="Resize rule recorded in the manifest: short_side_center_crop (default), stretch or letterbox "
+            "(the runtime applies it to every image; DeepStream needs stretch or letterbox)."
+        ),
+    ] = None,
+    deepstream: Annotated[
+        Path | None,
+        typer.Option(
+            help="Also write DeepStream's variant into this folder: a float planar RGB ONNX (nvinfer's "
+            "preprocessing) and its secondary-inference nvinfer config (needs --resize stretch or letterbox)."
+        ),
+    ] = None,
     triton: Annotated[
         Path | None,
         typer.Option(
@@ -192,6 +206,8 @@ def export(
             workspace_gib=workspace,
             timing_cache=cache,
             log=typer.echo,
+            resize=resize,
+            deepstream=deepstream,
         )
     if triton is not None:
         _to_triton(written, triton, triton_name, replace)
