@@ -14,6 +14,7 @@ import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 from lcr_sdk.backends.base import ENGINE_SUFFIXES
 from lcr_sdk.errors import InputError, ModelError, require
@@ -84,14 +85,16 @@ def check_export_options(
         )
 
 
-def batch_profiles(batch: tuple[int, int, int] | Sequence[tuple[int, int, int]]) -> list[tuple[int, ...]]:
-    """``batch`` as a list of (min, opt, max) profiles: one triple, or a sequence of them."""
-    if len(batch) and all(isinstance(v, int) for v in batch):
-        return [tuple(batch)]  # type: ignore[arg-type]
-    return [tuple(p) for p in batch]  # type: ignore[union-attr]
+def batch_profiles(batch: tuple[int, int, int] | Sequence[tuple[int, int, int]]) -> list[tuple[int, int, int]]:
+    """``batch`` as a list of (min, opt, max) profiles: one triple, or a sequence of them (a wrong length is
+    refused by :func:`check_export_options`)."""
+    items: list[Any] = list(batch)
+    if items and all(isinstance(v, int) for v in items):
+        return [tuple(items)]  # type: ignore[list-item]
+    return [tuple(p) for p in items]
 
 
-def manifest_profiles(manifest: Manifest, profiles: list[tuple[int, ...]]) -> Manifest:
+def manifest_profiles(manifest: Manifest, profiles: list[tuple[int, int, int]]) -> Manifest:
     """``manifest`` declaring ``profiles``: batch_min/batch_max span them, batch_opt is the first one's."""
     if len(profiles) == 1:
         lo, opt, hi = profiles[0]

@@ -186,10 +186,10 @@ class TensorRTBackend(Backend):
             self.sizes[name] = int(np.prod(shape)) * self.dtypes[name].itemsize
         self.check_io(inputs, outputs)
         count = getattr(self.engine, "num_optimization_profiles", 1)
-        self.profiles = [
-            tuple(int(shape[0]) for shape in self.engine.get_tensor_profile_shape(m.input.name, i))
-            for i in range(count)
-        ]
+        self.profiles: list[tuple[int, int, int]] = []
+        for i in range(count):
+            lo, opt, hi = (int(shape[0]) for shape in self.engine.get_tensor_profile_shape(m.input.name, i))
+            self.profiles.append((lo, opt, hi))
         want = m.batch_profiles
         if len(self.profiles) != len(want) or any(e[0] > w[0] or e[2] < w[2] for e, w in zip(self.profiles, want)):
             found = ", ".join(f"{lo}..{hi}" for lo, _, hi in self.profiles)
