@@ -324,7 +324,7 @@ REFUSED_BEFORE_TENSORRT = {
     "another precision than the graph's": (["--trt", "--precision", "int8"], "is a fp16 graph"),
     "engine output suffix": (["--trt", "--out", "x.onnx"], "must end in .engine"),
     "batch range": (["--trt", "--batch", "8,4,1"], "1 <= MIN <= OPT <= MAX"),
-    "workspace": (["--trt", "--workspace", "0"], "--workspace 0"),
+    "workspace": (["--trt", "--workspace", "0"], "workspace 0.0 GiB (--workspace) is not valid"),
 }
 
 
