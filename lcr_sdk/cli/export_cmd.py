@@ -174,7 +174,7 @@ def export(
         from lcr_sdk.export.pipeline import check_export_options
         from lcr_sdk.export.trt import build_engine_from_onnx
 
-        check_export_options(precision=None, workspace_gib=workspace, batch=parsed_batch)  # the ONNX keeps its own
+        check_export_options(precision=None, workspace_gib=workspace, batch=parsed_batch)
         engine_path = build_engine_from_onnx(
             source, out, precision, workspace_gib=workspace, timing_cache=cache, say=typer.echo
         )
