@@ -6,6 +6,11 @@
 3. Latency (batch 1) and throughput (batch 32) of the fp32, fp16 and int8 graphs, with verification figures.
 
     .venv/bin/python benchmarks/bench_export.py [--checkpoint lcr.pt --images data/test --calib data/train]
+    .venv/bin/python benchmarks/bench_export.py --int8-parity --checkpoint lcr.pt --images data/test --calib data/train
+
+--int8-parity: only the int8 graphs, the current one (unquantised parts in float16) beside the earlier one
+(unquantised parts in float32), built from the same checkpoint and calibration images, each verified against the
+fp32 PyTorch model through ONNX Runtime (min cosine, Rank-1 agreement).
 
 Without --checkpoint a random-init resnet18 at 112 px is used (fine for timings; say so beside verification
 figures); without images a small synthetic set is generated. Graphs are timed interleaved, round-robin, so that
@@ -121,6 +126,47 @@ def fmt(t: np.ndarray, scale: float = 1e3) -> str:
     return f"{med:.1f} ({q1:.1f}-{q3:.1f})"
 
 
+def int8_parity(ckpt: Path, args: argparse.Namespace, work: Path) -> None:
+    """The int8 graph on float16 beside the int8 graph on float32: same checkpoint, calibration and images."""
+    import functools
+
+    import onnx
+
+    from lcr_sdk.export import precision
+
+    print(
+        "| int8 graph | float16 tensors | min cosine | median cosine | attention max err | Rank-1 agreement | passed |"
+    )
+    print("|---|---|---|---|---|---|---|")
+    original = precision.to_int8
+    for name, half in (("unquantised parts float32 (before)", False), ("unquantised parts float16 (now)", True)):
+        precision.to_int8 = functools.partial(original, half=half)  # the pipeline imports it at call time
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                model = export_model(
+                    ckpt,
+                    work / f"int8-{'fp16' if half else 'fp32'}.onnx",
+                    precision="int8",
+                    calib_dir=args.calib,
+                    calib_images=args.calib_images,
+                    image_size=args.size,
+                    verify=False,
+                    progress=False,
+                    log=None,
+                )
+        finally:
+            precision.to_int8 = original
+        graph = onnx.shape_inference.infer_shapes(onnx.load(str(model))).graph
+        halves = sum(v.type.tensor_type.elem_type == onnx.TensorProto.FLOAT16 for v in graph.value_info)
+        r = verify_model(model, ckpt, args.images, max_images=None, progress=False)
+        print(
+            f"| {name} | {halves} | {r['cosine_min']:.5f} | {r['cosine_median']:.5f} | "
+            f"{r['attention_max_abs_err']:.3f} | {r['rank1_agreement']:.3f} | "
+            f"{'yes' if r['passed'] else 'no'} ({r['images']} images) |"
+        )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--checkpoint", type=Path)
@@ -131,6 +177,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--calib-images", type=int, default=500)
     ap.add_argument("--skip-gfb-cost", action="store_true", help="skip table 1")
+    ap.add_argument("--int8-parity", action="store_true", help="only the int8 on float16 / on float32 comparison")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-export-"))
     ckpt = args.checkpoint
@@ -151,6 +198,9 @@ def main() -> None:
         f"checkpoint: {ckpt} ({'given' if args.checkpoint else 'random-init resnet18'}), {args.size} px, "
         f"ORT {ort.__version__} CPU, {args.threads} threads, {args.reps} interleaved rounds\n"
     )
+    if args.int8_parity:
+        int8_parity(ckpt, args, work)
+        return
 
     models = {}
     for p in ("fp32", "fp16", "int8"):

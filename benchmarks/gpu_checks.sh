@@ -9,6 +9,9 @@
 #   bash benchmarks/gpu_checks.sh [BENCH_SECONDS]
 # A smoke run of the same script on a CPU, with tiny settings and the local install (seconds, not figures):
 #   TINY=1 DEVICE=cpu PYTHON=.venv/bin/python bash benchmarks/gpu_checks.sh 300
+# Engine mode, where TensorRT is installed (benchmarks/gpu_engine_checks.py): two optimisation profiles, batch 1
+# with and without the CUDA graph against ONNX Runtime, the int8 engine's layers (trtexec); results in $OUT/engine:
+#   bash benchmarks/gpu_checks.sh engine [CHECKPOINT]
 set -u
 export PYTHONUNBUFFERED=1
 REPO=$(pwd)
@@ -21,6 +24,9 @@ if [ -d "$REPO/.whl" ] && [ "$DEVICE" = cuda ]; then
   "$PYTHON" -m pip install -q --no-deps --target /tmp/site "$REPO"/.whl/lcr_sdk-*.whl || exit 1
   export PYTHONPATH=/tmp/site
   cd /tmp  # so that `import lcr_sdk` finds the installed package, not the source tree's lcr_sdk/
+fi
+if [ "${1:-}" = engine ]; then
+  exec "$PYTHON" "$REPO/benchmarks/gpu_engine_checks.py" --out "$OUT/engine" ${2:+--checkpoint "$2"}
 fi
 if [ "$DEVICE" = cuda ]; then
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"

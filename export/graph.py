@@ -41,8 +41,13 @@ def export_onnx(net, manifest: Manifest, path: str | os.PathLike) -> None:
     torch = require("torch", "export", "exporting to ONNX")
     onnx = require("onnx", "export", "exporting to ONNX")
 
-    model = folded_deploy_model(net, manifest.input.mean, manifest.input.std)
-    dummy = torch.zeros(max(2, manifest.batch_opt), manifest.input.height, manifest.input.width, 3, dtype=torch.uint8)
+    spec, n = manifest.input, max(2, manifest.batch_opt)
+    planar = spec.layout == "NCHW"
+    model = folded_deploy_model(net, spec.mean, spec.std, planar=planar)
+    if planar:  # the DeepStream variant: float32 N x 3 x H x W RGB with 255 * mean already subtracted
+        dummy = torch.zeros(n, 3, spec.height, spec.width, dtype=torch.float32)
+    else:
+        dummy = torch.zeros(n, spec.height, spec.width, 3, dtype=torch.uint8)
     names = manifest.output_names
     with warnings.catch_warnings():
         # The TorchScript exporter is deprecated in favour of dynamo and says so; that choice is deliberate.
@@ -68,9 +73,14 @@ def export_onnx(net, manifest: Manifest, path: str | os.PathLike) -> None:
     onnx.save(proto, str(path))
 
 
-def folded_deploy_model(net, mean, std):
+def folded_deploy_model(net, mean, std, planar: bool = False):
     """``DeployModel`` of a copy of ``net`` whose preprocessing TensorRT can parse: Cast first, one Add for the mean,
-    the channel flip and ``1 / (255 * std)`` folded into conv1's weights (``net`` itself is left unchanged)."""
+    the channel flip and ``1 / (255 * std)`` folded into conv1's weights (``net`` itself is left unchanged).
+
+    ``planar``: the DeepStream variant, which reads what nvinfer computes, ``x - 255 * mean`` as float32
+    N x 3 x H x W RGB: no preprocessing in the graph, no flip, and ``1 / (255 * std)`` still in conv1. Exact
+    against the uint8 graph: both zero-pad conv1's input after the mean is gone.
+    """
     import copy
 
     torch = require("torch", "export", "exporting to ONNX")
@@ -82,9 +92,10 @@ def folded_deploy_model(net, mean, std):
         raise ModelError(f"expected conv1 with 3 input channels and no bias, got {conv1}; the arch is not supported")
     scale = torch.tensor([255.0 * s for s in std], dtype=conv1.weight.dtype).view(1, 3, 1, 1)
     with torch.no_grad():
-        conv1.weight.copy_((conv1.weight / scale).flip(1))  # RGB -> BGR input channels, raw 0..255 units
+        weight = conv1.weight / scale  # raw 0..255 units
+        conv1.weight.copy_(weight if planar else weight.flip(1))  # RGB -> BGR input channels for the uint8 graph
     model = DeployModel(net).eval()
-    model.preprocess = _cast_first_preprocess(torch, mean)
+    model.preprocess = torch.nn.Identity() if planar else _cast_first_preprocess(torch, mean)
     return model
 
 

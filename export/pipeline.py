@@ -11,20 +11,22 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 from lcr_sdk.backends.base import ENGINE_SUFFIXES
 from lcr_sdk.errors import InputError, ModelError, require
 from lcr_sdk.export.precision import CALIBRATION_METHODS
-from lcr_sdk.fileio import is_disk_full, mib, sha256_file, staging_dir
+from lcr_sdk.fileio import atomic_path, is_disk_full, mib, sha256_file, staging_dir
 from lcr_sdk.manifest import (
     DEFAULT_BATCH,
     PRECISIONS,
     Manifest,
     install_model,
     manifest_for_checkpoint,
+    profiles_problem,
     sidecar_path,
     write_sidecar,
 )
@@ -45,7 +47,7 @@ def check_export_options(
     calib_images: int = 500,
     verify_sample: int = 64,
     workspace_gib: float = 4.0,
-    batch: tuple[int, int, int] = DEFAULT_BATCH,
+    batch: tuple[int, int, int] | Sequence[tuple[int, int, int]] = DEFAULT_BATCH,
 ) -> None:
     """Check export options before any work (the one place they are checked; the CLI passes the error through).
 
@@ -71,8 +73,39 @@ def check_export_options(
         )
     if calib_images < 1:
         raise InputError(f"calib_images {calib_images} (--calib-images) is not valid; use a few hundred")
-    if len(batch) != 3 or not 1 <= batch[0] <= batch[1] <= batch[2]:
-        raise InputError(f"batch {tuple(batch)} (--batch) is not MIN,OPT,MAX with 1 <= MIN <= OPT <= MAX, e.g. 1,8,32")
+    profiles = batch_profiles(batch)
+    for p in profiles:
+        if len(p) != 3 or not 1 <= p[0] <= p[1] <= p[2]:
+            raise InputError(f"batch {tuple(p)} (--batch) is not MIN,OPT,MAX with 1 <= MIN <= OPT <= MAX, e.g. 1,8,32")
+    gap = profiles_problem([list(p) for p in profiles])
+    if gap:
+        raise InputError(
+            f"batch profiles {', '.join(','.join(map(str, p)) for p in profiles)} (--batch, given more than once) "
+            f"{gap}; add a profile for them, e.g. --batch 1,1,1 --batch 2,8,32"
+        )
+
+
+def batch_profiles(batch: tuple[int, int, int] | Sequence[tuple[int, int, int]]) -> list[tuple[int, int, int]]:
+    """``batch`` as a list of (min, opt, max) profiles: one triple, or a sequence of them (a wrong length is
+    refused by :func:`check_export_options`)."""
+    items: list[Any] = list(batch)
+    if items and all(isinstance(v, int) for v in items):
+        return [tuple(items)]  # type: ignore[list-item]
+    return [tuple(p) for p in items]
+
+
+def manifest_profiles(manifest: Manifest, profiles: list[tuple[int, int, int]]) -> Manifest:
+    """``manifest`` declaring ``profiles``: batch_min/batch_max span them, batch_opt is the first one's."""
+    if len(profiles) == 1:
+        lo, opt, hi = profiles[0]
+        return replace(manifest, batch_min=lo, batch_opt=opt, batch_max=hi, profiles=None)
+    return replace(
+        manifest,
+        batch_min=min(p[0] for p in profiles),
+        batch_opt=profiles[0][1],
+        batch_max=max(p[2] for p in profiles),
+        profiles=[list(p) for p in profiles],
+    )
 
 
 def check_export_sizes(manifest: Manifest, calib_images: int, verify_sample: int, calibrating: bool) -> None:
@@ -110,7 +143,7 @@ def export_model(
     precision: str = "fp32",
     calib_dir: str | os.PathLike | None = None,
     trt: bool = False,
-    batch: tuple[int, int, int] = DEFAULT_BATCH,
+    batch: tuple[int, int, int] | Sequence[tuple[int, int, int]] = DEFAULT_BATCH,
     image_size: int | tuple[int, int] | None = None,
     verify: bool = True,
     verify_images: str | os.PathLike | None = None,
@@ -121,6 +154,8 @@ def export_model(
     timing_cache: str | os.PathLike | None = "default",
     progress: bool = True,
     log: Callable[[str], None] | None = _log.info,
+    resize: str | None = None,
+    deepstream: str | os.PathLike | None = None,
 ) -> Path:
     """Export the deployable part of a checkpoint and write the manifest beside it.
 
@@ -131,13 +166,18 @@ def export_model(
         precision: ``fp32``, ``fp16`` or ``int8`` (needs ``calib_dir``).
         calib_dir: folder of real images for int8 calibration (searched recursively).
         trt: also build a TensorRT engine from the ONNX (on this machine: engines are specific to GPU and TensorRT).
-        batch: (min, opt, max) batch sizes the model is declared (and the engine optimised) for.
+        batch: (min, opt, max) batch sizes the model is declared (and the engine optimised) for; or a list of
+            them, one TensorRT optimisation profile each, together covering every batch from the smallest to the
+            largest (e.g. ``[(1, 1, 1), (2, 8, 32)]``: batch 1 tuned on its own).
         image_size: input size (int or (H, W)); default the checkpoint's training ``image_size``.
         verify: compare with the PyTorch model on a sample of real images and refuse to install on a miss.
         verify_images: images for verification; default ``calib_dir``. Without either, verification is skipped.
         verify_sample: at most this many images are verified.
         calib_method: ``minmax``, ``percentile`` or ``entropy``.
         calib_images: at most this many calibration images are used (spread over the folder).
+        resize: the manifest's resize rule (``short_side_center_crop``, the default; ``stretch``; ``letterbox``).
+        deepstream: also write DeepStream's variant into this folder (:func:`write_deepstream`); needs ``resize``
+            ``stretch`` or ``letterbox`` (what nvinfer can do) and fp32 or fp16.
         workspace_gib: TensorRT workspace limit.
         timing_cache: TensorRT timing cache (see :func:`lcr_sdk.export.trt.build_engine`).
         progress: show progress bars.
@@ -153,9 +193,9 @@ def export_model(
         DataError: empty or unreadable image folder.
     """
     check_export_options(precision, calib_dir, calib_method, calib_images, verify_sample, workspace_gib, batch)
+    check_resize_options(resize, deepstream, precision)
     require("onnx", "export", "exporting a model")
     from lcr_sdk.export.data import find_images, load_images
-    from lcr_sdk.export.graph import OPSET
     from lcr_sdk.train.checkpoint import load_net
 
     say = log or (lambda _msg: None)
@@ -164,8 +204,7 @@ def export_model(
 
     net, ckpt = load_net(checkpoint)  # ModelError for a missing, corrupt, foreign or newer checkpoint
     check_finite_weights(ckpt["model"], checkpoint)
-    manifest = manifest_for_checkpoint(ckpt["config"], sha256_file(checkpoint), image_size, batch, precision)
-    manifest = replace(manifest, opset=OPSET)
+    manifest = _manifest(ckpt["config"], sha256_file(checkpoint), image_size, batch, precision, resize)
     check_export_sizes(manifest, calib_images, verify_sample, calibrating=precision == "int8")
     calib = None
     if precision == "int8" and calib_dir is not None:  # read images before the slow work: a bad folder fails fast
@@ -192,14 +231,40 @@ def export_model(
                 if images is not None:
                     _verify(staged_engine, engine_manifest, checkpoint, images, verify_sample, say, progress)
                 staged.append((staged_engine, out))
-            for src, dest in staged:
-                install_model(src, dest)
+            _install(staged, stage, net, manifest, deepstream)
     except OSError as e:
         if not is_disk_full(e):
             raise
         raise InputError(_no_space(out, e)) from e
     say(f"wrote {out} and {sidecar_path(out).name}" + (f" (and {onnx_out.name})" if trt else ""))
+    if deepstream is not None:
+        say(f"wrote {Path(deepstream) / DEEPSTREAM_MODEL} and {Path(deepstream) / DEEPSTREAM_CONFIG} (DeepStream)")
     return out
+
+
+def _manifest(config: dict, checkpoint_sha256: str, image_size, batch, precision: str, resize: str | None) -> Manifest:
+    """The exported model's manifest: the checkpoint's, with every batch profile, the resize rule and the opset."""
+    from lcr_sdk.export.graph import OPSET
+
+    profiles = batch_profiles(batch)
+    manifest = manifest_for_checkpoint(config, checkpoint_sha256, image_size, profiles[0], precision)
+    manifest = manifest_profiles(manifest, profiles)
+    if resize is not None:
+        manifest = replace(manifest, input=replace(manifest.input, resize=resize))
+    return replace(manifest, opset=OPSET)
+
+
+def _install(
+    staged: list[tuple[Path, Path]], stage: Path, net, manifest: Manifest, deepstream: str | os.PathLike | None
+) -> None:
+    """Install the staged models (and DeepStream's variant, then its nvinfer config, which names the model)."""
+    if deepstream is not None:
+        staged = staged + write_deepstream(net, manifest, stage / "deepstream", Path(deepstream))
+    for src, dest in staged:
+        install_model(src, dest)
+    if deepstream is not None:
+        with atomic_path(Path(deepstream) / DEEPSTREAM_CONFIG) as tmp:
+            tmp.write_text((stage / "deepstream" / DEEPSTREAM_CONFIG).read_text())
 
 
 def _check_out_path(
@@ -267,6 +332,64 @@ def _stage_engine(
     engine_manifest = build_engine(staged_onnx, staged_engine, manifest, workspace_gib, timing_cache, progress)
     write_sidecar(engine_manifest, staged_engine)
     return staged_engine, engine_manifest
+
+
+DEEPSTREAM_MODEL = "lcr-deepstream.onnx"
+DEEPSTREAM_CONFIG = "config_infer_secondary_lcr.txt"
+
+
+def check_resize_options(resize: str | None, deepstream: str | os.PathLike | None, precision: str) -> None:
+    """Refuse a resize rule the runtime does not know, and a DeepStream export nvinfer could not feed."""
+    from lcr_sdk.manifest import RESIZE_RULES
+
+    if resize is not None and resize not in RESIZE_RULES:
+        raise InputError(f"resize rule {resize!r} (--resize) is not one of {', '.join(RESIZE_RULES)}")
+    if deepstream is None:
+        return
+    if resize not in ("stretch", "letterbox"):
+        raise InputError(
+            f"--deepstream needs --resize stretch or letterbox (nvinfer scales the whole object box and has no centre "
+            f"crop), got {resize or 'short_side_center_crop'}: e.g. --resize letterbox --deepstream {deepstream}"
+        )
+    if precision not in ("fp32", "fp16"):
+        raise InputError(f"--deepstream writes an fp32 or fp16 model, not {precision}; pass --precision fp16")
+    if Path(deepstream).exists() and not Path(deepstream).is_dir():
+        raise InputError(f"--deepstream {deepstream} is a file; give a folder (it is created if missing)")
+
+
+def write_deepstream(net, manifest: Manifest, stage: Path, folder: Path) -> list[tuple[Path, Path]]:
+    """Stage DeepStream's variant of ``manifest``'s model (float32 planar RGB input with 255 * mean removed, as
+    nvinfer feeds it; docs/DEEPSTREAM.md) and its nvinfer config in ``stage``; returns the (staged, final) model
+    pairs for :func:`install_model`, the config staged beside them.
+
+    Raises:
+        ModelError: the variant breaks TensorRT's ONNX rules (a bug here).
+    """
+    import onnx
+
+    from lcr_sdk.export.deepstream import nvinfer_config
+    from lcr_sdk.export.graph import embed_manifest, export_onnx
+    from lcr_sdk.export.precision import to_fp16
+    from lcr_sdk.export.trt_rules import tensorrt_violations
+
+    stage.mkdir(parents=True, exist_ok=True)
+    folder.mkdir(parents=True, exist_ok=True)
+    spec = replace(manifest.input, layout="NCHW", color="RGB", dtype="float32")
+    variant = replace(manifest, input=spec, model_file=DEEPSTREAM_MODEL, model_sha256="", extra={})
+    path = stage / DEEPSTREAM_MODEL
+    export_onnx(net, variant, path)
+    proto = onnx.load(str(path))
+    if variant.precision == "fp16":
+        proto = to_fp16(proto)
+    embed_manifest(proto, variant)
+    problems = tensorrt_violations(proto)
+    if problems:
+        raise ModelError(f"the DeepStream graph breaks TensorRT's ONNX rules: {'; '.join(problems[:3])}")
+    onnx.save(proto, str(path))
+    variant = replace(variant, model_sha256=sha256_file(path))
+    write_sidecar(variant, path)
+    (stage / DEEPSTREAM_CONFIG).write_text(nvinfer_config(variant, DEEPSTREAM_MODEL))
+    return [(path, folder / DEEPSTREAM_MODEL)]
 
 
 def _no_space(out: Path, e: OSError) -> str:

@@ -17,7 +17,12 @@ of weighted layers and the residual Add's shortcut input, never the outputs of w
 - the 3-channel stem conv stays float (a 3-channel INT8 convolution is the case TensorRT reports "no
   implementation" for, and it is a small share of the work), and so does the GFB conv: its part maps are a model
   output and drive the mask;
-- preprocessing, mask, pooling and L2 norm stay float32.
+- preprocessing, mask, pooling and L2 norm stay float32;
+- everything else unquantised runs in float16, as in the fp16 graph (the stem conv at full resolution, the
+  max-pool, the GFB conv, the ReLUs, the residual Adds' outputs): :func:`to_fp16` runs over the Q/DQ graph. Opset
+  17's QuantizeLinear reads float32 only and its DequantizeLinear writes float32 only, so each Q/DQ pair sits
+  between Casts (float16 -> float32 -> Q -> DQ -> float16) and each weight DequantizeLinear is followed by a Cast
+  to float16; the scales stay float32 (docs/EXPORT.md says why not opset 19).
 
 Ranges come from onnxruntime's calibrators (minmax, percentile, entropy; symmetric) run one batch at a time on real
 images read like inference reads them; the Q/DQ nodes are written here. NVIDIA's ModelOpt ONNX PTQ is not used:
@@ -57,16 +62,29 @@ def to_fp16(proto):
     types.update({name: t.data_type for name, t in inits.items()})
 
     keep_float = preprocess_nodes(graph)
+    # Constant outputs a float16 node reads become float16 initializers: the parser needs Clip's bounds as weights,
+    # and a Cast of a Constant is a computed tensor to it.
+    consts = {
+        n.output[0]: n.attribute[0].t
+        for n in graph.node
+        if n.op_type == "Constant" and n.attribute and n.attribute[0].HasField("t")
+    }
 
-    def is_half(node) -> bool:
-        return (
+    # The float16 region grows from the trunk's Convs: a Relu, Clip, MaxPool or Add runs in float16 only when its
+    # data input is already float16, so the head's Clips (the mask's range, the norm's epsilon) stay float32.
+    half_nodes, half_tensors = set(), set()
+    for i, node in enumerate(graph.node):
+        if (
             node.op_type in FP16_OPS
             and node.name not in keep_float
             and all(types.get(x) == TensorProto.FLOAT for x in node.input if x)
-        )
+            and (node.op_type == "Conv" or node.input[0] in half_tensors)
+        ):
+            half_nodes.add(i)
+            half_tensors.update(node.output)
 
     # A graph output made by a float16 node gets a float32 Cast at the end under its own name.
-    half_outputs = {o for n in graph.node if is_half(n) for o in n.output} & {o.name for o in graph.output}
+    half_outputs = half_tensors & {o.name for o in graph.output}
     renamed = {name: f"{name}/fp16" for name in half_outputs}
     nodes, half, casts = [], set(), {}
 
@@ -77,16 +95,16 @@ def to_fp16(proto):
             nodes.append(helper.make_node("Cast", [name], [casts[key]], to=to, name=casts[key]))
         return casts[key]
 
-    for node in graph.node:
-        want_half = is_half(node)
+    for index, node in enumerate(graph.node):
+        want_half = index in half_nodes
         for i, x in enumerate(node.input):
             x = renamed.get(x, x)
             node.input[i] = x
             if not x:
                 continue
-            if x in inits:
-                if want_half and inits[x].data_type == TensorProto.FLOAT:
-                    node.input[i] = _half_initializer(graph, inits, x, numpy_helper)
+            if x in inits or (want_half and x in consts and consts[x].data_type == TensorProto.FLOAT):
+                if want_half and (inits[x] if x in inits else consts[x]).data_type == TensorProto.FLOAT:
+                    node.input[i] = _half_initializer(graph, inits, x, numpy_helper, consts.get(x))
             elif want_half and x not in half:
                 node.input[i] = cast(x, TensorProto.FLOAT16)
             elif not want_half and x in half:
@@ -98,9 +116,10 @@ def to_fp16(proto):
         nodes.append(node)
     for name, tmp in renamed.items():
         nodes.append(helper.make_node("Cast", [tmp], [name], to=TensorProto.FLOAT, name=f"{name}/to_fp32"))
+    used = {x for n in nodes for x in n.input} | {o.name for o in graph.output}
+    nodes = [n for n in nodes if n.op_type != "Constant" or n.output[0] in used]  # Constants now initializers
     graph.ClearField("node")
     graph.node.extend(nodes)
-    used = {x for n in nodes for x in n.input}
     kept = [t for t in graph.initializer if t.name in used]  # fp32 originals of converted weights go
     graph.ClearField("initializer")
     graph.initializer.extend(kept)
@@ -123,11 +142,12 @@ def preprocess_nodes(graph) -> set[str]:
     return found
 
 
-def _half_initializer(graph, inits: dict, name: str, numpy_helper) -> str:
-    """Name of a float16 copy of initializer ``name`` (created once)."""
+def _half_initializer(graph, inits: dict, name: str, numpy_helper, constant=None) -> str:
+    """Name of a float16 initializer copying initializer ``name`` (or the Constant tensor ``constant``), made once."""
     half_name = f"{name}/fp16"
     if half_name not in inits:
-        arr = numpy_helper.to_array(inits[name]).astype(np.float16)
+        source = inits[name] if constant is None else constant
+        arr = numpy_helper.to_array(source).astype(np.float16)
         inits[half_name] = numpy_helper.from_array(arr, half_name)
         graph.initializer.append(inits[half_name])
     return half_name
@@ -141,6 +161,7 @@ def to_int8(
     method: str = "percentile",
     batch_size: int = 8,
     progress: bool = True,
+    half: bool = True,
 ) -> int:
     """Statically quantise an fp32 ONNX file to a QDQ int8 file using calibration ``images`` (module docstring).
 
@@ -152,6 +173,8 @@ def to_int8(
         method: ``minmax``, ``percentile`` or ``entropy``.
         batch_size: images per calibration batch.
         progress: show a progress bar.
+        half: run the unquantised parts in float16 (the fp16 graph's split: :func:`to_fp16` over the Q/DQ graph);
+            False keeps them float32 (the earlier int8 graph, kept for comparisons).
 
     Returns:
         The number of images calibrated on (whole batches only).
@@ -205,7 +228,8 @@ def to_int8(
     for name in plan["activations"]:
         lo, hi = ranges[name].range_value
         amax[name] = float(max(abs(float(np.asarray(lo).min())), abs(float(np.asarray(hi).max()))))
-    onnx.save(insert_qdq(proto, plan, amax), str(out_path))
+    quantised = insert_qdq(proto, plan, amax)
+    onnx.save(to_fp16(quantised) if half else quantised, str(out_path))
     return n_batches * size
 
 

@@ -6,7 +6,8 @@ no checkpoint. ``lcr-sdk export model.onnx --trt --out model.engine`` calls :fun
 
 - The network is STRONGLY_TYPED: the precision comes from the ONNX graph (fp32, fp16, or int8 QDQ), not from
   builder flags (TensorRT 11 removed the FP16/INT8 flags and calibrators).
-- One optimisation profile covers the manifest's batch range at the fixed H x W; the workspace is limited.
+- One optimisation profile per manifest profile (``--batch MIN,OPT,MAX``, given once or more), in the manifest's
+  order, at the fixed H x W; the backend picks the one that fits each call. The workspace is limited.
 - The GPU is identified, and TensorRT's version checked, before the build starts (builds take minutes); on a Jetson
   a TensorRT too old names the JetPack upgrade (pip cannot install TensorRT there).
 - The engine's manifest records what the engine is tied to (:mod:`lcr_sdk.backends.identity`): the TensorRT
@@ -94,6 +95,12 @@ def system_check(trt: Any, device: int = 0) -> dict[str, Any]:
     return running_identity(version, device)
 
 
+def input_shape(manifest: Manifest, batch: int) -> tuple[int, int, int, int]:
+    """The model input's shape at ``batch`` (NHWC, or NCHW for a planar input)."""
+    h, w = manifest.input.height, manifest.input.width
+    return (batch, 3, h, w) if manifest.input.layout == "NCHW" else (batch, h, w, 3)
+
+
 def build_engine(
     onnx_path: str | os.PathLike,
     engine_path: str | os.PathLike,
@@ -136,12 +143,10 @@ def build_engine(
 
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gib * (1 << 30)))
-    profile = builder.create_optimization_profile()
-    h, w = manifest.input.height, manifest.input.width
-    profile.set_shape(
-        manifest.input.name, (manifest.batch_min, h, w, 3), (manifest.batch_opt, h, w, 3), (manifest.batch_max, h, w, 3)
-    )
-    config.add_optimization_profile(profile)
+    for lo, opt, hi in manifest.batch_profiles:  # profile i of the engine is profile i of the manifest
+        profile = builder.create_optimization_profile()
+        profile.set_shape(manifest.input.name, *(input_shape(manifest, n) for n in (lo, opt, hi)))
+        config.add_optimization_profile(profile)
     cache = _load_timing_cache(config, cache_path)
 
     with _Progress(trt, config, enabled=progress):
@@ -286,11 +291,25 @@ def attach_manifest(engine_path: str | os.PathLike, manifest_source: str | os.Pa
             f"{engine} has inputs {inputs} and outputs {outputs}, the manifest of {source} declares "
             f"{[manifest.input.name]} and {manifest.output_names}: it was built from another model"
         )
-    lo, _, hi = eng.get_tensor_profile_shape(manifest.input.name, 0)
-    bmin, bmax = max(manifest.batch_min, int(lo[0])), min(manifest.batch_max, int(hi[0]))
-    if bmin > bmax:
-        raise ModelError(f"{engine}'s profile batch {lo[0]}..{hi[0]} does not overlap the model's batch range")
-    manifest = replace(manifest, batch_min=bmin, batch_max=bmax, batch_opt=min(max(manifest.batch_opt, bmin), bmax))
+    found = [
+        tuple(int(shape[0]) for shape in eng.get_tensor_profile_shape(manifest.input.name, i))
+        for i in range(getattr(eng, "num_optimization_profiles", 1))
+    ]
+    if len(found) == 1:  # trtexec builds one profile: keep the part of the model's range it covers
+        lo, _, hi = found[0]
+        bmin, bmax = max(manifest.batch_min, lo), min(manifest.batch_max, hi)
+        if bmin > bmax:
+            raise ModelError(f"{engine}'s profile batch {lo}..{hi} does not overlap the model's batch range")
+        bopt = min(max(manifest.batch_opt, bmin), bmax)
+        manifest = replace(manifest, batch_min=bmin, batch_max=bmax, batch_opt=bopt, profiles=None)
+    else:  # the engine's own profiles, as built
+        manifest = replace(
+            manifest,
+            batch_min=min(p[0] for p in found),
+            batch_opt=found[0][1],
+            batch_max=max(p[2] for p in found),
+            profiles=[list(p) for p in found],
+        )
     level = getattr(eng, "hardware_compatibility_level", HW_NONE)  # trtexec --hardwareCompatibilityLevel
     built = engine_manifest(manifest, engine.name, hashlib.sha256(data).hexdigest(), system, source, level)
     write_sidecar(built, engine)

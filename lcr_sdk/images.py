@@ -333,6 +333,16 @@ def _channels_to_bgr(image: np.ndarray, color: str) -> np.ndarray:
     )
 
 
+RULES = ("short_side_center_crop", "stretch", "letterbox")
+
+
+def _letterbox(h: int, w: int, height: int, width: int) -> tuple[int, int, int, int]:
+    """Size (nh, nw) of an h x w image fitted inside height x width, and its (top, left) offset, centred."""
+    scale = min(height / h, width / w)
+    nh, nw = min(height, max(1, round(h * scale))), min(width, max(1, round(w * scale)))
+    return nh, nw, (height - nh) // 2, (width - nw) // 2
+
+
 def _cover_scale(h: int, w: int, height: int, width: int) -> float:
     """Scale at which an h x w image just covers height x width (the short side fits, the long side overhangs)."""
     return max(height / h, width / w)
@@ -344,13 +354,19 @@ def crop_box(
     """The region ``(x0, y0, x1, y1)`` of an ``h x w`` image that becomes the ``height x width`` model input.
 
     ``short_side_center_crop`` keeps the aspect ratio: the image is scaled to cover ``height x width`` and the
-    centre is cut out; ``stretch`` uses the whole image. :func:`resize_to` cuts this box, and
-    :class:`~lcr_sdk.embedder.Embedder` maps attention maps back onto it.
+    centre is cut out; ``stretch`` uses the whole image; ``letterbox`` (what DeepStream's nvinfer does with
+    maintain-aspect-ratio and symmetric-padding) scales the whole image to fit inside and pads both sides with black,
+    so its box reaches past the image. :func:`resize_to` cuts this box, and :class:`~lcr_sdk.embedder.Embedder` maps
+    attention maps back onto it.
     """
     if rule == "stretch":
         return 0.0, 0.0, float(w), float(h)
+    if rule == "letterbox":
+        nh, nw, top, left = _letterbox(h, w, height, width)
+        sx, sy = nw / w, nh / h
+        return -left / sx, -top / sy, (width - left) / sx, (height - top) / sy
     if rule != "short_side_center_crop":
-        raise InputError(f"resize rule {rule!r} is unknown; valid: short_side_center_crop, stretch")
+        raise InputError(f"resize rule {rule!r} is unknown; valid: {', '.join(RULES)}")
     scale = _cover_scale(h, w, height, width)
     cw, ch = width / scale, height / scale
     x0, y0 = (w - cw) / 2, (h - ch) / 2
@@ -367,8 +383,14 @@ def resize_to(
     interp = _INTERP[interpolation]
     if rule == "stretch":
         return cv2.resize(image, (width, height), interpolation=interp)
+    if rule == "letterbox":  # fit inside, centred, black (0) around; nvinfer's symmetric padding
+        nh, nw, top, left = _letterbox(h, w, height, width)
+        out = np.zeros((height, width, *image.shape[2:]), image.dtype)
+        fitted = image if (nh, nw) == (h, w) else cv2.resize(image, (nw, nh), interpolation=interp)
+        out[top : top + nh, left : left + nw] = fitted
+        return out
     if rule != "short_side_center_crop":
-        raise InputError(f"resize rule {rule!r} is unknown; valid: short_side_center_crop, stretch")
+        raise InputError(f"resize rule {rule!r} is unknown; valid: {', '.join(RULES)}")
     # Scale the whole image to cover height x width, then cut the centre: the box crop_box() describes.
     scale = _cover_scale(h, w, height, width)
     nh, nw = max(height, round(h * scale)), max(width, round(w * scale))

@@ -22,7 +22,9 @@ FORMAT_VERSION = 1
 ONNX_METADATA_KEY = "lcr_sdk.manifest"
 METHODS = ("lcr", "moco")
 PRECISIONS = ("fp32", "fp16", "int8")
-RESIZE_RULES = ("short_side_center_crop", "stretch")
+RESIZE_RULES = ("short_side_center_crop", "stretch", "letterbox")
+# The one input an lcr-sdk model takes, and the DeepStream variant's (nvinfer feeds float planar RGB, mean removed).
+INPUTS = (("NHWC", "BGR", "uint8"), ("NCHW", "RGB", "float32"))
 
 # Input normalisations in RGB order on the 0..1 scale: (x - mean) / std. The normalisation belongs to the weights
 # (the one they were trained with), so each arch carries its own and the manifest records it.
@@ -105,6 +107,9 @@ class Manifest:
     batch_min: int = 1
     batch_opt: int = 8
     batch_max: int = 32
+    # Optimisation profiles [[min, opt, max], ...] when more than one (batch_min/batch_max then span them all and
+    # batch_opt is the first profile's); None: the one profile batch_min/opt/max (every older manifest).
+    profiles: list[list[int]] | None = None
     checkpoint_sha256: str = ""
     model_sha256: str = ""  # of the model file; empty inside ONNX metadata_props (a file cannot hold its own hash)
     model_file: str = ""
@@ -129,8 +134,17 @@ class Manifest:
             shapes["parts"] = ["N", self.num_parts, h, w]
         return shapes
 
+    @property
+    def batch_profiles(self) -> list[tuple[int, int, int]]:
+        """The optimisation profiles as (min, opt, max) batches: ``profiles``, or the one batch range."""
+        if self.profiles:
+            return [(p[0], p[1], p[2]) for p in self.profiles]
+        return [(self.batch_min, self.batch_opt, self.batch_max)]
+
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
+        if d["profiles"] is None:
+            del d["profiles"]  # a one-profile manifest reads as before, also by older lcr-sdk releases
         d["outputs"] = self.output_shapes  # written for readers; derived, so ignored on read
         return d
 
@@ -160,14 +174,7 @@ class Manifest:
         except (KeyError, TypeError) as e:
             raise ModelError(f"{source} is missing or has an unknown field ({e}); re-export the model") from e
         _check_types(m, source)
-        if m.method not in METHODS:
-            raise ModelError(f"{source}: method {m.method!r} is not one of {METHODS}")
-        if m.precision not in PRECISIONS:
-            raise ModelError(f"{source}: precision {m.precision!r} is not one of {PRECISIONS}")
-        if m.input.resize not in RESIZE_RULES:
-            raise ModelError(f"{source}: resize rule {m.input.resize!r} is not one of {RESIZE_RULES}")
-        if not 1 <= m.batch_min <= m.batch_opt <= m.batch_max:
-            raise ModelError(f"{source}: batch range min/opt/max {m.batch_min}/{m.batch_opt}/{m.batch_max} is invalid")
+        _check_values(m, source)
         return m
 
     @classmethod
@@ -181,8 +188,48 @@ class Manifest:
         return cls.from_dict(d, source)
 
 
+def profiles_problem(profiles: Any) -> str:
+    """Why ``profiles`` is not a list of [min, opt, max] batches (1 <= min <= opt <= max) covering every batch from
+    the smallest min to the largest max; '' when it is."""
+    ok = isinstance(profiles, (list, tuple)) and len(profiles) >= 1
+    ok = ok and all(
+        isinstance(p, (list, tuple))
+        and len(p) == 3
+        and all(isinstance(v, int) and not isinstance(v, bool) for v in p)
+        and 1 <= p[0] <= p[1] <= p[2]
+        for p in profiles
+    )
+    if not ok:
+        return "are not [[min, opt, max], ...] with 1 <= min <= opt <= max"
+    reach = 0
+    for lo, _, hi in sorted(profiles):
+        if lo > reach + 1 and reach > 0:
+            return f"leave batches {reach + 1}..{lo - 1} without a profile"
+        reach = max(reach, hi)
+    return ""
+
+
 _INT_FIELDS = ("embedding_dim", "num_parts", "batch_min", "batch_opt", "batch_max")
 _STR_FIELDS = ("arch", "method", "precision", "checkpoint_sha256", "model_sha256", "model_file", "sdk_version")
+
+
+def _check_values(m: Manifest, source: str) -> None:
+    """The manifest's values are ones this runtime knows (method, precision, resize rule, batch profiles)."""
+    if m.method not in METHODS:
+        raise ModelError(f"{source}: method {m.method!r} is not one of {METHODS}")
+    if m.precision not in PRECISIONS:
+        raise ModelError(f"{source}: precision {m.precision!r} is not one of {PRECISIONS}")
+    if m.input.resize not in RESIZE_RULES:
+        raise ModelError(f"{source}: resize rule {m.input.resize!r} is not one of {RESIZE_RULES}")
+    if not 1 <= m.batch_min <= m.batch_opt <= m.batch_max:
+        raise ModelError(f"{source}: batch range min/opt/max {m.batch_min}/{m.batch_opt}/{m.batch_max} is invalid")
+    if m.profiles is not None:
+        problem = profiles_problem(m.profiles)
+        span = (m.batch_min, m.batch_max) == (min(p[0] for p in m.profiles), max(p[2] for p in m.profiles))
+        if problem or not span:
+            raise ModelError(
+                f"{source}: profiles {m.profiles} {problem or 'do not span batch_min..batch_max'}; re-export it"
+            )
 
 
 def _check_types(m: Manifest, source: str) -> None:  # noqa: C901 (one check per field: the branching is the schema)
@@ -216,10 +263,10 @@ def _check_types(m: Manifest, source: str) -> None:  # noqa: C901 (one check per
         values = getattr(spec, f)
         if len(values) != 3 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
             raise bad(f"input.{f}", list(values), "three numbers")
-    if (spec.layout, spec.color, spec.dtype) != ("NHWC", "BGR", "uint8"):
+    if (spec.layout, spec.color, spec.dtype) not in INPUTS:
         raise ModelError(
             f"{source}: input layout/color/dtype {spec.layout}/{spec.color}/{spec.dtype} is not NHWC/BGR/uint8, the "
-            "only input lcr-sdk models take; re-export the model"
+            "input lcr-sdk models take (or NCHW/RGB/float32, the DeepStream variant's); re-export the model"
         )
     if spec.interpolation not in ("linear", "area", "cubic", "nearest"):
         raise bad("input.interpolation", spec.interpolation, "linear, area, cubic or nearest")

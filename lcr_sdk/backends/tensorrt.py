@@ -16,6 +16,14 @@ pinned host memory, copies and streams come from cuda-python's runtime bindings 
 - A caller holding torch CUDA tensors on the engine's GPU passes them directly: they are used in place, and outputs
   come back as torch CUDA tensors (no host round trip); a tensor on another device is refused.
 
+- Optimisation profiles: an engine built with several (``--batch`` given more than once) runs each call on the
+  profile that fits its batch (:func:`choose_profile`); a thread's context switches profile only when the batch
+  needs another one (``set_optimization_profile_async``).
+- ``cuda_graph=True``: a batch-1 call from numpy replays a CUDA graph of the engine's enqueue, captured on the first
+  such call per thread and profile (batch 1 has one fixed shape, and the thread's buffers never move); the copies
+  stay outside the graph. Other batches and torch tensors (whose addresses change) run ``execute_async_v3``. An
+  engine TensorRT cannot capture is run without the graph, with a warning.
+
 An engine only runs on the TensorRT version and GPU it was built for: :func:`~lcr_sdk.backends.identity.check_engine`
 compares the manifest with the running system; the backend refuses what TensorRT refuses and warns on an engine
 tuned for other hardware, both with the torch-free command that rebuilds it from the exported ONNX.
@@ -50,6 +58,20 @@ def rebuild_command(precision: str, out: str, onnx_file: str | None = None) -> s
     return f"lcr-sdk export {source} --trt --precision {precision} --out {out}"
 
 
+def choose_profile(profiles: list[tuple[int, int, int]], batch: int) -> int:
+    """Index of the optimisation profile a batch of ``batch`` runs on: of those whose min..max holds it, the one
+    whose optimal batch is nearest (the first of equals).
+
+    Raises:
+        InputError: no profile holds the batch.
+    """
+    fits = [i for i, (lo, _, hi) in enumerate(profiles) if lo <= batch <= hi]
+    if not fits:
+        ranges = ", ".join(f"{lo}..{hi}" for lo, _, hi in profiles)
+        raise InputError(f"batch of {batch} fits none of the engine's profiles ({ranges}); split the batch")
+    return min(fits, key=lambda i: abs(profiles[i][1] - batch))
+
+
 class _ThreadState:
     """One thread's execution context, stream, device buffers and pinned host buffers."""
 
@@ -61,6 +83,8 @@ class _ThreadState:
         self.stream = cuda.check(rt.cudaStreamCreate(), device, "cudaStreamCreate")
         self.buffers = {n: cuda.check(rt.cudaMalloc(b), device, "cudaMalloc") for n, b in sizes.items()}
         self.pinned = {n: cuda.check(rt.cudaMallocHost(b), device, "cudaMallocHost") for n, b in sizes.items()}
+        self.profile = 0  # a new context runs profile 0
+        self.graphs: dict[int, tuple[Any, Any]] = {}  # profile -> (CUDA graph, its executable) of a batch-1 enqueue
 
     def host_view(self, name: str, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
         """A numpy array over this thread's pinned buffer for ``name``."""
@@ -72,6 +96,10 @@ class _ThreadState:
     def free(self) -> None:
         rt = cuda.cudart()
         cuda.set_device(self.device)
+        for graph, executable in self.graphs.values():
+            rt.cudaGraphExecDestroy(executable)
+            rt.cudaGraphDestroy(graph)
+        self.graphs = {}
         for ptr in self.buffers.values():
             rt.cudaFree(ptr)
         for ptr in self.pinned.values():
@@ -85,6 +113,7 @@ class TensorRTBackend(Backend):
 
     Options:
         force: run an engine whose manifest names another TensorRT version or GPU (a warning instead of an error).
+        cuda_graph: replay a captured CUDA graph for batch-1 numpy calls (module docstring).
     """
 
     name = "tensorrt"
@@ -156,13 +185,20 @@ class TensorRTBackend(Backend):
             shape = [m.batch_max if d < 0 else d for d in dims]
             self.sizes[name] = int(np.prod(shape)) * self.dtypes[name].itemsize
         self.check_io(inputs, outputs)
-        lo, _, hi = self.engine.get_tensor_profile_shape(m.input.name, 0)
-        if lo[0] > m.batch_min or hi[0] < m.batch_max:
+        count = getattr(self.engine, "num_optimization_profiles", 1)
+        self.profiles: list[tuple[int, int, int]] = []
+        for i in range(count):
+            lo, opt, hi = (int(shape[0]) for shape in self.engine.get_tensor_profile_shape(m.input.name, i))
+            self.profiles.append((lo, opt, hi))
+        want = m.batch_profiles
+        if len(self.profiles) != len(want) or any(e[0] > w[0] or e[2] < w[2] for e, w in zip(self.profiles, want)):
+            found = ", ".join(f"{lo}..{hi}" for lo, _, hi in self.profiles)
+            declared = ", ".join(f"{lo}..{hi}" for lo, _, hi in want)
             raise ModelError(
-                f"{self.path}: engine profile batch {lo[0]}..{hi[0]} does not cover the manifest's "
-                f"{m.batch_min}..{m.batch_max}; rebuild it: "
+                f"{self.path}: engine profile batches {found} do not cover the manifest's {declared}; rebuild it: "
                 f"{rebuild_command(m.precision, self.path.name, m.extra.get('onnx_file'))}"
             )
+        self.cuda_graph = bool(self.options.get("cuda_graph"))
 
     def _state(self) -> _ThreadState:
         state = getattr(self._local, "state", None)
@@ -180,13 +216,16 @@ class TensorRTBackend(Backend):
             return self._infer_torch(feed)
         rt, st, name = cuda.cudart(), self._state(), self.inputs[0]
         h2d, d2h = rt.cudaMemcpyKind.cudaMemcpyHostToDevice, rt.cudaMemcpyKind.cudaMemcpyDeviceToHost
+        self._use_profile(st, len(feed), st.stream)
         st.context.set_input_shape(name, feed.shape)
         for n, ptr in st.buffers.items():
             st.context.set_tensor_address(n, int(ptr))
         st.host_view(name, feed.shape, feed.dtype)[...] = feed  # into pinned memory
         cuda.check(rt.cudaMemcpyAsync(st.buffers[name], st.pinned[name], feed.nbytes, h2d, st.stream))
-        if not st.context.execute_async_v3(int(st.stream)):
-            raise ModelError(f"TensorRT execute_async_v3 failed on {self.path}; see the TensorRT log above")
+        if self.cuda_graph and len(feed) == 1:
+            self._replay(st)
+        else:
+            self._enqueue(st.context, st.stream)
         shapes = {n: tuple(st.context.get_tensor_shape(n)) for n in self.outputs}
         for n in self.outputs:
             nbytes = int(np.prod(shapes[n])) * self.dtypes[n].itemsize
@@ -211,6 +250,8 @@ class TensorRTBackend(Backend):
                 f".to('cuda:{self.device_id}') or load the engine with device='{feed.device}'"
             )
         st, name = self._state(), self.inputs[0]
+        stream = torch.cuda.current_stream(feed.device)
+        self._use_profile(st, len(feed), stream.cuda_stream)
         st.context.set_input_shape(name, tuple(feed.shape))
         st.context.set_tensor_address(name, feed.data_ptr())
         out = {}
@@ -218,10 +259,42 @@ class TensorRTBackend(Backend):
             dtype = getattr(torch, str(self.dtypes[n]))
             out[n] = torch.empty(tuple(st.context.get_tensor_shape(n)), dtype=dtype, device=feed.device)
             st.context.set_tensor_address(n, out[n].data_ptr())
-        stream = torch.cuda.current_stream(feed.device)
-        if not st.context.execute_async_v3(stream.cuda_stream):
-            raise ModelError(f"TensorRT execute_async_v3 failed on {self.path}; see the TensorRT log above")
+        self._enqueue(st.context, stream.cuda_stream)
         return {n: out[n].float() for n in self.manifest.output_names}
+
+    def _use_profile(self, st: _ThreadState, batch: int, stream: Any) -> None:
+        """Switch ``st``'s context to the profile for ``batch`` if it is on another one."""
+        index = choose_profile(self.profiles, batch)
+        if index != st.profile:
+            if not st.context.set_optimization_profile_async(index, int(stream)):
+                raise ModelError(f"TensorRT could not switch {self.path} to optimisation profile {index}")
+            st.profile = index
+
+    def _enqueue(self, context: Any, stream: Any) -> None:
+        if not context.execute_async_v3(int(stream)):
+            raise ModelError(f"TensorRT execute_async_v3 failed on {self.path}; see the TensorRT log above")
+
+    def _replay(self, st: _ThreadState) -> None:
+        """Launch the CUDA graph of a batch-1 enqueue on ``st``'s current profile, capturing it on first use."""
+        rt = cuda.cudart()
+        if st.profile not in st.graphs:
+            self._enqueue(st.context, st.stream)  # TensorRT applies shape changes on an enqueue, never while captured
+            mode = rt.cudaStreamCaptureMode.cudaStreamCaptureModeThreadLocal
+            cuda.check(rt.cudaStreamBeginCapture(st.stream, mode), self.device_id, "cudaStreamBeginCapture")
+            captured = st.context.execute_async_v3(int(st.stream))
+            graph = cuda.check(rt.cudaStreamEndCapture(st.stream), self.device_id, "cudaStreamEndCapture")
+            if not captured or graph is None:
+                warnings.warn(
+                    f"TensorRT engine {self.path} cannot be captured in a CUDA graph; running it without "
+                    "(cuda_graph=False hides this warning)",
+                    RuntimeWarning,
+                    stacklevel=4,
+                )
+                self.cuda_graph = False
+                return  # this call's results came from the enqueue above
+            executable = cuda.check(rt.cudaGraphInstantiate(graph, 0), self.device_id, "cudaGraphInstantiate")
+            st.graphs[st.profile] = (graph, executable)
+        cuda.check(rt.cudaGraphLaunch(st.graphs[st.profile][1], st.stream), self.device_id, "cudaGraphLaunch")
 
     def close(self) -> None:
         if getattr(self, "_states", None):

@@ -84,7 +84,13 @@ def export(
     ] = None,
     calib_method: Annotated[str, typer.Option(help="int8 calibration: minmax, percentile or entropy.")] = "percentile",
     calib_images: Annotated[int, typer.Option(help="Use at most this many calibration images.")] = 500,
-    batch: Annotated[str, typer.Option(help="Batch range MIN,OPT,MAX the model is declared for.")] = "1,8,32",
+    batch: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Batch range MIN,OPT,MAX the model is declared for (default 1,8,32); give it again for more "
+            "TensorRT optimisation profiles, together covering every batch, e.g. --batch 1,1,1 --batch 2,8,32.",
+        ),
+    ] = None,
     image_size: Annotated[int | None, typer.Option(help="Input size in px (default: the checkpoint's).")] = None,
     verify: Annotated[
         bool,
@@ -101,6 +107,20 @@ def export(
         typer.Option(
             help="TensorRT timing cache file or folder (default: one file per TensorRT version and GPU "
             "architecture under ~/.cache/lcr-sdk)."
+        ),
+    ] = None,
+    resize: Annotated[
+        str | None,
+        typer.Option(
+            help="Resize rule recorded in the manifest: short_side_center_crop (default), stretch or letterbox "
+            "(the runtime applies it to every image; DeepStream needs stretch or letterbox)."
+        ),
+    ] = None,
+    deepstream: Annotated[
+        Path | None,
+        typer.Option(
+            help="Also write DeepStream's variant into this folder: a float planar RGB ONNX (nvinfer's "
+            "preprocessing) and its secondary-inference nvinfer config (needs --resize stretch or letterbox)."
         ),
     ] = None,
     triton: Annotated[
@@ -125,7 +145,7 @@ def export(
     """
     from lcr_sdk.backends.base import ENGINE_SUFFIXES
 
-    parsed_batch = _parse_batch(batch)
+    parsed_batch = [_parse_batch(b) for b in batch or ["1,8,32"]]
     cache: str | Path = timing_cache if timing_cache is not None else "default"
     suffix = source.suffix.lower()
     if triton is not None and manifest is None and (suffix in ENGINE_SUFFIXES or (suffix == ".onnx" and not trt)):
@@ -188,6 +208,8 @@ def export(
             workspace_gib=workspace,
             timing_cache=cache,
             log=typer.echo,
+            resize=resize,
+            deepstream=deepstream,
         )
     if triton is not None:
         _to_triton(written, triton, triton_name, replace)

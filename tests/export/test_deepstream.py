@@ -14,7 +14,7 @@ from lcr_sdk.manifest import InputSpec, Manifest
 
 
 def _variant(precision: str = "fp16", method: str = "lcr", color: str = "RGB", resize: str = "stretch") -> Manifest:
-    """The manifest of the float planar variant nvinfer feeds (written by hand: its export is not built yet)."""
+    """The manifest of the float planar variant nvinfer feeds, written by hand (its export: tests below)."""
     spec = InputSpec(96, 64, layout="NCHW", color=color, dtype="float32", resize=resize)
     return Manifest(
         "resnet18", method, 512, 8 if method == "lcr" else 0, (3, 2), spec, precision, batch_opt=4, batch_max=16
@@ -78,3 +78,91 @@ def test_the_uint8_centre_crop_export_is_refused_with_what_nvinfer_needs():
 def test_bad_options_are_refused(kwargs, message):
     with pytest.raises(InputError, match=message):
         nvinfer_config(_variant(), "lcr-ds.onnx", **kwargs)
+
+
+# -- the exported variant: `lcr-sdk export CKPT --resize letterbox --deepstream DIR` -----------------------------------
+
+
+@pytest.fixture(scope="module")
+def exported(lcr_checkpoint, tmp_path_factory):
+    """The uint8 model and DeepStream's variant, written by the CLI with a letterbox resize (fp32)."""
+    pytest.importorskip("torch")
+    from typer.testing import CliRunner
+
+    from lcr_sdk.cli import app
+
+    folder = tmp_path_factory.mktemp("ds")
+    args = ["export", str(lcr_checkpoint), "--resize", "letterbox", "--deepstream", str(folder / "ds"), "--no-verify"]
+    r = CliRunner().invoke(app, [*args, "--out", str(folder / "lcr.onnx")])
+    assert r.exit_code == 0, r.output
+    return folder / "lcr.onnx", folder / "ds"
+
+
+@pytest.mark.torch
+def test_the_cli_writes_the_variant_and_its_config(exported):
+    import onnx
+
+    from lcr_sdk.export.trt_rules import tensorrt_violations
+    from lcr_sdk.manifest import read_manifest
+
+    model, folder = exported
+    variant, main = read_manifest(folder / "lcr-deepstream.onnx"), read_manifest(model)
+    spec = variant.input
+    assert (spec.layout, spec.color, spec.dtype, spec.resize) == ("NCHW", "RGB", "float32", "letterbox")
+    assert main.input.resize == "letterbox", "the runtime's model resizes like the pipeline does"
+    assert (variant.checkpoint_sha256, variant.batch_max) == (main.checkpoint_sha256, main.batch_max)
+    c = _parse((folder / "config_infer_secondary_lcr.txt").read_text())
+    assert c["onnx-file"] == "lcr-deepstream.onnx" and (c["maintain-aspect-ratio"], c["symmetric-padding"]) == (
+        "1",
+        "1",
+    )
+    proto = onnx.load(str(folder / "lcr-deepstream.onnx"))
+    assert tensorrt_violations(proto) == []
+    dims = [d.dim_param or d.dim_value for d in proto.graph.input[0].type.tensor_type.shape.dim]
+    assert dims == ["N", 3, 64, 64] and proto.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+
+
+@pytest.mark.torch
+def test_nvinfer_preprocessing_into_the_variant_matches_the_uint8_model(exported, synth_root):
+    """Each image letterboxed by the runtime's rule, then fed two ways: as uint8 BGR to the runtime's model, and the
+    way nvinfer feeds the variant (planar RGB float, minus the config's offsets, times net-scale-factor)."""
+    import onnxruntime as ort
+
+    from lcr_sdk.images import read_image, resize_to
+
+    model, folder = exported
+    c = _parse((folder / "config_infer_secondary_lcr.txt").read_text())
+    offsets = np.array([float(v) for v in c["offsets"].split(";")], np.float32).reshape(1, 3, 1, 1)
+    scale = float(c["net-scale-factor"])
+    paths = sorted((synth_root / "test").rglob("*.png"))[:6]
+    bgr = np.stack([resize_to(read_image(p)[:, 8:], 64, 64, "letterbox") for p in paths])  # not square: padded
+    assert (bgr[:, :2] == 0).all() or (bgr[:, :, :2] == 0).all(), "letterbox pads with black"
+    planar = scale * (bgr[..., ::-1].transpose(0, 3, 1, 2).astype(np.float32) - offsets)
+    want = ort.InferenceSession(str(model)).run(["embedding"], {"images": bgr})[0]
+    got = ort.InferenceSession(str(folder / "lcr-deepstream.onnx")).run(["embedding"], {"images": planar})[0]
+    cosine = np.sum(want * got, axis=1) / np.linalg.norm(want, axis=1) / np.linalg.norm(got, axis=1)
+    assert cosine.min() >= 0.9999
+
+
+def test_letterbox_fits_centres_and_pads_black_and_its_box_reaches_past_the_image():
+    from lcr_sdk.images import crop_box, resize_to
+
+    image = np.full((40, 80, 3), 200, np.uint8)  # 2:1 into a square: 16 rows of black above and below
+    out = resize_to(image, 64, 64, "letterbox")
+    assert out.shape == (64, 64, 3) and (out[:16] == 0).all() and (out[48:] == 0).all() and (out[16:48] == 200).all()
+    assert crop_box(40, 80, 64, 64, "letterbox") == pytest.approx((0.0, -20.0, 80.0, 60.0))
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"deepstream": "ds"}, "--deepstream needs --resize stretch or letterbox"),
+        ({"deepstream": "ds", "resize": "letterbox", "precision": "int8"}, "fp32 or fp16 model, not int8"),
+        ({"resize": "crop"}, "'crop' .--resize. is not one of short_side_center_crop, stretch, letterbox"),
+    ],
+)
+def test_deepstream_options_are_checked_before_any_work(kwargs, message):
+    from lcr_sdk.export.pipeline import check_resize_options
+
+    with pytest.raises(InputError, match=message):
+        check_resize_options(kwargs.get("resize"), kwargs.get("deepstream"), kwargs.get("precision", "fp16"))

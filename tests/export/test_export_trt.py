@@ -380,3 +380,61 @@ def test_foreign_engine_is_refused_with_the_torch_free_rebuild(fp16_onnx, tmp_pa
     # an Orin Nano reports the same name and compute capability: the SM count and memory tell it apart
     r, _ = _cli(tmp_path, "info", tmp_path / "lcr-fp16.engine", FAKE_SM_COUNT="8", FAKE_MEMORY_MIB="7620")
     assert r.returncode == 0 and "tuned on Orin with 16 SMs, this Orin has 8" in r.stdout, r.stdout
+
+
+def test_batch_given_twice_makes_two_profiles_in_the_manifest_and_the_engine(lcr_checkpoint, tmp_path):
+    """`--batch 1,1,1 --batch 2,8,32`: the manifest lists both profiles (batch_min/max span them, so Triton and
+    DeepStream read 32), and the torch-free build makes one TensorRT profile of each, in order."""
+    from typer.testing import CliRunner
+
+    from lcr_sdk.cli import app
+    from lcr_sdk.manifest import read_manifest
+
+    onnx_path = tmp_path / "two.onnx"
+    args = ["export", str(lcr_checkpoint), "--batch", "1,1,1", "--batch", "2,8,32", "--no-verify"]
+    r = CliRunner().invoke(app, [*args, "--out", str(onnx_path)])
+    assert r.exit_code == 0, r.output
+    m = read_manifest(onnx_path)
+    assert m.profiles == [[1, 1, 1], [2, 8, 32]] and (m.batch_min, m.batch_opt, m.batch_max) == (1, 1, 32)
+    assert m.batch_profiles == [(1, 1, 1), (2, 8, 32)]
+    r, calls = _cli(tmp_path, "export", onnx_path, "--trt", "--out", tmp_path / "two.engine")
+    assert r.returncode == 0, r.stderr
+    assert [c for c in calls if c.startswith("profile")] == [
+        "profile images (1, 64, 64, 3) (1, 64, 64, 3) (1, 64, 64, 3)",
+        "profile images (2, 64, 64, 3) (8, 64, 64, 3) (32, 64, 64, 3)",
+    ]
+    assert read_manifest(tmp_path / "two.engine").profiles == [[1, 1, 1], [2, 8, 32]]
+
+
+@pytest.mark.parametrize(
+    "batches, words",
+    [
+        ([(1, 1, 1), (4, 8, 32)], "leave batches 2..3 without a profile"),
+        ([(1, 1, 1), (2, 1, 32)], "batch (2, 1, 32) (--batch) is not MIN,OPT,MAX"),
+    ],
+)
+def test_profiles_that_leave_a_gap_are_refused_before_any_work(batches, words):
+    from lcr_sdk.errors import InputError
+    from lcr_sdk.export.pipeline import check_export_options
+
+    with pytest.raises(InputError) as e:
+        check_export_options(batch=batches)
+    assert words in str(e.value)
+
+
+def test_manifests_without_profiles_read_as_one_profile_and_bad_lists_are_refused():
+    import json
+
+    from lcr_sdk.errors import ModelError
+    from lcr_sdk.manifest import InputSpec, Manifest
+
+    one = Manifest("resnet18", "lcr", 512, 8, (2, 2), InputSpec(64, 64), batch_min=1, batch_opt=8, batch_max=32)
+    d = one.to_dict()
+    assert "profiles" not in d, "a one-profile manifest is written as before (older releases read it)"
+    assert Manifest.from_dict(json.loads(json.dumps(d))).batch_profiles == [(1, 8, 32)]
+    two = {**d, "profiles": [[1, 1, 1], [2, 8, 32]]}
+    assert Manifest.from_dict(two).batch_profiles == [(1, 1, 1), (2, 8, 32)]
+    with pytest.raises(ModelError, match="leave batches 2..3"):
+        Manifest.from_dict({**d, "profiles": [[1, 1, 1], [4, 8, 32]]})
+    with pytest.raises(ModelError, match="do not span batch_min..batch_max"):
+        Manifest.from_dict({**d, "profiles": [[1, 1, 1], [2, 8, 16]]})

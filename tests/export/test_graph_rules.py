@@ -20,10 +20,12 @@ from lcr_sdk.export.trt_rules import tensorrt_violations  # noqa: E402
 @pytest.fixture(scope="module")
 def graphs(lcr_checkpoint, moco_checkpoint, synth_root, tmp_path_factory) -> dict[tuple[str, str], Path]:
     from lcr_sdk.export import export_model
+    from lcr_sdk.train.checkpoint import random_init_checkpoint
 
     folder = tmp_path_factory.mktemp("rules")
+    lite = random_init_checkpoint(folder / "lite0.pt", "lcr", arch="efficientnet_lite0", num_parts=8, bn_batches=1)
     out = {}
-    for method, ckpt in (("lcr", lcr_checkpoint), ("moco", moco_checkpoint)):
+    for method, ckpt in (("lcr", lcr_checkpoint), ("moco", moco_checkpoint), ("lite0", lite)):
         for precision in ("fp32", "fp16", "int8"):
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # few calibration images
@@ -39,12 +41,188 @@ def graphs(lcr_checkpoint, moco_checkpoint, synth_root, tmp_path_factory) -> dic
     return out
 
 
-CASES = [(m, p) for m in ("lcr", "moco") for p in ("fp32", "fp16", "int8")]
+CASES = [(m, p) for m in ("lcr", "moco", "lite0") for p in ("fp32", "fp16", "int8")]
 
 
 @pytest.mark.parametrize("method, precision", CASES)
 def test_graph_obeys_the_tensorrt_parser_rules(graphs, method, precision):
+    """ResNet-18 (LCR and MoCo heads) and EfficientNet-Lite0 (LCR) in every precision."""
     assert tensorrt_violations(onnx.load(str(graphs[method, precision]))) == []
+
+
+def test_fp16_feeds_clip_its_bounds_as_weights_and_keeps_the_head_float(graphs):
+    """The parser takes Clip's min/max only as weights (a Cast of a Constant is a computed tensor to it); the
+    head's Clips (mask range, norm epsilon 1e-12, which float16 rounds to 0) stay float32."""
+    from onnx import TensorProto
+
+    proto = onnx.shape_inference.infer_shapes(onnx.load(str(graphs["lite0", "fp16"])))
+    graph = proto.graph
+    types = {v.name: v.type.tensor_type.elem_type for v in [*graph.value_info, *graph.input, *graph.output]}
+    inits = {t.name: t for t in graph.initializer}
+    clips = [n for n in graph.node if n.op_type == "Clip"]
+    half = [n for n in clips if types[n.input[0]] == TensorProto.FLOAT16]
+    assert len(half) >= 30, "the ReLU6 of every block runs in float16"
+    for n in half:
+        assert all(inits[b].data_type == TensorProto.FLOAT16 for b in n.input[1:] if b)
+    assert len(clips) - len(half) == 3, "the mask range, the pooling and the norm clamps stay float32"
+
+
+def _model(nodes, inputs, outputs, inits=(), opset=17):
+    from onnx import helper
+
+    graph = helper.make_graph(nodes, "crafted", inputs, outputs, initializer=list(inits))
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+
+
+def _x(name="x", dtype=None, shape=("N", 4, 8, 8)):
+    from onnx import TensorProto, helper
+
+    return helper.make_tensor_value_info(name, dtype or TensorProto.FLOAT, list(shape))
+
+
+def _int64(name, values):
+    return onnx.numpy_helper.from_array(np.array(values, np.int64), name)
+
+
+def _crafted() -> dict[str, tuple]:
+    """Rule -> (a graph that breaks it, the words the checker must use)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    y = _x("y")
+    axes_in = helper.make_tensor_value_info("axes", TensorProto.INT64, [1])
+    f32 = numpy_helper.from_array
+    zero = f32(np.zeros((), np.int8), "zp")
+
+    def qdq(scale: float):
+        s = f32(np.array(scale, np.float32), "s")
+        nodes = [
+            helper.make_node("QuantizeLinear", ["x", "s", "zp"], ["q"]),
+            helper.make_node("DequantizeLinear", ["q", "s", "zp"], ["y"]),
+        ]
+        return _model(nodes, [_x()], [y], [s, zero])
+
+    computed_scale = _model(
+        [
+            helper.make_node("ReduceMax", ["x"], ["s"], keepdims=0),
+            helper.make_node("QuantizeLinear", ["x", "s", "zp"], ["q"]),
+            helper.make_node("DequantizeLinear", ["q", "s", "zp"], ["y"]),
+        ],
+        [_x()],
+        [y],
+        [zero],
+    )
+    uint8_zero = _model(
+        [
+            helper.make_node("QuantizeLinear", ["x", "s", "zp8"], ["q"]),
+            helper.make_node("DequantizeLinear", ["q", "s", "zp8"], ["y"]),
+        ],
+        [_x()],
+        [y],
+        [f32(np.array(0.1, np.float32), "s"), f32(np.zeros((), np.uint8), "zp8")],
+    )
+    reduce_sum = _model(
+        [helper.make_node("ReduceSum", ["x", "axes"], ["y"], keepdims=1)],
+        [_x(), axes_in],
+        [_x("y", shape=["N", 1, 8, 8])],
+    )
+    unsqueeze = _model(
+        [helper.make_node("Unsqueeze", ["x", "axes"], ["y"])], [_x(), axes_in], [_x("y", shape=["N", 1, 4, 8, 8])]
+    )
+    squeeze = _model(
+        [
+            helper.make_node("ReduceMax", ["x", "one"], ["r"], keepdims=1),
+            helper.make_node("Squeeze", ["r", "axes"], ["y"]),
+        ],
+        [_x(), axes_in],
+        [_x("y", shape=["N", 8, 8])],
+        [_int64("one", [1])],
+        opset=18,
+    )
+    slice_ = _model(
+        [helper.make_node("Slice", ["x", "starts", "ends", "axes"], ["y"])],
+        [_x(), axes_in],
+        [_x("y", shape=["N", 4, 4, 8])],
+        [_int64("starts", [0]), _int64("ends", [4])],
+    )
+    clip = _model(
+        [helper.make_node("ReduceMin", ["x"], ["lo"], keepdims=0), helper.make_node("Clip", ["x", "lo"], ["y"])],
+        [_x()],
+        [y],
+    )
+    dilated = _model(
+        [helper.make_node("MaxPool", ["x"], ["y"], kernel_shape=[3, 3], pads=[2, 2, 2, 2], dilations=[2, 2])],
+        [_x()],
+        [y],
+    )
+    indices = _model(
+        [helper.make_node("MaxPool", ["x"], ["y", "i"], kernel_shape=[3, 3], pads=[1, 1, 1, 1])],
+        [_x()],
+        [y, helper.make_tensor_value_info("i", TensorProto.INT64, ["N", 4, 8, 8])],
+    )
+    pool_1d = _model(
+        [helper.make_node("MaxPool", ["x"], ["y"], kernel_shape=[3], pads=[1, 1])],
+        [_x(shape=["N", 4, 8])],
+        [_x("y", shape=["N", 4, 8])],
+    )
+    double = _model(
+        [
+            helper.make_node("Cast", ["x"], ["d"], to=TensorProto.DOUBLE),
+            helper.make_node("Cast", ["d"], ["y"], to=TensorProto.FLOAT),
+        ],
+        [_x()],
+        [y],
+    )
+    string = _model(
+        [
+            helper.make_node("Constant", [], ["c"], value_string="lcr"),
+            helper.make_node("Identity", ["x"], ["y"]),
+        ],
+        [_x()],
+        [y],
+    )
+    new_opset = _model([helper.make_node("Relu", ["x"], ["y"])], [_x()], [y], opset=21)
+    return {
+        "opset": (new_opset, "opset 21"),
+        "scale zero": (qdq(0.0), "scale coefficients must all be positive"),
+        "scale negative": (qdq(-0.5), "scale coefficients must all be positive"),
+        "scale computed": (computed_scale, "scale 's' is computed"),
+        "uint8 zero point": (uint8_zero, "zero point 'zp8' is UINT8"),
+        "ReduceSum axes": (reduce_sum, "ReduceSum '': axes 'axes' are computed"),
+        "Unsqueeze axes": (unsqueeze, "Unsqueeze '': axes 'axes' are computed"),
+        "Squeeze axes": (squeeze, "Squeeze '': axes 'axes' are computed"),
+        "Slice axes": (slice_, "Slice '': axes 'axes' are computed"),
+        "Clip bound": (clip, "Clip min/max must be initializers"),
+        "MaxPool dilations": (dilated, "dilations [2, 2]"),
+        "MaxPool indices": (indices, "the Indices output is unsupported"),
+        "MaxPool 1D": (pool_1d, "2D or 3D pooling only"),
+        "Cast to double": (double, "casts to DOUBLE"),
+        "Constant string": (string, "attribute value_string is unsupported"),
+    }
+
+
+@pytest.mark.parametrize("rule", list(_crafted()))
+def test_checker_reports_each_rule_on_a_graph_that_breaks_it(rule):
+    proto, words = _crafted()[rule]
+    problems = tensorrt_violations(proto)
+    assert any(words in p for p in problems), problems
+
+
+def test_axes_from_an_initializer_or_a_constant_pass():
+    """At opset 17 a ReduceSum's axes are an input (since opset 13): an initializer or a Constant is what the
+    parser reads as weights, and neither is reported."""
+    from onnx import helper
+
+    out = _x("y", shape=["N", 1, 8, 8])
+    from_init = _model([helper.make_node("ReduceSum", ["x", "axes"], ["y"])], [_x()], [out], [_int64("axes", [1])])
+    from_const = _model(
+        [
+            helper.make_node("Constant", [], ["axes"], value=_int64("v", [1])),
+            helper.make_node("ReduceSum", ["x", "axes"], ["y"]),
+        ],
+        [_x()],
+        [out],
+    )
+    assert tensorrt_violations(from_init) == [] and tensorrt_violations(from_const) == []
 
 
 @pytest.mark.parametrize("method, precision", CASES)
@@ -62,7 +240,7 @@ def test_preprocessing_is_cast_transpose_add_then_conv(graphs, method, precision
             break
         chain.append(node.op_type)
         tensor = node.output[0]
-    expected = ["Cast", "Transpose", "Add"] + (["Cast"] if precision == "fp16" else [])
+    expected = ["Cast", "Transpose", "Add"] + (["Cast"] if precision in ("fp16", "int8") else [])
     assert chain == expected
     assert consumers[tensor][0].op_type == "Conv", "the stem conv stays float in every precision"
 
@@ -79,6 +257,14 @@ def _int8(graphs, method):
     return graph, inits, producer, consumers
 
 
+def _source(producer, x):
+    """The node that makes tensor ``x``, looking through the float16/float32 Casts around Q/DQ."""
+    node = producer.get(x)
+    while node is not None and node.op_type == "Cast":
+        node = producer.get(node.input[0])
+    return node
+
+
 @pytest.mark.parametrize("method", ["lcr", "moco"])
 def test_int8_qdq_where_tensorrt_fuses(graphs, method):
     from onnx import TensorProto, numpy_helper
@@ -90,29 +276,58 @@ def test_int8_qdq_where_tensorrt_fuses(graphs, method):
         dtype = inits[x].data_type if x in inits else TensorProto.INT8
         assert dtype == TensorProto.INT8, f"{x} is not INT8"
     convs = [n for n in graph.node if n.op_type == "Conv"]
-    stem = [n for n in convs if producer.get(n.input[0]) is not None and producer[n.input[0]].op_type == "Add"]
+    stem = [n for n in convs if _source(producer, n.input[0]).op_type == "Add"]
     assert len(stem) == 1, "the 3-channel stem reads the preprocessing Add, not a DequantizeLinear"
     w = inits.get(stem[0].input[1])
-    assert w is not None and w.data_type == TensorProto.FLOAT and numpy_helper.to_array(w).shape[1] == 3
-    quantised = [n for n in convs if producer[n.input[0]].op_type == "DequantizeLinear"]
+    assert w is not None and w.data_type == TensorProto.FLOAT16 and numpy_helper.to_array(w).shape[1] == 3
+    quantised = [n for n in convs if _source(producer, n.input[0]).op_type == "DequantizeLinear"]
     floats = [n for n in convs if n not in quantised]
     assert len(floats) == (2 if method == "lcr" else 1), "float: the stem and the GFB conv only"
     for n in quantised:  # per-channel INT8 weights through a DequantizeLinear on axis 0
-        dq = producer[n.input[1]]
+        dq = _source(producer, n.input[1])
         assert dq.op_type == "DequantizeLinear" and inits[dq.input[0]].data_type == TensorProto.INT8
         assert len(inits[dq.input[1]].dims) == 1 and inits[dq.input[1]].dims[0] == inits[dq.input[0]].dims[0]
         if len(n.input) > 2:
-            assert n.input[2] in inits and inits[n.input[2]].data_type == TensorProto.FLOAT, "bias stays float"
+            assert inits[n.input[2]].data_type == TensorProto.FLOAT16, "bias: float16 like its Conv, never INT32"
     residual = [n for n in graph.node if n.op_type == "Add" and all(x not in inits for x in n.input)]
     # the tensor each shortcut Q/DQ quantises: Add <- DequantizeLinear <- QuantizeLinear <- tensor
-    shortcuts = {producer[producer[add.input[1]].input[0]].input[0] for add in residual}
+    shortcuts = {
+        _source(producer, producer[_source(producer, add.input[1]).input[0]].input[0]).output[0] for add in residual
+    }
+
+    def quantised_output(name: str) -> bool:  # read by a QuantizeLinear, directly or through its float32 Cast
+        readers = consumers.get(name, [])
+        casts = [c for c in readers if c.op_type == "Cast"]
+        return any(c.op_type == "QuantizeLinear" for c in readers + [r for c in casts for r in consumers[c.output[0]]])
+
     for n in convs:  # no Q on a Conv output, except a downsample conv's: it is a residual Add's shortcut input
-        quantised_output = any(c.op_type == "QuantizeLinear" for c in consumers.get(n.output[0], []))
-        assert not quantised_output or n.output[0] in shortcuts
+        assert not quantised_output(n.output[0]) or n.output[0] in shortcuts
     assert len(residual) == 8  # resnet18: 8 BasicBlocks
     for add in residual:
-        main, shortcut = producer[add.input[0]], producer[add.input[1]]
+        main, shortcut = producer[add.input[0]], _source(producer, add.input[1])
         assert main.op_type == "Conv" and shortcut.op_type == "DequantizeLinear"
+
+
+@pytest.mark.parametrize("method", ["lcr", "lite0"])
+def test_int8_runs_its_unquantised_parts_in_float16(graphs, method):
+    """int8 is built on the fp16 graph: the stem conv, the max-pool, the GFB conv and every Conv, ReLU and Add run
+    in float16; each Q reads float32 and each DQ writes float32 (opset 17), with Casts between; scales stay
+    float32; the head (mask, pooling, norm) and the outputs stay float32."""
+    from onnx import TensorProto
+
+    proto = onnx.shape_inference.infer_shapes(onnx.load(str(graphs[method, "int8"])))
+    graph = proto.graph
+    types = {v.name: v.type.tensor_type.elem_type for v in [*graph.value_info, *graph.input, *graph.output]}
+    types.update({t.name: t.data_type for t in graph.initializer})
+    for n in graph.node:
+        if n.op_type in ("Conv", "MaxPool", "Relu"):
+            assert types[n.output[0]] == TensorProto.FLOAT16, n.name
+        if n.op_type == "QuantizeLinear":
+            assert types[n.input[0]] == TensorProto.FLOAT and types[n.input[1]] == TensorProto.FLOAT
+        if n.op_type in ("ReduceMax", "ReduceMin", "ReduceSum", "ReduceL2"):
+            assert types[n.input[0]] == TensorProto.FLOAT, n.name
+    assert any(n.op_type == "MaxPool" for n in graph.node) == (method == "lcr")
+    assert all(types[o.name] == TensorProto.FLOAT for o in graph.output)
 
 
 @pytest.mark.parametrize("method", ["lcr", "moco"])

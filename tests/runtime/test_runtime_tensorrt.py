@@ -211,3 +211,151 @@ def test_engine_from_other_version_is_refused(engine, tmp_path):
     sidecar_path(other).write_text(json.dumps(d))
     with pytest.raises(ModelError, match="lcr-sdk export lcr.onnx --trt --precision fp32 --out lcr.engine"):
         Embedder(other)
+
+
+# -- optimisation profiles and the CUDA-graph path (stand-ins: TensorRT and CUDA cannot run here) --------------------
+
+
+def test_each_batch_runs_on_the_profile_that_fits_it():
+    from lcr_sdk.backends.tensorrt import choose_profile
+
+    split = [(1, 1, 1), (2, 8, 32)]
+    assert [choose_profile(split, n) for n in (1, 2, 8, 32)] == [0, 1, 1, 1]
+    overlapping = [(1, 4, 8), (1, 12, 32)]  # both hold 1..8: the nearer optimal batch decides, the first on a tie
+    assert [choose_profile(overlapping, n) for n in (1, 4, 7, 8, 9, 12)] == [0, 0, 0, 0, 1, 1]
+    with pytest.raises(InputError, match="batch of 33 fits none of the engine's profiles .1..1, 2..32."):
+        choose_profile(split, 33)
+
+
+class _Context:
+    """Stands in for a TensorRT IExecutionContext: records profile switches and enqueues."""
+
+    def __init__(self, capturable: bool = True):
+        self.events: list[tuple] = []
+        self.shape: tuple = ()
+        self.capturing = False
+        self.capturable = capturable
+
+    def set_optimization_profile_async(self, index, stream):
+        self.events.append(("profile", index))
+        return True
+
+    def set_input_shape(self, name, shape):
+        self.shape = tuple(shape)
+
+    def set_tensor_address(self, name, ptr):
+        pass
+
+    def get_tensor_shape(self, name):
+        n = self.shape[0]
+        return {"embedding": (n, 512), "attention": (n, 2, 2), "parts": (n, 8, 2, 2)}[name]
+
+    def execute_async_v3(self, stream):
+        self.events.append(("captured enqueue",) if self.capturing else ("enqueue",))
+        return self.capturable or not self.capturing
+
+
+class _Cudart:
+    """Stands in for cuda-python's runtime module: every call succeeds; graph calls are recorded."""
+
+    class cudaMemcpyKind:  # noqa: N801 (cuda-python's names)
+        cudaMemcpyHostToDevice, cudaMemcpyDeviceToHost = 1, 2
+
+    class cudaStreamCaptureMode:  # noqa: N801
+        cudaStreamCaptureModeThreadLocal = 1
+
+    def __init__(self, context: _Context):
+        self.context = context
+
+    def cudaMemcpyAsync(self, *args):  # noqa: N802
+        return (0,)
+
+    def cudaStreamSynchronize(self, stream):  # noqa: N802
+        return (0,)
+
+    def cudaStreamBeginCapture(self, stream, mode):  # noqa: N802
+        self.context.capturing = True
+        self.context.events.append(("begin capture",))
+        return (0,)
+
+    def cudaStreamEndCapture(self, stream):  # noqa: N802
+        self.context.capturing = False
+        return (0, "graph")
+
+    def cudaGraphInstantiate(self, graph, flags):  # noqa: N802
+        self.context.events.append(("instantiate",))
+        return (0, "executable")
+
+    def cudaGraphLaunch(self, executable, stream):  # noqa: N802
+        self.context.events.append(("launch",))
+        return (0,)
+
+
+class _State:
+    """A thread's state (context, stream, buffers) with numpy arrays for pinned memory."""
+
+    def __init__(self, context):
+        self.context, self.stream, self.profile, self.graphs = context, 7, 0, {}
+        self.buffers = {n: i for i, n in enumerate(("images", "embedding", "attention", "parts"))}
+        self.pinned = dict(self.buffers)
+
+    def host_view(self, name, shape, dtype):
+        return np.zeros(shape, dtype)
+
+
+def _engine_backend(tmp_path, monkeypatch, profiles, cuda_graph=False, capturable=True):
+    """A TensorRTBackend past load(), over the stand-ins above: what it asks of TensorRT and CUDA is recorded."""
+    from lcr_sdk.backends import cuda
+    from lcr_sdk.backends.tensorrt import TensorRTBackend
+    from lcr_sdk.manifest import InputSpec, Manifest
+
+    lo, hi = min(p[0] for p in profiles), max(p[2] for p in profiles)
+    m = Manifest(
+        "resnet18", "lcr", 512, 8, (2, 2), InputSpec(64, 64), batch_min=lo, batch_opt=profiles[0][1], batch_max=hi,
+        profiles=[list(p) for p in profiles] if len(profiles) > 1 else None,
+    )  # fmt: skip
+    backend = TensorRTBackend(tmp_path / "m.engine", m, device="cuda", cuda_graph=cuda_graph)
+    context = _Context(capturable)
+    state = _State(context)
+    monkeypatch.setattr(cuda, "cudart", lambda: _Cudart(context))
+    backend.profiles, backend.cuda_graph, backend.device_id = list(profiles), cuda_graph, 0
+    backend.inputs, backend.outputs = ["images"], m.output_names
+    backend.dtypes = {n: np.dtype(np.float32) for n in m.output_names}
+    backend._state = lambda: state
+    backend.loaded = True
+    return backend, context.events
+
+
+def test_the_context_switches_profile_only_when_the_batch_needs_another(tmp_path, monkeypatch):
+    backend, events = _engine_backend(tmp_path, monkeypatch, [(1, 1, 1), (2, 8, 32)])
+    for n in (1, 8, 8, 3, 1, 1):
+        out = backend.infer(np.zeros((n, 64, 64, 3), np.uint8))
+        assert out["embedding"].shape == (n, 512)
+    switches = [e[1] for e in events if e[0] == "profile"]
+    assert switches == [1, 0], "batch 1 starts on profile 0; 8 moves to 1; 8 and 3 stay; 1 moves back"
+    assert events.count(("enqueue",)) == 6 and ("launch",) not in events
+
+
+def test_batch_one_replays_a_cuda_graph_captured_once(tmp_path, monkeypatch):
+    backend, events = _engine_backend(tmp_path, monkeypatch, [(1, 1, 1), (2, 8, 32)], cuda_graph=True)
+    for _ in range(3):
+        backend.infer(np.zeros((1, 64, 64, 3), np.uint8))
+    # first call: one enqueue before capture (TensorRT settles shapes), the captured enqueue, then a launch
+    assert events == [
+        ("enqueue",), ("begin capture",), ("captured enqueue",), ("instantiate",), ("launch",), ("launch",),
+        ("launch",),
+    ]  # fmt: skip
+    events.clear()
+    backend.infer(np.zeros((4, 64, 64, 3), np.uint8))  # another batch runs the engine directly
+    assert events == [("profile", 1), ("enqueue",)]
+
+
+def test_batch_one_without_the_option_or_with_an_uncapturable_engine_enqueues(tmp_path, monkeypatch):
+    backend, events = _engine_backend(tmp_path, monkeypatch, [(1, 8, 32)])
+    backend.infer(np.zeros((1, 64, 64, 3), np.uint8))
+    assert events == [("enqueue",)]
+    backend, events = _engine_backend(tmp_path, monkeypatch, [(1, 8, 32)], cuda_graph=True, capturable=False)
+    with pytest.warns(RuntimeWarning, match="cannot be captured in a CUDA graph"):
+        backend.infer(np.zeros((1, 64, 64, 3), np.uint8))
+    backend.infer(np.zeros((1, 64, 64, 3), np.uint8))
+    assert events == [("enqueue",), ("begin capture",), ("captured enqueue",), ("enqueue",)]
