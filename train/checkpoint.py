@@ -242,7 +242,7 @@ def _check_train_state(ts: Any, path: Path) -> None:
         raise ModelError(f"{path} holds no training state (a deploy-only checkpoint); cannot resume from it")
     for key, (kind, what) in TRAIN_STATE.items():
         value = ts.get(key)
-        ok = isinstance(value, kind) and not isinstance(value, bool) and (kind is not int or value >= 0)
+        ok = isinstance(value, kind) and not isinstance(value, bool) and not (isinstance(value, int) and value < 0)
         if not ok:
             held = "missing" if key not in ts else f"{value!r}"[:40]
             raise _damaged(path, f"its train_state['{key}'] is {held}; it must be {what}")

@@ -80,8 +80,9 @@ def data_identity(root: str | os.PathLike) -> dict[str, Any]:
     return {"root": str(root.resolve()), "train_images": files, "bytes": size, "fingerprint": h.hexdigest()}
 
 
-def check_same_data(saved: Any, current: dict[str, Any], path: Path, data: Path) -> None:
-    """Refuse to resume ``path`` on another data set than the one it was trained on.
+def check_same_data(saved: Any, current: dict[str, Any], path: Path, data: Path, warn: bool = True) -> None:
+    """Refuse to resume ``path`` on another data set than the one it was trained on (the root may differ: a moved
+    copy has the same fingerprint).
 
     Args:
         saved: the checkpoint's recorded :func:`data_identity` (None for a checkpoint written before it was recorded:
@@ -89,11 +90,14 @@ def check_same_data(saved: Any, current: dict[str, Any], path: Path, data: Path)
         current: :func:`data_identity` of the data set this run was given.
         path: the checkpoint (for the message).
         data: the data set this run was given (for the message).
+        warn: warn about a checkpoint that does not record its data set (off where the trainer warns later).
 
     Raises:
         InputError: the fingerprints differ.
     """
     if not isinstance(saved, dict) or "fingerprint" not in saved:
+        if not warn:
+            return
         warnings.warn(
             f"{path} does not record which data set it was trained on (written by an older lcr-sdk); make sure "
             f"{data} is that data set",
@@ -175,7 +179,7 @@ def preflight(cfg: Any, data: Path, out: Path, resume: bool) -> None:
 
         ckpt = load_checkpoint(path, resume=True)
         check_resumable(cfg.to_dict(), ckpt["config"], path)
-        check_same_data(ckpt["train_state"].get("data"), data_identity(data), path, data)
+        check_same_data(ckpt["train_state"].get("data"), data_identity(data), path, data, warn=False)
 
 
 def launch(cmd: list[str], grace_s: float = STOP_GRACE_S) -> int:
