@@ -52,6 +52,8 @@ def save_checkpoint(path: str | os.PathLike, ckpt: dict[str, Any]) -> Path:
         with atomic_path(path) as tmp, open(tmp, "wb") as f:  # closed even when the write fails (frees the space)
             torch.save(ckpt, f)
     except (OSError, RuntimeError) as e:
+        if _interrupted(e):  # Ctrl+C / SIGTERM inside torch.save: the old file is kept; stop as interrupted
+            raise KeyboardInterrupt(f"interrupted while saving {path}; the previous checkpoint is kept") from e
         needed = _nbytes(ckpt)
         free = shutil.disk_usage(path.parent).free if path.parent.is_dir() else None
         full = getattr(e, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or (
@@ -61,6 +63,19 @@ def save_checkpoint(path: str | os.PathLike, ckpt: dict[str, Any]) -> Path:
             raise write_error(path, e, needed, full) from e
         raise
     return path
+
+
+def _interrupted(e: BaseException) -> bool:
+    """Whether ``e`` is torch's reaction to a KeyboardInterrupt raised inside ``torch.save`` (its zip writer, closed
+    while the interrupt unwinds, raises a RuntimeError in its place)."""
+    seen: set[int] = set()
+    cause: BaseException | None = e
+    while cause is not None and id(cause) not in seen:
+        if isinstance(cause, KeyboardInterrupt):
+            return True
+        seen.add(id(cause))
+        cause = cause.__cause__ or cause.__context__
+    return False
 
 
 def write_error(path: Path, e: BaseException, needed: int | None = None, full: bool = False) -> ModelError:
@@ -97,12 +112,20 @@ def _torch_load(path: Path, map_location: str | torch.device) -> Any:
     return obj
 
 
-def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load and validate an lcr-sdk checkpoint.
+def load_checkpoint(
+    path: str | os.PathLike, map_location: str | torch.device = "cpu", resume: bool = False
+) -> dict[str, Any]:
+    """Load and validate an lcr-sdk checkpoint: its format, and the schema of what it holds (see
+    :func:`check_schema`), so that an edited or damaged file is one error naming it, not a failure later.
+
+    Args:
+        path: the ``.pt`` file.
+        map_location: where tensors are loaded.
+        resume: also require and check ``train_state`` (what ``--resume`` restores).
 
     Raises:
-        ModelError: missing file, not a torch file (corrupt or truncated), not an lcr-sdk checkpoint, or a
-            newer format version; the message says what to do.
+        ModelError: missing file, not a torch file (corrupt or truncated), not an lcr-sdk checkpoint, a newer
+            format version, or contents of the wrong kind; the message says what to do.
     """
     path = Path(path)
     if not path.is_file():
@@ -130,7 +153,107 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     for key in ("config", "model"):
         if key not in ckpt:
             raise ModelError(f"{path} is an lcr-sdk checkpoint without '{key}'; it is damaged, retrain or re-copy")
+    check_schema(ckpt, path, resume)
     return ckpt
+
+
+# train_state entries --resume restores: name -> (type, what it must be)
+TRAIN_STATE = {
+    "trainer": (dict, "the training module's state dict"),
+    "optimizer": (dict, "the optimiser's state dict"),
+    "scaler": (dict, "the AMP scaler's state dict ({} without fp16)"),
+    "epoch": (int, "an integer >= 0"),
+    "step_in_epoch": (int, "an integer >= 0"),
+    "global_step": (int, "an integer >= 0"),
+    "rng": (dict, "the random generators' states"),
+}
+
+
+def check_schema(ckpt: dict[str, Any], path: Path, resume: bool = False) -> None:
+    """Check the kinds of a checkpoint's entries: ``config`` (through :class:`TrainConfig`'s own validation, with
+    the keys every reader needs), ``model`` (names to tensors), the optional ``metrics``, ``classes`` and
+    ``train_state``; with ``resume``, ``train_state``'s entries too.
+
+    Raises:
+        ModelError: names the file, the entry, what it holds and what it must be, and the fix (re-copy or retrain).
+    """
+    for key, kind in (("config", dict), ("model", dict), ("metrics", dict), ("train_state", dict), ("classes", list)):
+        if key in ckpt and not isinstance(ckpt[key], kind):
+            raise _damaged(path, f"its '{key}' is a {type(ckpt[key]).__name__}, not a {kind.__name__}")
+    _check_config(ckpt["config"], path)
+    odd = next((k for k, v in ckpt["model"].items() if not (isinstance(k, str) and torch.is_tensor(v))), None)
+    if odd is not None or not ckpt["model"]:
+        raise _damaged(path, "its 'model' is empty" if odd is None else f"its 'model' entry {odd!r} is not a tensor")
+    _check_weights(ckpt, path)
+    if resume:
+        _check_train_state(ckpt.get("train_state"), path)
+
+
+def _damaged(path: Path, what: str) -> ModelError:
+    return ModelError(f"checkpoint {path} is damaged or was edited: {what}; re-copy it or retrain")
+
+
+def _check_config(config: dict, path: Path) -> None:
+    """The keys every reader needs, and every value as :class:`TrainConfig` validates it."""
+    from lcr_sdk.errors import InputError
+    from lcr_sdk.train.config import TrainConfig
+
+    missing = [k for k in ("arch", "method", "image_size") if k not in config]
+    if missing:
+        raise _damaged(path, f"its config has no {', '.join(map(repr, missing))}")
+    try:
+        TrainConfig.from_dict(config)
+    except (InputError, TypeError) as e:
+        msg = str(e)
+        if msg.startswith("--"):  # "--image-size 'x' is not valid; ..." -> "config['image_size'] 'x' is not valid"
+            flag, _, rest = msg.partition(" ")
+            msg = f"config[{flag[2:].replace('-', '_')!r}] {rest}"
+        raise _damaged(path, msg) from e
+
+
+def _check_weights(ckpt: dict[str, Any], path: Path) -> None:
+    """The weights' names and shapes are those of the network the config describes (built on the meta device: no
+    memory, no time), so that no reader describes or builds another network than the one stored."""
+    from lcr_sdk.train.model import LCRNet
+
+    cfg = ckpt["config"]
+    with torch.device("meta"):
+        expected = LCRNet(cfg["arch"], cfg["method"], cfg.get("num_parts", 32)).state_dict()
+    stored = ckpt["model"]
+    wrong = sorted(set(expected) ^ set(stored)) or [k for k in expected if expected[k].shape != stored[k].shape]
+    if wrong:
+        k = wrong[0]
+        what = (
+            f"{k} is {tuple(stored[k].shape)}, not {tuple(expected[k].shape)}"
+            if k in stored and k in expected
+            else f"{k} is {'missing' if k in expected else 'unexpected'}"
+        )
+        more = f" (and {len(wrong) - 1} more)" if len(wrong) > 1 else ""
+        raise _damaged(
+            path,
+            f"its weights do not match its config arch={cfg['arch']} method={cfg['method']} "
+            f"num_parts={cfg.get('num_parts', 32)}: {what}{more}",
+        )
+
+
+def _check_train_state(ts: Any, path: Path) -> None:
+    """What ``--resume`` restores: every :data:`TRAIN_STATE` entry of its kind."""
+    if not ts:
+        raise ModelError(f"{path} holds no training state (a deploy-only checkpoint); cannot resume from it")
+    for key, (kind, what) in TRAIN_STATE.items():
+        value = ts.get(key)
+        ok = isinstance(value, kind) and not isinstance(value, bool) and not (isinstance(value, int) and value < 0)
+        if not ok:
+            held = "missing" if key not in ts else f"{value!r}"[:40]
+            raise _damaged(path, f"its train_state['{key}'] is {held}; it must be {what}")
+    if not all(isinstance(k, str) and torch.is_tensor(v) for k, v in ts["trainer"].items()):
+        raise _damaged(path, "its train_state['trainer'] holds entries that are not named tensors")
+    if not isinstance(ts["optimizer"].get("state"), dict) or not isinstance(ts["optimizer"].get("param_groups"), list):
+        raise _damaged(path, "its train_state['optimizer'] has no 'state' dict and 'param_groups' list")
+    if not all(k in ts["rng"] for k in ("python", "numpy", "torch")):
+        raise _damaged(path, "its train_state['rng'] lacks the python, numpy and torch generator states")
+    if not isinstance(ts.get("history", []), list):
+        raise _damaged(path, "its train_state['history'] is not a list")
 
 
 def plain(obj: Any) -> Any:
@@ -238,8 +361,8 @@ def load_pretrained(net, spec: str) -> None:
     load_backbone(net, state, f"--pretrained {spec}")
 
 
-def build_net(ckpt: dict[str, Any]):
-    """The deployable :class:`LCRNet` of a loaded checkpoint, weights loaded, in eval mode."""
+def build_net(ckpt: dict[str, Any], path: str | os.PathLike = "checkpoint"):
+    """The deployable :class:`LCRNet` of a loaded checkpoint (read from ``path``), weights loaded, in eval mode."""
     from lcr_sdk.train.model import LCRNet
 
     cfg = ckpt["config"]
@@ -247,14 +370,21 @@ def build_net(ckpt: dict[str, Any]):
     try:
         net.load_state_dict(ckpt["model"])
     except RuntimeError as e:
-        raise ModelError(f"checkpoint weights do not match arch={cfg['arch']} method={cfg['method']}: {e}") from e
+        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+        detail = lines[1] if len(lines) > 1 else (lines or ["?"])[0]
+        more = f" (and {len(lines) - 2} more)" if len(lines) > 2 else ""
+        raise ModelError(
+            f"{path}: the checkpoint's weights do not match its config arch={cfg['arch']} method={cfg['method']} "
+            f"num_parts={cfg.get('num_parts', 32)}: {detail[:300]}{more}; the config or weights were edited or "
+            "damaged: re-copy the checkpoint or retrain"
+        ) from e
     return net.eval()
 
 
 def load_net(path: str | os.PathLike):
     """Load a checkpoint file and return ``(net, ckpt)``."""
     ckpt = load_checkpoint(path)
-    return build_net(ckpt), ckpt
+    return build_net(ckpt, path), ckpt
 
 
 def random_init_checkpoint(

@@ -21,7 +21,7 @@ from torch.utils.data import Dataset
 from lcr_sdk.errors import DataError, InputError
 from lcr_sdk.images import IMAGE_SUFFIXES, list_images, read_image, resize_to
 
-CACHE_LIMIT_BYTES = 4 << 30  # keep decoded images in memory below this estimate
+CACHE_LIMIT_BYTES = 4 << 30  # keep decoded images in memory while they take less than this
 
 
 @dataclass
@@ -72,6 +72,7 @@ def scan_split(root: str | Path, split: str, on_bad: str = "skip", size: int | N
     out = Split(folder, [], [], classes)
     cache = size is not None and len(paths) * size * size * 3 < CACHE_LIMIT_BYTES
     images: list[np.ndarray] = []
+    held = 0
     for p, y in zip(paths, labels):
         try:
             img = read_image(p)
@@ -87,6 +88,9 @@ def scan_split(root: str | Path, split: str, on_bad: str = "skip", size: int | N
         out.sizes.append((int(img.shape[0]), int(img.shape[1])))
         if cache:
             images.append(img)
+            held += img.nbytes  # what is kept: the decoded image, not the model's input size
+            if held > CACHE_LIMIT_BYTES:
+                cache, images = False, []
     out.images = images if cache else None
     if out.skipped:
         warnings.warn(

@@ -30,7 +30,7 @@ import torch.distributed as dist
 from torch import nn
 from tqdm import tqdm  # type: ignore[import-untyped]
 
-from lcr_sdk.errors import DataError, InputError, ModelError
+from lcr_sdk.errors import InputError, ModelError
 from lcr_sdk.fileio import atomic_write_text
 from lcr_sdk.manifest import normalisation
 from lcr_sdk.train.augment import moco_v2
@@ -45,14 +45,13 @@ from lcr_sdk.train.checkpoint import (
 )
 from lcr_sdk.train.config import TrainConfig
 from lcr_sdk.train.data import TrainImages, scan_split, split_validation
+from lcr_sdk.train.guards import check_batch, check_resumable, check_same_data, data_identity
 from lcr_sdk.train.moco import MoCo, Supervised
 from lcr_sdk.train.model import LCRNet
 
 log = logging.getLogger(__name__)
 
 LOG_FIELDS = ["epoch", "step", "lr", "loss", "loss_nce", "loss_fit", "acc", "img_per_s", "knn_top1", "own_key"]
-# Options a resumed run may change: they do not alter what is trained (everything else must match the checkpoint).
-RESUMABLE = ("workers", "eval_every", "amp", "channels_last", "pretrained")
 
 
 def _dist_info() -> tuple[int, int, int]:
@@ -251,18 +250,11 @@ class Trainer:
         self.train_split, self.val_split = split_validation(full, cfg.val_fraction, cfg.val_seed)
         self.test_split = scan_split(self.data, "test", on_bad, size=cfg.image_size)
         self._check_size()
+        self.data_id = data_identity(self.data)  # recorded in the checkpoint: --resume refuses another data set
         self.history: list[dict] = []
 
     def _check_size(self) -> None:
-        cfg, n = self.cfg, len(self.train_split)
-        held = f" ({len(self.val_split)} held out for validation)" if cfg.val_fraction else ""
-        if n < cfg.batch_size or (n == cfg.batch_size and not cfg.supervised):
-            need = cfg.batch_size if cfg.supervised else cfg.batch_size + 1
-            why = "" if cfg.supervised else " (MoCo's queue of negatives holds the images outside the batch)"
-            raise DataError(
-                f"{n} training images{held} are too few for --batch-size {cfg.batch_size}: need at least {need}"
-                f"{why}; lower --batch-size below {n} or add images"
-            )
+        check_batch(self.cfg, len(self.train_split), len(self.val_split))
 
     @property
     def checkpoint_path(self) -> Path:
@@ -337,45 +329,40 @@ class Trainer:
                 "global_step": r.global_step,
                 "rng": rng_state(),
                 "history": self.history,
+                "data": self.data_id,
             },
         }
         return save_checkpoint(self.checkpoint_path, plain(state))
 
     def _restore(self, r: _Run) -> None:
         path = self.checkpoint_path
-        ckpt = load_checkpoint(path, map_location="cpu")
-        ts = ckpt.get("train_state")
-        if not ts:
-            raise ModelError(f"{path} holds no training state (a deploy-only checkpoint); cannot resume from it")
+        ckpt = load_checkpoint(path, map_location="cpu", resume=True)  # train_state's keys and types checked
+        ts = ckpt["train_state"]
         self._check_resumable(ckpt["config"], path)
+        check_same_data(ts.get("data"), self.data_id, path, self.data)
         inner = _unwrapped(r.model)
         state = dict(ts["trainer"])
         if "queue" in state and "queue_ids" not in state:  # written before keys carried image indices
             state["queue_ids"] = torch.full((state["queue"].shape[1],), -1, dtype=torch.long)
-        inner.load_state_dict(state)
-        r.opt.load_state_dict(ts["optimizer"])
-        if r.scaler is not None and ts["scaler"]:
-            r.scaler.load_state_dict(ts["scaler"])
-        set_rng_state(ts["rng"])
+        try:
+            inner.load_state_dict(state)
+            r.opt.load_state_dict(ts["optimizer"])
+            if r.scaler is not None and ts["scaler"]:
+                r.scaler.load_state_dict(ts["scaler"])
+            set_rng_state(ts["rng"])
+        except (RuntimeError, ValueError, TypeError, KeyError, IndexError) as e:
+            why = (str(e).strip().splitlines() or [type(e).__name__])[-1].strip()[:200]
+            raise ModelError(
+                f"cannot resume {path}: its training state does not fit this run ({why}); the file "
+                "was edited or damaged: re-copy it, or start a new --out"
+            ) from e
         self.history = list(ts.get("history", []))
         r.epoch, r.step, r.global_step = ts["epoch"], ts["step_in_epoch"], ts["global_step"]
         log.info("resumed %s at epoch %d, step %d", path, r.epoch + 1, r.step)
 
     def _check_resumable(self, saved_config: dict, path: Path) -> None:
         """Refuse to resume with an option that changes what is trained, naming the first one that differs."""
-        saved = {**TrainConfig().to_dict(), **saved_config}
-        if saved.get("supervised") and self.cfg.supervised:
-            saved["method"] = self.cfg.method  # a supervised run records its network's method ('moco')
-        wanted = self.cfg.to_dict()
-        for key in ("supervised", *wanted):  # --supervised first: it also changes the recorded method
-            if key in RESUMABLE or saved.get(key) == wanted[key]:
-                continue
-            flag = "--" + key.replace("_", "-")
-            raise ModelError(
-                f"cannot resume {path}: it was trained with {flag} {saved.get(key)!r}, this run asks for {flag} "
-                f"{wanted[key]!r}, and {flag} is not resumable; resume with the same options (only "
-                f"{', '.join('--' + k.replace('_', '-') for k in RESUMABLE)} may change) or start a new --out"
-            )
+        check_resumable(self.cfg.to_dict(), saved_config, path)
 
     # -- loop ----------------------------------------------------------------------------------------------------
     def run(self) -> Path:

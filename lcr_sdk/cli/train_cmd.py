@@ -10,7 +10,6 @@ import json
 import math
 import os
 import shlex
-import subprocess
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -195,6 +194,10 @@ def train_cmd(
     if on_bad not in ("skip", "fail"):
         raise InputError(f"--on-bad {on_bad!r} is not valid; choose skip or fail")
     _need_torch("lcr-sdk train")
+    from lcr_sdk.train.guards import launch, preflight
+
+    if "RANK" not in os.environ:  # before any work or worker: folders, an existing checkpoint, --resume's data
+        preflight(cfg, data, out, resume)
     if nproc_per_node > 1 and "RANK" not in os.environ:
         argv = _without_option(sys.argv[1:], "--nproc-per-node")
         cmd = [
@@ -207,7 +210,7 @@ def train_cmd(
             *argv,
         ]
         typer.echo(f"launching: {shlex.join(cmd)}")
-        raise typer.Exit(subprocess.call(cmd))
+        raise typer.Exit(launch(cmd))  # a stop (Ctrl+C, SIGTERM) is forwarded to every worker
     from lcr_sdk.train.engine import train
 
     path = train(cfg, data, out, resume=resume, save_every=save_every, on_bad=on_bad, progress=progress, device=device)
