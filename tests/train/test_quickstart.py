@@ -154,3 +154,18 @@ def test_reference_is_the_results_file_entry_of_the_runs_protocol(tmp_path):
     assert load_reference(quickstart_key(replace(DEFAULT, epochs=8)), path) is None  # another budget
     # the key names the LCR options: the entry stops matching if a default changes
     assert quickstart_key(DEFAULT)["lcr"]["fit_grad"] == "gfb"
+
+
+def test_the_shipped_reference_file_is_read_and_a_missing_entry_is_said_plainly():
+    from lcr_sdk.train.quickstart import DEFAULT, REFERENCE_FILE, load_reference, quickstart_key, verdict
+
+    doc = json.loads(REFERENCE_FILE.read_text())  # shipped beside the module (package data)
+    assert isinstance(doc["entries"], list)
+    for entry in doc["entries"]:
+        assert {"key", "seeds", "lcr_minus_moco_map", "rows_map"} <= set(entry)
+    entry = load_reference(quickstart_key(DEFAULT))
+    sentence = verdict({"lcr": {"mAP": 0.30}, "moco": {"mAP": 0.29}}, entry)
+    if entry is None:
+        assert "have no entry for this budget" in sentence
+    else:
+        assert f"over {len(entry['seeds'])} seeds" in sentence
