@@ -10,14 +10,20 @@ the synthetic generator: ``OUT/data/source`` holds classes the target never show
 
 Every trained row has the same target budget (epochs, batch, lr schedule). Each run is evaluated on the target's
 test split and, with ``--val-fraction``, on the validation split carved from its train split (what every choice
-is made on). One JSON file per run and split; runs already evaluated in ``--out`` are reused, so the script can be
-re-run after an interruption or with more seeds. The table (mean ± standard deviation over seeds) goes to
-``OUT/table_<split>.md``.
+is made on); variants are choices, so they are evaluated on the validation split only. Every LCR run is also
+evaluated with its mask replaced by uniform pooling (row "LCR backbone, uniform pooling"), so that a lost backbone
+cannot hide behind the mask. One JSON file per run, split and pooling; runs already evaluated in ``--out`` are
+reused, so the script can be re-run after an interruption or with more seeds. The table (mean ± standard deviation
+over seeds), the paired differences with MoCo v2 and the goals go to ``OUT/table_<split>.md``;
+``--write-reference FILE`` records the test split's LCR - MoCo v2 figures in the results file the quickstart's
+verdict reads (lcr_sdk/train/reference_results.json), under this run's protocol key.
 
     python benchmarks/bench_protocol.py --out runs/protocol --seeds 0 1 2 --parallel 2 --threads 1   # CPU budget
     python benchmarks/bench_protocol.py --out runs/protocol --table-only --split val
     python benchmarks/bench_protocol.py --out runs/sweep --seeds 0 1 2 --rows moco lcr --variants \\
         "lcr lr=0.03" "moco lr=0.03" --split val                                                      # a choice
+    python benchmarks/bench_protocol.py --out runs/protocol --table-only --split test \\
+        --write-reference train/reference_results.json                                  # the quickstart's reference
 
 Variants are ``METHOD [field=value ...]`` with METHOD lcr, moco or supervised and TrainConfig fields
 (``"lcr nu=3 cam_sign=score"``); they run from the same pretrained backbone at the same budget.
@@ -33,6 +39,7 @@ import statistics
 import subprocess
 import sys
 import time
+import typing
 from dataclasses import asdict, fields
 from pathlib import Path
 
@@ -46,6 +53,10 @@ ROW_TITLES = {
     "supervised": "supervised on the target from it (upper bound)",
 }
 METRICS = ("rank1", "rank5", "mAP", "knn_top1", "linear_top1", "attention_on_object")
+UNIFORM = " uniform"  # suffix of the uniform-pooling diagnostic of an LCR row (its metrics_<split>_uniform.json)
+# The goals the verdict is read against (test split, paired by seed with MoCo v2 from the same backbone).
+COLLAPSE_MAP = -1.5  # no seed with LCR - MoCo v2 below this many mAP points
+MASK_SHARE = 1.3  # the mask's share on the object at least this many times the uniform share
 
 
 def _slug(name: str) -> str:
@@ -59,7 +70,9 @@ def parse_variant(spec: str) -> tuple[str, dict]:
     words = spec.split()
     if not words or words[0] not in ("lcr", "moco", "supervised"):
         raise SystemExit(f"variant {spec!r}: start with lcr, moco or supervised, then field=value pairs")
-    types = {f.name: type(getattr(TrainConfig(), f.name)) for f in fields(TrainConfig)}
+    hints = typing.get_type_hints(TrainConfig)
+    types = {f.name: next(t for t in (*typing.get_args(hints[f.name]), hints[f.name]) if t is not type(None))
+             for f in fields(TrainConfig)}  # fmt: skip
     overrides: dict = {}
     for w in words[1:]:
         key, _, value = w.partition("=")
@@ -68,7 +81,20 @@ def parse_variant(spec: str) -> tuple[str, dict]:
             raise SystemExit(f"variant {spec!r}: {w!r} is not field=value with a TrainConfig field")
         t = types[key]
         overrides[key] = (value.lower() in ("1", "true", "yes")) if t is bool else t(value)
+    TrainConfig(**overrides)  # a bad value is refused before anything runs
     return words[0], overrides
+
+
+def is_lcr(name: str) -> bool:
+    """Whether the row or variant ``name`` trains LCR (and so gets the uniform-pooling diagnostic)."""
+    return name == "lcr" or name.split()[0] == "lcr"
+
+
+def eval_splits(args: argparse.Namespace, name: str) -> list[str]:
+    """The splits a run is evaluated on: a variant is a choice, read on the validation split only."""
+    if name in ROWS or "val" not in args.eval_splits:
+        return args.eval_splits
+    return ["val"]
 
 
 # --- one job (runs in its own process) ---------------------------------------------------------------------------
@@ -98,17 +124,19 @@ def _train_config(args: argparse.Namespace, method: str, seed: int, stage: str):
     return cfg
 
 
-def _evaluate(checkpoint: Path, args: argparse.Namespace, run_dir: Path) -> None:
+def _evaluate(checkpoint: Path, args: argparse.Namespace, run_dir: Path, splits: list[str], uniform: bool) -> None:
     from lcr_sdk.fileio import atomic_write_text
     from lcr_sdk.train.evaluate import evaluate
 
     target = args.out / "data" / "target"
-    for split in args.eval_splits:
+    for split in splits:
         kwargs = {}
         if split == "val":
             kwargs = {"split": "val", "val_fraction": args.val_fraction, "val_seed": args.val_seed}
-        m = evaluate(checkpoint, target, linear=True, device=args.device, **kwargs)
-        atomic_write_text(run_dir / f"metrics_{split}.json", json.dumps(m, indent=2))
+        for pooling in ("mask", "uniform") if uniform else ("mask",):
+            m = evaluate(checkpoint, target, linear=True, device=args.device, pooling=pooling, **kwargs)
+            suffix = "_uniform" if pooling == "uniform" else ""
+            atomic_write_text(run_dir / f"metrics_{split}{suffix}.json", json.dumps(m, indent=2))
 
 
 def run_job(args: argparse.Namespace, kind: str, seed: int, variant: str) -> None:
@@ -156,11 +184,36 @@ def run_job(args: argparse.Namespace, kind: str, seed: int, variant: str) -> Non
         (run_dir / "variant.json").write_text(json.dumps({"variant": variant, "config": asdict(cfg)}, indent=2))
         ckpt = train(cfg, data / "target", run_dir, progress=False, device=args.device)
     secs = round(time.time() - t0, 1)
-    _evaluate(Path(ckpt), args, run_dir)
-    for split in args.eval_splits:
-        f = run_dir / f"metrics_{split}.json"
-        extra = {"train_seconds": secs, "seed": seed, "variant": variant}
-        f.write_text(json.dumps({**json.loads(f.read_text()), **extra}, indent=2))
+    uniform = kind == "target" and is_lcr(variant)
+    _evaluate(Path(ckpt), args, run_dir, eval_splits(args, variant), uniform)
+    for split in eval_splits(args, variant):
+        for f in (run_dir / f"metrics_{split}.json", run_dir / f"metrics_{split}_uniform.json"):
+            if f.exists():
+                extra = {"train_seconds": secs, "seed": seed, "variant": variant}
+                f.write_text(json.dumps({**json.loads(f.read_text()), **extra}, indent=2))
+
+
+def step0_gradients(args: argparse.Namespace, seed: int, variant: str) -> dict[str, float]:
+    """Backbone gradient norms of InfoNCE and of the fitting term on the first step of a target run (from the
+    seed's pretrained backbone, the run's first batch), measured as training measures them (``grad_log_every``)."""
+    import torch
+
+    from lcr_sdk.train.engine import Trainer
+
+    torch.set_num_threads(args.threads)
+    method, overrides = parse_variant(variant)
+    cfg = _train_config(args, method, seed, "target")
+    cfg.pretrained = str(args.out / f"s{seed}" / "pretrain" / "checkpoint.pt")
+    for k, v in overrides.items():
+        setattr(cfg, k, v)
+    cfg.grad_log_every = 1
+    out = args.out / f"s{seed}" / "step0" / _slug(variant)
+    trainer = Trainer(cfg, args.out / "data" / "target", out, progress=False, device=args.device, max_steps=1)
+    run = trainer._start()
+    images, labels, ids = next(iter(trainer._batches(run)))
+    res = trainer._step(run, images, labels, ids)
+    nce, fit = float(res["grad_nce"]), float(res.get("grad_fit", float("nan")))
+    return {"grad_nce": nce, "grad_fit": fit, "ratio": fit / nce}
 
 
 # --- the driver --------------------------------------------------------------------------------------------------
@@ -185,7 +238,11 @@ def _done(args: argparse.Namespace, kind: str, seed: int, variant: str) -> bool:
     if kind == "pretrain":
         return (args.out / f"s{seed}" / "pretrain" / "source_metrics.json").exists()
     d = args.out / f"s{seed}" / _slug(variant)
-    return all((d / f"metrics_{split}.json").exists() for split in args.eval_splits)
+    uniform = kind == "target" and is_lcr(variant)
+    return all(
+        (d / f"metrics_{split}.json").exists() and (not uniform or (d / f"metrics_{split}_uniform.json").exists())
+        for split in eval_splits(args, variant)
+    )
 
 
 def _job_argv(args: argparse.Namespace, kind: str, seed: int, variant: str) -> list[str]:
@@ -253,12 +310,13 @@ def _cell(values: list[float]) -> str:
 
 
 def collect(out: Path, names: list[str], seeds: list[int], split: str) -> dict[str, list[dict]]:
-    """Row name -> the metrics of each seed that has them."""
+    """Row name -> the metrics of each seed that has them; ``NAME uniform`` reads an LCR run's uniform pooling."""
     res: dict[str, list[dict]] = {}
     for name in names:
+        base, suffix = (name[: -len(UNIFORM)], "_uniform") if name.endswith(UNIFORM) else (name, "")
         runs = []
         for s in seeds:
-            f = out / f"s{s}" / _slug(name) / f"metrics_{split}.json"
+            f = out / f"s{s}" / _slug(base) / f"metrics_{split}{suffix}.json"
             if f.exists():
                 runs.append(json.loads(f.read_text()))
         if runs:
@@ -266,9 +324,20 @@ def collect(out: Path, names: list[str], seeds: list[int], split: str) -> dict[s
     return res
 
 
+def with_diagnostics(names: list[str]) -> list[str]:
+    """``names`` with each LCR row followed by its uniform-pooling diagnostic."""
+    return [n for name in names for n in ((name, name + UNIFORM) if is_lcr(name) else (name,))]
+
+
+def title(name: str) -> str:
+    if name.endswith(UNIFORM):
+        return f"{title(name[: -len(UNIFORM)])}: its backbone, uniform pooling"
+    return ROW_TITLES.get(name, name)
+
+
 def table(out: Path, names: list[str], seeds: list[int], split: str) -> str:
     """Markdown table: mean ± standard deviation over seeds, percent; a chance row at the end."""
-    res = collect(out, names, seeds, split)
+    res = collect(out, with_diagnostics(names), seeds, split)
     head = "| row | seeds | " + " | ".join(METRICS) + " | train s (median) |"
     lines = [head, "|---" * (len(METRICS) + 3) + "|"]
     chance = None
@@ -276,7 +345,7 @@ def table(out: Path, names: list[str], seeds: list[int], split: str) -> str:
         chance = runs[0]["chance"]
         cells = [_cell([100 * r[m] for r in runs if m in r]) for m in METRICS]
         secs = statistics.median(r.get("train_seconds", 0) for r in runs)
-        lines.append(f"| {ROW_TITLES.get(name, name)} | {len(runs)} | " + " | ".join(cells) + f" | {secs:.0f} |")
+        lines.append(f"| {title(name)} | {len(runs)} | " + " | ".join(cells) + f" | {secs:.0f} |")
     if chance is not None:
         c = 100 * chance
         lines.append(
@@ -285,18 +354,111 @@ def table(out: Path, names: list[str], seeds: list[int], split: str) -> str:
     return "\n".join(lines)
 
 
-def paired(out: Path, a: str, b: str, seeds: list[int], split: str, metric: str = "mAP") -> str:
-    """``a`` minus ``b`` per seed (same pretrained backbone), mean ± sd: the comparison the seeds pair up."""
+def differences(out: Path, a: str, b: str, seeds: list[int], split: str, metric: str = "mAP") -> dict[int, float]:
+    """``a`` minus ``b`` per seed (same pretrained backbone), in points: seed -> difference."""
     res = collect(out, [a, b], seeds, split)
     if a not in res or b not in res:
-        return ""
+        return {}
     da = {r["seed"]: r for r in res[a] if "seed" in r}
     db = {r["seed"]: r for r in res[b] if "seed" in r}
-    diffs = [100 * (da[s][metric] - db[s][metric]) for s in sorted(set(da) & set(db))]
+    return {s: 100 * (da[s][metric] - db[s][metric]) for s in sorted(set(da) & set(db)) if metric in da[s]}
+
+
+def paired(out: Path, a: str, b: str, seeds: list[int], split: str, metric: str = "mAP") -> str:
+    """``a`` minus ``b`` per seed (same pretrained backbone), mean ± sd: the comparison the seeds pair up."""
+    diffs = differences(out, a, b, seeds, split, metric)
     if not diffs:
         return ""
-    each = ", ".join(f"{d:+.1f}" for d in diffs)
-    return f"{a} - {b}, {metric}, paired by seed ({len(diffs)} seeds): {_cell(diffs)} points ({each})"
+    each = ", ".join(f"{d:+.1f}" for d in diffs.values())
+    cell = _cell(list(diffs.values()))
+    return f"{a} - {b}, {metric}, paired by seed ({len(diffs)} seeds: {sorted(diffs)}): {cell} points ({each})"
+
+
+def goals(out: Path, lcr: str, seeds: list[int], split: str) -> list[str]:
+    """The three goals for the LCR row ``lcr`` against MoCo v2, each met or not, with the measured figures."""
+    diffs = differences(out, lcr, "moco", seeds, split)
+    res = collect(out, [lcr, lcr + UNIFORM], seeds, split)
+    if not diffs or lcr not in res:
+        return []
+    worst = min(diffs.values())
+    lines = [
+        f"- no collapse (LCR - MoCo v2 >= {COLLAPSE_MAP} mAP points on every seed): "
+        f"{'met' if worst >= COLLAPSE_MAP else 'NOT met'} (worst seed {min(diffs, key=diffs.get)}: {worst:+.1f})",
+        f"- LCR ahead of MoCo v2 in the mean: {'met' if statistics.mean(diffs.values()) > 0 else 'NOT met'} "
+        f"({statistics.mean(diffs.values()):+.1f} mAP points over {len(diffs)} seeds)",
+    ]
+    if lcr + UNIFORM in res and all("attention_on_object" in r for r in res[lcr] + res[lcr + UNIFORM]):
+        mask = statistics.mean(r["attention_on_object"] for r in res[lcr])
+        base = statistics.mean(r["attention_on_object"] for r in res[lcr + UNIFORM])
+        ratio = mask / base
+        lines.append(
+            f"- mask's share on the object >= {MASK_SHARE}x the uniform share: "
+            f"{'met' if ratio >= MASK_SHARE else 'NOT met'} ({100 * mask:.1f}% vs {100 * base:.1f}%, {ratio:.2f}x)"
+        )
+    return lines
+
+
+def reference_entry(args: argparse.Namespace, names: list[str]) -> dict | None:
+    """This protocol's entry for the quickstart's reference results file (test split, rows 'lcr' and 'moco')."""
+    from lcr_sdk.synth import ProtocolConfig
+    from lcr_sdk.train.quickstart import START_SOURCE, Budget, protocol_key
+
+    res = collect(args.out, with_diagnostics(["moco", "lcr"]), args.seeds, "test")
+    diffs = differences(args.out, "lcr", "moco", args.seeds, "test")
+    if len(diffs) < 2:
+        return None
+    data = ProtocolConfig(
+        target_classes=args.target_classes,
+        source_classes=args.source_classes,
+        target_train_per_class=args.train_per_class,
+        target_test_per_class=args.test_per_class,
+        source_train_per_class=args.source_per_class,
+        image_size=args.image_size,
+        difficulty=args.difficulty,
+        seed=args.data_seed,
+    )
+    budget = Budget(data, pre_epochs=args.pre_epochs, epochs=args.epochs, batch_size=args.batch_size)
+    key = protocol_key(args.arch, START_SOURCE, budget, args.lr, args.pre_lr, args.warmup_epochs, args.moco_m)
+
+    def row(name: str) -> dict:
+        values = [100 * r["mAP"] for r in res.get(name, [])]
+        return {
+            "mean": round(statistics.mean(values), 2),
+            "sd": round(statistics.stdev(values), 2),
+            "seeds": len(values),
+        }
+
+    values = list(diffs.values())
+    return {
+        "key": key,
+        "split": "test",
+        "test_per_class": args.test_per_class,
+        "seeds": sorted(diffs),
+        "lcr_minus_moco_map": {
+            "mean": round(statistics.mean(values), 2),
+            "sd": round(statistics.stdev(values), 2),
+            "per_seed": {str(s): round(d, 2) for s, d in diffs.items()},
+        },
+        "rows_map": {name: row(name) for name in ("lcr", "moco", "lcr" + UNIFORM) if name in res},
+        "command": "python benchmarks/bench_protocol.py " + " ".join(a for a in args.argv if a != "--table-only"),
+    }
+
+
+def write_reference(path: Path, entry: dict) -> None:
+    """Put ``entry`` into the results file at ``path``, replacing the entry of the same protocol key."""
+    from lcr_sdk.fileio import atomic_write_text
+
+    try:
+        entries = json.loads(path.read_text())["entries"]
+    except (OSError, ValueError, KeyError):
+        entries = []
+    entries = [e for e in entries if e.get("key") != entry["key"]] + [entry]
+    doc = {
+        "about": "LCR - MoCo v2 on the test split, per protocol, written by benchmarks/bench_protocol.py "
+        "--write-reference; the quickstart's verdict reads the entry whose key matches its run (docs/BENCHMARKS.md)",
+        "entries": entries,
+    }
+    atomic_write_text(path, json.dumps(doc, indent=2) + "\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -344,6 +506,14 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--device", default=None)
     ap.add_argument("--deadline", type=float, default=0, help="stop launching runs after this many seconds")
     ap.add_argument("--table-only", action="store_true")
+    ap.add_argument(
+        "--step0-grads", action="store_true", help="print the backbone gradient norms at step 0 of each row/variant"
+    )
+    ap.add_argument(
+        "--write-reference",
+        type=Path,
+        help="record the test split's LCR - MoCo v2 in this results file (the quickstart's)",
+    )
     ap.add_argument("--job", help=argparse.SUPPRESS)
     return ap
 
@@ -361,6 +531,13 @@ def main(argv: list[str] | None = None) -> None:
         run_job(args, kind, seed, variant)
         return
     names = [*args.rows, *args.variants]
+    if args.step0_grads:
+        for seed in args.seeds:
+            for name in names:
+                g = step0_gradients(args, seed, name)
+                print(f"seed {seed}, {name}: step 0 backbone gradient norms: InfoNCE {g['grad_nce']:.3g}, fitting "
+                      f"term {g['grad_fit']:.3g}, ratio {g['ratio']:.3g}", flush=True)  # fmt: skip
+        return
     if not args.table_only:
         from lcr_sdk.synth import ProtocolConfig, generate_protocol
 
@@ -380,10 +557,18 @@ def main(argv: list[str] | None = None) -> None:
     splits = [args.split] if args.split else args.eval_splits[::-1]
     for split in splits:
         md = table(args.out, names, args.seeds, split)
-        note = paired(args.out, "lcr", "moco", args.seeds, split)
-        text = f"split: {split}\n\n{md}\n\n{note}\n"
+        lcr_rows = [n for n in with_diagnostics(names) if is_lcr(n)]
+        notes = [paired(args.out, n, "moco", args.seeds, split) for n in lcr_rows]
+        checks = [line for n in names if is_lcr(n) for line in [f"goals, {n}:", *goals(args.out, n, args.seeds, split)]]
+        text = f"split: {split}\n\n{md}\n\n" + "\n".join(n for n in notes if n) + "\n\n" + "\n".join(checks) + "\n"
         print(text)
         (args.out / f"table_{split}.md").write_text(text)
+    if args.write_reference:
+        entry = reference_entry(args, names)
+        if entry is None:
+            raise SystemExit("--write-reference: the test split has no paired LCR and MoCo v2 runs for two seeds yet")
+        write_reference(args.write_reference, entry)
+        print(f"wrote the reference entry to {args.write_reference}")
 
 
 if __name__ == "__main__":

@@ -1,9 +1,14 @@
-"""Training options, with the paper's defaults (MoCo v2 + LCR). Stored in every checkpoint as plain types."""
+"""Training options and their defaults, each with its source. Stored in every checkpoint as plain types.
+
+This module is the one home of every training default and of its command-line help: ``lcr-sdk train`` builds its
+options from :class:`TrainConfig`'s fields, so a default or its help text changes here only. It imports no torch
+(the CLI reads it on an install without the training extra).
+"""
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from lcr_sdk.errors import InputError
@@ -12,41 +17,75 @@ from lcr_sdk.manifest import ARCH_DIMS, MIN_INPUT_SIDE
 METHODS = ("lcr", "moco")
 CAM_SIGNS = ("loss", "score")
 CAM_NORMS = ("max", "none")
+FIT_GRADS = ("gfb", "backbone")
+FIT_FORMS = ("ours", "released")
 AMP_MODES = ("bf16", "fp16", "off")
+ON_BAD = ("skip", "fail")  # what training and evaluation do with an unreadable image
 FLOAT32_MAX = 3.4028234663852886e38  # the optimiser applies the learning rate in float32
+# The fitting loss's weight when --nu is not given, per --fit-form: ours 1 (this SDK's choice, not tuned), released
+# 0.01 (the argparse default of the authors' released main_moco.py; their BYOL script hard-codes 0.01 too).
+FORM_NU = {"ours": 1.0, "released": 0.01}
+
+
+def _opt(default: Any, help: str) -> Any:  # noqa: A002 (the name typer gives it)
+    """A field with its command-line help (``lcr-sdk train`` shows ``help`` for the option)."""
+    return field(default=default, metadata={"help": help})
 
 
 @dataclass
 class TrainConfig:
-    """Options of one training run. Defaults are the paper's unless a comment says otherwise.
+    """Options of one training run, each default with its source: the paper (Shu et al., CVPR 2023), MoCo v2 (Chen
+    et al. 2020, whose settings the paper keeps), the authors' released code, or this SDK (measured here, or a
+    choice that was not tuned). The paper's text cannot be read offline here; the figures it is cited for are
+    those its released code uses.
 
     Every option is checked when the config is made (and again when a Trainer starts, in case a field was changed
     after construction): a bad value raises :class:`~lcr_sdk.errors.InputError` naming the option, what is valid
-    and how to fix it.
+    and how to fix it. ``lcr-sdk train`` shows each field as an option, with the help text given here.
 
     Attributes:
         method: 'lcr' (MoCo v2 + GradCAM Fitting Branch) or 'moco' (the MoCo v2 baseline).
-        arch: torchvision ResNet (resnet50 in the paper; resnet18 for CPU and quick runs).
-        image_size: training / deployment input side in pixels (224 in the paper; at least 32).
-        epochs, batch_size: schedule length and global batch size.
+        arch: torchvision ResNet. Default resnet50 (the paper's); resnet18 for CPU and quick runs.
+        image_size: training / deployment input side in pixels, at least 32. Default 224 (the paper's).
+        epochs, batch_size: schedule length and global batch size. Defaults 200 and 256 (MoCo v2's).
         lr: base learning rate for batch 256 (lr_used = lr * batch_size / 256), SGD momentum 0.9, cosine schedule.
-        weight_decay: SGD weight decay.
-        warmup_epochs: linear learning-rate warm-up before the cosine schedule (0 in the paper; short runs from
-            random init need it to avoid an early blow-up).
-        moco_dim: projection dimension d.
-        moco_mlp_hidden: hidden width of the MLP head (0 = the backbone's C, as in MoCo v2).
-        moco_k: queue length; capped at (train images - batch) for small data sets, with a warning.
-        moco_m: key-encoder momentum.
-        moco_t: InfoNCE temperature.
-        num_parts: K, part maps of the GFB.
-        nu: weight of the GFB fitting loss.
-        tau: temperature of the two softmaxes in the fitting loss.
+            Default 0.03 (MoCo v2's).
+        weight_decay: SGD weight decay. Default 1e-4 (MoCo v2's).
+        warmup_epochs: linear learning-rate warm-up before the cosine schedule. Default 0 (MoCo v2's); short runs
+            from random init need it to avoid an early blow-up (measured here).
+        moco_dim: projection dimension d. Default 128 (MoCo v2's).
+        moco_mlp_hidden: hidden width of the MLP head. Default 0 = the backbone's C (MoCo v2's).
+        moco_k: queue length; capped at (train images - batch) for small data sets, with a warning. Default 65536
+            (MoCo v2's).
+        moco_m: key-encoder momentum. Default 0.999 (MoCo v2's).
+        moco_t: InfoNCE temperature. Default 0.2 (MoCo v2's).
+        num_parts: K, part maps of the GFB. Default 32 (the paper's and the released code's).
+        fit_grad: how far the fitting loss's gradient reaches. 'gfb' (default): it stops at the GFB's input, the
+            GFB sees detached features for the fitting term and InfoNCE alone trains the backbone, so LCR's
+            backbone follows MoCo v2's step exactly; chosen on the validation split (docs/BENCHMARKS.md).
+            'backbone': the fitting term also trains the backbone (the released code's; measured here to take it
+            over: its gradient on the backbone is many times InfoNCE's and one seed in three loses its backbone).
+        fit_form: the form of the fitting loss. 'ours' (default, this SDK's): KL(softmax(CAM/tau) ||
+            softmax(A/tau)) over all h*w positions of each image, batch mean, with the CAM target shaped by
+            cam_norm and cam_detach. 'released': the authors' released loss exactly: the prediction A min-max
+            normalised to [0, 1] over the whole batch with no temperature, the raw CAM as target (never
+            normalised or detached: cam_norm, cam_detach and tau are not used), a softmax over each row of the
+            h x w map rather than the whole map, KL with reduction 'sum'. Its batch min-max (an image's loss
+            depends on the rest of the batch) and its per-row softmax are defects not copied by default.
+        nu: weight of the fitting loss. Default None = the form's own: 1 for 'ours' (this SDK's choice, not
+            tuned), 0.01 for 'released' (the released code's default). :attr:`fit_weight` is the value used.
+        tau: temperature of the two softmaxes of the 'ours' form. Default 0.4 (this SDK's; not tuned).
         cam_sign: 'loss' (CAM from +dL/dF, as in the authors' released code: regions whose features raise the
-            contrastive loss, i.e. what images share; the default, chosen by measurement) or 'score' (-dL/dF,
-            standard Grad-CAM: regions that help instance discrimination).
-        cam_detach: detach the Grad-CAM target (default); False reproduces the released code.
-        cam_norm: 'max' divides each image's CAM by its maximum before the tempered softmax (default); 'none'
-            keeps raw values (near-uniform target, batch-size dependent; released behaviour).
+            contrastive loss, i.e. what images share; the default, checked on the validation split) or 'score'
+            (-dL/dF, standard Grad-CAM: regions that help instance discrimination).
+        cam_detach: detach the Grad-CAM target (default, this SDK's); False reproduces the released code. Only
+            matters with fit_grad 'backbone' and form 'ours' (with 'gfb' the target never reaches the backbone).
+        cam_norm: 'max' divides each image's CAM by its maximum before the tempered softmax (default, this SDK's);
+            'none' keeps raw values (near-uniform target, batch-size dependent; the released behaviour).
+        grad_log_every: every N steps, measure the backbone gradient norms of InfoNCE and of the fitting term
+            (log.csv's grad_nce, grad_fit, grad_ratio; a warning when the fitting term's exceeds InfoNCE's over an
+            epoch). Each measurement costs about two extra backward passes through the backbone; it does not
+            change the updates. 0 = never. Default 8 (this SDK's). Single-process runs only.
         seed: seed for everything (data order, augmentation, init).
         workers: data-loader processes for data sets too large to keep in memory (0 = main process).
         amp: mixed precision on CUDA: 'bf16', 'fp16' or 'off'.
@@ -63,38 +102,52 @@ class TrainConfig:
             seeds share one validation split.
     """
 
-    method: str = "lcr"
-    arch: str = "resnet50"
-    image_size: int = 224
-    epochs: int = 200
-    batch_size: int = 256
-    lr: float = 0.03
-    weight_decay: float = 1e-4
-    warmup_epochs: float = 0.0
-    moco_dim: int = 128
-    moco_mlp_hidden: int = 0
-    moco_k: int = 65536
-    moco_m: float = 0.999
-    moco_t: float = 0.2
-    num_parts: int = 32
-    nu: float = 1.0
-    tau: float = 0.4
-    cam_sign: str = "loss"
-    cam_detach: bool = True
-    cam_norm: str = "max"
-    seed: int = 0
-    workers: int = 2
-    amp: str = "bf16"
-    channels_last: bool = True
-    sync_bn: bool = False
-    pretrained: str = ""
-    eval_every: int = 0
-    supervised: bool = False
-    val_fraction: float = 0.0
-    val_seed: int = 0
+    method: str = _opt("lcr", "lcr (MoCo v2 + GradCAM fitting branch) or moco (the baseline).")
+    arch: str = _opt("resnet50", "resnet50 (paper), resnet18 (CPU), resnet34, resnet101.")
+    image_size: int = _opt(224, "Input side in pixels (also the exported model's).")
+    epochs: int = _opt(200, "Training epochs.")
+    batch_size: int = _opt(256, "Global batch size (split over processes).")
+    lr: float = _opt(0.03, "Base learning rate for batch 256 (scaled by batch/256).")
+    weight_decay: float = _opt(1e-4, "SGD weight decay.")
+    warmup_epochs: float = _opt(0.0, "Linear lr warm-up epochs (0 in MoCo v2).")
+    moco_dim: int = _opt(128, "Projection dimension d.")
+    moco_mlp_hidden: int = _opt(0, "Hidden width of the projection head (0: the backbone's width).")
+    moco_k: int = _opt(65536, "Queue length (capped for small data sets).")
+    moco_m: float = _opt(0.999, "Key-encoder momentum.")
+    moco_t: float = _opt(0.2, "InfoNCE temperature.")
+    num_parts: int = _opt(32, "K, part maps of the GradCAM fitting branch.")
+    fit_grad: str = _opt(
+        "gfb", "gfb: the fitting loss trains the GFB only (default); backbone: it also trains the backbone."
+    )
+    fit_form: str = _opt("ours", "ours: tempered KL over the whole map (default); released: the authors' loss form.")
+    nu: float | None = _opt(None, "Weight of the fitting loss (default: 1 for --fit-form ours, 0.01 for released).")
+    tau: float = _opt(0.4, "Softmax temperature of the fitting loss (form ours).")
+    cam_sign: str = _opt("loss", "loss: +dL/dF (released code, default); score: -dL/dF (Grad-CAM).")
+    cam_detach: bool = _opt(True, "Detach the Grad-CAM target (--no-cam-detach: released code).")
+    cam_norm: str = _opt("max", "max: scale each CAM to max 1; none: raw (released code).")
+    grad_log_every: int = _opt(8, "Log the backbone gradient norms of both losses every N steps (0: never).")
+    seed: int = _opt(0, "Random seed.")
+    workers: int = _opt(2, "Data-loader processes.")
+    amp: str = _opt("bf16", "Mixed precision on CUDA: bf16, fp16 or off.")
+    channels_last: bool = _opt(True, "channels_last memory format on CUDA.")
+    sync_bn: bool = _opt(False, "SyncBatchNorm under DDP instead of shuffle-BN.")
+    pretrained: str = _opt(
+        "",
+        "Backbone to start from: '' random init, 'imagenet' (online), a torchvision .pth, or an lcr-sdk checkpoint "
+        "(e.g. from `train --supervised` on a source data set).",
+    )
+    eval_every: int = _opt(0, "kNN monitor every N epochs (0: never).")
+    supervised: bool = _opt(False, "Train with labels instead (the supervised upper bound).")
+    val_fraction: float = _opt(0.0, "Hold out this share of each class of train/ as a validation split (0: none).")
+    val_seed: int = _opt(0, "Seed of the validation split (shared by all training seeds).")
 
     def __post_init__(self) -> None:
         self.validate()
+
+    @property
+    def fit_weight(self) -> float:
+        """The fitting loss's weight used: ``nu``, or the form's default when ``nu`` is None."""
+        return FORM_NU[self.fit_form] if self.nu is None else float(self.nu)
 
     def validate(self) -> None:
         """Check every option; raise :class:`InputError` for the first bad one.
@@ -106,6 +159,8 @@ class TrainConfig:
         _choice("arch", self.arch, tuple(ARCH_DIMS), "resnet18 for CPU runs, resnet50 for the paper's setting")
         _choice("cam_sign", self.cam_sign, CAM_SIGNS)
         _choice("cam_norm", self.cam_norm, CAM_NORMS)
+        _choice("fit_grad", self.fit_grad, FIT_GRADS)
+        _choice("fit_form", self.fit_form, FIT_FORMS)
         _choice("amp", self.amp, AMP_MODES)
         _integer("image_size", self.image_size, MIN_INPUT_SIDE, "a ResNet downsamples by 32; 224 is the paper's")
         _integer("epochs", self.epochs, 1, "train for at least one epoch")
@@ -114,23 +169,25 @@ class TrainConfig:
         _integer("moco_mlp_hidden", self.moco_mlp_hidden, 0, "0 uses the backbone's width")
         _integer("moco_k", self.moco_k, 1)
         _integer("num_parts", self.num_parts, 1, "the paper uses 32 part maps")
+        _integer("grad_log_every", self.grad_log_every, 0, "0 turns the gradient log off")
         _integer("seed", self.seed, 0, high=2**32 - 1)
         _integer("val_seed", self.val_seed, 0, high=2**32 - 1)
         _integer("workers", self.workers, 0)
         _integer("eval_every", self.eval_every, 0, "0 turns the kNN monitor off")
-        _number("lr", self.lr, 0.0, None, "the paper's base lr is 0.03 (scaled by batch / 256)", low_open=True)
+        _number("lr", self.lr, 0.0, None, "MoCo v2's base lr is 0.03 (scaled by batch / 256)", low_open=True)
         used = self.lr * self.batch_size / 256
         if used > FLOAT32_MAX:
             raise InputError(
                 f"--lr {self.lr!r} is not valid: the rate used, lr x batch-size / 256 = {used:g}, is beyond float32's "
-                "range; give a learning rate like the paper's 0.03"
+                "range; give a learning rate like MoCo v2's 0.03"
             )
         _number("weight_decay", self.weight_decay, 0.0, None)
         _number("warmup_epochs", self.warmup_epochs, 0.0, None)
         _number("moco_m", self.moco_m, 0.0, 1.0, "MoCo's key-encoder momentum is 0.999 (0.99 for short runs)")
         _number("moco_t", self.moco_t, 0.0, None, "MoCo v2 uses 0.2", low_open=True)
-        _number("nu", self.nu, 0.0, None, "0 turns the fitting loss off; the paper uses 1")
-        _number("tau", self.tau, 0.0, None, "the paper uses 0.4", low_open=True)
+        if self.nu is not None:
+            _number("nu", self.nu, 0.0, None, "0 turns the fitting loss off; leave it out for the form's default")
+        _number("tau", self.tau, 0.0, None, "0.4 is the default", low_open=True)
         _number("val_fraction", self.val_fraction, 0.0, 1.0, "0 for no validation split; 0.1-0.2 is usual")
         for name in ("cam_detach", "channels_last", "sync_bn", "supervised"):
             if not isinstance(getattr(self, name), bool):
@@ -146,6 +203,15 @@ class TrainConfig:
         """A config from a checkpoint's ``config`` dict; unknown keys are ignored, missing ones get defaults."""
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in known})
+
+
+def check_on_bad(value: object) -> None:
+    """What to do with an unreadable image: 'skip' (report and leave it out) or 'fail'.
+
+    Raises:
+        InputError: any other value, naming ``--on-bad`` and the valid ones.
+    """
+    _choice("on_bad", value, ON_BAD)
 
 
 def _flag(name: str) -> str:

@@ -20,6 +20,7 @@ from torch.utils.data import Dataset
 
 from lcr_sdk.errors import DataError, InputError
 from lcr_sdk.images import IMAGE_SUFFIXES, list_images, read_image, resize_to
+from lcr_sdk.train.config import check_on_bad
 
 CACHE_LIMIT_BYTES = 4 << 30  # keep decoded images in memory while they take less than this
 
@@ -66,8 +67,7 @@ def scan_split(root: str | Path, split: str, on_bad: str = "skip", size: int | N
         DataError: a root that is not a folder, a missing split folder, no class folders, an empty class, a class
             whose every image is unreadable, or a bad image with on_bad='fail'.
     """
-    if on_bad not in ("skip", "fail"):
-        raise InputError(f"on_bad={on_bad!r} is not valid; use 'skip' or 'fail'")
+    check_on_bad(on_bad)
     folder, classes, paths, labels = _find_images(Path(root), split)
     out = Split(folder, [], [], classes)
     cache = size is not None and len(paths) * size * size * 3 < CACHE_LIMIT_BYTES
@@ -79,7 +79,7 @@ def scan_split(root: str | Path, split: str, on_bad: str = "skip", size: int | N
         except Exception as e:  # InputError from read_image, or OSError
             if on_bad == "fail":
                 raise DataError(
-                    f"unreadable image in the data set: {e} (use on_bad='skip' to leave such files out)"
+                    f"unreadable image in the data set: {e} (use --on-bad skip to leave such files out)"
                 ) from e
             out.skipped.append((p, str(e)))
             continue

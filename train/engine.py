@@ -43,7 +43,7 @@ from lcr_sdk.train.checkpoint import (
     set_rng_state,
     write_error,
 )
-from lcr_sdk.train.config import TrainConfig
+from lcr_sdk.train.config import TrainConfig, check_on_bad
 from lcr_sdk.train.data import TrainImages, scan_split, split_validation
 from lcr_sdk.train.guards import check_batch, check_resumable, check_same_data, data_identity
 from lcr_sdk.train.moco import MoCo, Supervised
@@ -51,7 +51,21 @@ from lcr_sdk.train.model import LCRNet
 
 log = logging.getLogger(__name__)
 
-LOG_FIELDS = ["epoch", "step", "lr", "loss", "loss_nce", "loss_fit", "acc", "img_per_s", "knn_top1", "own_key"]
+LOG_FIELDS = [
+    "epoch",
+    "step",
+    "lr",
+    "loss",
+    "loss_nce",
+    "loss_fit",
+    "acc",
+    "img_per_s",
+    "knn_top1",
+    "own_key",
+    "grad_nce",
+    "grad_fit",
+    "grad_ratio",
+]
 
 
 def _dist_info() -> tuple[int, int, int]:
@@ -63,6 +77,19 @@ def _seed_all(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+def _as_moco_draws(net: LCRNet, seed: int) -> None:
+    """Leave the random state where a MoCo v2 run of ``seed`` has it after building its network.
+
+    An LCR network of a seed draws the same backbone as a MoCo v2 network of that seed (the backbone is drawn
+    first), then its GFB. Re-drawing a MoCo v2 network here puts the random state back on MoCo v2's path, so the
+    two runs also draw the same heads, augmentations and key shuffles (the data order has its own generator). With
+    the fitting gradient stopped at the GFB (``fit_grad='gfb'``) their backbones then stay identical on a
+    deterministic device, and the two differ only in the mask: the comparison the seeds pair up measures it alone.
+    """
+    _seed_all(seed)
+    LCRNet(net.arch, "moco")
 
 
 def lr_at(cfg: TrainConfig, step: int, total: int, steps_per_epoch: int = 1) -> float:
@@ -170,12 +197,15 @@ class _Run:
 
 @dataclass
 class _Meter:
-    """Per-epoch sums of the logged quantities and throughput."""
+    """Per-epoch sums of the logged quantities and throughput; the gradient norms are averaged over the steps
+    that measured them."""
 
     start: float = field(default_factory=time.perf_counter)
     steps: int = 0
     seen: int = 0
     sums: dict[str, float] = field(default_factory=dict)
+    grad_steps: int = 0
+    grads: dict[str, float] = field(default_factory=dict)
 
     def add(self, out: dict[str, torch.Tensor], images: int) -> None:
         self.steps += 1
@@ -183,12 +213,21 @@ class _Meter:
         for k in ("loss", "loss_nce", "loss_fit", "acc", "own_key"):
             if k in out:
                 self.sums[k] = self.sums.get(k, 0.0) + float(out[k].detach())
+        if "grad_nce" in out:
+            self.grad_steps += 1
+            for k in ("grad_nce", "grad_fit"):
+                if k in out:
+                    self.grads[k] = self.grads.get(k, 0.0) + float(out[k])
 
     def rate(self) -> float:
         return self.seen / max(time.perf_counter() - self.start, 1e-9)
 
     def means(self) -> dict[str, float]:
-        return {k: round(v / max(1, self.steps), 5) for k, v in self.sums.items()}
+        row = {k: round(v / max(1, self.steps), 5) for k, v in self.sums.items()}
+        row |= {k: round(v / self.grad_steps, 5) for k, v in self.grads.items()}
+        if "grad_fit" in self.grads:  # the fitting term's backbone gradient over InfoNCE's, over the epoch
+            row["grad_ratio"] = round(self.grads["grad_fit"] / max(self.grads["grad_nce"], 1e-12), 4)
+        return row
 
 
 class Trainer:
@@ -230,8 +269,7 @@ class Trainer:
             raise InputError(f"--save-every {save_every!r} is not valid; give 0 (epoch ends only) or a step count")
         if max_steps is not None and max_steps < 1:
             raise InputError(f"max_steps {max_steps!r} is not valid; give None or a step count >= 1")
-        if on_bad not in ("skip", "fail"):
-            raise InputError(f"--on-bad {on_bad!r} is not valid; choose skip or fail")
+        check_on_bad(on_bad)
         self.cfg, self.data, self.out = cfg, Path(data), Path(out)
         self.resume, self.save_every, self.max_steps, self.progress = resume, save_every, max_steps, progress
         self.rank, self.world, local_rank = _dist_info()
@@ -272,6 +310,8 @@ class Trainer:
         cfg = self.cfg
         _seed_all(cfg.seed)
         net = LCRNet(cfg.arch, "moco" if cfg.supervised else cfg.method, cfg.num_parts)
+        if net.gfb is not None:  # the rest drawn as a MoCo v2 run of this seed draws it (see _as_moco_draws)
+            _as_moco_draws(net, cfg.seed)
         if not self._resuming():
             load_pretrained(net, cfg.pretrained)
         model: nn.Module = Supervised(net, len(self.train_split.classes)) if cfg.supervised else self._moco(net)
@@ -302,11 +342,13 @@ class Trainer:
             cfg.moco_m,
             cfg.moco_t,
             bn_splits=splits,
-            nu=cfg.nu,
+            nu=cfg.fit_weight,
             tau=cfg.tau,
             cam_sign=cfg.cam_sign,
             cam_detach=cfg.cam_detach,
             cam_norm=cfg.cam_norm,
+            fit_grad=cfg.fit_grad,
+            fit_form=cfg.fit_form,
         )
 
     # -- checkpoints ---------------------------------------------------------------------------------------------
@@ -454,8 +496,10 @@ class Trainer:
         if dev.type == "cuda" and cfg.channels_last:
             a = a.contiguous(memory_format=torch.channels_last)
             b = b if cfg.supervised else b.contiguous(memory_format=torch.channels_last)
+        # the gradient log (single process: under DDP an extra autograd.grad would run outside its reducer)
+        measure = bool(cfg.grad_log_every) and self.world == 1 and r.global_step % cfg.grad_log_every == 0
         with torch.autocast(dev.type, dtype=r.amp or torch.bfloat16, enabled=r.amp is not None):
-            out = r.ddp(a, b) if cfg.supervised else r.ddp(a, b, ids.to(dev))
+            out = r.ddp(a, b) if cfg.supervised else r.ddp(a, b, ids.to(dev), measure_grads=measure)
         if not bool(torch.isfinite(out["loss"].detach())):
             raise self._diverged(r, f"the loss is {float(out['loss'])}")
         r.opt.zero_grad(set_to_none=True)
@@ -495,6 +539,17 @@ class Trainer:
             "img_per_s": round(meter.rate(), 1),
         }
         row |= meter.means()
+        if self.rank == 0 and row.get("grad_ratio", 0.0) > 1.0:
+            log.warning(
+                "epoch %d: the fitting term's gradient on the backbone is %.2f times InfoNCE's (norms %.3g vs %.3g, "
+                "mean of %d measured steps): it, not the contrastive loss, is training the backbone, which can lose "
+                "its retrieval geometry; use --fit-grad gfb or a lower --nu",
+                r.epoch + 1,
+                row["grad_ratio"],
+                row["grad_fit"],
+                row["grad_nce"],
+                meter.grad_steps,
+            )
         r.epoch, r.step = r.epoch + 1, 0
         if self.rank == 0 and cfg.eval_every and (r.epoch % cfg.eval_every == 0 or r.epoch == cfg.epochs):
             row["knn_top1"] = round(self.knn_monitor(r.net), 4)

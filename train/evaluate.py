@@ -6,6 +6,9 @@
   tuned on the test split), top-1 on test.
 - ``split='val'``: the same three on the validation split carved from train (:func:`split_validation`), with the
   rest of train as memory and probe training set. Model choices are made there, never on the test split.
+- ``pooling='uniform'``: an LCR model's backbone evaluated with its mask replaced by uniform pooling (its GFB
+  dropped, as MoCo v2 pools): the diagnostic that tells a lost backbone from a mask that does not help, so a
+  collapse cannot hide behind the mask.
 Images go through the manifest's resize rule and DeployModel's in-graph preprocessing (uint8 BGR in), as in the
 runtime.
 """
@@ -116,6 +119,7 @@ def evaluate(
     split: str = "test",
     val_fraction: float | None = None,
     val_seed: int | None = None,
+    pooling: str = "mask",
 ) -> dict:
     """Metrics of a checkpoint on a data set: rank1/rank5/mAP (leave-one-out), knn_top1, [linear_top1].
 
@@ -132,19 +136,25 @@ def evaluate(
             for a checkpoint trained without one (then its training saw these images: the figures are optimistic,
             except for a checkpoint trained on other data, such as a random-init or pretrained-only one).
         val_seed: for split='val', the validation split's seed; default the checkpoint's ``val_seed``.
+        pooling: 'mask' (the model as deployed) or 'uniform' (the backbone with average pooling: an LCR model's
+            mask is replaced by ones; the same as 'mask' for a MoCo v2 model).
 
     Returns:
         Fractions in [0, 1] (``chance`` = 1 / number of classes for reference), plus ``method``, ``split``,
-        the number of query images and, for 'val', the fraction and seed used.
+        ``pooling``, the number of query images and, for 'val', the fraction and seed used.
 
     Raises:
-        InputError: an unknown split, or split='val' without a validation fraction.
+        InputError: an unknown split or pooling, or split='val' without a validation fraction.
         DataError, ModelError: unreadable data or checkpoint.
     """
     if split not in ("test", "val"):
         raise InputError(f"split {split!r} is not valid; choose test or val")
+    if pooling not in ("mask", "uniform"):
+        raise InputError(f"pooling {pooling!r} is not valid; choose mask or uniform")
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     net, ckpt = load_net(checkpoint)
+    if pooling == "uniform":
+        net.gfb = None  # LCRNet.attention is then all ones: average pooling of the same backbone
     net.to(device)
     cfg = ckpt["config"]
     size = int(cfg["image_size"])
@@ -179,6 +189,7 @@ def evaluate(
     out["chance"] = 1.0 / len(queries.classes)
     out["method"] = cfg["method"]
     out["split"] = split
+    out["pooling"] = pooling
     out[f"{split}_images"] = len(queries)
     return out
 

@@ -26,7 +26,7 @@ from lcr_sdk.images import list_images
 
 CHECKPOINT = "checkpoint.pt"
 # Options a resumed run may change: they do not alter what is trained (everything else must match the checkpoint).
-RESUMABLE = ("workers", "eval_every", "amp", "channels_last", "pretrained")
+RESUMABLE = ("workers", "eval_every", "amp", "channels_last", "pretrained", "grad_log_every")
 STOP_GRACE_S = 60.0  # after forwarding a stop: how long the workers get to end before they are killed
 
 

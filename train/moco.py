@@ -13,9 +13,18 @@ Per step (query batch x_q, key batch x_k, both B x 3 x S x S):
   LCR:
     G   = dL/dF_q (autograd.grad, graph kept)     B x C x h x w
     CAM = ReLU(sum_c F_q * G')  G' = -G ('score') or +G ('loss', released code)    B x h x w
-    CAM = CAM / max(CAM) per image                (scale-free target)
-    A   = max_k GFB(F_q)                          B x h x w
-    L  += nu * KL(softmax(CAM/tau) || softmax(A/tau))   softmax over all h*w positions of each image
+    F'  = F_q detached (fit_grad 'gfb', default) or F_q ('backbone': the fitting term trains the backbone too)
+    A   = max_k GFB(F')                           B x h x w
+  form 'ours' (default):
+    CAM = CAM / max(CAM) per image, detached      (scale-free target; CAM from F' with 'gfb')
+    L  += nu * KL(softmax(CAM/tau) || softmax(A/tau))   softmax over all h*w positions of each image, batch mean
+  form 'released' (the authors' released code):
+    P   = (A - min A) / (max A - min A)           min and max over the whole batch, no temperature
+    L  += nu * KL(softmax(CAM) || softmax(P))     raw CAM (not detached), softmax over each row of the map, sum
+
+The backbone gradient norms of InfoNCE and of the nu-weighted fitting term can be measured on a step
+(``measure_grads``): autograd.grad of each term w.r.t. the query backbone's parameters with the graph kept, so the
+update is the same as without the measurement.
 """
 
 from __future__ import annotations
@@ -114,6 +123,31 @@ def fitting_loss(cam: torch.Tensor, attn: torch.Tensor, tau: float = 0.4) -> tor
     return F.kl_div(pred, target, reduction="batchmean", log_target=True)
 
 
+def released_fitting_loss(cam: torch.Tensor, attn: torch.Tensor) -> torch.Tensor:
+    """The authors' released fitting loss (without its weight): KL(softmax(CAM) || softmax(P)), reduction 'sum'.
+
+    P is the raw attention min-max normalised to [0, 1] over the whole batch (so an image's loss depends on the
+    other images of its batch), with no temperature; the target is the raw CAM as given (the caller leaves it
+    unnormalised and attached to the graph, as the released code does); each softmax runs over one row of the
+    h x w map (the last axis), not over the whole map. Both are defects of the released form, reproduced here
+    only to compare with it.
+    """
+    a = attn.float()
+    p = (a - a.min()) / (a.max() - a.min()).clamp_min(1e-12)  # B x h x w, batch min-max
+    target = F.log_softmax(cam.float(), dim=-1)  # B x h x w, softmax within each row
+    pred = F.log_softmax(p, dim=-1)
+    return F.kl_div(pred, target, reduction="sum", log_target=True)
+
+
+def grad_norm(loss: torch.Tensor, params: list[torch.Tensor]) -> torch.Tensor:
+    """L2 norm of d loss / d params (all of them together), the graph kept; 0 where ``loss`` does not reach."""
+    if not loss.requires_grad:
+        return torch.zeros((), device=loss.device)
+    grads = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
+    norms = [g.float().norm() for g in grads if g is not None]
+    return torch.linalg.vector_norm(torch.stack(norms)) if norms else torch.zeros((), device=loss.device)
+
+
 @torch.no_grad()
 def _gather(x: torch.Tensor) -> torch.Tensor:
     """All-gather along dim 0 across DDP ranks (no gradient); identity without DDP."""
@@ -140,8 +174,11 @@ class MoCo(nn.Module):
         temperature: InfoNCE temperature T.
         bn_splits: BN sub-batches for single-process shuffle-BN (1 = plain BN, e.g. under DDP or SyncBN).
         nu: weight of the fitting loss (LCR).
-        tau: temperature of the fitting loss's softmaxes (LCR).
-        cam_sign, cam_detach, cam_norm: the Grad-CAM target (see :func:`contrastive_gradcam`).
+        tau: temperature of the fitting loss's softmaxes (LCR, form 'ours').
+        cam_sign, cam_detach, cam_norm: the Grad-CAM target (see :func:`contrastive_gradcam`; form 'ours').
+        fit_grad: 'gfb' (the fitting term's gradient stops at the GFB's input) or 'backbone' (it reaches the
+            backbone).
+        fit_form: 'ours' (:func:`fitting_loss`) or 'released' (:func:`released_fitting_loss`).
         cam_loss_scale: loss scale of the Grad-CAM gradient under fp16 autocast (lowered for a step if the
             scaled gradient overflows); 1 is used in float32 and bfloat16.
     """
@@ -165,6 +202,8 @@ class MoCo(nn.Module):
         cam_detach: bool = True,
         cam_norm: str = "max",
         cam_loss_scale: float = 2.0**16,
+        fit_grad: str = "gfb",
+        fit_form: str = "ours",
     ):
         super().__init__()
         if queue_size < 1:
@@ -177,6 +216,7 @@ class MoCo(nn.Module):
             cam_norm,
             cam_loss_scale,
         )
+        self.fit_grad, self.fit_form = fit_grad, fit_form
         self.encoder_q = net
         self.head_q = mlp_head(net.dim, hidden or net.dim, dim)
         self.encoder_k = copy.deepcopy(net)
@@ -233,26 +273,46 @@ class MoCo(nn.Module):
         return k[torch.argsort(perm)]
 
     def _cam(self, loss: torch.Tensor, feats: torch.Tensor) -> torch.Tensor:
-        """The Grad-CAM target; under fp16 the gradient is taken of a scaled loss (see :func:`contrastive_gradcam`)."""
+        """The Grad-CAM target; under fp16 the gradient is taken of a scaled loss (see :func:`contrastive_gradcam`).
+
+        The released form takes the raw CAM, attached to the graph; with fit_grad 'gfb' the target is always
+        detached (the fitting term never reaches the backbone).
+        """
+        released = self.fit_form == "released"
+        detach = self.fit_grad == "gfb" or (self.cam_detach and not released)
+        norm = "none" if released else self.cam_norm
         scale = self.cam_loss_scale if feats.dtype == torch.float16 else 1.0
         while True:
-            cam = contrastive_gradcam(loss, feats, self.cam_sign, self.cam_detach, self.cam_norm, scale)
+            cam = contrastive_gradcam(loss, feats, self.cam_sign, detach, norm, scale)
             if scale <= 1.0 or bool(torch.isfinite(cam).all()):
                 return cam
             scale = max(1.0, scale / 2**8)  # the scaled gradient overflowed fp16: retry lower
 
-    def forward(self, x_q: torch.Tensor, x_k: torch.Tensor, ids: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    def _fit(self, loss_nce: torch.Tensor, feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(fitting loss, CAM target) of a step (LCR)."""
+        cam = self._cam(loss_nce, feats)  # B x h x w
+        attn = self.encoder_q.raw_attention(feats.detach() if self.fit_grad == "gfb" else feats)  # B x h x w
+        if self.fit_form == "released":
+            return released_fitting_loss(cam, attn), cam
+        return fitting_loss(cam, attn, self.tau), cam
+
+    def forward(
+        self, x_q: torch.Tensor, x_k: torch.Tensor, ids: torch.Tensor | None = None, measure_grads: bool = False
+    ) -> dict[str, torch.Tensor]:
         """One training forward.
 
         Args:
             x_q, x_k: two augmented views of the same images, B x 3 x S x S.
             ids: B indices of the images in the training set (their keys enter the queue with them); None
                 disables the own-key mask.
+            measure_grads: also return ``grad_nce`` and ``grad_fit`` (LCR), the L2 norms of the gradients of
+                InfoNCE and of the weighted fitting term w.r.t. the query backbone's parameters (about two extra
+                backward passes; the loss and the update are unchanged).
 
         Returns:
             ``loss`` (with graph) and, detached: ``loss_nce``, ``loss_fit`` (LCR), ``acc`` (positive ranked first),
             ``own_key`` (share of queries whose own older key was in the queue and masked), ``logits``
-            (B x (1 + K), /T, masked entries -inf) and ``cam`` (LCR, B x h x w).
+            (B x (1 + K), /T, masked entries -inf), ``cam`` (LCR, B x h x w) and the gradient norms if asked.
         """
         feats = self.encoder_q.features(x_q)  # B x C x h x w
         q = F.normalize(self.head_q(feats.mean(dim=(2, 3))), dim=1)  # B x d
@@ -275,13 +335,16 @@ class MoCo(nn.Module):
             "logits": logits.detach(),
         }
         loss = loss_nce
+        backbone = [p for p in self.encoder_q.backbone.parameters() if p.requires_grad] if measure_grads else []
+        if measure_grads:
+            out["grad_nce"] = grad_norm(loss_nce, backbone)
         if self.encoder_q.gfb is not None:
-            cam = self._cam(loss_nce, feats)  # B x h x w
-            attn = self.encoder_q.raw_attention(feats)  # B x h x w
-            loss_fit = fitting_loss(cam, attn, self.tau)
+            loss_fit, cam = self._fit(loss_nce, feats)
             loss = loss + self.nu * loss_fit
             out["loss_fit"] = loss_fit.detach()
             out["cam"] = cam.detach()
+            if measure_grads:
+                out["grad_fit"] = grad_norm(self.nu * loss_fit, backbone)
         self._enqueue(k, ids)
         out["loss"] = loss
         return out

@@ -6,13 +6,19 @@ install and fail with the pip extra to install.
 
 from __future__ import annotations
 
+import copy
+import functools
+import inspect
 import json
 import math
 import os
 import shlex
 import sys
+import typing
+from collections.abc import Callable
+from dataclasses import fields
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any, get_type_hints
 
 import typer
 
@@ -96,55 +102,16 @@ def import_cmd(
         )
 
 
-def train_cmd(
+def _train(
     data: DataArg,
-    method: Annotated[str, typer.Option(help="lcr (MoCo v2 + GradCAM fitting branch) or moco (baseline).")] = "lcr",
-    arch: Annotated[str, typer.Option(help="resnet50 (paper), resnet18 (CPU), resnet34, resnet101.")] = "resnet50",
-    epochs: Annotated[int, typer.Option(help="Training epochs.")] = 200,
-    batch_size: Annotated[int, typer.Option(help="Global batch size (split over processes).")] = 256,
-    image_size: Annotated[int, typer.Option(help="Input side in pixels (also the exported model's).")] = 224,
-    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     out: Annotated[Path, typer.Option(help="Output folder: checkpoint.pt, log.csv, config.json.")] = Path("runs/lcr"),
-    lr: Annotated[float, typer.Option(help="Base learning rate for batch 256 (scaled by batch/256).")] = 0.03,
-    weight_decay: Annotated[float, typer.Option(help="SGD weight decay.")] = 1e-4,
-    warmup_epochs: Annotated[float, typer.Option(help="Linear lr warm-up epochs (0 in the paper).")] = 0.0,
-    moco_dim: Annotated[int, typer.Option(help="Projection dimension d.")] = 128,
-    moco_k: Annotated[int, typer.Option(help="Queue length (capped for small data sets).")] = 65536,
-    moco_m: Annotated[float, typer.Option(help="Key-encoder momentum.")] = 0.999,
-    moco_t: Annotated[float, typer.Option(help="InfoNCE temperature.")] = 0.2,
-    num_parts: Annotated[int, typer.Option(help="K, part maps of the GradCAM fitting branch.")] = 32,
-    nu: Annotated[float, typer.Option(help="Weight of the fitting loss.")] = 1.0,
-    tau: Annotated[float, typer.Option(help="Softmax temperature of the fitting loss.")] = 0.4,
-    cam_sign: Annotated[
-        str, typer.Option(help="loss: +dL/dF (released code, default); score: -dL/dF (Grad-CAM).")
-    ] = "loss",
-    cam_detach: Annotated[
-        bool, typer.Option(help="Detach the Grad-CAM target (--no-cam-detach: released code).")
-    ] = True,
-    cam_norm: Annotated[str, typer.Option(help="max: scale each CAM to max 1; none: raw (released code).")] = "max",
-    supervised: Annotated[bool, typer.Option(help="Train with labels instead (the supervised upper bound).")] = False,
-    pretrained: Annotated[
-        str,
-        typer.Option(
-            help="Backbone to start from: '' random init, 'imagenet' (online), a torchvision .pth, or an lcr-sdk "
-            "checkpoint (e.g. from `train --supervised` on a source data set)."
-        ),
-    ] = "",
-    workers: Annotated[int, typer.Option(help="Data-loader processes.")] = 2,
-    amp: Annotated[str, typer.Option(help="Mixed precision on CUDA: bf16, fp16 or off.")] = "bf16",
-    channels_last: Annotated[bool, typer.Option(help="channels_last memory format on CUDA.")] = True,
-    sync_bn: Annotated[bool, typer.Option(help="SyncBatchNorm under DDP instead of shuffle-BN.")] = False,
-    eval_every: Annotated[int, typer.Option(help="kNN monitor every N epochs (0: at the end only if set).")] = 0,
     resume: Annotated[bool, typer.Option(help="Continue from OUT/checkpoint.pt if it exists.")] = False,
     save_every: Annotated[int, typer.Option(help="Also checkpoint every N steps (0: epoch ends only).")] = 0,
     on_bad: Annotated[str, typer.Option(help="Unreadable images: skip (and report) or fail.")] = "skip",
     device: Annotated[str | None, typer.Option(help="cpu, cuda or cuda:N (default: CUDA if available).")] = None,
     nproc_per_node: Annotated[int, typer.Option(help="Launch N processes with torchrun (DDP).")] = 1,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
-    val_fraction: Annotated[
-        float, typer.Option(help="Hold out this share of each class of train/ as a validation split (0: none).")
-    ] = 0.0,
-    val_seed: Annotated[int, typer.Option(help="Seed of the validation split (shared by all training seeds).")] = 0,
+    **options: Any,
 ) -> None:
     """Train LCR or the MoCo v2 baseline on an ImageFolder data set.
 
@@ -156,43 +123,13 @@ def train_cmd(
     self-supervised training on the fine-grained set: lcr-sdk train data/cub --pretrained runs/pre/checkpoint.pt
     --val-fraction 0.1 --out runs/lcr
     """
-    from lcr_sdk.train.config import TrainConfig  # torch-free: options are checked before anything starts
+    from lcr_sdk.train.config import TrainConfig, check_on_bad  # torch-free: options are checked before anything
 
-    cfg = TrainConfig(
-        method=method,
-        arch=arch,
-        image_size=image_size,
-        epochs=epochs,
-        batch_size=batch_size,
-        lr=lr,
-        weight_decay=weight_decay,
-        warmup_epochs=warmup_epochs,
-        moco_dim=moco_dim,
-        moco_k=moco_k,
-        moco_m=moco_m,
-        moco_t=moco_t,
-        num_parts=num_parts,
-        nu=nu,
-        tau=tau,
-        cam_sign=cam_sign,
-        cam_detach=cam_detach,
-        cam_norm=cam_norm,
-        seed=seed,
-        workers=workers,
-        amp=amp,
-        channels_last=channels_last,
-        sync_bn=sync_bn,
-        pretrained=pretrained,
-        eval_every=eval_every,
-        supervised=supervised,
-        val_fraction=val_fraction,
-        val_seed=val_seed,
-    )
+    cfg = TrainConfig(**options)
     for name, value, low in (("save-every", save_every, 0), ("nproc-per-node", nproc_per_node, 1)):
         if value < low:
             raise InputError(f"--{name} {value} is not valid; give an integer >= {low}")
-    if on_bad not in ("skip", "fail"):
-        raise InputError(f"--on-bad {on_bad!r} is not valid; choose skip or fail")
+    check_on_bad(on_bad)
     _need_torch("lcr-sdk train")
     from lcr_sdk.train.guards import launch, preflight
 
@@ -216,6 +153,45 @@ def train_cmd(
     path = train(cfg, data, out, resume=resume, save_every=save_every, on_bad=on_bad, progress=progress, device=device)
     if int(os.environ.get("RANK", 0)) == 0:
         typer.echo(f"checkpoint: {path}")
+
+
+RUN_PANEL, TRAINING_PANEL = "Run (not stored in the checkpoint)", "Training (stored in the checkpoint)"
+
+
+def _with_config_options(command: Callable[..., None]) -> Callable[..., None]:
+    """``command`` with one option per :class:`TrainConfig` field appended to its signature: the option's default
+    and help are the field's own, so they are written once, in lcr_sdk/train/config.py."""
+    from lcr_sdk.train.config import TrainConfig
+
+    hints = get_type_hints(TrainConfig)
+    sig = inspect.signature(command, eval_str=True)
+    data, *run = [p for p in sig.parameters.values() if p.kind is not p.VAR_KEYWORD]
+    training = [
+        inspect.Parameter(
+            f.name,
+            inspect.Parameter.KEYWORD_ONLY,
+            default=f.default,
+            annotation=Annotated[hints[f.name], typer.Option(help=f.metadata["help"], rich_help_panel=TRAINING_PANEL)],
+        )
+        for f in fields(TrainConfig)
+    ]
+    for i, p in enumerate(run):  # the run-only options, after the training ones (in their own panel with rich)
+        kind, info = typing.get_args(p.annotation)
+        info = copy.copy(info)
+        info.rich_help_panel = RUN_PANEL
+        run[i] = p.replace(kind=inspect.Parameter.KEYWORD_ONLY, annotation=Annotated[kind, info])
+    params = [data, *training, *run]
+
+    @functools.wraps(command)
+    def wrapped(**kwargs: Any) -> None:
+        command(**kwargs)
+
+    wrapped.__signature__ = sig.replace(parameters=params)  # type: ignore[attr-defined]
+    wrapped.__annotations__ = {}
+    return wrapped
+
+
+train_cmd = _with_config_options(_train)
 
 
 def eval_cmd(

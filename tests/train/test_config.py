@@ -24,6 +24,8 @@ from lcr_sdk.train.config import TrainConfig
         ("nu", "1", "--nu '1' is not valid; give a finite number >= 0"),
         ("val_fraction", 1.5, "--val-fraction 1.5 is not valid; give a finite number >= 0 and < 1"),
         ("cam_detach", "yes", "--cam-detach 'yes' is not valid; give true or false"),
+        ("fit_grad", "stem", "--fit-grad 'stem' is not valid; choose one of gfb, backbone"),
+        ("fit_form", "kl", "--fit-form 'kl' is not valid; choose one of ours, released"),
         ("pretrained", None, "--pretrained None is not valid"),
     ],
 )
@@ -50,3 +52,17 @@ def test_defaults_are_valid_and_round_trip_through_a_checkpoint_dict():
     assert again == cfg
     old = TrainConfig.from_dict({"arch": "resnet18", "method": "moco", "image_size": 64})  # an older checkpoint
     assert old.val_fraction == 0.0 and old.method == "moco"
+
+
+def test_the_fitting_weight_is_the_forms_own_unless_given():
+    assert TrainConfig().fit_weight == 1.0  # this SDK's form
+    assert TrainConfig(fit_form="released").fit_weight == 0.01  # the released code's default
+    assert TrainConfig(fit_form="released", nu=0.5).fit_weight == 0.5
+
+
+def test_on_bad_is_checked_in_one_place():
+    from lcr_sdk.train.config import check_on_bad
+
+    check_on_bad("skip")
+    with pytest.raises(InputError, match="--on-bad 'ignore' is not valid; choose one of skip, fail"):
+        check_on_bad("ignore")

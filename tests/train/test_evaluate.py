@@ -110,3 +110,26 @@ def test_eval_json_stays_valid_json_when_no_query_is_answerable(lcr_checkpoint, 
 
     m = json.loads(r.output, parse_constant=not_json)
     assert m["rank1"] is None and m["mAP"] is None and m["queries"] == 0 and m["knn_top1"] is not None
+
+
+def test_uniform_pooling_evaluates_the_lcr_backbone_as_moco_v2_would(lcr_checkpoint, synth_root, tmp_path):
+    """The collapse diagnostic: an LCR checkpoint with pooling='uniform' scores exactly as the same backbone saved as
+    a MoCo v2 model (GFB dropped), and its attention share falls to the box's share of the image."""
+    import torch
+
+    from lcr_sdk.errors import InputError
+    from lcr_sdk.train.evaluate import evaluate
+
+    ckpt = torch.load(lcr_checkpoint, weights_only=False)
+    ckpt["config"] = {**ckpt["config"], "method": "moco"}
+    ckpt["model"] = {k: v for k, v in ckpt["model"].items() if not k.startswith("gfb.")}
+    torch.save(ckpt, tmp_path / "as_moco.pt")
+    uniform = evaluate(lcr_checkpoint, synth_root, device="cpu", pooling="uniform")
+    as_moco = evaluate(tmp_path / "as_moco.pt", synth_root, device="cpu")
+    masked = evaluate(lcr_checkpoint, synth_root, device="cpu")
+    keys = ("rank1", "rank5", "mAP", "knn_top1", "attention_on_object")
+    assert {k: uniform[k] for k in keys} == pytest.approx({k: as_moco[k] for k in keys}, abs=1e-6)
+    assert uniform["pooling"] == "uniform" and masked["pooling"] == "mask"
+    assert abs(masked["attention_on_object"] - uniform["attention_on_object"]) > 1e-3
+    with pytest.raises(InputError, match="pooling 'none' is not valid; choose mask or uniform"):
+        evaluate(lcr_checkpoint, synth_root, device="cpu", pooling="none")

@@ -199,3 +199,78 @@ def test_fp16_autocast_cam_matches_fp32():
     overflow = cam(torch.float16, scale=2.0**40)  # the scaled gradient overflows fp16: retried with a lower scale
     assert torch.isfinite(overflow).all()
     torch.testing.assert_close(overflow, fp16, rtol=0, atol=1e-3)
+
+
+# -- how far the fitting loss reaches, and the gradient log -----------------------------------------------------------
+
+
+def _one_step(method: str, measure: bool = False, **kw):
+    """One SGD step of a model made from seed 0, on one seeded batch; returns (the backbone's weights, the step's
+    output). Both methods build the backbone and projection head from the same weights (an LCR model draws its
+    GFB's weights after them) and draw the key shuffle from the same seed."""
+    import torch
+
+    model = _moco(method, **kw)
+    heads = _moco("moco")  # the same backbone and projection head for both methods
+    model.encoder_q.backbone.load_state_dict(heads.encoder_q.backbone.state_dict())
+    model.head_q.load_state_dict(heads.head_q.state_dict())
+    model.encoder_k.backbone.load_state_dict(heads.encoder_k.backbone.state_dict())
+    model.head_k.load_state_dict(heads.head_k.state_dict())
+    model.queue.copy_(heads.queue)
+    g = torch.Generator().manual_seed(7)
+    x_q, x_k = torch.randn(8, 3, 64, 64, generator=g), torch.randn(8, 3, 64, 64, generator=g)
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1, momentum=0.9, weight_decay=1e-4)
+    torch.manual_seed(3)  # the key shuffle
+    out = model(x_q, x_k, torch.arange(8), measure_grads=measure)
+    out["loss"].backward()
+    opt.step()
+    return {k: v.detach().clone() for k, v in model.encoder_q.backbone.state_dict().items()}, out
+
+
+def test_with_the_fitting_gradient_stopped_at_the_gfb_the_backbone_steps_exactly_as_moco_v2():
+    import torch
+
+    moco, _ = _one_step("moco")
+    gfb, out = _one_step("lcr", fit_grad="gfb")
+    assert out["loss_fit"] > 0  # the GFB is trained ...
+    assert all(torch.equal(gfb[k], moco[k]) for k in moco), [k for k in moco if not torch.equal(gfb[k], moco[k])]
+    reach, _ = _one_step("lcr", fit_grad="backbone")  # ... and only with 'backbone' does its loss move the backbone
+    assert not torch.equal(reach["conv1.weight"], moco["conv1.weight"])
+
+
+@pytest.mark.parametrize("fit_grad, fit_form", [("gfb", "ours"), ("backbone", "ours"), ("backbone", "released")])
+def test_gradient_log_measures_both_terms_without_changing_the_update(fit_grad, fit_form):
+    import torch
+
+    plain, _ = _one_step("lcr", fit_grad=fit_grad, fit_form=fit_form)
+    measured, out = _one_step("lcr", measure=True, fit_grad=fit_grad, fit_form=fit_form)
+    assert all(torch.equal(plain[k], measured[k]) for k in plain)
+    assert out["grad_nce"] > 0
+    if fit_grad == "gfb":
+        assert out["grad_fit"] == 0  # its gradient stops at the GFB's input
+    else:
+        assert out["grad_fit"] > 0
+
+
+def test_released_form_softmax_runs_within_each_row_and_min_max_over_the_batch():
+    """The authors' loss: a constant added to one row of the CAM changes nothing (a softmax per row), nor does an
+    affine change of the whole batch's attention (min-max over the batch); changing one image's attention changes
+    the others' terms (the batch dependence this SDK's default form does not have)."""
+    import torch
+
+    from lcr_sdk.train.moco import fitting_loss, released_fitting_loss
+
+    g = torch.Generator().manual_seed(0)
+    cam, attn = torch.rand(3, 4, 5, generator=g), torch.rand(3, 4, 5, generator=g)
+    base = released_fitting_loss(cam, attn)
+    shifted = cam.clone()
+    shifted[1, 2] += 5.0
+    torch.testing.assert_close(released_fitting_loss(shifted, attn), base)
+    torch.testing.assert_close(released_fitting_loss(cam, 3.0 * attn + 2.0), base)
+    assert not torch.allclose(fitting_loss(shifted, attn), fitting_loss(cam, attn))  # ours: one softmax per map
+    # image 0's gradient moves when image 2 sets a new batch maximum; with this SDK's form it does not
+    other = attn.clone()
+    other[2] *= 4.0
+    for loss, batch_dependent in ((released_fitting_loss, True), (fitting_loss, False)):
+        grads = [torch.autograd.grad(loss(cam, a.requires_grad_()), a)[0][0] for a in (attn.clone(), other.clone())]
+        assert torch.allclose(*grads) is not batch_dependent

@@ -14,7 +14,7 @@ from lcr_sdk.cli import app
 
 pytestmark = [pytest.mark.torch]
 
-ROWS = {"random init", "pretrained only", "moco", "lcr", "chance"}
+ROWS = {"random init", "pretrained only", "moco", "lcr", "lcr uniform", "chance"}
 
 
 @pytest.mark.slow
@@ -48,7 +48,7 @@ def test_fast_quickstart_runs_the_protocol_and_reports_it(tmp_path, caplog):
 
     page = (rep / "index.html").read_text()
     table = page[page.index("<table>") : page.index("</table>")]
-    for title in ("random init", "pretrained only", "MoCo v2", "LCR", "chance"):
+    for title in ("random init", "pretrained only", "MoCo v2", "LCR", "LCR backbone, uniform pooling", "chance"):
         assert f"<td>{title}</td>" in table
     assert page.index("</table>") < page.index(sentence.split(":")[0]) < page.index("<ul>")  # right under it
     images = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
@@ -115,14 +115,57 @@ def test_curves_draw_no_empty_knn_panel(tmp_path):
     assert two.shape[1] > 1.8 * one.shape[1]  # a second panel only when it has data
 
 
+def _entry(key, gap=(0.5, 0.8), sds=(1.1, 0.6)):
+    return {
+        "key": key,
+        "seeds": [0, 1, 2],
+        "lcr_minus_moco_map": {"mean": gap[0], "sd": gap[1], "per_seed": {}},
+        "rows_map": {"lcr": {"mean": 30.0, "sd": sds[0]}, "moco": {"mean": 29.5, "sd": sds[1]}},
+    }
+
+
 def test_verdict_reads_the_gap_against_the_benchmark_spread():
     from lcr_sdk.train.quickstart import verdict
 
     rows = {"lcr": {"mAP": 0.452}, "moco": {"mAP": 0.431}}
-    ref = {"lcr_minus_moco_map": (0.5, 0.8), "row_sd_map": 1.1, "seeds": 3}
+    ref = _entry({})
     s = verdict(rows, ref)
     assert s.startswith("LCR beat MoCo v2 here") and "+2.1 points" in s and "larger than the seed spread" in s
-    assert "1.1 points over 3 seeds" in s
+    assert "1.1 points over 3 seeds" in s and "averaged +0.5 points" in s
     s = verdict({"lcr": {"mAP": 0.43}, "moco": {"mAP": 0.435}}, ref)
     assert s.startswith("LCR did not beat") and "-0.5 points" in s and "within the seed spread" in s
     assert "no reference seed spread" in verdict(rows, None)
+
+
+def test_reference_is_the_results_file_entry_of_the_runs_protocol(tmp_path):
+    """The verdict's figures come from the results file the benchmark writes, picked by the run's protocol (backbone,
+    start weights, budget); another protocol's entry, or none, gives no reference."""
+    from dataclasses import replace
+
+    from lcr_sdk.train.quickstart import DEFAULT, FAST, load_reference, quickstart_key
+
+    path = tmp_path / "reference_results.json"
+    assert load_reference(quickstart_key(DEFAULT), path) is None  # no file
+    other = {**quickstart_key(DEFAULT), "arch": "efficientnet_lite0", "start": "imagenet"}
+    entries = [_entry(other, gap=(9.0, 1.0)), _entry(quickstart_key(DEFAULT))]
+    path.write_text(json.dumps({"entries": entries}))
+    assert load_reference(quickstart_key(DEFAULT), path) == entries[1]
+    assert load_reference(quickstart_key(FAST), path) is None
+    assert load_reference(quickstart_key(replace(DEFAULT, epochs=8)), path) is None  # another budget
+    # the key names the LCR options: the entry stops matching if a default changes
+    assert quickstart_key(DEFAULT)["lcr"]["fit_grad"] == "gfb"
+
+
+def test_the_shipped_reference_file_is_read_and_a_missing_entry_is_said_plainly():
+    from lcr_sdk.train.quickstart import DEFAULT, REFERENCE_FILE, load_reference, quickstart_key, verdict
+
+    doc = json.loads(REFERENCE_FILE.read_text())  # shipped beside the module (package data)
+    assert isinstance(doc["entries"], list)
+    for entry in doc["entries"]:
+        assert {"key", "seeds", "lcr_minus_moco_map", "rows_map"} <= set(entry)
+    entry = load_reference(quickstart_key(DEFAULT))
+    sentence = verdict({"lcr": {"mAP": 0.30}, "moco": {"mAP": 0.29}}, entry)
+    if entry is None:
+        assert "have no entry for this budget" in sentence
+    else:
+        assert f"over {len(entry['seeds'])} seeds" in sentence

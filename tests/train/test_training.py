@@ -305,3 +305,44 @@ def test_non_finite_weights_are_never_saved(synth_root, tmp_path):
     with pytest.raises(InputError, match=r"diverged at epoch 1, step 1: the weights are no longer finite.*--lr"):
         trainer._checkpoint(run)
     assert (tmp_path / "run" / "checkpoint.pt").read_bytes() == before
+
+
+def test_gradient_log_warns_when_the_fitting_term_drives_the_backbone(synth_root, tmp_path, caplog):
+    """log.csv holds the backbone gradient norms of both terms and their ratio; a fitting term that reaches the
+    backbone with a larger gradient than InfoNCE's is warned about; stopped at the GFB, it gives the backbone none."""
+    import logging
+
+    from lcr_sdk.train.config import TrainConfig
+
+    caplog.set_level(logging.WARNING, logger="lcr_sdk")
+    r = _train(synth_root, tmp_path / "reach", "--epochs", "1", "--fit-grad", "backbone", "--grad-log-every", "1")
+    assert r.exit_code == 0, r.output
+    row = next(csv.DictReader((tmp_path / "reach" / "log.csv").open()))
+    nce, fit, ratio = float(row["grad_nce"]), float(row["grad_fit"]), float(row["grad_ratio"])
+    assert nce > 0 and ratio == pytest.approx(fit / nce, rel=1e-3) and ratio > 1, row
+    assert "the fitting term's gradient on the backbone is" in caplog.text and "--fit-grad gfb" in caplog.text
+    # the options not given on the command line are TrainConfig's defaults
+    given = {"arch": "resnet18", "image_size": 64, "batch_size": 8, "moco_k": 16, "num_parts": 4, "workers": 0}
+    expected = TrainConfig(**given, epochs=1, fit_grad="backbone", grad_log_every=1).to_dict()
+    assert json.loads((tmp_path / "reach" / "config.json").read_text()) == expected
+
+    caplog.clear()
+    r = _train(synth_root, tmp_path / "gfb", "--epochs", "1", "--grad-log-every", "1")  # the default: gfb
+    assert r.exit_code == 0, r.output
+    row = next(csv.DictReader((tmp_path / "gfb" / "log.csv").open()))
+    assert float(row["grad_nce"]) > 0 and float(row["grad_fit"]) == 0 and float(row["grad_ratio"]) == 0
+    assert "fitting term's gradient" not in caplog.text
+
+
+def test_lcr_with_the_default_reach_trains_the_same_backbone_as_moco_v2(synth_root, tmp_path):
+    """Same seed, same data: LCR's fitting term stops at the GFB, so after training its backbone (weights and batch
+    norm statistics) is MoCo v2's, bit for bit on the CPU; only the GFB, and so the mask, differs."""
+    import torch
+
+    for method in ("moco", "lcr"):
+        r = _train(synth_root, tmp_path / method, "--epochs", "2", "--method", method, "--grad-log-every", "2")
+        assert r.exit_code == 0, r.output
+    moco, lcr = (_weights(tmp_path / m / "checkpoint.pt") for m in ("moco", "lcr"))
+    backbone = [k for k in moco if k.startswith("backbone.")]
+    assert backbone and all(torch.equal(lcr[k], moco[k]) for k in backbone)
+    assert any(k.startswith("gfb.") for k in lcr)
