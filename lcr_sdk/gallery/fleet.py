@@ -61,7 +61,8 @@ INDEX_TYPES = ("FLAT", "HNSW", "IVF_FLAT", "IVF_SQ8")
 ID_LEN, LABEL_LEN, ORIGIN_LEN = 4096, 1024, 256
 CROP_CHUNK, CROP_CHUNKS = 65535, 64  # base64 characters per array element, elements per crop (~3 MiB of PNG)
 METADATA_BYTES = 65536  # Milvus's default limit on one JSON value
-BATCH_BYTES = 16 << 20  # rows per write request, by size (Milvus refuses gRPC messages over 64 MiB)
+BATCH_BYTES = 16 << 20  # rows per write request, by size (Milvus refuses gRPC messages over 64 MiB) ...
+BATCH_ROWS = 4096  # ... and by count
 FORMAT = "1"
 PROBES, PARTNERS = 512, 4  # calibration sample: probes, and items of each probe's label (lcr_sdk.gallery.calibrate)
 _PROP = {"format": "lcr.format", "model": "lcr.model_sha256", "dim": "lcr.dim", "cal": "lcr.calibration"}
@@ -572,7 +573,7 @@ class FleetGallery:
             fps[item_id] = rec["fp"]
             batch.append(rec)
             size += 4 * self.dim + sum(len(c) for c in row.crop) + 256
-            if size >= BATCH_BYTES or len(batch) >= 4096:
+            if size >= BATCH_BYTES or len(batch) >= BATCH_ROWS:
                 self._rpc("writing items", self._client.upsert, self.collection, batch)
                 _step("fleet-batch")
                 batch, size = [], 0
@@ -583,8 +584,8 @@ class FleetGallery:
 
     def delete(self, ids: Sequence[str]) -> None:
         """Delete items by id at once (not pending; unknown ids are ignored)."""
-        for i in range(0, len(ids), 4096):
-            self._rpc("removing items", self._client.delete, self.collection, ids=list(ids[i : i + 4096]))
+        for i in range(0, len(ids), BATCH_ROWS):
+            self._rpc("removing items", self._client.delete, self.collection, ids=list(ids[i : i + BATCH_ROWS]))
             _step("fleet-delete")
 
     def _maintain(self) -> None:

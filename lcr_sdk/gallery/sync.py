@@ -311,6 +311,7 @@ def _sync(g: Gallery, f: FleetGallery, base: dict[str, list[str]], device: str, 
     _step("scanned")
     plan = _plan(loc.fps(), fleet_fps, base, pull)
     same, renamed = _resolve(plan, loc, f, fleet_fps, device)
+    plan.pull = [i for i in plan.pull if i not in renamed.values()]  # a rerun finds a renamed item in the fleet
     # 1. the fleet: pushes and renamed local items (upserts), then deletions
     rows = {i: loc.row(i, images) for i in plan.push}
     rows.update({new: loc.row(i, images) for i, new in renamed.items()})
