@@ -217,7 +217,8 @@ def _resolve(
     """Settle conflicts: identical content agrees (rule 1); otherwise the fleet keeps the id and the local item is
     renamed (rule 4). Returns the agreed ids and {id: new id of the local item}."""
     rows = fleet._get(plan.conflict, ["vector", "label", "metadata"])
-    same, renamed = [], {}
+    same: list[str] = []
+    renamed: dict[str, str] = {}
     taken = set(loc.items) | set(fleet_fps)
     for i in sorted(plan.conflict):
         if _same(*loc.content(i), rows[i]):
