@@ -329,6 +329,7 @@ class FleetGallery:
         self._removed: set[str] = set()
         self._calibration: Calibration | None = None
         self._cal_stored: dict[str, Any] | None = None
+        self._kind = ""  # the collection's index type, as last read (search parameters follow it)
 
     # -- server calls ----------------------------------------------------------------------------------------------
 
@@ -591,12 +592,16 @@ class FleetGallery:
     def _maintain(self) -> None:
         """After a commit: move to the next index tier when due; store a calibration that is missing or stale."""
         n = self._count()
-        if self.index == "auto":
-            want, have = choose_index(n), self._index_type()
-            tiers = ("FLAT", "HNSW", "IVF_SQ8")
-            if have in tiers and tiers.index(want.type) > tiers.index(have):
+        tiers = ("FLAT", "HNSW", "IVF_SQ8")
+        want = choose_index(n)
+        if self.index == "auto" and self._kind in tiers and tiers.index(want.type) > tiers.index(self._kind):
+            self._kind = self._index_type()  # another device may have rebuilt it already
+            if self._kind in tiers and tiers.index(want.type) > tiers.index(self._kind):
                 self._reindex(want)
-        cal = self.calibration
+        if self._calibration is None or self._calibration.stale(n):
+            self.calibrate()
+        cal = self._calibration
+        assert cal is not None
         if cal.to_dict() != self._cal_stored:
             props = {_PROP["cal"]: json.dumps(cal.to_dict())}
             self._rpc("storing the calibration", self._client.alter_collection_properties, self.collection, props)
@@ -613,6 +618,7 @@ class FleetGallery:
         self._rpc("dropping the index", c.drop_index, self.collection, "vector")
         self._rpc("building the index", c.create_index, self.collection, _index_params(c, choice))
         self._rpc("loading the collection", c.load_collection, self.collection)
+        self._kind = choice.type
 
     # -- search ----------------------------------------------------------------------------------------------------
 
@@ -659,7 +665,7 @@ class FleetGallery:
     ) -> list[list[Hit]]:
         expr = filter_expr(labels, where)
         limit = min(MAX_K, k + len(self._removed) + len(self._new))
-        choice = choose_index(0, self._index_type() or "FLAT")
+        choice = choose_index(0, self._kind if self._kind in INDEX_TYPES else "FLAT")
         out: list[list[Hit]] = []
         for vec in q:
             while True:
@@ -759,13 +765,14 @@ class FleetGallery:
     def info(self) -> dict[str, Any]:
         """A summary: where, size, model, index, open-set threshold."""
         cal = self.calibration
+        self._kind = self._index_type()
         return {
             "uri": self.uri,
             "collection": self.collection,
             "items": len(self),
             "dim": self.dim,
             "model_sha256": self.model_sha256,
-            "index": self._index_type(),
+            "index": self._kind,
             "index_policy": self.index,
             "threshold": cal.threshold,
             "threshold_far": cal.far,
@@ -952,4 +959,5 @@ def _open(
         stored = json.loads(props[_PROP["cal"]])
         g._calibration, g._cal_stored = Calibration.from_dict(stored), stored
     g._rpc("loading the collection", client.load_collection, collection)
+    g._kind = g._index_type()
     return g
