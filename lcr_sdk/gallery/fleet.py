@@ -34,6 +34,7 @@ import hashlib
 import json
 import logging
 import math
+import os
 import re
 import socket
 import uuid
@@ -53,6 +54,7 @@ from lcr_sdk.gallery.explain import MAX_SPREAD
 log = logging.getLogger("lcr_sdk.gallery.fleet")
 
 DEFAULT_COLLECTION = "lcr_gallery"
+TOKEN_ENV = "LCR_SDK_FLEET_TOKEN"  # the server's credentials, when not in the URI
 TIMEOUT = 10.0  # seconds to wait for the server when connecting
 MAX_K = 16384  # Milvus's top-k limit
 HNSW_FROM = 20_000  # items from which the automatic index is HNSW (exact below: as fast, and exact)
@@ -861,6 +863,7 @@ def connect(
     timeout: float = TIMEOUT,
     device: str | None = None,
     create: bool = True,
+    token: str | None = None,
 ) -> FleetGallery:
     """Open (or create) a fleet gallery.
 
@@ -876,6 +879,8 @@ def connect(
         timeout: seconds to wait for the server.
         device: this device's name, stored with the items it writes (default: the host name).
         create: create the collection when it does not exist (else refuse).
+        token: the server's credentials (``USER:PASSWORD`` or an API key); default: those in ``uri``, else the
+            environment variable ``LCR_SDK_FLEET_TOKEN`` (which keeps them off command lines).
 
     Raises:
         MissingDependencyError: the ``fleet`` extra is not installed.
@@ -886,7 +891,8 @@ def connect(
     pm = require("pymilvus", "fleet", "a fleet gallery (Milvus)")
     if is_local(str(uri)):
         require("milvus_lite", "fleet", "a local fleet gallery (milvus-lite .db)")
-    address, token = split_uri(str(uri))
+    address, uri_token = split_uri(str(uri))
+    token = token or uri_token or os.environ.get(TOKEN_ENV, "")
     shown = address if is_local(str(uri)) else redact(str(uri))
     if not isinstance(collection, str) or not _NAME.match(collection):
         raise InputError(f"collection {collection!r} is not valid; use letters, digits and _ (not first a digit)")
@@ -906,6 +912,12 @@ def connect(
         if type(e).__name__ not in ("MilvusException", "ConnectionConfigException") and not isinstance(e, OSError):
             raise
         why = getattr(e, "message", "") or str(e) or "no answer"
+        if is_local(str(uri)):
+            raise LcrError(
+                f"cannot open the milvus-lite database {shown} ({why}): another process holds it, or it is not a "
+                f"milvus-lite database. Several processes share one through a server: "
+                f"milvus-lite server --data-dir {shown} --port 19530, then connect to http://127.0.0.1:19530"
+            ) from None
         raise LcrError(
             f"cannot reach the fleet gallery server {shown} within {timeout:g} s ({why}); check that Milvus is "
             "running there (docs/FLEET.md), the address and port, and the network; or pass a longer timeout"

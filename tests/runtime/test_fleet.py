@@ -388,6 +388,37 @@ def test_embedded_milvus_lite_database(tmp_path):
         connect(str(tmp_path / "nowhere" / "x.db"), "g", dim=8)
 
 
+def test_an_embedded_database_is_held_by_one_process(tmp_path):
+    g = connect(str(tmp_path / "site.db"), "g", dim=8)
+    script = textwrap.dedent(
+        f"""
+        from lcr_sdk.errors import LcrError
+        from lcr_sdk.gallery.fleet import connect
+        try:
+            connect({str(tmp_path / "site.db")!r}, "g", timeout=2)
+        except LcrError as e:
+            print(e)
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120).stdout
+    assert "another process holds it" in out and "milvus-lite server --data-dir" in out, out
+    g.close()
+
+
+def test_two_syncs_of_one_gallery_do_not_run_at_once(server, tmp_path):
+    import fcntl
+
+    local = Gallery(8, MODEL)
+    local.add(_unit(1, 8), ids=["a"])
+    local.save(tmp_path / "loc")
+    lock = state_path(tmp_path / "loc").with_suffix(".json.lock")
+    with open(lock, "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)  # another sync holds it
+        with pytest.raises(InputError, match="another sync of this gallery is running"):
+            sync(local, server, _collection())
+    assert sync(local, server, _collection()).pushed == 1
+
+
 def test_index_follows_the_item_count(server, monkeypatch):
     assert [fleet_mod.choose_index(n).type for n in (0, 19_999, 20_000, 1_999_999, 2_000_000)] == [
         "FLAT",
