@@ -55,6 +55,7 @@ log = logging.getLogger("lcr_sdk.gallery.fleet")
 
 DEFAULT_COLLECTION = "lcr_gallery"
 TOKEN_ENV = "LCR_SDK_FLEET_TOKEN"  # the server's credentials, when not in the URI
+LITE_GRPC = {"grpc.keepalive_time_ms": 600_000}
 TIMEOUT = 10.0  # seconds to wait for the server when connecting
 MAX_K = 16384  # Milvus's top-k limit
 HNSW_FROM = 20_000  # items from which the automatic index is HNSW (exact below: as fast, and exact)
@@ -67,7 +68,13 @@ BATCH_BYTES = 16 << 20  # rows per write request, by size (Milvus refuses gRPC m
 BATCH_ROWS = 4096  # ... and by count
 FORMAT = "1"
 PROBES, PARTNERS = 512, 4  # calibration sample: probes, and items of each probe's label (lcr_sdk.gallery.calibrate)
-_PROP = {"format": "lcr.format", "model": "lcr.model_sha256", "dim": "lcr.dim", "cal": "lcr.calibration"}
+_PROP = {
+    "format": "lcr.format",
+    "model": "lcr.model_sha256",
+    "dim": "lcr.dim",
+    "cal": "lcr.calibration",
+    "index": "lcr.index",
+}
 _FIELDS = ("id", "vector", "label", "metadata", "fp", "origin", "crop")
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,254}$")
 
@@ -142,7 +149,7 @@ class IndexChoice:
 def choose_index(n: int, kind: str = "auto") -> IndexChoice:
     """The index for a collection of ``n`` items.
 
-    ``auto``: FLAT (exact) below :data:`HNSW_FROM`; HNSW (M=32, efConstruction=200, ef=max(64, 2k)) below
+    ``auto``: FLAT (exact) below :data:`HNSW_FROM`; HNSW (M=16, efConstruction=200, ef=max(64, 2k)) below
     :data:`IVF_FROM`; IVF_SQ8 above (nlist = 4 * sqrt(n) rounded to a power of two in [1024, 65536], nprobe =
     nlist / 32). ``IVF_FLAT`` takes IVF_SQ8's lists with full-precision vectors.
     """
@@ -153,7 +160,7 @@ def choose_index(n: int, kind: str = "auto") -> IndexChoice:
     if kind == "FLAT":
         return IndexChoice("FLAT", {}, {})
     if kind == "HNSW":
-        return IndexChoice("HNSW", {"M": 32, "efConstruction": 200}, {"ef": 64})
+        return IndexChoice("HNSW", {"M": 16, "efConstruction": 200}, {"ef": 64})
     nlist = int(min(65536, max(1024, 2 ** round(math.log2(4 * math.sqrt(max(n, 1)))))))
     return IndexChoice(kind, {"nlist": nlist}, {"nprobe": max(16, nlist // 32)})
 
@@ -332,6 +339,7 @@ class FleetGallery:
         self._calibration: Calibration | None = None
         self._cal_stored: dict[str, Any] | None = None
         self._kind = ""  # the collection's index type, as last read (search parameters follow it)
+        self._counted = 0  # committed items at the last count
 
     # -- server calls ----------------------------------------------------------------------------------------------
 
@@ -386,7 +394,8 @@ class FleetGallery:
 
     def _count(self) -> int:
         rows = self._rpc("counting items", self._client.query, self.collection, filter="", output_fields=["count(*)"])
-        return int(rows[0]["count(*)"])
+        self._counted = int(rows[0]["count(*)"])
+        return self._counted
 
     # -- reading ---------------------------------------------------------------------------------------------------
 
@@ -725,7 +734,7 @@ class FleetGallery:
     @property
     def calibration(self) -> Calibration:
         """The collection's stored (or, when the collection changed enough since, a fresh) :class:`Calibration`."""
-        n = len(self)
+        n = self._counted - len(self._removed) + len(self._new)  # as of this device's last count: every commit
         if self._calibration is None or self._calibration.stale(n):
             self._calibration = self.calibrate()
         return self._calibration
@@ -834,7 +843,7 @@ def _create(client: Any, pm: Any, collection: str, dim: int, model_sha256: str, 
         if "element_type" in kw:
             kw["element_type"] = getattr(pm.DataType, kw["element_type"])
         schema.add_field(name, getattr(pm.DataType, dtype), **kw)
-    props = {_PROP["format"]: FORMAT, _PROP["model"]: model_sha256, _PROP["dim"]: str(dim)}
+    props = {_PROP["format"]: FORMAT, _PROP["model"]: model_sha256, _PROP["dim"]: str(dim), _PROP["index"]: index}
     client.create_collection(
         collection,
         schema=schema,
@@ -875,7 +884,8 @@ def connect(
         model: the Embedder (or its ``model_id``) whose embeddings the gallery holds; a collection built with
             another model is refused, naming both. It gives the size of a new collection too.
         dim: embedding size, when ``model`` is a sha256 (or None) and the collection is new; checked otherwise.
-        index: ``auto`` (by item count, see :func:`choose_index`) or a fixed FLAT / HNSW / IVF_FLAT / IVF_SQ8.
+        index: for a new collection, ``auto`` (by item count, see :func:`choose_index`) or one fixed type: FLAT,
+            HNSW, IVF_FLAT or IVF_SQ8 (stored with the collection; an existing collection keeps its own).
         timeout: seconds to wait for the server.
         device: this device's name, stored with the items it writes (default: the host name).
         create: create the collection when it does not exist (else refuse).
@@ -908,6 +918,11 @@ def connect(
         raise InputError(f"cannot open {address}: folder {Path(address).parent} does not exist; create it first")
     try:
         client = pm.MilvusClient(uri=address, token=token, timeout=timeout)
+        if "milvus_lite" in str(client.get_server_version()):
+            # milvus-lite's gRPC server refuses pymilvus's 10 s keepalive pings during a long call (an index
+            # build) with GOAWAY "too many pings"; ping it no more often than its default allows (5 min)
+            client.close()
+            client = pm.MilvusClient(uri=address, token=token, timeout=timeout, grpc_options=LITE_GRPC)
     except Exception as e:
         if type(e).__name__ not in ("MilvusException", "ConnectionConfigException") and not isinstance(e, OSError):
             raise
@@ -966,10 +981,12 @@ def _open(
             f"embeddings); this one is {(sha or have_sha)[:12]}... ({dim or have_dim}-d): their embeddings are not "
             "comparable. Use the collection's model, or another collection for this model"
         )
-    g = FleetGallery(client, shown, collection, have_dim, have_sha, index, probe.device)
+    policy = props.get(_PROP["index"], "auto")  # the collection's own, whatever this connection asked for
+    g = FleetGallery(client, shown, collection, have_dim, have_sha, policy, probe.device)
     if _PROP["cal"] in props:
         stored = json.loads(props[_PROP["cal"]])
         g._calibration, g._cal_stored = Calibration.from_dict(stored), stored
     g._rpc("loading the collection", client.load_collection, collection)
     g._kind = g._index_type()
+    g._count()
     return g

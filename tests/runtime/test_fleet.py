@@ -400,7 +400,7 @@ def test_an_embedded_database_is_held_by_one_process(tmp_path):
             print(e)
         """
     )
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120).stdout
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600).stdout
     assert "another process holds it" in out and "milvus-lite server --data-dir" in out, out
     g.close()
 
@@ -442,6 +442,9 @@ def test_index_follows_the_item_count(server, monkeypatch):
     assert [h.id for h in g.search(v[45], k=3)] == [str(i) for i in np.argsort(-(v @ v[45]))[:3]]
     with pytest.raises(InputError, match="index="):
         connect(server, _collection(), dim=16, index="ANNOY")
+    fixed = connect(server, _collection(), dim=16, index="IVF_FLAT")  # one type, kept by every device
+    again = connect(server, fixed.collection)
+    assert again.index == "IVF_FLAT" and again.info()["index"] == "IVF_FLAT"
 
 
 def test_two_processes_share_one_collection(server):
@@ -456,7 +459,7 @@ def test_two_processes_share_one_collection(server):
         g.commit()
         """
     )
-    subprocess.run([sys.executable, "-c", script], check=True, timeout=120)
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=600)
     hits = g.search(np.eye(8, dtype=np.float32)[1], k=1)
     assert [(h.id, h.label) for h in hits] == [("from-2b", "wren")] and len(g) == 2
     assert {r["origin"] for r in g.scan(("id", "origin"))} == {"cam-2"}
