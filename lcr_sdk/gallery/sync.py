@@ -142,6 +142,7 @@ class _Plan:
     remove: list[str] = field(default_factory=list)  # local ids to remove
     conflict: list[str] = field(default_factory=list)  # changed on both sides: rule 1 or rule 4
     agreed: list[str] = field(default_factory=list)  # unchanged since the base
+    later: list[str] = field(default_factory=list)  # fleet changes left for a sync that pulls: base kept as it was
 
 
 def _plan(local: dict[str, str], fleet: dict[str, str], base: dict[str, list[str]], pull: bool) -> _Plan:
@@ -158,16 +159,13 @@ def _plan(local: dict[str, str], fleet: dict[str, str], base: dict[str, list[str
         elif l_chg and not f_chg:
             (p.push if in_l else p.delete).append(i)
         elif f_chg and not l_chg:
-            if in_f and pull:
-                p.pull.append(i)
-            elif not in_f:
-                p.remove.append(i)
+            (p.remove if not in_f else p.pull if pull else p.later).append(i)
         elif in_l and in_f:
             p.conflict.append(i)
         elif in_l:  # removed from the fleet, changed here: rule 3
             p.push.append(i)
-        elif in_f and pull:  # removed here, changed in the fleet: rule 3
-            p.pull.append(i)
+        elif in_f:  # removed here, changed in the fleet: rule 3
+            (p.pull if pull else p.later).append(i)
     return p
 
 
@@ -221,6 +219,9 @@ def _resolve(
     renamed: dict[str, str] = {}
     taken = set(loc.items) | set(fleet_fps)
     for i in sorted(plan.conflict):
+        if i not in rows:  # removed from the fleet since it was listed: rule 3
+            plan.push.append(i)
+            continue
         if _same(*loc.content(i), rows[i]):
             same.append(i)
             continue
@@ -349,7 +350,7 @@ def _sync(g: Gallery, f: FleetGallery, base: dict[str, list[str]], device: str, 
     _step("local-committed")
     # 3. the new base: what both sides hold now, with each side's fingerprint
     lfp = loc.fps()
-    new_base = {i: base[i] for i in plan.agreed if i in base}
+    new_base = {i: base[i] for i in plan.agreed + plan.later if i in base}
     new_base.update({i: [lfp[i], fleet_fps[i]] for i in same})
     new_base.update({i: [lfp[i], pushed[i]] for i in plan.push})
     new_base.update({new: [lfp[i], pushed[new]] for i, new in renamed.items()})

@@ -571,6 +571,25 @@ def test_sync_merges_offline_changes_by_the_conflict_rules(server, tmp_path, mon
     assert again.unchanged == len(EXPECTED)
 
 
+def test_a_push_only_sync_leaves_fleet_changes_for_a_later_pull(server, tmp_path):
+    local = Gallery(8, MODEL)
+    local.add(_unit(2, 8), ids=["a", "b"], labels=["x", "x"])
+    local.save(tmp_path / "loc")
+    fleet = connect(server, _collection(), model=MODEL, dim=8)
+    sync(local, fleet, device="cam-a")
+    fleet.remove(["a"])
+    fleet.add(_unit(1, 8, seed=9), ids=["a"], labels=["changed"])
+    fleet.add(_unit(1, 8, seed=10), ids=["c"])
+    fleet.commit()
+    local.add(_unit(1, 8, seed=11), ids=["d"])
+    local.commit()
+    push = sync(local, fleet, pull=False)
+    assert (push.pushed, push.pulled) == (1, 0) and Gallery.load(tmp_path / "loc").labels[0] == "x"
+    pull = sync(local, fleet)
+    assert (pull.pushed, pull.pulled, pull.renamed) == (0, 2, [])
+    assert _both_sides(tmp_path / "loc", fleet) == {"a": "changed", "b": "x", "c": "", "d": ""}
+
+
 class _Killed(BaseException):
     """Stands for the process being killed: nothing after it runs, nothing catches it."""
 
