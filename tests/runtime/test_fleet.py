@@ -358,6 +358,20 @@ def test_unreachable_server_is_one_error_naming_uri_and_timeout():
     assert "\n" not in text
 
 
+def test_cli_sync_with_an_unreachable_server_is_one_line_and_exit_1(tmp_path):
+    from typer.testing import CliRunner
+
+    from lcr_sdk.cli import app, fleet_cmd
+
+    Gallery(8).save(tmp_path / "loc")
+    fleet_cmd.register(app)
+    uri = f"milvus://robot:s3cret@127.0.0.1:{_free_port()}"
+    r = CliRunner().invoke(app, ["gallery", "sync", str(tmp_path / "loc"), uri, "--timeout", "1"])
+    assert r.exit_code == 1 and r.output.count("\n") == 1, r.output
+    assert r.output.startswith("Error: cannot reach the fleet gallery server milvus://***@127.0.0.1:")
+    assert "within 1 s" in r.output and "s3cret" not in r.output
+
+
 def test_credentials_never_printed_or_stored(server, tmp_path):
     from typer.testing import CliRunner
 
