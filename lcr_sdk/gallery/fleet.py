@@ -920,9 +920,10 @@ def connect(
         client = pm.MilvusClient(uri=address, token=token, timeout=timeout)
         if "milvus_lite" in str(client.get_server_version()):
             # milvus-lite's gRPC server refuses pymilvus's 10 s keepalive pings during a long call (an index
-            # build) with GOAWAY "too many pings"; ping it no more often than its default allows (5 min)
+            # build) with GOAWAY "too many pings"; ping it no more often than its default allows (5 min), on a
+            # channel of its own (pymilvus shares one channel per address and token, whatever its options)
             client.close()
-            client = pm.MilvusClient(uri=address, token=token, timeout=timeout, grpc_options=LITE_GRPC)
+            client = pm.MilvusClient(uri=address, token=token, timeout=timeout, grpc_options=LITE_GRPC, dedicated=True)
     except Exception as e:
         if type(e).__name__ not in ("MilvusException", "ConnectionConfigException") and not isinstance(e, OSError):
             raise
