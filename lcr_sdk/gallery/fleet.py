@@ -917,7 +917,7 @@ def connect(
     if is_local(str(uri)) and not Path(address).parent.is_dir():
         raise InputError(f"cannot open {address}: folder {Path(address).parent} does not exist; create it first")
     try:
-        client = pm.MilvusClient(uri=address, token=token, timeout=timeout)
+        client = pm.MilvusClient(uri=address, token=token, timeout=timeout, dedicated=True)  # closed by close()
         if "milvus_lite" in str(client.get_server_version()):
             # milvus-lite's gRPC server refuses pymilvus's 10 s keepalive pings during a long call (an index
             # build) with GOAWAY "too many pings"; ping it no more often than its default allows (5 min), on a
