@@ -66,6 +66,7 @@ CROP_CHUNK, CROP_CHUNKS = 65535, 64  # base64 characters per array element, elem
 METADATA_BYTES = 65536  # Milvus's default limit on one JSON value
 BATCH_BYTES = 16 << 20  # rows per write request, by size (Milvus refuses gRPC messages over 64 MiB) ...
 BATCH_ROWS = 4096  # ... and by count
+RECOUNT, RECOUNT_MIN = 0.05, 64  # count the items again after this share (at least this many) of own changes
 FORMAT = "1"
 PROBES, PARTNERS = 512, 4  # calibration sample: probes, and items of each probe's label (lcr_sdk.gallery.calibrate)
 _PROP = {
@@ -339,7 +340,8 @@ class FleetGallery:
         self._calibration: Calibration | None = None
         self._cal_stored: dict[str, Any] | None = None
         self._kind = ""  # the collection's index type, as last read (search parameters follow it)
-        self._counted = 0  # committed items at the last count
+        self._counted = 0  # committed items at the last count, plus this device's changes since
+        self._drift = 0  # this device's changes since the last count
 
     # -- server calls ----------------------------------------------------------------------------------------------
 
@@ -403,7 +405,7 @@ class FleetGallery:
 
     def _count(self) -> int:
         rows = self._rpc("counting items", self._client.query, self.collection, filter="", output_fields=["count(*)"])
-        self._counted = int(rows[0]["count(*)"])
+        self._counted, self._drift = int(rows[0]["count(*)"]), 0
         return self._counted
 
     # -- reading ---------------------------------------------------------------------------------------------------
@@ -577,13 +579,14 @@ class FleetGallery:
                     f"id {taken[0]!r} was added to the fleet gallery by another device since; remove it from this "
                     "commit (remove([...])) or rename it, then commit again (nothing was written)"
                 )
+        delta = len(self._new) - len(self._removed)  # a removed id added again counts once each way
         if self._removed:
             self.delete(sorted(self._removed))
             self._removed.clear()
         if self._new:
             self.upsert(self._new)
             self._new.clear()
-        self._maintain()
+        self._maintain(delta)
 
     def upsert(self, rows: dict[str, _Row]) -> dict[str, str]:
         """Write rows as they are (replacing any item with the same id); returns each id's fingerprint."""
@@ -609,9 +612,17 @@ class FleetGallery:
             self._rpc("removing items", self._client.delete, self.collection, ids=list(ids[i : i + BATCH_ROWS]))
             _step("fleet-delete")
 
-    def _maintain(self) -> None:
-        """After a commit: move to the next index tier when due; store a calibration that is missing or stale."""
-        n = self._count()
+    def _maintain(self, delta: int = 0) -> None:
+        """After a commit: move to the next index tier when due; store a calibration that is missing or stale.
+
+        The item count they follow is this device's last count plus its own changes since, counted again once
+        those reach :data:`RECOUNT` of it (a count takes seconds at 100k items on milvus-lite)."""
+        self._drift += abs(delta)
+        if self._drift >= max(RECOUNT_MIN, RECOUNT * self._counted):
+            self._count()
+        else:
+            self._counted += delta
+        n = self._counted
         tiers = ("FLAT", "HNSW", "IVF_SQ8")
         want = choose_index(n)
         if self.index == "auto" and self._kind in tiers and tiers.index(want.type) > tiers.index(self._kind):
@@ -755,9 +766,12 @@ class FleetGallery:
         collection at the next commit."""
         rng = np.random.default_rng(seed)
         by_label: dict[str, list[str]] = {}
+        total = len(self._new)
         for r in self.scan(("id", "label")):
-            if r["label"] and r["id"] not in self._removed:
-                by_label.setdefault(r["label"], []).append(str(r["id"]))
+            if r["id"] not in self._removed:
+                total += 1
+                if r["label"]:
+                    by_label.setdefault(r["label"], []).append(str(r["id"]))
         for item_id, row in self._new.items():
             if row.label:
                 by_label.setdefault(row.label, []).append(item_id)
@@ -776,7 +790,7 @@ class FleetGallery:
         probe = Gallery(self.dim)
         if ids:
             probe.add(np.stack(vecs), ids=ids, labels=[sample[i] for i in ids])
-        cal = dataclasses.replace(probe.calibrate(seed), items=len(self))
+        cal = dataclasses.replace(probe.calibrate(seed), items=total)
         self._calibration = cal
         return cal
 
