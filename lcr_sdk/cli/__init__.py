@@ -166,9 +166,9 @@ def _root(
 
 
 def _register() -> None:
-    from lcr_sdk.cli import export_cmd, gallery_cmd, runtime_cmd, train_cmd
+    from lcr_sdk.cli import export_cmd, fleet_cmd, gallery_cmd, runtime_cmd, train_cmd
 
-    for module in (train_cmd, export_cmd, runtime_cmd, gallery_cmd):
+    for module in (train_cmd, export_cmd, runtime_cmd, gallery_cmd, fleet_cmd):
         module.register(app)
 
 

@@ -532,17 +532,24 @@ class Gallery:
         return cls._of(*persist.load(Path(directory), mmap))
 
     @classmethod
-    def connect(cls, uri: str, collection: str | None = None, **kw: Any) -> Any:
+    def connect(cls, uri: str, collection: str = "lcr_gallery", **kw: Any) -> Any:
         """A fleet gallery in a Milvus collection (the `fleet` extra): an http(s)/tcp URI of a Milvus server, or a
         path ending in .db for an embedded milvus-lite database; see docs/FLEET.md.
 
-        The arguments go to :func:`lcr_sdk.gallery.fleet.connect` (imported only here: Milvus is optional); without
-        ``collection`` its default collection is used.
+        The keyword arguments go to :func:`lcr_sdk.gallery.fleet.connect` (``model``, ``dim``, ``index``,
+        ``timeout``, ``device``, ``create``, ``token``); pymilvus is imported only here.
         """
-        import importlib
+        from lcr_sdk.gallery.fleet import connect
 
-        fleet = importlib.import_module("lcr_sdk.gallery.fleet")
-        return fleet.connect(uri, **({} if collection is None else {"collection": collection}), **kw)
+        return connect(uri, collection, **kw)
+
+    def sync(self, fleet: Any, collection: str = "lcr_gallery", **kw: Any) -> Any:
+        """Exchange this saved gallery's enrolments and removals with a fleet gallery (a URI, a path ending in .db,
+        or an open fleet gallery); safe to repeat after a failure. Returns the sync's report; the rules are in
+        :mod:`lcr_sdk.gallery.sync` and docs/FLEET.md."""
+        from lcr_sdk.gallery.sync import sync
+
+        return sync(self, fleet, collection, **kw)
 
     def rebuild(
         self,

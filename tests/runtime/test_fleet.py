@@ -652,3 +652,22 @@ def test_sync_refuses_another_model_naming_both(server, tmp_path):
     local.add(_unit(1, 8, seed=1), ids=["b"])
     with pytest.raises(InputError, match="uncommitted"):
         sync(local, server, name)
+
+
+def test_the_gallery_api_opens_and_syncs_a_fleet_gallery(server, tmp_path):
+    """`Gallery.connect` opens a fleet gallery with the local gallery's surface, and `Gallery.sync` exchanges a saved
+    local gallery with it (both ways, then nothing left to do)."""
+    v = _unit(3, 8, seed=21)
+    name = _collection()
+    fleet = Gallery.connect(server, name, model=MODEL, dim=8)
+    fleet.add(v[:1], ids=["f"], labels=["from-fleet"])
+    fleet.commit()
+    local = Gallery(8, MODEL)
+    local.add(v[1:], ids=["a", "b"], labels=["x", "y"])
+    local.save(tmp_path / "loc")
+    report = local.sync(server, name, device="cam-a")
+    assert (report.pushed, report.pulled) == (2, 1)
+    assert sorted(Gallery.connect(server, name).ids) == ["a", "b", "f"]
+    assert sorted(Gallery.load(tmp_path / "loc").ids) == ["a", "b", "f"]
+    again = Gallery.load(tmp_path / "loc").sync(server, name, device="cam-a")
+    assert (again.pushed, again.pulled) == (0, 0)
