@@ -78,7 +78,12 @@ def frame_count(text: str) -> int:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model", help="model file: .onnx (ONNX Runtime), .engine (TensorRT) or .pt (PyTorch)")
-    p.add_argument("gallery", help="gallery folder (from examples/build_gallery.py or `lcr-sdk gallery build`)")
+    p.add_argument(
+        "gallery",
+        help="gallery folder (from examples/build_gallery.py or `lcr-sdk gallery build`), or a fleet gallery: "
+        "http://HOST:19530 (a Milvus server) or site.db (milvus-lite), docs/FLEET.md",
+    )
+    p.add_argument("--collection", default="lcr_gallery", help="collection of a fleet gallery")
     p.add_argument("input", nargs="?", default="0", help="0 | /dev/video0 | csi://0 | rtsp://... | clip.mp4 | images/")
     p.add_argument("output", nargs="?", default="display://0", help="display://0 | out.mp4 | frames/ | last.png")
     p.add_argument("--headless", action="store_true", help="never open a window")
@@ -129,9 +134,23 @@ def check_log(args: argparse.Namespace) -> None:
     check_writable(path.parent, f"--log {path}")
 
 
+def is_fleet(gallery: str) -> bool:
+    """A Milvus URI (scheme://...) or a milvus-lite database (a path ending in .db) rather than a gallery folder."""
+    return "://" in gallery or gallery.endswith(".db")
+
+
+def open_gallery(where: str, collection: str, emb: Embedder) -> Any:
+    """The local gallery in folder ``where`` (new if none is there yet), or the fleet gallery it names."""
+    if is_fleet(where):
+        return Gallery.connect(where, collection, model=emb)
+    if (Path(where) / "CURRENT").exists():
+        return Gallery.load(where)
+    return Gallery(emb.manifest.embedding_dim, emb.model_id)
+
+
 def check_enrolment(args: argparse.Namespace) -> None:
     """With --enroll, refuse a gallery folder that cannot be written before anything is opened."""
-    if args.enroll is None:
+    if args.enroll is None or is_fleet(args.gallery):  # a fleet gallery's writes are the server's to refuse
         return
     folder = Path(args.gallery)
     if folder.exists():
@@ -185,7 +204,7 @@ def enroll(
     except InputError as e:  # refused (--quality refuse): the reason is the note
         print(str(e), file=sys.stderr)
         return str(e).split(";")[0]
-    if gallery.path is None:
+    if isinstance(gallery, Gallery) and gallery.path is None:
         gallery.save(folder)  # a new gallery: created with this first item
     else:
         gallery.commit()
@@ -238,11 +257,10 @@ def run(args: argparse.Namespace) -> int:
         log = None
         if args.log is not None:  # written under a temporary name, renamed when the demo ends (Ctrl+C included)
             log = stack.enter_context(open(stack.enter_context(atomic_path(args.log, fsync=False)), "w"))
-        exists = (Path(args.gallery) / "CURRENT").exists()
-        gallery = Gallery.load(args.gallery) if exists else Gallery(emb.manifest.embedding_dim, emb.model_id)
+        gallery = stack.enter_context(contextlib.closing(open_gallery(args.gallery, args.collection, emb)))
         gallery.check_model(emb)
         cut = gallery.threshold if args.threshold == "auto" else args.threshold
-        print(f"{emb}\ngallery: {len(gallery)} items in {args.gallery}, threshold {cut}", file=sys.stderr)
+        print(f"{emb}\ngallery: {len(gallery)} items in {redact(args.gallery)}, threshold {cut}", file=sys.stderr)
         prompt, pending, note, meter, auto = None, None, "", FpsMeter(), args.enroll
         interrupted = False
         try:

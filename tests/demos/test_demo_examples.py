@@ -252,3 +252,28 @@ def test_query_box_prefers_a_drawn_box_then_the_centre_crop():
     assert query_box((600, 400, 900, 700), "none", 480, 640) == (600, 400, 640, 480)  # clipped to the frame
     assert query_box((630, 470, 900, 700), "center", 480, 640) == (176, 96, 464, 384)  # too little inside: centre
     assert query_box(None, "none", 480, 640) == (0, 0, 640, 480)
+
+
+def test_retrieval_demo_enrols_into_and_searches_a_fleet_gallery(demo_model, synth_root, tmp_path):
+    """The retrieval demo takes a fleet gallery (here an embedded milvus-lite database): an enrolment lands in the
+    collection and the next run finds it there."""
+    pytest.importorskip("pymilvus", reason="the fleet extra (pip install 'lcr-sdk[fleet]')")
+    pytest.importorskip("milvus_lite", reason="the fleet extra (pip install 'lcr-sdk[fleet]')")
+    new = to_frame(cv2.imread(str(sorted((synth_root / "train").glob("*/*.png"))[0])))
+    cv2.imwrite(str(tmp_path / "new.png"), new)
+    site = str(tmp_path / "site.db")
+    demo = load_example("camera_retrieval")
+    argv = [str(demo_model), site, str(tmp_path / "new.png"), str(tmp_path / "o1.png"), "--headless"]
+    assert demo.main([*argv, "--collection", "feeders", "--enroll", "my-bird"]) == 0
+    log = tmp_path / "hits.jsonl"
+    assert demo.main([*argv, "--collection", "feeders", "--log", str(log), "--threshold", "none"]) == 0
+    top = json.loads(log.read_text())["hits"][0]
+    assert top[0] == "my-bird" and top[1] > 0.999
+
+    from lcr_sdk import Gallery
+
+    fleet = Gallery.connect(site, "feeders")
+    try:
+        assert len(fleet) == 1
+    finally:
+        fleet.close()
