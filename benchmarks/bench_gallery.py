@@ -233,12 +233,8 @@ def search(args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
     q = queries(args.queries, d, n, args.per_class, args.within, args.between)
     rows = []
     # recall is measured against exact float32 search (whatever index the reference gallery has saved)
-    from lcr_sdk.gallery.search import exact
-
     ref = Gallery.load(build(work / f"g{n}-float32", n, d, args))
-    slots, _ = exact(q[: args.recall_queries], ref._blocks(), 5, ref._alive())
-    found = ref._fetch(np.unique(slots))
-    truth = [[found[int(s)][0] for s in row] for row in slots]
+    truth = [[h.id for h in row] for row in ref.search(q[: args.recall_queries], k=5, exact=True)]
     ref.close()
     n_cls = (n + args.per_class - 1) // args.per_class
     classes = np.random.default_rng(99).integers(0, n_cls, args.queries)[: args.recall_queries]  # as queries() drew
@@ -267,11 +263,9 @@ def search(args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
                 index_mib /= 2**20
             settings = [spec.partition(";")[2]] + [p for p in sweep.split("|") if p]
             for params in settings:
-                if params and g._faiss is not None:
-                    import faiss
-
-                    faiss.ParameterSpace().set_index_parameters(g._faiss.index, params)
                 name = spec.partition(";")[0] + (f";{params}" if params else "")
+                if params and g.index != name:
+                    g.set_index(name)  # the same index, other search parameters: kept, not rebuilt
                 single, t1 = _qps(lambda b, g=g: g.search(b[0], k=5), q[:1], min_s=args.seconds, max_calls=2000)
                 got = [[h.id for h in row] for row in g.search(q[: args.recall_queries], k=5)]
                 batch, _ = _qps(lambda b, g=g: g.search(b, k=5), q[:64], min_s=args.seconds, max_calls=200)
@@ -328,14 +322,16 @@ def load(args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
             if g.index != spec:
                 g.close()
                 continue
+            g.prepare_index()  # built and saved once, if the gallery had none
+            g.close()
             itimes = []
             for _ in range(args.reps):
-                g._faiss = None
+                g = Gallery.load(folder)
                 t = time.perf_counter()
-                g._ensure_index()
+                g.prepare_index()
                 itimes.append(1e3 * (time.perf_counter() - t))
+                g.close()
             rows.append({"what": f"persisted index {spec} ({dtype})", "ms": itimes})
-            g.close()
     print("| what | ms (median, p10-p90) |\n|---|---|")
     for r in rows:
         print(f"| {r['what']} | {_pct(r['ms'])} |")

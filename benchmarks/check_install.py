@@ -8,7 +8,7 @@ Builds a wheel of this checkout, then asks pip for the install report (``pip ins
 resolved for its own platform and Python (``--only-binary=:all: --platform manylinux2014_aarch64 --python-version
 3.10``), the desktop targets for this x86_64 machine:
 
-- jetson (JetPack 6: aarch64, Python 3.10, ``pip install 'lcr-sdk[jetson]'`` in a ``--system-site-packages`` venv):
+- jetson (JetPack 6.1+: aarch64, Python 3.10, ``pip install 'lcr-sdk[jetson]'`` in a ``--system-site-packages`` venv):
   numpy < 2, cuda-python 12.x, and no opencv-python*, onnxruntime*, tensorrt* or torch wheel (JetPack provides
   OpenCV with GStreamer, onnxruntime-gpu and TensorRT; a wheel would shadow them);
 - desktop-cpu (x86_64, ``[cpu]``): opencv-python and onnxruntime, no onnxruntime-gpu, no torch;
@@ -30,7 +30,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# name -> (extras, platform tags, python version). The Jetson is resolved for its own platform (aarch64, JetPack 6's
+# name -> (extras, platform tags, python version). The Jetson is resolved for its own platform (aarch64, JetPack 6.1+'s
 # Python 3.10) from binary wheels, as pip requires for a foreign platform; the desktop targets are resolved for this
 # machine (x86_64 Linux), because the tensorrt-cu12/-cu13 packages are source distributions that pull NVIDIA's wheels.
 TARGETS: dict[str, tuple[str, list[str], str]] = {
@@ -58,7 +58,7 @@ def problems_of(target: str, resolved: dict[str, str]) -> list[str]:
         if "numpy" in resolved and _major(resolved["numpy"]) >= 2:
             out.append(f"numpy {resolved['numpy']} (JetPack's wheels need numpy 1.x)")
         if "cuda-python" not in resolved or _major(resolved["cuda-python"]) != 12:
-            out.append(f"cuda-python {resolved.get('cuda-python')} (JetPack 6 has a CUDA 12 driver: need 12.x)")
+            out.append(f"cuda-python {resolved.get('cuda-python')} (JetPack 6.1+ has a CUDA 12 driver: need 12.x)")
         absent(("opencv-python", "onnxruntime", "tensorrt", "torch", "nvidia-"))
     elif target == "desktop-cpu":
         for need in ("opencv-python", "onnxruntime"):

@@ -21,7 +21,8 @@ from pathlib import Path
 from lcr_sdk import Embedder, Gallery, LcrError
 from lcr_sdk.errors import InputError
 from lcr_sdk.gallery import Quality, build_from_folder
-from lcr_sdk.gallery.store import check_target, is_gallery
+from lcr_sdk.gallery.explain import QUALITY
+from lcr_sdk.gallery.store import DTYPES, check_target, is_gallery
 
 
 def positive_int(text: str) -> int:
@@ -43,8 +44,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--replace", action="store_true", help="replace an existing gallery at --out")
     p.add_argument("--backend", help="override the backend chosen by the model suffix")
     p.add_argument("--batch", type=positive_int, default=16, help="images per inference batch (>= 1)")
-    p.add_argument("--dtype", choices=["float32", "float16"], default="float32", help="vector storage")
-    p.add_argument("--quality", choices=["off", "warn", "refuse"], default="warn", help="attention check per image")
+    p.add_argument("--dtype", choices=DTYPES, default="float32", help="vector storage")
+    p.add_argument("--quality", choices=QUALITY, default="warn", help="attention check per image")
     return p.parse_args(argv)
 
 

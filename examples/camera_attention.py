@@ -18,7 +18,32 @@ import sys
 import cv2
 
 from lcr_sdk import Embedder, LcrError
-from lcr_sdk.video import FpsMeter, draw_text, interrupt_on_sigterm, open_sink, open_source
+from lcr_sdk.errors import InputError
+from lcr_sdk.redact import redact
+from lcr_sdk.video import (
+    MAX_FPS,
+    MAX_FRAME_SIDE,
+    FpsMeter,
+    draw_text,
+    interrupt_on_sigterm,
+    open_sink,
+    open_source,
+)
+
+
+def bounded(kind: type, low: float, high: float, what: str):
+    """An argparse type: a number of ``kind`` in [low, high] (``what`` says what it counts)."""
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not low <= value <= high:  # also refuses NaN
+            raise argparse.ArgumentTypeError(f"{text} is outside {low:g}..{high:g} {what}")
+        return value
+
+    return parse
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -38,12 +63,22 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--headless", action="store_true", help="never open a window")
     p.add_argument("--backend", help="override the backend chosen by the model suffix (onnxruntime, tensorrt, torch)")
-    p.add_argument("--width", type=int, help="capture width (cameras) / resize width (files)")
-    p.add_argument("--height", type=int, help="capture height (cameras) / resize height (files)")
-    p.add_argument("--fps", type=float, help="camera frame rate; for a file, play it back in real time")
+    side = bounded(int, 1, MAX_FRAME_SIDE, "pixels")
+    p.add_argument("--width", type=side, help=f"capture width (cameras) / resize width (files), 1..{MAX_FRAME_SIDE}")
+    p.add_argument("--height", type=side, help=f"capture height (cameras) / resize height (files), 1..{MAX_FRAME_SIDE}")
+    p.add_argument(
+        "--fps",
+        type=bounded(float, 0.01, MAX_FPS, "frames per second"),
+        help="camera frame rate; for a file, play it back in real time",
+    )
     p.add_argument("--loop", action="store_true", help="loop a video file or image folder")
-    p.add_argument("--part", type=int, help="start on part map K instead of the mask")
-    p.add_argument("--max-frames", type=int, default=0, help="stop after this many frames (0: end of stream)")
+    p.add_argument("--part", type=bounded(int, 0, 1023, "parts"), help="start on part map K instead of the mask")
+    p.add_argument(
+        "--max-frames",
+        type=bounded(int, 0, 2**62, "frames"),
+        default=0,
+        help="stop after this many frames (0: end of stream)",
+    )
     return p.parse_args(argv)
 
 
@@ -75,7 +110,12 @@ def main(argv: list[str] | None = None) -> int:
         with interrupt_on_sigterm():
             return run(args)
     except LcrError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {redact(str(e))}", file=sys.stderr)
+        return 1
+    except OSError as e:  # a disk that fills up or goes read-only while frames are written
+        from lcr_sdk.cli import os_error_line
+
+        print(f"error: {redact(os_error_line(e))}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
@@ -87,10 +127,13 @@ def run(args: argparse.Namespace) -> int:
     with (
         Embedder(args.model, backend=args.backend) as emb,
         open_source(args.input, args.width, args.height, args.fps, args.loop) as source,
-        open_sink(args.output, args.headless, source.fps or 30, "lcr attention", inputs=[args.input]) as sink,
+        open_sink(args.output, args.headless, source.fps or 30, "lcr attention", [args.input, args.model]) as sink,
     ):
         num_parts, part, meter = emb.manifest.num_parts, args.part, FpsMeter()
-        print(f"{emb}\nsource: {args.input} -> {args.output}", file=sys.stderr)
+        if part is not None and part >= num_parts:
+            has = f"parts 0..{num_parts - 1}" if num_parts else "no part maps (a MoCo model)"
+            raise InputError(f"--part {part} is not a part of this model; it has {has}")
+        print(f"{emb}\nsource: {source.uri} -> {args.output}", file=sys.stderr)
         try:
             for frame in source:  # capture
                 if not frame.ok:  # a live source is down: say so, keep going

@@ -30,26 +30,48 @@ from lcr_sdk import Embedder, Gallery, LcrError
 from lcr_sdk.errors import InputError
 from lcr_sdk.fileio import atomic_path
 from lcr_sdk.gallery.explain import MAX_SPREAD
-from lcr_sdk.video import FpsMeter, draw_text, interrupt_on_sigterm, open_sink, open_source
+from lcr_sdk.gallery.search import parse_threshold
+from lcr_sdk.redact import redact
+from lcr_sdk.video import (
+    FpsMeter,
+    check_writable,
+    draw_text,
+    interrupt_on_sigterm,
+    open_sink,
+    open_source,
+    refuse_input,
+)
+
+MAX_TOP_K = 100  # hits drawn on screen and logged per frame
 
 
 def threshold_arg(text: str) -> float | str | None:
-    """--threshold: auto | none | a cosine in [-1, 1]."""
-    if text in ("auto", "none"):
-        return None if text == "none" else "auto"
+    """--threshold: auto | none | a cosine in [-1, 1] (the library's own check)."""
     try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not auto, none or a number in [-1, 1]") from None
-    if not -1 <= value <= 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is outside [-1, 1], the range of cosine scores")
-    return value
+        return parse_threshold(text, "--threshold")
+    except InputError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text} is not >= 1")
+    """--top-k: 1..MAX_TOP_K."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if not 1 <= value <= MAX_TOP_K:
+        raise argparse.ArgumentTypeError(f"{text} is outside 1..{MAX_TOP_K}")
+    return value
+
+
+def frame_count(text: str) -> int:
+    """--max-frames: 0 (end of stream) or more."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text} is below 0 (0: until the end of the stream)")
     return value
 
 
@@ -84,18 +106,36 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--log", type=Path, help="write one JSON line per frame: index, hits, unknown")
     p.add_argument("--loop", action="store_true", help="loop a video file or image folder")
-    p.add_argument("--max-frames", type=int, default=0, help="stop after this many frames (0: end of stream)")
+    p.add_argument("--max-frames", type=frame_count, default=0, help="stop after this many frames (0: end of stream)")
     return p.parse_args(argv)
 
 
-def check_log(path: Path | None) -> None:
-    """Refuse a --log path that cannot be written, before the camera and model are opened."""
+def check_log(args: argparse.Namespace) -> None:
+    """Refuse a --log path that cannot be written, or that is an input or the output, before anything is opened."""
+    path = args.log
     if path is None:
         return
     if path.is_dir():
         raise InputError(f"--log {path} is a folder; give a file name such as hits.jsonl")
     if not path.parent.is_dir():
         raise InputError(f"--log {path}: folder {path.parent} does not exist; create it or choose another path")
+    refuse_input(path, [args.input, args.gallery, args.model], "--log")
+    if path.resolve() == Path(args.output).resolve():
+        raise InputError(f"--log {path} is also the output {args.output!r}; give the log another name")
+    check_writable(path.parent, f"--log {path}")
+
+
+def check_enrolment(args: argparse.Namespace) -> None:
+    """With --enroll, refuse a gallery folder that cannot be written before anything is opened."""
+    if args.enroll is None:
+        return
+    folder = Path(args.gallery)
+    if folder.exists():
+        check_writable(folder, f"--enroll into gallery {folder}")
+    elif folder.parent.is_dir():
+        check_writable(folder.parent, f"--enroll into a new gallery {folder}")
+    else:
+        raise InputError(f"--enroll: the folder of gallery {folder} ({folder.parent}) does not exist; create it first")
 
 
 def query_box(drawn: Any, crop: str, h: int, w: int) -> tuple[int, int, int, int]:
@@ -135,10 +175,9 @@ def enroll(
     Returns the note shown on screen: the label, or why the image was refused (diffuse attention).
     """
     label = label.strip() or f"item-{len(gallery) + 1}"
+    meta = {"source": redact(source), "frame": index}  # stored without credentials: a stream URL's password
     try:
-        done = gallery.enroll(
-            emb, image, label, metadata={"source": source, "frame": index}, quality=quality, max_spread=max_spread
-        )
+        done = gallery.enroll(emb, image, label, metadata=meta, quality=quality, max_spread=max_spread)
     except InputError as e:  # refused (--quality refuse): the reason is the note
         print(str(e), file=sys.stderr)
         return str(e).split(";")[0]
@@ -169,7 +208,12 @@ def main(argv: list[str] | None = None) -> int:
         with interrupt_on_sigterm():
             return run(args)
     except LcrError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {redact(str(e))}", file=sys.stderr)
+        return 1
+    except OSError as e:  # a disk that fills up or goes read-only while the output, log or gallery is written
+        from lcr_sdk.cli import os_error_line
+
+        print(f"error: {redact(os_error_line(e))}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
@@ -177,12 +221,15 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    check_log(args.log)
+    check_log(args)
+    check_enrolment(args)
     with contextlib.ExitStack() as stack:
         emb = stack.enter_context(Embedder(args.model, backend=args.backend))
         source = stack.enter_context(open_source(args.input, loop=args.loop))
         sink = stack.enter_context(
-            open_sink(args.output, args.headless, source.fps or 30, "lcr retrieval", inputs=[args.input, args.gallery])
+            open_sink(
+                args.output, args.headless, source.fps or 30, "lcr retrieval", [args.input, args.gallery, args.model]
+            )
         )
         log = None
         if args.log is not None:  # written under a temporary name, renamed when the demo ends (Ctrl+C included)

@@ -8,7 +8,6 @@ expected.
 
 from __future__ import annotations
 
-import errno
 import logging
 import os
 import shutil
@@ -18,10 +17,12 @@ from pathlib import Path
 
 from lcr_sdk.backends.base import ENGINE_SUFFIXES
 from lcr_sdk.errors import InputError, ModelError, require
-from lcr_sdk.fileio import mib, sha256_file, staging_dir
+from lcr_sdk.export.precision import CALIBRATION_METHODS
+from lcr_sdk.fileio import is_disk_full, mib, sha256_file, staging_dir
 from lcr_sdk.manifest import (
     DEFAULT_BATCH,
     PRECISIONS,
+    Manifest,
     install_model,
     manifest_for_checkpoint,
     sidecar_path,
@@ -30,6 +31,71 @@ from lcr_sdk.manifest import (
 
 _log = logging.getLogger(__name__)
 STAGING_PREFIX = ".lcr-export-"  # hidden build folder beside the output; a killed export's is removed next time
+# Size bounds (docs/RELIABILITY.md, "Every size option bounded"): the largest batch the model is declared for, in
+# pixels (batch max x H x W; the default 32 x 224 x 224 is 1.6 M), and the calibration / verification images held
+# in memory at the model's input size.
+MAX_BATCH_PIXELS = 32 * 512 * 512
+MAX_HELD_IMAGE_BYTES = 1 << 30
+
+
+def check_export_options(
+    precision: str | None = "fp32",
+    calib_dir: str | os.PathLike | None = None,
+    calib_method: str = "percentile",
+    calib_images: int = 500,
+    verify_sample: int = 64,
+    workspace_gib: float = 4.0,
+    batch: tuple[int, int, int] = DEFAULT_BATCH,
+) -> None:
+    """Check export options before any work (the one place they are checked; the CLI passes the error through).
+
+    Args: as :func:`export_model`; ``precision=None`` (building an engine from an ONNX, which keeps its own) skips
+    the precision checks.
+
+    Raises:
+        InputError: one line naming the option (its argument and its CLI flag), what is valid and an example.
+    """
+    if precision is not None and precision not in PRECISIONS:
+        raise InputError(f"precision {precision!r} (--precision) is not one of {', '.join(PRECISIONS)}")
+    if precision == "int8" and calib_dir is None:
+        raise InputError("int8 export needs calibration images: pass --calib DIR (a few hundred real images)")
+    if calib_method not in CALIBRATION_METHODS:
+        raise InputError(
+            f"calibration method {calib_method!r} (--calib-method) is not one of {', '.join(CALIBRATION_METHODS)}"
+        )
+    if not 0 < workspace_gib < float("inf"):
+        raise InputError(f"workspace {workspace_gib} GiB (--workspace) is not valid; give a positive size, e.g. 4")
+    if verify_sample < 2:
+        raise InputError(
+            f"verify_sample {verify_sample} (--verify-sample) is not valid; Rank-1 agreement needs at least 2 images"
+        )
+    if calib_images < 1:
+        raise InputError(f"calib_images {calib_images} (--calib-images) is not valid; use a few hundred")
+    if len(batch) != 3 or not 1 <= batch[0] <= batch[1] <= batch[2]:
+        raise InputError(f"batch {tuple(batch)} (--batch) is not MIN,OPT,MAX with 1 <= MIN <= OPT <= MAX, e.g. 1,8,32")
+
+
+def check_export_sizes(manifest: Manifest, calib_images: int, verify_sample: int, calibrating: bool) -> None:
+    """Refuse sizes whose worst case does not fit the bounds above (checked once the input size is known).
+
+    Raises:
+        InputError: naming the product that is too large, the bound and the options that lower it.
+    """
+    spec = manifest.input
+    pixels = manifest.batch_max * spec.height * spec.width
+    if pixels > MAX_BATCH_PIXELS:
+        raise InputError(
+            f"a batch of {manifest.batch_max} at {spec.height}x{spec.width} is {pixels:,} pixels; the bound is "
+            f"{MAX_BATCH_PIXELS:,} (e.g. 32 at 512x512): lower --image-size or the batch's MAX (--batch)"
+        )
+    per_image = spec.height * spec.width * 3
+    held = (("--calib-images", calib_images, calibrating), ("--verify-sample", verify_sample, True))
+    for option, count, used in held:
+        if used and count * per_image > MAX_HELD_IMAGE_BYTES:
+            raise InputError(
+                f"{option} {count} at {spec.height}x{spec.width} holds {mib(count * per_image)} of images; the bound "
+                f"is {mib(MAX_HELD_IMAGE_BYTES)}: use at most {MAX_HELD_IMAGE_BYTES // per_image}"
+            )
 
 
 def default_out_path(checkpoint: str | os.PathLike, precision: str, trt: bool) -> Path:
@@ -82,9 +148,11 @@ def export_model(
 
     Raises:
         ModelError: bad or non-finite checkpoint, a model that outputs NaN, or verification missed the threshold.
-        InputError: bad precision, output path or options, or no space left for the output (the old model is kept).
+        InputError: bad precision, output path or options (:func:`check_export_options`), sizes past the bounds
+            (:func:`check_export_sizes`), or no space left for the output (the old model is kept).
         DataError: empty or unreadable image folder.
     """
+    check_export_options(precision, calib_dir, calib_method, calib_images, verify_sample, workspace_gib, batch)
     onnx = require("onnx", "export", "exporting a model")
     from lcr_sdk.export.data import find_images, load_images
     from lcr_sdk.export.graph import OPSET, check, embed_manifest, export_onnx
@@ -94,14 +162,6 @@ def export_model(
     from lcr_sdk.train.checkpoint import load_net
 
     say = log or (lambda _msg: None)
-    if precision not in PRECISIONS:
-        raise InputError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)}")
-    if precision == "int8" and calib_dir is None:
-        raise InputError("int8 export needs calibration images: pass --calib DIR (a few hundred real images)")
-    if workspace_gib <= 0:
-        raise InputError(f"workspace {workspace_gib} GiB is not valid; pass a positive size, e.g. --workspace 4")
-    if verify_sample < 2 or calib_images < 1:
-        raise InputError(f"verify_sample ({verify_sample}) must be >= 2 and calib_images ({calib_images}) >= 1")
     out = Path(out_path) if out_path is not None else default_out_path(checkpoint, precision, trt)
     valid = ENGINE_SUFFIXES if trt else (".onnx",)
     if out.suffix.lower() not in valid:
@@ -115,6 +175,7 @@ def export_model(
     check_finite_weights(ckpt["model"], checkpoint)
     manifest = manifest_for_checkpoint(ckpt["config"], sha256_file(checkpoint), image_size, batch, precision)
     manifest = replace(manifest, opset=OPSET)
+    check_export_sizes(manifest, calib_images, verify_sample, calibrating=precision == "int8")
     calib = None
     if precision == "int8" and calib_dir is not None:  # read images before the slow work: a bad folder fails fast
         calib, _ = load_images(find_images(calib_dir, "calibration", calib_images), manifest, "calibration")
@@ -175,7 +236,7 @@ def export_model(
             for src, dest in staged:
                 install_model(src, dest)
     except OSError as e:
-        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+        if not is_disk_full(e):
             raise
         raise InputError(_no_space(out, e)) from e
     say(f"wrote {out} and {sidecar_path(out).name}" + (f" (and {onnx_out.name})" if trt else ""))

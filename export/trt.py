@@ -1,4 +1,4 @@
-"""Exported ONNX -> TensorRT engine (docs/DESIGN.md section 3), for TensorRT 10 (JetPack 6) and 11 alike.
+"""Exported ONNX -> TensorRT engine (docs/DESIGN.md section 3), for TensorRT 10 (JetPack 6.1+) and 11 alike.
 
 Runs on the device that will use the engine, with TensorRT and the runtime core only: no torch, no onnx package,
 no checkpoint. ``lcr-sdk export model.onnx --trt --out model.engine`` calls :func:`build_engine_from_onnx`;
@@ -7,7 +7,11 @@ no checkpoint. ``lcr-sdk export model.onnx --trt --out model.engine`` calls :fun
 - The network is STRONGLY_TYPED: the precision comes from the ONNX graph (fp32, fp16, or int8 QDQ), not from
   builder flags (TensorRT 11 removed the FP16/INT8 flags and calibrators).
 - One optimisation profile covers the manifest's batch range at the fixed H x W; the workspace is limited.
-- The GPU is identified, and TensorRT's version checked, before the build starts (builds take minutes).
+- The GPU is identified, and TensorRT's version checked, before the build starts (builds take minutes); on a Jetson
+  a TensorRT too old names the JetPack upgrade (pip cannot install TensorRT there).
+- The engine's manifest records what the engine is tied to (:mod:`lcr_sdk.backends.identity`): the TensorRT
+  version, the hardware-compatibility level, the GPU's name, compute capability, SM count and memory, and on a
+  Jetson the L4T release.
 - A timing cache per TensorRT version and compute capability (``~/.cache/lcr-sdk/tensorrt-<version>-sm<cc>.cache``)
   is read before and rewritten after each build; a cache TensorRT rejects is reported and replaced.
 - The engine file is raw serialized bytes (``trtexec --loadEngine`` opens it); metadata goes in the sidecar.
@@ -20,9 +24,11 @@ TensorRT API names used, each present in both the TensorRT 10.3 and 11.4 Python 
 ``NetworkDefinitionCreationFlag.STRONGLY_TYPED``, ``OnnxParser`` (``parse_from_file``, ``num_errors``,
 ``get_error(i)`` with ``desc()``, ``node_name()``, ``node_operator()``), ``IBuilderConfig``
 (``set_memory_pool_limit``, ``MemoryPoolType.WORKSPACE``, ``add_optimization_profile``, ``create_timing_cache``,
-``set_timing_cache``, ``get_timing_cache``, ``progress_monitor``), ``ITimingCache.serialize``, ``IProgressMonitor``
-(``phase_start``, ``step_complete``, ``phase_finish``), ``Runtime.deserialize_cuda_engine``, ``ICudaEngine``
-(``num_io_tensors``, ``get_tensor_name``, ``get_tensor_mode``, ``TensorIOMode``, ``get_tensor_profile_shape``).
+``set_timing_cache``, ``get_timing_cache``, ``progress_monitor``, ``hardware_compatibility_level``),
+``HardwareCompatibilityLevel`` (``.name``: ``NONE``, ``AMPERE_PLUS``; 11.x adds ``SAME_COMPUTE_CAPABILITY``),
+``ITimingCache.serialize``, ``IProgressMonitor`` (``phase_start``, ``step_complete``, ``phase_finish``),
+``Runtime.deserialize_cuda_engine``, ``ICudaEngine`` (``num_io_tensors``, ``get_tensor_name``, ``get_tensor_mode``,
+``TensorIOMode``, ``get_tensor_profile_shape``, ``hardware_compatibility_level``).
 cuda-python names: see :mod:`lcr_sdk.backends.cuda`.
 """
 
@@ -38,8 +44,9 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from lcr_sdk.backends import cuda
 from lcr_sdk.backends.base import ENGINE_SUFFIXES
-from lcr_sdk.backends.cuda import gpu_identity
+from lcr_sdk.backends.identity import HW_NONE, engine_entry, running_identity
 from lcr_sdk.errors import InputError, ModelError, import_platform
 from lcr_sdk.fileio import sha256_file, staging_dir
 from lcr_sdk.manifest import Manifest, install_model, read_manifest, sidecar_path, write_sidecar
@@ -62,20 +69,29 @@ def timing_cache_path(version: str, compute_capability: str, folder: str | os.Pa
     return Path(folder) / f"tensorrt-{version}-sm{str(compute_capability).replace('.', '')}.cache"
 
 
-def system_check(trt: Any, device: int = 0) -> dict[str, str]:
-    """TensorRT version, GPU and compute capability of this machine, checked before a build.
+def system_check(trt: Any, device: int = 0) -> dict[str, Any]:
+    """TensorRT version and the GPU's identity (name, compute capability, SM count, memory; the L4T release on a
+    Jetson), checked before a build.
 
     Raises:
-        ModelError: a TensorRT older than 10. DeviceError: no GPU, or a driver cuda-python cannot use.
+        ModelError: a TensorRT older than 10 (on a Jetson: names the JetPack upgrade). DeviceError: no GPU, no
+        NVIDIA driver, or a driver cuda-python cannot use.
     """
     version = str(trt.__version__)
     major = int(version.split(".")[0]) if version.split(".")[0].isdigit() else 0
     if major < MIN_TENSORRT_MAJOR:
+        l4t = cuda.l4t_release()
+        fix = (
+            cuda.jetson_upgrade(l4t)
+            if l4t is not None
+            else "pip install 'lcr-sdk[trt-cu12]' (CUDA 12 driver) or 'lcr-sdk[trt-cu13]' (CUDA 13 driver), or use a "
+            "TensorRT 10+ container"
+        )
         raise ModelError(
             f"TensorRT {version} is too old: lcr-sdk builds strongly typed engines with TensorRT >= "
-            f"{MIN_TENSORRT_MAJOR} (JetPack 6 ships 10.3); upgrade JetPack or pip install 'lcr-sdk[trt-cu12]'"
+            f"{MIN_TENSORRT_MAJOR} (JetPack 6.1+ ships 10.3); {fix}"
         )
-    return {"version": version, **gpu_identity(device)}
+    return running_identity(version, device)
 
 
 def build_engine(
@@ -143,18 +159,25 @@ def build_engine(
     Path(engine_path).write_bytes(data)  # a staging path: installed with its sidecar by the caller
     if cache_path is not None and cache is not None:
         _save_timing_cache(config, cache_path)
-    return engine_manifest(manifest, Path(engine_path).name, hashlib.sha256(data).hexdigest(), system, onnx_path)
+    level = getattr(config, "hardware_compatibility_level", HW_NONE)  # NONE: lcr-sdk builds for this GPU only
+    return engine_manifest(manifest, Path(engine_path).name, hashlib.sha256(data).hexdigest(), system, onnx_path, level)
 
 
 def engine_manifest(
-    manifest: Manifest, engine_name: str, sha256: str, system: dict[str, str], onnx_path: str | os.PathLike
+    manifest: Manifest,
+    engine_name: str,
+    sha256: str,
+    system: dict[str, Any],
+    onnx_path: str | os.PathLike,
+    hardware_compatibility: Any = HW_NONE,
 ) -> Manifest:
-    """The sidecar manifest of an engine: the ONNX's, plus the system it was built on and its own hash."""
+    """The sidecar manifest of an engine: the ONNX's, plus the system it was built on (see
+    :mod:`lcr_sdk.backends.identity`) and its own hash."""
     return replace(
         manifest,
         model_file=engine_name,
         model_sha256=sha256,
-        tensorrt={k: system[k] for k in ("version", "gpu", "compute_capability")},
+        tensorrt=engine_entry(system, hardware_compatibility),
         extra={**manifest.extra, "onnx_file": Path(onnx_path).name, "onnx_sha256": manifest.model_sha256},
     )
 
@@ -268,12 +291,13 @@ def attach_manifest(engine_path: str | os.PathLike, manifest_source: str | os.Pa
     if bmin > bmax:
         raise ModelError(f"{engine}'s profile batch {lo[0]}..{hi[0]} does not overlap the model's batch range")
     manifest = replace(manifest, batch_min=bmin, batch_max=bmax, batch_opt=min(max(manifest.batch_opt, bmin), bmax))
-    built = engine_manifest(manifest, engine.name, hashlib.sha256(data).hexdigest(), system, source)
+    level = getattr(eng, "hardware_compatibility_level", HW_NONE)  # trtexec --hardwareCompatibilityLevel
+    built = engine_manifest(manifest, engine.name, hashlib.sha256(data).hexdigest(), system, source, level)
     write_sidecar(built, engine)
     return built
 
 
-def _cache_file(timing_cache: str | os.PathLike | None, system: dict[str, str]) -> Path | None:
+def _cache_file(timing_cache: str | os.PathLike | None, system: dict[str, Any]) -> Path | None:
     if timing_cache is None:
         return None
     if str(timing_cache) == "default":

@@ -4,7 +4,7 @@ Source: ``docs/operators.md`` of the onnx/onnx-tensorrt repository at tag ``rele
 file available to us; its header reads "TensorRT 10.0 supports operators in the inclusive range of opset 9 to opset
 20"), plus that repository's ``CHANGELOG.md``, whose entries for the 10.2 GA and 10.3 GA releases add no operator
 and change only the GRU, Squeeze, Slice (tensor ``axes``) and ScatterElements importers. TensorRT 10.3 is what
-JetPack 6 ships, and the oldest parser we build engines with; TensorRT 11 accepts what it accepts.
+JetPack 6.1+ ships, and the oldest parser we build engines with; TensorRT 11 accepts what it accepts.
 
 The rules relied on, quoted from that file:
 

@@ -14,6 +14,7 @@ rule (:func:`lcr_sdk.images.resize_to`); cast, colour order and normalisation li
 from __future__ import annotations
 
 import os
+import stat
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -150,6 +151,22 @@ def _to_image(
     return out
 
 
+def check_image_file(path: str | os.PathLike[str]) -> None:
+    """Refuse a path that exists but is not a regular file (a FIFO or device would block the decoder forever, a
+    folder cannot be decoded); a missing path is left to the reader, which names it.
+
+    Raises:
+        InputError: naming the path and what it is.
+    """
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return
+    if not stat.S_ISREG(mode):
+        what = "a folder" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode) else "not a regular file"
+        raise InputError(f"image {os.fspath(path)} is {what}; give an image file (.jpg, .png, ...)")
+
+
 def _concat(arrays: list[Any]) -> Any:
     """Concatenate numpy arrays or torch tensors along the batch axis."""
     if isinstance(arrays[0], np.ndarray):
@@ -232,6 +249,7 @@ class Embedder:
         """
         spec = self.manifest.input
         if isinstance(image, (str, os.PathLike)):
+            check_image_file(image)
             image = read_image(image, min_size=(spec.height, spec.width))
         return resize_to(to_bgr(image, color), spec.height, spec.width, spec.resize, spec.interpolation)
 
@@ -239,6 +257,10 @@ class Embedder:
         """Run ready batches (uint8 N x H x W x 3 BGR at the model size, numpy or a torch tensor): raw outputs.
 
         Batches larger than the model's ``batch_max`` are split; the outputs are concatenated.
+
+        Raises:
+            InputError: not a N x H x W x 3 uint8 batch at the model's size (checked by the backend).
+            ModelError: NaN or infinite outputs (numpy outputs; see :meth:`_finite`).
         """
         m = self.manifest
         if not hasattr(batch, "shape") or len(batch.shape) != 4:
@@ -250,7 +272,7 @@ class Embedder:
         if n == 0:
             raise InputError("batch is empty; pass at least one image")
         if m.batch_min <= n <= m.batch_max:
-            return self._backend.infer(batch)
+            return self._finite(self._backend.infer(batch))
         chunks = [self._run_chunk(batch[i : i + m.batch_max]) for i in range(0, n, m.batch_max)]
         return {k: _concat([c[k] for c in chunks]) for k in m.output_names}
 
@@ -258,10 +280,27 @@ class Embedder:
         """Run one chunk of at most batch_max images; a chunk under batch_min is padded by repeating its last image."""
         n, bmin = chunk.shape[0], self.manifest.batch_min
         if n >= bmin:
-            return self._backend.infer(chunk)
+            return self._finite(self._backend.infer(chunk))
         pad = chunk[-1:].repeat(bmin - n, 0) if isinstance(chunk, np.ndarray) else chunk[-1:].repeat(bmin - n, 1, 1, 1)
         padded = _concat([chunk, pad])
-        return {k: v[:n] for k, v in self._backend.infer(padded).items()}
+        return self._finite({k: v[:n] for k, v in self._backend.infer(padded).items()})
+
+    def _finite(self, out: dict[str, Any]) -> dict[str, Any]:
+        """Refuse NaN or infinite outputs (host arrays; torch tensors stay unchecked, so the GPU is never synced).
+
+        Raises:
+            ModelError: a model whose weights are finite but overflow (a diverged or damaged checkpoint) returns
+                NaN; an embedding of NaN would rank nowhere, or everywhere, and poison a gallery.
+        """
+        bad = [k for k, v in out.items() if isinstance(v, np.ndarray) and not np.isfinite(v).all()]
+        if bad:
+            rows = ~np.isfinite(out[bad[0]].reshape(len(out[bad[0]]), -1)).all(axis=1)
+            raise ModelError(
+                f"{self.path} outputs NaN or inf ({', '.join(bad)}) for {int(rows.sum())} of {len(rows)} images: its "
+                "weights are finite but overflow (a diverged or damaged checkpoint); export refuses such a "
+                "checkpoint: retrain with a smaller --lr, or use an earlier checkpoint"
+            )
+        return out
 
     # -- user API -----------------------------------------------------------------------------------------------
 

@@ -12,6 +12,7 @@ user can be read by the service user that runs it.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
 import shutil
@@ -41,6 +42,20 @@ def dir_mode() -> int:
 def mib(nbytes: float | None) -> str:
     """A byte count as every full-disk message gives it: ``"12.3 MiB"`` (None counts as 0)."""
     return f"{(nbytes or 0) / 2**20:.1f} MiB"
+
+
+DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)  # no space left; disk quota exceeded
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """Whether an exception means the disk (or the user's quota) is full: the one rule every writer uses.
+
+    True for an ``OSError`` with ``ENOSPC`` or ``EDQUOT``, and for SQLite's ``database or disk is full``
+    (``sqlite3.OperationalError`` carries no errno).
+    """
+    if isinstance(exc, OSError):
+        return exc.errno in DISK_FULL_ERRNOS
+    return type(exc).__module__ == "sqlite3" and "disk is full" in str(exc).lower()
 
 
 def fsync_file(path: str | os.PathLike[str]) -> None:
@@ -87,7 +102,10 @@ def atomic_path(path: str | os.PathLike[str], fsync: bool = True, suffix: str = 
     """
     path = Path(path)
     _check_parent(path)
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    try:
+        fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    except OSError as e:  # read-only media, no permission, full disk: name the file asked for, not the temp name
+        raise OSError(e.errno, e.strerror or str(e), str(path)) from e
     os.close(fd)
     tmp = Path(name)
     try:

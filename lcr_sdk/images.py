@@ -7,6 +7,7 @@ image to a uint8 BGR H x W x 3 array of the model's size, by the resize rule the
 from __future__ import annotations
 
 import os
+import struct
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -26,20 +27,139 @@ MIN_SIDE = 8  # smaller images carry no usable detail
 
 _REDUCED = {2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4, 8: cv2.IMREAD_REDUCED_COLOR_8}
 REDUCED_DECODE_BYTES = 1 << 20  # files smaller than this decode fully (fast anyway)
+# Most pixels one image may decode to (after a JPEG's reduced decode): 100 MP is 300 MB of BGR pixels, about 0.6 GB
+# at the peak of a decode. Checked from the file's header before anything is decoded; LCR_SDK_MAX_PIXELS changes it.
+MAX_PIXELS = 100_000_000
+MAX_PIXELS_ENV = "LCR_SDK_MAX_PIXELS"
+MAX_FILE_BYTES = 1 << 30  # no image file this reader accepts is larger (it is read whole before decoding)
 
 
-def read_image(path: str | os.PathLike[str], min_size: tuple[int, int] | None = None) -> np.ndarray:
+def max_pixels() -> int:
+    """The pixel limit in force: ``LCR_SDK_MAX_PIXELS`` if set (a positive integer), else :data:`MAX_PIXELS`."""
+    text = os.environ.get(MAX_PIXELS_ENV, "").strip().replace("_", "")
+    if not text:
+        return MAX_PIXELS
+    if not text.isdigit() or int(text) < MIN_SIDE * MIN_SIDE:
+        raise InputError(
+            f"{MAX_PIXELS_ENV}={os.environ[MAX_PIXELS_ENV]!r} is not a pixel count; give a positive integer such "
+            f"as {MAX_PIXELS} (the default), or unset it"
+        )
+    return int(text)
+
+
+def image_size(data: bytes | np.ndarray) -> tuple[str, int, int] | None:
+    """``(format, width, height)`` read from an image file's header, without decoding it; None if not found.
+
+    Reads PNG (IHDR), JPEG (the SOF marker), BMP, WebP (VP8, VP8L, VP8X), TIFF (the first IFD) and PNM (P1-P7):
+    every format of :data:`IMAGE_SUFFIXES`.
+    """
+    b = data.tobytes() if isinstance(data, np.ndarray) else bytes(data)
+    try:
+        return _header_size(b)
+    except (IndexError, ValueError, struct.error):  # a header cut short
+        return None
+
+
+def _header_size(b: bytes) -> tuple[str, int, int] | None:
+    if b[:8] == b"\x89PNG\r\n\x1a\n" and b[12:16] == b"IHDR":
+        w, h = struct.unpack(">II", b[16:24])
+        return "PNG", w, h
+    if b[:2] == b"\xff\xd8":
+        return _jpeg_size(b)
+    if b[:2] == b"BM":
+        if struct.unpack("<I", b[14:18])[0] == 12:  # OS/2 core header: 16-bit sides
+            w, h = struct.unpack("<HH", b[18:22])
+        else:
+            w, h = struct.unpack("<ii", b[18:26])
+        return "BMP", abs(w), abs(h)  # a negative height means top-down rows
+    if b[:4] == b"RIFF" and b[8:12] == b"WEBP":
+        kind = b[12:16]
+        if kind == b"VP8X":
+            return "WebP", 1 + int.from_bytes(b[24:27], "little"), 1 + int.from_bytes(b[27:30], "little")
+        if kind == b"VP8L":
+            bits = int.from_bytes(b[21:25], "little")
+            return "WebP", 1 + (bits & 0x3FFF), 1 + ((bits >> 14) & 0x3FFF)
+        if kind == b"VP8 ":
+            w, h = struct.unpack("<HH", b[26:30])
+            return "WebP", w & 0x3FFF, h & 0x3FFF
+        return None
+    if b[:4] in (b"II*\x00", b"MM\x00*"):
+        return _tiff_size(b)
+    if len(b) > 2 and b[:1] == b"P" and b[1:2] in b"1234567" and b[2:3].isspace():
+        return _pnm_size(b)
+    return None
+
+
+_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
+
+
+def _jpeg_size(b: bytes) -> tuple[str, int, int] | None:
+    i = 2
+    while i + 4 <= len(b):
+        if b[i] != 0xFF:
+            return None
+        marker = b[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        if marker in (0x01, *range(0xD0, 0xD8)):  # markers without a length
+            i += 2
+            continue
+        if marker in (0xD9, 0xDA):  # end of image, start of scan: no frame header before it
+            return None
+        (length,) = struct.unpack(">H", b[i + 2 : i + 4])
+        if marker in _SOF:
+            h, w = struct.unpack(">HH", b[i + 5 : i + 9])
+            return ("JPEG", w, h) if h else None  # height 0: given later (DNL), not read here
+        i += 2 + length
+    return None
+
+
+def _tiff_size(b: bytes) -> tuple[str, int, int] | None:
+    end = "<" if b[:2] == b"II" else ">"
+    (ifd,) = struct.unpack(end + "I", b[4:8])
+    (count,) = struct.unpack(end + "H", b[ifd : ifd + 2])
+    found: dict[int, int] = {}
+    for k in range(count):
+        tag, kind, _, value = struct.unpack(end + "HHI4s", b[ifd + 2 + 12 * k : ifd + 14 + 12 * k])
+        if tag in (256, 257):
+            found[tag] = struct.unpack(end + ("H" if kind == 3 else "I"), value[: 2 if kind == 3 else 4])[0]
+    return ("TIFF", found[256], found[257]) if len(found) == 2 else None
+
+
+def _pnm_size(b: bytes) -> tuple[str, int, int] | None:
+    head = b[:4096]
+    if head[1:2] == b"7":  # PAM: WIDTH and HEIGHT lines
+        fields = dict(ln.split(None, 1) for ln in head.decode("latin-1").splitlines() if len(ln.split(None, 1)) == 2)
+        return "PAM", int(fields["WIDTH"]), int(fields["HEIGHT"])
+    tokens: list[bytes] = []
+    for line in head.split(b"\n"):
+        tokens += line.split(b"#", 1)[0].split()
+        if len(tokens) >= 3:
+            return "PNM", int(tokens[1]), int(tokens[2])
+    return None
+
+
+def read_image(
+    path: str | os.PathLike[str], min_size: tuple[int, int] | None = None, limit: int | None = None
+) -> np.ndarray:
     """Read an image file as uint8 BGR H x W x 3.
+
+    The size is read from the file's header first (:func:`image_size`): a file that would decode to more than
+    ``limit`` pixels is refused before anything is decoded, so a small file that declares 50000 x 50000 pixels
+    costs nothing.
 
     Args:
         path: an image file OpenCV reads (:data:`IMAGE_SUFFIXES`).
-        min_size: ``(height, width)`` the caller needs at least, e.g. the model input. A large file is then decoded
-            at 1/2, 1/4 or 1/8 of its size (``cv2.IMREAD_REDUCED_COLOR_*``; JPEG decodes straight to the smaller
+        min_size: ``(height, width)`` the caller needs at least, e.g. the model input. A large JPEG is then decoded
+            at 1/2, 1/4 or 1/8 of its size (``cv2.IMREAD_REDUCED_COLOR_*``: JPEG decodes straight to the smaller
             size) as long as both sides stay >= ``min_size``, so a 20000 x 20000 photo never needs 1.2 GB of
             pixels to make a 224 px input. Without it the full image is decoded.
+        limit: most pixels to decode (after that reduction); None: :func:`max_pixels`.
 
     Raises:
-        InputError: the file is missing, a folder, not a decodable image, or smaller than 8 px on a side.
+        InputError: the file is missing, a folder, larger than :data:`MAX_FILE_BYTES`, not a decodable image of a
+            format this reader knows, above the pixel limit, or smaller than 8 px on a side.
     """
     p = Path(path)
     if not p.exists():
@@ -48,34 +168,82 @@ def read_image(path: str | os.PathLike[str], min_size: tuple[int, int] | None = 
         )
     if p.is_dir():
         raise InputError(f"{p} is a folder, not an image file")
+    if p.is_file() and p.stat().st_size > MAX_FILE_BYTES:
+        raise InputError(
+            f"{p} is {p.stat().st_size / 2**30:.1f} GiB, larger than any image this reader accepts "
+            f"({MAX_FILE_BYTES / 2**30:.0f} GiB); downscale it or pass a smaller copy"
+        )
     data = np.fromfile(p, dtype=np.uint8)
-    img = _decode(data, min_size) if data.size else None
+    return decode_image(data, str(p), min_size, limit)
+
+
+def decode_image(
+    data: bytes | np.ndarray, name: str, min_size: tuple[int, int] | None = None, limit: int | None = None
+) -> np.ndarray:
+    """Decode an encoded image (the bytes of a file) as uint8 BGR H x W x 3, within the pixel limit.
+
+    What :func:`read_image` does after reading the file; for images held in memory (a gallery's stored crops).
+
+    Args:
+        data: the encoded bytes.
+        name: what to call the image in messages (its path).
+        min_size, limit: as for :func:`read_image`.
+
+    Raises:
+        InputError: as :func:`read_image`.
+    """
+    arr = np.frombuffer(data, np.uint8) if isinstance(data, (bytes, bytearray, memoryview)) else data
+    header = image_size(arr[:65536]) if arr.size else None
+    if header is None and arr.size and image_size(arr) is not None:  # a JPEG whose frame header comes late
+        header = image_size(arr)
+    if header is None or min(header[1:]) < 1:
+        raise InputError(
+            f"{name} ({arr.size} bytes) could not be decoded as an image; valid inputs are image files OpenCV reads "
+            f"({', '.join(IMAGE_SUFFIXES)}); re-save or remove it"
+        )
+    fmt, w, h = header
+    factor = _reduction(fmt, w, h, arr.size, min_size)
+    cap = max_pixels() if limit is None else limit
+    dw, dh = -(-w // factor), -(-h // factor)
+    if dw * dh > cap:
+        scaled = f" (decoded at 1/{factor}: {dw} x {dh})" if factor > 1 else ""
+        raise InputError(
+            f"{name} is a {fmt} of {w} x {h} pixels{scaled}, more than the {cap:,} pixels an image may decode to; "
+            f"downscale it (e.g. to at most {_side(cap, w, h)}), or raise the limit with {MAX_PIXELS_ENV}=N "
+            f"(each pixel takes 3 bytes of memory)"
+        )
+    try:
+        img = cv2.imdecode(arr, _REDUCED[factor] if factor > 1 else cv2.IMREAD_COLOR)
+    except cv2.error as e:  # a header that OpenCV's own limits or checks refuse
+        raise InputError(
+            f"{name} ({arr.size} bytes) could not be decoded as an image ({str(e).strip().splitlines()[-1]}); "
+            "re-save or remove it"
+        ) from e
     if img is None:
         raise InputError(
-            f"{p} ({data.size} bytes) could not be decoded as an image; valid inputs are image files OpenCV reads "
+            f"{name} ({arr.size} bytes) could not be decoded as an image; valid inputs are image files OpenCV reads "
             f"({', '.join(IMAGE_SUFFIXES)}); re-save or remove it"
         )
     if min(img.shape[:2]) < MIN_SIDE:
         raise InputError(
-            f"{p} is a {img.shape[1]}x{img.shape[0]} image, too small to embed; each side must be >= {MIN_SIDE} px"
+            f"{name} is a {img.shape[1]}x{img.shape[0]} image, too small to embed; each side must be >= {MIN_SIDE} px"
         )
     return img
 
 
-def _decode(data: np.ndarray, min_size: tuple[int, int] | None) -> np.ndarray | None:
-    """Decode, at the largest reduction that keeps both sides >= ``min_size`` (see :func:`read_image`)."""
-    if min_size is None or data.size < REDUCED_DECODE_BYTES:
-        return cv2.imdecode(data, cv2.IMREAD_COLOR)
-    small = cv2.imdecode(data, _REDUCED[8])  # cheap, and tells the size (to within 8 px)
-    if small is None:
-        return None
+def _side(cap: int, w: int, h: int) -> str:
+    """The largest size of the same aspect ratio within ``cap`` pixels, as ``W x H``."""
+    s = (cap / (w * h)) ** 0.5
+    return f"{max(1, int(w * s))} x {max(1, int(h * s))}"
+
+
+def _reduction(fmt: str, w: int, h: int, nbytes: int, min_size: tuple[int, int] | None) -> int:
+    """The reduced-decode factor: the largest of 8, 4, 2 that keeps both sides >= ``min_size`` (JPEG only: other
+    formats decode at full size and shrink afterwards, which saves nothing); 1 for a full decode."""
+    if min_size is None or fmt != "JPEG" or nbytes < REDUCED_DECODE_BYTES:
+        return 1
     need_h, need_w = min_size
-    full_h, full_w = small.shape[0] * 8, small.shape[1] * 8
-    for factor in (8, 4, 2):
-        # OpenCV rounds reduced sides up; the estimate above may overshoot by < 8 px, so keep a factor's margin
-        if (full_h - 8) // factor >= need_h and (full_w - 8) // factor >= need_w:
-            return small if factor == 8 else cv2.imdecode(data, _REDUCED[factor])
-    return cv2.imdecode(data, cv2.IMREAD_COLOR)
+    return next((f for f in (8, 4, 2) if h // f >= need_h and w // f >= need_w), 1)
 
 
 def to_bgr(image: Any, color: str = "bgr", min_size: tuple[int, int] | None = None) -> np.ndarray:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -321,8 +321,8 @@ def install_model(staged: str | os.PathLike[str], dest: str | os.PathLike[str]) 
 
     Two files cannot be renamed at once, so the sidecar carries both manifests while they switch:
 
-    1. ``dest.json`` is replaced by the new manifest with the old one (if ``dest`` had a matching manifest) under
-       ``"previous"``;
+    1. ``dest.json`` is replaced by the new manifest with the old one (if ``dest`` had a matching manifest: its
+       sidecar, or the one inside an ONNX without a sidecar) under ``"previous"``;
     2. the model file is renamed onto ``dest``;
     3. ``dest.json`` is rewritten with the new manifest alone.
 
@@ -334,12 +334,14 @@ def install_model(staged: str | os.PathLike[str], dest: str | os.PathLike[str]) 
     staged, dest = Path(staged), Path(dest)
     new = Manifest.from_json(sidecar_path(staged).read_text(encoding="utf-8"), source=str(sidecar_path(staged)))
     old = None
-    if dest.is_file() and sidecar_path(dest).is_file():
+    if dest.is_file():
         try:
-            old = read_manifest(dest)
+            old = read_manifest(dest)  # its sidecar, or the manifest inside an ONNX that has none
         except ModelError:
             old = None  # an unreadable old manifest protects nothing
-        if old is not None and old.model_sha256 and old.model_sha256 != sha256_file(dest):
+        if old is not None and not sidecar_path(dest).is_file():
+            old = replace(old, model_sha256=sha256_file(dest))  # the one inside the graph has no hash
+        elif old is not None and old.model_sha256 and old.model_sha256 != sha256_file(dest):
             old = None
     fsync_file(staged)
     write_sidecar(new, dest, previous=old)

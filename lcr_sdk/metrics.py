@@ -12,9 +12,23 @@ import numpy as np
 import numpy.typing as npt
 
 
-def ranking(scores: np.ndarray) -> np.ndarray:
-    """Indices that sort each row of ``scores`` by descending score, ties by ascending index (stable)."""
-    return np.argsort(-scores, axis=1, kind="stable")
+def ranking(scores: np.ndarray, k: int | None = None) -> np.ndarray:
+    """Indices that sort each row of ``scores`` by descending score, ties by ascending index (stable).
+
+    The one ranking rule of the SDK: evaluation, verification and gallery search all order by it. With ``k``,
+    only the k best of each row, without sorting whole rows (a partial sort, then the candidates in order).
+    """
+    n = scores.shape[1]
+    if k is not None and k < 1:
+        return np.zeros((len(scores), 0), np.int64)
+    if k is None or k >= n:
+        return np.argsort(-scores, axis=1, kind="stable")
+    kth = -np.partition(-scores, k - 1, axis=1)[:, k - 1 : k]  # k-th largest score of each row
+    out = np.empty((len(scores), k), dtype=np.int64)
+    for r, row in enumerate(scores):
+        cand = np.flatnonzero(row >= kth[r])  # includes every tie at the boundary, in index order
+        out[r] = cand[np.argsort(-row[cand], kind="stable")[:k]]
+    return out
 
 
 def average_precision(relevant_in_rank_order: np.ndarray) -> float:

@@ -36,7 +36,7 @@ import cv2
 import numpy as np
 
 from lcr_sdk.errors import DataError, InputError
-from lcr_sdk.fileio import atomic_write_text, staging_dir
+from lcr_sdk.fileio import atomic_path, atomic_write_text, staging_dir
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +49,11 @@ TAILS = ("fan", "fork", "pin")
 # with these sizes the same run gave 26.6 (docs/BENCHMARKS.md, "Training").
 CREST_SCALE = 1.5
 SPOT_SCALE = 1.4
+# Bounds of the size options, so that any run fits the memory budget docs/RELIABILITY.md states (512 MB): a run at
+# 1024 px peaks at 160 MB resident, and the object boxes kept for synth.json, with their JSON text, take 300 MB at
+# the most images (36 classes of 2 x 5000).
+MAX_IMAGE_SIZE = 1024
+MAX_PER_CLASS = 5000
 # Bumped whenever the same options draw other images, so that a set written by an older generator is not reused.
 GENERATOR_VERSION = 2
 
@@ -263,12 +268,7 @@ def generate(out: str | Path, cfg: SynthConfig | None = None, progress: bool = T
         The data set root (``out``), laid out as ``train/<class>/*.png`` and ``test/<class>/*.png``.
     """
     cfg = cfg or SynthConfig()
-    if cfg.image_size < 32:
-        raise InputError(f"image_size={cfg.image_size} is too small for visible parts; use >= 32")
-    if not 0.0 <= cfg.difficulty <= 1.0:
-        raise InputError(f"difficulty={cfg.difficulty} must be between 0 and 1")
-    if cfg.train_per_class < 1 or cfg.test_per_class < 2:
-        raise InputError("train_per_class must be >= 1 and test_per_class >= 2 (retrieval needs a second image)")
+    check_config(cfg)
     out = Path(out)
     names = class_names(cfg.num_classes, cfg.first_class)
     jobs = [
@@ -280,14 +280,17 @@ def generate(out: str | Path, cfg: SynthConfig | None = None, progress: bool = T
     boxes: dict[str, list[int]] = {}
     from tqdm import tqdm  # type: ignore[import-untyped]
 
+    for split in ("train", "test"):
+        for name in names:
+            folder = out / split / name
+            folder.mkdir(parents=True, exist_ok=True)
+            for stale in folder.glob(".*.tmp"):  # temporary files of a killed run: never a finished image
+                stale.unlink(missing_ok=True)
     for split, si, ci, i in tqdm(jobs, desc="synth data", unit="img", disable=not progress, leave=False):
-        folder = out / split / names[ci]
-        folder.mkdir(parents=True, exist_ok=True)
         rng = np.random.default_rng([cfg.seed, si, cfg.first_class + ci, i])
         img, box = render(names[ci], rng, cfg.image_size, cfg.difficulty)
         rel = f"{split}/{names[ci]}/{i:05d}.png"
-        if not cv2.imwrite(str(out / rel), img):
-            raise OSError(f"could not write {out / rel}")
+        write_png(out / rel, img)
         boxes[rel] = box
     meta = {
         "generator": "lcr_sdk.synth",
@@ -298,6 +301,71 @@ def generate(out: str | Path, cfg: SynthConfig | None = None, progress: bool = T
     }
     atomic_write_text(out / "synth.json", json.dumps(meta, indent=1))
     return out
+
+
+def check_config(cfg: SynthConfig) -> None:
+    """Refuse options outside their bounds (each one says its valid range).
+
+    Raises:
+        InputError: naming the option, the value and the valid range.
+    """
+    if not 32 <= cfg.image_size <= MAX_IMAGE_SIZE:
+        raise InputError(
+            f"image_size={cfg.image_size} is outside 32..{MAX_IMAGE_SIZE}: smaller hides the parts, larger only "
+            "costs memory and disk (training resizes to its own --image-size anyway)"
+        )
+    if not 0.0 <= cfg.difficulty <= 1.0:  # also refuses NaN
+        raise InputError(f"difficulty={cfg.difficulty} must be between 0 and 1")
+    if not (1 <= cfg.train_per_class <= MAX_PER_CLASS and 2 <= cfg.test_per_class <= MAX_PER_CLASS):
+        raise InputError(
+            f"train_per_class={cfg.train_per_class} and test_per_class={cfg.test_per_class} must be 1..{MAX_PER_CLASS} "
+            f"and 2..{MAX_PER_CLASS} (retrieval needs a second test image of a class)"
+        )
+    if not 0 <= cfg.seed < 2**63:
+        raise InputError(f"seed={cfg.seed} is not valid; use a whole number 0..{2**63 - 1}")
+    class_names(cfg.num_classes, cfg.first_class)  # checks the class range
+
+
+def write_png(path: Path, image: np.ndarray) -> None:
+    """Write one image as PNG under a temporary name, renamed onto ``path`` once whole: a run killed at any moment
+    leaves complete images under their final names (and at most a hidden ``.NAME.XXXX.tmp``, removed by the next
+    run), never a truncated one. Not flushed to disk one by one (a power cut can still lose recent images)."""
+    ok, data = cv2.imencode(".png", image)
+    if not ok:
+        raise InputError(f"could not encode an image of shape {image.shape} as PNG for {path}")
+    with atomic_path(path, fsync=False) as tmp:
+        tmp.write_bytes(data.tobytes())
+
+
+def load_meta(root: str | Path) -> dict[str, Any] | None:
+    """The ``synth.json`` of a data set root, checked: None if there is none.
+
+    Raises:
+        DataError: the file is unreadable, not JSON, or lacks what it must hold (``config.image_size``, ``boxes``
+            of four numbers each); the message says how to fix it.
+    """
+    meta = Path(root) / "synth.json"
+    if not meta.is_file():
+        return None
+    fix = "regenerate the set with `lcr-sdk data synth`, or delete synth.json (only the attention boxes need it)"
+    try:
+        info = json.loads(meta.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as e:
+        raise DataError(f"{meta} is damaged ({type(e).__name__}: {str(e)[:80]}); {fix}") from e
+    config = info.get("config") if isinstance(info, dict) else None
+    size = config.get("image_size") if isinstance(config, dict) else None
+    boxes = info.get("boxes") if isinstance(info, dict) else None
+    if not (isinstance(size, int) and not isinstance(size, bool) and size > 0 and isinstance(boxes, dict)):
+        raise DataError(f"{meta} has no valid config.image_size or boxes; {fix}")
+    for rel, box in boxes.items():
+        if not (
+            isinstance(box, list)
+            and len(box) == 4
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in box)
+        ):
+            raise DataError(f"{meta}: the box of {rel} is {str(box)[:60]}, not four numbers; {fix}")
+    checked: dict[str, Any] = info
+    return checked
 
 
 def matches(root: str | Path, cfg: SynthConfig) -> bool:

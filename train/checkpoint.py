@@ -19,6 +19,7 @@ import os
 import pickle
 import random
 import shutil
+import warnings
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -85,6 +86,17 @@ def _nbytes(obj: Any) -> int:
     return 0
 
 
+def _torch_load(path: Path, map_location: str | torch.device) -> Any:
+    """``torch.load(weights_only=True)`` whose warnings are shown only if the file loads: a file that fails gets
+    its one error line, without torch's remarks on the bytes it could not read (a pickle protocol) in front of it."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        obj = torch.load(path, map_location=map_location, weights_only=True)
+    for w in caught:
+        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    return obj
+
+
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Load and validate an lcr-sdk checkpoint.
 
@@ -96,7 +108,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     if not path.is_file():
         raise ModelError(f"checkpoint {path} does not exist; train one with `lcr-sdk train DATA --out DIR`")
     try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+        ckpt = _torch_load(path, map_location)
     except (RuntimeError, EOFError, OSError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError) as e:
         reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise ModelError(
@@ -201,7 +213,7 @@ def load_pretrained(net, spec: str) -> None:
             "(e.g. from `lcr-sdk train SOURCE --supervised`) or 'imagenet'"
         )
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = _torch_load(path, "cpu")
     except Exception as e:  # corrupt, truncated, or not a torch file
         reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise ModelError(

@@ -188,12 +188,11 @@ def _synth_boxes(root: Path, split: Split, size: int) -> list | None:
 
     Synthetic images are square, so the deployment resize is a plain scale of the boxes.
     """
-    import json
+    from lcr_sdk.synth import load_meta
 
-    meta = root / "synth.json"
-    if not meta.exists():
+    info = load_meta(root)  # DataError naming the file if it is damaged
+    if info is None:
         return None
-    info = json.loads(meta.read_text())
     scale = size / info["config"]["image_size"]
     boxes = info["boxes"]
     rel = [p.relative_to(root).as_posix() for p in split.paths]

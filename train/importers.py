@@ -126,6 +126,10 @@ def read_cub(src: Path) -> Layout:
                 f"image {image_id} ({rel}) of {files['images.txt']} has no entry in train_test_split.txt or "
                 "image_class_labels.txt; re-extract the archive"
             )
+        if not labels[image_id].isdigit():
+            raise _bad_line(files["image_class_labels.txt"], [image_id, labels[image_id]], "<image_id> <class_id>")
+        if is_train[image_id] not in ("0", "1"):
+            raise _bad_line(files["train_test_split.txt"], [image_id, is_train[image_id]], "<image_id> <0 or 1>")
         cls = int(labels[image_id])
         if cls not in classes:
             raise DataError(f"image {image_id} has class {cls}, which classes.txt does not list; re-extract")
@@ -180,7 +184,10 @@ def read_cars(src: Path) -> Layout:
         if annos is None or annos.dtype.names is None or not {"fname", "class"} <= set(annos.dtype.names):
             raise DataError(f"{path} has no 'annotations' with 'fname' and 'class'; it is not the devkit's file")
         for a in annos.reshape(-1):
-            cls = int(a["class"])
+            try:
+                cls = int(a["class"])
+            except (TypeError, ValueError) as e:
+                raise DataError(f"{path}: {a['fname']} has class {a['class']!r}, not a number; re-extract") from e
             if not 1 <= cls <= len(classes):
                 raise DataError(f"{path}: {a['fname']} has class {cls}, outside 1..{len(classes)} of {meta}")
             items.append(Item(folders[split] / str(a["fname"]), split, cls - 1))
@@ -236,8 +243,16 @@ def _crop(src: Path, dst: Path, bottom: int) -> None:
     import cv2
     import numpy as np
 
+    from lcr_sdk.images import image_size, max_pixels
+
     data = np.fromfile(src, np.uint8)
-    img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
+    size = image_size(data)
+    if size is not None and size[1] * size[2] > max_pixels():
+        raise DataError(
+            f"{src} declares {size[1]} x {size[2]} pixels, more than the {max_pixels():,} an image may decode to; "
+            "re-extract the archive (or raise LCR_SDK_MAX_PIXELS)"
+        )
+    img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if size is not None else None
     if img is None:
         raise DataError(f"{src} is not a readable image; re-extract the archive")
     if img.shape[0] <= bottom + 8:
@@ -284,21 +299,35 @@ def import_dataset(
         )
     crop = layout.crop_bottom if crop_banner else 0
     with staging_dir(out_path.parent, STAGING_PREFIX) as stage:
-        counts, placed = _write(layout, stage, crop, progress)
-        summary = {
-            "dataset": dataset,
-            "source": str(src_path.resolve()),
-            "out": str(out_path),
-            "classes": len(layout.classes),
-            "train": counts["train"],
-            "test": counts["test"],
-            "images": placed,
-        }
-        (stage / "lcr-import.json").write_text(json.dumps(summary, indent=2) + "\n")
+        try:
+            counts, placed = _write(layout, stage, crop, progress)
+            summary = {
+                "dataset": dataset,
+                "source": str(src_path.resolve()),
+                "out": str(out_path),
+                "classes": len(layout.classes),
+                "train": counts["train"],
+                "test": counts["test"],
+                "images": placed,
+            }
+            (stage / "lcr-import.json").write_text(json.dumps(summary, indent=2) + "\n")
+        except OSError as e:  # a full disk: name the user's OUT, never the hidden staging folder
+            raise _as_out_error(e, stage, out_path) from e
         if out_path.exists():
             out_path.rmdir()  # empty (checked above)
         os.replace(stage, out_path)
     return summary
+
+
+def _as_out_error(e: OSError, stage: Path, out: Path) -> OSError:
+    """The same error, naming the path under OUT that the file in the staging folder was going to become."""
+    try:
+        rel = Path(e.filename).relative_to(stage) if e.filename else None
+    except ValueError:  # a source file, not one of ours
+        return e
+    if e.errno is None:
+        return e
+    return OSError(e.errno, e.strerror or str(e), str(out / rel) if rel is not None else str(out))
 
 
 def _check_paths(dataset: str, src: Path, out: Path) -> None:

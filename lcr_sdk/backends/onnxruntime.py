@@ -30,10 +30,9 @@ import numpy as np
 
 from lcr_sdk.backends.base import Backend
 from lcr_sdk.errors import InputError, ModelError, import_platform
-from lcr_sdk.manifest import Manifest
+from lcr_sdk.manifest import ONNX_METADATA_KEY, Manifest
 
 TRT_EP, CUDA_EP, CPU_EP = "TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"
-PREFERRED = (TRT_EP, CUDA_EP, CPU_EP)
 
 
 class ProviderFallbackWarning(RuntimeWarning):
@@ -191,6 +190,9 @@ class OnnxRuntimeBackend(Backend):
                 raise ModelError(msg)
             warnings.warn(msg, ProviderFallbackWarning, stacklevel=3)
         self._check_io()
+        embedded = self.session.get_modelmeta().custom_metadata_map.get(ONNX_METADATA_KEY)
+        if embedded is not None:
+            self.check_embedded(Manifest.from_json(embedded, source=f"{self.path} (metadata_props)"))
         self.loaded = True
 
     def _check_io(self) -> None:
@@ -203,10 +205,9 @@ class OnnxRuntimeBackend(Backend):
         self._input = self.manifest.input.name
         self._outputs = self.manifest.output_names
 
-    def infer(self, feed: np.ndarray) -> dict[str, np.ndarray]:
-        feed = self.check_feed(feed)
+    def _infer(self, feed: np.ndarray) -> dict[str, np.ndarray]:
         values = self.session.run(self._outputs, {self._input: feed})
-        return self.check_outputs(dict(zip(self._outputs, values, strict=True)), len(feed))
+        return dict(zip(self._outputs, values, strict=True))
 
     def close(self) -> None:
         self.session = None

@@ -16,9 +16,9 @@ pinned host memory, copies and streams come from cuda-python's runtime bindings 
 - A caller holding torch CUDA tensors on the engine's GPU passes them directly: they are used in place, and outputs
   come back as torch CUDA tensors (no host round trip); a tensor on another device is refused.
 
-An engine only runs on the TensorRT version and GPU it was built for: :func:`engine_mismatch` compares the
-manifest with the running system and the backend refuses a mismatch with the torch-free command that rebuilds it
-from the exported ONNX.
+An engine only runs on the TensorRT version and GPU it was built for: :func:`~lcr_sdk.backends.identity.check_engine`
+compares the manifest with the running system; the backend refuses what TensorRT refuses and warns on an engine
+tuned for other hardware, both with the torch-free command that rebuilds it from the exported ONNX.
 """
 
 from __future__ import annotations
@@ -31,38 +31,17 @@ from typing import Any
 import numpy as np
 
 from lcr_sdk.backends import cuda
-from lcr_sdk.backends.base import Backend
+from lcr_sdk.backends.base import Backend, is_torch_tensor
+from lcr_sdk.backends.identity import check_engine, running_identity
 from lcr_sdk.errors import InputError, ModelError, import_platform
 
 
-def _version_key(version: str) -> tuple[str, ...]:
-    """Engines are tied to major.minor.patch of TensorRT (build numbers may differ)."""
-    return tuple(str(version).split(".")[:3])
-
-
 def engine_mismatch(built: dict[str, Any] | None, running: dict[str, Any]) -> list[str]:
-    """What differs between the system an engine was built on (manifest ``tensorrt``) and the running one.
-
-    Args:
-        built: the manifest's ``tensorrt`` entry: ``{"version", "gpu", "compute_capability"}``.
-        running: the same keys for this process.
-
-    Returns:
-        One sentence per difference; empty when the engine can run here.
+    """What differs between the system an engine was built on (manifest ``tensorrt``) and the running one: what
+    :func:`~lcr_sdk.backends.identity.check_engine` refuses, then what it warns about; empty when it runs as built.
     """
-    if not built:
-        return ["the manifest has no 'tensorrt' entry (TensorRT version, GPU), so the engine cannot be checked"]
-    problems = []
-    if _version_key(built.get("version", "")) != _version_key(running["version"]):
-        problems.append(f"built with TensorRT {built.get('version')}, this is TensorRT {running['version']}")
-    if str(built.get("compute_capability")) != str(running["compute_capability"]):
-        problems.append(
-            f"built for compute capability {built.get('compute_capability')} ({built.get('gpu')}), "
-            f"this GPU is {running['gpu']} with compute capability {running['compute_capability']}"
-        )
-    elif built.get("gpu") != running["gpu"]:
-        problems.append(f"built on {built.get('gpu')}, this GPU is {running['gpu']}")
-    return problems
+    verdict = check_engine(built, running)
+    return [*verdict.refuse, *verdict.warn]
 
 
 def rebuild_command(precision: str, out: str, onnx_file: str | None = None) -> str:
@@ -109,6 +88,7 @@ class TensorRTBackend(Backend):
     """
 
     name = "tensorrt"
+    takes_tensors = True
 
     def load(self) -> None:
         if self.device is not None and not str(self.device).startswith("cuda"):
@@ -121,17 +101,24 @@ class TensorRTBackend(Backend):
         self.trt = trt
         cuda.set_device(self.device_id)
         running = running_system(self.device_id)
-        problems = engine_mismatch(self.manifest.tensorrt, running)
+        verdict = check_engine(self.manifest.tensorrt, running)
         rebuild = rebuild_command(self.manifest.precision, self.path.name, self.manifest.extra.get("onnx_file"))
-        if problems:
+        if verdict.refuse:
             msg = (
-                f"TensorRT engine {self.path} cannot run here: {'; '.join(problems)}. Engines are specific to the "
-                f"TensorRT version and GPU; build one on this machine from the exported ONNX (no torch needed): "
+                f"TensorRT engine {self.path} cannot run here: {'; '.join(verdict.refuse)}. Engines are specific to "
+                f"the TensorRT version and GPU; build one on this machine from the exported ONNX (no torch needed): "
                 f"{rebuild}"
             )
             if not self.options.get("force"):
                 raise ModelError(msg)
             warnings.warn(msg, RuntimeWarning, stacklevel=3)
+        elif verdict.warn:
+            warnings.warn(
+                f"TensorRT engine {self.path} was built for other hardware: {'; '.join(verdict.warn)}. For this "
+                f"machine's best speed, build it here from the exported ONNX (no torch needed): {rebuild}",
+                RuntimeWarning,
+                stacklevel=3,
+            )
         self.logger = trt.Logger(trt.Logger.WARNING)
         self.runtime = trt.Runtime(self.logger)
         self.engine = self.runtime.deserialize_cuda_engine(self.path.read_bytes())
@@ -187,11 +174,10 @@ class TensorRTBackend(Backend):
             cuda.set_device(self.device_id)  # this thread may have switched GPU since
         return state
 
-    def infer(self, feed: Any) -> dict[str, Any]:
+    def _infer(self, feed: Any) -> dict[str, Any]:
         """Numpy uint8 NHWC in -> numpy out; a torch CUDA uint8 tensor in -> torch CUDA tensors out."""
-        if type(feed).__module__.startswith("torch"):
+        if is_torch_tensor(feed):
             return self._infer_torch(feed)
-        feed = self.check_feed(feed)
         rt, st, name = cuda.cudart(), self._state(), self.inputs[0]
         h2d, d2h = rt.cudaMemcpyKind.cudaMemcpyHostToDevice, rt.cudaMemcpyKind.cudaMemcpyDeviceToHost
         st.context.set_input_shape(name, feed.shape)
@@ -206,26 +192,24 @@ class TensorRTBackend(Backend):
             nbytes = int(np.prod(shapes[n])) * self.dtypes[n].itemsize
             cuda.check(rt.cudaMemcpyAsync(st.pinned[n], st.buffers[n], nbytes, d2h, st.stream))
         cuda.check(rt.cudaStreamSynchronize(st.stream), self.device_id, "cudaStreamSynchronize")
-        out = {
+        return {
             n: st.host_view(n, shapes[n], self.dtypes[n]).astype(np.float32, copy=True)
             for n in self.manifest.output_names
         }
-        return self.check_outputs(out, len(feed))
 
     def _infer_torch(self, feed: Any) -> dict[str, Any]:
         import torch
 
-        if not feed.is_cuda or feed.dtype != torch.uint8 or feed.ndim != 4:
+        if not feed.is_cuda:
             raise InputError(
-                f"tensor input must be a uint8 N x H x W x 3 CUDA tensor; got {feed.dtype} "
-                f"{tuple(feed.shape)} on {feed.device}"
+                f"tensor is on {feed.device} but a TensorRT engine reads GPU memory; move it with "
+                f".to('cuda:{self.device_id}') or pass a numpy array"
             )
         if feed.device.index != self.device_id:
             raise InputError(
                 f"tensor is on {feed.device} but the engine runs on cuda:{self.device_id}; move it with "
                 f".to('cuda:{self.device_id}') or load the engine with device='{feed.device}'"
             )
-        feed = feed.contiguous()
         st, name = self._state(), self.inputs[0]
         st.context.set_input_shape(name, tuple(feed.shape))
         st.context.set_tensor_address(name, feed.data_ptr())
@@ -237,7 +221,7 @@ class TensorRTBackend(Backend):
         stream = torch.cuda.current_stream(feed.device)
         if not st.context.execute_async_v3(stream.cuda_stream):
             raise ModelError(f"TensorRT execute_async_v3 failed on {self.path}; see the TensorRT log above")
-        return self.check_outputs({n: out[n].float() for n in self.manifest.output_names}, len(feed))
+        return {n: out[n].float() for n in self.manifest.output_names}
 
     def close(self) -> None:
         if getattr(self, "_states", None):
@@ -249,6 +233,7 @@ class TensorRTBackend(Backend):
 
 
 def running_system(device: int = 0) -> dict[str, Any]:
-    """TensorRT version, GPU name and compute capability of this process (what an engine's manifest records)."""
+    """TensorRT version, GPU identity and (Jetson) L4T release of this process (what an engine's manifest records;
+    :mod:`lcr_sdk.backends.identity`)."""
     trt = import_platform("tensorrt")
-    return {"version": trt.__version__, **cuda.gpu_identity(device)}
+    return running_identity(trt.__version__, device)

@@ -32,6 +32,7 @@ class TorchBackend(Backend):
     """
 
     name = "torch"
+    takes_tensors = True
 
     @classmethod
     def read_manifest(cls, path: str | os.PathLike[str], **options: Any) -> Manifest:
@@ -83,15 +84,11 @@ class TorchBackend(Backend):
         )
         self.loaded = True
 
-    def infer(self, feed: Any) -> dict[str, Any]:
+    def _infer(self, feed: Any) -> dict[str, Any]:
         """Numpy in -> numpy out; a torch uint8 tensor in (any device) -> float32 torch tensors out, on ``self.dev``."""
         torch = self.torch
         as_torch = isinstance(feed, torch.Tensor)
-        if not as_torch:
-            feed = torch.from_numpy(self.check_feed(feed))
-        elif feed.dtype != torch.uint8 or feed.ndim != 4 or feed.shape[-1] != 3:
-            raise InputError(f"tensor input must be uint8 N x H x W x 3 BGR; got {feed.dtype} {tuple(feed.shape)}")
-        x = feed.to(self.dev, non_blocking=True)
+        x = (feed if as_torch else torch.from_numpy(feed)).to(self.dev, non_blocking=True)
         with torch.inference_mode():
             if self.cuda_graph:
                 with self._lock:
@@ -101,10 +98,9 @@ class TorchBackend(Backend):
                     outs = [o.float().clone() for o in static_out]
             else:
                 outs = [o.float() for o in self.model(x)]
-        if as_torch:
-            return self.check_outputs(dict(zip(self.manifest.output_names, outs, strict=True)), len(x))
-        out = {n: o.cpu().numpy() for n, o in zip(self.manifest.output_names, outs, strict=True)}
-        return self.check_outputs(out, len(x))
+        if not as_torch:
+            outs = [o.cpu().numpy() for o in outs]
+        return dict(zip(self.manifest.output_names, outs, strict=True))
 
     def _graph(self, n: int) -> tuple[Any, Any, Any]:
         """Capture (once per batch size) a CUDA graph of the model with static input and output buffers."""

@@ -1,8 +1,9 @@
 """The ``lcr-sdk`` command line: thin typer commands over library functions.
 
-One module per command group registers its commands on the shared app. No module here imports torch at import
-time, so ``lcr-sdk --help`` lists every command on a torch-free install; a command that needs torch fails with
-the pip extra to install.
+One module per command group registers its commands on the shared app. No module here imports torch, OpenCV,
+onnxruntime or TensorRT at import time, so ``lcr-sdk --help`` lists every command on a core install (a TensorRT
+container without OpenCV, a Jetson venv without JetPack's packages); a command that needs one of them fails with
+one line naming the pip extra (desktop) or the JetPack package (Jetson) to install.
 
 Exit codes, the same for every command (scripts may rely on them):
 
@@ -12,7 +13,8 @@ Exit codes, the same for every command (scripts may rely on them):
     2    usage error: an unknown command or option, a missing argument (typer/click's own message)
     130  interrupted by Ctrl+C or SIGTERM; whatever was being written is left as it was before the command
 
-``--debug`` (or ``LCR_SDK_DEBUG=1``) shows the full traceback instead of the one line.
+``--debug`` (or ``LCR_SDK_DEBUG`` set to 1, true or yes; any other value is off) shows the full traceback instead
+of the one line.
 """
 
 from __future__ import annotations
@@ -29,11 +31,18 @@ import typer
 from typer.core import TyperGroup
 
 from lcr_sdk._version import __version__
-from lcr_sdk.errors import LcrError
+from lcr_sdk.errors import PLATFORM_PACKAGES, LcrError
 from lcr_sdk.fileio import mib
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
-_state = {"debug": bool(os.environ.get("LCR_SDK_DEBUG"))}
+
+
+def _debug_env() -> bool:
+    """``LCR_SDK_DEBUG`` turns tracebacks on only when it is 1, true or yes (any case); 0, false, no: off."""
+    return os.environ.get("LCR_SDK_DEBUG", "").strip().lower() in ("1", "true", "yes")
+
+
+_state = {"debug": _debug_env()}
 
 
 def os_error_line(e: OSError) -> str:
@@ -42,6 +51,8 @@ def os_error_line(e: OSError) -> str:
     what = f"{e.strerror or e} ({name})" if name else str(e.strerror or e)
     if e.errno in (errno.ENOSPC, errno.EDQUOT) and name:
         folder = Path(name).parent if not Path(name).is_dir() else Path(name)
+        while not folder.exists() and folder != folder.parent:  # a file of a folder still to be made: its disk
+            folder = folder.parent
         try:
             free = shutil.disk_usage(folder).free
             what += f"; {mib(free)} free on {folder}: free space or write elsewhere"
@@ -64,6 +75,38 @@ class _Group(TyperGroup):
             _fail(e, "Interrupted.", EXIT_INTERRUPTED)
         except OSError as e:  # disk full, permissions: validated inputs can still meet these
             _fail(e, f"Error: {os_error_line(e)}", EXIT_ERROR)
+        except ImportError as e:  # an optional package a command reached without the SDK's own check
+            line = missing_package_line(e)
+            if line is None:
+                raise
+            _fail(e, f"Error: {line}", EXIT_ERROR)
+
+
+# Optional packages (top-level module name) -> how to install them; the platform packages (OpenCV, onnxruntime,
+# TensorRT) are named per platform by lcr_sdk.errors.PLATFORM_PACKAGES.
+_TORCH = "pip install 'lcr-sdk[train]' (training) or 'lcr-sdk[export]' (export from a checkpoint)"
+INSTALL = {
+    "torch": _TORCH,
+    "torchvision": _TORCH,
+    "onnx": "pip install 'lcr-sdk[export]'",
+    "onnxscript": "pip install 'lcr-sdk[export]'",
+    "matplotlib": "pip install 'lcr-sdk[train]'",
+    "scipy": "pip install 'lcr-sdk[train]'",
+    "faiss": "pip install 'lcr-sdk[faiss]'",
+    "cuda": "pip install 'lcr-sdk[trt-cu12]' (CUDA 12 driver; on a Jetson 'lcr-sdk[jetson]') or 'lcr-sdk[trt-cu13]'",
+}
+
+
+def missing_package_line(e: ImportError) -> str | None:
+    """The one-line fix for an optional package that is not installed, or None for any other import error (a bug,
+    shown with its traceback)."""
+    name = (getattr(e, "name", None) or "").split(".")[0]
+    first = str(e).splitlines()[0] if str(e) else name
+    if name in PLATFORM_PACKAGES:
+        return PLATFORM_PACKAGES[name].format(err=first)
+    if name in INSTALL:
+        return f"this command needs {name!r}, which is not installed ({first}); {INSTALL[name]}"
+    return None
 
 
 def _fail(e: BaseException, line: str, code: int) -> None:
@@ -95,7 +138,7 @@ def _root(
     debug: bool = typer.Option(False, "--debug", help="Show full tracebacks instead of one-line errors."),
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
 ) -> None:
-    _state["debug"] = debug or bool(os.environ.get("LCR_SDK_DEBUG"))  # per invocation, never sticky
+    _state["debug"] = debug or _debug_env()  # per invocation, never sticky
 
 
 def _register() -> None:

@@ -33,26 +33,14 @@ def _warnings_as_lines() -> Iterator[None]:
 
 
 def _parse_batch(text: str) -> tuple[int, int, int]:
+    """``"1,8,32"`` -> ``(1, 8, 32)``; the range itself is checked by the library (``check_export_options``)."""
     try:
         values = tuple(int(v) for v in text.split(","))
     except ValueError:
         values = ()
-    if len(values) != 3 or not 1 <= values[0] <= values[1] <= values[2]:
+    if len(values) != 3:
         raise InputError(f"--batch {text!r} is not MIN,OPT,MAX (three integers, 1 <= MIN <= OPT <= MAX, e.g. 1,8,32)")
     return values  # type: ignore[return-value]
-
-
-def _check_options(precision: str, workspace: float, verify_sample: int, calib_images: int) -> None:
-    from lcr_sdk.manifest import PRECISIONS
-
-    if precision not in PRECISIONS:
-        raise InputError(f"--precision {precision!r} is not one of {', '.join(PRECISIONS)}")
-    if workspace <= 0:
-        raise InputError(f"--workspace {workspace} is not valid; give the TensorRT workspace in GiB, e.g. 4")
-    if verify_sample < 2:
-        raise InputError(f"--verify-sample {verify_sample} is not valid; Rank-1 agreement needs at least 2 images")
-    if calib_images < 1:
-        raise InputError(f"--calib-images {calib_images} is not valid; use a few hundred")
 
 
 def export(
@@ -63,8 +51,9 @@ def export(
             "or an engine built with trtexec, with --manifest."
         ),
     ],
-    onnx: Annotated[bool, typer.Option("--onnx", help="Write the ONNX model (always; --trt adds an engine).")] = True,
-    trt: Annotated[bool, typer.Option("--trt", help="Build a TensorRT engine on this machine.")] = False,
+    trt: Annotated[
+        bool, typer.Option("--trt", help="Also build a TensorRT engine on this machine (the ONNX is always written).")
+    ] = False,
     precision: Annotated[
         str | None,
         typer.Option("--precision", "-p", help="fp32, fp16 or int8 (needs --calib); an .onnx keeps its own."),
@@ -112,19 +101,34 @@ def export(
             "architecture under ~/.cache/lcr-sdk)."
         ),
     ] = None,
+    triton: Annotated[
+        Path | None,
+        typer.Option(
+            help="Also write a Triton model repository entry REPO/<name>/ (config.pbtxt, 1/model.onnx or "
+            "1/model.plan) for the model written (or given: an .onnx, or an engine)."
+        ),
+    ] = None,
+    triton_name: Annotated[
+        str | None, typer.Option(help="Model name in the Triton repository (default: the stem).")
+    ] = None,
+    replace: Annotated[bool, typer.Option(help="Replace an existing Triton repository entry.")] = False,
 ) -> None:
     """Export a checkpoint to ONNX (fp32/fp16/int8) and optionally a TensorRT engine, with its manifest.
 
     Example: lcr-sdk export runs/x/lcr.pt --precision int8 --calib data/train --out lcr-int8.onnx
 
     On the device (TensorRT and the runtime core only): lcr-sdk export lcr-fp16.onnx --trt --out lcr-fp16.engine
+
+    Triton: lcr-sdk export lcr-fp16.onnx --triton models/ (or an engine; or with --trt, the engine built here)
     """
     from lcr_sdk.backends.base import ENGINE_SUFFIXES
 
-    _check_options(precision or "fp32", workspace, verify_sample, calib_images)
     parsed_batch = _parse_batch(batch)
     cache: str | Path = timing_cache if timing_cache is not None else "default"
     suffix = source.suffix.lower()
+    if triton is not None and manifest is None and (suffix in ENGINE_SUFFIXES or (suffix == ".onnx" and not trt)):
+        _to_triton(source, triton, triton_name, replace)  # an exported model as it is: no export, no build
+        return
     if manifest is not None or suffix in ENGINE_SUFFIXES:
         if manifest is None or suffix not in ENGINE_SUFFIXES:
             raise InputError(
@@ -147,9 +151,15 @@ def export(
                 f"{source} is already an exported model; to build a TensorRT engine from it on this machine pass "
                 f"--trt: lcr-sdk export {source} --trt --out {source.with_suffix('.engine').name}"
             )
+        from lcr_sdk.export.pipeline import check_export_options
         from lcr_sdk.export.trt import build_engine_from_onnx
 
-        build_engine_from_onnx(source, out, precision, workspace_gib=workspace, timing_cache=cache, say=typer.echo)
+        check_export_options(precision=None, workspace_gib=workspace, batch=parsed_batch)
+        engine_path = build_engine_from_onnx(
+            source, out, precision, workspace_gib=workspace, timing_cache=cache, say=typer.echo
+        )
+        if triton is not None:
+            _to_triton(engine_path, triton, triton_name, replace)
         return
     if suffix not in (".pt", ".pth"):
         raise InputError(
@@ -160,7 +170,7 @@ def export(
     from lcr_sdk.export import export_model
 
     with _warnings_as_lines():
-        export_model(
+        written = export_model(
             source,
             out,
             precision=precision or "fp32",
@@ -177,6 +187,15 @@ def export(
             timing_cache=cache,
             log=typer.echo,
         )
+    if triton is not None:
+        _to_triton(written, triton, triton_name, replace)
+
+
+def _to_triton(model: Path, repo: Path, name: str | None, replace: bool) -> None:
+    from lcr_sdk.export.triton import write_triton_repository
+
+    folder = write_triton_repository(model, repo, name=name, replace=replace)
+    typer.echo(f"wrote Triton model {folder.name} in {repo} ({folder / 'config.pbtxt'}, {folder / '1'})")
 
 
 def verify(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -11,7 +10,6 @@ import typer
 
 from lcr_sdk.cli.runtime_cmd import BackendOpt, DeviceOpt, ModelArg, embedder_for
 from lcr_sdk.errors import InputError
-from lcr_sdk.gallery.explain import MAX_SPREAD
 
 gallery_app = typer.Typer(
     help="Galleries: embed a labelled image folder, search it (with 'unknown' and explanations), re-embed it.",
@@ -20,13 +18,6 @@ gallery_app = typer.Typer(
 
 BatchOpt = Annotated[int, typer.Option(min=1, help="Images per embed call (>= 1).")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout instead of text.")]
-DTYPES = ("float32", "float16")
-QUALITY = ("off", "warn", "refuse")
-
-
-def _check_choice(value: str, valid: tuple[str, ...], option: str) -> None:
-    if value not in valid:
-        raise InputError(f"{option} {value!r} is not valid; use one of: {', '.join(valid)}")
 
 
 def _check_out_gallery(out: Path, replace: bool) -> None:
@@ -41,21 +32,6 @@ def _check_out_gallery(out: Path, replace: bool) -> None:
         except InputError:
             n = "a damaged gallery"
         raise InputError(f"{out} already holds a gallery ({n}); pass --replace to replace it, or choose another --out")
-
-
-def _parse_threshold(text: str) -> float | str | None:
-    if text in ("auto", "none"):
-        return None if text == "none" else "auto"
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not math.isfinite(value) or not -1 <= value <= 1:
-        raise InputError(
-            f"--threshold {text!r} is not valid; use auto (the gallery's calibrated one), none, or a "
-            "cosine in [-1, 1] such as 0.6"
-        )
-    return value
 
 
 def _parse_where(pairs: list[str]) -> dict[str, Any]:
@@ -100,20 +76,25 @@ def gallery_build(
         str, typer.Option(help="LCR attention check per image: off, warn (report diffuse ones) or refuse (leave out).")
     ] = "warn",
     max_spread: Annotated[
-        float, typer.Option(help="Largest attention spread --quality accepts, (0..1]: the share of the view covered.")
-    ] = MAX_SPREAD,
+        float | None,
+        typer.Option(
+            help="Largest attention spread --quality accepts, (0..1]: the share of the view covered "
+            "(default: the gallery's, 0.9)."
+        ),
+    ] = None,
     as_json: JsonOpt = False,
     backend: BackendOpt = None,
     device: DeviceOpt = None,
 ) -> None:
     """Embed a labelled folder into a gallery. Example: lcr-sdk gallery build model.onnx data/test --out gallery/"""
     from lcr_sdk.gallery import Gallery, Quality, build_from_folder
+    from lcr_sdk.gallery.explain import MAX_SPREAD, check_quality_options
     from lcr_sdk.gallery.search import parse_index
+    from lcr_sdk.gallery.store import check_dtype
 
-    _check_choice(dtype, DTYPES, "--dtype")
-    _check_choice(quality, QUALITY, "--quality")
-    if not 0 < max_spread <= 1:
-        raise InputError(f"--max-spread {max_spread} is not valid; pass a share in (0, 1], e.g. {MAX_SPREAD}")
+    max_spread = MAX_SPREAD if max_spread is None else max_spread
+    check_dtype(dtype, "--dtype")  # the library's checks, before the model is loaded
+    check_quality_options(quality, max_spread, ("--quality", "--max-spread"))
     parse_index(index)
     if not folder.is_dir():
         raise InputError(f"{folder} is not a folder; pass a folder with one sub-folder of images per label")
@@ -187,9 +168,10 @@ def gallery_search(
     """Find the gallery images nearest to a query. Example: lcr-sdk gallery search gallery/ model.onnx bird.jpg -k 5"""
     from lcr_sdk.gallery import Gallery
     from lcr_sdk.gallery.explain import stack, write_image
+    from lcr_sdk.gallery.search import parse_threshold
     from lcr_sdk.images import read_image
 
-    cut = _parse_threshold(threshold)
+    cut = parse_threshold(threshold, "--threshold")
     filters = _parse_where(where or [])
     if explain is not None:
         _check_picture_out(explain, image)

@@ -6,8 +6,13 @@ nothing else there (notes and warnings go to stderr).
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
+import os
+import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -32,13 +37,56 @@ def embedder_for(model: Path, backend: str | None, device: str | None) -> Embedd
     return Embedder(model, backend=backend, device=device)
 
 
-def _check_out_file(out: Path, option: str = "--out") -> None:
-    """An output file must go into an existing folder and must not be a folder (checked before any work)."""
+MAX_BENCH_BATCH = 256  # bench holds this many 640x480 frames (225 MiB) and the batch at the model's size
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE: what a standard tool killed by SIGPIPE returns (`... | head`)
+
+
+def _check_out_file(out: Path, option: str = "--out", inputs: tuple[Path, ...] = ()) -> None:
+    """An output file must go into an existing folder it may write, must not be a folder and must not be one of the
+    command's inputs (checked before any work)."""
     if out.is_dir():
         raise InputError(f"{option} {out} is a folder; give a file name inside it, e.g. {out / 'out.npy'}")
     if not out.parent.is_dir():
         what = "is a file" if out.parent.exists() else "does not exist"
         raise InputError(f"{option} {out}: folder {out.parent} {what}; create it first or choose another path")
+    for source in inputs:
+        if out.exists() and source.exists() and os.path.samefile(out, source):
+            raise InputError(f"{option} {out} is the input {source}; writing it would replace it: choose another name")
+    if not os.access(out.parent, os.W_OK | os.X_OK):
+        why = "is on a read-only file system" if _read_only(out.parent) else "is not writable"
+        raise InputError(f"{option} {out}: folder {out.parent} {why}; choose another path")
+
+
+def _read_only(folder: Path) -> bool:
+    try:
+        return bool(os.statvfs(folder).f_flag & os.ST_RDONLY)
+    except (OSError, AttributeError):  # no statvfs (Windows)
+        return False
+
+
+def _check_images(images: list[Path]) -> None:
+    """Every image argument exists and is a regular file (a FIFO would block the decoder): before the model loads."""
+    from lcr_sdk.embedder import check_image_file
+
+    for p in images:
+        if not p.exists():
+            raise InputError(f"image file {p} does not exist; pass the path of a readable image")
+        check_image_file(p)
+
+
+@contextlib.contextmanager
+def _stdout_may_close() -> Iterator[None]:
+    """A reader that stops early (``lcr-sdk embed ... | head``) ends the command quietly, like a standard tool
+    killed by SIGPIPE: no error line, exit code 141."""
+    try:
+        yield
+    except BrokenPipeError:
+        try:  # the interpreter flushes stdout again at exit: point it at /dev/null so that flush cannot fail
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+        except (OSError, ValueError, io.UnsupportedOperation):
+            pass
+        raise typer.Exit(EXIT_BROKEN_PIPE) from None
 
 
 def _check_model(model: Path) -> None:
@@ -62,24 +110,26 @@ def embed(
     from lcr_sdk.fileio import atomic_path
 
     if out is not None:
-        _check_out_file(out)
+        _check_out_file(out, inputs=(model, *images))
+    _check_images(images)
     _check_model(model)
     with embedder_for(model, backend, device) as emb:
-        vectors = emb.embed([str(p) for p in images])
+        vectors = emb.embed([str(p) for p in images])  # NaN outputs are refused here, before anything is written
         provider = emb.provider
     if out is not None:
         with atomic_path(out) as tmp, open(tmp, "wb") as f:
             np.save(f, vectors)
-    if as_json:
-        doc: dict[str, Any] = {"model": str(model), "provider": provider, "dim": int(vectors.shape[1])}
-        doc["out"] = str(out) if out is not None else None
-        doc["embeddings"] = [{"image": str(p), "vector": v.tolist()} for p, v in zip(images, vectors, strict=True)]
-        typer.echo(json.dumps(doc))
-    elif out is not None:
-        typer.echo(f"wrote {vectors.shape[0]} x {vectors.shape[1]} embeddings to {out}")
-    else:
-        for p, v in zip(images, vectors, strict=True):
-            typer.echo(f"{p}  [{', '.join(f'{x:+.4f}' for x in v[:6])}, ...]  D={len(v)}")
+    with _stdout_may_close():
+        if as_json:
+            doc: dict[str, Any] = {"model": str(model), "provider": provider, "dim": int(vectors.shape[1])}
+            doc["out"] = str(out) if out is not None else None
+            doc["embeddings"] = [{"image": str(p), "vector": v.tolist()} for p, v in zip(images, vectors, strict=True)]
+            typer.echo(json.dumps(doc, allow_nan=False))
+        elif out is not None:
+            typer.echo(f"wrote {vectors.shape[0]} x {vectors.shape[1]} embeddings to {out}")
+        else:
+            for p, v in zip(images, vectors, strict=True):
+                typer.echo(f"{p}  [{', '.join(f'{x:+.4f}' for x in v[:6])}, ...]  D={len(v)}")
 
 
 def attention(
@@ -98,9 +148,10 @@ def attention(
 
     if out.suffix.lower() not in OVERLAY_SUFFIXES:
         raise InputError(f"--out {out}: {out.suffix or 'no suffix'} is not a picture format; use one of .png, .jpg")
-    _check_out_file(out)
+    _check_out_file(out, inputs=(model, image))
     if part is not None and part < 0:
         raise InputError(f"--part {part} is not valid; part maps are numbered from 0")
+    _check_images([image])
     _check_model(model)
     cv2 = import_platform("cv2")
     img = read_image(image)
@@ -113,19 +164,20 @@ def attention(
     with atomic_path(out) as tmp:
         tmp.write_bytes(data.tobytes())
     peaks = sorted(r.peaks, key=lambda p: -p[3])
-    if as_json:
-        doc = {
-            "model": str(model),
-            "image": str(image),
-            "out": str(out),
-            "provider": provider,
-            "peaks": [{"part": k, "x": x, "y": y, "score": s} for k, x, y, s in peaks],
-        }
-        typer.echo(json.dumps(doc))
-        return
-    typer.echo(f"wrote {out}")
-    for k, x, y, s in peaks[:5]:
-        typer.echo(f"part {k:>2}: peak at x={x}, y={y}, score {s:.3f}")
+    with _stdout_may_close():
+        if as_json:
+            doc = {
+                "model": str(model),
+                "image": str(image),
+                "out": str(out),
+                "provider": provider,
+                "peaks": [{"part": k, "x": x, "y": y, "score": s} for k, x, y, s in peaks],
+            }
+            typer.echo(json.dumps(doc, allow_nan=False))
+            return
+        typer.echo(f"wrote {out}")
+        for k, x, y, s in peaks[:5]:
+            typer.echo(f"part {k:>2}: peak at x={x}, y={y}, score {s:.3f}")
 
 
 def bench_embedder(
@@ -180,6 +232,11 @@ def _parse_batches(text: str) -> list[int]:
         raise InputError(f"--batch {text!r} is not a comma-separated list of ints, e.g. 1,8,32") from None
     if not batches or min(batches) < 1:
         raise InputError(f"--batch {text!r}: batch sizes must be >= 1, e.g. 1,8,32")
+    if max(batches) > MAX_BENCH_BATCH:
+        raise InputError(
+            f"--batch {text!r}: batch sizes go up to {MAX_BENCH_BATCH} (each batch holds its 640x480 test frames in "
+            f"memory: {MAX_BENCH_BATCH} take 225 MiB); a model runs a larger list in chunks of its batch max anyway"
+        )
     return batches
 
 
@@ -206,15 +263,19 @@ def bench(
             f"frames 640x480 -> {m.input.width}x{m.input.height}"
         )
         if not as_json:
-            typer.echo(header)
+            with _stdout_may_close():
+                typer.echo(header)
         rows = bench_embedder(emb, batches, iters, warmup)
         doc = {"model": str(model), "backend": emb.backend_name, "provider": emb.provider, "rows": rows}
-    if as_json:
-        typer.echo(json.dumps(doc))
-        return
-    typer.echo("| batch | mode | p50 ms | p99 ms | images/s |\n|---|---|---|---|---|")
-    for r in rows:
-        typer.echo(f"| {r['batch']} | {r['mode']} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['images_per_s']:.1f} |")
+    with _stdout_may_close():
+        if as_json:
+            typer.echo(json.dumps(doc))
+            return
+        typer.echo("| batch | mode | p50 ms | p99 ms | images/s |\n|---|---|---|---|---|")
+        for r in rows:
+            typer.echo(
+                f"| {r['batch']} | {r['mode']} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['images_per_s']:.1f} |"
+            )
 
 
 def _this_machine(built: dict[str, Any] | None) -> str:
@@ -238,7 +299,8 @@ def info(model: ModelArg, backend: BackendOpt = None, as_json: JsonOpt = False) 
     _check_model(model)
     m = backend_for(model, backend).read_manifest(model)
     if as_json:
-        typer.echo(m.to_json())
+        with _stdout_may_close():
+            typer.echo(m.to_json())
         return
     spec = m.input
     lines = [
@@ -255,7 +317,8 @@ def info(model: ModelArg, backend: BackendOpt = None, as_json: JsonOpt = False) 
             f"engine: TensorRT {t.get('version')}, GPU {t.get('gpu')}, compute capability {t.get('compute_capability')}"
         )
         lines.append(_this_machine(m.tensorrt))
-    typer.echo("\n".join(lines))
+    with _stdout_may_close():
+        typer.echo("\n".join(lines))
 
 
 def register(app: typer.Typer) -> None:

@@ -8,13 +8,14 @@
     hits = g.search(emb.embed(query), k=5, model=emb, threshold="auto")   # [] means "unknown"
     hits[0].explain(query, emb).save("why.png")         # attention maps and matched parts side by side
 
-The package has one module per concern: :mod:`~lcr_sdk.gallery.core` (the :class:`Gallery` API),
-:mod:`~lcr_sdk.gallery.store` (persistence: append-only format 2, locking, crash safety),
-:mod:`~lcr_sdk.gallery.legacy` (format 1), :mod:`~lcr_sdk.gallery.items` (the SQLite item table, filters),
-:mod:`~lcr_sdk.gallery.pending` (changes not yet committed), :mod:`~lcr_sdk.gallery.build` (galleries from images:
-a labelled folder, or a re-embedding with another model),
-:mod:`~lcr_sdk.gallery.search` (exact and FAISS search), :mod:`~lcr_sdk.gallery.calibrate` (the open-set
-threshold) and :mod:`~lcr_sdk.gallery.explain` (explained hits, enrolment quality).
+The package has one module per job. :mod:`~lcr_sdk.gallery.core` is the :class:`Gallery` API: it checks arguments
+and hands each job on: what a gallery holds to :mod:`~lcr_sdk.gallery.contents` (committed and pending slots),
+how it commits to :mod:`~lcr_sdk.gallery.persist` (save, commit, load), how it searches to
+:mod:`~lcr_sdk.gallery.search` (exact and FAISS top-k, threshold, filters), how it is rebuilt with another model to
+:mod:`~lcr_sdk.gallery.rebuild`. Below them: :mod:`~lcr_sdk.gallery.store` (format 2 on disk: append-only, locking,
+crash safety), :mod:`~lcr_sdk.gallery.legacy` (format 1), :mod:`~lcr_sdk.gallery.items` (the SQLite item table,
+filters), :mod:`~lcr_sdk.gallery.calibrate` (the open-set threshold) and :mod:`~lcr_sdk.gallery.explain` (explained
+hits, enrolment quality). :mod:`~lcr_sdk.gallery.build` embeds a labelled image folder into a new gallery.
 """
 
 from lcr_sdk.gallery.build import build_from_folder

@@ -1,102 +1,23 @@
-"""Galleries from images: embed a labelled folder (:func:`build_from_folder`), or re-embed a gallery's stored images
-with another model (:func:`rebuild`). The one way the CLI, the examples and the quickstart build galleries.
+"""Galleries from images: embed a labelled folder (:func:`build_from_folder`), the one way the CLI, the examples and
+the quickstart build galleries (re-embedding a gallery with another model is :meth:`Gallery.rebuild`).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 
 from lcr_sdk.errors import InputError
-from lcr_sdk.gallery import items, store
+from lcr_sdk.gallery import items
 from lcr_sdk.gallery.core import Gallery
-from lcr_sdk.gallery.explain import MAX_SPREAD, Quality, check_quality
+from lcr_sdk.gallery.explain import MAX_SPREAD, Quality, check_quality, check_quality_options
 
 log = logging.getLogger("lcr_sdk.gallery")
-
-
-def rebuild(
-    gallery: Gallery,
-    embedder: Any,
-    out: str | os.PathLike[str] | None = None,
-    batch: int = 32,
-    progress: bool = True,
-    skip_missing: bool = False,
-) -> tuple[Gallery, list[str]]:
-    """Re-embed every item of ``gallery`` from its stored image with ``embedder`` (see :meth:`Gallery.rebuild`)."""
-    from tqdm import tqdm  # type: ignore[import-untyped]
-
-    from lcr_sdk.images import read_image
-
-    if not isinstance(batch, int) or isinstance(batch, bool) or batch < 1:
-        raise InputError(f"batch={batch!r} is not valid; pass a positive number of images per embed call")
-    with gallery._mutex:
-        version = (gallery._saved.ver.name, gallery._saved.gen) if gallery._saved is not None else None
-        rows = list(gallery._iter_rows(with_crops=True))
-        missing: list[str] = []
-        sources: list[bytes | Path | None] = []
-        for _, item_id, _, _, crop in rows:
-            if crop is not None:
-                sources.append(crop)
-                continue
-            path = gallery.image_path(item_id)
-            if path is None or not path.is_file():
-                missing.append(item_id)
-            sources.append(path)
-        if missing and not skip_missing:
-            where = f" under {gallery.image_root}" if gallery.image_root else ""
-            raise InputError(
-                f"{len(missing)} of {len(rows)} items have no image to re-embed (e.g. {missing[0]!r}: no crop and "
-                f"no file{where}); restore the images, or pass --skip-missing (skip_missing=True) to leave them out"
-            )
-        dim = embedder.manifest.embedding_dim
-        new = Gallery(dim, embedder.model_id, gallery.index, gallery.dtype)
-        new.image_root = gallery.image_root
-        keep = [i for i, (r, src) in enumerate(zip(rows, sources, strict=True)) if r[1] not in set(missing)]
-        with tqdm(total=len(keep), desc="re-embedding", unit="img", disable=not progress) as bar:
-            for i in range(0, len(keep), batch):
-                part = [rows[j] for j in keep[i : i + batch]]
-                imgs = []
-                for j in keep[i : i + batch]:
-                    src = sources[j]
-                    if isinstance(src, bytes):
-                        imgs.append(cv2.imdecode(np.frombuffer(src, np.uint8), cv2.IMREAD_COLOR))
-                    else:
-                        assert src is not None
-                        imgs.append(read_image(src))
-                new.add(
-                    embedder.embed(imgs),
-                    ids=[r[1] for r in part],
-                    labels=[r[2] for r in part],
-                    metadata=[json.loads(r[3]) for r in part],
-                    crops=[imgs[n] if r[4] is not None else None for n, r in enumerate(part)],
-                )
-                bar.update(len(part))
-        target = Path(out) if out is not None else gallery._root
-        if target is None:
-            return new, missing
-        if gallery._root is not None and target.resolve() == gallery._root.resolve():
-            with store.GalleryLock(target).hold(True):
-                now = store.open_version(target)
-                changed = now is None or version is None or (now.name, now.meta.generation) != version
-                if now is not None:
-                    now.close()
-                if changed and not gallery._legacy:
-                    raise InputError(
-                        f"gallery {target} changed while it was re-embedded (another process committed to it); "
-                        "nothing was replaced: run the rebuild again"
-                    )
-                new._write_all(target, progress)
-        else:
-            new.save(target, replace=True, progress=progress)
-        return new, missing
 
 
 def build_from_folder(
@@ -141,8 +62,7 @@ def build_from_folder(
 
     if not isinstance(batch, int) or isinstance(batch, bool) or batch < 1:
         raise InputError(f"batch={batch!r} is not valid; pass a positive number of images per embed call, e.g. 32")
-    if quality not in ("off", "warn", "refuse"):
-        raise InputError(f"quality={quality!r} is not valid; use 'off', 'warn' or 'refuse'")
+    check_quality_options(quality, max_spread)
     gallery = Gallery(embedder.manifest.embedding_dim, model_sha256=embedder.model_id, index=index, dtype=dtype)
     folder = Path(folder)
     paths, labels = labelled_images(folder)

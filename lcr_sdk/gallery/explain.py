@@ -28,13 +28,12 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-import cv2
 import numpy as np
 
-from lcr_sdk.errors import InputError
-from lcr_sdk.images import heatmap_overlay
+from lcr_sdk.errors import InputError, import_platform
 
 MAX_SPREAD = 0.9  # default enrolment limit on spread_of(): the mask covers at most 90% of the view
+QUALITY = ("off", "warn", "refuse")  # what an enrolment does with an image whose attention is diffuse
 PANEL_HEIGHT = 280
 _COLORS = [(66, 135, 245), (245, 66, 90), (80, 200, 120), (240, 200, 40), (200, 90, 220), (40, 200, 220)]
 
@@ -73,6 +72,22 @@ def spread_of(parts: np.ndarray) -> float:
     return float(min(1.0, np.exp(-(p * np.log(p)).sum()) / (a.size - 1)))
 
 
+def check_quality_options(quality: Any, max_spread: Any, options: tuple[str, str] = ("quality", "max_spread")) -> None:
+    """The one check of the enrolment quality options; the CLI and the examples pass its error through (``options``:
+    how the caller spells the two, e.g. ``("--quality", "--max-spread")``).
+
+    Raises:
+        InputError: ``quality`` not one of :data:`QUALITY`, or ``max_spread`` not a share in (0, 1].
+    """
+    if quality not in QUALITY:
+        raise InputError(
+            f"{options[0]}={quality!r} is not valid; use one of: {', '.join(QUALITY)} (off: no check, warn: keep "
+            "diffuse images and report them, refuse: leave them out)"
+        )
+    if isinstance(max_spread, bool) or not isinstance(max_spread, (int, float)) or not 0 < max_spread <= 1:
+        raise InputError(f"{options[1]}={max_spread!r} is not valid; pass a share in (0, 1], e.g. {MAX_SPREAD}")
+
+
 def check_quality(parts: np.ndarray | None, method: str, max_spread: float = MAX_SPREAD) -> Quality:
     """Judge an image's attention from its part maps (K x h x w, on the model's feature grid).
 
@@ -81,8 +96,7 @@ def check_quality(parts: np.ndarray | None, method: str, max_spread: float = MAX
         method: the manifest's method (``"lcr"`` or ``"moco"``).
         max_spread: largest acceptable :func:`spread_of`.
     """
-    if not isinstance(max_spread, (int, float)) or not 0 < max_spread <= 1:
-        raise InputError(f"max_spread={max_spread!r} is not valid; pass a share in (0, 1], e.g. {MAX_SPREAD}")
+    check_quality_options("off", max_spread)
     if method != "lcr" or parts is None:
         return Quality(True, False, None, f"not checked: a {method} model has no part maps (it pools uniformly)")
     s = spread_of(parts)
@@ -159,14 +173,9 @@ def write_image(path: str | os.PathLike[str], image: np.ndarray) -> None:
     from lcr_sdk.fileio import atomic_path
 
     path = Path(path)
-    ok, data = (
-        cv2.imencode(path.suffix or ".png", image)
-        if path.suffix.lower() in (".png", ".jpg", ".jpeg")
-        else (
-            False,
-            None,
-        )
-    )
+    ok, data = False, None
+    if path.suffix.lower() in (".png", ".jpg", ".jpeg"):
+        ok, data = import_platform("cv2").imencode(path.suffix, image)
     if not ok or data is None:
         raise InputError(f"cannot write a picture to {path}: use a .png or .jpg name")
     with atomic_path(path) as tmp:
@@ -198,6 +207,9 @@ def compare_parts(query: Any, hit: Any) -> list[PartMatch]:
 
 
 def _panel(image: np.ndarray, att: Any, height: int) -> tuple[np.ndarray, float]:
+    from lcr_sdk.images import heatmap_overlay
+
+    cv2 = import_platform("cv2")
     view = heatmap_overlay(image, att.mask, 0.45)
     scale = height / view.shape[0]
     return cv2.resize(view, (max(1, round(view.shape[1] * scale)), height), interpolation=cv2.INTER_AREA), scale
@@ -214,6 +226,7 @@ def draw(
     max_marks: int = 5,
 ) -> np.ndarray:
     """Query | hit, each with its attention mask; the matched parts' peaks numbered and joined by lines."""
+    cv2 = import_platform("cv2")
     left, ls = _panel(query, q_att, height)
     right, rs = _panel(hit, h_att, height)
     gap = 24
@@ -244,6 +257,7 @@ def draw(
 
 def _fit(text: str, width: int, scale: float) -> str:
     """``text`` shortened with "..." until it is at most ``width`` pixels wide."""
+    cv2 = import_platform("cv2")
     while len(text) > 4 and cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)[0][0] > width:
         text = text[: len(text) - 4] + "..."
     return text

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import sqlite3
 from dataclasses import dataclass
@@ -21,10 +20,9 @@ import numpy as np
 
 from lcr_sdk.errors import InputError
 from lcr_sdk.fileio import atomic_write_text, fsync_dir, fsync_file, staging_dir
+from lcr_sdk.gallery.store import FORMAT, VERSION_DIR
 
-FORMAT = "lcr-sdk-gallery"
 V1 = 1
-VERSION_DIR = re.compile(r"^v(\d{6})$")
 _HEADER_KEYS = {"format": str, "format_version": int, "dim": int, "count": int, "model_sha256": str}
 
 
@@ -89,33 +87,6 @@ def write_v1(
         if p.name != name and (VERSION_DIR.match(p.name) or p.name.startswith(".tmp-")):
             shutil.rmtree(p, ignore_errors=True)
     return root / name
-
-
-def current_version(root: Path) -> Path:
-    """The version folder ``root/CURRENT`` names, validated: a ``vNNNNNN`` folder directly inside ``root``.
-
-    Raises:
-        InputError: no CURRENT, or it names anything else (an absolute path, ``..``, a missing folder).
-    """
-    current = root / "CURRENT"
-    if not current.is_file():
-        raise InputError(f"{root} is not a saved gallery (no CURRENT file); build one with `lcr-sdk gallery build`")
-    try:
-        name = current.read_text(encoding="utf-8").strip()
-    except (OSError, UnicodeDecodeError) as e:
-        raise InputError(f"gallery {root}: CURRENT cannot be read ({e}); restore the gallery from a backup") from e
-    if not VERSION_DIR.match(name):
-        raise InputError(
-            f"gallery {root}: CURRENT holds {name[:80]!r}, but it must name a version folder inside the gallery "
-            "(v000001 ... v999999); restore the gallery from a backup or rebuild it with `lcr-sdk gallery build`"
-        )
-    folder = root / name
-    if not folder.is_dir():
-        raise InputError(
-            f"gallery {root}: CURRENT names {name}, which does not exist; the gallery is damaged: restore it from a "
-            "backup or rebuild it with `lcr-sdk gallery build`"
-        )
-    return folder
 
 
 def _damaged(folder: Path, why: str) -> InputError:

@@ -1,27 +1,34 @@
-"""Search: exact cosine top-k over vector blocks, and FAISS indexes behind the same result rule.
+"""How a gallery searches: exact cosine top-k over its vector blocks, or a FAISS index behind the same result rule.
 
 Results are slots (positions in the gallery's vector array) and cosine scores, best first; equal scores go to the
-lower slot, the rule of :func:`lcr_sdk.metrics.ranking`. Dead slots (removed items) and slots outside a filter are
-masked, never returned.
+lower slot: the one ranking rule, :func:`lcr_sdk.metrics.ranking`, which every ordering here goes through. Dead slots
+(removed items) and slots outside a filter are masked, never returned.
 
 An index spec is ``"exact"`` (numpy), ``"faiss"`` (FAISS flat inner product: exact) or ``"faiss:<factory>"`` with
 optional search parameters after ``;``, e.g. ``"faiss:HNSW32;efSearch=64"`` or ``"faiss:IVF1024,SQ8;nprobe=16"``.
 Approximate indexes return candidates whose exact scores are then computed from the stored vectors (re-ranking),
-so scores are always exact cosines, whatever the index stores.
+so scores are always exact cosines, whatever the index stores. A :class:`Searcher` keeps a gallery's index: loaded
+from its version folder, built at the first search, extended and saved again as the gallery grows.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Callable, Iterator
+import math
+import sqlite3
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from lcr_sdk.errors import InputError, MissingDependencyError, require
+from lcr_sdk.errors import InputError, LcrError, MissingDependencyError, require
 from lcr_sdk.fileio import atomic_path
+from lcr_sdk.gallery import items, store
+from lcr_sdk.gallery.contents import Blocks, Contents
+from lcr_sdk.metrics import ranking
 
 log = logging.getLogger(__name__)
 
@@ -31,35 +38,30 @@ SCORE_BLOCK = 1 << 23  # floats in one query x gallery score block (32 MB)
 CAST_ROWS = 1 << 15
 RERANK = 4  # an approximate index returns RERANK * k candidates (at least k + 16) for exact re-ranking
 EXAMPLES = "'exact', 'faiss', 'faiss:HNSW32;efSearch=64', 'faiss:IVF1024,SQ8;nprobe=16'"
+SMALL_FILTER = 20_000  # a filter with at most this many candidates is searched exactly, even with an index
+INDEX_EXTEND = 1024  # slots past the index before it is extended in memory ...
+INDEX_PERSIST = 0.01  # ... and share of its size past the saved index before the index file is rewritten
+Found = tuple[str, str, float, dict[str, Any]]  # id, label, score, metadata of one hit
 
 
 def topk(scores: np.ndarray, k: int) -> np.ndarray:
-    """Indices of the k best scores of each row, by descending score, ties by ascending index.
-
-    Same order as ``lcr_sdk.metrics.ranking(scores)[:, :k]``, without sorting whole rows.
-    """
-    n = scores.shape[1]
-    k = min(k, n)
-    if k == n:
-        return np.argsort(-scores, axis=1, kind="stable")
-    kth = -np.partition(-scores, k - 1, axis=1)[:, k - 1 : k]  # k-th largest score of each row
-    out = np.empty((len(scores), k), dtype=np.int64)
-    for r, row in enumerate(scores):
-        cand = np.flatnonzero(row >= kth[r])  # includes every tie at the boundary, in index order
-        out[r] = cand[np.argsort(-row[cand], kind="stable")[:k]]
-    return out
+    """Indices of the k best scores of each row: ``lcr_sdk.metrics.ranking(scores, k)``."""
+    return ranking(scores, k)
 
 
 def merge(results: list[tuple[np.ndarray, np.ndarray]], k: int) -> tuple[np.ndarray, np.ndarray]:
     """Merge per-block (slots, scores) arrays of shape (nq, *) into the k best per row (score desc, slot asc).
 
-    Entries with slot -1 or score -inf are padding; they sort last and stay -1 / -inf.
+    Entries with slot -1 or score -inf are padding; they sort last and stay -1 / -inf. The columns are put in slot
+    order, then ranked by :func:`lcr_sdk.metrics.ranking`, so ties go to the lower slot as everywhere else.
     """
     slots = np.concatenate([r[0] for r in results], axis=1)
     scores = np.concatenate([r[1] for r in results], axis=1)
     scores = np.where(slots < 0, -np.inf, scores)
-    key_slot = np.where(slots < 0, np.iinfo(np.int64).max, slots)
-    order = np.lexsort((key_slot, -scores), axis=-1)[:, :k]
+    by_slot = np.argsort(np.where(slots < 0, np.iinfo(np.int64).max, slots), axis=1, kind="stable")
+    slots = np.take_along_axis(slots, by_slot, axis=1)
+    scores = np.take_along_axis(scores, by_slot, axis=1)
+    order = ranking(scores, min(k, scores.shape[1]))
     out_slots = np.take_along_axis(slots, order, axis=1)
     out_scores = np.take_along_axis(scores, order, axis=1)
     out_slots[~np.isfinite(out_scores)] = -1
@@ -75,55 +77,24 @@ def _scores(q: np.ndarray, block: np.ndarray) -> np.ndarray:
     return np.where(np.isfinite(s), s, -np.inf)  # a corrupt (NaN) vector never wins
 
 
-@dataclass
-class Blocks:
-    """The gallery's vectors as consecutive blocks: ``(first_slot, array)``; together they cover slots 0..total-1."""
-
-    parts: list[tuple[int, np.ndarray]]
-
-    @property
-    def total(self) -> int:
-        return sum(len(a) for _, a in self.parts)
-
-    def rows_per_chunk(self, nq: int) -> int:
-        """Gallery rows scored per step for ``nq`` queries: a bounded score block, and a bounded cast for float16."""
-        rows = max(1024, SCORE_BLOCK // max(nq, 1))
-        if self.parts and self.parts[0][1].dtype != np.float32:
-            rows = min(rows, CAST_ROWS)
-        return rows
-
-    def chunks(self, rows: int, start: int = 0) -> Iterator[tuple[int, np.ndarray]]:
-        """Consecutive row chunks of at most ``rows`` rows, from slot ``start`` on."""
-        for first, arr in self.parts:
-            lo = max(0, start - first)
-            for i in range(lo, len(arr), rows):
-                yield first + i, arr[i : i + rows]
-
-    def take(self, slots: np.ndarray) -> np.ndarray:
-        """float32 rows at the given slots (any order; -1 gives a zero row)."""
-        out = np.zeros((len(slots), self.parts[0][1].shape[1] if self.parts else 0), np.float32)
-        for first, arr in self.parts:
-            sel = (slots >= first) & (slots < first + len(arr))
-            if sel.any():
-                idx = slots[sel] - first
-                order = np.argsort(idx)  # sorted reads are kind to a memory-mapped file
-                rows = np.empty((len(idx), arr.shape[1]), np.float32)
-                rows[order] = arr[idx[order]]
-                out[sel] = rows
-        return out
+def rows_per_chunk(blocks: Blocks, nq: int) -> int:
+    """Gallery rows scored per step for ``nq`` queries: a bounded score block, and a bounded cast for float16."""
+    rows = max(1024, SCORE_BLOCK // max(nq, 1))
+    if blocks.dtype != np.float32:
+        rows = min(rows, CAST_ROWS)
+    return rows
 
 
 def exact(q: np.ndarray, blocks: Blocks, k: int, alive: np.ndarray, start: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Exact top-k over slots >= ``start`` whose ``alive`` flag is set."""
     nq = len(q)
     best = _empty(nq)
-    rows = blocks.rows_per_chunk(nq)
-    for first, chunk in blocks.chunks(rows, start):
+    for first, chunk in blocks.chunks(rows_per_chunk(blocks, nq), start):
         s = _scores(q, chunk)
         dead = ~alive[first : first + len(chunk)]
         if dead.any():
             s[:, dead] = -np.inf
-        top = topk(s, k)
+        top = ranking(s, k)
         best = merge([best, (top + first, np.take_along_axis(s, top, axis=1))], k)
     return best
 
@@ -134,11 +105,11 @@ def exact_subset(q: np.ndarray, blocks: Blocks, k: int, slots: np.ndarray) -> tu
     if len(slots) == 0:
         return _empty(nq)
     best = _empty(nq)
-    rows = blocks.rows_per_chunk(nq)
+    rows = rows_per_chunk(blocks, nq)
     for i in range(0, len(slots), rows):
         part = slots[i : i + rows]
         s = _scores(q, blocks.take(part))
-        top = topk(s, k)
+        top = ranking(s, k)
         best = merge([best, (part[top], np.take_along_axis(s, top, axis=1))], k)
     return best
 
@@ -149,12 +120,6 @@ def rerank(q: np.ndarray, blocks: Blocks, cand: np.ndarray, k: int) -> tuple[np.
     vecs = blocks.take(np.where(flat < 0, 0, flat)).reshape(*cand.shape, -1)
     s = np.einsum("qd,qcd->qc", q, vecs)
     s = np.where((cand >= 0) & np.isfinite(s), s, -np.inf).astype(np.float32)
-    if len(q) == 1:  # one query (a camera frame): the same order as merge(), with fewer array passes
-        row, c = s[0], cand[0]
-        order = np.lexsort((np.where(c < 0, np.iinfo(np.int64).max, c), -row))[:k]
-        out_s, out_c = row[order][None], c[order][None].copy()
-        out_c[~np.isfinite(out_s)] = -1
-        return out_c, out_s
     return merge([(cand, s)], k)
 
 
@@ -364,12 +329,189 @@ def search_with_index(
     return merge([head, exact(q, blocks, k, ok, start=m)], k)
 
 
-def recall_at(k: int, approx: np.ndarray, truth: np.ndarray) -> float:
-    """Mean share of the exact top-k slots that the approximate top-k found."""
-    hits = [
-        len(set(a[:k].tolist()) & set(t[:k].tolist())) / max(1, min(k, (t >= 0).sum())) for a, t in zip(approx, truth)
-    ]
-    return float(np.mean(hits)) if hits else 1.0
+# -- a gallery's search -------------------------------------------------------------------------------------------
 
 
-VectorsAt = Callable[[np.ndarray], np.ndarray]
+class Searcher:
+    """How one gallery searches: the threshold and filters applied to an exact or FAISS top-k over its contents.
+
+    A FAISS index covers the committed slots (pending ones are searched exactly); it is loaded from the version
+    folder, built at the first search, extended in memory as the gallery grows and saved again when it covers
+    enough more slots (:data:`INDEX_EXTEND`, :data:`INDEX_PERSIST`).
+    """
+
+    def __init__(self, spec: IndexSpec, dim: int):
+        self.spec, self.dim = spec, dim
+        self.index: FaissIndex | None = None
+
+    def use(self, spec: IndexSpec) -> bool:
+        """Search with ``spec`` from now on; returns whether the index (built, or saved with the gallery) stays
+        valid: the same FAISS factory, with the new search parameters applied."""
+        keep = spec.kind == "faiss" and self.spec.kind == "faiss" and spec.factory == self.spec.factory
+        if keep and self.index is not None and spec.params:
+            faiss: Any = require("faiss", "faiss", "Gallery search with a FAISS index")
+            make(spec, self.dim, faiss)  # refuses parameters that do not apply, before the index is touched
+            faiss.ParameterSpace().set_index_parameters(self.index.index, spec.params)
+            self.index.spec = spec
+        elif not keep or spec.params != self.spec.params:
+            self.index = None  # reloaded (with the new parameters) or rebuilt at the next search
+        self.spec = spec
+        return keep
+
+    def search(
+        self,
+        c: Contents,
+        q: np.ndarray,
+        k: int,
+        threshold: float | str | None = None,
+        label: str | Sequence[str] | None = None,
+        where: dict[str, Any] | None = None,
+        exact: bool = False,
+    ) -> list[list[Found]]:
+        """The k best live items for each unit query row, as (id, label, score, metadata), best first.
+
+        ``exact``: score every candidate with numpy, leaving the FAISS index (built or saved) untouched.
+        """
+        cut = resolve_threshold(threshold, c)
+        cand = _filter(c, label, where)
+        if len(c) == 0 or (cand is not None and len(cand) == 0):
+            return [[] for _ in q]
+        slots, scores = self._top(c, q, k, cand, exact)
+        info = c.fetch(np.unique(slots[slots >= 0]))
+        found = []
+        for rs, rc in zip(slots, scores, strict=True):
+            row = []
+            for s, sc in zip(rs, rc, strict=True):
+                if s < 0 or int(s) not in info or (cut is not None and sc < cut):
+                    continue
+                i, lab, meta = info[int(s)]
+                row.append((i, lab, float(sc), dict(meta)))
+            found.append(row)
+        return found
+
+    def _top(
+        self, c: Contents, q: np.ndarray, k: int, cand: np.ndarray | None, exact_only: bool
+    ) -> tuple[np.ndarray, np.ndarray]:
+        blocks, alive = c.blocks(), c.alive()
+        index = self.ensure_index(c) if self.spec.kind == "faiss" and not exact_only else None
+        if cand is not None:
+            if index is None or len(cand) <= SMALL_FILTER:
+                return exact_subset(q, blocks, k, cand)
+            allowed = np.zeros(len(alive), bool)
+            allowed[cand] = True
+            return search_with_index(q, blocks, k, index, alive, allowed)
+        if index is None:
+            return exact(q, blocks, k, alive)
+        return search_with_index(q, blocks, k, index, alive, None, c.all_alive())
+
+    def ensure_index(self, c: Contents) -> FaissIndex | None:
+        """The FAISS index (loaded, built or extended as needed), or None while the gallery is too small for it."""
+        saved = c.saved
+        upto = saved.count if saved is not None else c.pending.n
+        if self.index is None and saved is not None and saved.meta.index_file:
+            path = saved.ver.folder / saved.meta.index_file
+            loaded = FaissIndex.load(path, self.spec, self.dim) if store.plain_file(path) else None
+            if loaded is not None and loaded.count == saved.meta.index_count <= upto:
+                self.index = loaded
+        if self.index is None:
+            fresh = FaissIndex(self.spec, self.dim)
+            if upto == 0 or upto < fresh.min_train:
+                return None
+            fresh.build(c.blocks(), upto)
+            self.index = fresh
+            self.persist(c, force=True)
+        elif upto - self.index.count >= INDEX_EXTEND:
+            self.index.extend(c.blocks(), upto)
+            self.persist(c)
+        return self.index
+
+    def persist(self, c: Contents, force: bool = False, locked: bool = False) -> None:
+        """Save the in-memory index into the version folder if it covers enough more slots than the saved one."""
+        saved, idx = c.saved, self.index
+        if saved is None or idx is None or saved.ver.immutable or idx.count > saved.count:
+            return
+        done = saved.meta.index_count
+        if not force and idx.count - done < max(INDEX_EXTEND, INDEX_PERSIST * done):
+            return
+        try:
+            with contextlib.nullcontext() if locked else store.GalleryLock(saved.root).hold(True, timeout=0.0):
+                if store.current_version(saved.root).name != saved.ver.name:
+                    return  # rewritten meanwhile: this index is for an old version
+                name = f"index-{idx.count}.faiss"
+                idx.save(saved.ver.folder / name)
+                old = saved.ver.reload_meta().index_file
+                saved.record(index_file=name, index_count=idx.count)
+                if old and old != name:
+                    (saved.ver.folder / old).unlink(missing_ok=True)
+        except (LcrError, OSError, sqlite3.Error) as e:  # busy or read-only: searching still works
+            log.info("gallery index not saved (%s)", e)
+
+    def writer(self, dtype: str, progress: bool) -> Callable[[Path, int], tuple[str, int] | None] | None:
+        """What :func:`store.write_version` calls to build and save the index inside a new version folder."""
+        if self.spec.kind != "faiss":
+            return None
+
+        def write(folder: Path, n: int) -> tuple[str, int] | None:
+            idx = FaissIndex(self.spec, self.dim)
+            if n == 0 or n < idx.min_train:
+                return None
+            vec = np.memmap(folder / store.vector_file(dtype), dtype=dtype, mode="r", shape=(n, self.dim))
+            idx.build(Blocks([(0, vec)]), n, progress)
+            name = f"index-{n}.faiss"
+            idx.save(folder / name)
+            return name, n
+
+        return write
+
+
+def parse_threshold(threshold: float | str | None, option: str = "threshold") -> float | str | None:
+    """The one check of a search's ``threshold``: a cosine in [-1, 1] (a number or its text), ``"auto"`` or None
+    (also ``"none"``); returns the cosine as a float, ``"auto"`` or None. The CLI and the examples pass its error
+    through (``option``: how the caller spells it, e.g. ``--threshold``).
+
+    Raises:
+        InputError: anything else.
+    """
+    if threshold is None or threshold == "none":
+        return None
+    if threshold == "auto":
+        return "auto"
+    value = threshold
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            value = math.nan
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise InputError(
+            f"{option}={threshold!r} is not valid; use 'auto' (the gallery's calibrated one), 'none' or a cosine "
+            "in [-1, 1] such as 0.6"
+        )
+    if not -1.0 <= value <= 1.0:
+        raise InputError(f"{option}={threshold!r} is outside [-1, 1], the range of cosine scores; use e.g. 0.6")
+    return float(value)
+
+
+def resolve_threshold(threshold: float | str | None, c: Contents) -> float | None:
+    """The cosine cut of a search's ``threshold`` (:func:`parse_threshold`; ``"auto"``: the calibrated one)."""
+    cut = parse_threshold(threshold)
+    return c.current_calibration().threshold if cut == "auto" else cut  # type: ignore[return-value]
+
+
+def _filter(c: Contents, label: str | Sequence[str] | None, where: dict[str, Any] | None) -> np.ndarray | None:
+    """The live slots a ``label`` / ``where`` filter selects (None: no filter)."""
+    if label is None and not where:
+        return None
+    labels = [label] if isinstance(label, str) else (None if label is None else [str(x) for x in label])
+    if labels is not None and not labels:
+        raise InputError("label=[] selects nothing; pass a label, a list of labels or None")
+    if where is not None:
+        if not isinstance(where, dict):
+            raise InputError(f"where must be a dict of metadata key -> value; got {type(where).__name__}")
+        for key, value in where.items():
+            if not isinstance(key, str) or not items.is_scalar(value):
+                raise InputError(
+                    f"where={{{key!r}: {value!r:.40}}}: keys must be strings and values str, int, float, bool "
+                    "or None (top-level metadata values are indexed; nested ones are not)"
+                )
+    return c.filter(labels, where)

@@ -42,14 +42,15 @@ from lcr_sdk._version import __version__
 from lcr_sdk.errors import InputError
 from lcr_sdk.fileio import atomic_write_text, fsync_dir, fsync_file, staging_dir
 from lcr_sdk.gallery import items
-from lcr_sdk.gallery.legacy import FORMAT, VERSION_DIR, current_version
 
 try:
     import fcntl
 except ImportError:  # Windows
     fcntl = None  # type: ignore[assignment]
 
+FORMAT = "lcr-sdk-gallery"  # the format name, in every version's meta (and format 1's header.json)
 FORMAT_VERSION = 2
+VERSION_DIR = re.compile(r"^v(\d{6})$")  # the version folders CURRENT may name (both formats)
 DB = "gallery.db"
 DTYPES = ("float32", "float16")
 TAIL_ROWS = 4096  # committed vectors kept in SQLite before they are appended to the vector file
@@ -80,8 +81,21 @@ _META_TYPES: dict[str, type | tuple[type, ...]] = {
 }
 
 
+def check_dtype(dtype: Any, option: str = "dtype") -> str:
+    """The one check of the vector storage option; the CLI and the examples pass its error through (``option``:
+    how the caller spells it, e.g. ``--dtype``)."""
+    if dtype not in DTYPES:
+        raise InputError(f"{option}={dtype!r} is not valid; use one of: {', '.join(DTYPES)} (float16: half the size)")
+    return str(dtype)
+
+
 def vector_file(dtype: str) -> str:
     return "vectors.f16" if dtype == "float16" else "vectors.f32"
+
+
+def plain_file(path: Path) -> bool:
+    """Whether ``path`` is a regular file and not a link (a gallery never follows a link out of its folder)."""
+    return path.is_file() and not path.is_symlink()
 
 
 def damaged(where: Path, why: str) -> InputError:
@@ -89,6 +103,33 @@ def damaged(where: Path, why: str) -> InputError:
         f"gallery {where} is damaged ({why}); restore it from a backup, or rebuild it with `lcr-sdk gallery build` "
         "(or `lcr-sdk gallery rebuild` while its images are still where it recorded them)"
     )
+
+
+def current_version(root: Path) -> Path:
+    """The version folder ``root/CURRENT`` names, validated: a ``vNNNNNN`` folder directly inside ``root``.
+
+    Raises:
+        InputError: no CURRENT, or it names anything else (an absolute path, ``..``, a missing folder).
+    """
+    current = root / "CURRENT"
+    if not current.is_file():
+        raise InputError(f"{root} is not a saved gallery (no CURRENT file); build one with `lcr-sdk gallery build`")
+    try:
+        name = current.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as e:
+        raise InputError(f"gallery {root}: CURRENT cannot be read ({e}); restore the gallery from a backup") from e
+    if not VERSION_DIR.match(name):
+        raise InputError(
+            f"gallery {root}: CURRENT holds {name[:80]!r}, but it must name a version folder inside the gallery "
+            "(v000001 ... v999999); restore the gallery from a backup or rebuild it with `lcr-sdk gallery build`"
+        )
+    folder = root / name
+    if not folder.is_dir():
+        raise InputError(
+            f"gallery {root}: CURRENT names {name}, which does not exist; the gallery is damaged: restore it from a "
+            "backup or rebuild it with `lcr-sdk gallery build`"
+        )
+    return folder
 
 
 # -- locking ------------------------------------------------------------------------------------------------------
@@ -137,10 +178,6 @@ class GalleryLock:
             yield
         finally:
             os.close(fd)  # releases the lock
-
-    def try_exclusive(self) -> contextlib.AbstractContextManager[None]:
-        """The exclusive lock if it is free right now (else :class:`InputError` at once)."""
-        return self.hold(True, timeout=0.0)
 
 
 # -- meta ---------------------------------------------------------------------------------------------------------
@@ -304,9 +341,6 @@ class Version:
         found = self.conn.execute("SELECT seq, row FROM dead WHERE seq > ? ORDER BY seq", (seq,)).fetchall()
         rows = np.fromiter((r for _, r in found), dtype=np.int64, count=len(found))
         return rows, (found[-1][0] if found else seq)
-
-    def dead_count(self) -> int:
-        return int(self.conn.execute("SELECT COUNT(*) FROM dead").fetchone()[0])
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:

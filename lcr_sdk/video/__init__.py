@@ -10,11 +10,15 @@ Source URIs: ``0`` or ``/dev/video0`` (USB/V4L2 camera), ``csi://0`` (Jetson CSI
 (``"imgs/*.jpg"``). Live sources (cameras, streams) are read on a background thread that keeps only the newest
 frame, so a slow consumer always gets current frames, and a dropped source is reopened with exponential backoff;
 meanwhile iteration yields placeholder frames (``ok=False``) that show the status. A file ends the iteration (a
-video file served over ``http(s)://`` too: it is played once, not reconnected to).
+video file served over ``http(s)://`` too: it is played once, not reconnected to). A requested frame size is at most
+``MAX_FRAME_SIDE`` a side and ``MAX_FRAME_PIXELS`` in all (:func:`check_frame_options`); a source's messages and
+status show its URI without credentials (:func:`lcr_sdk.redact.redact`).
 
 Sink URIs: ``display://0`` (a window), ``out.mp4`` / ``.avi`` / ``.mkv`` (a video, finalised on close under a
 temporary name first), ``frames/`` (a folder of PNG frames; a trailing ``/`` always means a folder), ``last.png`` (one
-image, overwritten each frame). ``open_sink(..., inputs=[...])`` refuses an output that is one of the inputs, and
+image, overwritten each frame). ``open_sink(..., inputs=[...])`` refuses an output that is one of the inputs, lies
+inside an input folder or matches an input glob (:func:`refuse_input`, also for the other files a demo writes); an
+output folder that cannot be written is one error before any frame (:func:`check_writable`).
 :func:`interrupt_on_sigterm` makes a service stop (SIGTERM) finish the outputs as Ctrl+C does.
 
 The package has three parts: :mod:`~lcr_sdk.video.sources` (frames in), :mod:`~lcr_sdk.video.sinks` (frames out)
@@ -32,11 +36,16 @@ from lcr_sdk.video.sinks import (
     Sink,
     VideoFileSink,
     WindowSink,
+    check_writable,
     has_display,
     interrupt_on_sigterm,
     open_sink,
+    refuse_input,
 )
 from lcr_sdk.video.sources import (
+    MAX_FPS,
+    MAX_FRAME_PIXELS,
+    MAX_FRAME_SIDE,
     SOURCE_FORMS,
     STREAM_SCHEMES,
     VIDEO_SUFFIXES,
@@ -48,12 +57,16 @@ from lcr_sdk.video.sources import (
     Opener,
     Reader,
     Source,
+    check_frame_options,
     csi_pipeline,
     has_gstreamer,
     open_source,
 )
 
 __all__ = [
+    "MAX_FPS",
+    "MAX_FRAME_PIXELS",
+    "MAX_FRAME_SIDE",
     "SINK_FORMS",
     "SOURCE_FORMS",
     "STREAM_SCHEMES",
@@ -72,6 +85,8 @@ __all__ = [
     "Source",
     "VideoFileSink",
     "WindowSink",
+    "check_frame_options",
+    "check_writable",
     "csi_pipeline",
     "draw_text",
     "fit_frame",
@@ -80,4 +95,5 @@ __all__ = [
     "interrupt_on_sigterm",
     "open_sink",
     "open_source",
+    "refuse_input",
 ]

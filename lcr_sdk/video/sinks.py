@@ -4,10 +4,13 @@ temporary name and renamed into place (:mod:`lcr_sdk.fileio`). See :func:`open_s
 
 from __future__ import annotations
 
+import fnmatch
+import glob
 import os
 import re
 import signal
 import sys
+import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -21,7 +24,7 @@ from lcr_sdk.errors import InputError
 from lcr_sdk.fileio import atomic_path
 from lcr_sdk.images import IMAGE_SUFFIXES
 from lcr_sdk.video.draw import fit_frame
-from lcr_sdk.video.sources import VIDEO_SUFFIXES
+from lcr_sdk.video.sources import STREAM_SCHEMES, VIDEO_SUFFIXES
 
 _FOURCC = {".mp4": "mp4v", ".m4v": "mp4v", ".mov": "mp4v", ".avi": "MJPG", ".mkv": "FFV1"}  # .mkv: lossless
 SINK_FORMS = "display://0 (window), out.mp4 | out.avi | out.mkv (video), frames/ (PNG folder), last.png (image)"
@@ -187,16 +190,84 @@ def has_display() -> bool:
     return True
 
 
-def _refuse_overwrite(output: str, source: str | os.PathLike[str]) -> None:
-    """Refuse an output that would overwrite (or write into) a demo's input."""
-    src = Path(os.fspath(source))
-    if output.startswith("display") or not src.exists():
+_FRAME_NAME = re.compile(r"frame_\d{6}\.png")
+
+
+def _is_live(uri: str) -> bool:
+    return uri.isdigit() or uri.startswith(("/dev/video", "v4l2://", "csi://", "display", *STREAM_SCHEMES))
+
+
+def refuse_input(
+    output: str | os.PathLike[str], inputs: Sequence[str | os.PathLike[str]], what: str = "output"
+) -> None:
+    """Refuse writing ``output`` where it would destroy or change what a demo reads.
+
+    Refused: an output that is one of ``inputs`` (a file or folder), a path inside an input folder (it would
+    overwrite an input image, or add one that a looping source then reads), a file that an input glob matches,
+    and a frames folder that holds an input under a frame name it would write (``frame_000000.png``).
+
+    Args:
+        output: the path to be written (a sink URI: a trailing ``/`` means a folder).
+        inputs: what the caller reads: files, folders, globs; cameras and stream URLs are skipped.
+        what: how the message names ``output`` (``"output"``, ``"--log"``).
+
+    Raises:
+        InputError: naming the output, the input it would touch and how to fix it.
+    """
+    text = str(os.fspath(output))
+    if not text or _is_live(text):
         return
-    if Path(output).resolve() == src.resolve():  # "x.jpg/" is the same path as x.jpg
-        what = "folder" if src.is_dir() else "file"
+    out = Path(text).resolve()  # "x.jpg/" is the same path as x.jpg
+    as_folder = text.endswith(("/", os.sep)) or out.is_dir() or not out.suffix
+    for source in inputs:
+        src_text = str(os.fspath(source))
+        if not src_text or _is_live(src_text):
+            continue
+        src = Path(src_text)
+        if any(c in src_text for c in "*?[") and not src.exists():  # a glob: its matches are the inputs
+            matched = {Path(p).resolve() for p in glob.glob(src_text)}
+            folders = {p.parent for p in matched} | {Path(src_text).parent.resolve()}
+            if out in matched or (out.parent in folders and fnmatch.fnmatch(out.name, Path(src_text).name)):
+                raise InputError(
+                    f"{what} {text!r} is a file the input pattern {src_text!r} matches: writing it would overwrite "
+                    f"or add an input image; choose an {what} outside {out.parent} or a name the pattern does not match"
+                )
+            continue
+        if not src.exists():
+            continue
+        real = src.resolve()
+        kind = "folder" if src.is_dir() else "file"
+        if out == real:
+            raise InputError(
+                f"{what} {text!r} is the input {kind} {src}: writing it would destroy the input; choose another {what}"
+            )
+        if src.is_dir() and out.is_relative_to(real):
+            raise InputError(
+                f"{what} {text!r} is inside the input folder {src}: writing there would overwrite or add input "
+                f"images; choose an {what} outside it"
+            )
+        if as_folder and src.is_file() and real.parent == out and _FRAME_NAME.fullmatch(real.name):
+            raise InputError(
+                f"{what} {text!r} is the folder of the input {src}, which has the name of a frame it would write; "
+                f"choose another {what} folder"
+            )
+
+
+def check_writable(folder: str | os.PathLike[str], what: str) -> None:
+    """Refuse a folder the process cannot create files in (permissions, a read-only file system), before any
+    frame is made: one error naming ``what`` and the folder, not an OSError at the first write.
+
+    Raises:
+        InputError: the folder cannot be written.
+    """
+    try:
+        with tempfile.TemporaryFile(dir=folder, prefix=".lcr-write-check-"):
+            pass
+    except OSError as e:
         raise InputError(
-            f"output {output!r} is the input {what} {src}: writing it would destroy the input; choose another output"
-        )
+            f"cannot write {what}: folder {folder} is not writable ({e.strerror}); choose a folder you may write, "
+            "or fix its permissions"
+        ) from e
 
 
 def open_sink(
@@ -220,8 +291,7 @@ def open_sink(
         InputError: a window was asked for where none can open, the URI is not a valid sink, or it is an input.
     """
     uri = str(os.fspath(uri)) if uri else "display://0"
-    for source in inputs:
-        _refuse_overwrite(uri, source)
+    refuse_input(uri, inputs)
     if uri == "display" or uri.startswith("display://"):
         if headless:
             return Sink(uri)
@@ -233,22 +303,40 @@ def open_sink(
             )
         return WindowSink(uri, title)
     path = Path(uri)
+    try:
+        return _open_file_sink(uri, path, fps)
+    except OSError as e:  # a folder that cannot be created or written
+        raise InputError(
+            f"cannot write output {uri!r} ({e.strerror or e}{f': {e.filename}' if e.filename else ''}); choose a "
+            "folder you may write, or fix its permissions"
+        ) from e
+
+
+def _open_file_sink(uri: str, path: Path, fps: float) -> Sink:
     suffix = path.suffix.lower()
     if uri.endswith(("/", os.sep)):  # a trailing slash always means a folder, whatever the name looks like
         if path.exists() and not path.is_dir():
             raise InputError(f"output {uri!r} names a folder, but {path} is a file; choose another output folder")
-        return FolderSink(uri, path)
+        return _folder_sink(uri, path)
     if path.is_dir() and suffix in VIDEO_SUFFIXES + IMAGE_SUFFIXES:
         raise InputError(f"output {uri!r} is a folder; give a file name, or end it with / to write PNG frames into it")
     if suffix in VIDEO_SUFFIXES:
         path.parent.mkdir(parents=True, exist_ok=True)
+        check_writable(path.parent, f"output {uri!r}")
         return VideoFileSink(uri, path, fps)
     if suffix in IMAGE_SUFFIXES:
         path.parent.mkdir(parents=True, exist_ok=True)
+        check_writable(path.parent, f"output {uri!r}")
         return ImageFileSink(uri, path)
-    if uri.endswith(("/", os.sep)) or path.is_dir() or not suffix:
-        return FolderSink(uri, path)
+    if path.is_dir() or not suffix:
+        return _folder_sink(uri, path)
     raise InputError(f"output {uri!r} has suffix {suffix!r}, which is not a sink; valid outputs: {SINK_FORMS}")
+
+
+def _folder_sink(uri: str, path: Path) -> FolderSink:
+    sink = FolderSink(uri, path)  # creates the folder
+    check_writable(path, f"frames into {uri!r}")
+    return sink
 
 
 @contextmanager

@@ -22,6 +22,7 @@ import numpy as np
 
 from lcr_sdk.errors import InputError
 from lcr_sdk.images import IMAGE_SUFFIXES, list_images, read_image
+from lcr_sdk.redact import redact
 from lcr_sdk.video.draw import draw_text, fit_frame
 
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".mov", ".m4v", ".webm", ".mpg", ".mpeg", ".ts", ".h264", ".h265")
@@ -30,6 +31,12 @@ SOURCE_FORMS = (
     "0 | /dev/video0 (USB camera), csi://0 (Jetson CSI camera), rtsp://host/path, clip.mp4, image.jpg, "
     "a folder of images, 'glob/*.png'"
 )
+# Frames are bounded so that a demo's worst case fits its memory budget (docs/RELIABILITY.md, 1 GB above the
+# model): a frame of at most 8K UHD's 33 MP is 100 MB of BGR pixels, and the attention demo on 8K video peaks 0.8 GB
+# above its loaded model. Each side of a requested size is at most MAX_FRAME_SIDE.
+MAX_FRAME_SIDE = 8192
+MAX_FRAME_PIXELS = 7680 * 4320
+MAX_FPS = 1000.0
 
 
 @dataclass
@@ -86,7 +93,7 @@ class ImageListReader:
         if self.pos >= len(self.paths):
             return None
         self.pos += 1
-        return read_image(self.paths[self.pos - 1])
+        return read_image(self.paths[self.pos - 1], limit=MAX_FRAME_PIXELS)
 
     def close(self) -> None:
         self.pos = len(self.paths)
@@ -98,7 +105,7 @@ class Source:
     live = False
 
     def __init__(self, uri: str):
-        self.uri = uri
+        self.uri = redact(uri)  # for messages and the screen: never the password of a stream URL
         self.fps: float | None = None  # nominal frame rate (file header, camera setting), if known
         self._ended = False
 
@@ -225,7 +232,7 @@ class LiveSource(Source):
         self.reconnects = 0  # successful reopenings, for status and tests
         reader = opener()
         self.fps = getattr(reader, "fps", None)
-        self._thread = threading.Thread(target=self._run, args=(reader,), name=f"LiveSource({uri})", daemon=True)
+        self._thread = threading.Thread(target=self._run, args=(reader,), name=f"LiveSource({self.uri})", daemon=True)
         self._thread.start()
 
     def _run(self, reader: Reader | None) -> None:
@@ -382,6 +389,7 @@ def open_source(
         InputError: the URI names nothing that exists or can be opened; the message lists the valid forms.
     """
     uri = str(os.fspath(uri)) if not isinstance(uri, int) else str(uri)
+    check_frame_options(width, height, fps)
     size = (width, height) if width and height else None
     if opener is not None:
         live = uri.isdigit() or uri.startswith(("/dev/video", "v4l2://", "csi://", *STREAM_SCHEMES))
@@ -423,10 +431,11 @@ def open_source(
             "check the URL, credentials (rtsp://user:pass@host/path) and that the stream plays in "
             "`ffplay URL`; for RTSP over TCP set OPENCV_FFMPEG_CAPTURE_OPTIONS='rtsp_transport;tcp'"
         )
-        opener = _capture_opener(uri, cv2.CAP_FFMPEG, f"stream {uri}", hint)
+        opener = _capture_opener(uri, cv2.CAP_FFMPEG, f"stream {redact(uri)}", hint)
         if uri.startswith(("http://", "https://")):
             first = opener()  # fails here, with the hint, if the URL does not open
             if first.cap.get(cv2.CAP_PROP_FRAME_COUNT) > 0:  # a video file served over HTTP: play it once
+                _check_frame_size(first.cap, redact(uri))
                 readers: list[Reader] = [first]
                 return FileSource(lambda: readers.pop() if readers else opener(), uri, size, fps, loop)
             first.close()  # a live HTTP stream (MJPEG and the like): reconnect when it drops
@@ -446,7 +455,7 @@ def open_source(
         return FileSource(lambda: ImageListReader(paths), uri, size, fps, loop)
     if not path.is_file():
         raise InputError(
-            f"source {uri!r} is not a camera, stream, file or folder that exists; valid sources: {SOURCE_FORMS}"
+            f"source {redact(uri)!r} is not a camera, stream, file or folder that exists; valid sources: {SOURCE_FORMS}"
         )
     if path.suffix.lower() in IMAGE_SUFFIXES:
         read_image(path)  # fail now, with the image reader's message, if it is not an image
@@ -460,10 +469,45 @@ def open_source(
                 f"{path} ({path.stat().st_size} bytes) could not be opened as a video; it may be "
                 f"truncated or in a format this OpenCV cannot decode. Valid sources: {SOURCE_FORMS}"
             )
+        _check_frame_size(cap, str(path))
         return CaptureReader(cap)
 
     return FileSource(open_file, uri, size, fps, loop)
 
 
+def check_frame_options(width: int | None, height: int | None, fps: float | None) -> None:
+    """Refuse a requested frame size or rate outside the bounds (each side 1..MAX_FRAME_SIDE, at most
+    MAX_FRAME_PIXELS in all; fps above 0 and at most MAX_FPS), before anything is opened.
+
+    Raises:
+        InputError: naming the option, the value and the valid range.
+    """
+    for name, value in (("width", width), ("height", height)):
+        if value is not None and not 1 <= value <= MAX_FRAME_SIDE:
+            raise InputError(
+                f"--{name} {value} is not a frame size; give 1..{MAX_FRAME_SIDE} pixels (or leave it out for the "
+                "source's own size)"
+            )
+    if width and height and width * height > MAX_FRAME_PIXELS:
+        raise InputError(
+            f"--width {width} --height {height} is {width * height:,} pixels a frame, more than the "
+            f"{MAX_FRAME_PIXELS:,} (8K UHD, 7680 x 4320) a demo handles within its memory budget; ask for less"
+        )
+    if fps is not None and not (0 < fps <= MAX_FPS):  # also refuses NaN
+        raise InputError(f"--fps {fps} is not a frame rate; give a number above 0 and at most {MAX_FPS:g}")
+
+
+def _check_frame_size(cap: cv2.VideoCapture, name: str) -> None:
+    """Refuse a video whose frames are larger than MAX_FRAME_PIXELS (each is decoded at full size before any
+    resizing, so the bound is on the file's own frame size)."""
+    w, h = int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT))
+    if w * h > MAX_FRAME_PIXELS:
+        cap.release()
+        raise InputError(
+            f"{name} has frames of {w} x {h} pixels, more than the {MAX_FRAME_PIXELS:,} (8K UHD, 7680 x 4320) a "
+            "demo handles within its memory budget; downscale the video (e.g. ffmpeg -vf scale=3840:-2)"
+        )
+
+
 def _short(e: BaseException) -> str:
-    return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:120]
+    return redact(f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")[:120]

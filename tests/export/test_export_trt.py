@@ -134,6 +134,11 @@ class TensorIOMode:
 class IProgressMonitor:
     def __init__(self):
         pass
+class _Level:
+    def __init__(self, name):
+        self.name = name
+class HardwareCompatibilityLevel:
+    NONE, AMPERE_PLUS = _Level("NONE"), _Level("AMPERE_PLUS")
 class _Profile:
     def set_shape(self, name, lo, opt, hi):
         _log(f"profile {name} {lo} {opt} {hi}")
@@ -145,6 +150,7 @@ class _Cache:
 class _Config:
     def __init__(self):
         self.cache, self.progress_monitor = None, None
+        self.hardware_compatibility_level = HardwareCompatibilityLevel.NONE
     def set_memory_pool_limit(self, pool, size):
         _log(f"workspace {size}")
     def add_optimization_profile(self, profile):
@@ -190,6 +196,8 @@ class _Err(int):
         return {0: "cudaSuccess", 35: "cudaErrorInsufficientDriver", 100: "cudaErrorNoDevice"}[int(self)]
 class _Props:
     name, major, minor = b"Orin", 8, 7
+    multiProcessorCount = int(os.environ.get("FAKE_SM_COUNT", "16"))  # an AGX Orin; an Orin Nano has 8 or 4
+    totalGlobalMem = int(os.environ.get("FAKE_MEMORY_MIB", "62841")) << 20
 def cudaGetDeviceCount():
     _log("gpu query")
     err = int(os.environ.get("FAKE_CUDA_ERROR", "0"))
@@ -272,7 +280,14 @@ def test_engine_from_onnx_without_torch(fp16_onnx, tmp_path):
     assert "network flags 8" in calls  # 1 << STRONGLY_TYPED
     assert out.read_bytes() == b"FAKE-ENGINE"
     src, eng = read_manifest(onnx_path), read_manifest(out)
-    assert eng.tensorrt == {"version": "10.3.0", "gpu": "Orin", "compute_capability": "8.7"}
+    assert eng.tensorrt == {
+        "version": "10.3.0",
+        "hardware_compatibility": "none",
+        "gpu": "Orin",
+        "compute_capability": "8.7",
+        "sm_count": 16,
+        "memory_mib": 62841,
+    }  # no "l4t": this machine has no /etc/nv_tegra_release
     assert (eng.precision, eng.input, eng.checkpoint_sha256, eng.batch_max) == (
         src.precision,
         src.input,
@@ -291,12 +306,25 @@ def test_engine_from_onnx_without_torch(fp16_onnx, tmp_path):
     assert (cache.parent / "tensorrt-11.4.0.106-sm87.cache").is_file()
 
 
+def test_engine_built_here_goes_into_a_triton_repository(fp16_onnx, tmp_path):
+    """`lcr-sdk export model.onnx --trt --triton REPO/`: the engine built here becomes REPO/<name>/1/model.plan, and
+    the entry records the TensorRT it was built with."""
+    out, repo = tmp_path / "lcr-fp16.engine", tmp_path / "models"
+    r, calls = _cli(tmp_path, "export", fp16_onnx, "--trt", "--out", out, "--triton", repo)
+    assert r.returncode == 0 and "build" in calls, r.stderr
+    entry = repo / "lcr-fp16"
+    assert (entry / "1" / "model.plan").read_bytes() == out.read_bytes() == b"FAKE-ENGINE"
+    config = (entry / "config.pbtxt").read_text()
+    assert 'platform: "tensorrt_plan"' in config and "# built with TensorRT 10.3.0 on Orin" in config
+    assert json.loads((entry / "lcr-sdk.json").read_text())["tensorrt"]["version"] == "10.3.0"
+
+
 REFUSED_BEFORE_TENSORRT = {
     "onnx without --trt": ([], "pass --trt"),
     "another precision than the graph's": (["--trt", "--precision", "int8"], "is a fp16 graph"),
     "engine output suffix": (["--trt", "--out", "x.onnx"], "must end in .engine"),
     "batch range": (["--trt", "--batch", "8,4,1"], "1 <= MIN <= OPT <= MAX"),
-    "workspace": (["--trt", "--workspace", "0"], "--workspace 0"),
+    "workspace": (["--trt", "--workspace", "0"], "workspace 0.0 GiB (--workspace) is not valid"),
 }
 
 
@@ -313,7 +341,7 @@ def test_engine_from_onnx_refuses_bad_input_before_tensorrt(case, fp16_onnx, tmp
     [
         ({"FAKE_TRT_VERSION": "8.6.1"}, "TensorRT 8.6.1 is too old"),
         ({"FAKE_CUDA_ERROR": "100"}, "no CUDA GPU is visible"),
-        ({"FAKE_CUDA_ERROR": "35"}, "pip install 'cuda-python>=12,<13'"),
+        ({"FAKE_CUDA_ERROR": "35"}, "no NVIDIA driver"),  # here libcuda is absent: 35 is what that gives
     ],
 )
 def test_system_check_fails_before_the_build(env, message, fp16_onnx, tmp_path):
@@ -349,3 +377,6 @@ def test_foreign_engine_is_refused_with_the_torch_free_rebuild(fp16_onnx, tmp_pa
     r, _ = _cli(tmp_path, "info", tmp_path / "lcr-fp16.engine", FAKE_TRT_VERSION="11.4.0.106")
     assert r.returncode == 0 and "engine: TensorRT 10.3.0, GPU Orin, compute capability 8.7" in r.stdout
     assert "this machine: TensorRT 11.4.0.106 on Orin (8.7): built with TensorRT 10.3.0" in r.stdout
+    # an Orin Nano reports the same name and compute capability: the SM count and memory tell it apart
+    r, _ = _cli(tmp_path, "info", tmp_path / "lcr-fp16.engine", FAKE_SM_COUNT="8", FAKE_MEMORY_MIB="7620")
+    assert r.returncode == 0 and "tuned on Orin with 16 SMs, this Orin has 8" in r.stdout, r.stdout

@@ -42,7 +42,7 @@ def _index_reachable() -> bool:
 
 @pytest.mark.slow
 def test_documented_installs_resolve_right(tmp_path):
-    """`pip install 'lcr-sdk[jetson]'` on JetPack 6 (aarch64, Python 3.10) keeps numpy 1.x, brings cuda-python 12.x
+    """`pip install 'lcr-sdk[jetson]'` on JetPack 6.1+ (aarch64, Python 3.10) keeps numpy 1.x, brings cuda-python 12.x
     and no OpenCV / onnxruntime / TensorRT / torch wheel; `[cpu]` and `[gpu]` bring one onnxruntime each."""
     if not _index_reachable():
         pytest.skip("the package index cannot be reached from here")

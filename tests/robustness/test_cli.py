@@ -13,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
@@ -170,3 +171,85 @@ def test_module_entry_point_matches_the_console_script(tmp_path):
         timeout=120,
     )
     assert r.returncode == 1 and r.stderr.startswith("Error: ") and "Traceback" not in r.stderr
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize(
+    "args",
+    [["export", "{ckpt}", "--out", "{out}/m.onnx"], ["eval", "{ckpt}", "{out}"], ["info", "{ckpt}"]],
+    ids=["export", "eval", "info"],
+)
+def test_library_warnings_never_precede_the_error_line(tmp_path, args):
+    """A corrupt checkpoint whose first byte is 0x80 (a pickle protocol marker) makes torch warn about the protocol
+    while it fails to load it: the user still sees exactly one line, ``Error: ...``, and nothing before it."""
+    rng = np.random.default_rng(7)
+    ckpt = tmp_path / "corrupt.pt"
+    ckpt.write_bytes(bytes([0x80, 0x5F]) + rng.bytes(1998))  # protocol 95: torch warns before refusing the file
+    argv = [a.format(ckpt=ckpt, out=tmp_path) for a in args]
+    r = subprocess.run([sys.executable, "-m", "lcr_sdk.cli", *argv], capture_output=True, text=True, timeout=900)
+    assert r.returncode == 1, r.stderr
+    assert r.stderr.startswith("Error: ") and r.stderr.count("\n") == 1, r.stderr
+    assert "not a readable PyTorch checkpoint" in r.stderr and r.stdout == ""
+
+
+@pytest.mark.parametrize("value", ["0", "false", "no", "off", "", "FALSE"])
+def test_debug_variable_set_to_off_keeps_one_line_errors(value):
+    r = runner.invoke(app, COMMANDS["info"], env={"LCR_SDK_DEBUG": value})
+    assert r.exit_code == 1 and r.output.startswith("Error: ") and r.output.count("\n") == 1, r.output
+    assert not isinstance(r.exception, Exception) or isinstance(r.exception, SystemExit)
+
+
+@pytest.mark.parametrize("value", ["1", "true", "yes", "TRUE"])
+def test_debug_variable_set_to_on_shows_the_traceback(value):
+    r = runner.invoke(app, COMMANDS["info"], env={"LCR_SDK_DEBUG": value})
+    assert r.exit_code != 0 and type(r.exception).__name__ == "ModelError"
+
+
+def forged_png(width: int, height: int) -> bytes:
+    """A PNG of about 100 bytes whose header declares ``width x height`` pixels (its pixel data is missing)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)  # 8-bit RGB
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+
+
+@pytest.fixture(scope="module")
+def onnx_model(lcr_checkpoint, tmp_path_factory) -> Path:
+    from model_helpers import export_onnx
+
+    return export_onnx(lcr_checkpoint, tmp_path_factory.mktemp("onnx") / "lcr.onnx")
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("command", ["embed", "attention", "gallery search", "gallery build", "verify"])
+def test_image_declaring_huge_size_is_one_line_in_every_command(tmp_path, onnx_model, lcr_checkpoint, command):
+    """A 100-byte PNG whose header declares 50000 x 50000 pixels is refused from its header, never decoded."""
+    folder = tmp_path / "imgs" / "a"
+    folder.mkdir(parents=True)
+    bomb = folder / "bomb.png"
+    bomb.write_bytes(forged_png(50000, 50000))
+    gallery = tmp_path / "g"
+    args = {
+        "embed": ["embed", str(onnx_model), str(bomb)],
+        "attention": ["attention", str(onnx_model), str(bomb), "--out", str(tmp_path / "att.png")],
+        "gallery search": ["gallery", "search", str(gallery), str(onnx_model), str(bomb)],
+        "gallery build": ["gallery", "build", str(onnx_model), str(tmp_path / "imgs"), "--out", str(gallery)],
+        "verify": ["verify", str(onnx_model), "--checkpoint", str(lcr_checkpoint), "--images", str(tmp_path / "imgs")],
+    }[command]
+    if command == "gallery search":
+        good = tmp_path / "good" / "b"
+        good.mkdir(parents=True)
+        import cv2
+
+        cv2.imwrite(str(good / "x.png"), np.full((64, 64, 3), 100, np.uint8))
+        assert _run(["gallery", "build", str(onnx_model), str(tmp_path / "good"), "--out", str(gallery)]).exit_code == 0
+    r = _run(args)
+    assert r.exit_code == 1, r.output
+    assert "Traceback" not in r.output and "cv2.error" not in r.output
+    lines = [ln for ln in r.output.splitlines() if ln.startswith("Error: ")]
+    assert len(lines) == 1, r.output
+    assert "bomb.png" in lines[0], r.output

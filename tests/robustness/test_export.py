@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -111,9 +113,14 @@ BAD_OPTIONS = {
     "batch decreasing": (["--batch", "8,4,2"], "1 <= MIN <= OPT <= MAX"),
     "batch not numbers": (["--batch", "a,b,c"], "three integers"),
     "batch two values": (["--batch", "1,2"], "MIN,OPT,MAX"),
-    "workspace zero": (["--workspace", "0"], "--workspace 0"),
+    "workspace zero": (["--workspace", "0"], "workspace 0.0 GiB (--workspace)"),
+    "workspace nan": (["--workspace", "nan"], "workspace nan GiB (--workspace)"),
     "verify sample one": (["--verify-sample", "1"], "at least 2 images"),
-    "calib images zero": (["--calib-images", "0"], "--calib-images 0"),
+    "calib images zero": (["--calib-images", "0"], "calib_images 0 (--calib-images)"),
+    "calibration method": (["--calib-method", "kl"], "calibration method 'kl' (--calib-method)"),
+    "image size past the bound": (["--image-size", "100000"], "lower --image-size or the batch's MAX"),
+    "batch past the bound": (["--batch", "1,8,100000"], "a batch of 100000 at 64x64"),
+    "verify sample past the bound": (["--verify-sample", "100000000"], "--verify-sample 100000000 at 64x64"),
     "precision fp8": (["--precision", "fp8"], "fp32, fp16, int8"),
     "int8 without calib": (["--precision", "int8"], "--calib DIR"),
     "unknown source type": (None, "give a checkpoint (.pt)"),
@@ -134,6 +141,19 @@ def test_bad_export_option_is_one_line_and_writes_nothing(case, lcr_checkpoint, 
     assert _files(out) == []
 
 
+def test_engine_build_options_are_checked_before_tensorrt(model, tmp_path):
+    """Building an engine from an ONNX checks --workspace before TensorRT is looked for (not installed here)."""
+    r = _run("export", model, "--trt", "--workspace", "-1", "--out", tmp_path / "m.engine")
+    _one_line_error(r, "workspace -1.0 GiB (--workspace)")
+    assert _files(tmp_path) == []
+
+
+def test_export_onnx_option_is_gone(lcr_checkpoint, tmp_path):
+    """The ONNX is always written; there is no --onnx switch that pretends otherwise."""
+    r = _run("export", lcr_checkpoint, "--onnx", "--out", tmp_path / "m.onnx")
+    assert r.exit_code == 2 and "--onnx" in r.output and _files(tmp_path) == []
+
+
 def test_bad_calibration_method_fails_before_calibration(lcr_checkpoint, synth_root, tmp_path):
     r = _run("export", lcr_checkpoint, "-p", "int8", "--calib", synth_root / "train", "--calib-method", "kl", "--out",
              tmp_path / "m.onnx")  # fmt: skip
@@ -147,6 +167,31 @@ def test_manifest_option_needs_an_engine(model, tmp_path):
 
 
 # -- a full disk keeps the old model -------------------------------------------------------------------------------
+
+
+def test_one_full_disk_rule_knows_enospc_edquot_and_sqlite(tmp_path):
+    """lcr_sdk.fileio.is_disk_full: a real ENOSPC (/dev/full), a quota error, a real SQLite 'disk is full'; not a
+    permission error."""
+    import errno
+    import sqlite3
+
+    from lcr_sdk.fileio import is_disk_full
+
+    if os.path.exists("/dev/full"):
+        with pytest.raises(OSError) as full:
+            with open("/dev/full", "wb", buffering=0) as f:
+                f.write(b"x")
+        assert is_disk_full(full.value)
+    assert is_disk_full(OSError(errno.EDQUOT, os.strerror(errno.EDQUOT), "q"))
+    assert not is_disk_full(PermissionError(errno.EACCES, "Permission denied", "p"))
+    db = sqlite3.connect(tmp_path / "small.db")
+    db.execute("PRAGMA max_page_count = 2")
+    with pytest.raises(sqlite3.OperationalError) as sql:
+        db.execute("CREATE TABLE t (x BLOB)")
+        db.execute("INSERT INTO t VALUES (?)", (b"x" * 100_000,))
+    db.close()
+    assert is_disk_full(sql.value)
+    assert not is_disk_full(sqlite3.OperationalError("no such table: t"))
 
 
 @pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0, reason="mounting a tmpfs needs root")
@@ -208,3 +253,103 @@ def test_json_is_one_document_and_nothing_else(cmd, model, image, tmp_path):
     assert key in doc
     if cmd == "embed":
         assert len(doc["embeddings"]) == 2 and len(doc["embeddings"][0]["vector"]) == doc["dim"] == 512
+
+
+# -- outputs that are inputs, odd inputs, stdout closed early --------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "cmd, target",
+    [
+        ("attention", "image"),
+        ("attention", "hard link to the image"),
+        ("embed", "image"),
+        ("embed", "second image"),
+        ("embed", "model"),
+    ],
+)
+def test_output_naming_an_input_is_refused_and_the_input_kept(cmd, target, model, image, tmp_path):
+    img, other = tmp_path / "x.png", tmp_path / "y.png"
+    shutil.copy(image, img)
+    shutil.copy(image, other)
+    m = tmp_path / model.name
+    shutil.copy(model, m)
+    shutil.copy(model.with_name(model.name + ".json"), m.with_name(m.name + ".json"))
+    link = tmp_path / "link.png"
+    os.link(img, link)
+    out = {"image": img, "hard link to the image": link, "second image": other, "model": m}[target]
+    before = out.read_bytes()
+    args = ["attention", m, img] if cmd == "attention" else ["embed", m, img, other]
+    _one_line_error(_run(*args, "--out", out), f"--out {out} is the input", "choose another name")
+    assert out.read_bytes() == before
+
+
+def test_fifo_as_an_image_is_refused_without_waiting(model, tmp_path):
+    """A named pipe given as an image would block the decoder until something writes to it: refused at once, by
+    the CLI and by the Embedder (both run in a process of their own with a time limit, so a hang fails the test)."""
+    fifo = tmp_path / "camera.png"
+    os.mkfifo(fifo)
+    cli = [sys.executable, "-m", "lcr_sdk.cli", "embed", str(model), str(fifo)]
+    r = subprocess.run(cli, capture_output=True, text=True, timeout=120)
+    assert (
+        r.returncode == 1 and r.stderr.strip() == f"Error: image {fifo} is a FIFO; give an image file (.jpg, .png, ...)"
+    )
+    code = f"from lcr_sdk import Embedder\nEmbedder({str(model)!r}, device='cpu').embed({str(fifo)!r})"
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert "InputError: image" in r.stderr and "is a FIFO" in r.stderr, r.stderr[-2000:]
+
+
+@pytest.mark.parametrize("cmd", ["embed", "info"])
+def test_reader_closing_stdout_ends_the_command_quietly(cmd, model, image):
+    """`lcr-sdk embed ... | head` where head has gone: no "Error: Broken pipe", no traceback, exit 141 (128 +
+    SIGPIPE, what a standard tool killed by SIGPIPE returns)."""
+    args = {"embed": ["embed", str(model), str(image), str(image)], "info": ["info", str(model)]}[cmd]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "lcr_sdk.cli", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    proc.stdout.close()  # the reader leaves before the first line is written
+    err = proc.stderr.read()
+    assert proc.wait(timeout=120) == 141 and err == "", err
+
+
+def test_bench_batch_past_its_bound_is_refused(model, tmp_path):
+    _one_line_error(_run("bench", model, "--batch", "1,20000"), "--batch '1,20000'", "go up to 256")
+
+
+def test_embed_refuses_nan_outputs_of_finite_weights(lcr_checkpoint, image, tmp_path):
+    """A checkpoint whose weights are finite but make NaN (negative BN variance): embed refuses it and writes no
+    .npy and no JSON (export already refuses it)."""
+    bad = _edited_checkpoint(lcr_checkpoint, tmp_path / "bad.pt", "backbone.bn1.running_var", -1.0)
+    out = tmp_path / "e.npy"
+    r = _run("embed", bad, image, "--out", out, "--json", "--device", "cpu")
+    _one_line_error(r, "outputs NaN or inf", "embedding", "--lr")
+    assert not out.exists()
+
+
+@pytest.fixture
+def read_only_folder(tmp_path):
+    """A real read-only file system (a tmpfs mounted ro): needs root, skipped elsewhere."""
+    if not hasattr(os, "geteuid") or os.geteuid() != 0:
+        pytest.skip("mounting a file system needs root")
+    mnt = tmp_path / "ro"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(mnt)], capture_output=True).returncode:
+        pytest.skip("mounting a tmpfs is not allowed here")
+    yield mnt
+    subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+
+
+def test_embed_out_on_read_only_media_names_the_users_path(model, image, read_only_folder):
+    out = read_only_folder / "e.npy"
+    r = _run("embed", model, image, "--out", out)
+    _one_line_error(r, f"--out {out}", "read-only file system", "choose another path")
+    assert f"{read_only_folder}/." not in r.output  # no hidden temporary name
+
+
+def test_atomic_write_on_read_only_media_names_the_target(read_only_folder):
+    """The library's writer names the file asked for, never its hidden temporary name."""
+    from lcr_sdk.fileio import atomic_write_bytes
+
+    with pytest.raises(OSError) as e:
+        atomic_write_bytes(read_only_folder / "e.npy", b"x")
+    assert e.value.filename == str(read_only_folder / "e.npy")

@@ -110,6 +110,31 @@ def test_manifest_that_does_not_describe_the_graph_is_refused_at_load(case, mode
     assert named in str(e.value) and "re-export" in str(e.value).lower()
 
 
+SIDECAR_EDITS = {
+    "another resize rule": (
+        _set("input.resize", "stretch"),
+        "input.resize 'stretch' (sidecar) vs 'short_side_center_crop'",
+    ),
+    "another checkpoint's hash": (_set("checkpoint_sha256", "ab" * 32), "checkpoint_sha256 'abab"),
+    "other normalisation": (_set("input.mean", [0.5, 0.5, 0.5]), "input.mean [0.5, 0.5, 0.5] (sidecar)"),
+    "another interpolation": (_set("input.interpolation", "nearest"), "input.interpolation 'nearest' (sidecar)"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(SIDECAR_EDITS))
+def test_sidecar_that_disagrees_with_the_manifest_inside_the_graph_is_refused(case, model, tmp_path):
+    """The model file is untouched (its sha256 still matches), the graph's I/O still fits: only the manifest inside
+    the ONNX can tell that the sidecar was edited or belongs to another model. The error names both."""
+    edit, named = SIDECAR_EDITS[case]
+    bad = _copy_with(model, tmp_path, edit)
+    with pytest.raises(ModelError, match="disagrees with the manifest inside the graph") as e:
+        Embedder(bad, device="cpu")
+    assert named in str(e.value) and str(sidecar_path(bad)) in str(e.value), str(e.value)
+    sidecar_path(bad).unlink()  # the fix the message gives: the graph's own manifest is then used
+    with Embedder(bad, device="cpu") as emb:
+        assert emb.manifest.input.resize == "short_side_center_crop"
+
+
 def test_derived_fields_that_contradict_each_other_are_refused(model, tmp_path):
     for edit, named in (
         (_set("embedding_dim", 2048), "does not match arch resnet18"),
@@ -278,6 +303,36 @@ def test_export_killed_while_switching_the_pair_leaves_a_loadable_model(case, lc
 
     export_model(other, tmp_path / "again.onnx", verify=False, progress=False, log=None)  # cleans the folder up
     assert not list(tmp_path.glob(".lcr-export-*"))
+
+
+def test_export_stopped_at_the_model_rename_keeps_an_old_model_without_sidecar_loadable(lcr_checkpoint, tmp_path):
+    """The old model carries its manifest only inside the graph (no sidecar). SIGTERM arrives at the model rename:
+    exit 130, and the untouched old model still loads, with the manifest that describes it."""
+    from lcr_sdk.train.checkpoint import random_init_checkpoint
+
+    out = tmp_path / "out.onnx"
+    shutil.copy(export_onnx(lcr_checkpoint, tmp_path / "first.onnx"), out)  # no sidecar copied
+    old_bytes, old_ckpt = out.read_bytes(), read_manifest(out).checkpoint_sha256
+    other = random_init_checkpoint(tmp_path / "other.pt", num_parts=8, seed=3)
+    code = textwrap.dedent(f"""
+        import os, signal, sys
+        import lcr_sdk.manifest as m
+        real = os.replace
+        def replace(src, dst):
+            if str(dst).endswith("out.onnx"):
+                os.kill(os.getpid(), signal.SIGTERM)
+            real(src, dst)
+        m.os.replace = replace
+        sys.argv = ["lcr-sdk", "export", {str(other)!r}, "--no-verify", "--out", {str(out)!r}]
+        from lcr_sdk.cli import main
+        main()
+    """)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert r.returncode == 130 and "Traceback" not in r.stderr, r.stderr[-2000:]
+    assert out.read_bytes() == old_bytes
+    with Embedder(out, device="cpu") as emb:  # no "does not match the sha256"
+        assert emb.manifest.checkpoint_sha256 == old_ckpt
+        assert emb.embed(np.full((64, 64, 3), 90, np.uint8)).shape == (512,)
 
 
 def test_manifest_reads_fast_path_without_previous(model):

@@ -263,3 +263,248 @@ def test_sigterm_handler_is_only_installed_inside_the_block():
         os.kill(os.getpid(), signal.SIGTERM)
         time.sleep(1)
     assert signal.getsignal(signal.SIGTERM) == before
+
+
+# -- outputs never inside what a demo reads; outputs that cannot be written -----------------------------------------
+
+
+def _images(folder: Path, n: int = 3) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        cv2.imwrite(str(folder / f"{i}.png"), np.full((48, 64, 3), 40 * i, np.uint8))
+    return folder
+
+
+@pytest.mark.parametrize(
+    "source, output",
+    [
+        ("imgs", "imgs/0.png"),  # an input image
+        ("imgs", "imgs/new.png"),  # a new image a looping source would then read
+        ("imgs", "imgs/frames/"),  # frames into the input folder
+        ("imgs/*.png", "imgs/1.png"),  # a file the glob matches
+        ("imgs/*.png", "imgs/last.png"),  # a new file the glob would match
+    ],
+)
+def test_output_inside_an_input_folder_or_glob_is_refused(tmp_path, source, output):
+    folder = _images(tmp_path / "imgs")
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    with pytest.raises(InputError, match="input"):
+        open_sink(str(tmp_path / output) + ("/" if output.endswith("/") else ""), inputs=[str(tmp_path / source)])
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before  # nothing written, nothing created
+
+
+def test_output_beside_an_input_glob_is_allowed(tmp_path):
+    _images(tmp_path / "imgs")
+    with open_sink(tmp_path / "imgs" / "out.mp4", inputs=[str(tmp_path / "imgs" / "*.png")]) as sink:
+        assert sink.uri.endswith("out.mp4")  # the pattern does not match a video: no input is touched
+
+
+@pytest.fixture
+def readonly(tmp_path):
+    """A folder nobody may write: a read-only tmpfs (as root, who ignores permissions), else a chmod-ed folder."""
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    if os.geteuid() == 0:
+        if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k,ro", "tmpfs", str(folder)]).returncode != 0:
+            pytest.skip("a read-only folder for root needs a tmpfs mount, which this kernel refuses")
+        yield folder
+        subprocess.run(["umount", "-l", str(folder)], capture_output=True)  # lazy: never leave a mount behind
+    else:
+        folder.chmod(0o555)
+        yield folder
+        folder.chmod(0o755)
+
+
+@pytest.mark.parametrize("uri", ["out.mp4", "last.png", "frames/", "sub/frames/"])
+def test_unwritable_output_is_refused_before_any_frame(readonly, uri):
+    with pytest.raises(InputError, match=r"not writable|cannot write") as e:
+        open_sink(f"{readonly}/{uri}")
+    assert str(readonly) in str(e.value) and "\n" not in str(e.value)
+
+
+def test_frame_sizes_and_rates_are_bounded(tmp_path):
+    from lcr_sdk.video import MAX_FRAME_SIDE
+
+    clip = _clip(tmp_path / "in.mp4")
+    for kw, match in [
+        (dict(width=-5), "--width -5 is not a frame size"),
+        (dict(width=100000), f"1..{MAX_FRAME_SIDE}"),
+        (dict(width=8192, height=8192), "more than the 33,177,600"),
+        (dict(fps=0.0), "--fps 0.0"),
+        (dict(fps=float("nan")), "--fps nan"),
+    ]:
+        with pytest.raises(InputError, match=match):
+            open_source(clip, **kw)
+    with open_source(clip, width=64, height=48) as s:
+        assert next(iter(s)).image.shape == (48, 64, 3)
+
+
+# -- credentials never leave the process ----------------------------------------------------------------------------
+
+
+SECRET = "s3cr3t-pw"
+
+
+@pytest.mark.parametrize(
+    "uri, shown",
+    [
+        (f"rtsp://admin:{SECRET}@10.0.0.5:554/stream1", "rtsp://admin:***@10.0.0.5:554/stream1"),
+        (f"http://admin:p@{SECRET}@cam/video.mjpg", "http://admin:***@cam/video.mjpg"),
+        (f"rtsp://{SECRET}@cam/live", "rtsp://***@cam/live"),
+        (f"http://cam/snap.cgi?user=admin&pwd={SECRET}&ch=1", "http://cam/snap.cgi?user=admin&pwd=***&ch=1"),
+        (f"https://cam/s?token={SECRET}", "https://cam/s?token=***"),
+        ("clip.mp4", "clip.mp4"),
+        ("rtsp://cam/live", "rtsp://cam/live"),
+    ],
+)
+def test_redact_hides_every_credential_form(uri, shown):
+    from lcr_sdk.redact import redact
+
+    assert redact(uri) == shown
+    assert redact(f"could not open stream {uri}; check it") == f"could not open stream {shown}; check it"
+
+
+def test_a_stream_source_never_shows_its_password(http_root):
+    _, url = http_root
+    with pytest.raises(InputError) as e:  # a refused connection
+        open_source(f"rtsp://admin:{SECRET}@127.0.0.1:1/stream")
+    assert SECRET not in str(e.value) and "admin:***@127.0.0.1" in str(e.value)
+    with pytest.raises(InputError) as e:  # an HTTP 404
+        open_source(url.replace("http://", f"http://admin:{SECRET}@") + "/missing.mp4")
+    assert SECRET not in str(e.value)
+
+    class Dropping:  # a stream that delivers one frame, then fails with the URL in its error
+        n = 0
+
+        def read(self):
+            Dropping.n += 1
+            if Dropping.n > 1:
+                raise OSError(f"read failed on rtsp://admin:{SECRET}@cam/live")
+            return np.zeros((48, 64, 3), np.uint8)
+
+        def close(self):
+            pass
+
+    src = open_source(f"rtsp://admin:{SECRET}@cam/live", opener=Dropping, backoff=(5.0, 5.0))
+    try:
+        assert src.read(timeout=5) is not None
+        deadline = time.monotonic() + 5
+        while "reconnecting" not in src.status and time.monotonic() < deadline:
+            time.sleep(0.02)
+        shown = [src.uri, src.status, repr(src), src._thread.name]
+        assert "reconnecting" in src.status and all(SECRET not in s for s in shown), shown
+        plate = src.placeholder().image  # the status drawn on the frame: compare with the redacted text drawn
+        from lcr_sdk.video import draw_text
+
+        expected = draw_text((np.zeros((48, 64, 3), np.uint8) // 3), [f"{src.uri}: {src.status}"], origin=(8, 24))
+        assert np.array_equal(plate, expected)
+    finally:
+        src.close()
+
+
+# -- the demos: what they write, what they show ------------------------------------------------------------------
+
+
+def _retrieval(model: Path, gallery: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return _demo(str(ROOT / "examples" / "camera_retrieval.py"), str(model), str(gallery), *args)
+
+
+def _one_error(r: subprocess.CompletedProcess[str], code: int = 1) -> str:
+    assert r.returncode == code and "Traceback" not in r.stderr, r.stderr
+    errors = [ln for ln in r.stderr.splitlines() if ln.startswith("error: ")]
+    assert len(errors) == 1, r.stderr
+    return errors[0]
+
+
+@pytest.mark.torch
+def test_retrieval_demo_refuses_a_log_that_is_an_input_or_the_output(model, gallery, tmp_path):
+    clip = _clip(tmp_path / "in.mp4")
+    before, stored = clip.read_bytes(), sorted(p.name for p in gallery.rglob("*"))
+    out = tmp_path / "out.mp4"
+    for log, match in [
+        (clip, "is the input file"),
+        (gallery / "hits.jsonl", "inside the input folder"),
+        (out, "also the output"),
+    ]:
+        line = _one_error(_retrieval(model, gallery, str(clip), str(out), "--headless", "--log", str(log)))
+        assert match in line and str(log) in line, line
+    assert clip.read_bytes() == before and sorted(p.name for p in gallery.rglob("*")) == stored
+    assert not out.exists()
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("pattern", [False, True], ids=["folder", "glob"])
+def test_demo_refuses_an_output_image_inside_its_input_images(model, tmp_path, pattern):
+    folder = _images(tmp_path / "imgs")
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    source = str(folder / "*.png") if pattern else str(folder)
+    r = _demo(str(ROOT / "examples" / "camera_attention.py"), str(model), source, str(folder / "0.png"), "--headless")
+    assert "input" in _one_error(r)
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("what", ["output video", "frames folder", "log"])
+def test_demo_with_an_unwritable_output_is_one_line(model, gallery, tmp_path, readonly, what):
+    clip = _clip(tmp_path / "in.mp4")
+    if what == "log":
+        r = _retrieval(model, gallery, str(clip), str(tmp_path / "o.mp4"), "--headless", "--log", f"{readonly}/h.jsonl")
+    else:
+        output = f"{readonly}/out.mp4" if what == "output video" else f"{readonly}/frames/"
+        r = _demo(str(ROOT / "examples" / "camera_attention.py"), str(model), str(clip), output, "--headless")
+    line = _one_error(r)
+    assert str(readonly) in line and ("not writable" in line or "cannot write" in line), line
+
+
+@pytest.mark.torch
+def test_retrieval_demo_enrolling_into_a_gallery_it_cannot_write_fails(model, gallery, tmp_path):
+    import shutil
+
+    if os.geteuid() != 0:
+        pytest.skip("remounting a tmpfs read-only needs root")
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(mnt)]).returncode != 0:
+        pytest.skip("this kernel refuses a tmpfs mount")
+    try:
+        shutil.copytree(gallery, mnt / "g")
+        assert subprocess.run(["mount", "-o", "remount,ro", str(mnt)]).returncode == 0
+        clip = _clip(tmp_path / "in.mp4")
+        for target in (mnt / "g", mnt / "new-gallery"):  # an existing gallery, and a new one
+            r = _retrieval(model, target, str(clip), str(tmp_path / "o.mp4"), "--headless", "--enroll", "bird")
+            line = _one_error(r)
+            assert "--enroll" in line and "not writable" in line, line
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("option", [["--width", "-5"], ["--width", "100000"], ["--height", "0"], ["--fps", "-1"]])
+def test_demo_size_options_are_bounded(model, tmp_path, option):
+    clip = _clip(tmp_path / "in.mp4")
+    r = _demo(str(ROOT / "examples" / "camera_attention.py"), str(model), str(clip), "--headless", *option)
+    assert r.returncode == 2 and option[0] in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
+@pytest.mark.torch
+def test_demo_never_prints_a_stream_password(model, gallery, tmp_path):
+    url = f"rtsp://admin:{SECRET}@127.0.0.1:1/stream"
+    r = _demo(str(ROOT / "examples" / "camera_attention.py"), str(model), url, "--headless")
+    assert "admin:***@127.0.0.1" in _one_error(r) and SECRET not in r.stderr + r.stdout
+    r = _retrieval(model, gallery, url, "--headless")
+    assert SECRET not in _one_error(r) and SECRET not in r.stderr + r.stdout
+
+
+@pytest.mark.torch
+def test_an_enrolment_from_a_stream_stores_no_password(model, tmp_path):
+    from lcr_sdk import Embedder, Gallery
+
+    demo = _example("camera_retrieval")
+    with Embedder(model) as emb:
+        gallery = Gallery(emb.manifest.embedding_dim, emb.model_id)
+        image = np.full((96, 96, 3), 120, np.uint8)
+        cv2.circle(image, (48, 48), 20, (10, 10, 10), -1)
+        note = demo.enroll(gallery, str(tmp_path / "g"), emb, image, "bird", f"rtsp://admin:{SECRET}@cam/x", 0, "off")
+    assert note.startswith("enrolled as bird")
+    stored = b"".join(p.read_bytes() for p in (tmp_path / "g").rglob("*") if p.is_file())
+    assert SECRET.encode() not in stored and b"admin:***@cam/x" in stored

@@ -63,3 +63,78 @@ def test_tiny_image_files_are_refused_like_tiny_arrays(tmp_path):
         read_image(path)
     with pytest.raises(InputError, match="too small"):
         to_bgr(np.zeros((1, 1, 3), np.uint8))
+
+
+def forged_png(width: int, height: int) -> bytes:
+    """A PNG of a few hundred bytes whose header declares ``width x height`` pixels (its pixel data is missing)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)  # 8-bit RGB
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+
+
+def test_header_size_is_read_in_every_format_without_decoding(tmp_path):
+    import cv2
+
+    from lcr_sdk.images import image_size
+
+    img = np.zeros((37, 53, 3), np.uint8)
+    for ext, fmt in [
+        (".png", "PNG"),
+        (".jpg", "JPEG"),
+        (".bmp", "BMP"),
+        (".webp", "WebP"),
+        (".tif", "TIFF"),
+        (".ppm", "PNM"),
+        (".pgm", "PNM"),
+    ]:
+        ok, data = cv2.imencode(ext, img[:, :, 0] if ext == ".pgm" else img)
+        assert ok, ext
+        assert image_size(data) == (fmt, 53, 37), ext
+    ok, data = cv2.imencode(".webp", img, [cv2.IMWRITE_WEBP_QUALITY, 101])  # lossless: VP8L
+    assert image_size(data) == ("WebP", 53, 37)
+    assert image_size(b"not an image") is None and image_size(b"\x89PNG\r\n\x1a\n") is None
+
+
+def test_an_image_over_the_pixel_limit_is_refused_before_decoding(tmp_path, monkeypatch):
+    import cv2
+    import pytest
+
+    from lcr_sdk.errors import InputError
+    from lcr_sdk.images import MAX_PIXELS, read_image
+
+    forged = tmp_path / "bomb.png"
+    forged.write_bytes(forged_png(50000, 50000))
+    assert forged.stat().st_size < 200
+    with pytest.raises(InputError, match=r"bomb.png is a PNG of 50000 x 50000 pixels, more than the 100,000,000"):
+        read_image(forged)
+    real = tmp_path / "real.png"
+    cv2.imwrite(str(real), np.zeros((200, 300, 3), np.uint8))
+    with pytest.raises(InputError, match=r"more than the 50,000 pixels.*at most 273 x 182"):
+        read_image(real, limit=50_000)
+    assert read_image(real, limit=60_000).shape == (200, 300, 3)
+    monkeypatch.setenv("LCR_SDK_MAX_PIXELS", "50000")
+    with pytest.raises(InputError, match="LCR_SDK_MAX_PIXELS"):
+        read_image(real)
+    monkeypatch.setenv("LCR_SDK_MAX_PIXELS", "lots")
+    with pytest.raises(InputError, match=r"LCR_SDK_MAX_PIXELS='lots' is not a pixel count"):
+        read_image(real)
+    assert MAX_PIXELS == 100_000_000  # the limit docs/RELIABILITY.md states
+
+
+def test_the_limit_counts_a_jpeg_at_its_reduced_decode_size(tmp_path):
+    import cv2
+    import pytest
+
+    from lcr_sdk.errors import InputError
+    from lcr_sdk.images import read_image
+
+    path = tmp_path / "big.jpg"
+    cv2.imwrite(str(path), _photo(3000, 4000), [cv2.IMWRITE_JPEG_QUALITY, 95])
+    assert read_image(path, min_size=(224, 224), limit=200_000).shape == (375, 500, 3)  # 1/8 decode fits
+    with pytest.raises(InputError, match=r"decoded at 1/8: 500 x 375"):
+        read_image(path, min_size=(224, 224), limit=100_000)

@@ -64,6 +64,80 @@ def test_bad_batch_to_infer(emb):
         emb.infer(np.zeros((2, 32, 32, 3), np.uint8))
 
 
+def _feeds(h: int, w: int) -> dict[str, tuple[np.ndarray, str]]:
+    """Feeds every backend refuses before it runs, for a model of input h x w and batch range 1..8."""
+    return {
+        "another H x W": (np.zeros((2, h + 32, w, 3), np.uint8), f"uint8 N x {h} x {w} x 3"),
+        "float32": (np.zeros((2, h, w, 3), np.float32), "float32"),
+        "rank 3": (np.zeros((h, w, 3), np.uint8), f"uint8 N x {h} x {w} x 3"),
+        "NCHW": (np.zeros((2, 3, h, w), np.uint8), f"uint8 N x {h} x {w} x 3"),
+        "batch above the range": (
+            np.zeros((9, h, w, 3), np.uint8),
+            "batch of 9 is outside the model's batch range 1..8",
+        ),
+        "empty batch": (np.zeros((0, h, w, 3), np.uint8), "batch of 0 is outside"),
+    }
+
+
+@pytest.mark.parametrize("case", sorted(_feeds(64, 64)))
+def test_onnxruntime_backend_checks_the_feed(case, lcr_onnx):
+    """A real ONNX Runtime session behind Backend.infer: a bad feed is one InputError before the session runs."""
+    from lcr_sdk.backends.base import backend_for
+    from lcr_sdk.manifest import read_manifest
+
+    feed, message = _feeds(64, 64)[case]
+    with backend_for(lcr_onnx)(lcr_onnx, read_manifest(lcr_onnx), device="cpu") as b:
+        with pytest.raises(InputError, match=message):
+            b.infer(feed)
+
+
+def test_onnxruntime_backend_takes_any_layout_and_refuses_tensors(lcr_onnx):
+    import torch
+
+    from lcr_sdk.backends.base import backend_for
+    from lcr_sdk.manifest import read_manifest
+
+    rng = np.random.default_rng(0)
+    batch = rng.integers(0, 256, (3, 64, 64, 3), dtype=np.uint8)
+    with backend_for(lcr_onnx)(lcr_onnx, read_manifest(lcr_onnx), device="cpu") as b:
+        plain = b.infer(batch)
+        fortran = b.infer(np.asfortranarray(batch))  # made contiguous by infer, same result
+        np.testing.assert_array_equal(plain["embedding"], fortran["embedding"])
+        assert plain["parts"].shape == (3, 8, 2, 2)
+        with pytest.raises(InputError, match="takes numpy arrays, not torch tensors"):
+            b.infer(torch.from_numpy(batch))
+
+
+@pytest.mark.parametrize("case", sorted(_feeds(64, 64)))
+def test_torch_backend_checks_tensors_like_arrays(case, lcr_checkpoint):
+    """torch tensors go through the same check as numpy arrays (H x W, batch range included)."""
+    import torch
+
+    from lcr_sdk.backends.torch import TorchBackend
+
+    feed, message = _feeds(64, 64)[case]
+    manifest = TorchBackend.read_manifest(lcr_checkpoint, batch=(1, 4, 8))
+    with TorchBackend(lcr_checkpoint, manifest, device="cpu") as b:
+        with pytest.raises(InputError, match=message):
+            b.infer(torch.from_numpy(feed))
+        with pytest.raises(InputError, match=message):
+            b.infer(feed)
+
+
+def test_torch_backend_returns_tensors_for_tensors(lcr_checkpoint):
+    import torch
+
+    from lcr_sdk.backends.torch import TorchBackend
+
+    batch = np.random.default_rng(1).integers(0, 256, (2, 64, 64, 3), dtype=np.uint8)
+    manifest = TorchBackend.read_manifest(lcr_checkpoint, batch=(1, 4, 8))
+    with TorchBackend(lcr_checkpoint, manifest, device="cpu") as b:
+        t = b.infer(torch.from_numpy(batch))
+        a = b.infer(batch)
+    assert isinstance(t["embedding"], torch.Tensor) and isinstance(a["embedding"], np.ndarray)
+    np.testing.assert_allclose(t["embedding"].numpy(), a["embedding"], atol=1e-6)
+
+
 def _copy(model: Path, dst: Path, sidecar: bool = True) -> Path:
     out = dst / model.name
     shutil.copy(model, out)

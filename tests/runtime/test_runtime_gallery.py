@@ -341,7 +341,6 @@ def test_open_set_threshold_says_unknown_for_labels_not_in_the_gallery(tmp_path)
 
 def test_calibration_is_stored_and_refreshed_only_when_the_gallery_changed_enough(tmp_path, monkeypatch):
     from lcr_sdk.gallery import calibrate as cal_mod
-    from lcr_sdk.gallery import core
 
     v, labels, _ = _clustered(10, 10)
     g = Gallery(64)
@@ -350,7 +349,7 @@ def test_calibration_is_stored_and_refreshed_only_when_the_gallery_changed_enoug
     first = g.calibration
     calls = []
     real = cal_mod.calibrate
-    monkeypatch.setattr(core, "calibrate", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    monkeypatch.setattr(cal_mod, "calibrate", lambda *a, **kw: calls.append(1) or real(*a, **kw))
     h = Gallery.load(tmp_path / "g")
     assert h.calibration == first and not calls  # read from the gallery, not recomputed
     for i in range(50, 55):  # a few enrolments: the stored calibration stands

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from lcr_sdk.backends.tensorrt import engine_mismatch, rebuild_command
+from lcr_sdk.errors import InputError, ModelError
 
 RUNNING = {"version": "10.3.0", "gpu": "Orin", "compute_capability": "8.7"}
 
@@ -45,6 +46,76 @@ def test_rebuild_command_is_torch_free_from_the_onnx():
     assert rebuild_command("int8", "m.plan", "lcr-int8.onnx") == (
         "lcr-sdk export lcr-int8.onnx --trt --precision int8 --out m.plan"
     )
+
+
+# -- Backend.infer in front of the engine (runs everywhere) ----------------------------------------------------------
+
+
+def _unloaded_backend(tmp_path: Path, calls: list):
+    """A TensorRTBackend whose engine call is a stand-in (TensorRT and a GPU cannot run here): the stand-in records
+    what reaches the engine and returns outputs of the manifest's shapes."""
+    from lcr_sdk.backends.tensorrt import TensorRTBackend
+    from lcr_sdk.manifest import InputSpec, Manifest
+
+    m = Manifest("resnet18", "lcr", 512, 8, (2, 2), InputSpec(64, 64), batch_min=2, batch_opt=4, batch_max=8)
+    backend = TensorRTBackend(tmp_path / "m.engine", m, device="cuda")
+
+    def engine(feed):
+        calls.append(feed)
+        n = len(feed)
+        return {"embedding": np.zeros((n, 512), np.float32), "attention": np.zeros((n, 2, 2), np.float32),
+                "parts": np.zeros((n, 8, 2, 2), np.float32)}  # fmt: skip
+
+    backend._infer = engine
+    return backend
+
+
+@pytest.mark.parametrize(
+    "shape, dtype, message",
+    [
+        ((2, 96, 64, 3), np.uint8, "uint8 N x 64 x 64 x 3"),
+        ((2, 64, 64, 3), np.float16, "float16"),
+        ((64, 64, 3), np.uint8, "uint8 N x 64 x 64 x 3"),
+        ((1, 64, 64, 3), np.uint8, "batch of 1 is outside the model's batch range 2..8"),
+        ((9, 64, 64, 3), np.uint8, "batch of 9 is outside"),
+    ],
+)
+def test_bad_feed_never_reaches_the_engine(shape, dtype, message, tmp_path):
+    calls: list = []
+    backend = _unloaded_backend(tmp_path, calls)
+    with pytest.raises(InputError, match=message):
+        backend.infer(np.zeros(shape, dtype))
+    assert calls == []
+
+
+def test_good_feed_reaches_the_engine_contiguous_and_outputs_are_checked(tmp_path):
+    calls: list = []
+    backend = _unloaded_backend(tmp_path, calls)
+    feed = np.asfortranarray(np.random.default_rng(0).integers(0, 256, (3, 64, 64, 3), dtype=np.uint8))
+    out = backend.infer(feed)
+    assert out["embedding"].shape == (3, 512) and calls[0].flags["C_CONTIGUOUS"]
+    np.testing.assert_array_equal(calls[0], feed)
+    backend._infer = lambda f: {"embedding": np.zeros((len(f), 256), np.float32)}
+    with pytest.raises(ModelError, match="'embedding' of shape"):
+        backend.infer(np.zeros((2, 64, 64, 3), np.uint8))
+
+
+@pytest.mark.torch
+def test_torch_tensors_are_checked_before_the_engine(tmp_path):
+    """A torch tensor of another H x W (or outside the batch range) is refused like an array; one that fits reaches
+    the engine contiguous."""
+    import torch
+
+    calls: list = []
+    backend = _unloaded_backend(tmp_path, calls)
+    with pytest.raises(InputError, match="uint8 N x 64 x 64 x 3"):
+        backend.infer(torch.zeros((2, 128, 128, 3), dtype=torch.uint8))
+    with pytest.raises(InputError, match="batch of 1 is outside"):
+        backend.infer(torch.zeros((1, 64, 64, 3), dtype=torch.uint8))
+    assert calls == []
+    nchw = torch.zeros((2, 3, 64, 64), dtype=torch.uint8).permute(0, 2, 3, 1)  # NHWC view, not contiguous
+    backend.infer(nchw)
+    assert calls[0].is_contiguous()
 
 
 # -- real TensorRT (skipped where `import tensorrt` fails) ----------------------------------------------------------
@@ -116,7 +187,7 @@ def test_engine_accepts_torch_cuda_tensors(engine):
     from lcr_sdk import Embedder
 
     with Embedder(engine) as e:
-        x = torch.randint(0, 255, (3, 64, 64, 3), dtype=torch.uint8, device="cuda")
+        x = torch.randint(0, 255, (3, 64, 64, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0)).cuda()
         out = e.infer(x)
         assert out["embedding"].is_cuda and out["embedding"].shape == (3, 512)
         host = e.infer(x.cpu().numpy())

@@ -57,7 +57,7 @@ def test_torch_tensors_stay_on_gpu(lcr_checkpoint):
 
     from lcr_sdk import Embedder
 
-    x = torch.randint(0, 256, (4, 64, 64, 3), dtype=torch.uint8, device="cuda")
+    x = torch.randint(0, 256, (4, 64, 64, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0)).cuda()
     with Embedder(lcr_checkpoint, device="cuda") as e:
         out = e.infer(x)
         assert out["embedding"].is_cuda and out["embedding"].shape == (4, 512)
