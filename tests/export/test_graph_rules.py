@@ -265,3 +265,19 @@ def test_lite0_matches_pytorch(lite_graphs, synth_root, precision):
     assert cos.min() >= {"fp32": 0.9999, "fp16": 0.999, "int8": 0.95}[precision]
     if precision == "fp32":
         assert np.abs(att - ref[1]).max() < 1e-3 and np.abs(parts - ref[2]).max() < 1e-3
+
+
+def test_lite0_through_the_runtime_onnx_and_pytorch_backends_agree(lite_graphs, synth_root):
+    """The runtime's Embedder on the exported Lite0 graph and on its checkpoint (PyTorch backend): same embeddings,
+    same attention maps, an overlay the size of the frame."""
+    from lcr_sdk.embedder import Embedder
+    from lcr_sdk.images import read_image
+
+    frames = [read_image(p) for p in sorted((synth_root / "test").rglob("*.png"))[:4]]
+    with Embedder(lite_graphs["fp32"]) as onnx_model, Embedder(lite_graphs["checkpoint"], device="cpu") as torch_model:
+        a, b = onnx_model.embed(frames), torch_model.embed(frames)
+        assert a.shape == (4, 1280) and np.allclose(a, b, atol=1e-4)
+        att_onnx, att_torch = onnx_model.attend(frames[0]), torch_model.attend(frames[0])
+        assert att_onnx.mask_grid.shape == (2, 2) and np.allclose(att_onnx.mask_grid, att_torch.mask_grid, atol=1e-3)
+        assert att_onnx.mask.shape == frames[0].shape[:2]
+        assert att_onnx.overlay(frames[0]).shape == frames[0].shape
