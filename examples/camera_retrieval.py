@@ -29,7 +29,7 @@ import cv2
 from lcr_sdk import Embedder, Gallery, LcrError
 from lcr_sdk.errors import InputError
 from lcr_sdk.fileio import atomic_path
-from lcr_sdk.gallery.explain import MAX_SPREAD
+from lcr_sdk.gallery.explain import MAX_SPREAD, check_quality_options
 from lcr_sdk.gallery.search import parse_threshold
 from lcr_sdk.redact import redact
 from lcr_sdk.video import (
@@ -94,9 +94,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument(
         "--quality",
-        choices=["refuse", "warn", "off"],
         default="warn",
-        help="enrolment check of the model's attention (LCR models): refuse or warn on diffuse attention",
+        help="enrolment check of the model's attention (LCR models): refuse or warn on diffuse attention, or off",
     )
     p.add_argument(
         "--max-spread",
@@ -107,7 +106,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--log", type=Path, help="write one JSON line per frame: index, hits, unknown")
     p.add_argument("--loop", action="store_true", help="loop a video file or image folder")
     p.add_argument("--max-frames", type=frame_count, default=0, help="stop after this many frames (0: end of stream)")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    try:  # the library's one check of the quality options
+        check_quality_options(args.quality, args.max_spread, ("--quality", "--max-spread"))
+    except InputError as e:
+        p.error(str(e))
+    return args
 
 
 def check_log(args: argparse.Namespace) -> None:

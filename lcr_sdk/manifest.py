@@ -174,6 +174,8 @@ class Manifest:
     def from_json(cls, text: str, source: str = "manifest") -> Manifest:
         try:
             d = json.loads(text)
+        except RecursionError:
+            raise ModelError(f"{source} is nested too deeply to be a manifest; re-export the model") from None
         except json.JSONDecodeError as e:
             raise ModelError(f"{source} is not valid JSON ({e}); re-export the model to rewrite it") from e
         return cls.from_dict(d, source)
@@ -361,7 +363,10 @@ def read_manifest(model_path: str | os.PathLike[str]) -> Manifest:
     model_path = Path(model_path)
     side = sidecar_path(model_path)
     if side.exists():
-        text = side.read_text(encoding="utf-8")
+        try:
+            text = side.read_text(encoding="utf-8")
+        except UnicodeDecodeError as e:
+            raise ModelError(f"{side} is not UTF-8 text ({e.reason} at byte {e.start}); re-export the model") from None
         manifest = Manifest.from_json(text, source=str(side))
         previous = json.loads(text).get("previous")
         if isinstance(previous, dict) and model_path.is_file():  # a pair switch was interrupted: pick the match

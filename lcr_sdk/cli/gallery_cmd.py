@@ -168,6 +168,7 @@ def gallery_search(
     """Find the gallery images nearest to a query. Example: lcr-sdk gallery search gallery/ model.onnx bird.jpg -k 5"""
     from lcr_sdk.gallery import Gallery
     from lcr_sdk.gallery.explain import stack, write_image
+    from lcr_sdk.gallery.items import redact_values
     from lcr_sdk.gallery.search import parse_threshold
     from lcr_sdk.images import read_image
 
@@ -183,20 +184,20 @@ def gallery_search(
         assert not isinstance(t, str)
         if explain is not None and hits:
             write_image(explain, stack([h.explain(query, emb).image for h in hits[:5]]))
-    rows = [dict(h.to_dict(), match=t is None or h.score >= t) for h in hits]
+    rows = redact_values([dict(h.to_dict(), match=t is None or h.score >= t) for h in hits])  # older galleries
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
         return
     if hits and t is not None and hits[0].score < t:
         typer.echo(
-            f"unknown: no gallery item reaches the threshold {t:.4f} (nearest: {hits[0].label or hits[0].id!r} "
+            f"unknown: no gallery item reaches the threshold {t:.4f} (nearest: {rows[0]['label'] or rows[0]['id']!r} "
             f"at {hits[0].score:.4f})"
         )
     elif not hits:
         typer.echo("no items" + (" match the filter" if label or filters else " in the gallery"))
     typer.echo(f"{'rank':>4}  {'score':>7}  {'label':<16}  id")
-    for r, h in enumerate(hits, 1):
-        typer.echo(f"{r:>4}  {h.score:7.4f}  {h.label:<16}  {h.id}")
+    for r, row in enumerate(rows, 1):
+        typer.echo(f"{r:>4}  {row['score']:7.4f}  {row['label']:<16}  {row['id']}")
     if explain is not None and hits:
         typer.echo(f"wrote {explain}", err=True)
 
@@ -242,9 +243,10 @@ def gallery_info(
 ) -> None:
     """Size, labels, storage, index and open-set threshold of a gallery. Example: lcr-sdk gallery info gallery/"""
     from lcr_sdk.gallery import Gallery
+    from lcr_sdk.gallery.items import redact_values
 
     g = Gallery.load(gallery)
-    info = g.info()
+    info = redact_values(g.info())
     if as_json:
         typer.echo(json.dumps(info, indent=2))
         return

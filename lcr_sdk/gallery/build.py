@@ -83,22 +83,37 @@ def build_from_folder(
         for i in range(0, len(paths), batch):
             chunk, rel, labs = paths[i : i + batch], rel_all[i : i + batch], labels[i : i + batch]
             if gate:
-                out = embedder.infer(np.stack([embedder.prepare(str(p)) for p in chunk]))
-                vecs, parts = np.asarray(out["embedding"], np.float32), np.asarray(out["parts"], np.float32)
-                keep = []
-                for j, m in enumerate(parts):
-                    q = check_quality(m, method, max_spread)
-                    if not q.ok:
-                        if on_quality is not None:
-                            on_quality(rel[j], q)
-                        else:
-                            log.warning("%s: %s", rel[j], q.reason)
-                    keep.append(q.ok or quality == "warn")
-                sel = [j for j, ok in enumerate(keep) if ok]
-                vecs, rel, labs = vecs[sel], [rel[j] for j in sel], [labs[j] for j in sel]
+                vecs, rel, labs = _embed_checked(embedder, chunk, rel, labs, quality, max_spread, on_quality)
             else:
                 vecs = embedder.embed([str(p) for p in chunk])
             if len(rel):
                 gallery.add(vecs, ids=rel, labels=labs, metadata=[{"path": r} for r in rel])
             bar.update(len(chunk))
     return gallery
+
+
+def _embed_checked(
+    embedder: Any,
+    chunk: list[Path],
+    rel: list[str],
+    labs: list[str],
+    quality: str,
+    max_spread: float,
+    on_quality: Callable[[str, Quality], None] | None,
+) -> tuple[np.ndarray, list[str], list[str]]:
+    """Embed a batch of an LCR model and check each image's attention: the vectors, paths and labels to keep
+    (diffuse ones are reported, and left out with ``quality="refuse"``)."""
+    method = embedder.manifest.method
+    out = embedder.infer(np.stack([embedder.prepare(str(p)) for p in chunk]))
+    vecs, parts = np.asarray(out["embedding"], np.float32), np.asarray(out["parts"], np.float32)
+    keep = []
+    for j, m in enumerate(parts):
+        q = check_quality(m, method, max_spread)
+        if not q.ok:
+            if on_quality is not None:
+                on_quality(rel[j], q)
+            else:
+                log.warning("%s: %s", rel[j], q.reason)
+        keep.append(q.ok or quality == "warn")
+    sel = [j for j, ok in enumerate(keep) if ok]
+    return vecs[sel], [rel[j] for j in sel], [labs[j] for j in sel]

@@ -16,10 +16,11 @@ slightly permissive there. Pass ``threshold=`` to search to override it.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -56,10 +57,27 @@ class Calibration:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Calibration | None:
+        """A stored calibration; None for one with other fields (an older SDK's: it is computed again).
+
+        Raises:
+            ValueError: a field of the wrong type, or a number that is not finite (the message names it).
+        """
         try:
-            return cls(**d)
+            cal = cls(**d)
         except TypeError:
             return None
+        numbers = {"far": cal.far, "frr": cal.frr, "seconds": cal.seconds}
+        if cal.threshold is not None:
+            numbers["threshold"] = cal.threshold
+        for name, value in numbers.items():
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ValueError(f"{name} is {value!r}, not a finite number")
+        for name, count in (("genuine", cal.genuine), ("impostor", cal.impostor), ("items", cal.items)):
+            if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+                raise ValueError(f"{name} is {count!r}, not a count")
+        if not isinstance(cal.reason, str):
+            raise ValueError(f"reason is {cal.reason!r}, not text")
+        return cal
 
     def stale(self, items: int) -> bool:
         """Whether the gallery changed enough since (``items`` now) to recalibrate."""
@@ -134,3 +152,35 @@ def calibrate(
     impostor = imp_all[probe & np.isfinite(imp_all)]
     t, far, frr, how = choose_threshold(genuine.astype(np.float64), impostor.astype(np.float64))
     return Calibration(float(t), far, frr, len(genuine), len(impostor), items, how, time.perf_counter() - t0)
+
+
+class Sampled(Protocol):
+    """What calibration reads of a gallery's contents (:class:`lcr_sdk.gallery.contents.Contents`)."""
+
+    calibration: Calibration | None
+
+    @property
+    def total_slots(self) -> int: ...
+
+    def __len__(self) -> int: ...
+
+    def labels_at(self, slots: np.ndarray) -> dict[int, str]: ...
+
+    def partners(self, label: str, start: int, limit: int) -> list[int]: ...
+
+    def take(self, slots: np.ndarray) -> np.ndarray: ...
+
+
+def recalibrate(contents: Sampled, seed: int = 0) -> Calibration:
+    """Calibrate a gallery's contents now and keep the result with them."""
+    cal = calibrate(contents.total_slots, contents.labels_at, contents.partners, contents.take, len(contents), seed)
+    contents.calibration = cal
+    return cal
+
+
+def current(contents: Sampled) -> Calibration:
+    """The contents' stored calibration, or a fresh one if they changed enough since (:meth:`Calibration.stale`)."""
+    cal = contents.calibration
+    if cal is None or cal.stale(len(contents)):
+        cal = recalibrate(contents)
+    return cal

@@ -13,7 +13,6 @@ records additions and removals; writing them to disk is :mod:`lcr_sdk.gallery.pe
 
 from __future__ import annotations
 
-import json
 import sqlite3
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -23,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from lcr_sdk.errors import InputError
-from lcr_sdk.gallery import calibrate, items, store
+from lcr_sdk.gallery import items, store
 from lcr_sdk.gallery.calibrate import Calibration
 
 ID_BLOCK = 64  # automatic ids reserved at a time by an attached gallery
@@ -139,7 +138,7 @@ class Contents:
         self.image_root = ""  # folder the items' relative "path" metadata points into (build_from_folder), if any
         self.root: Path | None = None  # the folder this gallery is attached to
         self.saved: store.Saved | None = None  # its committed state
-        self.legacy = False  # attached to a format-1 folder: the next commit migrates it
+        self.legacy = ""  # the format-1 version folder it was read from, if any: the next commit migrates it
         self.pending = Pending(dim, dtype)
         self.next_id = 0
         self.reserved = (0, 0)  # automatic ids reserved from the store: [first, end)
@@ -204,7 +203,7 @@ class Contents:
         c = self.committed
         committed = slots[slots < c]
         if len(committed) and self.saved is not None:
-            yield self.saved.conn, committed, 0
+            yield self.saved.ver.conn, committed, 0
         pend = slots[slots >= c]
         if len(pend):
             yield self.pending.db, pend - c, c
@@ -215,7 +214,7 @@ class Contents:
         """Live items in slot order: (slot, id, label, metadata JSON, crop)."""
         alive, c = self.alive(), self.committed
         if self.saved is not None:
-            for batch in items.iter_items(self.saved.conn, with_crops):
+            for batch in items.iter_items(self.saved.ver.conn, with_crops):
                 for r in batch:
                     if r[0] < c and alive[r[0]]:
                         yield r
@@ -229,7 +228,7 @@ class Contents:
         if hit:
             return self.committed + hit[item_id]
         if self.saved is not None:
-            hit = items.rows_of_ids(self.saved.conn, [item_id])
+            hit = items.rows_of_ids(self.saved.ver.conn, [item_id])
             if hit and hit[item_id] < self.saved.count and self.saved.alive[hit[item_id]]:
                 return hit[item_id]
         return None
@@ -298,7 +297,7 @@ class Contents:
             raise InputError("the new ids repeat (ids are unique); pick other ids")
         dup = list(items.rows_of_ids(self.pending.db, new_ids))
         if self.saved is not None:
-            dup += [i for i in items.rows_of_ids(self.saved.conn, new_ids) if i not in self.pending.removed]
+            dup += [i for i in items.rows_of_ids(self.saved.ver.conn, new_ids) if i not in self.pending.removed]
         if dup:
             raise InputError(
                 f"id {dup[0]!r} is already in the gallery (ids are unique); remove the old item first or pick other ids"
@@ -325,7 +324,7 @@ class Contents:
             cand = [str(i) for i in range(first, first + take)]
             used = set(items.rows_of_ids(self.pending.db, cand)) | set(self.pending.removed)
             if self.saved is not None:
-                used |= set(items.rows_of_ids(self.saved.conn, cand))
+                used |= set(items.rows_of_ids(self.saved.ver.conn, cand))
             out += [c for c in cand if c not in used]
         return out
 
@@ -352,7 +351,7 @@ class Contents:
         c = self.committed
         found = [items.filter_rows(self.pending.db, labels, where) + c]
         if self.saved is not None:
-            rows = items.filter_rows(self.saved.conn, labels, where)
+            rows = items.filter_rows(self.saved.ver.conn, labels, where)
             found.insert(0, rows[rows < c])
         cand = np.concatenate(found)
         return np.asarray(cand[self.alive()[cand]], np.int64)
@@ -369,23 +368,9 @@ class Contents:
         alive, c = self.alive(), self.committed
         found: list[int] = []
         if self.saved is not None:
-            found += [r for r in items.same_label(self.saved.conn, label, start, limit) if alive[r]]
+            found += [r for r in items.same_label(self.saved.ver.conn, label, start, limit) if alive[r]]
         pend = items.same_label(self.pending.db, label, max(0, start - c), limit)
         return (found + [r + c for r in pend])[:limit]
-
-    def current_calibration(self) -> Calibration:
-        """The stored calibration, or a fresh one if the items changed enough since (see :meth:`Calibration.stale`)."""
-        cal = self.calibration
-        if cal is None or cal.stale(len(self)):
-            cal = self.calibrate()
-        return cal
-
-    def calibrate(self, seed: int = 0) -> Calibration:
-        """Compute the open-set threshold now, on a bounded sample (:mod:`lcr_sdk.gallery.calibrate`); kept here."""
-        self.calibration = calibrate.calibrate(
-            self.total_slots, self.labels_at, self.partners, self.take, len(self), seed
-        )
-        return self.calibration
 
     # -- the whole, for writing -----------------------------------------------------------------------------------
 
@@ -420,7 +405,7 @@ class Contents:
             blocks.take(slots).astype(self.dtype),
             [r[1] for r in rows],
             [r[2] for r in rows],
-            [json.loads(r[3]) for r in rows],
+            [items.parse_metadata(r[1], r[3]) for r in rows],
             {i: r[4] for i, r in enumerate(rows) if r[4] is not None},
         )
 
@@ -428,7 +413,7 @@ class Contents:
         """The live pending items (id, label, metadata, crop) and their vectors, as :meth:`store.Saved.commit`
         takes them."""
         p = self.pending
-        new = [(r[1], r[2], json.loads(r[3]), r[4]) for r in p.live_rows(with_crops=True)]
+        new = [(r[1], r[2], items.parse_metadata(r[1], r[3]), r[4]) for r in p.live_rows(with_crops=True)]
         return new, (p.vectors()[p.alive] if p.n else p.vectors())
 
     def attach(self, saved: store.Saved, keep_pending: bool = False) -> None:
@@ -445,10 +430,10 @@ class Contents:
             self.pending.clear()
         self.pending.removed = {}
         if removed:  # removals pending against a rewritten version: find those items again by id
-            for i, s in items.rows_of_ids(saved.conn, list(removed)).items():
+            for i, s in items.rows_of_ids(saved.ver.conn, list(removed)).items():
                 if saved.alive[s]:
                     self.pending.removed[i] = s
-        self.root, self.saved, self.legacy = saved.root, saved, False
+        self.root, self.saved, self.legacy = saved.root, saved, ""
         self.model_sha256, self.index, self.image_root = meta.model_sha256, meta.index, meta.image_root
         self.reserved = (0, 0)
         self.adopt(saved)
@@ -458,7 +443,10 @@ class Contents:
         meta = saved.meta
         self.next_id = max(self.next_id, meta.next_id)
         if meta.calibration is not None:
-            self.calibration = Calibration.from_dict(meta.calibration)
+            try:
+                self.calibration = Calibration.from_dict(meta.calibration)
+            except ValueError as e:
+                raise store.damaged(saved.ver.folder, f"its stored calibration is not valid: {e}") from None
         self.changed()
 
     def close(self) -> None:

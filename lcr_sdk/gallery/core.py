@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from lcr_sdk.errors import InputError, ModelError, import_platform
-from lcr_sdk.gallery import items, persist, rebuild, store
+from lcr_sdk.gallery import calibrate, items, persist, rebuild, store
 from lcr_sdk.gallery.calibrate import Calibration
 from lcr_sdk.gallery.contents import Contents
 from lcr_sdk.gallery.explain import (
@@ -36,6 +36,7 @@ from lcr_sdk.gallery.explain import (
     draw,
 )
 from lcr_sdk.gallery.search import Searcher, parse_index
+from lcr_sdk.redact import redact
 
 
 @dataclass
@@ -131,9 +132,13 @@ def _check_metadata(metadata: Any, n: int) -> list[dict[str, Any]]:
             items.check_text(key, f"metadata[{i}] key")
         try:
             json.dumps(m, allow_nan=False)
+            out.append(items.redact_values(m))  # a source URI's password is never stored
+        except RecursionError:
+            raise InputError(f"metadata[{i}] is nested too deeply to store as JSON; flatten it") from None
         except (TypeError, ValueError) as e:
-            raise InputError(f"metadata must be JSON-serialisable dicts; metadata[{i}] = {m!r:.80} ({e})") from e
-        out.append(dict(m))
+            raise InputError(
+                f"metadata must be JSON-serialisable dicts; metadata[{i}] = {redact(repr(m)):.80} ({e})"
+            ) from e
     return out
 
 
@@ -231,7 +236,7 @@ class Gallery:
     def metadata(self) -> list[dict[str, Any]]:
         """Metadata of all items in slot order; O(N)."""
         with self._mutex:
-            return [json.loads(r[3]) for r in self._contents.rows()]
+            return [items.parse_metadata(r[1], r[3]) for r in self._contents.rows()]
 
     @property
     def vectors(self) -> np.ndarray:
@@ -271,10 +276,7 @@ class Gallery:
         with self._mutex:
             data = self._contents.crop(self._contents.existing_slot(str(item_id)))
         if data is not None:
-            cv2 = import_platform("cv2")
-            img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
-            if img is not None:
-                return img
+            return items.decode_crop(str(item_id), data)
         path = self.image_path(item_id)
         if path is None:
             raise InputError(
@@ -303,7 +305,8 @@ class Gallery:
             ids: unique ids (converted to str); generated ``"0"``, ``"1"``... when not given.
             labels: one label per vector (converted to str); ``""`` when not given.
             metadata: one dict per vector; the key ``"path"`` names the item's image file, relative to
-                :attr:`image_root`.
+                :attr:`image_root`. Credentials in its strings (the password of a source URI such as
+                ``rtsp://user:pw@cam/stream``) are stored as ``***`` (:func:`lcr_sdk.redact.redact`).
             crops: one image (BGR array, path or PIL image) or None per vector, stored with the item (PNG) for
                 :meth:`image`, explanations and ``rebuild``.
 
@@ -461,18 +464,18 @@ class Gallery:
 
         Stored with the gallery; recomputed only when the gallery has changed by a fifth since."""
         with self._mutex:
-            return self._contents.current_calibration().threshold
+            return calibrate.current(self._contents).threshold
 
     @property
     def calibration(self) -> Calibration | None:
         """The stored (or, for a gallery changed enough since, a fresh) :class:`Calibration`."""
         with self._mutex:
-            return self._contents.current_calibration()
+            return calibrate.current(self._contents)
 
     def calibrate(self, seed: int = 0) -> Calibration:
         """Compute the open-set threshold now, on a bounded sample (stored with the gallery at the next commit)."""
         with self._mutex:
-            return self._contents.calibrate(seed)
+            return calibrate.recalibrate(self._contents, seed)
 
     # -- persistence ------------------------------------------------------------------------------------------
 
@@ -528,6 +531,19 @@ class Gallery:
         """
         return cls._of(*persist.load(Path(directory), mmap))
 
+    @classmethod
+    def connect(cls, uri: str, collection: str | None = None, **kw: Any) -> Any:
+        """A fleet gallery in a Milvus collection (the `fleet` extra): an http(s)/tcp URI of a Milvus server, or a
+        path ending in .db for an embedded milvus-lite database; see docs/FLEET.md.
+
+        The arguments go to :func:`lcr_sdk.gallery.fleet.connect` (imported only here: Milvus is optional); without
+        ``collection`` its default collection is used.
+        """
+        import importlib
+
+        fleet = importlib.import_module("lcr_sdk.gallery.fleet")
+        return fleet.connect(uri, **({} if collection is None else {"collection": collection}), **kw)
+
     def rebuild(
         self,
         embedder: Any,
@@ -571,7 +587,7 @@ class Gallery:
         """A summary: size, labels, storage, index, open-set threshold, where it is saved."""
         with self._mutex:
             c = self._contents
-            cal = c.current_calibration()
+            cal = calibrate.current(c)
             ver = c.saved.ver if c.saved is not None else None
             return {
                 "path": str(c.root) if c.root else None,
@@ -595,7 +611,7 @@ class Gallery:
             }
 
     def verify(self) -> None:
-        """Check every stored vector (finite, unit length) and the item count; O(N).
+        """Check every stored vector (finite, unit length), every item's fields and the item count; O(N).
 
         Raises:
             InputError: naming the first bad item.
@@ -606,7 +622,10 @@ class Gallery:
             blocks, alive = c.blocks(), c.alive()
             for first, chunk in blocks.chunks(65536):
                 store.check_vectors(where, chunk, c.dtype, alive[first : first + len(chunk)], sample=False)
-            n = sum(1 for _ in c.rows())
+            n = 0
+            for r in c.rows():  # ids and labels stored as text, metadata a JSON object
+                items.parse_metadata(r[1], r[3])
+                n += 1
             if n != len(c):
                 raise store.damaged(where, f"{n} items in its tables but {len(c)} live slots")
 

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from lcr_sdk.errors import InputError
+from lcr_sdk.redact import redact
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS items (row INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE, label TEXT NOT NULL,
@@ -91,20 +92,87 @@ def rows_of_ids(conn: sqlite3.Connection, ids: Sequence[str]) -> dict[str, int]:
     return found
 
 
+def damaged_item(item_id: Any, why: str) -> InputError:
+    """The error for a stored item that no writer of this SDK could have made (edited, or damaged on disk)."""
+    return InputError(
+        f"gallery item {item_id!r:.80} is damaged ({why}); restore the gallery from a backup, or rebuild it with "
+        "`lcr-sdk gallery build`"
+    )
+
+
+def not_json(constant: str) -> Any:
+    """``parse_constant`` for :func:`json.loads`: NaN and Infinity are not JSON (Python's json reads them)."""
+    raise ValueError(f"{constant} is not valid JSON")
+
+
+def parse_metadata(item_id: str, text: Any) -> dict[str, Any]:
+    """A stored item's metadata: a JSON object of finite values.
+
+    Raises:
+        InputError: anything else (not text, not JSON, NaN or Infinity, nested too deeply, not an object).
+    """
+    if not isinstance(text, str):
+        raise damaged_item(item_id, f"its metadata is stored as {type(text).__name__}, not JSON text")
+    try:
+        meta = json.loads(text, parse_constant=not_json)
+    except RecursionError:
+        raise damaged_item(item_id, "its metadata is nested too deeply to read") from None
+    except ValueError as e:
+        raise damaged_item(item_id, f"its metadata is not JSON ({e})") from None
+    if not isinstance(meta, dict):
+        raise damaged_item(item_id, f"its metadata {text[:60]!r} is not a JSON object")
+    return meta
+
+
+def check_stored(item_id: Any, label: Any) -> None:
+    """Refuse an id or label that is not stored as text (SQLite keeps whatever type an edit wrote)."""
+    if not isinstance(item_id, str):
+        raise damaged_item(item_id, f"an id is stored as {type(item_id).__name__}, not text")
+    if not isinstance(label, str):
+        raise damaged_item(item_id, f"its label is stored as {type(label).__name__}, not text")
+
+
 def fetch(conn: sqlite3.Connection, rows: Sequence[int]) -> dict[int, tuple[str, str, dict[str, Any]]]:
-    """(id, label, metadata) of the given rows that exist."""
+    """(id, label, metadata) of the given rows that exist (each checked as it is read)."""
     out: dict[int, tuple[str, str, dict[str, Any]]] = {}
     for part in _chunks([int(r) for r in rows]):
         q = f"SELECT row, id, label, metadata FROM items WHERE row IN ({','.join('?' * len(part))})"
         for r, i, lab, m in conn.execute(q, part):
-            out[r] = (i, lab, json.loads(m))
+            check_stored(i, lab)
+            out[r] = (i, lab, parse_metadata(i, m))
     return out
 
 
 def crop(conn: sqlite3.Connection, row: int) -> bytes | None:
     """The stored encoded crop of a row, if any."""
     hit = conn.execute("SELECT image FROM crops WHERE row = ?", (int(row),)).fetchone()
+    if hit is not None and not isinstance(hit[0], bytes):
+        raise damaged_item(f"row {row}", f"its stored image is {type(hit[0]).__name__}, not encoded image bytes")
     return bytes(hit[0]) if hit else None
+
+
+def decode_crop(item_id: str, data: bytes) -> np.ndarray:
+    """Decode an item's stored crop (BGR uint8) within the image pixel limit, like any image file.
+
+    Raises:
+        InputError: the bytes are not an image, or their header declares more pixels than the limit (checked before
+            decoding: a crafted header is one error, not a decode of its declared size).
+    """
+    from lcr_sdk.images import decode_image
+
+    return decode_image(data, f"the stored crop of gallery item {item_id!r:.80}")
+
+
+def redact_values(value: Any) -> Any:
+    """A JSON-like value with the credentials in every string (a source URI's password) hidden by
+    :func:`lcr_sdk.redact.redact`: what a gallery stores and prints of item metadata."""
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, dict):
+        return {k: redact_values(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [redact_values(v) for v in value]
+    return value
 
 
 def count(conn: sqlite3.Connection) -> int:
@@ -114,7 +182,8 @@ def count(conn: sqlite3.Connection) -> int:
 def iter_items(
     conn: sqlite3.Connection, with_crops: bool = False, batch: int = 10_000
 ) -> Iterator[list[tuple[int, str, str, str, bytes | None]]]:
-    """All items in row order, in batches of (row, id, label, metadata JSON, crop or None)."""
+    """All items in row order, in batches of (row, id, label, metadata JSON, crop or None); ids and labels are
+    checked to be text (metadata is checked where it is parsed: :func:`parse_metadata`)."""
     last = -1
     crop_col = "(SELECT image FROM crops c WHERE c.row = i.row)" if with_crops else "NULL"
     q = f"SELECT row, id, label, metadata, {crop_col} FROM items i WHERE row > ? ORDER BY row LIMIT ?"
@@ -122,6 +191,10 @@ def iter_items(
         part = conn.execute(q, (last, batch)).fetchall()
         if not part:
             return
+        for r in part:
+            check_stored(r[1], r[2])
+            if r[4] is not None and not isinstance(r[4], bytes):
+                raise damaged_item(r[1], f"its stored image is {type(r[4]).__name__}, not encoded image bytes")
         yield part
         last = part[-1][0]
 
@@ -148,8 +221,10 @@ def filter_rows(
 def labels_of(conn: sqlite3.Connection, rows: Sequence[int]) -> dict[int, str]:
     out: dict[int, str] = {}
     for part in _chunks([int(r) for r in rows]):
-        q = f"SELECT row, label FROM items WHERE row IN ({','.join('?' * len(part))})"
-        out.update(conn.execute(q, part).fetchall())
+        q = f"SELECT row, id, label FROM items WHERE row IN ({','.join('?' * len(part))})"
+        for r, i, lab in conn.execute(q, part):
+            check_stored(i, lab)
+            out[r] = lab
     return out
 
 

@@ -20,6 +20,7 @@ import numpy as np
 
 from lcr_sdk.errors import InputError
 from lcr_sdk.fileio import atomic_write_text, fsync_dir, fsync_file, staging_dir
+from lcr_sdk.gallery import items
 from lcr_sdk.gallery.store import FORMAT, VERSION_DIR
 
 V1 = 1
@@ -100,8 +101,30 @@ def read_v1(folder: Path, mmap: bool = True) -> V1Gallery:
         InputError: a missing or malformed file, a header that is not an object or lacks a field, a count that does
             not match the files, or metadata that is not a JSON object.
     """
+    for name in ("header.json", "vectors.npy", "items.sqlite"):
+        if (folder / name).is_symlink():
+            raise _damaged(folder, f"{name} is a symbolic link; a gallery never follows a link out of its folder")
+    header = _read_header(folder)
+    vectors, rows = _read_items(folder, mmap)
+    if vectors.dtype != np.float32 or vectors.shape != (header["count"], header["dim"]) or len(rows) != header["count"]:
+        raise _damaged(
+            folder,
+            f"header says {header['count']} x {header['dim']}, vectors are {vectors.dtype} {vectors.shape}, "
+            f"{len(rows)} items",
+        )
+    metadata = []
+    for r in rows:
+        items.check_stored(r[1], r[2] or "")
+        metadata.append(items.parse_metadata(r[1], r[3]) if r[3] is not None else {})
+    return V1Gallery(folder, header, vectors, [r[1] for r in rows], [r[2] or "" for r in rows], metadata)
+
+
+def _read_header(folder: Path) -> dict[str, Any]:
+    """``header.json``: a JSON object with every field of :data:`_HEADER_KEYS`, of format 1."""
     try:
-        header = json.loads((folder / "header.json").read_text(encoding="utf-8"))
+        header = json.loads((folder / "header.json").read_text(encoding="utf-8"), parse_constant=items.not_json)
+    except RecursionError:
+        raise _damaged(folder, "header.json is nested too deeply to read") from None
     except (OSError, ValueError) as e:
         raise _damaged(folder, f"header.json: {e}") from e
     if not isinstance(header, dict):
@@ -118,6 +141,11 @@ def read_v1(folder: Path, mmap: bool = True) -> V1Gallery:
         )
     if header["dim"] < 1 or header["count"] < 0:
         raise _damaged(folder, f"header.json says {header['count']} x {header['dim']}")
+    return header
+
+
+def _read_items(folder: Path, mmap: bool) -> tuple[np.ndarray, list[Any]]:
+    """The vectors and the item rows (row, id, label, metadata) as stored, not yet checked against the header."""
     try:
         vectors = np.load(folder / "vectors.npy", mmap_mode="r" if mmap else None, allow_pickle=False)
         with sqlite3.connect(f"file:{folder / 'items.sqlite'}?mode=ro", uri=True) as db:
@@ -125,19 +153,4 @@ def read_v1(folder: Path, mmap: bool = True) -> V1Gallery:
         db.close()
     except (OSError, ValueError, EOFError, sqlite3.Error) as e:
         raise _damaged(folder, str(e) or type(e).__name__) from e
-    if vectors.dtype != np.float32 or vectors.shape != (header["count"], header["dim"]) or len(rows) != header["count"]:
-        raise _damaged(
-            folder,
-            f"header says {header['count']} x {header['dim']}, vectors are {vectors.dtype} {vectors.shape}, "
-            f"{len(rows)} items",
-        )
-    metadata = []
-    for r in rows:
-        try:
-            m = json.loads(r[3]) if r[3] is not None else {}
-        except ValueError as e:
-            raise _damaged(folder, f"item {r[1]!r} has metadata that is not JSON ({e})") from e
-        if not isinstance(m, dict):
-            raise _damaged(folder, f"item {r[1]!r} has metadata {r[3][:60]!r}, not a JSON object")
-        metadata.append(m)
-    return V1Gallery(folder, header, vectors, [r[1] for r in rows], [r[2] or "" for r in rows], metadata)
+    return vectors, rows

@@ -9,6 +9,7 @@ in format 2 at its first commit, unless another process changed it since it was 
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import sqlite3
@@ -19,31 +20,34 @@ from typing import Any
 import numpy as np
 
 from lcr_sdk.errors import InputError
-from lcr_sdk.fileio import mib
-from lcr_sdk.gallery import items, legacy, store
+from lcr_sdk.fileio import is_disk_full, mib
+from lcr_sdk.gallery import calibrate, items, legacy, store
 from lcr_sdk.gallery.contents import Contents
 from lcr_sdk.gallery.search import Searcher, parse_index
 
 
 def write_or_explain(root: Path, write: Callable[[], Any]) -> Any:
-    """Run a write; turn a full disk or a refused write into one :class:`InputError` (nothing committed)."""
+    """Run a write; turn a full disk or a refused write into one :class:`InputError` (nothing committed).
 
-    def disk_full() -> InputError:
-        return InputError(
-            f"cannot write gallery {root}: the disk is full ({mib(shutil.disk_usage(root).free)} free); free space "
-            "and try again (the saved gallery is unchanged; pending changes are kept)"
-        )
-
+    A full disk is what :func:`lcr_sdk.fileio.is_disk_full` says it is (no space, a user's quota used up, SQLite's
+    "database or disk is full").
+    """
     try:
         return write()
-    except sqlite3.Error as e:
-        if "full" in str(e).lower():
-            raise disk_full() from None
-        raise InputError(f"cannot write gallery {root} ({e}); the saved gallery is unchanged") from None
-    except OSError as e:
-        if e.errno == 28:  # ENOSPC
-            raise disk_full() from None
-        raise InputError(f"cannot write gallery {root} ({e.strerror or e}); the saved gallery is unchanged") from None
+    except (sqlite3.Error, OSError) as e:
+        if is_disk_full(e):
+            quota = "; the user's disk quota is used up" if getattr(e, "errno", None) == errno.EDQUOT else ""
+            raise InputError(
+                f"cannot write gallery {root}: the disk is full ({mib(shutil.disk_usage(root).free)} free{quota}); "
+                "free space and try again (the saved gallery is unchanged; pending changes are kept)"
+            ) from None
+        if isinstance(e, OSError) and e.errno == errno.ELOOP:  # a file opened with O_NOFOLLOW is a link
+            raise InputError(
+                f"cannot write gallery {root}: {Path(str(e.filename)).name} is a symbolic link and a gallery never "
+                "follows a link out of its folder; restore the gallery from a backup"
+            ) from None
+        why = (e.strerror or e) if isinstance(e, OSError) else e
+        raise InputError(f"cannot write gallery {root} ({why}); the saved gallery is unchanged") from None
 
 
 # -- writing ------------------------------------------------------------------------------------------------------
@@ -72,7 +76,7 @@ def save(c: Contents, s: Searcher, directory: str | os.PathLike[str], replace: b
 
 def write_all(c: Contents, s: Searcher, root: Path, progress: bool = False, index: bool = True) -> Path:
     """Write the whole gallery as a new version of ``root`` and attach to it (the caller holds the lock)."""
-    c.current_calibration()
+    calibrate.current(c)
     writer = s.writer(c.dtype, progress) if index else None
     folder: Path = write_or_explain(root, lambda: store.write_version(root, c.meta(), c.chunks(), writer))
     attach(c, s, store.Saved(root, store.Version(root, folder)))
@@ -103,7 +107,7 @@ def _maintain_locked(c: Contents, s: Searcher) -> None:
     """After a commit: move a full tail into the vector file, compact, save the index and calibration."""
     saved = c.saved
     assert saved is not None and c.root is not None
-    saved.checkpoint_if_full()
+    write_or_explain(c.root, saved.checkpoint_if_full)  # opens the vector file without following a link
     c.changed()
     if saved.compaction_due:
         write_all(c, s, c.root, index=False)
@@ -111,7 +115,7 @@ def _maintain_locked(c: Contents, s: Searcher) -> None:
         assert saved is not None
     if s.index is not None:
         s.persist(c, locked=True)
-    cal = c.current_calibration()
+    cal = calibrate.current(c)
     if cal.to_dict() != saved.meta.calibration:
         saved.record(calibration=cal.to_dict())
 

@@ -6,14 +6,12 @@ Every image is located before any is embedded, so a gallery whose images are gon
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from lcr_sdk.errors import InputError, import_platform
+from lcr_sdk.errors import InputError
+from lcr_sdk.gallery import items
 from lcr_sdk.gallery.contents import Contents, Row
 
 Source = tuple[Row, bytes | Path]  # an item and where its image is: its stored crop, or its file
@@ -32,7 +30,7 @@ def locate(c: Contents, skip_missing: bool) -> tuple[list[Source], list[str]]:
         if r[4] is not None:
             found.append((r, r[4]))
             continue
-        path = c.image_path(r[1], json.loads(r[3]))
+        path = c.image_path(r[1], items.parse_metadata(r[1], r[3]))
         if path is None or not path.is_file():
             missing.append(r[1])
         else:
@@ -52,27 +50,17 @@ def reembed(add: Callable[..., list[str]], found: list[Source], embedder: Any, b
 
     from lcr_sdk.images import read_image
 
-    cv2 = import_platform("cv2")
     with tqdm(total=len(found), desc="re-embedding", unit="img", disable=not progress) as bar:
         for i in range(0, len(found), batch):
             part = found[i : i + batch]
             imgs = []
             for r, src in part:
-                if isinstance(src, bytes):
-                    img = cv2.imdecode(np.frombuffer(src, np.uint8), cv2.IMREAD_COLOR)
-                    if img is None:
-                        raise InputError(
-                            f"item {r[1]!r}: its stored image cannot be decoded; the gallery is damaged: remove the "
-                            "item, or restore the gallery from a backup"
-                        )
-                    imgs.append(img)
-                else:
-                    imgs.append(read_image(src))
+                imgs.append(items.decode_crop(r[1], src) if isinstance(src, bytes) else read_image(src))
             add(
                 embedder.embed(imgs),
                 ids=[r[1] for r, _ in part],
                 labels=[r[2] for r, _ in part],
-                metadata=[json.loads(r[3]) for r, _ in part],
+                metadata=[items.parse_metadata(r[1], r[3]) for r, _ in part],
                 crops=[imgs[n] if r[4] is not None else None for n, (r, _) in enumerate(part)],
             )
             bar.update(len(part))

@@ -26,7 +26,7 @@ import numpy as np
 
 from lcr_sdk.errors import InputError, LcrError, MissingDependencyError, require
 from lcr_sdk.fileio import atomic_path
-from lcr_sdk.gallery import items, store
+from lcr_sdk.gallery import calibrate, items, store
 from lcr_sdk.gallery.contents import Blocks, Contents
 from lcr_sdk.metrics import ranking
 
@@ -495,7 +495,9 @@ def parse_threshold(threshold: float | str | None, option: str = "threshold") ->
 def resolve_threshold(threshold: float | str | None, c: Contents) -> float | None:
     """The cosine cut of a search's ``threshold`` (:func:`parse_threshold`; ``"auto"``: the calibrated one)."""
     cut = parse_threshold(threshold)
-    return c.current_calibration().threshold if cut == "auto" else cut  # type: ignore[return-value]
+    if isinstance(cut, str):  # "auto"
+        return calibrate.current(c).threshold
+    return cut
 
 
 def _filter(c: Contents, label: str | Sequence[str] | None, where: dict[str, Any] | None) -> np.ndarray | None:

@@ -124,6 +124,11 @@ def current_version(root: Path) -> Path:
             "(v000001 ... v999999); restore the gallery from a backup or rebuild it with `lcr-sdk gallery build`"
         )
     folder = root / name
+    if folder.is_symlink():
+        raise InputError(
+            f"gallery {root}: CURRENT names {name}, which is a symbolic link; a gallery never follows a link out of "
+            "its folder: restore the gallery from a backup, or rebuild it with `lcr-sdk gallery build`"
+        )
     if not folder.is_dir():
         raise InputError(
             f"gallery {root}: CURRENT names {name}, which does not exist; the gallery is damaged: restore it from a "
@@ -149,16 +154,22 @@ class GalleryLock:
         if fcntl is None:  # Windows: no flock; one writer per gallery is then the caller's job
             yield
             return
+        nofollow = getattr(os, "O_NOFOLLOW", 0)
         try:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)  # the umask applies
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | nofollow, 0o666)  # the umask applies
         except OSError as e:
+            if self.path.is_symlink():
+                raise InputError(
+                    f"gallery {self.path.parent}: its lock file .lock is a symbolic link; a gallery never follows a "
+                    "link out of its folder: remove the link (the next writer creates the lock file)"
+                ) from None
             if exclusive or e.errno not in (errno.EACCES, errno.EROFS, errno.EPERM, errno.ENOENT):
                 raise InputError(
                     f"cannot lock gallery {self.path.parent} for writing ({e.strerror}); check that the folder "
                     "exists and is writable by this user"
                 ) from e
             try:
-                fd = os.open(self.path, os.O_RDONLY)
+                fd = os.open(self.path, os.O_RDONLY | nofollow)
             except OSError:
                 yield  # read-only media without a lock file: there can be no writer
                 return
@@ -219,11 +230,7 @@ def read_meta(conn: sqlite3.Connection, folder: Path) -> Meta:
     Raises:
         InputError: a field is missing or of the wrong type or value (the message names it).
     """
-    try:
-        raw = dict(conn.execute("SELECT key, value FROM meta").fetchall())
-        values = {k: json.loads(v) for k, v in raw.items()}
-    except (sqlite3.Error, ValueError) as e:
-        raise damaged(folder, f"its meta table cannot be read: {e}") from e
+    values = _meta_values(conn, folder)
     for key, kind in _META_TYPES.items():
         if key not in values:
             raise damaged(folder, f"meta has no {key!r}")
@@ -245,6 +252,23 @@ def read_meta(conn: sqlite3.Connection, folder: Path) -> Meta:
     if meta.index_file and (not INDEX_FILE.match(meta.index_file) or not 0 < meta.index_count <= meta.count):
         raise damaged(folder, f"meta names index file {meta.index_file!r} over {meta.index_count} slots")
     return meta
+
+
+def _meta_values(conn: sqlite3.Connection, folder: Path) -> dict[str, Any]:
+    """The meta table's values parsed from JSON, not yet checked."""
+    try:
+        raw = dict(conn.execute("SELECT key, value FROM meta").fetchall())
+    except sqlite3.Error as e:
+        raise damaged(folder, f"its meta table cannot be read: {e}") from e
+    values = {}
+    for k, v in raw.items():
+        try:
+            values[k] = json.loads(v, parse_constant=items.not_json)
+        except RecursionError:
+            raise damaged(folder, f"meta {k!r:.40} is nested too deeply to read") from None
+        except (TypeError, ValueError) as e:
+            raise damaged(folder, f"meta {k!r:.40} is not JSON ({e})") from None
+    return values
 
 
 # -- an open version folder -----------------------------------------------------------------------------------------
@@ -290,6 +314,9 @@ class Version:
     def __init__(self, root: Path, folder: Path):
         self.root, self.folder = root, folder
         db = folder / DB
+        for name in (DB, DB + "-wal", DB + "-shm", vector_file("float32"), vector_file("float16")):
+            if (folder / name).is_symlink():
+                raise damaged(folder, f"{name} is a symbolic link; a gallery never follows a link out of its folder")
         if not db.is_file():
             raise damaged(folder, f"{DB} is missing")
         try:
@@ -376,7 +403,7 @@ class Version:
             return
         vecs = self.tail(m.synced, m.count)
         path = self.folder / vector_file(m.dtype)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o666)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o666)
         try:
             os.pwrite(fd, vecs.tobytes(), m.synced * m.row_bytes)
             os.fsync(fd)
@@ -534,15 +561,25 @@ class Saved:
         self.dead_seq = 0
         self.gen = -1
         self.sync()
+        self._check_items()
         check_vectors(ver.folder, self.raw, m.dtype, self.alive[: len(self.raw)])
+
+    def _check_items(self) -> None:
+        """Every live slot has its item row and no other row exists (an item lost or hidden is refused)."""
+        conn, count = self.ver.conn, self.count
+        rows = items.count(conn)  # the one scan; the two below are index lookups
+        outside = conn.execute("SELECT COUNT(*) FROM items WHERE row < 0 OR row >= ?", (count,)).fetchone()[0]
+        on_dead = conn.execute("SELECT COUNT(*) FROM items WHERE row IN (SELECT row FROM dead)").fetchone()[0]
+        if rows != self.live or outside or on_dead:
+            raise damaged(
+                self.ver.folder,
+                f"{rows} item rows for its {self.live} live slots ({outside} outside its slots, {on_dead} on removed "
+                "ones)",
+            )
 
     @property
     def meta(self) -> Meta:
         return self.ver.meta
-
-    @property
-    def conn(self) -> sqlite3.Connection:
-        return self.ver.conn
 
     @property
     def dead(self) -> int:
@@ -566,7 +603,10 @@ class Saved:
         self.alive = np.concatenate([self.alive, np.ones(meta.count - old_count, bool)])
         self.count = meta.count
         dead, self.dead_seq = ver.dead_since(self.dead_seq)
-        self.alive[dead[dead < meta.count]] = False
+        outside = dead[(dead < 0) | (dead >= meta.count)]
+        if len(outside):
+            raise damaged(ver.folder, f"removed slot {outside[0]} is not one of its {meta.count} slots")
+        self.alive[dead] = False
         self.live = int(self.alive.sum())
         self.gen = meta.generation
         if fresh.size:

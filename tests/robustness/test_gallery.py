@@ -162,6 +162,20 @@ def _set_meta(version: Path, key: str, value: object | None) -> None:
     db.close()
 
 
+def _sql(version: Path, statement: str, *params: object) -> None:
+    db = sqlite3.connect(version / "gallery.db")
+    db.execute(statement, params)
+    db.commit()
+    db.close()
+
+
+def _set_calibration(version: Path, **fields: object) -> None:
+    db = sqlite3.connect(version / "gallery.db")
+    cal = json.loads(db.execute("SELECT value FROM meta WHERE key = 'calibration'").fetchone()[0])
+    db.close()
+    _set_meta(version, "calibration", {**cal, **fields})
+
+
 def _scale_vectors(version: Path, factor: float) -> None:
     path = version / "vectors.f32"
     v = np.fromfile(path, np.float32) * factor
@@ -188,6 +202,14 @@ CORRUPT = {
     ),
     "vectors file missing": (lambda r, v: (v / "vectors.f32").unlink(), "vectors.f32"),
     "database is junk": (lambda r, v: (v / "gallery.db").write_bytes(b"junk" * 300), "damaged"),
+    "an item row lost": (lambda r, v: _sql(v, "DELETE FROM items WHERE id = 'i2'"), "5 item rows"),
+    "a removed slot of -1": (lambda r, v: _sql(v, "INSERT INTO dead (row) VALUES (-1)"), "removed slot -1"),
+    "a removed slot past the end": (lambda r, v: _sql(v, "INSERT INTO dead (row) VALUES (6)"), "removed slot 6"),
+    "calibration threshold a string": (lambda r, v: _set_calibration(v, threshold="0.5"), "calibration"),
+    "calibration threshold NaN": (lambda r, v: _set_calibration(v, threshold=float("nan")), "calibration"),
+    "calibration threshold infinite": (lambda r, v: _set_calibration(v, threshold=float("inf")), "calibration"),
+    "calibration not an object": (lambda r, v: _set_meta(v, "calibration", [0.5]), "calibration"),
+    "meta value NaN": (lambda r, v: _set_meta(v, "next_id", float("nan")), "next_id"),
     "database missing": (lambda r, v: (v / "gallery.db").unlink(), "gallery.db is missing"),
 }
 
@@ -270,6 +292,195 @@ def test_scaled_format_1_vectors_are_refused(tmp_path):
     _v1(tmp_path / "g", V1_HEADER, vectors=buf.getvalue())
     with pytest.raises(InputError, match="norm"):
         Gallery.load(tmp_path / "g")
+
+
+# -- what another process or another hand left in the folder ------------------------------------------------------
+
+
+def test_two_processes_committing_to_one_format_1_gallery_lose_nothing(tmp_path):
+    from lcr_sdk.gallery.legacy import write_v1
+
+    root = tmp_path / "g"
+    write_v1(root, _unit(3), ["a", "b", "c"], ["x", "y", "z"], [{}, {}, {}])
+    first, second = Gallery.load(root), Gallery.load(root)  # two processes that loaded the same format-1 folder
+    first.add(_unit(1, seed=1), ids=["from-first"])
+    first.commit()  # migrates the folder to the current format
+    second.add(_unit(1, seed=2), ids=["from-second"])
+    with pytest.raises(InputError, match="changed by another process"):
+        second.commit()
+    assert sorted(Gallery.load(root).ids) == ["a", "b", "c", "from-first"]  # the first commit stands
+    assert "from-second" in second  # and the refused changes are still there to repeat
+
+
+LINKS = {
+    "vectors file": lambda root, version: version / "vectors.f32",
+    "database": lambda root, version: version / "gallery.db",
+    "version folder": lambda root, version: version,
+    "lock file": lambda root, version: root / ".lock",
+}
+
+
+@pytest.mark.parametrize("case", sorted(LINKS))
+def test_a_gallery_never_follows_a_link_out_of_its_folder(case, tmp_path):
+    root, version = _saved(tmp_path)
+    for extra in ("gallery.db-wal", "gallery.db-shm"):
+        (version / extra).unlink(missing_ok=True)
+    inside = LINKS[case](root, version)
+    outside = tmp_path / "outside" / inside.name
+    outside.parent.mkdir()
+    if case == "lock file":
+        inside.unlink()  # a link to a file that does not exist yet: following it would create it
+    else:
+        os.rename(inside, outside)
+    before = outside.read_bytes() if outside.is_file() else None
+    inside.symlink_to(outside)
+    with pytest.raises(InputError, match="link") as e:
+        Gallery.load(root)
+    assert "restore" in str(e.value) or "remove the link" in str(e.value)
+    assert (outside.read_bytes() if outside.is_file() else None) == before  # nothing written, nothing created
+
+
+def test_a_vector_file_linked_after_load_is_not_written_through(tmp_path, monkeypatch):
+    from lcr_sdk.gallery import store
+
+    monkeypatch.setattr(store, "TAIL_ROWS", 2)  # the next commits append the tail to the vector file
+    root, version = _saved(tmp_path)
+    g = Gallery.load(root)
+    outside = tmp_path / "outside.f32"
+    os.rename(version / "vectors.f32", outside)
+    (version / "vectors.f32").symlink_to(outside)
+    before = outside.read_bytes()
+    g.add(_unit(2, seed=3), ids=["n1", "n2"])
+    with pytest.raises(InputError, match="vectors.f32 is a symbolic link"):
+        g.commit()
+    assert outside.read_bytes() == before
+
+
+def test_a_format_1_gallery_never_follows_a_link_out_of_its_folder(tmp_path):
+    _v1(tmp_path / "g", V1_HEADER)
+    vectors = tmp_path / "g" / "v000001" / "vectors.npy"
+    os.rename(vectors, tmp_path / "elsewhere.npy")
+    vectors.symlink_to(tmp_path / "elsewhere.npy")
+    with pytest.raises(InputError, match="link"):
+        Gallery.load(tmp_path / "g")
+
+
+@pytest.mark.parametrize("stored", ["../outside.png", "sub/../../outside.png", "ABSOLUTE"])
+def test_stored_image_paths_that_leave_the_image_root_are_refused(stored, tmp_path):
+    import cv2
+
+    (tmp_path / "images" / "sub").mkdir(parents=True)
+    cv2.imwrite(str(tmp_path / "outside.png"), np.full((32, 32, 3), 200, np.uint8))  # a readable image, outside
+    path = str(tmp_path / "outside.png") if stored == "ABSOLUTE" else stored
+    g = Gallery(8)
+    g.add(_unit(1), ids=["x"], metadata=[{"path": path}])
+    g.image_root = str(tmp_path / "images")
+    g.save(tmp_path / "g")
+    h = Gallery.load(tmp_path / "g")
+    for read in (lambda: h.image("x"), lambda: h.image_path("x"), lambda: h.search(_unit(1)[0])[0].image()):
+        with pytest.raises(InputError, match="leaves the gallery's image root"):
+            read()
+    with pytest.raises(InputError, match="leaves the gallery's image root"):
+        h.rebuild(None)  # refused while locating the images, before any model is used
+
+
+STORED_ITEMS = {
+    "metadata not an object": ("UPDATE items SET metadata = '[1, 2]' WHERE id = 'i0'", "not a JSON object"),
+    "metadata not JSON": ("UPDATE items SET metadata = '{broken' WHERE id = 'i0'", "not JSON"),
+    "metadata NaN": ("""UPDATE items SET metadata = '{"x": NaN}' WHERE id = 'i0'""", "not JSON"),
+    "metadata nested 200k deep": (
+        "UPDATE items SET metadata = ? WHERE id = 'i0'",
+        "nested",
+    ),
+    "label a BLOB": ("UPDATE items SET label = X'68690a' WHERE id = 'i0'", "label"),
+    "id a BLOB": ("UPDATE items SET id = X'6930' WHERE id = 'i0'", "id"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(STORED_ITEMS))
+def test_a_damaged_stored_item_is_one_error_naming_it(case, tmp_path):
+    statement, match = STORED_ITEMS[case]
+    root, version = _saved(tmp_path)
+    params = ("[" * 200_000 + "]" * 200_000,) if "?" in statement else ()
+    _sql(version, statement, *params)
+    g = Gallery.load(root)  # items are checked as they are read, not all at load
+    for read in (lambda: g.metadata, lambda: g.search(_unit(6)[0], k=6), lambda: g.verify()):
+        with pytest.raises(InputError, match=match) as e:
+            read()
+        assert "damaged" in str(e.value) and "rebuild" in str(e.value)
+
+
+def _huge_png_header(side: int = 50_000) -> bytes:
+    """A 57-byte PNG whose header declares side x side pixels (a decoder would allocate them all)."""
+    import struct
+    import zlib
+
+    ihdr = b"IHDR" + struct.pack(">IIBBBBB", side, side, 8, 2, 0, 0, 0)
+    idat = b"IDAT" + zlib.compress(b"")
+    return b"\x89PNG\r\n\x1a\n" + b"".join(
+        struct.pack(">I", len(c) - 4) + c + struct.pack(">I", zlib.crc32(c)) for c in (ihdr, idat, b"IEND")
+    )
+
+
+def _gallery_with_a_huge_crop(tmp_path: Path) -> Path:
+    g = Gallery(8)
+    g.add(_unit(1), ids=["live"], crops=[np.full((32, 32, 3), 128, np.uint8)])
+    version = g.save(tmp_path / "g")
+    g.close()
+    _sql(version, "UPDATE crops SET image = ?", _huge_png_header())
+    return tmp_path / "g"
+
+
+def test_a_stored_crop_declaring_a_huge_size_is_one_error_not_a_decode(tmp_path):
+    g = Gallery.load(_gallery_with_a_huge_crop(tmp_path))
+    with pytest.raises(InputError, match=r"stored crop of gallery item 'live' is a PNG of 50000 x 50000 pixels"):
+        g.image("live")
+
+
+@pytest.mark.torch
+def test_rebuilding_from_a_stored_crop_declaring_a_huge_size_is_one_error_and_keeps_the_gallery(model, tmp_path):
+    root = _gallery_with_a_huge_crop(tmp_path)
+    before = sorted(p.name for p in root.iterdir())  # no new version folder is written
+    r = runner.invoke(app, ["gallery", "rebuild", str(root), "--model", str(model)])
+    assert r.exit_code == 1 and "50000 x 50000" in r.output and "Traceback" not in r.output, r.output
+    assert len([ln for ln in r.output.splitlines() if ln.startswith("Error:")]) == 1
+    assert sorted(p.name for p in root.iterdir()) == before and Gallery.load(root).ids == ["live"]
+
+
+def test_metadata_nested_too_deep_is_refused_by_add(tmp_path):
+    deep: list = []
+    for _ in range(200_000):
+        deep = [deep]
+    g = Gallery(8)
+    with pytest.raises(InputError, match="nested"):
+        g.add(_unit(1), metadata=[{"x": deep}])
+    assert len(g) == 0
+
+
+@pytest.mark.parametrize(
+    "content, match",
+    [
+        (("[" * 200_000 + "]" * 200_000).encode(), "nested"),
+        (b'{"arch": "resnet18", "method": "caf\xe9"}', "UTF-8"),  # Latin-1, not UTF-8
+    ],
+    ids=["nested 200k deep", "not UTF-8"],
+)
+def test_a_damaged_model_sidecar_is_one_error(content, match, tmp_path):
+    from lcr_sdk.errors import ModelError
+    from lcr_sdk.manifest import read_manifest
+
+    (tmp_path / "m.onnx").write_bytes(b"not read: the sidecar is")
+    (tmp_path / "m.onnx.json").write_bytes(content)
+    with pytest.raises(ModelError, match=match):
+        read_manifest(tmp_path / "m.onnx")
+
+
+def test_gallery_info_json_never_prints_a_stored_nan(tmp_path):
+    root, version = _saved(tmp_path)
+    _set_calibration(version, threshold=float("nan"))
+    r = runner.invoke(app, ["gallery", "info", str(root), "--json"])
+    assert r.exit_code == 1 and "NaN" not in r.stdout and "calibration" in r.output
+    assert len([ln for ln in r.output.splitlines() if ln.startswith("Error:")]) == 1
 
 
 # -- save targets, locks, permissions ------------------------------------------------------------------------------
@@ -374,6 +585,30 @@ def test_full_disk_during_commit_is_one_error_and_keeps_everything(tmp_path):
         ]
     finally:
         subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+
+
+def test_a_full_disk_quota_during_commit_is_the_full_disk_error(tmp_path, monkeypatch):
+    # no quota can be set up here: the vector file's append (os.pwrite, the lowest-level write of a commit) fails
+    # with EDQUOT as it does on a filesystem whose user quota is used up
+    import errno
+
+    from lcr_sdk.gallery import store
+
+    monkeypatch.setattr(store, "TAIL_ROWS", 2)  # the next commit appends the tail to the vector file
+    root, _ = _saved(tmp_path)
+    g = Gallery.load(root)
+    g.add(_unit(2, seed=3), ids=["n1", "n2"])
+    real = os.pwrite
+
+    def over_quota(fd: int, data: bytes, offset: int) -> int:
+        raise OSError(errno.EDQUOT, os.strerror(errno.EDQUOT))
+
+    monkeypatch.setattr(os, "pwrite", over_quota)
+    with pytest.raises(InputError, match=r"disk is full \(.* MiB free.*quota") as e:
+        g.commit()
+    assert "\n" not in str(e.value)
+    monkeypatch.setattr(os, "pwrite", real)
+    assert sorted(Gallery.load(root).ids) == sorted([f"i{i}" for i in range(6)] + ["n1", "n2"])  # nothing lost
 
 
 # -- the CLI and the build example ----------------------------------------------------------------------------------
@@ -488,6 +723,41 @@ def test_gallery_rebuild_with_missing_images_refuses_before_work_then_skips_when
     r = runner.invoke(app, ["gallery", "rebuild", str(out), "--model", str(model), "--skip-missing", "--json"])
     assert r.exit_code == 0, r.output
     assert len(json.loads(r.output)["skipped"]) == 3 and len(Gallery.load(out)) == 13
+
+
+@pytest.mark.torch
+def test_rebuilding_a_format_1_gallery_in_place_while_another_process_commits_loses_nothing(
+    model, synth_root, tmp_path
+):
+    from lcr_sdk.embedder import Embedder
+    from lcr_sdk.gallery.legacy import write_v1
+
+    folder = synth_root / "test"
+    images = sorted(folder.glob("*/*.png"))[:4]
+    rel = [p.relative_to(folder).as_posix() for p in images]
+    root = tmp_path / "g"
+    labels = [p.parent.name for p in images]
+    write_v1(root, _unit(4), rel, labels, [{"path": r} for r in rel], image_root=str(folder))
+    g = Gallery.load(root)
+
+    class CommitsMeanwhile:
+        """The real embedder; while its first batch is embedded, another process commits to the gallery."""
+
+        def __init__(self, emb: Embedder):
+            self.emb, self.manifest, self.model_id, self.done = emb, emb.manifest, emb.model_id, False
+
+        def embed(self, imgs: list) -> np.ndarray:
+            if not self.done:
+                other = Gallery.load(root)
+                other.add(_unit(1, seed=9), ids=["meanwhile"])
+                other.commit()
+                self.done = True
+            return self.emb.embed(imgs)
+
+    with Embedder(model) as emb:
+        with pytest.raises(InputError, match="changed while it was re-embedded"):
+            g.rebuild(CommitsMeanwhile(emb), progress=False)
+    assert sorted(Gallery.load(root).ids) == sorted([*rel, "meanwhile"])  # the other commit stands
 
 
 @pytest.mark.torch

@@ -178,8 +178,9 @@ def test_a_stopped_demo_finishes_its_video_and_exits_130(model, gallery, tmp_pat
         (["--threshold", "7"], 2, "--threshold"),
         (["--threshold", "high"], 2, "--threshold"),
         (["--quality", "maybe"], 2, "--quality"),
+        (["--max-spread", "0"], 2, "--max-spread"),
     ],
-    ids=["log in a missing folder", "log is a folder", "top-k 0", "threshold 7", "threshold word", "quality"],
+    ids=["log in a missing folder", "log is a folder", "top-k 0", "threshold 7", "threshold word", "quality", "spread"],
 )
 def test_retrieval_demo_refuses_bad_options_in_one_line(model, gallery, tmp_path, extra, code, match):
     clip = _clip(tmp_path / "in.mp4")

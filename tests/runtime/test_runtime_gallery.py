@@ -601,6 +601,24 @@ def _cli(*args: object):
     return r.output
 
 
+SOURCE = "rtsp://admin:hunter2@cam/stream"
+
+
+def test_source_credentials_are_never_stored(tmp_path):
+    g = Gallery(8)
+    meta = {"source": SOURCE, "seen": ["http://u:hunter2@cam/snap?token=hunter2"], "path": "a/b.png"}
+    g.add(_unit(1, 8), ids=["a"], metadata=[meta])
+    assert g.metadata == [
+        {"source": "rtsp://admin:***@cam/stream", "seen": ["http://u:***@cam/snap?token=***"], "path": "a/b.png"}
+    ]
+    g.save(tmp_path / "g")
+    g.add(_unit(1, 8, seed=1), ids=["b"], metadata=[{"source": SOURCE}])
+    g.commit()  # a commit into the saved gallery (SQLite's write-ahead log) as well as the first save
+    g.close()
+    stored = b"".join(p.read_bytes() for p in (tmp_path / "g").rglob("*") if p.is_file())
+    assert b"hunter2" not in stored and b"admin:***@cam" in stored
+
+
 @pytest.mark.torch
 def test_cli_float16_gallery_matches_float32(cli_models, synth_root, tmp_path):
     lcr, _ = cli_models
@@ -613,6 +631,23 @@ def test_cli_float16_gallery_matches_float32(cli_models, synth_root, tmp_path):
         b = json.loads(_cli("gallery", "search", tmp_path / "f16", lcr, query, "--json", "--threshold", "none"))
         assert a[0]["id"] == b[0]["id"]
         assert max(abs(x["score"] - y["score"]) for x, y in zip(a, b)) < 2e-3
+
+
+@pytest.mark.torch
+def test_cli_never_prints_credentials_a_gallery_stored_before_they_were_redacted(cli_models, synth_root, tmp_path):
+    import sqlite3
+
+    lcr, _ = cli_models
+    _cli("gallery", "build", lcr, synth_root / "train", "--out", tmp_path / "g", "--quality", "off")
+    version = next(p for p in (tmp_path / "g").iterdir() if p.is_dir())
+    db = sqlite3.connect(version / "gallery.db")  # as an older SDK stored it: the source as given
+    db.execute("UPDATE items SET metadata = ?", (json.dumps({"source": SOURCE}),))
+    db.commit()
+    db.close()
+    query = sorted((synth_root / "train").glob("*/*.png"))[0]
+    out = _cli("gallery", "search", tmp_path / "g", lcr, query, "--json", "-k", "3")
+    assert [h["metadata"]["source"] for h in json.loads(out)] == ["rtsp://admin:***@cam/stream"] * 3
+    assert "hunter2" not in out + _cli("gallery", "search", tmp_path / "g", lcr, query)
 
 
 @pytest.mark.torch
