@@ -51,6 +51,8 @@ def export_onnx(net, manifest: Manifest, path: str | os.PathLike) -> None:
         # A "SAME" padding's constant pad amounts are traced with a reversing Slice the exporter cannot fold; it
         # says so, and fuse_pads evaluates and folds them into the Conv below.
         warnings.filterwarnings("ignore", message="Constant folding - Only steps=1", category=UserWarning)
+        # ... and its sizes are read as Python integers on purpose: constants at the manifest's input size.
+        warnings.filterwarnings("ignore", message="Converting a tensor to a Python integer", module="lcr_sdk")
         torch.onnx.export(
             model,
             (dummy,),

@@ -14,8 +14,9 @@ well. (The benchmark's other protocol, a ResNet-18 pretrained with labels on the
     OUT/report/                           metrics.json, attention.png, retrieval.png, curves.png, index.html
     OUT/lcr.onnx (+ .json), OUT/gallery/  when the export extra is installed: the exported model and a gallery
 
-The default budget is one seed of ``benchmarks/bench_protocol.py`` at its defaults, so the report's verdict on
-LCR against MoCo v2 is read against that benchmark's seed spread (docs/BENCHMARKS.md).
+The default budget is one seed of ``benchmarks/bench_protocol.py --start imagenet --arch efficientnet_lite0 --lr
+0.03`` (its other settings at their defaults), so the report's verdict on LCR against MoCo v2 is read against that
+benchmark's seed spread (docs/BENCHMARKS.md) once it is measured; until then the verdict says it has none.
 """
 
 from __future__ import annotations
