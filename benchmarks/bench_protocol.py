@@ -401,7 +401,7 @@ def goals(out: Path, lcr: str, seeds: list[int], split: str) -> list[str]:
 def reference_entry(args: argparse.Namespace, names: list[str]) -> dict | None:
     """This protocol's entry for the quickstart's reference results file (test split, rows 'lcr' and 'moco')."""
     from lcr_sdk.synth import ProtocolConfig
-    from lcr_sdk.train.quickstart import START_SOURCE, Budget, protocol_key
+    from lcr_sdk.train.quickstart import START_IMAGENET, START_SOURCE, Budget, protocol_key
 
     res = collect(args.out, with_diagnostics(["moco", "lcr"]), args.seeds, "test")
     diffs = differences(args.out, "lcr", "moco", args.seeds, "test")
@@ -418,7 +418,8 @@ def reference_entry(args: argparse.Namespace, names: list[str]) -> dict | None:
         seed=args.data_seed,
     )
     budget = Budget(data, pre_epochs=args.pre_epochs, epochs=args.epochs, batch_size=args.batch_size)
-    key = protocol_key(args.arch, START_SOURCE, budget, args.lr, args.pre_lr, args.warmup_epochs, args.moco_m)
+    start = START_IMAGENET if args.start == "imagenet" else START_SOURCE
+    key = protocol_key(args.arch, start, budget, args.lr, args.pre_lr, args.warmup_epochs, args.moco_m)
 
     def row(name: str) -> dict:
         values = [100 * r["mAP"] for r in res.get(name, [])]

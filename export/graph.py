@@ -53,6 +53,11 @@ def export_onnx(net, manifest: Manifest, path: str | os.PathLike) -> None:
         # The TorchScript exporter is deprecated in favour of dynamo and says so; that choice is deliberate.
         warnings.simplefilter("ignore", category=FutureWarning)
         warnings.simplefilter("ignore", category=DeprecationWarning)
+        # A "SAME" padding's constant pad amounts are traced with a reversing Slice the exporter cannot fold; it
+        # says so, and fuse_pads evaluates and folds them into the Conv below.
+        warnings.filterwarnings("ignore", message="Constant folding - Only steps=1", category=UserWarning)
+        # ... and its sizes are read as Python integers on purpose: constants at the manifest's input size.
+        warnings.filterwarnings("ignore", message="Converting a tensor to a Python integer", module="lcr_sdk")
         torch.onnx.export(
             model,
             (dummy,),

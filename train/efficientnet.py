@@ -178,9 +178,10 @@ def imagenet_state_dict(arch: str) -> dict[str, torch.Tensor]:
     return dict(state)
 
 
-def imagenet_checkpoint(path, arch: str, image_size: int, num_parts: int = 32, seed: int = 0):
-    """Write an lcr-sdk checkpoint of ``arch`` with its ImageNet weights and uniform pooling (method 'moco'): the
-    "ImageNet only" row, and the starting backbone of a run with ``--pretrained`` pointing at it.
+def imagenet_checkpoint(path, arch: str, image_size: int, num_parts: int = 32, seed: int = 0, method: str = "moco"):
+    """Write an lcr-sdk checkpoint of ``arch`` with its ImageNet weights: with method 'moco' (uniform pooling) the
+    "ImageNet only" row, and the starting backbone of a run with ``--pretrained`` pointing at it; with 'lcr' the
+    GFB is randomly initialised (``seed``), what export tests and speed benchmarks need.
 
     Returns:
         The checkpoint's path.
@@ -188,7 +189,8 @@ def imagenet_checkpoint(path, arch: str, image_size: int, num_parts: int = 32, s
     from lcr_sdk.train.checkpoint import save_checkpoint
     from lcr_sdk.train.model import LCRNet, load_backbone
 
-    net = LCRNet(arch, "moco", num_parts)
+    torch.manual_seed(seed)
+    net = LCRNet(arch, method, num_parts)
     load_backbone(net, imagenet_state_dict(arch), f"the {weights_package(arch)} weights")
-    config = {"arch": arch, "method": "moco", "num_parts": num_parts, "image_size": image_size, "seed": seed}
+    config = {"arch": arch, "method": method, "num_parts": num_parts, "image_size": image_size, "seed": seed}
     return save_checkpoint(path, {"config": config, "model": net.eval().state_dict(), "metrics": {"imagenet": True}})

