@@ -20,6 +20,7 @@ still means the mean colour.
 from __future__ import annotations
 
 import os
+import typing
 import warnings
 from collections import Counter
 
@@ -186,7 +187,8 @@ def _constant_values(proto, names: list[str]) -> dict:
             initializer=[t for name, t in inits.items() if name in used],
         )
         model = helper.make_model(sub, opset_imports=proto.opset_import)
-        values.update(zip(wanted, ReferenceEvaluator(model).run(None, {}), strict=True))
+        results = typing.cast("list", ReferenceEvaluator(model).run(None, {}))
+        values.update(zip(wanted, results, strict=True))
     return values
 
 

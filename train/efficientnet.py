@@ -27,8 +27,15 @@ BN_EPS = 1e-3  # TensorFlow's default, what the weights were trained with (PyTor
 STEM_CHANNELS = 32
 HEAD_CHANNELS = 1280
 # (expand ratio, kernel, stride, output channels, repeats) of the seven stages of EfficientNet-B0 / Lite0.
-STAGES = ((1, 3, 1, 16, 1), (6, 3, 2, 24, 2), (6, 5, 2, 40, 2), (6, 3, 2, 80, 3), (6, 5, 1, 112, 3), (6, 5, 2, 192, 4))
-STAGES = (*STAGES, (6, 3, 1, 320, 1))
+STAGES: tuple[tuple[int, int, int, int, int], ...] = (
+    (1, 3, 1, 16, 1),
+    (6, 3, 2, 24, 2),
+    (6, 5, 2, 40, 2),
+    (6, 3, 2, 80, 3),
+    (6, 5, 1, 112, 3),
+    (6, 5, 2, 192, 4),
+    (6, 3, 1, 320, 1),
+)
 # arch -> (width multiplier, depth multiplier, the resolution the ImageNet weights were trained at)
 VARIANTS = {
     "efficientnet_lite0": (1.0, 1.0, 224),

@@ -30,6 +30,7 @@ update is the same as without the measurement.
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
 
 import torch
 import torch.distributed as dist
@@ -139,7 +140,7 @@ def released_fitting_loss(cam: torch.Tensor, attn: torch.Tensor) -> torch.Tensor
     return F.kl_div(pred, target, reduction="sum", log_target=True)
 
 
-def grad_norm(loss: torch.Tensor, params: list[torch.Tensor]) -> torch.Tensor:
+def grad_norm(loss: torch.Tensor, params: Sequence[torch.Tensor]) -> torch.Tensor:
     """L2 norm of d loss / d params (all of them together), the graph kept; 0 where ``loss`` does not reach."""
     if not loss.requires_grad:
         return torch.zeros((), device=loss.device)

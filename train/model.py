@@ -15,6 +15,7 @@ DeployModel wraps them with the in-graph preprocessing (uint8 NHWC BGR in), whic
 
 from __future__ import annotations
 
+import typing
 from collections.abc import Mapping
 
 import torch
@@ -100,13 +101,16 @@ class LCRNet(nn.Module):
         b = self.backbone
         if isinstance(b, EfficientNetLite):
             return b(x)
-        x = b.maxpool(b.relu(b.bn1(b.conv1(x))))
-        return b.layer4(b.layer3(b.layer2(b.layer1(x))))
+        resnet = typing.cast(torchvision.models.ResNet, b)
+        x = resnet.maxpool(resnet.relu(resnet.bn1(resnet.conv1(x))))
+        return resnet.layer4(resnet.layer3(resnet.layer2(resnet.layer1(x))))
 
     def stem_conv(self) -> nn.Conv2d:
         """The first convolution (3 input channels, no bias): export folds the input scaling into its weights."""
         b = self.backbone
-        return b._conv_stem if isinstance(b, EfficientNetLite) else b.conv1
+        if isinstance(b, EfficientNetLite):
+            return b._conv_stem
+        return typing.cast(torchvision.models.ResNet, b).conv1
 
     def parts(self, feats: torch.Tensor) -> torch.Tensor | None:
         """Part maps P, B x K x h x w (None for 'moco')."""
