@@ -13,7 +13,6 @@ Written atomically (temp file + rename), so a killed run never leaves a half-wri
 
 from __future__ import annotations
 
-import errno
 import glob
 import os
 import pickle
@@ -29,7 +28,7 @@ import torch
 
 from lcr_sdk._version import __version__
 from lcr_sdk.errors import ModelError
-from lcr_sdk.fileio import atomic_path, mib
+from lcr_sdk.fileio import atomic_path, is_disk_full, mib
 
 FORMAT = "lcr-sdk-checkpoint"
 FORMAT_VERSION = 1
@@ -56,9 +55,7 @@ def save_checkpoint(path: str | os.PathLike, ckpt: dict[str, Any]) -> Path:
             raise KeyboardInterrupt(f"interrupted while saving {path}; the previous checkpoint is kept") from e
         needed = _nbytes(ckpt)
         free = shutil.disk_usage(path.parent).free if path.parent.is_dir() else None
-        full = getattr(e, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or (
-            isinstance(e, RuntimeError) and free is not None and free < needed
-        )
+        full = is_disk_full(e) or (isinstance(e, RuntimeError) and free is not None and free < needed)
         if full or isinstance(e, OSError):
             raise write_error(path, e, needed, full) from e
         raise

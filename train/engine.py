@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import errno
 import json
 import logging
 import math
@@ -31,7 +30,7 @@ from torch import nn
 from tqdm import tqdm  # type: ignore[import-untyped]
 
 from lcr_sdk.errors import InputError, ModelError
-from lcr_sdk.fileio import atomic_write_text
+from lcr_sdk.fileio import atomic_write_text, is_disk_full
 from lcr_sdk.manifest import normalisation
 from lcr_sdk.train.augment import moco_v2
 from lcr_sdk.train.checkpoint import (
@@ -155,7 +154,7 @@ def _writing(path: Path) -> Iterator[Path]:
     try:
         yield path
     except OSError as e:
-        raise write_error(path, e, full=e.errno in (errno.ENOSPC, errno.EDQUOT)) from e
+        raise write_error(path, e, full=is_disk_full(e)) from e
 
 
 def _unwrapped(model: nn.Module) -> nn.Module:
