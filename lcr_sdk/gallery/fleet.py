@@ -44,10 +44,9 @@ from pathlib import Path
 from typing import Any, cast
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-import cv2
 import numpy as np
 
-from lcr_sdk.errors import InputError, LcrError, ModelError, require
+from lcr_sdk.errors import InputError, LcrError, ModelError, import_platform, require
 from lcr_sdk.gallery import Calibration, Gallery, Hit, Quality, check_quality
 from lcr_sdk.gallery.explain import MAX_SPREAD
 
@@ -181,7 +180,7 @@ def _crop_chunks(image: Any, what: str) -> list[str]:
     from lcr_sdk.images import to_bgr
 
     img = to_bgr(image)
-    ok, data = cv2.imencode(".png", img)
+    ok, data = import_platform("cv2").imencode(".png", img)
     if not ok:
         raise InputError(f"{what} of shape {img.shape} could not be encoded as PNG")
     text = base64.b64encode(data.tobytes()).decode("ascii")
@@ -198,6 +197,7 @@ def decode_crop(chunks: Sequence[str] | None) -> np.ndarray | None:
     """The BGR image stored in a row's ``crop`` chunks (None when it has none)."""
     if not chunks:
         return None
+    cv2 = import_platform("cv2")
     img = cv2.imdecode(np.frombuffer(base64.b64decode("".join(chunks)), np.uint8), cv2.IMREAD_COLOR)
     return img if img is not None else None
 
