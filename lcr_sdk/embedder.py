@@ -14,7 +14,6 @@ rule (:func:`lcr_sdk.images.resize_to`); cast, colour order and normalisation li
 from __future__ import annotations
 
 import os
-import stat
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -151,22 +150,6 @@ def _to_image(
     return out
 
 
-def check_image_file(path: str | os.PathLike[str]) -> None:
-    """Refuse a path that exists but is not a regular file (a FIFO or device would block the decoder forever, a
-    folder cannot be decoded); a missing path is left to the reader, which names it.
-
-    Raises:
-        InputError: naming the path and what it is.
-    """
-    try:
-        mode = os.stat(path).st_mode
-    except OSError:
-        return
-    if not stat.S_ISREG(mode):
-        what = "a folder" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode) else "not a regular file"
-        raise InputError(f"image {os.fspath(path)} is {what}; give an image file (.jpg, .png, ...)")
-
-
 def _concat(arrays: list[Any]) -> Any:
     """Concatenate numpy arrays or torch tensors along the batch axis."""
     if isinstance(arrays[0], np.ndarray):
@@ -249,7 +232,6 @@ class Embedder:
         """
         spec = self.manifest.input
         if isinstance(image, (str, os.PathLike)):
-            check_image_file(image)
             image = read_image(image, min_size=(spec.height, spec.width))
         return resize_to(to_bgr(image, color), spec.height, spec.width, spec.resize, spec.interpolation)
 

@@ -171,6 +171,19 @@ def read_image(
             read), larger than :data:`MAX_FILE_BYTES`, not a decodable image of a format this reader knows, above
             the pixel limit, or smaller than 8 px on a side.
     """
+    p = check_image_file(path)
+    data = np.fromfile(p, dtype=np.uint8)
+    return decode_image(data, str(p), min_size, limit)
+
+
+def check_image_file(path: str | os.PathLike[str]) -> Path:
+    """What :func:`read_image` checks before it reads: the path exists, is a regular file (a folder cannot be
+    decoded; a FIFO or device would block the read) and is at most :data:`MAX_FILE_BYTES`. Nothing is opened.
+    Callers that take many images check them all this way before loading a model.
+
+    Raises:
+        InputError: naming the path, what it is and what to give instead.
+    """
     p = Path(path)
     if not p.exists():
         raise InputError(
@@ -187,8 +200,7 @@ def read_image(
             f"{p} is {st.st_size / 2**30:.1f} GiB, larger than any image this reader accepts "
             f"({MAX_FILE_BYTES / 2**30:.0f} GiB); downscale it or pass a smaller copy"
         )
-    data = np.fromfile(p, dtype=np.uint8)
-    return decode_image(data, str(p), min_size, limit)
+    return p
 
 
 def _file_kind(mode: int) -> str:

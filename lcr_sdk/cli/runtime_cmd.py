@@ -6,13 +6,9 @@ nothing else there (notes and warnings go to stderr).
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import os
-import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -38,7 +34,6 @@ def embedder_for(model: Path, backend: str | None, device: str | None) -> Embedd
 
 
 MAX_BENCH_BATCH = 256  # bench holds this many 640x480 frames (225 MiB) and the batch at the model's size
-EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE: what a standard tool killed by SIGPIPE returns (`... | head`)
 
 
 def _check_out_file(out: Path, option: str = "--out", inputs: tuple[Path, ...] = ()) -> None:
@@ -66,27 +61,10 @@ def _read_only(folder: Path) -> bool:
 
 def _check_images(images: list[Path]) -> None:
     """Every image argument exists and is a regular file (a FIFO would block the decoder): before the model loads."""
-    from lcr_sdk.embedder import check_image_file
+    from lcr_sdk.images import check_image_file
 
     for p in images:
-        if not p.exists():
-            raise InputError(f"image file {p} does not exist; pass the path of a readable image")
         check_image_file(p)
-
-
-@contextlib.contextmanager
-def _stdout_may_close() -> Iterator[None]:
-    """A reader that stops early (``lcr-sdk embed ... | head``) ends the command quietly, like a standard tool
-    killed by SIGPIPE: no error line, exit code 141."""
-    try:
-        yield
-    except BrokenPipeError:
-        try:  # the interpreter flushes stdout again at exit: point it at /dev/null so that flush cannot fail
-            devnull = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(devnull, sys.stdout.fileno())
-        except (OSError, ValueError, io.UnsupportedOperation):
-            pass
-        raise typer.Exit(EXIT_BROKEN_PIPE) from None
 
 
 def _check_model(model: Path) -> None:
@@ -119,17 +97,16 @@ def embed(
     if out is not None:
         with atomic_path(out) as tmp, open(tmp, "wb") as f:
             np.save(f, vectors)
-    with _stdout_may_close():
-        if as_json:
-            doc: dict[str, Any] = {"model": str(model), "provider": provider, "dim": int(vectors.shape[1])}
-            doc["out"] = str(out) if out is not None else None
-            doc["embeddings"] = [{"image": str(p), "vector": v.tolist()} for p, v in zip(images, vectors, strict=True)]
-            typer.echo(json.dumps(doc, allow_nan=False))
-        elif out is not None:
-            typer.echo(f"wrote {vectors.shape[0]} x {vectors.shape[1]} embeddings to {out}")
-        else:
-            for p, v in zip(images, vectors, strict=True):
-                typer.echo(f"{p}  [{', '.join(f'{x:+.4f}' for x in v[:6])}, ...]  D={len(v)}")
+    if as_json:
+        doc: dict[str, Any] = {"model": str(model), "provider": provider, "dim": int(vectors.shape[1])}
+        doc["out"] = str(out) if out is not None else None
+        doc["embeddings"] = [{"image": str(p), "vector": v.tolist()} for p, v in zip(images, vectors, strict=True)]
+        typer.echo(json.dumps(doc, allow_nan=False))
+    elif out is not None:
+        typer.echo(f"wrote {vectors.shape[0]} x {vectors.shape[1]} embeddings to {out}")
+    else:
+        for p, v in zip(images, vectors, strict=True):
+            typer.echo(f"{p}  [{', '.join(f'{x:+.4f}' for x in v[:6])}, ...]  D={len(v)}")
 
 
 def attention(
@@ -164,20 +141,19 @@ def attention(
     with atomic_path(out) as tmp:
         tmp.write_bytes(data.tobytes())
     peaks = sorted(r.peaks, key=lambda p: -p[3])
-    with _stdout_may_close():
-        if as_json:
-            doc = {
-                "model": str(model),
-                "image": str(image),
-                "out": str(out),
-                "provider": provider,
-                "peaks": [{"part": k, "x": x, "y": y, "score": s} for k, x, y, s in peaks],
-            }
-            typer.echo(json.dumps(doc, allow_nan=False))
-            return
-        typer.echo(f"wrote {out}")
-        for k, x, y, s in peaks[:5]:
-            typer.echo(f"part {k:>2}: peak at x={x}, y={y}, score {s:.3f}")
+    if as_json:
+        doc = {
+            "model": str(model),
+            "image": str(image),
+            "out": str(out),
+            "provider": provider,
+            "peaks": [{"part": k, "x": x, "y": y, "score": s} for k, x, y, s in peaks],
+        }
+        typer.echo(json.dumps(doc, allow_nan=False))
+        return
+    typer.echo(f"wrote {out}")
+    for k, x, y, s in peaks[:5]:
+        typer.echo(f"part {k:>2}: peak at x={x}, y={y}, score {s:.3f}")
 
 
 def bench_embedder(
@@ -263,19 +239,15 @@ def bench(
             f"frames 640x480 -> {m.input.width}x{m.input.height}"
         )
         if not as_json:
-            with _stdout_may_close():
-                typer.echo(header)
+            typer.echo(header)
         rows = bench_embedder(emb, batches, iters, warmup)
         doc = {"model": str(model), "backend": emb.backend_name, "provider": emb.provider, "rows": rows}
-    with _stdout_may_close():
-        if as_json:
-            typer.echo(json.dumps(doc))
-            return
-        typer.echo("| batch | mode | p50 ms | p99 ms | images/s |\n|---|---|---|---|---|")
-        for r in rows:
-            typer.echo(
-                f"| {r['batch']} | {r['mode']} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['images_per_s']:.1f} |"
-            )
+    if as_json:
+        typer.echo(json.dumps(doc))
+        return
+    typer.echo("| batch | mode | p50 ms | p99 ms | images/s |\n|---|---|---|---|---|")
+    for r in rows:
+        typer.echo(f"| {r['batch']} | {r['mode']} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['images_per_s']:.1f} |")
 
 
 def _this_machine(built: dict[str, Any] | None) -> str:
@@ -299,8 +271,7 @@ def info(model: ModelArg, backend: BackendOpt = None, as_json: JsonOpt = False) 
     _check_model(model)
     m = backend_for(model, backend).read_manifest(model)
     if as_json:
-        with _stdout_may_close():
-            typer.echo(m.to_json())
+        typer.echo(m.to_json())
         return
     spec = m.input
     lines = [
@@ -317,8 +288,7 @@ def info(model: ModelArg, backend: BackendOpt = None, as_json: JsonOpt = False) 
             f"engine: TensorRT {t.get('version')}, GPU {t.get('gpu')}, compute capability {t.get('compute_capability')}"
         )
         lines.append(_this_machine(m.tensorrt))
-    with _stdout_may_close():
-        typer.echo("\n".join(lines))
+    typer.echo("\n".join(lines))
 
 
 def register(app: typer.Typer) -> None:
