@@ -927,6 +927,19 @@ def connect(
     address, uri_token = split_uri(str(uri))
     token = token or uri_token or os.environ.get(TOKEN_ENV, "")
     shown = address if is_local(str(uri)) else redact(str(uri))
+    sha, dim = _check_connect(str(uri), address, collection, model, dim, timeout)
+    client = _client(pm, str(uri), address, token, timeout, shown)
+    try:
+        return _open(client, pm, shown, collection, sha, dim, index, device, create)
+    except BaseException:
+        client.close()
+        raise
+
+
+def _check_connect(
+    uri: str, address: str, collection: str, model: Any, dim: int | None, timeout: float
+) -> tuple[str, int | None]:
+    """:func:`connect`'s arguments checked before anything is contacted: (the model's sha256, the size)."""
     if not isinstance(collection, str) or not _NAME.match(collection):
         raise InputError(f"collection {collection!r} is not valid; use letters, digits and _ (not first a digit)")
     sha, model_dim = _model_of(model)
@@ -934,11 +947,16 @@ def connect(
         raise InputError(f"dim must be a positive int (the model's embedding_dim); got {dim!r}")
     if dim is not None and model_dim is not None and dim != model_dim:
         raise InputError(f"dim={dim} but the model's embeddings have {model_dim}; leave dim out")
-    dim = dim if dim is not None else model_dim
     if not isinstance(timeout, (int, float)) or not timeout > 0:
         raise InputError(f"timeout must be a positive number of seconds; got {timeout!r}")
-    if is_local(str(uri)) and not Path(address).parent.is_dir():
+    if is_local(uri) and not Path(address).parent.is_dir():
         raise InputError(f"cannot open {address}: folder {Path(address).parent} does not exist; create it first")
+    return sha, dim if dim is not None else model_dim
+
+
+def _client(pm: Any, uri: str, address: str, token: str, timeout: float, shown: str) -> Any:
+    """A pymilvus client of the server (or milvus-lite database) at ``address``; one error line when it does not
+    answer."""
     try:
         client = pm.MilvusClient(uri=address, token=token, timeout=timeout, dedicated=True)  # closed by close()
         if "milvus_lite" in str(client.get_server_version()):
@@ -951,7 +969,7 @@ def connect(
         if type(e).__name__ not in ("MilvusException", "ConnectionConfigException") and not isinstance(e, OSError):
             raise
         why = getattr(e, "message", "") or str(e) or "no answer"
-        if is_local(str(uri)):
+        if is_local(uri):
             raise LcrError(
                 f"cannot open the milvus-lite database {shown} ({why}): another process holds it, or it is not a "
                 f"milvus-lite database. Several processes share one through a server: "
@@ -961,11 +979,7 @@ def connect(
             f"cannot reach the fleet gallery server {shown} within {timeout:g} s ({why}); check that Milvus is "
             "running there (docs/FLEET.md), the address and port, and the network; or pass a longer timeout"
         ) from None
-    try:
-        return _open(client, pm, shown, collection, sha, dim, index, device, create)
-    except BaseException:
-        client.close()
-        raise
+    return client
 
 
 def _open(
