@@ -59,7 +59,6 @@ RECOMMENDED_CALIB_IMAGES = 300
 def to_fp16(proto):
     """Return a copy of an fp32 ONNX model with the convolutional trunk in float16 and everything else float32."""
     onnx = require("onnx", "export", "converting to fp16")
-    from onnx import TensorProto, helper, numpy_helper
 
     model = onnx.shape_inference.infer_shapes(proto)
     graph = model.graph
@@ -67,7 +66,6 @@ def to_fp16(proto):
     inits = {t.name: t for t in graph.initializer}
     types.update({name: t.data_type for name, t in inits.items()})
 
-    keep_float = preprocess_nodes(graph)
     # Constant outputs a float16 node reads become float16 initializers: the parser needs Clip's bounds as weights,
     # and a Cast of a Constant is a computed tensor to it.
     consts = {
@@ -76,8 +74,27 @@ def to_fp16(proto):
         if n.op_type == "Constant" and n.attribute and n.attribute[0].HasField("t")
     }
 
-    # The float16 region grows from the trunk's Convs: a Relu, Clip, MaxPool or Add runs in float16 only when its
-    # data input is already float16, so the head's Clips (the mask's range, the norm's epsilon) stay float32.
+    half_nodes, half_tensors = _half_region(graph, types, preprocess_nodes(graph))
+    # A graph output made by a float16 node gets a float32 Cast at the end under its own name.
+    half_outputs = half_tensors & {o.name for o in graph.output}
+    nodes = _with_casts(graph, half_nodes, half_outputs, inits, consts)
+    used = {x for n in nodes for x in n.input} | {o.name for o in graph.output}
+    nodes = [n for n in nodes if n.op_type != "Constant" or n.output[0] in used]  # Constants now initializers
+    graph.ClearField("node")
+    graph.node.extend(nodes)
+    kept = [t for t in graph.initializer if t.name in used]  # fp32 originals of converted weights go
+    graph.ClearField("initializer")
+    graph.initializer.extend(kept)
+    graph.ClearField("value_info")  # types changed; consumers re-infer
+    return model
+
+
+def _half_region(graph, types: dict[str, int], keep_float: set[str]) -> tuple[set[int], set[str]]:
+    """(indices of the nodes that run in float16, the tensors they make). The region grows from the trunk's Convs:
+    a Relu, Clip, MaxPool or Add runs in float16 only when its data input is already float16, so the head's Clips
+    (the mask's range, the norm's epsilon) stay float32."""
+    from onnx import TensorProto
+
     half_nodes, half_tensors = set(), set()
     for i, node in enumerate(graph.node):
         if (
@@ -88,49 +105,62 @@ def to_fp16(proto):
         ):
             half_nodes.add(i)
             half_tensors.update(node.output)
+    return half_nodes, half_tensors
 
-    # A graph output made by a float16 node gets a float32 Cast at the end under its own name.
-    half_outputs = half_tensors & {o.name for o in graph.output}
+
+def _with_casts(graph, half_nodes: set[int], half_outputs: set[str], inits: dict, consts: dict) -> list:
+    """The graph's nodes with float16 weights for the float16 nodes and a Cast wherever a tensor crosses between
+    the two precisions (one Cast per tensor and direction); outputs made in float16 end with a Cast to float32."""
+    from onnx import TensorProto, helper
+
     renamed = {name: f"{name}/fp16" for name in half_outputs}
-    nodes, half, casts = [], set(), {}
-
-    def cast(name: str, to: int) -> str:
-        key = (name, to)
-        if key not in casts:
-            casts[key] = f"{name}/to_{'fp16' if to == TensorProto.FLOAT16 else 'fp32'}"
-            nodes.append(helper.make_node("Cast", [name], [casts[key]], to=to, name=casts[key]))
-        return casts[key]
-
+    typer = _Retyper(graph, inits, consts)
     for index, node in enumerate(graph.node):
         want_half = index in half_nodes
         for i, x in enumerate(node.input):
-            x = renamed.get(x, x)
-            node.input[i] = x
-            if not x:
-                continue
-            if x in inits or (want_half and x in consts and consts[x].data_type == TensorProto.FLOAT):
-                if want_half and (inits[x] if x in inits else consts[x]).data_type == TensorProto.FLOAT:
-                    node.input[i] = _half_initializer(graph, inits, x, numpy_helper, consts.get(x))
-            elif want_half and x not in half:
-                node.input[i] = cast(x, TensorProto.FLOAT16)
-            elif not want_half and x in half:
-                node.input[i] = cast(x, TensorProto.FLOAT)
+            node.input[i] = typer.input(renamed.get(x, x), want_half)
         for i, o in enumerate(node.output):
             node.output[i] = renamed.get(o, o)
             if want_half:
-                half.add(node.output[i])
-        nodes.append(node)
+                typer.half.add(node.output[i])
+        typer.nodes.append(node)
     for name, tmp in renamed.items():
-        nodes.append(helper.make_node("Cast", [tmp], [name], to=TensorProto.FLOAT, name=f"{name}/to_fp32"))
-    used = {x for n in nodes for x in n.input} | {o.name for o in graph.output}
-    nodes = [n for n in nodes if n.op_type != "Constant" or n.output[0] in used]  # Constants now initializers
-    graph.ClearField("node")
-    graph.node.extend(nodes)
-    kept = [t for t in graph.initializer if t.name in used]  # fp32 originals of converted weights go
-    graph.ClearField("initializer")
-    graph.initializer.extend(kept)
-    graph.ClearField("value_info")  # types changed; consumers re-infer
-    return model
+        typer.nodes.append(helper.make_node("Cast", [tmp], [name], to=TensorProto.FLOAT, name=f"{name}/to_fp32"))
+    return typer.nodes
+
+
+class _Retyper:
+    """What a node reads, in the precision it runs in: float16 copies of float32 weights for float16 nodes, a
+    Cast (made once per tensor and direction) for a computed tensor of the other precision."""
+
+    def __init__(self, graph, inits: dict, consts: dict):
+        self.graph, self.inits, self.consts = graph, inits, consts
+        self.nodes: list = []
+        self.half: set[str] = set()
+        self.casts: dict[tuple[str, int], str] = {}
+
+    def input(self, x: str, want_half: bool) -> str:
+        from onnx import TensorProto, numpy_helper
+
+        if not x:
+            return x
+        weight = self.inits.get(x) if x in self.inits else self.consts.get(x) if want_half else None
+        if weight is not None:
+            if want_half and weight.data_type == TensorProto.FLOAT:
+                return _half_initializer(self.graph, self.inits, x, numpy_helper, self.consts.get(x))
+            return x
+        if want_half != (x in self.half):
+            return self.cast(x, TensorProto.FLOAT16 if want_half else TensorProto.FLOAT)
+        return x
+
+    def cast(self, name: str, to: int) -> str:
+        from onnx import TensorProto, helper
+
+        key = (name, to)
+        if key not in self.casts:
+            self.casts[key] = f"{name}/to_{'fp16' if to == TensorProto.FLOAT16 else 'fp32'}"
+            self.nodes.append(helper.make_node("Cast", [name], [self.casts[key]], to=to, name=self.casts[key]))
+        return self.casts[key]
 
 
 def preprocess_nodes(graph) -> set[str]:
