@@ -149,29 +149,55 @@ def tensorrt_violations(proto) -> list[str]:
         proto: an ``onnx.ModelProto`` (shape inference is run on a copy to type every tensor).
     """
     import onnx
-    from onnx import TensorProto
 
     model = onnx.shape_inference.infer_shapes(proto)
     graph = model.graph
-    inits = {t.name: t for t in graph.initializer}
     consts = _constants(graph)
-    types = {v.name: v.type.tensor_type.elem_type for v in [*graph.value_info, *graph.input, *graph.output]}
-    types.update({name: t.data_type for name, t in inits.items()})
-    for node in graph.node:  # Constant nodes carry their type in the attribute
-        if node.op_type == "Constant" and node.attribute and node.attribute[0].HasField("t"):
-            types[node.output[0]] = node.attribute[0].t.data_type
-    inputs = {i.name for i in graph.input} - set(inits)
-    outputs = {o.name for o in graph.output}
+    types = _tensor_types(graph)
     problems = []
-
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
     lo, hi = OPSET_RANGE
     if opset is None or not lo <= opset <= hi:
         problems.append(f"opset {opset}: the TensorRT 10.3 parser reads opsets {lo} to {hi}")
+    problems += _boundary_problems(graph, types)
+    for node in graph.node:
+        problems += _operator_problems(node, opset or 0, consts, types)
+    return problems
 
-    # Shapes: [N, H, W, 3] (or [N, 3, H, W]) with symbolic N and static H, W; outputs with a symbolic batch axis.
+
+def _tensor_types(graph) -> dict[str, int]:
+    """Every typed tensor's ONNX element type: inferred values, graph inputs and outputs, weights and Constants."""
+    types = {v.name: v.type.tensor_type.elem_type for v in [*graph.value_info, *graph.input, *graph.output]}
+    types.update({t.name: t.data_type for t in graph.initializer})
+    for node in graph.node:  # Constant nodes carry their type in the attribute
+        if node.op_type == "Constant" and node.attribute and node.attribute[0].HasField("t"):
+            types[node.output[0]] = node.attribute[0].t.data_type
+    return types
+
+
+def _boundary_problems(graph, types: dict[str, int]) -> list[str]:
+    """The network's boundary: [N, H, W, 3] (or [N, 3, H, W]) inputs with a symbolic N and static H, W, outputs
+    with a symbolic batch axis, and UINT8 only as network I/O, a UINT8 input going straight into a Cast."""
+    from onnx import TensorProto
+
+    weights = {t.name for t in graph.initializer}
+    inputs = {i.name for i in graph.input} - weights
+    outputs = {o.name for o in graph.output}
+    problems = _shape_problems(graph, weights)
+    for name, code in types.items():
+        if code == TensorProto.UINT8 and name not in inputs and name not in outputs:
+            problems.append(f"tensor {name!r} is UINT8 inside the network (UINT8 is only allowed as network I/O)")
+    for node in graph.node:
+        for x in node.input:
+            if x in inputs and types.get(x) == TensorProto.UINT8 and node.op_type != "Cast":
+                problems.append(f"UINT8 input {x!r} feeds {node.op_type} {node.name!r}, not a Cast")
+    return problems
+
+
+def _shape_problems(graph, weights: set[str]) -> list[str]:
+    problems = []
     for inp in graph.input:
-        if inp.name in inits:
+        if inp.name in weights:
             continue
         dims = inp.type.tensor_type.shape.dim
         if len(dims) != 4 or not dims[0].dim_param or any(d.dim_value <= 0 for d in dims[1:]):
@@ -181,41 +207,33 @@ def tensorrt_violations(proto) -> list[str]:
         dims = out.type.tensor_type.shape.dim
         if not dims or not dims[0].dim_param:
             problems.append(f"output {out.name!r} has no dynamic batch axis")
-
-    # UINT8 only at the network boundary, and a UINT8 input goes straight into a Cast.
-    for name, code in types.items():
-        if code == TensorProto.UINT8 and name not in inputs and name not in outputs:
-            problems.append(f"tensor {name!r} is UINT8 inside the network (UINT8 is only allowed as network I/O)")
-    for node in graph.node:
-        for x in node.input:
-            if x in inputs and types.get(x) == TensorProto.UINT8 and node.op_type != "Cast":
-                problems.append(f"UINT8 input {x!r} feeds {node.op_type} {node.name!r}, not a Cast")
-
-    for node in graph.node:
-        op = node.op_type
-        where = f"{op} {node.name!r}"
-        if op not in SUPPORTED:
-            problems.append(f"{where}: operator not in the TensorRT 10.3 parser's supported list")
-            continue
-        problems += [f"{where}: {p}" for p in _node_rules(node, opset or 0, consts, types)]
-        if op in ("QuantizeLinear", "DequantizeLinear"):
-            checked = node.input[:1]
-        else:  # the inputs decide the kernel (a comparison's BOOL output is not in its input types)
-            checked = [x for x in node.input if x]
-        for x in checked:
-            code = types.get(x)
-            if code is None:
-                continue
-            name = _type_name(code)
-            if name == "UINT8" and op == "Cast":
-                continue  # the boundary rule above governs UINT8
-            if name not in SUPPORTED[op]:
-                problems.append(f"{where}: tensor {x!r} is {name}; the parser supports {', '.join(SUPPORTED[op])}")
     return problems
 
 
-def _node_rules(node, opset: int, consts: dict, types: dict) -> list[str]:
-    """The restrictions of one node's operator beyond its types (module docstring)."""
+def _operator_problems(node, opset: int, consts: dict, types: dict[str, int]) -> list[str]:
+    """One node against the parser's operator list: the operator, its input types, its operator's restrictions."""
+    op = node.op_type
+    where = f"{op} {node.name!r}"
+    if op not in SUPPORTED:
+        return [f"{where}: operator not in the TensorRT 10.3 parser's supported list"]
+    problems = [f"{where}: {p}" for p in _node_rules(node, opset, consts, types)]
+    if op in ("QuantizeLinear", "DequantizeLinear"):
+        checked = node.input[:1]
+    else:  # the inputs decide the kernel (a comparison's BOOL output is not in its input types)
+        checked = [x for x in node.input if x]
+    for x in checked:
+        code = types.get(x)
+        name = _type_name(code) if code is not None else None
+        if name is None or (name == "UINT8" and op == "Cast"):
+            continue  # untyped; or the boundary rule governs UINT8
+        if name not in SUPPORTED[op]:
+            problems.append(f"{where}: tensor {x!r} is {name}; the parser supports {', '.join(SUPPORTED[op])}")
+    return problems
+
+
+def _node_rules(node, opset: int, consts: dict, types: dict) -> list[str]:  # noqa: C901 (one branch per documented rule)
+    """The restrictions of one node's operator beyond its types (module docstring): one branch per rule of the
+    parser's operators.md, so the branching is the rule table itself."""
     from onnx import TensorProto, helper
 
     op = node.op_type
