@@ -329,13 +329,17 @@ def with_diagnostics(names: list[str]) -> list[str]:
     return [n for name in names for n in ((name, name + UNIFORM) if is_lcr(name) else (name,))]
 
 
-def title(name: str) -> str:
+def title(name: str, start: str = "source") -> str:
+    """A row's title; with ``start`` 'imagenet' the pretrained backbone is named for what it is."""
     if name.endswith(UNIFORM):
-        return f"{title(name[: -len(UNIFORM)])}: its backbone, uniform pooling"
-    return ROW_TITLES.get(name, name)
+        return f"{title(name[: -len(UNIFORM)], start)}: its backbone, uniform pooling"
+    text = ROW_TITLES.get(name, name)
+    if start == "imagenet":
+        text = text.replace("pretrained only", "ImageNet only").replace("the pretrained backbone", "ImageNet")
+    return text
 
 
-def table(out: Path, names: list[str], seeds: list[int], split: str) -> str:
+def table(out: Path, names: list[str], seeds: list[int], split: str, start: str = "source") -> str:
     """Markdown table: mean ± standard deviation over seeds, percent; a chance row at the end."""
     res = collect(out, with_diagnostics(names), seeds, split)
     head = "| row | seeds | " + " | ".join(METRICS) + " | train s (median) |"
@@ -345,7 +349,7 @@ def table(out: Path, names: list[str], seeds: list[int], split: str) -> str:
         chance = runs[0]["chance"]
         cells = [_cell([100 * r[m] for r in runs if m in r]) for m in METRICS]
         secs = statistics.median(r.get("train_seconds", 0) for r in runs)
-        lines.append(f"| {title(name)} | {len(runs)} | " + " | ".join(cells) + f" | {secs:.0f} |")
+        lines.append(f"| {title(name, start)} | {len(runs)} | " + " | ".join(cells) + f" | {secs:.0f} |")
     if chance is not None:
         c = 100 * chance
         lines.append(
@@ -557,7 +561,7 @@ def main(argv: list[str] | None = None) -> None:
         run_all(args)
     splits = [args.split] if args.split else args.eval_splits[::-1]
     for split in splits:
-        md = table(args.out, names, args.seeds, split)
+        md = table(args.out, names, args.seeds, split, args.start)
         lcr_rows = [n for n in with_diagnostics(names) if is_lcr(n)]
         notes = [paired(args.out, n, "moco", args.seeds, split) for n in lcr_rows]
         checks = [line for n in names if is_lcr(n) for line in [f"goals, {n}:", *goals(args.out, n, args.seeds, split)]]
