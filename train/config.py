@@ -18,13 +18,13 @@ METHODS = ("lcr", "moco")
 CAM_SIGNS = ("loss", "score")
 CAM_NORMS = ("max", "none")
 FIT_GRADS = ("gfb", "backbone")
-FIT_FORMS = ("ours", "released")
+FIT_FORMS = ("ours", "released", "per_image")
 AMP_MODES = ("bf16", "fp16", "off")
 ON_BAD = ("skip", "fail")  # what training and evaluation do with an unreadable image
 FLOAT32_MAX = 3.4028234663852886e38  # the optimiser applies the learning rate in float32
 # The fitting loss's weight when --nu is not given, per --fit-form: ours 1 (this SDK's choice, not tuned), released
 # 0.01 (the argparse default of the authors' released main_moco.py; their BYOL script hard-codes 0.01 too).
-FORM_NU = {"ours": 1.0, "released": 0.01}
+FORM_NU = {"ours": 1.0, "released": 0.01, "per_image": 0.01}
 
 
 def _opt(default: Any, help: str) -> Any:  # noqa: A002 (the name typer gives it)
@@ -74,9 +74,12 @@ class TrainConfig:
             normalised to [0, 1] over the whole batch with no temperature, the raw CAM as target (never
             normalised or detached: cam_norm, cam_detach and tau are not used), a softmax over each row of the
             h x w map rather than the whole map, KL with reduction 'sum'. Its batch min-max (an image's loss
-            depends on the rest of the batch) and its per-row softmax are defects not copied by default.
+            depends on the rest of the batch) and its per-row softmax are defects. 'per_image': the released
+            loss without those two defects (each image's A min-max normalised on its own, both softmaxes over
+            the image's whole map; weight, raw attached CAM target and 'sum' reduction as released).
         nu: weight of the fitting loss. Default None = the form's own: 1 for 'ours' (this SDK's choice, not
-            tuned), 0.01 for 'released' (the released code's default). :attr:`fit_weight` is the value used.
+            tuned), 0.01 for 'released' and 'per_image' (the released code's default). :attr:`fit_weight` is the
+            value used.
         tau: temperature of the two softmaxes of the 'ours' form. Default 0.4 (this SDK's; not tuned).
         cam_sign: 'loss' (CAM from +dL/dF, as in the authors' released code: regions whose features raise the
             contrastive loss, i.e. what images share; the default, checked on the validation split) or 'score'
@@ -127,8 +130,14 @@ class TrainConfig:
     fit_grad: str = _opt(
         "gfb", "gfb: the fitting loss trains the GFB only (default); backbone: it also trains the backbone."
     )
-    fit_form: str = _opt("ours", "ours: tempered KL over the whole map (default); released: the authors' loss form.")
-    nu: float | None = _opt(None, "Weight of the fitting loss (default: 1 for --fit-form ours, 0.01 for released).")
+    fit_form: str = _opt(
+        "ours",
+        "ours: tempered KL over the whole map (default); released: the authors' loss form; per_image: the "
+        "released form with each image's map normalised and softmaxed on its own.",
+    )
+    nu: float | None = _opt(
+        None, "Weight of the fitting loss (default: 1 for --fit-form ours, 0.01 for released and per_image)."
+    )
     tau: float = _opt(0.4, "Softmax temperature of the fitting loss (form ours).")
     cam_sign: str = _opt("loss", "loss: +dL/dF (released code, default); score: -dL/dF (Grad-CAM).")
     cam_detach: bool = _opt(True, "Detach the Grad-CAM target (--no-cam-detach: released code).")

@@ -21,6 +21,7 @@ Per step (query batch x_q, key batch x_k, both B x 3 x S x S):
   form 'released' (the authors' released code):
     P   = (A - min A) / (max A - min A)           min and max over the whole batch, no temperature
     L  += nu * KL(softmax(CAM) || softmax(P))     raw CAM (not detached), softmax over each row of the map, sum
+  form 'per_image': as 'released', with min and max over each image's map and both softmaxes over its whole map
 
 The backbone gradient norms of InfoNCE and of the nu-weighted fitting term can be measured on a step
 (``measure_grads``): autograd.grad of each term w.r.t. the query backbone's parameters with the graph kept, so the
@@ -124,7 +125,7 @@ def fitting_loss(cam: torch.Tensor, attn: torch.Tensor, tau: float = 0.4) -> tor
     return F.kl_div(pred, target, reduction="batchmean", log_target=True)
 
 
-def released_fitting_loss(cam: torch.Tensor, attn: torch.Tensor) -> torch.Tensor:
+def released_fitting_loss(cam: torch.Tensor, attn: torch.Tensor, per_image: bool = False) -> torch.Tensor:
     """The authors' released fitting loss (without its weight): KL(softmax(CAM) || softmax(P)), reduction 'sum'.
 
     P is the raw attention min-max normalised to [0, 1] over the whole batch (so an image's loss depends on the
@@ -132,8 +133,18 @@ def released_fitting_loss(cam: torch.Tensor, attn: torch.Tensor) -> torch.Tensor
     unnormalised and attached to the graph, as the released code does); each softmax runs over one row of the
     h x w map (the last axis), not over the whole map. Both are defects of the released form, reproduced here
     only to compare with it.
+
+    ``per_image=True`` is the same loss without the two defects (form 'per_image'): each image's A is min-max
+    normalised on its own and both softmaxes run over the image's whole h*w map, so an image's term depends on that
+    image alone; weight, target and reduction are the released ones.
     """
     a = attn.float()
+    if per_image:
+        flat = a.flatten(1)  # B x hw
+        lo, hi = flat.amin(dim=1, keepdim=True), flat.amax(dim=1, keepdim=True)
+        p = (flat - lo) / (hi - lo).clamp_min(1e-12)
+        target = F.log_softmax(cam.float().flatten(1), dim=1)
+        return F.kl_div(F.log_softmax(p, dim=1), target, reduction="sum", log_target=True)
     p = (a - a.min()) / (a.max() - a.min()).clamp_min(1e-12)  # B x h x w, batch min-max
     target = F.log_softmax(cam.float(), dim=-1)  # B x h x w, softmax within each row
     pred = F.log_softmax(p, dim=-1)
@@ -179,7 +190,7 @@ class MoCo(nn.Module):
         cam_sign, cam_detach, cam_norm: the Grad-CAM target (see :func:`contrastive_gradcam`; form 'ours').
         fit_grad: 'gfb' (the fitting term's gradient stops at the GFB's input) or 'backbone' (it reaches the
             backbone).
-        fit_form: 'ours' (:func:`fitting_loss`) or 'released' (:func:`released_fitting_loss`).
+        fit_form: 'ours' (:func:`fitting_loss`), 'released' or 'per_image' (:func:`released_fitting_loss`).
         cam_loss_scale: loss scale of the Grad-CAM gradient under fp16 autocast (lowered for a step if the
             scaled gradient overflows); 1 is used in float32 and bfloat16.
     """
@@ -279,7 +290,7 @@ class MoCo(nn.Module):
         The released form takes the raw CAM, attached to the graph; with fit_grad 'gfb' the target is always
         detached (the fitting term never reaches the backbone).
         """
-        released = self.fit_form == "released"
+        released = self.fit_form in ("released", "per_image")
         detach = self.fit_grad == "gfb" or (self.cam_detach and not released)
         norm = "none" if released else self.cam_norm
         scale = self.cam_loss_scale if feats.dtype == torch.float16 else 1.0
@@ -293,8 +304,8 @@ class MoCo(nn.Module):
         """(fitting loss, CAM target) of a step (LCR)."""
         cam = self._cam(loss_nce, feats)  # B x h x w
         attn = self.encoder_q.raw_attention(feats.detach() if self.fit_grad == "gfb" else feats)  # B x h x w
-        if self.fit_form == "released":
-            return released_fitting_loss(cam, attn), cam
+        if self.fit_form in ("released", "per_image"):
+            return released_fitting_loss(cam, attn, per_image=self.fit_form == "per_image"), cam
         return fitting_loss(cam, attn, self.tau), cam
 
     def forward(

@@ -238,7 +238,9 @@ def test_with_the_fitting_gradient_stopped_at_the_gfb_the_backbone_steps_exactly
     assert not torch.equal(reach["conv1.weight"], moco["conv1.weight"])
 
 
-@pytest.mark.parametrize("fit_grad, fit_form", [("gfb", "ours"), ("backbone", "ours"), ("backbone", "released")])
+@pytest.mark.parametrize(
+    "fit_grad, fit_form", [("gfb", "ours"), ("backbone", "ours"), ("backbone", "released"), ("backbone", "per_image")]
+)
 def test_gradient_log_measures_both_terms_without_changing_the_update(fit_grad, fit_form):
     import torch
 
@@ -274,3 +276,28 @@ def test_released_form_softmax_runs_within_each_row_and_min_max_over_the_batch()
     for loss, batch_dependent in ((released_fitting_loss, True), (fitting_loss, False)):
         grads = [torch.autograd.grad(loss(cam, a.requires_grad_()), a)[0][0] for a in (attn.clone(), other.clone())]
         assert torch.allclose(*grads) is not batch_dependent
+
+
+def test_per_image_form_is_the_released_loss_taken_per_image():
+    """Form 'per_image': each image's term depends on that image alone (its own min-max, one softmax over its whole
+    map), so the batch's loss is the sum of the images' losses taken one at a time; a constant added to one row of
+    the CAM now changes the target; with one image it equals the released loss over the flattened map."""
+    import torch
+
+    from lcr_sdk.train.moco import released_fitting_loss
+
+    g = torch.Generator().manual_seed(1)
+    cam, attn = torch.rand(3, 4, 5, generator=g), torch.rand(3, 4, 5, generator=g)
+    whole = released_fitting_loss(cam, attn, per_image=True)
+    alone = sum(released_fitting_loss(cam[i : i + 1], attn[i : i + 1], per_image=True) for i in range(3))
+    torch.testing.assert_close(whole, alone)
+    other = attn.clone()
+    other[2] *= 4.0  # image 2 sets a new batch maximum: image 0's gradient does not move
+    grads = [torch.autograd.grad(released_fitting_loss(cam, a.requires_grad_(), per_image=True), a)[0][0]
+             for a in (attn.clone(), other.clone())]  # fmt: skip
+    torch.testing.assert_close(*grads)
+    shifted = cam.clone()
+    shifted[1, 2] += 5.0
+    assert not torch.allclose(released_fitting_loss(shifted, attn, per_image=True), whole)
+    flat = (cam[:1].reshape(1, 1, 20), attn[:1].reshape(1, 1, 20))
+    torch.testing.assert_close(released_fitting_loss(*flat), released_fitting_loss(cam[:1], attn[:1], per_image=True))
