@@ -126,7 +126,7 @@ def check_resumable(wanted: dict[str, Any], saved_config: dict[str, Any], path: 
     """
     from lcr_sdk.train.config import TrainConfig
 
-    saved = {**TrainConfig().to_dict(), **saved_config}
+    saved = TrainConfig.from_dict(saved_config).to_dict()  # keys it lacks: what it trained with then
     if saved.get("supervised") and wanted["supervised"]:
         saved["method"] = wanted["method"]  # a supervised run records its network's method ('moco')
     for key in ("supervised", *wanted):  # --supervised first: it also changes the recorded method

@@ -181,7 +181,7 @@ RESUME_CHANGES = [
     (["--cam-sign", "score"], "--cam-sign 'loss'"),
     (["--nu", "0.5"], "--nu None"),
     (["--fit-grad", "backbone"], "--fit-grad 'gfb'"),
-    (["--fit-form", "released"], "--fit-form 'ours'"),
+    (["--fit-form", "released"], "--fit-form 'per_image'"),
     (["--moco-t", "0.1"], "--moco-t 0.2"),
     (["--num-parts", "8"], "--num-parts 4"),
     (["--moco-dim", "64"], "--moco-dim 128"),

@@ -25,7 +25,7 @@ from lcr_sdk.train.config import TrainConfig
         ("val_fraction", 1.5, "--val-fraction 1.5 is not valid; give a finite number >= 0 and < 1"),
         ("cam_detach", "yes", "--cam-detach 'yes' is not valid; give true or false"),
         ("fit_grad", "stem", "--fit-grad 'stem' is not valid; choose one of gfb, backbone"),
-        ("fit_form", "kl", "--fit-form 'kl' is not valid; choose one of ours, released"),
+        ("fit_form", "kl", "--fit-form 'kl' is not valid; choose one of ours, released, per_image"),
         ("pretrained", None, "--pretrained None is not valid"),
     ],
 )
@@ -52,10 +52,13 @@ def test_defaults_are_valid_and_round_trip_through_a_checkpoint_dict():
     assert again == cfg
     old = TrainConfig.from_dict({"arch": "resnet18", "method": "moco", "image_size": 64})  # an older checkpoint
     assert old.val_fraction == 0.0 and old.method == "moco"
+    assert (old.fit_grad, old.fit_form) == ("backbone", "ours")  # how LCR trained before those options existed
+    assert TrainConfig.from_dict(TrainConfig().to_dict()).fit_form == "per_image"
 
 
 def test_the_fitting_weight_is_the_forms_own_unless_given():
-    assert TrainConfig().fit_weight == 1.0  # this SDK's form
+    assert TrainConfig().fit_weight == 0.01  # the default form, per_image, keeps the released weight
+    assert TrainConfig(fit_form="ours").fit_weight == 1.0  # this SDK's earlier form
     assert TrainConfig(fit_form="released").fit_weight == 0.01  # the released code's default
     assert TrainConfig(fit_form="released", nu=0.5).fit_weight == 0.5
 
