@@ -48,7 +48,7 @@ BAD_OPTIONS = [
     (["--batch-size", "1"], "--batch-size 1 is not valid; give an integer >= 2 (batch norm needs"),
     (["--num-parts", "0"], "--num-parts 0 is not valid; give an integer >= 1"),
     (["--epochs", "0"], "--epochs 0 is not valid; give an integer >= 1"),
-    (["--image-size", "16"], "--image-size 16 is not valid; give an integer >= 32 (a ResNet downsamples by 32"),
+    (["--image-size", "16"], "--image-size 16 is not valid; give an integer >= 32 (every backbone downsamples by 32"),
     (["--lr", "nan"], "--lr nan is not valid; give a finite number > 0"),
     (["--lr", "inf"], "--lr inf is not valid; give a finite number > 0"),
     (["--lr", "0"], "--lr 0.0 is not valid; give a finite number > 0"),

@@ -315,7 +315,8 @@ def test_gradient_log_warns_when_the_fitting_term_drives_the_backbone(synth_root
     from lcr_sdk.train.config import TrainConfig
 
     caplog.set_level(logging.WARNING, logger="lcr_sdk")
-    r = _train(synth_root, tmp_path / "reach", "--epochs", "1", "--fit-grad", "backbone", "--grad-log-every", "1")
+    reach = ["--fit-grad", "backbone", "--fit-form", "ours"]  # the form whose reach took the backbone over
+    r = _train(synth_root, tmp_path / "reach", "--epochs", "1", *reach, "--grad-log-every", "1")
     assert r.exit_code == 0, r.output
     row = next(csv.DictReader((tmp_path / "reach" / "log.csv").open()))
     nce, fit, ratio = float(row["grad_nce"]), float(row["grad_fit"]), float(row["grad_ratio"])
@@ -323,7 +324,7 @@ def test_gradient_log_warns_when_the_fitting_term_drives_the_backbone(synth_root
     assert "the fitting term's gradient on the backbone is" in caplog.text and "--fit-grad gfb" in caplog.text
     # the options not given on the command line are TrainConfig's defaults
     given = {"arch": "resnet18", "image_size": 64, "batch_size": 8, "moco_k": 16, "num_parts": 4, "workers": 0}
-    expected = TrainConfig(**given, epochs=1, fit_grad="backbone", grad_log_every=1).to_dict()
+    expected = TrainConfig(**given, epochs=1, fit_grad="backbone", fit_form="ours", grad_log_every=1).to_dict()
     assert json.loads((tmp_path / "reach" / "config.json").read_text()) == expected
 
     caplog.clear()
