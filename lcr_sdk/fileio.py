@@ -15,8 +15,8 @@ import contextlib
 import errno
 import hashlib
 import os
+import secrets
 import shutil
-import signal
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -126,22 +126,33 @@ def atomic_path(path: str | os.PathLike[str], fsync: bool = True, suffix: str = 
 
 
 def _new_temp(path: Path, suffix: str, made: list[Path]) -> None:
-    """Create an empty temporary file beside ``path`` and append its name to ``made``.
+    """Create an empty temporary file ``.NAME.XXXXXXXX<suffix>`` beside ``path`` and append its name to ``made``.
 
-    SIGINT and SIGTERM are held while the file is created and named, so that a stop (whose handler raises) cannot
-    land between the two and leave a file nobody knows the name of; a held signal is handled right after.
+    The name is recorded before the file is created (exclusively, so an existing file is never taken over): a stop
+    whose handler raises at any moment leaves either no file or one whose name the caller's cleanup knows. (Holding
+    the signals instead would not be enough: in a program with other threads the kernel hands a process-directed
+    signal to a thread that does not block it.)
     """
-    block = getattr(signal, "pthread_sigmask", None)
-    held = block(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM}) if block else None
-    try:
-        fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
-        made.append(Path(name))
-        os.close(fd)
-    except OSError as e:  # read-only media, no permission, full disk: name the file asked for, not the temp name
-        raise OSError(e.errno, e.strerror or str(e), str(path)) from e
-    finally:
-        if block and held is not None:
-            block(signal.SIG_SETMASK, held)
+    for _ in range(100):
+        name = path.parent / f".{path.name}.{''.join(secrets.choice(_TEMP_CHARS) for _ in range(8))}{suffix}"
+        made.append(name)
+        try:
+            _create_exclusive(name)
+            return
+        except FileExistsError:
+            made.remove(name)
+        except OSError as e:  # read-only media, no permission, full disk: name the file asked for, not the temp name
+            made.remove(name)
+            raise OSError(e.errno, e.strerror or str(e), str(path)) from e
+    raise OSError(errno.EEXIST, "no free temporary name", str(path))
+
+
+_TEMP_CHARS = "abcdefghijklmnopqrstuvwxyz0123456789_"
+
+
+def _create_exclusive(name: Path) -> None:
+    """Create ``name`` empty (owner-only until :func:`atomic_path` sets its mode); FileExistsError if it exists."""
+    os.close(os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
