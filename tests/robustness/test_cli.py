@@ -89,6 +89,12 @@ def test_debug_shows_the_traceback_instead():
     assert r.exit_code != 0 and r.exception is not None and type(r.exception).__name__ == "ModelError"
 
 
+def _ctrl_c_reaches_python() -> None:
+    """In the child before exec: SIGINT to its default, so that Python turns Ctrl+C into KeyboardInterrupt even
+    when these tests run under a launcher that ignores SIGINT (a shell's background job without job control)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
 def test_interrupt_exits_130_without_traceback_and_leaves_no_partial_files(tmp_path, sig):
     """A long command stopped by Ctrl+C or a service stop: exit 130, one line, only complete files on disk."""
@@ -107,7 +113,9 @@ def test_interrupt_exits_130_without_traceback_and_leaves_no_partial_files(tmp_p
         "--image-size",
         "64",
     ]  # several minutes of work: it is interrupted long before the end
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=_ctrl_c_reaches_python
+    )
     try:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and not any(out.glob("train/*/*.png")):

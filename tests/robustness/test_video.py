@@ -141,6 +141,12 @@ def _demo(*args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=timeout)
 
 
+def _ctrl_c_reaches_python() -> None:
+    """In the child before exec: SIGINT to its default, so that Python turns Ctrl+C into KeyboardInterrupt even
+    when these tests run under a launcher that ignores SIGINT (a shell's background job without job control)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.mark.torch
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "Ctrl+C"])
 @pytest.mark.parametrize("demo", ["camera_attention", "camera_retrieval"])
@@ -151,7 +157,13 @@ def test_a_stopped_demo_finishes_its_video_and_exits_130(model, gallery, tmp_pat
     args += [str(gallery)] if demo == "camera_retrieval" else []
     args += [str(clip), str(out), "--headless", "--loop"]
     args += ["--log", str(log)] if demo == "camera_retrieval" else []
-    proc = subprocess.Popen([sys.executable, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=_ctrl_c_reaches_python,
+    )
     deadline = time.monotonic() + 120
     while not any(p.name.endswith(".partial.mp4") and p.stat().st_size > 20_000 for p in tmp_path.iterdir()):
         assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
