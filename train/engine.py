@@ -44,7 +44,7 @@ from lcr_sdk.train.checkpoint import (
 )
 from lcr_sdk.train.config import TrainConfig, check_on_bad
 from lcr_sdk.train.data import TrainImages, scan_split, split_validation
-from lcr_sdk.train.guards import check_batch, check_resumable, check_same_data, data_identity
+from lcr_sdk.train.guards import check_batch, check_out, check_resumable, check_same_data, data_identity
 from lcr_sdk.train.moco import MoCo, Supervised
 from lcr_sdk.train.model import LCRNet
 
@@ -134,18 +134,6 @@ def resolve_device(device: str | None, local_rank: int = 0) -> torch.device:
             )
         dev = torch.device("cuda", index)
     return dev
-
-
-def _check_out(out: Path) -> None:
-    """The output folder must be a folder (or creatable as one)."""
-    for parent in (out, *out.parents):
-        if parent.exists():
-            if not parent.is_dir():
-                what = "is a file" if parent == out else f"is inside {parent}, which is a file"
-                raise InputError(f"--out {out} {what}; give a folder (it is created if missing)")
-            if not os.access(parent, os.W_OK | os.X_OK):
-                raise InputError(f"--out {out}: folder {parent} is not writable; choose another --out")
-            return
 
 
 @contextlib.contextmanager
@@ -273,7 +261,7 @@ class Trainer:
         self.resume, self.save_every, self.max_steps, self.progress = resume, save_every, max_steps, progress
         self.rank, self.world, local_rank = _dist_info()
         self.device = resolve_device(device, local_rank)
-        _check_out(self.out)
+        check_out(self.out)
         if cfg.batch_size % self.world:
             raise InputError(
                 f"--batch-size {cfg.batch_size} is not divisible by the {self.world} processes; use a multiple of "
