@@ -49,6 +49,7 @@ import numpy as np
 from lcr_sdk.errors import InputError, LcrError, ModelError, import_platform, require
 from lcr_sdk.gallery import Calibration, Gallery, Hit, Quality, check_quality
 from lcr_sdk.gallery.explain import MAX_SPREAD
+from lcr_sdk.gallery.search import check_filter
 
 log = logging.getLogger("lcr_sdk.gallery.fleet")
 
@@ -280,22 +281,6 @@ def matches(label: str, metadata: dict[str, Any], labels: list[str] | None, wher
     if labels is not None and label not in labels:
         return False
     return all(k in metadata and json.dumps(metadata[k]) == json.dumps(v) for k, v in (where or {}).items())
-
-
-def _check_filter(label: str | Sequence[str] | None, where: dict[str, Any] | None) -> list[str] | None:
-    labels = [label] if isinstance(label, str) else (None if label is None else [str(x) for x in label])
-    if labels is not None and not labels:
-        raise InputError("label=[] selects nothing; pass a label, a list of labels or None")
-    if where is not None:
-        if not isinstance(where, dict):
-            raise InputError(f"where must be a dict of metadata key -> value; got {type(where).__name__}")
-        for key, value in where.items():
-            if not isinstance(key, str) or not (value is None or isinstance(value, (str, int, float, bool))):
-                raise InputError(
-                    f"where={{{key!r}: {value!r:.40}}}: keys must be strings and values str, int, float, bool "
-                    "or None (top-level metadata values are indexed; nested ones are not)"
-                )
-    return labels
 
 
 @dataclass
@@ -683,7 +668,7 @@ class FleetGallery:
         single = np.asarray(queries).ndim == 1
         q = _unit_rows(queries, self.dim, "queries")
         cut = self._resolve_threshold(threshold)
-        labels = _check_filter(label, where)
+        labels = check_filter(label, where)
         rows = self._search_committed(q, k, labels, where)
         for i, row in enumerate(rows):
             row += self._search_pending(q[i], labels, where)

@@ -504,6 +504,15 @@ def _filter(c: Contents, label: str | Sequence[str] | None, where: dict[str, Any
     """The live slots a ``label`` / ``where`` filter selects (None: no filter)."""
     if label is None and not where:
         return None
+    return c.filter(check_filter(label, where), where)
+
+
+def check_filter(label: str | Sequence[str] | None, where: dict[str, Any] | None) -> list[str] | None:
+    """A search filter checked as every gallery backend takes it: the labels as a list (None: any label).
+
+    Raises:
+        InputError: an empty label list, a ``where`` that is not a dict of strings to top-level scalar values.
+    """
     labels = [label] if isinstance(label, str) else (None if label is None else [str(x) for x in label])
     if labels is not None and not labels:
         raise InputError("label=[] selects nothing; pass a label, a list of labels or None")
@@ -516,4 +525,4 @@ def _filter(c: Contents, label: str | Sequence[str] | None, where: dict[str, Any
                     f"where={{{key!r}: {value!r:.40}}}: keys must be strings and values str, int, float, bool "
                     "or None (top-level metadata values are indexed; nested ones are not)"
                 )
-    return c.filter(labels, where)
+    return labels
