@@ -402,16 +402,11 @@ def goals(out: Path, lcr: str, seeds: list[int], split: str) -> list[str]:
     return lines
 
 
-def reference_entry(args: argparse.Namespace, names: list[str]) -> dict | None:
-    """This protocol's entry for the quickstart's reference results file (test split, rows 'lcr' and 'moco')."""
+def protocol_config(args: argparse.Namespace):
+    """The synthetic data sets this run's options describe."""
     from lcr_sdk.synth import ProtocolConfig
-    from lcr_sdk.train.quickstart import START_IMAGENET, START_SOURCE, Budget, protocol_key
 
-    res = collect(args.out, with_diagnostics(["moco", "lcr"]), args.seeds, "test")
-    diffs = differences(args.out, "lcr", "moco", args.seeds, "test")
-    if len(diffs) < 2:
-        return None
-    data = ProtocolConfig(
+    return ProtocolConfig(
         target_classes=args.target_classes,
         source_classes=args.source_classes,
         target_train_per_class=args.train_per_class,
@@ -421,6 +416,17 @@ def reference_entry(args: argparse.Namespace, names: list[str]) -> dict | None:
         difficulty=args.difficulty,
         seed=args.data_seed,
     )
+
+
+def reference_entry(args: argparse.Namespace, names: list[str]) -> dict | None:
+    """This protocol's entry for the quickstart's reference results file (test split, rows 'lcr' and 'moco')."""
+    from lcr_sdk.train.quickstart import START_IMAGENET, START_SOURCE, Budget, protocol_key
+
+    res = collect(args.out, with_diagnostics(["moco", "lcr"]), args.seeds, "test")
+    diffs = differences(args.out, "lcr", "moco", args.seeds, "test")
+    if len(diffs) < 2:
+        return None
+    data = protocol_config(args)
     budget = Budget(data, pre_epochs=args.pre_epochs, epochs=args.epochs, batch_size=args.batch_size)
     start = START_IMAGENET if args.start == "imagenet" else START_SOURCE
     key = protocol_key(args.arch, start, budget, args.lr, args.pre_lr, args.warmup_epochs, args.moco_m)
@@ -544,18 +550,9 @@ def main(argv: list[str] | None = None) -> None:
                       f"term {g['grad_fit']:.3g}, ratio {g['ratio']:.3g}", flush=True)  # fmt: skip
         return
     if not args.table_only:
-        from lcr_sdk.synth import ProtocolConfig, generate_protocol
+        from lcr_sdk.synth import generate_protocol
 
-        cfg = ProtocolConfig(
-            target_classes=args.target_classes,
-            source_classes=args.source_classes,
-            target_train_per_class=args.train_per_class,
-            target_test_per_class=args.test_per_class,
-            source_train_per_class=args.source_per_class,
-            image_size=args.image_size,
-            difficulty=args.difficulty,
-            seed=args.data_seed,
-        )
+        cfg = protocol_config(args)
         args.out.mkdir(parents=True, exist_ok=True)
         generate_protocol(args.out / "data", cfg, progress=False)
         run_all(args)
