@@ -13,8 +13,9 @@ accepts. Sources, read in the onnx/onnx-tensorrt repository:
 The rules, each with the parser's wording:
 
 - opset: the default-domain opset of the model must be within 9..20.
-- types: "UINT8 is only supported as network input or output tensor types"; and (NVIDIA, TensorRT issue 3985) a
-  UINT8 network input must feed a Cast directly. Each operator's "Supported Types" column (:data:`SUPPORTED`,
+- types: "UINT8 is only supported as network input or output tensor types"; and a
+  UINT8 network input must feed a Cast directly (a report on NVIDIA's TensorRT repository: the parser rejects a
+  UINT8 input read by anything else). Each operator's "Supported Types" column (:data:`SUPPORTED`,
   only the operators an lcr-sdk graph can contain; an operator not in it is reported, so a new one gets looked up
   before it ships). Cast: ``to`` must be one of the Cast row's types ("Unsupported cast!").
 - QuantizeLinear / DequantizeLinear: "``y_zero_point`` must be 0" / "``x_zero_point`` must be zero"; an INT32 (bias)
