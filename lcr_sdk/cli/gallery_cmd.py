@@ -168,8 +168,8 @@ def gallery_search(
     """Find the gallery images nearest to a query. Example: lcr-sdk gallery search gallery/ model.onnx bird.jpg -k 5"""
     from lcr_sdk.gallery import Gallery
     from lcr_sdk.gallery.explain import stack, write_image
-    from lcr_sdk.gallery.items import redact_values
     from lcr_sdk.gallery.search import parse_threshold
+    from lcr_sdk.gallery.store import redact_values
     from lcr_sdk.images import read_image
 
     cut = parse_threshold(threshold, "--threshold")
@@ -243,7 +243,7 @@ def gallery_info(
 ) -> None:
     """Size, labels, storage, index and open-set threshold of a gallery. Example: lcr-sdk gallery info gallery/"""
     from lcr_sdk.gallery import Gallery
-    from lcr_sdk.gallery.items import redact_values
+    from lcr_sdk.gallery.store import redact_values
 
     g = Gallery.load(gallery)
     info = redact_values(g.info())

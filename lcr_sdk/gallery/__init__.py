@@ -12,10 +12,10 @@ The package has one module per job. :mod:`~lcr_sdk.gallery.core` is the :class:`
 and hands each job on: what a gallery holds to :mod:`~lcr_sdk.gallery.contents` (committed and pending slots),
 how it commits to :mod:`~lcr_sdk.gallery.persist` (save, commit, load), how it searches to
 :mod:`~lcr_sdk.gallery.search` (exact and FAISS top-k, threshold, filters), how it is rebuilt with another model to
-:mod:`~lcr_sdk.gallery.rebuild`. Below them: :mod:`~lcr_sdk.gallery.store` (format 2 on disk: append-only, locking,
-crash safety), :mod:`~lcr_sdk.gallery.legacy` (format 1), :mod:`~lcr_sdk.gallery.items` (the SQLite item table,
-filters), :mod:`~lcr_sdk.gallery.calibrate` (the open-set threshold) and :mod:`~lcr_sdk.gallery.explain` (explained
-hits, enrolment quality). :mod:`~lcr_sdk.gallery.build` embeds a labelled image folder into a new gallery.
+:mod:`~lcr_sdk.gallery.rebuild`. Below them: :mod:`~lcr_sdk.gallery.store` (format 2 on disk: the SQLite item
+tables and their filters, append-only vectors, locking, crash safety), :mod:`~lcr_sdk.gallery.legacy` (format 1),
+:mod:`~lcr_sdk.gallery.calibrate` (the open-set threshold) and :mod:`~lcr_sdk.gallery.explain` (explained hits,
+enrolment quality). :mod:`~lcr_sdk.gallery.build` embeds a labelled image folder into a new gallery.
 """
 
 from lcr_sdk.gallery.build import build_from_folder

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from lcr_sdk.errors import InputError
-from lcr_sdk.gallery import items
+from lcr_sdk.gallery import store
 from lcr_sdk.gallery.core import Gallery
 from lcr_sdk.gallery.explain import MAX_SPREAD, Quality, check_quality, check_quality_options
 
@@ -73,7 +73,7 @@ def build_from_folder(
         )
     rel_all = [p.relative_to(folder).as_posix() for p in paths]
     for r in rel_all:  # before the slow part: SQLite cannot store names that are not UTF-8
-        items.check_text(r, f"file name in {folder}:")
+        store.check_text(r, f"file name in {folder}:")
     gallery.image_root = str(folder.resolve())
     method = embedder.manifest.method
     gate = quality != "off" and method == "lcr"

@@ -2,8 +2,8 @@
 
 Slots: every item has a slot, its position in the vector array (committed slots first, then pending ones). Slots
 only grow; removing an item kills its slot until compaction. Added items that are not yet committed live in
-:class:`Pending`: a private in-memory SQLite item table (:mod:`lcr_sdk.gallery.items`, the same schema as a saved
-gallery's, so filters and lookups are the same SQL) and a list of vector chunks. Removals of committed items are kept
+:class:`Pending`: a private in-memory SQLite item table (:func:`lcr_sdk.gallery.store.memory_db`, the same schema as
+a saved gallery's, so filters and lookups are the same SQL) and a list of vector chunks. Removals of committed items are kept
 as id -> slot until the commit.
 
 :class:`Contents` answers every question about the items (vectors, rows, ids, filters, images) over both parts, and
@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from lcr_sdk.errors import InputError
-from lcr_sdk.gallery import items, store
+from lcr_sdk.gallery import store
 from lcr_sdk.gallery.calibrate import Calibration
 
 ID_BLOCK = 64  # automatic ids reserved at a time by an attached gallery
@@ -69,7 +69,7 @@ class Pending:
 
     def __init__(self, dim: int, dtype: str):
         self.dim, self.dtype = dim, dtype
-        self.db = items.memory_db()
+        self.db = store.memory_db()
         self.clear()
 
     def clear(self) -> None:
@@ -104,7 +104,7 @@ class Pending:
         self.db.execute("BEGIN")
         try:
             rows = range(base, base + len(ids))
-            items.insert(self.db, rows, ids, labels, metadata, {base + i: b for i, b in crops.items()})
+            store.insert_items(self.db, rows, ids, labels, metadata, {base + i: b for i, b in crops.items()})
         except sqlite3.Error as e:
             self.db.execute("ROLLBACK")
             raise InputError(f"could not add the items ({e})") from e
@@ -116,13 +116,13 @@ class Pending:
 
     def drop(self, slot: int) -> None:
         """Remove the pending item at pending slot ``slot``."""
-        items.delete(self.db, [slot])
+        store.delete_items(self.db, [slot])
         self.alive[slot] = False
         self.live -= 1
 
     def live_rows(self, with_crops: bool = False) -> list[Row]:
         """(pending slot, id, label, metadata JSON, crop) of the live pending items, in slot order."""
-        return [r for batch in items.iter_items(self.db, with_crops) for r in batch if self.alive[r[0]]]
+        return [r for batch in store.iter_items(self.db, with_crops) for r in batch if self.alive[r[0]]]
 
 
 class Contents:
@@ -214,7 +214,7 @@ class Contents:
         """Live items in slot order: (slot, id, label, metadata JSON, crop)."""
         alive, c = self.alive(), self.committed
         if self.saved is not None:
-            for batch in items.iter_items(self.saved.ver.conn, with_crops):
+            for batch in store.iter_items(self.saved.ver.conn, with_crops):
                 for r in batch:
                     if r[0] < c and alive[r[0]]:
                         yield r
@@ -224,11 +224,11 @@ class Contents:
     def slot_of(self, item_id: str) -> int | None:
         if item_id in self.pending.removed:
             return None
-        hit = items.rows_of_ids(self.pending.db, [item_id])
+        hit = store.rows_of_ids(self.pending.db, [item_id])
         if hit:
             return self.committed + hit[item_id]
         if self.saved is not None:
-            hit = items.rows_of_ids(self.saved.ver.conn, [item_id])
+            hit = store.rows_of_ids(self.saved.ver.conn, [item_id])
             if hit and hit[item_id] < self.saved.count and self.saved.alive[hit[item_id]]:
                 return hit[item_id]
         return None
@@ -244,13 +244,13 @@ class Contents:
         """(id, label, metadata) of the given live slots."""
         out: dict[int, tuple[str, str, dict[str, Any]]] = {}
         for conn, rows, offset in self._slot_db(slots):
-            out.update({r + offset: v for r, v in items.fetch(conn, rows.tolist()).items()})
+            out.update({r + offset: v for r, v in store.fetch_items(conn, rows.tolist()).items()})
         return out
 
     def crop(self, slot: int) -> bytes | None:
         """The stored encoded image of a slot, if any."""
         for conn, rows, _ in self._slot_db(np.array([slot])):
-            return items.crop(conn, int(rows[0]))
+            return store.read_crop(conn, int(rows[0]))
         return None
 
     def image_path(self, item_id: str, metadata: dict[str, Any]) -> Path | None:
@@ -295,9 +295,9 @@ class Contents:
     def _check_new_ids(self, new_ids: list[str]) -> None:
         if len(set(new_ids)) != len(new_ids):
             raise InputError("the new ids repeat (ids are unique); pick other ids")
-        dup = list(items.rows_of_ids(self.pending.db, new_ids))
+        dup = list(store.rows_of_ids(self.pending.db, new_ids))
         if self.saved is not None:
-            dup += [i for i in items.rows_of_ids(self.saved.ver.conn, new_ids) if i not in self.pending.removed]
+            dup += [i for i in store.rows_of_ids(self.saved.ver.conn, new_ids) if i not in self.pending.removed]
         if dup:
             raise InputError(
                 f"id {dup[0]!r} is already in the gallery (ids are unique); remove the old item first or pick other ids"
@@ -322,9 +322,9 @@ class Contents:
                 first, take = self.next_id, need
             self.next_id = max(self.next_id, first + take)
             cand = [str(i) for i in range(first, first + take)]
-            used = set(items.rows_of_ids(self.pending.db, cand)) | set(self.pending.removed)
+            used = set(store.rows_of_ids(self.pending.db, cand)) | set(self.pending.removed)
             if self.saved is not None:
-                used |= set(items.rows_of_ids(self.saved.ver.conn, cand))
+                used |= set(store.rows_of_ids(self.saved.ver.conn, cand))
             out += [c for c in cand if c not in used]
         return out
 
@@ -349,9 +349,9 @@ class Contents:
     def filter(self, labels: list[str] | None, where: dict[str, Any] | None) -> np.ndarray:
         """Live slots whose label is one of ``labels`` and whose metadata has every ``where`` pair (checked)."""
         c = self.committed
-        found = [items.filter_rows(self.pending.db, labels, where) + c]
+        found = [store.filter_rows(self.pending.db, labels, where) + c]
         if self.saved is not None:
-            rows = items.filter_rows(self.saved.ver.conn, labels, where)
+            rows = store.filter_rows(self.saved.ver.conn, labels, where)
             found.insert(0, rows[rows < c])
         cand = np.concatenate(found)
         return np.asarray(cand[self.alive()[cand]], np.int64)
@@ -360,7 +360,7 @@ class Contents:
         """{slot: label} of the live ones among ``slots``."""
         out: dict[int, str] = {}
         for conn, rows, off in self._slot_db(slots[self.alive()[slots]]):
-            out.update({r + off: lab for r, lab in items.labels_of(conn, rows.tolist()).items()})
+            out.update({r + off: lab for r, lab in store.labels_of(conn, rows.tolist()).items()})
         return out
 
     def partners(self, label: str, start: int, limit: int) -> list[int]:
@@ -368,8 +368,8 @@ class Contents:
         alive, c = self.alive(), self.committed
         found: list[int] = []
         if self.saved is not None:
-            found += [r for r in items.same_label(self.saved.ver.conn, label, start, limit) if alive[r]]
-        pend = items.same_label(self.pending.db, label, max(0, start - c), limit)
+            found += [r for r in store.same_label(self.saved.ver.conn, label, start, limit) if alive[r]]
+        pend = store.same_label(self.pending.db, label, max(0, start - c), limit)
         return (found + [r + c for r in pend])[:limit]
 
     # -- the whole, for writing -----------------------------------------------------------------------------------
@@ -405,7 +405,7 @@ class Contents:
             blocks.take(slots).astype(self.dtype),
             [r[1] for r in rows],
             [r[2] for r in rows],
-            [items.parse_metadata(r[1], r[3]) for r in rows],
+            [store.parse_metadata(r[1], r[3]) for r in rows],
             {i: r[4] for i, r in enumerate(rows) if r[4] is not None},
         )
 
@@ -413,7 +413,7 @@ class Contents:
         """The live pending items (id, label, metadata, crop) and their vectors, as :meth:`store.Saved.commit`
         takes them."""
         p = self.pending
-        new = [(r[1], r[2], items.parse_metadata(r[1], r[3]), r[4]) for r in p.live_rows(with_crops=True)]
+        new = [(r[1], r[2], store.parse_metadata(r[1], r[3]), r[4]) for r in p.live_rows(with_crops=True)]
         return new, (p.vectors()[p.alive] if p.n else p.vectors())
 
     def attach(self, saved: store.Saved, keep_pending: bool = False) -> None:
@@ -430,7 +430,7 @@ class Contents:
             self.pending.clear()
         self.pending.removed = {}
         if removed:  # removals pending against a rewritten version: find those items again by id
-            for i, s in items.rows_of_ids(saved.ver.conn, list(removed)).items():
+            for i, s in store.rows_of_ids(saved.ver.conn, list(removed)).items():
                 if saved.alive[s]:
                     self.pending.removed[i] = s
         self.root, self.saved, self.legacy = saved.root, saved, ""

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from lcr_sdk.errors import InputError, ModelError, import_platform
-from lcr_sdk.gallery import calibrate, items, persist, rebuild, store
+from lcr_sdk.gallery import calibrate, persist, rebuild, store
 from lcr_sdk.gallery.calibrate import Calibration
 from lcr_sdk.gallery.contents import Contents
 from lcr_sdk.gallery.explain import (
@@ -129,10 +129,10 @@ def _check_metadata(metadata: Any, n: int) -> list[dict[str, Any]]:
         for key in m:
             if not isinstance(key, str):
                 raise InputError(f"metadata[{i}] has key {key!r}; keys must be strings (JSON objects)")
-            items.check_text(key, f"metadata[{i}] key")
+            store.check_text(key, f"metadata[{i}] key")
         try:
             json.dumps(m, allow_nan=False)
-            out.append(items.redact_values(m))  # a source URI's password is never stored
+            out.append(store.redact_values(m))  # a source URI's password is never stored
         except RecursionError:
             raise InputError(f"metadata[{i}] is nested too deeply to store as JSON; flatten it") from None
         except (TypeError, ValueError) as e:
@@ -236,7 +236,7 @@ class Gallery:
     def metadata(self) -> list[dict[str, Any]]:
         """Metadata of all items in slot order; O(N)."""
         with self._mutex:
-            return [items.parse_metadata(r[1], r[3]) for r in self._contents.rows()]
+            return [store.parse_metadata(r[1], r[3]) for r in self._contents.rows()]
 
     @property
     def vectors(self) -> np.ndarray:
@@ -276,7 +276,7 @@ class Gallery:
         with self._mutex:
             data = self._contents.crop(self._contents.existing_slot(str(item_id)))
         if data is not None:
-            return items.decode_crop(str(item_id), data)
+            return store.decode_crop(str(item_id), data)
         path = self.image_path(item_id)
         if path is None:
             raise InputError(
@@ -332,9 +332,9 @@ class Gallery:
                     f"got {n} vectors but {counts[0]} ids, {counts[1]} labels, {counts[2]} metadata, {counts[3]} crops"
                 )
             for lab in labs:
-                items.check_text(lab, "label")
+                store.check_text(lab, "label")
             for i in new_ids or []:
-                items.check_text(i, "id")
+                store.check_text(i, "id")
             encoded = {i: _encode_crop(c, i) for i, c in enumerate(crop_list) if c is not None}
             return self._contents.add(v, new_ids, labs, meta, encoded)
 
@@ -631,7 +631,7 @@ class Gallery:
                 store.check_vectors(where, chunk, c.dtype, alive[first : first + len(chunk)], sample=False)
             n = 0
             for r in c.rows():  # ids and labels stored as text, metadata a JSON object
-                items.parse_metadata(r[1], r[3])
+                store.parse_metadata(r[1], r[3])
                 n += 1
             if n != len(c):
                 raise store.damaged(where, f"{n} items in its tables but {len(c)} live slots")

@@ -20,7 +20,7 @@ import numpy as np
 
 from lcr_sdk.errors import InputError
 from lcr_sdk.fileio import atomic_write_text, fsync_dir, fsync_file, staging_dir
-from lcr_sdk.gallery import items
+from lcr_sdk.gallery import store
 from lcr_sdk.gallery.store import FORMAT, VERSION_DIR
 
 V1 = 1
@@ -114,15 +114,15 @@ def read_v1(folder: Path, mmap: bool = True) -> V1Gallery:
         )
     metadata = []
     for r in rows:
-        items.check_stored(r[1], r[2] or "")
-        metadata.append(items.parse_metadata(r[1], r[3]) if r[3] is not None else {})
+        store.check_stored(r[1], r[2] or "")
+        metadata.append(store.parse_metadata(r[1], r[3]) if r[3] is not None else {})
     return V1Gallery(folder, header, vectors, [r[1] for r in rows], [r[2] or "" for r in rows], metadata)
 
 
 def _read_header(folder: Path) -> dict[str, Any]:
     """``header.json``: a JSON object with every field of :data:`_HEADER_KEYS`, of format 1."""
     try:
-        header = json.loads((folder / "header.json").read_text(encoding="utf-8"), parse_constant=items.not_json)
+        header = json.loads((folder / "header.json").read_text(encoding="utf-8"), parse_constant=store.not_json)
     except RecursionError:
         raise _damaged(folder, "header.json is nested too deeply to read") from None
     except (OSError, ValueError) as e:

@@ -21,7 +21,7 @@ import numpy as np
 
 from lcr_sdk.errors import InputError
 from lcr_sdk.fileio import is_disk_full, mib
-from lcr_sdk.gallery import calibrate, items, legacy, store
+from lcr_sdk.gallery import calibrate, legacy, store
 from lcr_sdk.gallery.contents import Contents
 from lcr_sdk.gallery.search import Searcher, parse_index
 
@@ -253,8 +253,8 @@ def _load_v1(root: Path, old: legacy.V1Gallery) -> tuple[Contents, Searcher]:
         raise store.damaged(old.folder, f"its index spec {index!r} is not valid: {e}") from None
     c, s = Contents(h["dim"], "float32", h["model_sha256"], index), Searcher(spec, h["dim"])
     for i, lab in zip(old.ids, old.labels, strict=True):
-        items.check_text(i, "id")
-        items.check_text(lab, "label")
+        store.check_text(i, "id")
+        store.check_text(lab, "label")
     store.check_vectors(old.folder, old.vectors, "float32")
     c.pending.add(old.vectors, old.ids, old.labels, old.metadata, {})
     next_id = h.get("next_id", len(old.ids))

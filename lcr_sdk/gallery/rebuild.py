@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from lcr_sdk.errors import InputError
-from lcr_sdk.gallery import items
+from lcr_sdk.gallery import store
 from lcr_sdk.gallery.contents import Contents, Row
 
 Source = tuple[Row, bytes | Path]  # an item and where its image is: its stored crop, or its file
@@ -30,7 +30,7 @@ def locate(c: Contents, skip_missing: bool) -> tuple[list[Source], list[str]]:
         if r[4] is not None:
             found.append((r, r[4]))
             continue
-        path = c.image_path(r[1], items.parse_metadata(r[1], r[3]))
+        path = c.image_path(r[1], store.parse_metadata(r[1], r[3]))
         if path is None or not path.is_file():
             missing.append(r[1])
         else:
@@ -55,12 +55,12 @@ def reembed(add: Callable[..., list[str]], found: list[Source], embedder: Any, b
             part = found[i : i + batch]
             imgs = []
             for r, src in part:
-                imgs.append(items.decode_crop(r[1], src) if isinstance(src, bytes) else read_image(src))
+                imgs.append(store.decode_crop(r[1], src) if isinstance(src, bytes) else read_image(src))
             add(
                 embedder.embed(imgs),
                 ids=[r[1] for r, _ in part],
                 labels=[r[2] for r, _ in part],
-                metadata=[items.parse_metadata(r[1], r[3]) for r, _ in part],
+                metadata=[store.parse_metadata(r[1], r[3]) for r, _ in part],
                 crops=[imgs[n] if r[4] is not None else None for n, (r, _) in enumerate(part)],
             )
             bar.update(len(part))

@@ -26,7 +26,7 @@ import numpy as np
 
 from lcr_sdk.errors import InputError, LcrError, MissingDependencyError, require
 from lcr_sdk.fileio import atomic_path
-from lcr_sdk.gallery import calibrate, items, store
+from lcr_sdk.gallery import calibrate, store
 from lcr_sdk.gallery.contents import Blocks, Contents
 from lcr_sdk.metrics import ranking
 
@@ -520,7 +520,7 @@ def check_filter(label: str | Sequence[str] | None, where: dict[str, Any] | None
         if not isinstance(where, dict):
             raise InputError(f"where must be a dict of metadata key -> value; got {type(where).__name__}")
         for key, value in where.items():
-            if not isinstance(key, str) or not items.is_scalar(value):
+            if not isinstance(key, str) or not store.is_scalar(value):
                 raise InputError(
                     f"where={{{key!r}: {value!r:.40}}}: keys must be strings and values str, int, float, bool "
                     "or None (top-level metadata values are indexed; nested ones are not)"

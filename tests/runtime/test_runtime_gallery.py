@@ -284,7 +284,7 @@ def test_float16_storage_halves_the_file_and_keeps_the_ranking(tmp_path):
 def test_filters_by_label_and_metadata_use_the_sqlite_indexes(tmp_path):
     import sqlite3
 
-    from lcr_sdk.gallery import items
+    from lcr_sdk.gallery import store
 
     v = _unit(60, 16)
     g = Gallery(16)
@@ -313,7 +313,7 @@ def test_filters_by_label_and_metadata_use_the_sqlite_indexes(tmp_path):
     plan = " ".join(str(r) for r in conn.execute("EXPLAIN QUERY PLAN SELECT row FROM items WHERE label IN (?)", ("a",)))
     assert "items_label" in plan, plan
     expect = {i for i in range(40) if i % 4 == 1 and i % 3 == 1}
-    assert set(items.filter_rows(conn, ["c1"], {"shop": 1}).tolist()) == expect
+    assert set(store.filter_rows(conn, ["c1"], {"shop": 1}).tolist()) == expect
 
 
 def _clustered(labels: int, per: int, d: int = 64, spread: float = 0.25, seed: int = 0):
