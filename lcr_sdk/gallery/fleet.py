@@ -48,6 +48,7 @@ import numpy as np
 
 from lcr_sdk.errors import InputError, LcrError, ModelError, import_platform, require
 from lcr_sdk.gallery import Calibration, Gallery, Hit, Quality, check_quality
+from lcr_sdk.gallery.calibrate import PARTNERS, PROBES
 from lcr_sdk.gallery.explain import MAX_SPREAD
 from lcr_sdk.gallery.search import check_filter
 
@@ -68,7 +69,6 @@ BATCH_BYTES = 16 << 20  # rows per write request, by size (Milvus refuses gRPC m
 BATCH_ROWS = 4096  # ... and by count
 RECOUNT, RECOUNT_MIN = 0.05, 64  # count the items again after this share (at least this many) of own changes
 FORMAT = "1"
-PROBES, PARTNERS = 512, 4  # calibration sample: probes, and items of each probe's label (lcr_sdk.gallery.calibrate)
 _PROP = {
     "format": "lcr.format",
     "model": "lcr.model_sha256",
