@@ -30,8 +30,8 @@ def gallery_sync(
 ) -> None:
     """Push local enrolments and removals to a fleet gallery and pull its own; safe to repeat after a failure.
     Example: lcr-sdk gallery sync gallery/ http://milvus.site:19530 --collection feeders"""
-    from lcr_sdk.gallery.fleet import redact
     from lcr_sdk.gallery.sync import sync
+    from lcr_sdk.redact import redact
 
     report = sync(local, uri, collection, device=device, pull=pull, images=images, timeout=timeout)
     if as_json:

@@ -3,8 +3,8 @@
 Slots: every item has a slot, its position in the vector array (committed slots first, then pending ones). Slots
 only grow; removing an item kills its slot until compaction. Added items that are not yet committed live in
 :class:`Pending`: a private in-memory SQLite item table (:func:`lcr_sdk.gallery.store.memory_db`, the same schema as
-a saved gallery's, so filters and lookups are the same SQL) and a list of vector chunks. Removals of committed items are kept
-as id -> slot until the commit.
+a saved gallery's, so filters and lookups are the same SQL) and a list of vector chunks. Removals of committed items
+are kept as id -> slot until the commit.
 
 :class:`Contents` answers every question about the items (vectors, rows, ids, filters, images) over both parts, and
 records additions and removals; writing them to disk is :mod:`lcr_sdk.gallery.persist`'s job, searching them

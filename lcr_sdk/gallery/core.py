@@ -92,7 +92,8 @@ class Enrolment:
     quality: Quality
 
 
-def _unit_rows(x: Any, dim: int, what: str) -> np.ndarray:
+def unit_rows(x: Any, dim: int, what: str) -> np.ndarray:
+    """``x`` as unit-length float32 rows of width ``dim``; one :class:`InputError` naming ``what`` otherwise."""
     try:
         x = np.asarray(x, dtype=np.float32)
     except (TypeError, ValueError) as e:
@@ -314,7 +315,7 @@ class Gallery:
             The ids of the added items.
         """
         with self._mutex:
-            v = _unit_rows(vectors, self.dim, "vectors")
+            v = unit_rows(vectors, self.dim, "vectors")
             n = len(v)
             if ids is not None and (isinstance(ids, (str, bytes)) or not isinstance(ids, Sequence)):
                 raise InputError(f"ids must be a list of {n} ids; got {type(ids).__name__}")
@@ -436,7 +437,7 @@ class Gallery:
             if not isinstance(k, int) or isinstance(k, bool) or k < 1:
                 raise InputError(f"k must be a positive int; got {k!r}")
             single = np.asarray(queries).ndim == 1
-            q = _unit_rows(queries, self.dim, "queries")
+            q = unit_rows(queries, self.dim, "queries")
             found = self._searcher.search(self._contents, q, k, threshold, label, where, exact)
             hits = [[Hit(*f, gallery=self) for f in row] for row in found]
             return hits[0] if single else hits

@@ -49,8 +49,11 @@ import numpy as np
 from lcr_sdk.errors import InputError, LcrError, ModelError, import_platform, require
 from lcr_sdk.gallery import Calibration, Gallery, Hit, Quality, check_quality
 from lcr_sdk.gallery.calibrate import PARTNERS, PROBES
+from lcr_sdk.gallery.core import unit_rows
 from lcr_sdk.gallery.explain import MAX_SPREAD
 from lcr_sdk.gallery.search import check_filter
+from lcr_sdk.gallery.store import redact_values
+from lcr_sdk.redact import redact
 
 log = logging.getLogger("lcr_sdk.gallery.fleet")
 
@@ -81,18 +84,6 @@ _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,254}$")
 
 
 # -- URIs ---------------------------------------------------------------------------------------------------------
-
-
-def redact(uri: str) -> str:
-    """``uri`` with its credentials (``user:password@`` and any ``token``/``password`` query value) as ``***``."""
-    parts = urlsplit(str(uri))
-    if not parts.scheme or parts.scheme == "file":
-        return str(uri)
-    netloc = parts.netloc
-    if "@" in netloc:
-        netloc = "***@" + netloc.rsplit("@", 1)[1]
-    query = [(k, "***" if k.lower() in ("token", "password", "api_key") else v) for k, v in parse_qsl(parts.query)]
-    return urlunsplit((parts.scheme, netloc, parts.path, urlencode(query, safe="*"), ""))
 
 
 def is_local(uri: str) -> bool:
@@ -229,23 +220,8 @@ def _check_metadata(metadata: Any, n: int) -> list[dict[str, Any]]:
             raise InputError(f"metadata must be JSON-serialisable dicts; metadata[{i}] = {m!r:.80} ({e})") from e
         if len(text.encode("utf-8")) > METADATA_BYTES:
             raise InputError(f"metadata[{i}] is {len(text)} bytes of JSON; a fleet gallery keeps at most 64 KiB")
-        out.append(json.loads(text))
+        out.append(redact_values(json.loads(text)))  # a source URI's password is never stored, as in Gallery.add
     return out
-
-
-def _unit_rows(x: Any, dim: int, what: str) -> np.ndarray:
-    try:
-        x = np.asarray(x, dtype=np.float32)
-    except (TypeError, ValueError) as e:
-        raise InputError(f"{what} must be a float array of shape ({dim},) or (N, {dim}); got {type(x).__name__}") from e
-    if x.ndim == 1:
-        x = x[None]
-    if x.ndim != 2 or x.shape[1] != dim or len(x) == 0:
-        raise InputError(f"{what} must be ({dim},) or (N, {dim}) for this gallery of dim {dim}; got shape {x.shape}")
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    if not np.all(np.isfinite(norms)) or np.any(norms == 0):
-        raise InputError(f"{what} contain zero, NaN or infinite vectors; pass embeddings from Embedder.embed")
-    return np.asarray(x / norms, dtype=np.float32)
 
 
 def _same_json(a: Any, b: Any) -> bool:
@@ -470,7 +446,7 @@ class FleetGallery:
 
         Everything is checked before anything changes. Ids not given are random (``uuid4`` hex).
         """
-        v = _unit_rows(vectors, self.dim, "vectors")
+        v = unit_rows(vectors, self.dim, "vectors")
         n = len(v)
         for name, value in (("ids", ids), ("labels", labels)):
             if value is not None and (isinstance(value, (str, bytes)) or not isinstance(value, Sequence)):
@@ -666,7 +642,7 @@ class FleetGallery:
         if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= MAX_K:
             raise InputError(f"k must be an int in [1, {MAX_K}] (Milvus's top-k limit); got {k!r}")
         single = np.asarray(queries).ndim == 1
-        q = _unit_rows(queries, self.dim, "queries")
+        q = unit_rows(queries, self.dim, "queries")
         cut = self._resolve_threshold(threshold)
         labels = check_filter(label, where)
         rows = self._search_committed(q, k, labels, where)

@@ -354,7 +354,7 @@ def test_unreachable_server_is_one_error_naming_uri_and_timeout():
         connect(f"http://user:s3cret@127.0.0.1:{port}", "g", dim=8, timeout=1.5)
     assert time.monotonic() - t0 < 30
     text = str(e.value)
-    assert f"http://***@127.0.0.1:{port}" in text and "within 1.5 s" in text and "s3cret" not in text
+    assert f"http://user:***@127.0.0.1:{port}" in text and "within 1.5 s" in text and "s3cret" not in text
     assert "\n" not in text
 
 
@@ -368,7 +368,7 @@ def test_cli_sync_with_an_unreachable_server_is_one_line_and_exit_1(tmp_path):
     uri = f"milvus://robot:s3cret@127.0.0.1:{_free_port()}"
     r = CliRunner().invoke(app, ["gallery", "sync", str(tmp_path / "loc"), uri, "--timeout", "1"])
     assert r.exit_code == 1 and r.output.count("\n") == 1, r.output
-    assert r.output.startswith("Error: cannot reach the fleet gallery server milvus://***@127.0.0.1:")
+    assert r.output.startswith("Error: cannot reach the fleet gallery server milvus://robot:***@127.0.0.1:")
     assert "within 1 s" in r.output and "s3cret" not in r.output
 
 
@@ -388,6 +388,17 @@ def test_credentials_never_printed_or_stored(server, tmp_path):
     assert r.exit_code == 0, r.output
     assert json.loads(r.output)["pushed"] == 2 and "s3cret" not in r.output
     assert "s3cret" not in state_path(tmp_path / "loc").read_text()
+
+
+def test_a_source_password_in_metadata_is_stored_redacted(tmp_path):
+    """As in a local gallery, a camera URI's password never reaches the collection (every device reads it)."""
+    g = connect(str(tmp_path / "site.db"), "g", model=MODEL, dim=8)
+    g.add(_unit(1, 8), ids=["a"], metadata=[{"source": "rtsp://admin:pw1234@10.0.0.7/live", "n": 3}])
+    g.commit()
+    g.close()
+    again = connect(str(tmp_path / "site.db"), "g")
+    hit = again.search(_unit(1, 8)[0], k=1)[0]
+    assert hit.metadata == {"source": "rtsp://admin:***@10.0.0.7/live", "n": 3}
 
 
 def test_embedded_milvus_lite_database(tmp_path):

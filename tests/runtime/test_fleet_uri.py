@@ -7,7 +7,8 @@ import sys
 import pytest
 
 from lcr_sdk.errors import InputError, MissingDependencyError
-from lcr_sdk.gallery.fleet import connect, redact, split_uri
+from lcr_sdk.gallery.fleet import connect, split_uri
+from lcr_sdk.redact import redact
 
 
 def test_without_the_fleet_extra_one_error_names_it(monkeypatch):
@@ -19,7 +20,8 @@ def test_without_the_fleet_extra_one_error_names_it(monkeypatch):
 @pytest.mark.parametrize(
     "uri, shown",
     [
-        ("http://robot:s3cret@milvus.site:19530", "http://***@milvus.site:19530"),
+        ("http://robot:s3cret@milvus.site:19530", "http://robot:***@milvus.site:19530"),
+        ("milvus://s3cret@milvus.site:19530", "milvus://***@milvus.site:19530"),
         ("https://milvus.site:443/?token=s3cret&db_name=x", "https://milvus.site:443/?token=***&db_name=x"),
         ("milvus://milvus.site:19530", "milvus://milvus.site:19530"),
         ("site/gallery.db", "site/gallery.db"),
