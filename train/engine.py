@@ -488,7 +488,7 @@ class Trainer:
         with torch.autocast(dev.type, dtype=r.amp or torch.bfloat16, enabled=r.amp is not None):
             out = r.ddp(a, b) if cfg.supervised else r.ddp(a, b, ids.to(dev), measure_grads=measure)
         if not bool(torch.isfinite(out["loss"].detach())):
-            raise self._diverged(r, f"the loss is {float(out['loss'])}")
+            raise self._diverged(r, f"the loss is {float(out['loss'].detach())}")
         r.opt.zero_grad(set_to_none=True)
         if r.scaler is not None:
             r.scaler.scale(out["loss"]).backward()
