@@ -447,7 +447,7 @@ def _verify(
     progress: bool,
 ) -> None:
     """Compare the staged model with the PyTorch model on a sample of ``images`` and report it; ModelError on a miss."""
-    from lcr_sdk.export.verify import format_report, verify_model
+    from lcr_sdk.export.verify import format_report, miss_advice, verify_model
 
     report = verify_model(model, checkpoint, images, sample, manifest=manifest, progress=progress)
     say(format_report(report))
@@ -455,5 +455,5 @@ def _verify(
         raise ModelError(
             f"the exported {report['precision']} model misses its verification threshold (min cosine "
             f"{report['cosine_min']:.5f}, Rank-1 agreement {report['rank1_agreement']:.3f}); it was not written. "
-            "For int8 calibrate on more real images or another --calib-method; pass --no-verify to write it anyway"
+            f"To fix: {miss_advice(report['precision'], manifest.arch)}"
         )

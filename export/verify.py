@@ -111,6 +111,21 @@ def rank1_agreement(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.mean(top1(a) == top1(b)))
 
 
+def miss_advice(precision: str, arch: str) -> str:
+    """What to do when a model of ``arch`` exported in ``precision`` misses its verification thresholds."""
+    keep = "pass --no-verify to write it anyway"
+    if precision == "fp16":
+        return f"the model's activations leave float16's range or precision: export --precision fp32, or {keep}"
+    if precision == "fp32":
+        return f"the graph disagrees with PyTorch, an export fault: please report it with the checkpoint, or {keep}"
+    if arch.startswith("efficientnet"):
+        return (
+            "int8 post-training quantisation misses the thresholds on every EfficientNet-Lite checkpoint measured "
+            f"(its depthwise convs; docs/EXPORT.md): export --precision fp16 instead, or {keep}"
+        )
+    return f"calibrate on more real images (--calib, a few hundred) or another --calib-method, or {keep}"
+
+
 def format_report(report: dict[str, Any]) -> str:
     """A few human-readable lines."""
     t = report["thresholds"]

@@ -468,6 +468,26 @@ def test_lite0_int8_keeps_stem_first_depthwise_and_gfb_float(lite_graphs):
         assert source(add.input[0]).op_type == "Conv" and source(add.input[1]).op_type == "DequantizeLinear"
 
 
+def test_lite0_int8_that_misses_verification_points_to_fp16(lite_graphs, synth_root, tmp_path):
+    """Post-training int8 of EfficientNet-Lite misses the verification thresholds (docs/EXPORT.md); the error says
+    to export fp16 rather than to calibrate again, and nothing is written."""
+    from lcr_sdk.errors import ModelError
+    from lcr_sdk.export import export_model
+
+    with warnings.catch_warnings(), pytest.raises(ModelError) as e:
+        warnings.simplefilter("ignore")  # few calibration images
+        export_model(
+            lite_graphs["checkpoint"],
+            tmp_path / "q.onnx",
+            precision="int8",
+            calib_dir=synth_root / "train",
+            progress=False,
+            log=None,
+        )
+    assert "it was not written" in str(e.value) and "--precision fp16" in str(e.value)
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.parametrize("precision", ["fp32", "fp16", "int8"])
 def test_lite0_matches_pytorch(lite_graphs, synth_root, precision):
     import torch
