@@ -6,7 +6,6 @@ reaches every worker, and the image cache counts what it keeps.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import signal
@@ -16,31 +15,14 @@ import time
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
+from train_cli import QUIET, TINY, runner
+from train_cli import digest as _digest
+from train_cli import error_line as _error_line
+from train_cli import train as _train
 
 from lcr_sdk.cli import app
 
 pytestmark = pytest.mark.torch
-runner = CliRunner()
-TINY = ["--arch", "resnet18", "--image-size", "64", "--batch-size", "8", "--moco-k", "16", "--num-parts", "4"]
-QUIET = ["--workers", "0", "--no-progress", "--device", "cpu"]
-
-
-def _error_line(r, code: int = 1) -> str:
-    """The single 'Error: ...' line of a failed command (asserting the exit code and no traceback)."""
-    assert r.exit_code == code, (r.exit_code, r.output)
-    assert "Traceback" not in r.output, r.output
-    lines = [ln for ln in r.output.splitlines() if ln.startswith("Error: ")]
-    assert len(lines) == 1, r.output
-    return lines[0]
-
-
-def _train(data, out, *extra):
-    return runner.invoke(app, ["train", str(data), "--out", str(out), *TINY, *QUIET, "--epochs", "1", *extra])
-
-
-def _digest(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def _snapshot(run: Path) -> dict[str, str]:
