@@ -30,10 +30,9 @@ from lcr_sdk.gallery.explain import (
     MAX_SPREAD,
     Explanation,
     Quality,
-    check_quality,
-    check_quality_options,
     compare_parts,
     draw,
+    prepare_enrolment,
 )
 from lcr_sdk.gallery.search import Searcher, parse_index
 from lcr_sdk.redact import redact
@@ -368,26 +367,10 @@ class Gallery:
             image: a BGR array (e.g. a camera crop), path or PIL image.
             keep_image: store the image with the item (PNG), so it can be explained and re-embedded later.
         """
-        from lcr_sdk.images import to_bgr
-
-        check_quality_options(quality, max_spread)
         self.check_model(embedder)
-        img = to_bgr(image, color)
-        att = embedder.attend(img)
-        q = check_quality(att.part_grid, embedder.manifest.method, max_spread)
-        if quality == "off":
-            q = Quality(True, False, q.spread, "not checked (quality='off')")
-        if not q.ok and quality == "refuse":
-            raise InputError(f"not enrolled: {q.reason}")
-        meta = dict(metadata or {})
-        if q.spread is not None:
-            meta.setdefault("attention_spread", round(q.spread, 4))
+        emb, img, meta, q = prepare_enrolment(embedder, image, metadata, quality, max_spread, color)
         new = self.add(
-            att.embedding,
-            ids=None if id is None else [id],
-            labels=[label],
-            metadata=[meta],
-            crops=[img] if keep_image else None,
+            emb, ids=None if id is None else [id], labels=[label], metadata=[meta], crops=[img] if keep_image else None
         )
         return Enrolment(new[0], q)
 

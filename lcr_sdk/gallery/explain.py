@@ -114,6 +114,33 @@ def check_quality(parts: np.ndarray | None, method: str, max_spread: float = MAX
 # -- explanation ----------------------------------------------------------------------------------------------------
 
 
+def prepare_enrolment(
+    embedder: Any, image: Any, metadata: dict[str, Any] | None, quality: str, max_spread: float, color: str
+) -> tuple[np.ndarray, np.ndarray, dict[str, Any], Quality]:
+    """Embed one image for enrolment and judge its attention: what a local and a fleet gallery's ``enroll`` add.
+
+    Returns:
+        (embedding, the image as BGR, the metadata with ``attention_spread`` when measured, the :class:`Quality`).
+
+    Raises:
+        InputError: invalid ``quality`` / ``max_spread``, or ``quality="refuse"`` and the attention is diffuse.
+    """
+    from lcr_sdk.images import to_bgr
+
+    check_quality_options(quality, max_spread)
+    img = to_bgr(image, color)
+    att = embedder.attend(img)
+    q = check_quality(att.part_grid, embedder.manifest.method, max_spread)
+    if quality == "off":
+        q = Quality(True, False, q.spread, "not checked (quality='off')")
+    if not q.ok and quality == "refuse":
+        raise InputError(f"not enrolled: {q.reason}")
+    meta = dict(metadata or {})
+    if q.spread is not None:
+        meta.setdefault("attention_spread", round(q.spread, 4))
+    return att.embedding, img, meta, q
+
+
 @dataclass
 class PartMatch:
     """One part map compared between a query and a hit.

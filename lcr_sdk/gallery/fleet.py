@@ -47,10 +47,10 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import numpy as np
 
 from lcr_sdk.errors import InputError, LcrError, ModelError, import_platform, require
-from lcr_sdk.gallery import Calibration, Gallery, Hit, Quality, check_quality
+from lcr_sdk.gallery import Calibration, Enrolment, Gallery, Hit
 from lcr_sdk.gallery.calibrate import PARTNERS, PROBES
 from lcr_sdk.gallery.core import unit_rows
-from lcr_sdk.gallery.explain import MAX_SPREAD
+from lcr_sdk.gallery.explain import MAX_SPREAD, prepare_enrolment
 from lcr_sdk.gallery.search import check_filter
 from lcr_sdk.gallery.store import redact_values
 from lcr_sdk.redact import redact
@@ -506,23 +506,9 @@ class FleetGallery:
     ) -> Any:
         """Embed one image and add it with its crop (pending until :meth:`commit`), checking its attention first;
         as :meth:`Gallery.enroll <lcr_sdk.gallery.Gallery.enroll>`."""
-        from lcr_sdk.gallery import Enrolment
-        from lcr_sdk.images import to_bgr
-
-        if quality not in ("warn", "refuse", "off"):
-            raise InputError(f"quality={quality!r} is not valid; use 'warn', 'refuse' or 'off'")
         self.check_model(embedder)
-        img = to_bgr(image, color)
-        att = embedder.attend(img)
-        q = check_quality(att.part_grid, embedder.manifest.method, max_spread)
-        if quality == "off":
-            q = Quality(True, False, q.spread, "not checked (quality='off')")
-        if not q.ok and quality == "refuse":
-            raise InputError(f"not enrolled: {q.reason}")
-        meta = dict(metadata or {})
-        if q.spread is not None:
-            meta.setdefault("attention_spread", round(q.spread, 4))
-        new = self.add(att.embedding, None if id is None else [id], [label], [meta], [img] if keep_image else None)
+        emb, img, meta, q = prepare_enrolment(embedder, image, metadata, quality, max_spread, color)
+        new = self.add(emb, None if id is None else [id], [label], [meta], [img] if keep_image else None)
         return Enrolment(new[0], q)
 
     def commit(self) -> None:
