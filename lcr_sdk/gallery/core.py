@@ -117,7 +117,8 @@ def _encode_crop(image: Any, i: int) -> bytes:
     return bytes(data.tobytes())
 
 
-def _check_metadata(metadata: Any, n: int) -> list[dict[str, Any]]:
+def check_metadata(metadata: Any, n: int) -> list[dict[str, Any]]:
+    """``n`` items' metadata checked as a gallery stores it: JSON-able dicts with string keys, credentials masked."""
     if metadata is None:
         return [{} for _ in range(n)]
     if isinstance(metadata, dict) or not isinstance(metadata, Sequence):
@@ -322,7 +323,7 @@ class Gallery:
                 raise InputError(f"labels must be a list of {n} labels; got {type(labels).__name__}")
             new_ids = [str(i) for i in ids] if ids is not None else None
             labs = [str(x) for x in labels] if labels is not None else [""] * n
-            meta = _check_metadata(metadata, n)
+            meta = check_metadata(metadata, n)
             if crops is not None and (isinstance(crops, np.ndarray) or not isinstance(crops, Sequence)):
                 raise InputError(f"crops must be a list of {n} images or None; got {type(crops).__name__}")
             crop_list = list(crops) if crops is not None else [None] * n

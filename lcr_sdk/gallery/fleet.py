@@ -49,10 +49,9 @@ import numpy as np
 from lcr_sdk.errors import InputError, LcrError, ModelError, import_platform, require
 from lcr_sdk.gallery import Calibration, Enrolment, Gallery, Hit
 from lcr_sdk.gallery.calibrate import PARTNERS, PROBES
-from lcr_sdk.gallery.core import unit_rows
+from lcr_sdk.gallery.core import check_metadata, unit_rows
 from lcr_sdk.gallery.explain import MAX_SPREAD, prepare_enrolment
 from lcr_sdk.gallery.search import check_filter
-from lcr_sdk.gallery.store import redact_values
 from lcr_sdk.redact import redact
 
 log = logging.getLogger("lcr_sdk.gallery.fleet")
@@ -206,21 +205,13 @@ def _check_text(value: str, what: str, limit: int) -> None:
 
 
 def _check_metadata(metadata: Any, n: int) -> list[dict[str, Any]]:
-    if metadata is None:
-        return [{} for _ in range(n)]
-    if isinstance(metadata, dict) or not isinstance(metadata, Sequence):
-        raise InputError(f"metadata must be a list of {n} dicts (one per vector); got {type(metadata).__name__}")
+    """The local gallery's metadata rules (:func:`lcr_sdk.gallery.core.check_metadata`), then Milvus's size limit."""
     out = []
-    for i, m in enumerate(metadata):
-        if not isinstance(m, dict) or not all(isinstance(k, str) for k in m):
-            raise InputError(f"metadata[{i}] is {m!r:.60}; each item's metadata must be a dict with string keys")
-        try:
-            text = json.dumps(m, allow_nan=False)
-        except (TypeError, ValueError) as e:
-            raise InputError(f"metadata must be JSON-serialisable dicts; metadata[{i}] = {m!r:.80} ({e})") from e
+    for i, m in enumerate(check_metadata(metadata, n)):
+        text = json.dumps(m)
         if len(text.encode("utf-8")) > METADATA_BYTES:
             raise InputError(f"metadata[{i}] is {len(text)} bytes of JSON; a fleet gallery keeps at most 64 KiB")
-        out.append(redact_values(json.loads(text)))  # a source URI's password is never stored, as in Gallery.add
+        out.append(json.loads(text))  # as the collection returns it (tuples read back as lists)
     return out
 
 
