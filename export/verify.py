@@ -121,7 +121,7 @@ def miss_advice(precision: str, arch: str) -> str:
     if arch.startswith("efficientnet"):
         return (
             "int8 post-training quantisation misses the thresholds on every EfficientNet-Lite checkpoint measured "
-            f"(its depthwise convs; docs/EXPORT.md): export --precision fp16 instead, or {keep}"
+            f"(docs/EXPORT.md): export --precision fp16 instead, or {keep}"
         )
     return f"calibrate on more real images (--calib, a few hundred) or another --calib-method, or {keep}"
 

@@ -111,9 +111,6 @@ def check_quality(parts: np.ndarray | None, method: str, max_spread: float = MAX
     return Quality(True, True, s, f"attention spread over {s:.1%} of the view (limit {max_spread:.0%})")
 
 
-# -- explanation ----------------------------------------------------------------------------------------------------
-
-
 def prepare_enrolment(
     embedder: Any, image: Any, metadata: dict[str, Any] | None, quality: str, max_spread: float, color: str
 ) -> tuple[np.ndarray, np.ndarray, dict[str, Any], Quality]:
@@ -139,6 +136,9 @@ def prepare_enrolment(
     if q.spread is not None:
         meta.setdefault("attention_spread", round(q.spread, 4))
     return att.embedding, img, meta, q
+
+
+# -- explanation ----------------------------------------------------------------------------------------------------
 
 
 @dataclass
