@@ -52,6 +52,7 @@ from lcr_sdk.gallery.calibrate import PARTNERS, PROBES
 from lcr_sdk.gallery.core import check_metadata, unit_rows
 from lcr_sdk.gallery.explain import MAX_SPREAD, prepare_enrolment
 from lcr_sdk.gallery.search import check_filter
+from lcr_sdk.gallery.store import check_text
 from lcr_sdk.redact import redact
 
 log = logging.getLogger("lcr_sdk.gallery.fleet")
@@ -194,12 +195,9 @@ def decode_crop(chunks: Sequence[str] | None) -> np.ndarray | None:
 
 
 def _check_text(value: str, what: str, limit: int) -> None:
-    if "\x00" in value:
-        raise InputError(f"{what} {value!r:.80} contains a NUL character; remove it")
-    try:
-        size = len(value.encode("utf-8"))
-    except UnicodeEncodeError:
-        raise InputError(f"{what} {value!r:.80} is not valid UTF-8; pass a UTF-8 string") from None
+    """The local gallery's text rule (:func:`lcr_sdk.gallery.store.check_text`), then Milvus's field size."""
+    check_text(value, what)
+    size = len(value.encode("utf-8"))
     if size > limit:
         raise InputError(f"{what} {value[:40]!r}... is {size} bytes; a fleet gallery keeps at most {limit}")
 

@@ -390,6 +390,17 @@ def test_credentials_never_printed_or_stored(server, tmp_path):
     assert "s3cret" not in state_path(tmp_path / "loc").read_text()
 
 
+@pytest.mark.parametrize(
+    "item_id, message", [("a\x00b", "contains a NUL character"), ("cam\udcff.jpg", "is not valid UTF-8")]
+)
+def test_an_id_no_store_can_hold_is_one_error_and_adds_nothing(tmp_path, item_id, message):
+    """The local gallery's text rule holds for a fleet gallery too: refused before anything is pending."""
+    g = connect(str(tmp_path / "site.db"), "g", model=MODEL, dim=8)
+    with pytest.raises(InputError, match=message):
+        g.add(_unit(1, 8), ids=[item_id])
+    assert g.pending == 0
+
+
 def test_a_source_password_in_metadata_is_stored_redacted(tmp_path):
     """As in a local gallery, a camera URI's password never reaches the collection (every device reads it)."""
     g = connect(str(tmp_path / "site.db"), "g", model=MODEL, dim=8)
