@@ -20,6 +20,7 @@ from typing import Any
 from lcr_sdk.backends.base import ENGINE_SUFFIXES
 from lcr_sdk.errors import InputError, ModelError, require
 from lcr_sdk.export.precision import CALIBRATION_METHODS
+from lcr_sdk.export.verify import INT8_FALLS_SHORT, int8_falls_short
 from lcr_sdk.fileio import atomic_path, is_disk_full, mib, sha256_file, staging_dir
 from lcr_sdk.manifest import (
     DEFAULT_BATCH,
@@ -207,10 +208,9 @@ def export_model(
     check_finite_weights(ckpt["model"], checkpoint)
     manifest = _manifest(ckpt["config"], sha256_file(checkpoint), image_size, batch, precision, resize)
     check_export_sizes(manifest, calib_images, verify_sample, calibrating=precision == "int8")
-    if precision == "int8" and manifest.arch.startswith("efficientnet"):
+    if precision == "int8" and int8_falls_short(manifest.arch):
         warnings.warn(
-            f"int8 of {manifest.arch}: post-training int8 misses the verification thresholds on every "
-            "EfficientNet-Lite checkpoint measured (docs/EXPORT.md); fp16 is the precision to deploy it in",
+            f"int8 of {manifest.arch}: {INT8_FALLS_SHORT} (docs/EXPORT.md); fp16 is the precision to deploy it in",
             stacklevel=2,
         )
     calib = None

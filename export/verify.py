@@ -111,6 +111,17 @@ def rank1_agreement(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.mean(top1(a) == top1(b)))
 
 
+# Why an EfficientNet-Lite is not exported in int8 (docs/EXPORT.md has the measurements).
+INT8_FALLS_SHORT = (
+    "post-training int8 misses the verification thresholds on every EfficientNet-Lite checkpoint measured"
+)
+
+
+def int8_falls_short(arch: str) -> bool:
+    """Whether ``arch`` is of the family whose int8 export is not recommended (:data:`INT8_FALLS_SHORT`)."""
+    return arch.startswith("efficientnet")
+
+
 def miss_advice(precision: str, arch: str) -> str:
     """What to do when a model of ``arch`` exported in ``precision`` misses its verification thresholds."""
     keep = "pass --no-verify to write it anyway"
@@ -118,11 +129,8 @@ def miss_advice(precision: str, arch: str) -> str:
         return f"the model's activations leave float16's range or precision: export --precision fp32, or {keep}"
     if precision == "fp32":
         return f"the graph disagrees with PyTorch, an export fault: please report it with the checkpoint, or {keep}"
-    if arch.startswith("efficientnet"):
-        return (
-            "int8 post-training quantisation misses the thresholds on every EfficientNet-Lite checkpoint measured "
-            f"(docs/EXPORT.md): export --precision fp16 instead, or {keep}"
-        )
+    if int8_falls_short(arch):
+        return f"{INT8_FALLS_SHORT} (docs/EXPORT.md): export --precision fp16 instead, or {keep}"
     return f"calibrate on more real images (--calib, a few hundred) or another --calib-method, or {keep}"
 
 
