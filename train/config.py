@@ -75,14 +75,14 @@ class TrainConfig:
         fit_form: the form of the fitting loss. 'per_image' (default): the authors' released loss taken per
             image: the prediction A min-max normalised to [0, 1] over each image's map with no temperature, the
             raw CAM as target (not normalised; detached only by fit_grad 'gfb'; cam_norm, cam_detach and tau are
-            not used), both
-            softmaxes over the image's whole h x w map, KL with reduction 'sum' (weight 0.01). 'released': the
-            released loss exactly, with its two defects: A min-max normalised over the whole batch (an image's
-            loss depends on the rest of the batch) and each softmax over one row of the map. 'ours': KL(softmax(
-            CAM/tau) || softmax(A/tau)) over all h*w positions of each image, batch mean, with the CAM target
-            shaped by cam_norm and cam_detach (this SDK's earlier default; its mask was no more on the object than
-            uniform pooling). Chosen on the validation split over five seeds (docs/BENCHMARKS.md): 'per_image' and
-            'released' lead MoCo v2 by the same margin within the seed spread, and 'per_image' has no defect.
+            not used), both softmaxes over the image's whole h x w map, KL with reduction 'sum' (weight 0.01).
+            'released': the released loss exactly, with its two defects: A min-max normalised over the whole batch
+            (an image's loss depends on the rest of the batch) and each softmax over one row of the map. 'ours':
+            KL(softmax(CAM/tau) || softmax(A/tau)) over all h*w positions of each image, batch mean, with the CAM
+            target shaped by cam_norm and cam_detach (this SDK's earlier default; its mask was no more on the
+            object than uniform pooling). Chosen on the validation split over five seeds (docs/BENCHMARKS.md):
+            'per_image' and 'released' lead MoCo v2 by the same margin within the seed spread, and 'per_image' has
+            no defect.
         nu: weight of the fitting loss. Default None = the form's own: 1 for 'ours' (this SDK's choice, not
             tuned), 0.01 for 'released' and 'per_image' (the released code's default). :attr:`fit_weight` is the
             value used.

@@ -40,6 +40,8 @@ from torch import nn
 
 from lcr_sdk.train.model import LCRNet
 
+RELEASED_FORMS = ("released", "per_image")  # fitting forms with the released loss's raw-CAM target and KL
+
 
 class SplitBatchNorm(nn.BatchNorm2d):
     """BatchNorm over ``num_splits`` sub-batches in training (emulates per-GPU BN in one process).
@@ -290,7 +292,7 @@ class MoCo(nn.Module):
         The released form takes the raw CAM, attached to the graph; with fit_grad 'gfb' the target is always
         detached (the fitting term never reaches the backbone).
         """
-        released = self.fit_form in ("released", "per_image")
+        released = self.fit_form in RELEASED_FORMS
         detach = self.fit_grad == "gfb" or (self.cam_detach and not released)
         norm = "none" if released else self.cam_norm
         scale = self.cam_loss_scale if feats.dtype == torch.float16 else 1.0
@@ -304,7 +306,7 @@ class MoCo(nn.Module):
         """(fitting loss, CAM target) of a step (LCR)."""
         cam = self._cam(loss_nce, feats)  # B x h x w
         attn = self.encoder_q.raw_attention(feats.detach() if self.fit_grad == "gfb" else feats)  # B x h x w
-        if self.fit_form in ("released", "per_image"):
+        if self.fit_form in RELEASED_FORMS:
             return released_fitting_loss(cam, attn, per_image=self.fit_form == "per_image"), cam
         return fitting_loss(cam, attn, self.tau), cam
 
