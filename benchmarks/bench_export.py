@@ -8,9 +8,10 @@
     .venv/bin/python benchmarks/bench_export.py [--checkpoint lcr.pt --images data/test --calib data/train]
     .venv/bin/python benchmarks/bench_export.py --int8-parity --checkpoint lcr.pt --images data/test --calib data/train
 
---int8-parity: only the int8 graphs, the current one (unquantised parts in float16) beside the earlier one
-(unquantised parts in float32), built from the same checkpoint and calibration images, each verified against the
-fp32 PyTorch model through ONNX Runtime (min cosine, Rank-1 agreement).
+--int8-parity: only the int8 graphs, the current one (unquantised parts in float16, biases corrected for the int8
+weights' mean error) beside the earlier one (unquantised parts in float32, biases as trained) and the two steps
+between, built from the same checkpoint and calibration images, each verified against the fp32 PyTorch model
+through ONNX Runtime (min cosine, Rank-1 agreement).
 
 Without --checkpoint a random-init resnet18 at 112 px is used (fine for timings; say so beside verification
 figures); without images a small synthetic set is generated. Graphs are timed interleaved, round-robin, so that
@@ -127,7 +128,8 @@ def fmt(t: np.ndarray, scale: float = 1e3) -> str:
 
 
 def int8_parity(ckpt: Path, args: argparse.Namespace, work: Path) -> None:
-    """The int8 graph on float16 beside the int8 graph on float32: same checkpoint, calibration and images."""
+    """The int8 graph as exported now (float16 unquantised parts, bias-corrected) beside the earlier one (float32
+    parts, biases as trained) and the two steps between: same checkpoint, calibration and images."""
     import functools
 
     import onnx
@@ -139,14 +141,21 @@ def int8_parity(ckpt: Path, args: argparse.Namespace, work: Path) -> None:
     )
     print("|---|---|---|---|---|---|---|")
     original = precision.to_int8
-    for name, half in (("unquantised parts float32 (before)", False), ("unquantised parts float16 (now)", True)):
-        precision.to_int8 = functools.partial(original, half=half)  # the pipeline imports it at call time
+    variants = (
+        ("float32 parts, biases as trained (before)", False, False),
+        ("float16 parts, biases as trained", True, False),
+        ("float32 parts, bias-corrected", False, True),
+        ("float16 parts, bias-corrected (now)", True, True),
+    )
+    for name, half, correct in variants:
+        # the pipeline imports to_int8 at call time
+        precision.to_int8 = functools.partial(original, half=half, correct_bias=correct)
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 model = export_model(
                     ckpt,
-                    work / f"int8-{'fp16' if half else 'fp32'}.onnx",
+                    work / f"int8-{'fp16' if half else 'fp32'}{'-bc' if correct else ''}.onnx",
                     precision="int8",
                     calib_dir=args.calib,
                     calib_images=args.calib_images,
@@ -177,7 +186,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--calib-images", type=int, default=500)
     ap.add_argument("--skip-gfb-cost", action="store_true", help="skip table 1")
-    ap.add_argument("--int8-parity", action="store_true", help="only the int8 on float16 / on float32 comparison")
+    ap.add_argument("--int8-parity", action="store_true", help="only the comparison of the int8 graphs (before / now)")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-export-"))
     ckpt = args.checkpoint

@@ -309,7 +309,11 @@ def _stage_onnx(
         proto = onnx.load(str(fp32))
         if precision == "fp16":
             proto = to_fp16(proto)
-    calibration = {"calibration": {"method": calib_method, "images": n_calib}} if calib is not None else {}
+    calibration = (
+        {"calibration": {"method": calib_method, "images": n_calib, "bias_correction": True}}
+        if calib is not None
+        else {}
+    )
     manifest = replace(manifest, model_file=name, extra=calibration)
     embed_manifest(proto, manifest)
     check(proto)

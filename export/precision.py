@@ -16,6 +16,11 @@ residual Add after a linear projection conv) alike:
   quantised, so TensorRT can fuse ``Conv + Add + ReLU`` into one int8 kernel;
 - biases stay float32: the TensorRT parser rejects an INT32 DequantizeLinear (onnx-tensorrt issue 850), so
   onnxruntime's default bias quantisation is not used;
+- each quantised Conv's bias absorbs the mean error its int8 weights add to its output on the calibration images
+  (bias correction, :func:`weight_error_means`): rounding a layer's weights shifts its output channels' means, and
+  those shifts add up through a deep network. Only bias values change (no node, no weight), so TensorRT builds the
+  same engine. Measured in docs/EXPORT.md: it lifts trained EfficientNet-Lite0 checkpoints clearly and leaves
+  ResNet-18 ones within their spread;
 - the 3-channel stem conv stays float (a 3-channel INT8 convolution is the case TensorRT reports "no
   implementation" for, and it is a small share of the work), and so does the GFB conv: its part maps are a model
   output and drive the mask;
@@ -198,6 +203,7 @@ def to_int8(
     batch_size: int = 8,
     progress: bool = True,
     half: bool = True,
+    correct_bias: bool = True,
 ) -> int:
     """Statically quantise an fp32 ONNX file to a QDQ int8 file using calibration ``images`` (module docstring).
 
@@ -211,6 +217,8 @@ def to_int8(
         progress: show a progress bar.
         half: run the unquantised parts in float16 (the fp16 graph's split: :func:`to_fp16` over the Q/DQ graph);
             False keeps them float32 (the earlier int8 graph, kept for comparisons).
+        correct_bias: fold the int8 weights' mean error into the biases (:func:`weight_error_means`); False
+            leaves the biases as trained (the earlier int8 graph, kept for comparisons).
 
     Returns:
         The number of images calibrated on (whole batches only).
@@ -264,7 +272,8 @@ def to_int8(
     for name in plan["activations"]:
         lo, hi = ranges[name].range_value
         amax[name] = float(max(abs(float(np.asarray(lo).min())), abs(float(np.asarray(hi).max()))))
-    quantised = insert_qdq(proto, plan, amax)
+    shift = weight_error_means(proto, plan, images, manifest.input.name, size, progress) if correct_bias else None
+    quantised = insert_qdq(proto, plan, amax, shift)
     onnx.save(to_fp16(quantised) if half else quantised, str(out_path))
     return n_batches * size
 
@@ -320,9 +329,83 @@ def _group(node) -> int:
     return next((a.i for a in node.attribute if a.name == "group"), 1)
 
 
-def insert_qdq(proto, plan: dict[str, list[str]], amax: dict[str, float]):
+def quantise_weights(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-output-channel symmetric int8 weights: ``(int8 weights, float32 scale per channel)``, the scale
+    max|w| / 127 over each output channel (axis 0)."""
+    w = w.astype(np.float32)
+    scale = np.maximum(np.abs(w).reshape(len(w), -1).max(axis=1), 1e-12) / INT8_MAX
+    q = np.clip(np.round(w / scale.reshape(-1, *([1] * (w.ndim - 1)))), -INT8_MAX, INT8_MAX).astype(np.int8)
+    return q, scale.astype(np.float32)
+
+
+def weight_error_means(
+    proto, plan: dict[str, list[str]], images: np.ndarray, input_name: str, batch_size: int = 8, progress: bool = True
+) -> dict[str, np.ndarray]:
+    """What rounding each planned Conv's weights to int8 adds to its output, on average: per Conv, the mean over
+    ``images`` and positions of ``conv(x, W_int8 - W)`` per output channel, ``x`` being the Conv's own input in the
+    float model (padding included, as the Conv sees it).
+
+    Subtracting it from the Conv's float32 bias (:func:`insert_qdq`) cancels the systematic part of the weights'
+    rounding error, which otherwise adds up from layer to layer: bias correction (Nagel et al., "Data-Free
+    Quantization Through Weight Equalization and Bias Correction", ICCV 2019), measured here on the calibration
+    images instead of derived from BatchNorm statistics (which the exported graph no longer has). It changes no
+    Q/DQ node and no weight, only bias values.
+    """
+    onnx = require("onnx", "export", "int8 quantisation")
+    ort = require("onnxruntime", "export", "int8 quantisation")
+    from onnx import helper, numpy_helper
+    from tqdm import tqdm  # type: ignore[import-untyped]
+
+    probe = onnx.ModelProto()
+    probe.CopyFrom(proto)
+    graph = probe.graph
+    inits = {t.name: t for t in graph.initializer}
+    wanted = set(plan["convs"])
+    outputs = {}
+    for node in list(graph.node):
+        if node.name not in wanted:
+            continue
+        w = numpy_helper.to_array(inits[node.input[1]]).astype(np.float32)
+        q, scale = quantise_weights(w)
+        err = numpy_helper.from_array(q * scale.reshape(-1, 1, 1, 1) - w, f"{node.name}/weight_error")
+        out = f"{node.name}/weight_error_output"
+        probe_conv = helper.make_node("Conv", [node.input[0], err.name], [out], name=f"{node.name}/weight_error_conv")
+        probe_conv.attribute.extend(node.attribute)
+        graph.initializer.append(err)
+        graph.node.append(probe_conv)
+        graph.output.append(helper.make_empty_tensor_value_info(out))
+        outputs[out] = node.name
+    session = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
+    names = list(outputs)
+    sums: dict[str, np.ndarray] = {}
+    count = 0
+    size = min(batch_size, len(images))
+    for i in tqdm(
+        range(max(1, len(images) // size)), desc="int8 bias correction", unit="batch", leave=False, disable=not progress
+    ):
+        batch = images[i * size : (i + 1) * size]
+        for name, value in zip(names, session.run(names, {input_name: batch})):
+            total = value.astype(np.float64).mean(axis=(2, 3)).sum(axis=0)
+            sums[name] = sums[name] + total if name in sums else total
+        count += len(batch)
+    return {outputs[n]: sums[n] / count for n in names}
+
+
+def _corrected_bias(node, inits: dict, shift: np.ndarray, new_inits: list) -> str:
+    """A new float32 bias initializer for ``node``: its bias (zero if it has none) less ``shift``; its name."""
+    from onnx import numpy_helper
+
+    has_bias = len(node.input) > 2 and node.input[2]
+    bias = numpy_helper.to_array(inits[node.input[2]]).astype(np.float64) if has_bias else np.zeros(len(shift))
+    corrected = numpy_helper.from_array((bias - shift).astype(np.float32), f"{node.name}/corrected_bias")
+    new_inits.append(corrected)
+    return corrected.name
+
+
+def insert_qdq(proto, plan: dict[str, list[str]], amax: dict[str, float], shift: dict[str, np.ndarray] | None = None):
     """Return ``proto`` with Q/DQ pairs on ``plan["activations"]`` (scale amax / 127) and per-channel INT8 weights
-    (with a DequantizeLinear) on ``plan["convs"]``; biases untouched (float32)."""
+    (with a DequantizeLinear) on ``plan["convs"]``; biases stay float32, less ``shift[conv]`` where given (the
+    weights' bias correction, :func:`weight_error_means`)."""
     from onnx import helper, numpy_helper
 
     graph = proto.graph
@@ -359,13 +442,11 @@ def insert_qdq(proto, plan: dict[str, list[str]], amax: dict[str, float]):
         is_residual = node.op_type == "Add" and all(x in producers and x not in inits for x in node.input)
         if node.name in convs:
             node.input[0] = dq_of[node.input[0]]
-            w = numpy_helper.to_array(inits[node.input[1]]).astype(np.float32)
-            scale = np.maximum(np.abs(w).reshape(len(w), -1).max(axis=1), 1e-12) / INT8_MAX  # per output channel
-            q = np.clip(np.round(w / scale.reshape(-1, 1, 1, 1)), -INT8_MAX, INT8_MAX).astype(np.int8)
+            int8_weights, weight_scale = quantise_weights(numpy_helper.to_array(inits[node.input[1]]))
             wname = node.input[1]
-            qw = numpy_helper.from_array(q, f"{wname}/int8")
-            ws = numpy_helper.from_array(scale.astype(np.float32), f"{wname}/scale")
-            wz = numpy_helper.from_array(np.zeros(len(w), np.int8), f"{wname}/zero_point")
+            qw = numpy_helper.from_array(int8_weights, f"{wname}/int8")
+            ws = numpy_helper.from_array(weight_scale, f"{wname}/scale")
+            wz = numpy_helper.from_array(np.zeros(len(int8_weights), np.int8), f"{wname}/zero_point")
             new_inits += [qw, ws, wz]
             out_nodes.append(
                 helper.make_node(
@@ -377,6 +458,8 @@ def insert_qdq(proto, plan: dict[str, list[str]], amax: dict[str, float]):
                 )
             )
             node.input[1] = f"{wname}/dequantized"
+            if shift is not None:  # the bias absorbs the mean error the int8 weights add (float32, so exact)
+                node.input[:] = list(node.input[:2]) + [_corrected_bias(node, inits, shift[node.name], new_inits)]
         elif is_residual and node.input[1] in dq_of:
             node.input[1] = dq_of[node.input[1]]
         out_nodes.append(node)

@@ -170,7 +170,8 @@ def test_int8_is_qdq_per_channel_with_uint8_input_untouched(lcr_checkpoint, synt
     reduces = [n for n in nodes if n.op_type in ("ReduceSum", "ReduceL2")]
     assert reduces and all(producers.get(n.input[0]) != "DequantizeLinear" for n in reduces)
     m = read_manifest(path)
-    assert m.precision == "int8" and m.extra["calibration"] == {"method": "minmax", "images": 24}
+    assert m.precision == "int8"
+    assert m.extra["calibration"] == {"method": "minmax", "images": 24, "bias_correction": True}
     batch = _images(synth_root, 8)
     emb, _, _ = _session(path).run(None, {"images": batch})
     # A random-init net at 64 px (2 x 2 feature map) is the hard case for int8; trained figures: docs/EXPORT.md.
@@ -223,4 +224,4 @@ def test_histogram_calibration_with_a_partial_last_batch(lcr_checkpoint, synth_r
             progress=False,
             log=None,
         )
-    assert read_manifest(path).extra["calibration"] == {"method": method, "images": 16}
+    assert read_manifest(path).extra["calibration"] == {"method": method, "images": 16, "bias_correction": True}
