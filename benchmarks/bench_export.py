@@ -137,9 +137,10 @@ def int8_parity(ckpt: Path, args: argparse.Namespace, work: Path) -> None:
     from lcr_sdk.export import precision
 
     print(
-        "| int8 graph | float16 tensors | min cosine | median cosine | attention max err | Rank-1 agreement | passed |"
+        "| int8 graph | export, s | float16 tensors | min cosine | median cosine | attention max err "
+        "| Rank-1 agreement | passed |"
     )
-    print("|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|")
     original = precision.to_int8
     variants = (
         ("float32 parts, biases as trained (before)", False, False),
@@ -150,6 +151,7 @@ def int8_parity(ckpt: Path, args: argparse.Namespace, work: Path) -> None:
     for name, half, correct in variants:
         # the pipeline imports to_int8 at call time
         precision.to_int8 = functools.partial(original, half=half, correct_bias=correct)
+        start = time.perf_counter()
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
@@ -166,11 +168,12 @@ def int8_parity(ckpt: Path, args: argparse.Namespace, work: Path) -> None:
                 )
         finally:
             precision.to_int8 = original
+        seconds = time.perf_counter() - start
         graph = onnx.shape_inference.infer_shapes(onnx.load(str(model))).graph
         halves = sum(v.type.tensor_type.elem_type == onnx.TensorProto.FLOAT16 for v in graph.value_info)
         r = verify_model(model, ckpt, args.images, max_images=None, progress=False)
         print(
-            f"| {name} | {halves} | {r['cosine_min']:.5f} | {r['cosine_median']:.5f} | "
+            f"| {name} | {seconds:.1f} | {halves} | {r['cosine_min']:.5f} | {r['cosine_median']:.5f} | "
             f"{r['attention_max_abs_err']:.3f} | {r['rank1_agreement']:.3f} | "
             f"{'yes' if r['passed'] else 'no'} ({r['images']} images) |"
         )

@@ -14,13 +14,13 @@ residual Add after a linear projection conv) alike:
   stored as per-channel symmetric INT8 initializers with a DequantizeLinear (axis 0);
 - each residual Add gets its shortcut operand (input 1: the block input or the downsample Conv's output)
   quantised, so TensorRT can fuse ``Conv + Add + ReLU`` into one int8 kernel;
-- biases stay float32: the TensorRT parser rejects an INT32 DequantizeLinear (onnx-tensorrt issue 850), so
-  onnxruntime's default bias quantisation is not used;
+- biases stay float (float16, like their Conv): the TensorRT parser rejects an INT32 DequantizeLinear
+  (onnx-tensorrt issue 850), so onnxruntime's default bias quantisation is not used;
 - each quantised Conv's bias absorbs the mean error its int8 weights add to its output on the calibration images
   (bias correction, :func:`weight_error_means`): rounding a layer's weights shifts its output channels' means, and
   those shifts add up through a deep network. Only bias values change (no node, no weight), so TensorRT builds the
-  same engine. Measured in docs/EXPORT.md: it lifts trained EfficientNet-Lite0 checkpoints clearly and leaves
-  ResNet-18 ones within their spread;
+  same engine. Measured in docs/EXPORT.md: on five trained EfficientNet-Lite0 checkpoints it raised the minimum
+  embedding cosine by 0.12 on average (and Rank-1 agreement by 0.12), on ResNet-18 ones by 0.003 +/- 0.003;
 - the 3-channel stem conv stays float (a 3-channel INT8 convolution is the case TensorRT reports "no
   implementation" for, and it is a small share of the work), and so does the GFB conv: its part maps are a model
   output and drive the mask;
@@ -404,7 +404,7 @@ def _corrected_bias(node, inits: dict, shift: np.ndarray, new_inits: list) -> st
 
 def insert_qdq(proto, plan: dict[str, list[str]], amax: dict[str, float], shift: dict[str, np.ndarray] | None = None):
     """Return ``proto`` with Q/DQ pairs on ``plan["activations"]`` (scale amax / 127) and per-channel INT8 weights
-    (with a DequantizeLinear) on ``plan["convs"]``; biases stay float32, less ``shift[conv]`` where given (the
+    (with a DequantizeLinear) on ``plan["convs"]``; biases stay float, less ``shift[conv]`` where given (the
     weights' bias correction, :func:`weight_error_means`)."""
     from onnx import helper, numpy_helper
 
@@ -458,7 +458,7 @@ def insert_qdq(proto, plan: dict[str, list[str]], amax: dict[str, float], shift:
                 )
             )
             node.input[1] = f"{wname}/dequantized"
-            if shift is not None:  # the bias absorbs the mean error the int8 weights add (float32, so exact)
+            if shift is not None:  # the (float) bias absorbs the mean error the int8 weights add
                 node.input[:] = list(node.input[:2]) + [_corrected_bias(node, inits, shift[node.name], new_inits)]
         elif is_residual and node.input[1] in dq_of:
             node.input[1] = dq_of[node.input[1]]
