@@ -475,16 +475,21 @@ def generate_protocol(out: str | Path, cfg: ProtocolConfig | None = None, progre
         )
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    roots = []
-    for name, sub in (("source", cfg.source()), ("target", cfg.target())):
-        root = out / name
-        if matches(root, sub):
-            log.info("reusing the synthetic %s set in %s", name, root)
-        else:
-            log.info("writing the synthetic %s set to %s", name, root)
-            _replace_set(root, sub, progress)
-        roots.append(root)
-    return roots[0], roots[1]
+    return generate_set(out / "source", cfg.source(), progress), generate_set(out / "target", cfg.target(), progress)
+
+
+def generate_set(root: str | Path, cfg: SynthConfig, progress: bool = True) -> Path:
+    """Write one data set at ``root``, or keep the one already there if it was written with the same options (a
+    set written with other options is replaced whole); returns ``root``. :func:`generate_protocol` calls it for
+    each of its two sets; a run that needs only one (the quickstart's target) calls it alone."""
+    root = Path(root)
+    root.parent.mkdir(parents=True, exist_ok=True)
+    if matches(root, cfg):
+        log.info("reusing the synthetic set in %s", root)
+    else:
+        log.info("writing the synthetic set to %s", root)
+        _replace_set(root, cfg, progress)
+    return root
 
 
 def _is_synth_set(root: Path) -> bool:

@@ -1,13 +1,14 @@
 """`lcr-sdk quickstart`: the built-in benchmark's protocol at a CPU budget, evaluated, reported and deployed.
 
 The paper's setting offline: stage 1 is EfficientNet-Lite0 with its real ImageNet weights (the ``weights`` extra;
-no download, no source pretraining), then MoCo v2 and LCR train on the synthetic fine-grained target set
-(``lcr_sdk.synth.generate_protocol``) from that backbone, beside the random-init, ImageNet-only and "LCR backbone
-with uniform pooling" rows, so the report shows what each stage moved. The table and its verdict are printed as
+no download, no source pretraining), then MoCo v2 and LCR train on the synthetic fine-grained target set (the
+benchmark's target, ``lcr_sdk.synth.ProtocolConfig.target``; the benchmark's source set is not needed here and not
+written) from that backbone, beside the random-init, ImageNet-only and "LCR backbone with uniform pooling" rows, so
+the report shows what each stage moved. The table and its verdict are printed as
 well. (The benchmark's other protocol, a ResNet-18 pretrained with labels on the synthetic source set, stays in
 ``benchmarks/bench_protocol.py --start source``.) Everything lands in one folder (which may already exist):
 
-    OUT/data/source, OUT/data/target      the synthetic data sets (the target is trained on and evaluated)
+    OUT/data/target                       the synthetic data set (train/ and test/), trained on and evaluated
     OUT/pretrained.pt                     stage 1: the ImageNet Lite0 backbone (uniform pooling)
     OUT/lcr.pt, OUT/moco.pt               one deployable checkpoint per self-supervised method (stage 2)
     OUT/runs/<stage>/                     full training state and logs (log.csv, checkpoint.pt)
@@ -34,7 +35,7 @@ import numpy as np
 
 from lcr_sdk.errors import InputError, MissingDependencyError, require
 from lcr_sdk.images import read_image
-from lcr_sdk.synth import ProtocolConfig, generate_protocol
+from lcr_sdk.synth import ProtocolConfig, generate_set
 from lcr_sdk.train import report
 from lcr_sdk.train.checkpoint import load_checkpoint, load_net, random_init_checkpoint, save_checkpoint
 from lcr_sdk.train.config import TrainConfig
@@ -261,7 +262,7 @@ def quickstart(
     no_export = _export_available()
     if no_export:
         log.warning("deploy: the export step will be skipped: %s", no_export)
-    source, target = generate_protocol(out / "data", budget.data, progress=True)
+    target = generate_set(out / "data" / "target", budget.data.target(), progress=True)
     cfgs = _configs(budget, seed, budget.epochs)
     size = budget.data.image_size
 
@@ -365,10 +366,9 @@ def _pictures(
 def _notes(budget: Budget, seed: int) -> list[str]:
     d = budget.data
     return [
-        f"data: synthetic birds at {d.image_size} px (lcr_sdk.synth.generate_protocol, data seed {d.seed}): "
-        f"target {d.target_classes} classes x {d.target_train_per_class} train / {d.target_test_per_class} test "
-        f"images; source {d.source_classes} other classes x {d.source_train_per_class} train images, no class "
-        "in common with the target",
+        f"data: synthetic birds at {d.image_size} px (the benchmark's target set, lcr_sdk.synth, data seed "
+        f"{d.seed}): {d.target_classes} classes x {d.target_train_per_class} train / {d.target_test_per_class} test "
+        "images",
         f"stage 1: {START_ARCH} with its ImageNet weights (Apache-2.0, the weights extra; no source pretraining); "
         f"stage 2: MoCo v2 and LCR on the target's train split from that backbone, lr {FINE_TUNE_LR}, "
         f"{budget.epochs} epochs each, batch {budget.batch_size}, training seed {seed}, with "

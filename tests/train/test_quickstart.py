@@ -26,6 +26,8 @@ def test_fast_quickstart_runs_the_protocol_and_reports_it(tmp_path, caplog):
     assert r.exit_code == 0, r.output
     # stage 1 is the ImageNet Lite0 backbone (no source training), stage 2 trains on the target set from it
     assert not (out / "runs" / "pretrain").exists()
+    # so only the target set is written: the benchmark's source set would be unused
+    assert (out / "data" / "target" / "synth.json").is_file() and not (out / "data" / "source").exists()
     for name in ("pretrained", "moco", "lcr"):
         assert (out / f"{name}.pt").is_file()
     assert not (out / "supervised.pt").exists()  # the quickstart drops the supervised-on-target row
@@ -90,7 +92,7 @@ def test_quickstart_reuses_its_data_sets(tmp_path, caplog):
     stamp = (tmp_path / "target" / "synth.json").stat().st_mtime_ns
     generate_protocol(tmp_path, FAST.data, progress=False)
     assert (tmp_path / "target" / "synth.json").stat().st_mtime_ns == stamp
-    assert "reusing the synthetic target set" in caplog.text
+    assert f"reusing the synthetic set in {tmp_path / 'target'}" in caplog.text
 
 
 def _log(path, knn: bool):
