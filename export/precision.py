@@ -14,8 +14,8 @@ residual Add after a linear projection conv) alike:
   stored as per-channel symmetric INT8 initializers with a DequantizeLinear (axis 0);
 - each residual Add gets its shortcut operand (input 1: the block input or the downsample Conv's output)
   quantised, so TensorRT can fuse ``Conv + Add + ReLU`` into one int8 kernel;
-- biases stay float (float16, like their Conv): the TensorRT parser rejects an INT32 DequantizeLinear
-  (onnx-tensorrt issue 850), so onnxruntime's default bias quantisation is not used;
+- biases stay float (float16, like their Conv): TensorRT's ONNX parser rejects an INT32 DequantizeLinear, so
+  onnxruntime's default bias quantisation is not used;
 - each quantised Conv's bias absorbs the mean error its int8 weights add to its output on the calibration images
   (bias correction, :func:`weight_error_means`): rounding a layer's weights shifts its output channels' means, and
   those shifts add up through a deep network. Only bias values change (no node, no weight), so TensorRT builds the
