@@ -7,11 +7,14 @@
 
     .venv/bin/python benchmarks/bench_export.py [--checkpoint lcr.pt --images data/test --calib data/train]
     .venv/bin/python benchmarks/bench_export.py --int8-parity --checkpoint lcr.pt --images data/test --calib data/train
+    .venv/bin/python benchmarks/bench_export.py --int8-parity --calib-draws 3 --checkpoint lcr.pt ...
 
 --int8-parity: only the int8 graphs, the current one (unquantised parts in float16, biases corrected for the int8
 weights' mean error) beside the earlier one (unquantised parts in float32, biases as trained) and the two steps
 between, built from the same checkpoint and calibration images, each verified against the fp32 PyTorch model
-through ONNX Runtime (min cosine, Rank-1 agreement).
+through ONNX Runtime (min cosine, Rank-1 agreement). With --calib-draws N: only the current and the earlier graph,
+each calibrated on N seeded random draws of the calibration folder, to show how far the figures move with the
+calibration images alone beside how far they move between the graphs.
 
 Without --checkpoint a random-init resnet18 at 112 px is used (fine for timings; say so beside verification
 figures); without images a small synthetic set is generated. Graphs are timed interleaved, round-robin, so that
@@ -127,55 +130,101 @@ def fmt(t: np.ndarray, scale: float = 1e3) -> str:
     return f"{med:.1f} ({q1:.1f}-{q3:.1f})"
 
 
-def int8_parity(ckpt: Path, args: argparse.Namespace, work: Path) -> None:
-    """The int8 graph as exported now (float16 unquantised parts, bias-corrected) beside the earlier one (float32
-    parts, biases as trained) and the two steps between: same checkpoint, calibration and images."""
+INT8_GRAPHS = (
+    ("float32 parts, biases as trained (before)", False, False),
+    ("float16 parts, biases as trained", True, False),
+    ("float32 parts, bias-corrected", False, True),
+    ("float16 parts, bias-corrected (now)", True, True),
+)
+
+
+def int8_graph(ckpt: Path, args: argparse.Namespace, calib: Path, out: Path, half: bool, correct: bool):
+    """Export one int8 variant (:data:`INT8_GRAPHS`) and verify it; ``(report, export seconds, float16 tensors)``."""
     import functools
 
     import onnx
 
     from lcr_sdk.export import precision
 
+    original = precision.to_int8
+    # the pipeline imports to_int8 at call time
+    precision.to_int8 = functools.partial(original, half=half, correct_bias=correct)
+    start = time.perf_counter()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model = export_model(
+                ckpt,
+                out,
+                precision="int8",
+                calib_dir=calib,
+                calib_images=args.calib_images,
+                image_size=args.size,
+                verify=False,
+                progress=False,
+                log=None,
+            )
+    finally:
+        precision.to_int8 = original
+    seconds = time.perf_counter() - start
+    graph = onnx.shape_inference.infer_shapes(onnx.load(str(model))).graph
+    halves = sum(v.type.tensor_type.elem_type == onnx.TensorProto.FLOAT16 for v in graph.value_info)
+    return verify_model(model, ckpt, args.images, max_images=None, progress=False), seconds, halves
+
+
+def int8_parity(ckpt: Path, args: argparse.Namespace, work: Path) -> None:
+    """The int8 graph as exported now (float16 unquantised parts, bias-corrected) beside the earlier one (float32
+    parts, biases as trained) and the two steps between: same checkpoint, calibration and images."""
     print(
         "| int8 graph | export, s | float16 tensors | min cosine | median cosine | attention max err "
         "| Rank-1 agreement | passed |"
     )
     print("|---|---|---|---|---|---|---|---|")
-    original = precision.to_int8
-    variants = (
-        ("float32 parts, biases as trained (before)", False, False),
-        ("float16 parts, biases as trained", True, False),
-        ("float32 parts, bias-corrected", False, True),
-        ("float16 parts, bias-corrected (now)", True, True),
-    )
-    for name, half, correct in variants:
-        # the pipeline imports to_int8 at call time
-        precision.to_int8 = functools.partial(original, half=half, correct_bias=correct)
-        start = time.perf_counter()
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                model = export_model(
-                    ckpt,
-                    work / f"int8-{'fp16' if half else 'fp32'}{'-bc' if correct else ''}.onnx",
-                    precision="int8",
-                    calib_dir=args.calib,
-                    calib_images=args.calib_images,
-                    image_size=args.size,
-                    verify=False,
-                    progress=False,
-                    log=None,
-                )
-        finally:
-            precision.to_int8 = original
-        seconds = time.perf_counter() - start
-        graph = onnx.shape_inference.infer_shapes(onnx.load(str(model))).graph
-        halves = sum(v.type.tensor_type.elem_type == onnx.TensorProto.FLOAT16 for v in graph.value_info)
-        r = verify_model(model, ckpt, args.images, max_images=None, progress=False)
+    for name, half, correct in INT8_GRAPHS:
+        out = work / f"int8-{'fp16' if half else 'fp32'}{'-bc' if correct else ''}.onnx"
+        r, seconds, halves = int8_graph(ckpt, args, args.calib, out, half, correct)
         print(
             f"| {name} | {seconds:.1f} | {halves} | {r['cosine_min']:.5f} | {r['cosine_median']:.5f} | "
             f"{r['attention_max_abs_err']:.3f} | {r['rank1_agreement']:.3f} | "
             f"{'yes' if r['passed'] else 'no'} ({r['images']} images) |"
+        )
+
+
+def calib_draws(ckpt: Path, args: argparse.Namespace, work: Path) -> None:
+    """The int8 graph now against before, each calibrated on ``--calib-draws`` seeded random draws of the calibration
+    folder (half of it, at most ``--calib-images``): how far each figure moves with the calibration images alone,
+    beside how far it moves between the graphs on the same images (paired by draw)."""
+    import shutil
+
+    from lcr_sdk.export.data import find_images
+
+    files = find_images(args.calib, "calibration")
+    size = min(args.calib_images, len(files) // 2)
+    keys = ("cosine_min", "cosine_median", "rank1_agreement")
+    graphs = (INT8_GRAPHS[0], INT8_GRAPHS[-1])
+    print(f"calibration draws: {args.calib_draws} of {size} images from {len(files)} in {args.calib}\n")
+    print("| draw | int8 graph | min cosine | median cosine | Rank-1 agreement |")
+    print("|---|---|---|---|---|")
+    got = np.zeros((args.calib_draws, len(graphs), len(keys)))
+    for d in range(args.calib_draws):
+        folder = work / f"calib-draw{d}"
+        folder.mkdir()
+        for i in sorted(np.random.default_rng(d).choice(len(files), size, replace=False)):
+            shutil.copyfile(files[i], folder / f"{i:06d}{files[i].suffix}")
+        for g, (name, half, correct) in enumerate(graphs):
+            r, _, _ = int8_graph(ckpt, args, folder, work / f"draw{d}-{g}.onnx", half, correct)
+            got[d, g] = [r[k] for k in keys]
+            print(f"| {d} | {name} | {got[d, g, 0]:.5f} | {got[d, g, 1]:.6f} | {got[d, g, 2]:.3f} |", flush=True)
+        shutil.rmtree(folder)
+    print("\n| figure | before, mean +/- sd over draws | now, mean +/- sd | now - before, paired | now better |")
+    print("|---|---|---|---|---|")
+    for k, key in enumerate(keys):
+        before, now = got[:, 0, k], got[:, 1, k]
+        diff = now - before
+        sd = (lambda x: x.std(ddof=1)) if args.calib_draws > 1 else (lambda x: 0.0)
+        print(
+            f"| {key} | {before.mean():.5f} +/- {sd(before):.5f} | {now.mean():.5f} +/- {sd(now):.5f} | "
+            f"{diff.mean():+.5f} +/- {sd(diff):.5f} | {int((diff > 0).sum())} of {len(diff)} draws |"
         )
 
 
@@ -190,6 +239,12 @@ def main() -> None:
     ap.add_argument("--calib-images", type=int, default=500)
     ap.add_argument("--skip-gfb-cost", action="store_true", help="skip table 1")
     ap.add_argument("--int8-parity", action="store_true", help="only the comparison of the int8 graphs (before / now)")
+    ap.add_argument(
+        "--calib-draws",
+        type=int,
+        default=0,
+        help="with --int8-parity: before / now on this many seeded random draws of the calibration folder",
+    )
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-export-"))
     ckpt = args.checkpoint
@@ -211,7 +266,7 @@ def main() -> None:
         f"ORT {ort.__version__} CPU, {args.threads} threads, {args.reps} interleaved rounds\n"
     )
     if args.int8_parity:
-        int8_parity(ckpt, args, work)
+        (calib_draws if args.calib_draws else int8_parity)(ckpt, args, work)
         return
 
     models = {}
