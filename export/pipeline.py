@@ -466,5 +466,5 @@ def _verify(
         raise ModelError(
             f"the exported {report['precision']} model misses its verification threshold (min cosine "
             f"{report['cosine_min']:.5f}, Rank-1 agreement {report['rank1_agreement']:.3f}); it was not written. "
-            f"To fix: {miss_advice(report['precision'], manifest.arch)}"
+            f"To fix: {miss_advice(report['precision'], manifest.arch, report)}"
         )
