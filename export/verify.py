@@ -46,7 +46,7 @@ def verify_model(
     Returns:
         ``{"precision", "images", "cosine_min", "cosine_median", "attention_max_abs_err", "rank1_agreement",
         "rank1_swaps", "swap_gap_median", "swap_gap_max", "reference_margin_median", "thresholds": {...},
-        "passed", "provider", "reference"}``; the swap figures are :func:`rank1_swaps`'.
+        "passed", "provider", "reference"}``; the swap figures come from :func:`rank1_swaps`.
     """
     from tqdm import tqdm  # type: ignore[import-untyped]
 
@@ -206,8 +206,9 @@ def _swap_note(report: dict[str, Any]) -> str:
     """The Rank-1 line's second half: how far apart (for the fp32 model) the neighbours are that queries swap."""
     if not report.get("rank1_swaps"):
         return ""
+    margin = report.get("reference_margin_median")
     return (
         f"\n    {report['rank1_swaps']} queries differ; they swap neighbours {report['swap_gap_median']:.4f} apart in "
-        f"fp32 cosine (median; max {report['swap_gap_max']:.4f}; fp32 top-1 / top-2 margin, median over all queries: "
-        f"{report['reference_margin_median']:.4f})"
+        f"fp32 cosine (median; max {report['swap_gap_max']:.4f}"
+        + (f"; fp32 top-1 / top-2 margin, median over all queries: {margin:.4f})" if margin is not None else ")")
     )
