@@ -11,9 +11,10 @@ _CACHE: dict[tuple, Path] = {}
 
 
 def export_onnx(ckpt: Path, out: Path, batch: tuple[int, int, int] = (1, 4, 8)) -> Path:
-    """Export ``ckpt`` to ``out`` (uint8 NHWC BGR input, dynamic batch) and write ``out.json``; cached by args."""
+    """Export ``ckpt`` to ``out`` (uint8 NHWC BGR input, dynamic batch) and write ``out.json``; cached by args while
+    the cached file exists (a passed test's tmp_path is removed when it ends, and a cached model with it)."""
     key = (str(ckpt), batch)
-    if key not in _CACHE:
+    if key not in _CACHE or not _CACHE[key].is_file():
         from lcr_sdk.export import export_model
 
         _CACHE[key] = export_model(ckpt, out, batch=batch, verify=False, progress=False, log=None)
