@@ -246,7 +246,11 @@ def main() -> None:
         help="with --int8-parity: before / now on this many seeded random draws of the calibration folder",
     )
     args = ap.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="bench-export-"))
+    with tempfile.TemporaryDirectory(prefix="bench-export-") as tmp:  # exported graphs and data: ~90 MB
+        run(args, Path(tmp))
+
+
+def run(args: argparse.Namespace, work: Path) -> None:
     ckpt = args.checkpoint
     if ckpt is None:
         from lcr_sdk.train.checkpoint import random_init_checkpoint
