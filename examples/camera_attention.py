@@ -24,26 +24,12 @@ from lcr_sdk.video import (
     MAX_FPS,
     MAX_FRAME_SIDE,
     FpsMeter,
+    bounded_arg,
     draw_text,
     interrupt_on_sigterm,
     open_sink,
     open_source,
 )
-
-
-def bounded(kind: type, low: float, high: float, what: str):
-    """An argparse type: a number of ``kind`` in [low, high] (``what`` says what it counts)."""
-
-    def parse(text: str):
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-        if not low <= value <= high:  # also refuses NaN
-            raise argparse.ArgumentTypeError(f"{text} is outside {low:g}..{high:g} {what}")
-        return value
-
-    return parse
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -63,19 +49,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--headless", action="store_true", help="never open a window")
     p.add_argument("--backend", help="override the backend chosen by the model suffix (onnxruntime, tensorrt, torch)")
-    side = bounded(int, 1, MAX_FRAME_SIDE, "pixels")
+    side = bounded_arg(int, 1, MAX_FRAME_SIDE, "pixels")
     p.add_argument("--width", type=side, help=f"capture width (cameras) / resize width (files), 1..{MAX_FRAME_SIDE}")
     p.add_argument("--height", type=side, help=f"capture height (cameras) / resize height (files), 1..{MAX_FRAME_SIDE}")
     p.add_argument(
         "--fps",
-        type=bounded(float, 0.01, MAX_FPS, "frames per second"),
+        type=bounded_arg(float, 0.01, MAX_FPS, "frames per second"),
         help="camera frame rate; for a file, play it back in real time",
     )
     p.add_argument("--loop", action="store_true", help="loop a video file or image folder")
-    p.add_argument("--part", type=bounded(int, 0, 1023, "parts"), help="start on part map K instead of the mask")
+    p.add_argument("--part", type=bounded_arg(int, 0, 1023, "parts"), help="start on part map K instead of the mask")
     p.add_argument(
         "--max-frames",
-        type=bounded(int, 0, 2**62, "frames"),
+        type=bounded_arg(int, 0, 2**62, "frames"),
         default=0,
         help="stop after this many frames (0: end of stream)",
     )

@@ -33,7 +33,10 @@ from lcr_sdk.gallery.explain import MAX_SPREAD, check_quality_options
 from lcr_sdk.gallery.search import parse_threshold
 from lcr_sdk.redact import redact
 from lcr_sdk.video import (
+    MAX_FPS,
+    MAX_FRAME_SIDE,
     FpsMeter,
+    bounded_arg,
     check_writable,
     draw_text,
     interrupt_on_sigterm,
@@ -109,6 +112,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help=f"largest attention spread --quality accepts, 0..1 (default {MAX_SPREAD})",
     )
     p.add_argument("--log", type=Path, help="write one JSON line per frame: index, hits, unknown")
+    side = bounded_arg(int, 1, MAX_FRAME_SIDE, "pixels")
+    p.add_argument("--width", type=side, help=f"capture width (cameras) / resize width (files), 1..{MAX_FRAME_SIDE}")
+    p.add_argument("--height", type=side, help=f"capture height (cameras) / resize height (files), 1..{MAX_FRAME_SIDE}")
+    p.add_argument(
+        "--fps",
+        type=bounded_arg(float, 0.01, MAX_FPS, "frames per second"),
+        help="camera frame rate; for a file, play it back in real time",
+    )
     p.add_argument("--loop", action="store_true", help="loop a video file or image folder")
     p.add_argument("--max-frames", type=frame_count, default=0, help="stop after this many frames (0: end of stream)")
     args = p.parse_args(argv)
@@ -248,7 +259,7 @@ def run(args: argparse.Namespace) -> int:
     check_enrolment(args)
     with contextlib.ExitStack() as stack:
         emb = stack.enter_context(Embedder(args.model, backend=args.backend))
-        source = stack.enter_context(open_source(args.input, loop=args.loop))
+        source = stack.enter_context(open_source(args.input, args.width, args.height, args.fps, args.loop))
         sink = stack.enter_context(
             open_sink(
                 args.output, args.headless, source.fps or 30, "lcr retrieval", [args.input, args.gallery, args.model]

@@ -513,6 +513,23 @@ def _open_video_file(path: Path) -> CaptureReader:
     return CaptureReader(cap)
 
 
+def bounded_arg(kind: type, low: float, high: float, what: str) -> Callable[[str], float]:
+    """An argparse ``type`` for the demos: a number of ``kind`` in [low, high] (``what`` says what it counts);
+    e.g. ``bounded_arg(int, 1, MAX_FRAME_SIDE, "pixels")`` for ``--width``."""
+    import argparse
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not low <= value <= high:  # also refuses NaN
+            raise argparse.ArgumentTypeError(f"{text} is outside {low:g}..{high:g} {what}")
+        return value
+
+    return parse
+
+
 def check_frame_options(width: int | None, height: int | None, fps: float | None) -> None:
     """Refuse a requested frame size or rate outside the bounds (each side 1..MAX_FRAME_SIDE, at most
     MAX_FRAME_PIXELS in all; fps above 0 and at most MAX_FPS), before anything is opened.

@@ -493,10 +493,23 @@ def test_retrieval_demo_enrolling_into_a_gallery_it_cannot_write_fails(model, ga
 
 @pytest.mark.torch
 @pytest.mark.parametrize("option", [["--width", "-5"], ["--width", "100000"], ["--height", "0"], ["--fps", "-1"]])
-def test_demo_size_options_are_bounded(model, tmp_path, option):
+def test_demo_size_options_are_bounded(model, gallery, tmp_path, option):
     clip = _clip(tmp_path / "in.mp4")
     r = _demo(str(ROOT / "examples" / "camera_attention.py"), str(model), str(clip), "--headless", *option)
     assert r.returncode == 2 and option[0] in r.stderr and "Traceback" not in r.stderr, r.stderr
+    r = _retrieval(model, gallery, str(clip), "--headless", *option)
+    assert r.returncode == 2 and option[0] in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
+@pytest.mark.torch
+def test_the_retrieval_demo_resizes_frames_to_the_requested_mode(model, gallery, tmp_path):
+    clip = _clip(tmp_path / "in.mp4", n=3)
+    r = _retrieval(
+        model, gallery, str(clip), str(tmp_path / "frames") + "/", "--headless", "--width", "96", "--height", "64"
+    )
+    assert r.returncode == 0, r.stderr
+    frames = sorted((tmp_path / "frames").glob("*.png"))
+    assert len(frames) == 3 and cv2.imread(str(frames[0])).shape == (64, 96, 3)
 
 
 @pytest.mark.torch
