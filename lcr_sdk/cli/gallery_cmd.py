@@ -120,7 +120,8 @@ def gallery_build(
     summary = {
         "gallery": str(out),
         "items": len(g),
-        "labels": len(set(g.labels)),
+        "labels": len({lab for lab in g.labels if lab}),
+        "unlabelled": sum(1 for lab in g.labels if not lab),
         "dim": g.dim,
         "dtype": g.dtype,
         "index": g.index,
@@ -132,16 +133,31 @@ def gallery_build(
         typer.echo(json.dumps(summary, indent=2))
         return
     typer.echo(f"gallery {out}: {len(g)} images, {summary['labels']} labels, dim {g.dim}, {g.dtype}, index {g.index}")
+    if summary["unlabelled"]:
+        typer.echo(
+            f"warning: {summary['unlabelled']} image(s) directly in {folder} have no label (a label is the name of "
+            f"the sub-folder an image is in: {folder}/<label>/<image>); search finds them, without a label, and the "
+            f"open-set threshold is calibrated without them",
+            err=True,
+        )
     if flagged:
         what = "left out" if quality == "refuse" else "kept"
         shown = ", ".join(f"{p} ({q.spread:.0%})" for p, q in flagged[:5]) + (" ..." if len(flagged) > 5 else "")
         typer.echo(f"{len(flagged)} image(s) with diffuse attention {what} (spread > {max_spread:.0%}): {shown}")
     if cal is not None:
         typer.echo(
-            f"open-set threshold: {cal.threshold:.4f}"
+            f"open-set threshold: {cal.threshold:.4f} (false accepts {cal.far:.0%}, false rejects {cal.frr:.0%} on "
+            f"the sample)"
             if cal.threshold is not None
             else f"open-set threshold: none ({cal.reason})"
         )
+        if cal.weak:
+            typer.echo(
+                "warning: this model barely separates the gallery's labels, so 'unknown' decisions are little better "
+                "than chance; retrieval still ranks by similarity. A model trained on this kind of data separates "
+                "them (docs/RUNTIME.md, open-set threshold)",
+                err=True,
+            )
 
 
 @gallery_app.command("search")
@@ -195,9 +211,11 @@ def gallery_search(
         )
     elif not hits:
         typer.echo("no items" + (" match the filter" if label or filters else " in the gallery"))
-    typer.echo(f"{'rank':>4}  {'score':>7}  {'label':<16}  id")
+    # match: at or above the threshold (a known label); no: below it, the nearest item of what counts as "unknown"
+    typer.echo(f"{'rank':>4}  {'score':>7}  {'match':<5}  {'label':<16}  id")
     for r, row in enumerate(rows, 1):
-        typer.echo(f"{r:>4}  {row['score']:7.4f}  {row['label']:<16}  {row['id']}")
+        match = "-" if t is None else ("yes" if row["match"] else "no")
+        typer.echo(f"{r:>4}  {row['score']:7.4f}  {match:<5}  {row['label']:<16}  {row['id']}")
     if explain is not None and hits:
         typer.echo(f"wrote {explain}", err=True)
 

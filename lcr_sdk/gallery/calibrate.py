@@ -5,8 +5,10 @@ found through the label index), every probe gets two scores: its best match amon
 own label (a *genuine* score: what a known query of that label scores) and its best match among the sampled items
 of other labels (an *impostor* score: what a query of a label missing from the gallery would score). A probe whose
 label has no other item contributes only its impostor score. The threshold is the score that minimises the mean of
-the two error rates (genuine scores below it, impostor scores at or above it). The cost does not depend on the
-gallery's size.
+the two error rates (genuine scores below it, impostor scores at or above it); where thresholds tie, the highest
+(fewer false accepts), so a model that does not separate the labels at all gets a threshold above every impostor
+score and calls queries "unknown" rather than accepting all of them (:attr:`Calibration.weak` says so). The cost does
+not depend on the gallery's size.
 
 With one label (or none) there are no impostor scores and no threshold; without any genuine score the threshold
 is the 95th percentile of the impostor scores. The impostor side is a best match over the sample, not over the
@@ -28,6 +30,7 @@ PROBES = 512
 PARTNERS = 4
 REFRESH = 0.2  # recalibrate when the number of items changed by this share since the last calibration
 REFRESH_MIN = 10  # ... and by at least this many items
+WEAK = 0.4  # mean error rate (FAR + FRR) / 2 at or above which the labels are barely separated (chance: 0.5)
 
 
 @dataclass
@@ -79,13 +82,20 @@ class Calibration:
             raise ValueError(f"reason is {cal.reason!r}, not text")
         return cal
 
+    @property
+    def weak(self) -> bool:
+        """Whether the model barely separates the gallery's labels: (FAR + FRR) / 2 >= :data:`WEAK` on the sample
+        (0.5 is chance). Retrieval still ranks; "unknown" decisions are then little better than a coin."""
+        return self.threshold is not None and (self.far + self.frr) / 2 >= WEAK
+
     def stale(self, items: int) -> bool:
         """Whether the gallery changed enough since (``items`` now) to recalibrate."""
         return abs(items - self.items) >= max(REFRESH_MIN, REFRESH * self.items)
 
 
 def choose_threshold(genuine: np.ndarray, impostor: np.ndarray) -> tuple[float, float, float, str]:
-    """The threshold minimising (FRR + FAR) / 2, with its FAR and FRR."""
+    """The threshold minimising (FRR + FAR) / 2, with its FAR and FRR; among tied thresholds, the highest run of
+    them (fewer false accepts), and within that run the middle of the scores' interval."""
     if len(genuine) == 0:
         t = float(np.quantile(impostor, 0.95))
         return t, float(np.mean(impostor >= t)), 0.0, "no label has two items: 95th percentile of impostor scores"
@@ -95,11 +105,11 @@ def choose_threshold(genuine: np.ndarray, impostor: np.ndarray) -> tuple[float, 
     far = 1.0 - np.searchsorted(i, cands, side="left") / len(i)  # share of impostor scores >= t
     err = (frr + far) / 2
     best = err <= err.min() + 1e-12
-    first = last = int(np.argmax(best))
-    while last + 1 < len(cands) and best[last + 1]:
-        last += 1
+    first = last = len(cands) - 1 - int(np.argmax(best[::-1]))
+    while first > 0 and best[first - 1]:
+        first -= 1
     # errors change only at score values: every t in (cands[first - 1], cands[last]] does as well; take the middle
-    t = float((cands[first - 1] + cands[last]) / 2) if first > 0 else float(cands[first])
+    t = float((cands[first - 1] + cands[last]) / 2) if first > 0 else float(cands[last])
     far_t, frr_t = float(np.mean(impostor >= t)), float(np.mean(genuine < t))
     return t, far_t, frr_t, "minimum of (false rejects + false accepts) / 2 on the sample"
 

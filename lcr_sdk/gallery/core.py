@@ -586,7 +586,7 @@ class Gallery:
                 "format": 1 if c.legacy else (store.FORMAT_VERSION if ver else None),
                 "version": ver.name if ver else None,
                 "items": len(c),
-                "labels": len(set(self.labels)),
+                "labels": len({lab for lab in self.labels if lab}),  # "" is no label
                 "dim": c.dim,
                 "dtype": c.dtype,
                 "model_sha256": c.model_sha256,
@@ -596,6 +596,7 @@ class Gallery:
                 "threshold": cal.threshold,
                 "threshold_far": cal.far,
                 "threshold_frr": cal.frr,
+                "threshold_weak": cal.weak,
                 "threshold_note": cal.reason,
                 "image_root": c.image_root,
                 "pending": c.pending.changes,

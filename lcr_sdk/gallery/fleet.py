@@ -747,6 +747,7 @@ class FleetGallery:
             "threshold": cal.threshold,
             "threshold_far": cal.far,
             "threshold_frr": cal.frr,
+            "threshold_weak": cal.weak,
             "threshold_note": cal.reason,
             "pending": self.pending,
         }

@@ -67,6 +67,26 @@ def test_gallery_build_and_search(model, synth_root, tmp_path):
     assert table.exit_code == 0 and table.output.count("\n") == 6 and "score" in table.output
 
 
+def test_gallery_build_warns_of_unlabelled_images_and_search_marks_matches(model, synth_root, tmp_path):
+    import shutil
+
+    folder = tmp_path / "imgs"
+    for i, p in enumerate(sorted((synth_root / "train").glob("*/*.png"))[:8]):
+        target = folder / p.parent.name if i % 2 else folder  # half of them directly in the folder: no label
+        target.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(p, target / f"{i}.png")
+    r = _run("gallery", "build", model, folder, "--out", tmp_path / "g")
+    assert r.exit_code == 0, r.output
+    labelled = {p.parent.name for p in folder.glob("*/*.png")}
+    assert f"8 images, {len(labelled)} labels" in r.output
+    assert f"warning: 4 image(s) directly in {folder} have no label" in r.stderr
+    query = next(folder.glob("*/*.png"))
+    r = _run("gallery", "search", tmp_path / "g", model, query, "-k", "8", "--threshold", "0.999")
+    assert r.exit_code == 0 and r.output.splitlines()[0].split()[:3] == ["rank", "score", "match"], r.output
+    rows = r.output.splitlines()[1:]  # the query itself scores 1.0, the only one at or above 0.999
+    assert len(rows) == 8 and rows[0].split()[2] == "yes" and all(row.split()[2] == "no" for row in rows[1:])
+
+
 def test_gallery_search_refuses_other_model(model, moco_checkpoint, synth_root, tmp_path):
     g = tmp_path / "g"
     assert _run("gallery", "build", model, synth_root / "test", "--out", g).exit_code == 0

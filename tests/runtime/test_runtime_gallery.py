@@ -374,6 +374,29 @@ def test_calibration_with_single_item_labels_uses_impostor_scores_only():
     assert g2.search(v[0], k=2, threshold="auto")  # no threshold: nothing is called unknown
 
 
+def test_a_model_that_does_not_separate_the_labels_gets_a_strict_threshold_and_is_called_weak():
+    from lcr_sdk.gallery.calibrate import choose_threshold
+
+    # scores that tell nothing: genuine and impostor the same; every threshold has error 0.5, and the tie goes
+    # to the highest (nothing accepted) instead of the lowest (everything accepted)
+    scores = np.linspace(0.2, 0.9, 50)
+    t, far, frr, _ = choose_threshold(scores, scores.copy())
+    assert t > scores.max() and far == 0.0 and frr == 1.0
+    # separable scores: the threshold lies between them, no error either way
+    t, far, frr, _ = choose_threshold(np.array([0.8, 0.85, 0.9]), np.array([0.3, 0.4, 0.5]))
+    assert 0.5 < t <= 0.8 and far == frr == 0.0
+    rng = np.random.default_rng(3)
+    v = _unit(200, 16)
+    random_labels = [f"c{i}" for i in rng.integers(0, 4, 200)]  # labels unrelated to the vectors
+    g = Gallery(16)
+    g.add(v, labels=random_labels)
+    assert g.calibration.weak and g.info()["threshold_weak"]
+    clustered, labels, _ = _clustered(10, 4)
+    h = Gallery(64)
+    h.add(clustered, labels=labels)
+    assert h.threshold is not None and not h.calibration.weak and not h.info()["threshold_weak"]
+
+
 def test_other_model_refused_unless_forced():
     g = Gallery(8, model_sha256="a" * 64)
     g.add(_unit(3, 8))
