@@ -22,6 +22,7 @@ Needs the package index (a few MB of metadata, no install). Run time: one to two
 
 from __future__ import annotations
 
+import argparse
 import json
 import subprocess
 import sys
@@ -124,7 +125,12 @@ def resolve(wheel: Path, target: str, timeout: float = 600) -> dict[str, str]:
 
 
 def main(argv: list[str]) -> int:
-    targets = argv or list(TARGETS)
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("targets", nargs="*", metavar="TARGET", help=f"{', '.join(TARGETS)} (default: all)")
+    targets = ap.parse_args(argv).targets or list(TARGETS)
+    for t in targets:
+        if t not in TARGETS:
+            ap.error(f"unknown target {t!r}; choose from {', '.join(TARGETS)}")
     failed = 0
     with tempfile.TemporaryDirectory() as d:
         wheel = build_wheel(Path(d))

@@ -115,7 +115,7 @@ class Manifest:
     model_sha256: str = ""  # of the model file; empty inside ONNX metadata_props (a file cannot hold its own hash)
     model_file: str = ""
     opset: int | None = None
-    tensorrt: dict[str, Any] | None = None  # {"version", "gpu", "compute_capability"} for an engine
+    tensorrt: dict[str, Any] | None = None  # an engine's build identity: lcr_sdk.backends.identity.RECORDED
     extra: dict[str, Any] = field(default_factory=dict)
     format: str = FORMAT
     format_version: int = FORMAT_VERSION

@@ -245,7 +245,7 @@ def quickstart_cmd(
     seed: Annotated[int, typer.Option(help="Training seed (the data sets are fixed: the benchmark's).")] = 0,
     device: Annotated[str | None, typer.Option(help="cpu or cuda (default: CUDA if available).")] = None,
 ) -> None:
-    """Pretrain on a synthetic source set, train MoCo v2 and LCR from it on the target set, evaluate, report.
+    """From ImageNet EfficientNet-Lite0, train MoCo v2 and LCR on a synthetic fine-grained set, evaluate, report.
 
     Example: lcr-sdk quickstart --out lcr-quickstart   (then open lcr-quickstart/report/index.html)
     """
