@@ -109,6 +109,15 @@ def _torch_load(path: Path, map_location: str | torch.device) -> Any:
     return obj
 
 
+# Model files a checkpoint path is sometimes given by mistake: what each is, and where it goes instead.
+_NEEDS_CKPT = "training, evaluation and export from PyTorch need the checkpoint it was exported from"
+OTHER_MODEL_FILES = {
+    ".onnx": ("an ONNX model", f"the runtime runs it with ONNX Runtime (leave out --backend torch); {_NEEDS_CKPT}"),
+    ".engine": ("a TensorRT engine", f"the runtime runs it with TensorRT (leave out --backend torch); {_NEEDS_CKPT}"),
+    ".plan": ("a TensorRT engine", f"the runtime runs it with TensorRT (leave out --backend torch); {_NEEDS_CKPT}"),
+}
+
+
 def load_checkpoint(
     path: str | os.PathLike, map_location: str | torch.device = "cpu", resume: bool = False
 ) -> dict[str, Any]:
@@ -127,10 +136,18 @@ def load_checkpoint(
     path = Path(path)
     if not path.is_file():
         raise ModelError(f"checkpoint {path} does not exist; train one with `lcr-sdk train DATA --out DIR`")
+    other = OTHER_MODEL_FILES.get(path.suffix.lower())
+    if other is not None:
+        raise ModelError(
+            f"{path} is {other[0]} (by its name), not a PyTorch checkpoint (a .pt file from `lcr-sdk train`); "
+            f"{other[1]}"
+        )
     try:
         ckpt = _torch_load(path, map_location)
     except (RuntimeError, EOFError, OSError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError) as e:
         reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        if "weights only load failed" in reason.lower():  # torch's advice (weights_only=False) would run its code
+            reason = "it holds Python objects other than tensors and plain data, which lcr-sdk never unpickles"
         raise ModelError(
             f"{path} ({path.stat().st_size} bytes) is not a readable PyTorch checkpoint ({reason}); "
             "it may be truncated or corrupt: re-copy it or retrain"

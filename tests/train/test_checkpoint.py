@@ -36,6 +36,23 @@ def test_corrupt_files(tmp_path, content, message):
         load_checkpoint(p)
 
 
+def test_a_model_file_given_as_checkpoint_is_named_for_what_it_is(tmp_path):
+    import torch
+
+    from lcr_sdk.train.checkpoint import load_checkpoint
+
+    onnx_file = tmp_path / "model.onnx"
+    onnx_file.write_bytes(b"\x08\x08\x12\x07pytorch")  # how an ONNX protobuf starts; never unpickled
+    with pytest.raises(ModelError, match=r"model\.onnx is an ONNX model \(by its name\), not a PyTorch checkpoint"):
+        load_checkpoint(onnx_file)
+    # a pickle holding a class instance: refused without torch's advice to load it unsafely
+    odd = tmp_path / "odd.pt"
+    torch.save({"format": "lcr-sdk-checkpoint", "obj": pickle.PickleError("x")}, odd)
+    with pytest.raises(ModelError, match="never unpickles") as e:
+        load_checkpoint(odd)
+    assert "weights_only" not in str(e.value)
+
+
 def test_truncated_checkpoint(lcr_checkpoint, tmp_path):
     from lcr_sdk.train.checkpoint import load_checkpoint
 
