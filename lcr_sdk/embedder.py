@@ -84,7 +84,8 @@ class Attention:
     def _check_part(self, k: int) -> None:
         n = 0 if self.part_grid is None else len(self.part_grid)
         if not 0 <= k < n:
-            raise InputError(f"part={k} is not valid: this model has {n} part maps" + (f" (0..{n - 1})" if n else ""))
+            why = f" (0..{n - 1})" if n else " (a MoCo v2 model pools uniformly and has none; an LCR model has them)"
+            raise InputError(f"part={k} is not valid: this model has {n} part maps{why}")
 
     def overlay(self, image: Any, part: int | None = None, alpha: float = 0.5, color: str = "bgr") -> np.ndarray:
         """A BGR uint8 picture of the image with the mask (or part ``part``, its peak marked) as a heatmap."""

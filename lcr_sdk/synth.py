@@ -93,9 +93,10 @@ def class_names(num_classes: int, first_class: int = 0) -> list[str]:
     if not 0 <= first_class < MAX_CLASSES:
         raise InputError(f"first_class={first_class} is not valid; choose 0..{MAX_CLASSES - 1}")
     if not 2 <= num_classes <= MAX_CLASSES - first_class:
+        after = f" after first_class={first_class}" if first_class else ""
         raise InputError(
-            f"num_classes={num_classes} is not valid with first_class={first_class}; "
-            f"choose 2..{MAX_CLASSES - first_class} (there are {MAX_CLASSES} part combinations)"
+            f"num_classes={num_classes} (--classes) is not valid{after}; choose 2..{MAX_CLASSES - first_class} "
+            f"(a class is one of {MAX_CLASSES} part combinations, and retrieval needs two classes or more)"
         )
     combos = list(itertools.product(range(len(CRESTS)), range(len(WINGS)), range(len(TAILS))))
     # Spread the chosen classes: step through the combinations so that neighbours differ in several parts.

@@ -58,7 +58,11 @@ def export(
     ] = False,
     precision: Annotated[
         str | None,
-        typer.Option("--precision", "-p", help="fp32, fp16 or int8 (needs --calib); an .onnx keeps its own."),
+        typer.Option(
+            "--precision",
+            "-p",
+            help="fp32 (default for a checkpoint), fp16 or int8 (needs --calib); an .onnx keeps its own.",
+        ),
     ] = None,
     out: Annotated[
         Path | None,

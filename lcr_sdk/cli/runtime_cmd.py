@@ -134,7 +134,7 @@ def attention(
     img = read_image(image)
     with embedder_for(model, backend, device) as emb:
         r = emb.attend(img)
-        provider = emb.provider
+        provider, num_parts = emb.provider, emb.manifest.num_parts
     ok, data = cv2.imencode(out.suffix, r.overlay(img, part=part))
     if not ok:
         raise InputError(f"cannot encode {out}: use a .png or .jpg name")
@@ -151,7 +151,13 @@ def attention(
         }
         typer.echo(json.dumps(doc, allow_nan=False))
         return
-    typer.echo(f"wrote {out}")
+    if part is not None:
+        drawn = f"part map {part}, its peak marked"
+    elif num_parts:
+        drawn = "the attention mask"
+    else:
+        drawn = "a uniform mask: a MoCo v2 model pools every position alike"
+    typer.echo(f"wrote {out} ({drawn})" + ("; the strongest part peaks:" if peaks else ""))
     for k, x, y, s in peaks[:5]:
         typer.echo(f"part {k:>2}: peak at x={x}, y={y}, score {s:.3f}")
 

@@ -84,6 +84,7 @@ def test_a_kill_while_synth_writes_an_image_leaves_no_partial_file_under_its_nam
         ("--image-size", "-5", "outside 32..1024"),
         ("--train-per-class", "1000000000", "must be 1..5000"),
         ("--seed", "-1", "seed=-1 is not valid"),
+        ("--classes", "1", "num_classes=1 (--classes) is not valid; choose 2..36"),
     ],
 )
 def test_synth_size_options_are_bounded(tmp_path, option, value, match):

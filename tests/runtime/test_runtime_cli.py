@@ -104,7 +104,10 @@ def test_attention_writes_overlay(model, synth_root, tmp_path):
     assert r.exit_code == 0, r.output
     over = cv2.imread(str(out))
     assert over.shape == cv2.imread(str(img)).shape and "peak at" in r.output
-    assert _run("attention", model, img, "--out", tmp_path / "p.png", "--part", "2").exit_code == 0
+    assert f"wrote {out} (the attention mask)" in r.output
+    r = _run("attention", model, img, "--out", tmp_path / "p.png", "--part", "2")
+    assert r.exit_code == 0 and "(part map 2, its peak marked)" in r.output
+    assert not np.array_equal(cv2.imread(str(tmp_path / "p.png")), over)  # another map drawn
 
 
 def test_bench_and_info(model):
