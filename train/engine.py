@@ -18,7 +18,7 @@ import os
 import random
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -233,6 +233,8 @@ class Trainer:
         on_bad: unreadable images: 'skip' (report) or 'fail'.
         progress: show a progress bar.
         device: 'cpu', 'cuda', 'cuda:N' or None (CUDA if available).
+        on_epoch: called with each finished epoch's log.csv row (rank 0 only), e.g. to print a line per epoch
+            where there is no progress bar.
 
     Raises:
         InputError: a bad option, device or output folder.
@@ -250,6 +252,7 @@ class Trainer:
         on_bad: str = "skip",
         progress: bool = True,
         device: str | None = None,
+        on_epoch: Callable[[dict], None] | None = None,
     ):
         cfg.validate()  # fields may have been changed after the config was made
         if not (isinstance(save_every, int) and save_every >= 0):
@@ -259,6 +262,7 @@ class Trainer:
         check_on_bad(on_bad)
         self.cfg, self.data, self.out = cfg, Path(data), Path(out)
         self.resume, self.save_every, self.max_steps, self.progress = resume, save_every, max_steps, progress
+        self.on_epoch = on_epoch
         self.rank, self.world, local_rank = _dist_info()
         self.device = resolve_device(device, local_rank)
         check_out(self.out)
@@ -544,6 +548,8 @@ class Trainer:
         if self.rank == 0:
             self._log(row)
             self._checkpoint(r)
+            if self.on_epoch is not None:
+                self.on_epoch(row)
 
     def _diverged(self, r: _Run, what: str) -> InputError:
         cfg = self.cfg

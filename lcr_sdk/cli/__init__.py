@@ -27,6 +27,7 @@ import os
 import shutil
 import signal
 import sys
+import warnings
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -77,6 +78,8 @@ class _Group(TyperGroup):
             _stdout_closed()
 
     def invoke(self, ctx: Any) -> Any:
+        shown = warnings.showwarning
+        warnings.showwarning = _warning_line
         try:
             result = super().invoke(ctx)
             sys.stdout.flush()  # output the reader never took fails here, not at interpreter exit
@@ -94,6 +97,18 @@ class _Group(TyperGroup):
             if line is None:
                 raise
             _fail(e, f"Error: {line}", EXIT_ERROR)
+        finally:
+            warnings.showwarning = shown
+
+
+def _warning_line(message: Warning | str, category: type[Warning], filename: str, lineno: int, *rest: Any) -> None:
+    """A warning as one line on stderr, ``warning: ...``, without the source line Python shows (code of the SDK's,
+    not the user's); a warning of another kind than UserWarning names its kind. --debug: Python's own format."""
+    if _state["debug"]:  # set by the root callback, which runs after invoke() installed this
+        sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, *rest[1:2]))
+        return
+    kind = "" if issubclass(category, UserWarning) else f" ({category.__name__})"
+    typer.secho(f"warning: {str(message).strip()}{kind}", err=True, fg=typer.colors.YELLOW)
 
 
 # Optional packages (top-level module name) -> how to install them; the platform packages (OpenCV, onnxruntime,

@@ -150,7 +150,21 @@ def _train(
         raise typer.Exit(launch(cmd))  # a stop (Ctrl+C, SIGTERM) is forwarded to every worker
     from lcr_sdk.train.engine import train
 
-    path = train(cfg, data, out, resume=resume, save_every=save_every, on_bad=on_bad, progress=progress, device=device)
+    def epoch_line(row: dict) -> None:  # without a progress bar (a log file): one line per epoch
+        shown = ", ".join(f"{k} {row[k]:g}" for k in ("loss", "lr", "img_per_s", "knn_top1") if k in row)
+        typer.echo(f"epoch {row['epoch']}/{cfg.epochs}: {shown}", err=True)
+
+    path = train(
+        cfg,
+        data,
+        out,
+        resume=resume,
+        save_every=save_every,
+        on_bad=on_bad,
+        progress=progress,
+        device=device,
+        on_epoch=None if progress else epoch_line,
+    )
     if int(os.environ.get("RANK", 0)) == 0:
         typer.echo(f"checkpoint: {path}")
 

@@ -217,6 +217,25 @@ def test_library_warnings_never_precede_the_error_line(tmp_path, args):
     assert "not a readable PyTorch checkpoint" in r.stderr and r.stdout == ""
 
 
+@pytest.mark.torch
+def test_a_library_warning_is_one_line_without_source_code(lcr_checkpoint, synth_root, tmp_path):
+    """A warning from the SDK (here: an unreadable image skipped by eval) reaches the user as ``warning: ...`` on one
+    line, not with the file, line and source line of the SDK's code that raised it; --debug keeps Python's format."""
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(synth_root, data)
+    bad = next((data / "test").glob("*/*.png"))
+    bad.write_bytes(b"not a png")
+    r = runner.invoke(app, ["eval", str(lcr_checkpoint), str(data), "--json"])
+    assert r.exit_code == 0, r.output
+    lines = [ln for ln in r.stderr.splitlines() if "unreadable" in ln]
+    assert lines == [f"warning: 1 unreadable image(s) in {data / 'test'} skipped, e.g. {bad}"], r.stderr
+    assert "warnings.warn" not in r.stderr and ".py:" not in r.stderr
+    r = runner.invoke(app, ["--debug", "eval", str(lcr_checkpoint), str(data), "--json"])
+    assert r.exit_code == 0 and "UserWarning: 1 unreadable image(s)" in r.stderr, r.stderr
+
+
 @pytest.mark.parametrize("value", ["0", "false", "no", "off", "", "FALSE"])
 def test_debug_variable_set_to_off_keeps_one_line_errors(value):
     r = runner.invoke(app, COMMANDS["info"], env={"LCR_SDK_DEBUG": value})

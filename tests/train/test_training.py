@@ -46,6 +46,9 @@ def test_train_then_eval_json(synth_root, tmp_path):
     log = list(csv.DictReader((tmp_path / "run" / "log.csv").open()))
     assert len(log) == 1 and log[0]["epoch"] == "1" and log[0]["step"] == "3"  # 24 images / batch 8
     assert float(log[0]["loss_fit"]) > 0 and 0 <= float(log[0]["own_key"]) <= 1 and log[0]["knn_top1"]
+    # --no-progress (a log file): one line per epoch instead of the bar, with the epoch's figures from log.csv
+    line = next(ln for ln in r.stderr.splitlines() if ln.startswith("epoch "))
+    assert line.startswith("epoch 1/1: loss ") and f"knn_top1 {float(log[0]['knn_top1']):g}" in line, r.stderr
     ckpt = tmp_path / "run" / "checkpoint.pt"
     r = runner.invoke(app, ["eval", str(ckpt), str(synth_root), "--json"])
     assert r.exit_code == 0, r.output
