@@ -438,8 +438,16 @@ class Trainer:
                 model, device_ids=[dev.index] if dev.type == "cuda" else None, find_unused_parameters=False
             )
         if self.rank == 0:
+            # the options as given (None: the documented default), and what they came to on this machine
+            used = {
+                "fit_weight": cfg.fit_weight,
+                "device": str(dev),
+                "processes": self.world,
+                "amp": cfg.amp if amp is not None else "off",  # mixed precision runs on CUDA only
+                "channels_last": dev.type == "cuda" and cfg.channels_last,
+            }
             with _writing(self.out / "config.json") as path:
-                atomic_write_text(path, json.dumps(cfg.to_dict(), indent=2))
+                atomic_write_text(path, json.dumps({**cfg.to_dict(), "used": used}, indent=2))
         return r
 
     def _batches(self, r: _Run) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:

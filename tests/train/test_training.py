@@ -328,7 +328,10 @@ def test_gradient_log_warns_when_the_fitting_term_drives_the_backbone(synth_root
     # the options not given on the command line are TrainConfig's defaults
     given = {"arch": "resnet18", "image_size": 64, "batch_size": 8, "moco_k": 16, "num_parts": 4, "workers": 0}
     expected = TrainConfig(**given, epochs=1, fit_grad="backbone", fit_form="ours", grad_log_every=1).to_dict()
-    assert json.loads((tmp_path / "reach" / "config.json").read_text()) == expected
+    written = json.loads((tmp_path / "reach" / "config.json").read_text())
+    used = written.pop("used")  # what the options came to here: the form's weight, CPU without mixed precision
+    assert written == expected and used["fit_weight"] == TrainConfig(fit_form="ours").fit_weight
+    assert (used["device"], used["processes"], used["amp"], used["channels_last"]) == ("cpu", 1, "off", False)
 
     caplog.clear()
     r = _train(synth_root, tmp_path / "gfb", "--epochs", "1", "--grad-log-every", "1")  # the default: gfb
