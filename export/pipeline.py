@@ -463,8 +463,16 @@ def _verify(
     report = verify_model(model, checkpoint, images, sample, manifest=manifest, progress=progress)
     say(format_report(report))
     if not report["passed"]:
+        from lcr_sdk.export.precision import RECOMMENDED_CALIB_IMAGES
+
+        used = manifest.extra.get("calibration", {}).get("images")
+        few = (
+            f" It was calibrated on only {used} images (at least {RECOMMENDED_CALIB_IMAGES} recommended)."
+            if used is not None and used < RECOMMENDED_CALIB_IMAGES
+            else ""
+        )
         raise ModelError(
             f"the exported {report['precision']} model misses its verification threshold (min cosine "
-            f"{report['cosine_min']:.5f}, Rank-1 agreement {report['rank1_agreement']:.3f}); it was not written. "
+            f"{report['cosine_min']:.5f}, Rank-1 agreement {report['rank1_agreement']:.3f}); it was not written.{few} "
             f"To fix: {miss_advice(report['precision'], manifest.arch, report)}"
         )

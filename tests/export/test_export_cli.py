@@ -164,4 +164,5 @@ def test_failed_verification_installs_nothing(lcr_checkpoint, synth_root, tmp_pa
     )
     assert r.exit_code == 1 and "FAILED" in r.output and "it was not written" in r.output
     assert "calibrate on more real images" in r.output and "--no-verify" in r.output  # a ResNet: calibration helps
+    assert "It was calibrated on only 24 images (at least 300 recommended)" in r.output
     assert _leftovers(out) == []
