@@ -91,19 +91,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("output", nargs="?", default="display://0", help="display://0 | out.mp4 | frames/ | last.png")
     p.add_argument("--headless", action="store_true", help="never open a window")
     p.add_argument("--backend", help="override the backend chosen by the model suffix")
-    p.add_argument("--top-k", type=positive_int, default=3, help="hits shown per frame")
+    p.add_argument("--top-k", type=positive_int, default=3, help="hits shown per frame (default 3)")
     p.add_argument("--crop", choices=["none", "center"], default="none", help="query the centre square only")
     p.add_argument("--enroll", metavar="LABEL", help="enrol the first frame under LABEL (no key needed)")
     p.add_argument(
         "--threshold",
         type=threshold_arg,
         default="auto",
-        help="below this score a frame is 'unknown': auto (the gallery's calibrated one), none or a cosine",
+        help="below this score a frame is 'unknown': auto (the gallery's calibrated one; default), none or a cosine",
     )
     p.add_argument(
         "--quality",
         default="warn",
-        help="enrolment check of the model's attention (LCR models): refuse or warn on diffuse attention, or off",
+        help="enrolment check of the model's attention (LCR models): refuse or warn (default) on diffuse attention, "
+        "or off",
     )
     p.add_argument(
         "--max-spread",
@@ -271,7 +272,8 @@ def run(args: argparse.Namespace) -> int:
         gallery = stack.enter_context(contextlib.closing(open_gallery(args.gallery, args.collection, emb)))
         gallery.check_model(emb)
         cut = gallery.threshold if args.threshold == "auto" else args.threshold
-        print(f"{emb}\ngallery: {len(gallery)} items in {redact(args.gallery)}, threshold {cut}", file=sys.stderr)
+        shown = "none" if cut is None else f"{cut:.4f}"
+        print(f"{emb}\ngallery: {len(gallery)} items in {redact(args.gallery)}, threshold {shown}", file=sys.stderr)
         prompt, pending, note, meter, auto = None, None, "", FpsMeter(), args.enroll
         interrupted = False
         try:

@@ -209,6 +209,11 @@ def gallery_search(
             f"unknown: no gallery item reaches the threshold {t:.4f} (nearest: {rows[0]['label'] or rows[0]['id']!r} "
             f"at {hits[0].score:.4f})"
         )
+    elif not hits and label and not set(label) & set(g.labels):
+        known = sorted({lab for lab in g.labels if lab})
+        shown = ", ".join(known[:10]) + (f" ... ({len(known)} in all)" if len(known) > 10 else "")
+        asked = " or ".join(repr(x) for x in label)
+        typer.echo(f"no items: the gallery has no label {asked} (its labels: {shown or 'none'})")
     elif not hits:
         typer.echo("no items" + (" match the filter" if label or filters else " in the gallery"))
     # match: at or above the threshold (a known label); no: below it, the nearest item of what counts as "unknown"

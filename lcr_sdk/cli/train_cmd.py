@@ -240,6 +240,7 @@ def eval_cmd(
             json.dumps({k: None if isinstance(v, float) and math.isnan(v) else v for k, v in m.items()}, indent=2)
         )
         return
+    typer.echo(f"{checkpoint} on the {'validation' if split == 'val' else 'test'} split of {data}:")
     for key in ("rank1", "rank5", "mAP", "knn_top1", "linear_top1", "chance"):
         if key in m:
             typer.echo(f"{key:<12} {100 * m[key]:6.2f} %")

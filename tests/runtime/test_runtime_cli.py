@@ -85,6 +85,8 @@ def test_gallery_build_warns_of_unlabelled_images_and_search_marks_matches(model
     assert r.exit_code == 0 and r.output.splitlines()[0].split()[:3] == ["rank", "score", "match"], r.output
     rows = r.output.splitlines()[1:]  # the query itself scores 1.0, the only one at or above 0.999
     assert len(rows) == 8 and rows[0].split()[2] == "yes" and all(row.split()[2] == "no" for row in rows[1:])
+    r = _run("gallery", "search", tmp_path / "g", model, query, "--label", "no-such-bird")
+    assert r.exit_code == 0 and r.output.startswith("no items: the gallery has no label 'no-such-bird' (its labels: ")
 
 
 def test_gallery_search_refuses_other_model(model, moco_checkpoint, synth_root, tmp_path):

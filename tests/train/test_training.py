@@ -57,6 +57,7 @@ def test_train_then_eval_json(synth_root, tmp_path):
     assert m == pytest.approx(evaluate(ckpt, synth_root, device="cpu"))  # the CLI prints what the library computes
     text = runner.invoke(app, ["eval", str(ckpt), str(synth_root)]).output
     assert f"rank1        {100 * m['rank1']:6.2f} %" in text and "queries      16 (0 without another" in text
+    assert text.startswith(f"{ckpt} on the test split of {synth_root}:")
 
 
 def _separable(root: Path) -> Path:
