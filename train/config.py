@@ -22,6 +22,7 @@ FIT_FORMS = ("ours", "released", "per_image")
 AMP_MODES = ("bf16", "fp16", "off")
 ON_BAD = ("skip", "fail")  # what training and evaluation do with an unreadable image
 FLOAT32_MAX = 3.4028234663852886e38  # the optimiser applies the learning rate in float32
+MAX_TRAIN_SIDE = 1024  # training input side: a batch of 32 at 1024 px is 400 MB of input alone
 # The fitting loss's weight when --nu is not given, per --fit-form: ours 1 (this SDK's choice, not tuned), released
 # 0.01 (the argparse default of the authors' released main_moco.py; their BYOL script hard-codes 0.01 too).
 FORM_NU = {"ours": 1.0, "released": 0.01, "per_image": 0.01}
@@ -186,7 +187,13 @@ class TrainConfig:
         _choice("fit_grad", self.fit_grad, FIT_GRADS)
         _choice("fit_form", self.fit_form, FIT_FORMS)
         _choice("amp", self.amp, AMP_MODES)
-        _integer("image_size", self.image_size, MIN_INPUT_SIDE, "every backbone downsamples by 32; 224 is the paper's")
+        _integer(
+            "image_size",
+            self.image_size,
+            MIN_INPUT_SIDE,
+            "every backbone downsamples by 32; 224 is the paper's, fine-grained work rarely goes past 448",
+            high=MAX_TRAIN_SIDE,
+        )
         _integer("epochs", self.epochs, 1, "train for at least one epoch")
         _integer("batch_size", self.batch_size, 2, "batch norm needs two or more images a batch")
         _integer("moco_dim", self.moco_dim, 1)

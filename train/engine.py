@@ -44,7 +44,7 @@ from lcr_sdk.train.checkpoint import (
 )
 from lcr_sdk.train.config import TrainConfig, check_on_bad
 from lcr_sdk.train.data import TrainImages, scan_split, split_validation
-from lcr_sdk.train.guards import check_batch, check_out, check_resumable, check_same_data, data_identity
+from lcr_sdk.train.guards import check_batch, check_classes, check_out, check_resumable, check_same_data, data_identity
 from lcr_sdk.train.moco import MoCo, Supervised
 from lcr_sdk.train.model import LCRNet
 
@@ -283,6 +283,7 @@ class Trainer:
         self.history: list[dict] = []
 
     def _check_size(self) -> None:
+        check_classes(self.cfg, self.train_split.classes, self.train_split.root)
         check_batch(self.cfg, len(self.train_split), len(self.val_split))
 
     @property

@@ -177,6 +177,12 @@ def evaluate(
                 f"train and test class folders differ in {data}: {train_split.classes[:5]}... vs "
                 f"{queries.classes[:5]}...; both splits need the same class names"
             )
+    if len(set(queries.labels)) < 2:
+        raise DataError(
+            f"the {'validation' if split == 'val' else 'test'} split of {data} holds one class "
+            f"({queries.classes[queries.labels[0]] if len(queries.labels) else 'none'}): retrieval and kNN figures "
+            "need two or more (with one, every neighbour is right); add class folders to score this model"
+        )
     q, masks = embed_split(net, queries, size, device, with_attention=True)
     out |= retrieval_metrics(q, queries.labels)
     boxes = _synth_boxes(Path(data), queries, size)

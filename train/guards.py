@@ -156,6 +156,21 @@ def check_batch(cfg: Any, n_train: int, n_val: int) -> None:
         )
 
 
+def check_classes(cfg: Any, classes: list[str], folder: Path) -> None:
+    """Supervised training needs two classes or more (with one, the loss is 0 from the first step); self-supervised
+    training uses no labels, so one folder of images is fine for it.
+
+    Raises:
+        DataError: --supervised with fewer than two class folders.
+    """
+    if cfg.supervised and len(classes) < 2:
+        raise DataError(
+            f"--supervised needs two or more class folders in {folder}, found {len(classes)} ({', '.join(classes)}): "
+            "a classifier over one class learns nothing; add class folders, or train self-supervised (without "
+            "--supervised), which uses no labels"
+        )
+
+
 def preflight(cfg: Any, data: Path, out: Path, resume: bool) -> None:
     """Every check that needs no image decoded and no worker started (run by the command before it launches any).
 
@@ -170,6 +185,7 @@ def preflight(cfg: Any, data: Path, out: Path, resume: bool) -> None:
     check_out(out)
     check_new_run(out, resume)
     folder, classes, paths, labels = find_images(data, "train")
+    check_classes(cfg, classes, folder)
     find_images(data, "test")
     train_part, val_part = split_validation(Split(folder, paths, labels, classes), cfg.val_fraction, cfg.val_seed)
     check_batch(cfg, len(train_part), len(val_part))

@@ -30,7 +30,7 @@ BAD_OPTIONS = [
     (["--batch-size", "1"], "--batch-size 1 is not valid; give an integer >= 2 (batch norm needs"),
     (["--num-parts", "0"], "--num-parts 0 is not valid; give an integer >= 1"),
     (["--epochs", "0"], "--epochs 0 is not valid; give an integer >= 1"),
-    (["--image-size", "16"], "--image-size 16 is not valid; give an integer >= 32 (every backbone downsamples by 32"),
+    (["--image-size", "16"], "--image-size 16 is not valid; give an integer from 32 to 1024 (every backbone"),
     (["--lr", "nan"], "--lr nan is not valid; give a finite number > 0"),
     (["--lr", "inf"], "--lr inf is not valid; give a finite number > 0"),
     (["--lr", "0"], "--lr 0.0 is not valid; give a finite number > 0"),
@@ -119,6 +119,10 @@ def _layout(root: Path, case: str, synth_root: Path) -> Path:
     elif case == "no class folders":
         shutil.rmtree(data / "train")
         (data / "train").mkdir()
+    elif case == "one class":
+        for split in ("train", "test"):
+            for extra in sorted((data / split).iterdir())[1:]:
+                shutil.rmtree(extra)
     elif case == "all unreadable":
         for p in (data / "train").glob("*/*.png"):
             if p.parent.name == sorted(d.name for d in (data / "train").iterdir())[0]:
@@ -134,6 +138,7 @@ DATA_CASES = [
     ("no test split", [], "has no 'test' folder (found: ['train'])"),
     ("no class folders", [], "has no class sub-folders"),
     ("all unreadable", [], "was unreadable; fix or remove it"),
+    ("one class", ["--supervised", "--batch-size", "4"], "--supervised needs two or more class folders"),
     ("whole", ["--batch-size", "24"], "24 training images are too few for --batch-size 24: need at least 25"),
     ("whole", ["--val-fraction", "0.9", "--batch-size", "8"], "4 training images (20 held out for validation)"),
 ]
@@ -295,6 +300,23 @@ def test_eval_on_the_wrong_data(lcr_checkpoint, synth_root, tmp_path):
     first = sorted((data / "test").iterdir())[0]
     first.rename(first.with_name("renamed"))
     assert "train and test class folders differ" in _error_line(_eval(lcr_checkpoint, data))
+
+
+def test_supervised_training_on_one_class_is_refused_by_the_library_too(synth_root, tmp_path):
+    from lcr_sdk.errors import DataError
+    from lcr_sdk.train.config import TrainConfig
+    from lcr_sdk.train.engine import Trainer
+
+    data = _layout(tmp_path / "d", "one class", synth_root)
+    cfg = TrainConfig(arch="resnet18", image_size=64, batch_size=4, supervised=True)
+    with pytest.raises(DataError, match="--supervised needs two or more class folders"):
+        Trainer(cfg, data, tmp_path / "run")
+
+
+def test_eval_on_one_class_is_refused(lcr_checkpoint, synth_root, tmp_path):
+    data = _layout(tmp_path / "d", "one class", synth_root)
+    line = _error_line(_eval(lcr_checkpoint, data))
+    assert "the test split of" in line and "holds one class" in line and "two or more" in line, line
 
 
 def test_eval_split_options(lcr_checkpoint, synth_root):

@@ -108,7 +108,7 @@ def test_empty_data_with_two_processes_is_one_line_before_launching(tmp_path):
 
 
 CONFIG_EDITS = [
-    ("image_size", "big", "config['image_size'] 'big' is not valid; give an integer >= 32"),
+    ("image_size", "big", "config['image_size'] 'big' is not valid; give an integer from 32 to 1024"),
     ("image_size", None, "config['image_size'] None is not valid"),
     ("arch", "vgg", "config['arch'] 'vgg' is not valid; choose one of"),
     ("num_parts", 0, "config['num_parts'] 0 is not valid"),
