@@ -77,6 +77,27 @@ def fsync_dir(path: str | os.PathLike[str]) -> None:
         os.close(fd)
 
 
+def check_can_create(path: str | os.PathLike[str], what: str) -> None:
+    """Refuse, before any work, a ``path`` (file or folder, existing or to be made) this process cannot write: the
+    nearest existing folder on its way must accept a new file (tried, so read-only file systems and root are judged
+    right, not only permission bits).
+
+    Raises:
+        InputError: names ``what``, the folder and the reason.
+    """
+    folder = Path(path)
+    while not folder.is_dir() and folder != folder.parent:
+        folder = folder.parent
+    try:
+        with tempfile.TemporaryFile(dir=folder, prefix=".lcr-write-check-"):
+            pass
+    except OSError as e:
+        raise InputError(
+            f"cannot write {what} {path}: folder {folder} is not writable ({e.strerror}); choose a folder you may "
+            "write, or fix its permissions"
+        ) from e
+
+
 def _check_parent(path: Path) -> None:
     if not path.parent.is_dir():
         what = "is a file" if path.parent.exists() else "does not exist"

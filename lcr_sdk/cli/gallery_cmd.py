@@ -21,9 +21,11 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document o
 
 
 def _check_out_gallery(out: Path, replace: bool) -> None:
+    from lcr_sdk.fileio import check_can_create
     from lcr_sdk.gallery.store import check_target, is_gallery
 
     check_target(out)
+    check_can_create(out, "the gallery")  # before any image is embedded
     if is_gallery(out) and not replace:
         from lcr_sdk.gallery import Gallery
 
@@ -244,6 +246,10 @@ def gallery_rebuild(
 
     if out is not None:
         _check_out_gallery(out, replace)
+    else:
+        from lcr_sdk.fileio import check_can_create
+
+        check_can_create(gallery, "the rebuilt gallery")  # replaced in place: before any image is embedded
     g = Gallery.load(gallery)
     with embedder_for(model, backend, device) as emb:
         new, skipped = g.rebuild(emb, out=out, batch=batch, progress=not as_json, skip_missing=skip_missing)

@@ -678,6 +678,21 @@ def test_gallery_build_with_a_non_utf8_file_name_fails_before_embedding(model, s
 
 
 @pytest.mark.torch
+def test_a_gallery_that_cannot_be_written_is_refused_before_any_image_is_embedded(
+    built, model, synth_root, readonly, monkeypatch
+):
+    from lcr_sdk.embedder import Embedder
+
+    calls = []
+    monkeypatch.setattr(Embedder, "embed", lambda self, *a, **k: calls.append(1))  # must never be reached
+    r = runner.invoke(app, ["gallery", "build", str(model), str(synth_root / "test"), "--out", str(readonly / "g")])
+    assert r.exit_code == 1 and f"cannot write the gallery {readonly / 'g'}" in r.output, r.output
+    assert "not writable" in r.output and calls == []
+    r = runner.invoke(app, ["gallery", "rebuild", str(built), "--model", str(model), "--out", str(readonly / "g2")])
+    assert r.exit_code == 1 and "not writable" in r.output and calls == [], r.output
+
+
+@pytest.mark.torch
 @pytest.mark.parametrize(
     "extra, code, match",
     [

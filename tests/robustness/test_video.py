@@ -312,22 +312,6 @@ def test_output_beside_an_input_glob_is_allowed(tmp_path):
         assert sink.uri.endswith("out.mp4")  # the pattern does not match a video: no input is touched
 
 
-@pytest.fixture
-def readonly(tmp_path):
-    """A folder nobody may write: a read-only tmpfs (as root, who ignores permissions), else a chmod-ed folder."""
-    folder = tmp_path / "ro"
-    folder.mkdir()
-    if os.geteuid() == 0:
-        if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k,ro", "tmpfs", str(folder)]).returncode != 0:
-            pytest.skip("a read-only folder for root needs a tmpfs mount, which this kernel refuses")
-        yield folder
-        subprocess.run(["umount", "-l", str(folder)], capture_output=True)  # lazy: never leave a mount behind
-    else:
-        folder.chmod(0o555)
-        yield folder
-        folder.chmod(0o755)
-
-
 @pytest.mark.parametrize("uri", ["out.mp4", "last.png", "frames/", "sub/frames/"])
 def test_unwritable_output_is_refused_before_any_frame(readonly, uri):
     with pytest.raises(InputError, match=r"not writable|cannot write") as e:
