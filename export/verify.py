@@ -9,7 +9,8 @@ from typing import Any
 
 import numpy as np
 
-from lcr_sdk.errors import InputError
+from lcr_sdk.errors import InputError, ModelError
+from lcr_sdk.fileio import sha256_file
 from lcr_sdk.manifest import Manifest, read_manifest
 from lcr_sdk.metrics import ranking
 
@@ -54,6 +55,7 @@ def verify_model(
     from lcr_sdk.export.data import batches, find_images, load_images
 
     manifest = manifest or read_manifest(model_path)
+    check_same_checkpoint(manifest, checkpoint, model_path)
     paths = find_images(images_dir, "verification", max_images)
     images, _ = load_images(paths, manifest, "verification")
     if len(images) < 2:
@@ -95,6 +97,24 @@ def verify_model(
         "provider": provider,
         "reference": ref_provider,
     }
+
+
+def check_same_checkpoint(manifest: Manifest, checkpoint: str | os.PathLike, model_path: str | os.PathLike) -> None:
+    """Refuse to compare a model with a checkpoint it was not exported from (the manifest records the checkpoint's
+    sha256), which would report a failure in numbers instead of the mix-up. A manifest without the hash passes.
+
+    Raises:
+        ModelError: the hashes differ; names both and the fix.
+    """
+    if not manifest.checkpoint_sha256:
+        return
+    given = sha256_file(checkpoint)
+    if given != manifest.checkpoint_sha256:
+        raise ModelError(
+            f"{model_path} was exported from checkpoint {manifest.checkpoint_sha256[:16]}..., but --checkpoint "
+            f"{checkpoint} is {given[:16]}...: verify against the checkpoint the model was exported from (`lcr-sdk "
+            f"info {model_path}` shows its hash), or export this checkpoint"
+        )
 
 
 def _run(backend, batch: np.ndarray, batch_min: int) -> dict[str, np.ndarray]:
