@@ -118,6 +118,15 @@ OTHER_MODEL_FILES = {
 }
 
 
+def _unreadable(e: BaseException) -> str:
+    """Why torch could not load a file, in one line; never torch's advice to retry with ``weights_only=False``,
+    which would run whatever code the file carries."""
+    reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+    if "weights only load failed" in reason.lower():
+        return "it holds Python objects other than tensors and plain data, which lcr-sdk never unpickles"
+    return reason
+
+
 def load_checkpoint(
     path: str | os.PathLike, map_location: str | torch.device = "cpu", resume: bool = False
 ) -> dict[str, Any]:
@@ -145,11 +154,8 @@ def load_checkpoint(
     try:
         ckpt = _torch_load(path, map_location)
     except (RuntimeError, EOFError, OSError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError) as e:
-        reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        if "weights only load failed" in reason.lower():  # torch's advice (weights_only=False) would run its code
-            reason = "it holds Python objects other than tensors and plain data, which lcr-sdk never unpickles"
         raise ModelError(
-            f"{path} ({path.stat().st_size} bytes) is not a readable PyTorch checkpoint ({reason}); "
+            f"{path} ({path.stat().st_size} bytes) is not a readable PyTorch checkpoint ({_unreadable(e)}); "
             "it may be truncated or corrupt: re-copy it or retrain"
         ) from e
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
@@ -349,12 +355,17 @@ def load_pretrained(net, spec: str) -> None:
             f"--pretrained {spec} {what}; give a torchvision state-dict file (.pth), an lcr-sdk checkpoint "
             "(e.g. from `lcr-sdk train SOURCE --supervised`) or 'imagenet'"
         )
+    other = OTHER_MODEL_FILES.get(path.suffix.lower())
+    if other is not None:
+        raise ModelError(
+            f"--pretrained {spec} is {other[0]} (by its name), not PyTorch weights; give the checkpoint it was "
+            "exported from, a torchvision state-dict file (.pth) or 'imagenet'"
+        )
     try:
         state = _torch_load(path, "cpu")
     except Exception as e:  # corrupt, truncated, or not a torch file
-        reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise ModelError(
-            f"--pretrained {spec} is not a readable PyTorch state dict or checkpoint ({reason}); re-copy it"
+            f"--pretrained {spec} is not a readable PyTorch state dict or checkpoint ({_unreadable(e)}); re-copy it"
         ) from e
     if isinstance(state, dict) and state.get("format") == FORMAT:
         ckpt = load_checkpoint(path)  # validated: version, config, model

@@ -96,6 +96,9 @@ def test_pretrained_that_is_not_weights_is_refused(synth_root, tmp_path):
     (tmp_path / "junk.pth").write_bytes(b"junk" * 100)
     line = _error_line(_train(synth_root, tmp_path / "run", "--pretrained", str(tmp_path / "junk.pth")))
     assert "junk.pth is not a readable PyTorch state dict or checkpoint" in line and "re-copy it" in line
+    (tmp_path / "model.onnx").write_bytes(b"\x08\x08")
+    line = _error_line(_train(synth_root, tmp_path / "run", "--pretrained", str(tmp_path / "model.onnx")))
+    assert "model.onnx is an ONNX model (by its name), not PyTorch weights" in line, line
 
 
 # -- data folders ------------------------------------------------------------------------------------------------------
