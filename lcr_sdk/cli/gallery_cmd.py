@@ -84,12 +84,16 @@ def gallery_build(
             "(default: the gallery's, 0.9)."
         ),
     ] = None,
+    on_bad: Annotated[
+        str, typer.Option(help="An unreadable image: fail (stop, naming it) or skip (leave it out, list it).")
+    ] = "fail",
     as_json: JsonOpt = False,
     backend: BackendOpt = None,
     device: DeviceOpt = None,
 ) -> None:
     """Embed a labelled folder into a gallery. Example: lcr-sdk gallery build model.onnx data/test --out gallery/"""
     from lcr_sdk.gallery import Gallery, Quality, build_from_folder
+    from lcr_sdk.gallery.build import ON_BAD
     from lcr_sdk.gallery.explain import MAX_SPREAD, check_quality_options
     from lcr_sdk.gallery.search import parse_index
     from lcr_sdk.gallery.store import check_dtype
@@ -98,10 +102,13 @@ def gallery_build(
     check_dtype(dtype, "--dtype")  # the library's checks, before the model is loaded
     check_quality_options(quality, max_spread, ("--quality", "--max-spread"))
     parse_index(index)
+    if on_bad not in ON_BAD:
+        raise InputError(f"--on-bad {on_bad!r} is not valid; choose one of {', '.join(ON_BAD)}")
     if not folder.is_dir():
         raise InputError(f"{folder} is not a folder; pass a folder with one sub-folder of images per label")
     _check_out_gallery(out, replace)
     flagged: list[tuple[str, Quality]] = []
+    unreadable: list[tuple[str, str]] = []
     with embedder_for(model, backend, device) as emb:
         parse_index(index, emb.manifest.embedding_dim)
         g: Gallery = build_from_folder(
@@ -113,10 +120,13 @@ def gallery_build(
             quality=quality,
             max_spread=max_spread,
             on_quality=lambda p, q: flagged.append((p, q)),
+            on_bad=on_bad,
+            on_unreadable=lambda p, why: unreadable.append((p, why)),
             progress=not as_json,
         )
     if len(g) == 0:
-        raise InputError(f"no image of {folder} passed --quality refuse; nothing was written to {out}")
+        why = "was readable" if len(unreadable) and not flagged else "passed --quality refuse"
+        raise InputError(f"no image of {folder} {why}; nothing was written to {out}")
     g.save(out, replace=True, progress=not as_json)
     cal = g.calibration
     summary = {
@@ -130,11 +140,15 @@ def gallery_build(
         "threshold": cal.threshold if cal else None,
         "diffuse": [{"path": p, "spread": q.spread} for p, q in flagged],
         "quality": quality,
+        "unreadable": [{"path": p, "reason": why} for p, why in unreadable],
     }
     if as_json:
         typer.echo(json.dumps(summary, indent=2))
         return
     typer.echo(f"gallery {out}: {len(g)} images, {summary['labels']} labels, dim {g.dim}, {g.dtype}, index {g.index}")
+    if unreadable:
+        shown = "; ".join(f"{p} ({why})" for p, why in unreadable[:5]) + (" ..." if len(unreadable) > 5 else "")
+        typer.echo(f"{len(unreadable)} unreadable image(s) left out (--on-bad skip): {shown}", err=True)
     if summary["unlabelled"]:
         typer.echo(
             f"warning: {summary['unlabelled']} image(s) directly in {folder} have no label (a label is the name of "

@@ -18,6 +18,7 @@ from lcr_sdk.gallery.core import Gallery
 from lcr_sdk.gallery.explain import MAX_SPREAD, Quality, check_quality, check_quality_options
 
 log = logging.getLogger("lcr_sdk.gallery")
+ON_BAD = ("fail", "skip")  # what an unreadable image does to a build
 
 
 def build_from_folder(
@@ -31,6 +32,8 @@ def build_from_folder(
     quality: str = "off",
     max_spread: float = MAX_SPREAD,
     on_quality: Callable[[str, Quality], None] | None = None,
+    on_bad: str = "fail",
+    on_unreadable: Callable[[str, str], None] | None = None,
 ) -> Gallery:
     """Embed every image of a labelled folder (``folder/<label>/*.jpg``, see :func:`lcr_sdk.images.labelled_images`)
     into a new gallery: the one way the CLI, the examples and the quickstart build galleries.
@@ -50,9 +53,13 @@ def build_from_folder(
         quality: enrolment check of LCR models' attention (:func:`~lcr_sdk.gallery.explain.check_quality`):
             ``"off"``, ``"warn"`` (keep diffuse images, report them) or ``"refuse"`` (leave them out).
         on_quality: called with (relative path, :class:`Quality`) for each image that fails the check.
+        on_bad: an image that cannot be read (empty, truncated, not an image): ``"fail"`` stops with its error,
+            ``"skip"`` leaves it out and goes on.
+        on_unreadable: with ``on_bad="skip"``, called with (relative path, the reason) for each image left out.
 
     Raises:
-        InputError: a bad option, or a file name that is not UTF-8 (before any image is embedded).
+        InputError: a bad option, or a file name that is not UTF-8 (before any image is embedded); an unreadable
+            image with ``on_bad="fail"``.
         DataError: no images in ``folder``, or unlabelled ones with ``require_labels``.
     """
     from tqdm import tqdm  # type: ignore[import-untyped]
@@ -63,6 +70,8 @@ def build_from_folder(
     if not isinstance(batch, int) or isinstance(batch, bool) or batch < 1:
         raise InputError(f"batch={batch!r} is not valid; pass a positive number of images per embed call, e.g. 32")
     check_quality_options(quality, max_spread)
+    if on_bad not in ON_BAD:
+        raise InputError(f"on_bad={on_bad!r} (--on-bad) is not valid; choose one of {', '.join(ON_BAD)}")
     gallery = Gallery(embedder.manifest.embedding_dim, model_sha256=embedder.model_id, index=index, dtype=dtype)
     folder = Path(folder)
     paths, labels = labelled_images(folder)
@@ -82,19 +91,49 @@ def build_from_folder(
     with tqdm(total=len(paths), desc="embedding", unit="img", disable=not progress) as bar:
         for i in range(0, len(paths), batch):
             chunk, rel, labs = paths[i : i + batch], rel_all[i : i + batch], labels[i : i + batch]
-            if gate:
-                vecs, rel, labs = _embed_checked(embedder, chunk, rel, labs, quality, max_spread, on_quality)
+            images, rel, labs = _readable(embedder, chunk, rel, labs, on_bad, on_unreadable)
+            if not images:
+                vecs = np.zeros((0, embedder.manifest.embedding_dim), np.float32)
+            elif gate:
+                vecs, rel, labs = _embed_checked(embedder, images, rel, labs, quality, max_spread, on_quality)
             else:
-                vecs = embedder.embed([str(p) for p in chunk])
+                vecs = embedder.embed(images)
             if len(rel):
                 gallery.add(vecs, ids=rel, labels=labs, metadata=[{"path": r} for r in rel])
             bar.update(len(chunk))
     return gallery
 
 
-def _embed_checked(
+def _readable(
     embedder: Any,
     chunk: list[Path],
+    rel: list[str],
+    labs: list[str],
+    on_bad: str,
+    on_unreadable: Callable[[str, str], None] | None,
+) -> tuple[list[np.ndarray], list[str], list[str]]:
+    """The chunk's images read and brought to the model's input size, with the paths and labels that go with them;
+    an unreadable one stops the build (``on_bad="fail"``) or is reported and left out (``"skip"``)."""
+    images, kept_rel, kept_labs = [], [], []
+    for path, r, lab in zip(chunk, rel, labs, strict=True):
+        try:
+            images.append(embedder.prepare(str(path)))
+        except InputError as e:
+            if on_bad == "fail":
+                raise InputError(f"{e}; or pass --on-bad skip (on_bad='skip') to leave unreadable images out") from e
+            if on_unreadable is not None:
+                on_unreadable(r, str(e))
+            else:
+                log.warning("%s left out: %s", r, e)
+            continue
+        kept_rel.append(r)
+        kept_labs.append(lab)
+    return images, kept_rel, kept_labs
+
+
+def _embed_checked(
+    embedder: Any,
+    images: list[np.ndarray],
     rel: list[str],
     labs: list[str],
     quality: str,
@@ -104,7 +143,7 @@ def _embed_checked(
     """Embed a batch of an LCR model and check each image's attention: the vectors, paths and labels to keep
     (diffuse ones are reported, and left out with ``quality="refuse"``)."""
     method = embedder.manifest.method
-    out = embedder.infer(np.stack([embedder.prepare(str(p)) for p in chunk]))
+    out = embedder.infer(np.stack(images))
     vecs, parts = np.asarray(out["embedding"], np.float32), np.asarray(out["parts"], np.float32)
     keep = []
     for j, m in enumerate(parts):

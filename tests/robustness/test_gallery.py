@@ -678,6 +678,29 @@ def test_gallery_build_with_a_non_utf8_file_name_fails_before_embedding(model, s
 
 
 @pytest.mark.torch
+def test_unreadable_images_stop_a_build_or_are_left_out_and_listed(model, synth_root, tmp_path):
+    import shutil
+
+    data = Path(shutil.copytree(synth_root / "test", tmp_path / "data"))
+    label = sorted(p.name for p in data.iterdir())[0]
+    (data / label / "empty.png").write_bytes(b"")
+    (data / label / "text.jpg").write_text("not an image")
+    r = runner.invoke(app, ["gallery", "build", str(model), str(data), "--out", str(tmp_path / "g")])
+    assert r.exit_code == 1 and "--on-bad skip" in r.output and "Traceback" not in r.output, r.output
+    assert "empty.png" in r.output and not (tmp_path / "g").exists()
+    r = runner.invoke(
+        app, ["gallery", "build", str(model), str(data), "--out", str(tmp_path / "g"), "--on-bad", "skip"]
+    )
+    assert r.exit_code == 0, r.output
+    assert "2 unreadable image(s) left out (--on-bad skip): " in r.stderr
+    assert f"{label}/empty.png" in r.stderr and f"{label}/text.jpg" in r.stderr
+    g = Gallery.load(tmp_path / "g")
+    assert len(g) == 16 and not any(i.endswith(("empty.png", "text.jpg")) for i in g.ids)
+    r = runner.invoke(app, ["gallery", "build", str(model), str(data), "--out", str(tmp_path / "h"), "--on-bad", "x"])
+    assert r.exit_code == 1 and "--on-bad 'x' is not valid; choose one of fail, skip" in r.output
+
+
+@pytest.mark.torch
 def test_a_gallery_that_cannot_be_written_is_refused_before_any_image_is_embedded(
     built, model, synth_root, readonly, monkeypatch
 ):
