@@ -100,7 +100,15 @@ def unit_rows(x: Any, dim: int, what: str) -> np.ndarray:
     if x.ndim == 1:
         x = x[None]
     if x.ndim != 2 or x.shape[1] != dim or len(x) == 0:
-        raise InputError(f"{what} must be ({dim},) or (N, {dim}) for this gallery of dim {dim}; got shape {x.shape}")
+        raise InputError(
+            f"{what} must be ({dim},) or (N, {dim}) for this gallery of dim {dim}; got shape {x.shape}"
+            + (
+                f": vectors of {x.shape[-1]} dimensions come from another model; embed with the gallery's model, or "
+                "re-embed the gallery with this one (`lcr-sdk gallery rebuild GALLERY --model MODEL`)"
+                if x.ndim in (1, 2) and x.shape[-1] != dim and x.shape[-1] > 0
+                else ""
+            )
+        )
     norms = np.linalg.norm(x, axis=1, keepdims=True)
     if not np.all(np.isfinite(norms)) or np.any(norms == 0):
         raise InputError(f"{what} contain zero, NaN or infinite vectors; pass embeddings from Embedder.embed")

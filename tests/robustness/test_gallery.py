@@ -70,7 +70,7 @@ def test_bad_add_changes_nothing_in_memory_or_on_disk(case, tmp_path):
 @pytest.mark.parametrize(
     "vectors, match",
     [
-        (np.zeros((1, 7), np.float32), r"\(N, 8\)"),
+        (np.zeros((1, 7), np.float32), r"\(N, 8\).*vectors of 7 dimensions come from another model.*gallery rebuild"),
         (np.full((1, 8), np.nan, np.float32), "NaN"),
         (np.zeros((0, 8), np.float32), r"\(N, 8\)"),
         ([["a"] * 8], "float array"),
