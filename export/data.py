@@ -22,7 +22,8 @@ def find_images(folder: str | os.PathLike, purpose: str, limit: int | None = Non
     """
     folder = Path(folder)
     if not folder.is_dir():
-        raise DataError(f"{purpose} folder {folder} does not exist or is not a folder; pass a folder of images")
+        what = "is a file" if folder.exists() else "does not exist"
+        raise DataError(f"{purpose} folder {folder} {what}; pass a folder of images")
     paths = list_images(folder, recursive=True)
     if not paths:
         raise DataError(

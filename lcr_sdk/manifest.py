@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -165,6 +165,18 @@ class Manifest:
                 "the lcr-sdk version that wrote it."
             )
         d = {k: v for k, v in d.items() if k not in ("outputs", "previous")}
+        for spec, given, where in ((cls, d, ""), (InputSpec, d.get("input"), "input.")):
+            if not isinstance(given, dict):
+                continue
+            names = {f.name for f in fields(spec)}
+            needed = {f.name for f in fields(spec) if f.default is MISSING and f.default_factory is MISSING}
+            lacks, unknown = sorted(needed - set(given)), sorted(set(given) - names)
+            if lacks or unknown:
+                what = f"lacks {', '.join(where + k for k in lacks)}" if lacks else ""
+                what += ("; " if lacks and unknown else "") + (
+                    f"has unknown field(s) {', '.join(where + k for k in unknown)}" if unknown else ""
+                )
+                raise ModelError(f"{source} {what}: it was edited or damaged; re-export the model to rewrite it")
         try:
             inp = d["input"]
             if not isinstance(inp, dict):

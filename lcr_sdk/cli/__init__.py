@@ -30,7 +30,7 @@ import sys
 import warnings
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import Any, TextIO
 
 import typer
 from typer.core import TyperGroup
@@ -101,11 +101,18 @@ class _Group(TyperGroup):
             warnings.showwarning = shown
 
 
-def _warning_line(message: Warning | str, category: type[Warning], filename: str, lineno: int, *rest: Any) -> None:
+def _warning_line(
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    file: TextIO | None = None,
+    line: str | None = None,
+) -> None:
     """A warning as one line on stderr, ``warning: ...``, without the source line Python shows (code of the SDK's,
     not the user's); a warning of another kind than UserWarning names its kind. --debug: Python's own format."""
     if _state["debug"]:  # set by the root callback, which runs after invoke() installed this
-        sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, *rest[1:2]))
+        sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
         return
     kind = "" if issubclass(category, UserWarning) else f" ({category.__name__})"
     typer.secho(f"warning: {str(message).strip()}{kind}", err=True, fg=typer.colors.YELLOW)

@@ -149,6 +149,7 @@ def export(
     """
     from lcr_sdk.backends.base import ENGINE_SUFFIXES
 
+    precision = precision.lower() if precision else precision  # FP16 is fp16
     parsed_batch = [_parse_batch(b) for b in batch or ["1,8,32"]]
     cache: str | Path = timing_cache if timing_cache is not None else "default"
     suffix = source.suffix.lower()

@@ -89,6 +89,8 @@ def embed(
 
     if out is not None:
         _check_out_file(out, inputs=(model, *images))
+        if out.suffix.lower() != ".npy":
+            raise InputError(f"--out {out}: embeddings are written as a NumPy .npy file; give a name ending in .npy")
     _check_images(images)
     _check_model(model)
     with embedder_for(model, backend, device) as emb:

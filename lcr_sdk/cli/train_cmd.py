@@ -150,7 +150,7 @@ def _train(
         raise typer.Exit(launch(cmd))  # a stop (Ctrl+C, SIGTERM) is forwarded to every worker
     from lcr_sdk.train.engine import train
 
-    def epoch_line(row: dict) -> None:  # without a progress bar (a log file): one line per epoch
+    def epoch_line(row: dict[str, Any]) -> None:  # without a progress bar (a log file): one line per epoch
         shown = ", ".join(f"{k} {row[k]:g}" for k in ("loss", "lr", "img_per_s", "knn_top1") if k in row)
         typer.echo(f"epoch {row['epoch']}/{cfg.epochs}: {shown}", err=True)
 

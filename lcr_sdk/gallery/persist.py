@@ -222,7 +222,8 @@ def attach(c: Contents, s: Searcher, saved: store.Saved, keep_pending: bool = Fa
 def load(root: Path, mmap: bool) -> tuple[Contents, Searcher]:
     """Open the gallery saved at ``root`` (see :meth:`Gallery.load`)."""
     if not root.is_dir():
-        raise InputError(f"{root} is not a saved gallery (no such folder); build one with `lcr-sdk gallery build`")
+        what = "a file, not a gallery folder" if root.exists() else "no such folder"
+        raise InputError(f"{root} is not a saved gallery ({what}); give the folder `lcr-sdk gallery build --out` wrote")
     with store.GalleryLock(root).hold(False):
         ver = store.open_version(root)
         if ver is None:

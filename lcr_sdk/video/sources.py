@@ -518,9 +518,9 @@ def bounded_arg(kind: type, low: float, high: float, what: str) -> Callable[[str
     e.g. ``bounded_arg(int, 1, MAX_FRAME_SIDE, "pixels")`` for ``--width``."""
     import argparse
 
-    def parse(text: str):
+    def parse(text: str) -> float:
         try:
-            value = kind(text)
+            value: float = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
         if not low <= value <= high:  # also refuses NaN

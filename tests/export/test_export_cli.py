@@ -131,10 +131,12 @@ def test_wrong_suffix_and_missing_calibration_are_one_line(lcr_checkpoint, tmp_p
     assert _leftovers(tmp_path) == []
 
 
-@pytest.mark.parametrize("content", ["empty", "unreadable", "missing"])
+@pytest.mark.parametrize("content", ["empty", "unreadable", "missing", "a file"])
 def test_bad_calibration_folder_is_one_line_and_writes_nothing(content, lcr_checkpoint, tmp_path):
     calib = tmp_path / "calib"
-    if content != "missing":
+    if content == "a file":
+        calib.write_bytes(b"\x89PNG")
+    elif content != "missing":
         calib.mkdir()
     if content == "unreadable":
         for i in range(3):
@@ -143,7 +145,12 @@ def test_bad_calibration_folder_is_one_line_and_writes_nothing(content, lcr_chec
     out.mkdir()
     r = _run("export", lcr_checkpoint, "-p", "int8", "--calib", calib, "--out", out / "m.onnx")
     assert r.exit_code == 1 and r.output.startswith("Error: ")
-    expected = {"empty": "holds no image files", "unreadable": "could be read", "missing": "does not exist"}[content]
+    expected = {
+        "empty": "holds no image files",
+        "unreadable": "could be read",
+        "missing": "does not exist",
+        "a file": f"calibration folder {calib} is a file; pass a folder of images",
+    }[content]
     assert expected in r.output
     assert _leftovers(out) == []
 

@@ -240,6 +240,8 @@ def test_full_disk_during_export_keeps_the_old_model_and_says_where(lcr_checkpoi
     [
         (["embed", "{model}", "{image}", "--out", "{tmp}/nope/e.npy"], "does not exist"),
         (["embed", "{model}", "{image}", "--out", "{tmp}"], "is a folder"),
+        (["embed", "{model}", "{image}", "--out", "{tmp}/e.txt"], "a NumPy .npy file; give a name ending in .npy"),
+        (["gallery", "info", "{model}"], "is not a saved gallery (a file, not a gallery folder)"),
         (["attention", "{model}", "{image}", "--out", "{tmp}/x.xyz"], ".xyz is not a picture format"),
         (["attention", "{model}", "{image}", "--out", "{tmp}/nope/x.png"], "does not exist"),
         (["attention", "{model}", "{image}", "--part", "-1"], "--part -1"),

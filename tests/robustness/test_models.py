@@ -217,9 +217,11 @@ BROKEN_FILES = {
     ),
     "sidecar without input": (
         lambda m, f: _copy_with(m, f, lambda d: d.pop("input")),
-        "missing or has an unknown field",
+        "lacks input: it was edited or damaged; re-export the model",
     ),
-    "unknown field": (lambda m, f: _copy_with(m, f, _set("colour_space", "sRGB")), "unknown field"),
+    "sidecar without arch": (lambda m, f: _copy_with(m, f, lambda d: d.pop("arch")), r"\.json lacks arch: it was"),
+    "input without height": (lambda m, f: _copy_with(m, f, lambda d: d["input"].pop("height")), "lacks input.height"),
+    "unknown field": (lambda m, f: _copy_with(m, f, _set("colour_space", "sRGB")), "has unknown field.s. colour_space"),
 }
 
 
