@@ -329,6 +329,13 @@ class Gallery:
                 raise InputError(f"ids must be a list of {n} ids; got {type(ids).__name__}")
             if labels is not None and (isinstance(labels, (str, bytes)) or not isinstance(labels, Sequence)):
                 raise InputError(f"labels must be a list of {n} labels; got {type(labels).__name__}")
+            if ids is not None:
+                bad = next((i for i in ids if i is None or (isinstance(i, str) and not i.strip())), "ok")
+                if bad != "ok":  # str(None) would store the id 'None'
+                    raise InputError(
+                        f"id {bad!r} is not valid: an id names one item, so it must be a non-empty string (or a "
+                        "number); pass ids=None to have ids made"
+                    )
             new_ids = [str(i) for i in ids] if ids is not None else None
             labs = [str(x) for x in labels] if labels is not None else [""] * n
             meta = check_metadata(metadata, n)
