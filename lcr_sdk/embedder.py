@@ -292,19 +292,34 @@ class Embedder:
 
         Args:
             images: one image (BGR uint8 array, gray/BGRA array, path or PIL image) -> (D,), or a list of them
-                -> (N, D).
+                (or an N x H x W x C array) -> (N, D).
             color: ``"rgb"`` when 3/4-channel arrays are in RGB(A) order.
+
+        Raises:
+            InputError: an image that cannot be used; for a list, the message starts with its index.
         """
-        single = not isinstance(images, (list, tuple))
+        batch_array = isinstance(images, np.ndarray) and images.ndim == 4
+        single = not isinstance(images, (list, tuple)) and not batch_array
         items = [images] if single else list(images)
         if not items:
             raise InputError("embed() got an empty list; pass one image or a non-empty list of images")
         bmax, out = self.manifest.batch_max, []
         for i in range(0, len(items), bmax):
-            batch = np.stack([self.prepare(im, color) for im in items[i : i + bmax]])
+            batch = np.stack(
+                [self._prepare_item(im, color, None if single else i + j) for j, im in enumerate(items[i : i + bmax])]
+            )
             out.append(self._run_chunk(batch)["embedding"])
         emb = np.concatenate(out).astype(np.float32, copy=False)
         return emb[0] if single else emb
+
+    def _prepare_item(self, image: Any, color: str, index: int | None) -> np.ndarray:
+        """:meth:`prepare`, its error naming the item's place in the list given (``index``) if there was a list."""
+        if index is None:
+            return self.prepare(image, color)
+        try:
+            return self.prepare(image, color)
+        except InputError as e:
+            raise InputError(f"images[{index}]: {e}") from e
 
     def attend(self, image: Any, color: str = "bgr") -> Attention:
         """Embedding, attention mask and part maps of one image, resized to the image's own size."""

@@ -30,7 +30,7 @@ import sys
 import warnings
 from pathlib import Path
 from types import FrameType
-from typing import Any, TextIO
+from typing import Any
 
 import typer
 from typer.core import TyperGroup
@@ -78,8 +78,8 @@ class _Group(TyperGroup):
             _stdout_closed()
 
     def invoke(self, ctx: Any) -> Any:
-        shown = warnings.showwarning
-        warnings.showwarning = _warning_line
+        python_format = warnings.formatwarning
+        warnings.formatwarning = _warning_text
         try:
             result = super().invoke(ctx)
             sys.stdout.flush()  # output the reader never took fails here, not at interpreter exit
@@ -98,24 +98,24 @@ class _Group(TyperGroup):
                 raise
             _fail(e, f"Error: {line}", EXIT_ERROR)
         finally:
-            warnings.showwarning = shown
+            warnings.formatwarning = python_format
 
 
-def _warning_line(
-    message: Warning | str,
-    category: type[Warning],
-    filename: str,
-    lineno: int,
-    file: TextIO | None = None,
-    line: str | None = None,
-) -> None:
-    """A warning as one line on stderr, ``warning: ...``, without the source line Python shows (code of the SDK's,
-    not the user's); a warning of another kind than UserWarning names its kind. --debug: Python's own format."""
+def _warning_text(
+    message: Warning | str, category: type[Warning], filename: str, lineno: int, line: str | None = None
+) -> str:
+    """A warning as one line, ``warning: ...``, without the file and source line Python shows (code of the SDK's,
+    not the user's); a warning of another kind than UserWarning names its kind. --debug: Python's own format.
+
+    It replaces :func:`warnings.formatwarning` (not ``showwarning``) while a command runs, so code that records
+    warnings (``warnings.catch_warnings(record=True)``, pytest) still gets them."""
     if _state["debug"]:  # set by the root callback, which runs after invoke() installed this
-        sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
-        return
+        return _PYTHON_FORMAT(message, category, filename, lineno, line)
     kind = "" if issubclass(category, UserWarning) else f" ({category.__name__})"
-    typer.secho(f"warning: {str(message).strip()}{kind}", err=True, fg=typer.colors.YELLOW)
+    return f"warning: {str(message).strip()}{kind}\n"
+
+
+_PYTHON_FORMAT = warnings.formatwarning
 
 
 # Optional packages (top-level module name) -> how to install them; the platform packages (OpenCV, onnxruntime,

@@ -227,13 +227,14 @@ def test_a_library_warning_is_one_line_without_source_code(lcr_checkpoint, synth
     shutil.copytree(synth_root, data)
     bad = next((data / "test").glob("*/*.png"))
     bad.write_bytes(b"not a png")
-    r = runner.invoke(app, ["eval", str(lcr_checkpoint), str(data), "--json"])
-    assert r.exit_code == 0, r.output
+    cmd = [sys.executable, "-m", "lcr_sdk.cli", "eval", str(lcr_checkpoint), str(data), "--json"]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)  # a real process: pytest records warnings
+    assert r.returncode == 0, r.stderr
     lines = [ln for ln in r.stderr.splitlines() if "unreadable" in ln]
     assert lines == [f"warning: 1 unreadable image(s) in {data / 'test'} skipped, e.g. {bad}"], r.stderr
     assert "warnings.warn" not in r.stderr and ".py:" not in r.stderr
-    r = runner.invoke(app, ["--debug", "eval", str(lcr_checkpoint), str(data), "--json"])
-    assert r.exit_code == 0 and "UserWarning: 1 unreadable image(s)" in r.stderr, r.stderr
+    r = subprocess.run([*cmd[:3], "--debug", *cmd[3:]], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and "UserWarning: 1 unreadable image(s)" in r.stderr, r.stderr
 
 
 @pytest.mark.parametrize("value", ["0", "false", "no", "off", "", "FALSE"])

@@ -59,6 +59,16 @@ def test_bad_image_files(emb, tmp_path):
         emb.embed(np.zeros((32, 32, 3), np.uint8), color="hsv")
 
 
+def test_a_bad_image_in_a_list_is_named_by_its_place_and_a_4d_array_is_a_batch(emb):
+    rng = np.random.default_rng(0)
+    good = [rng.integers(0, 256, (40, 48, 3), dtype=np.uint8) for _ in range(3)]
+    with pytest.raises(InputError, match=r"^images\[2\]: .*dtype is float32"):
+        emb.embed([good[0], good[1], np.zeros((32, 32, 3), np.float32)])
+    batch = np.stack(good)  # N x H x W x 3: the same as a list of its images
+    np.testing.assert_allclose(emb.embed(batch), emb.embed(good), atol=1e-6)
+    assert emb.embed(batch).shape == (3, emb.manifest.embedding_dim)
+
+
 def test_bad_batch_to_infer(emb):
     with pytest.raises(InputError, match="uint8 N x 64 x 64 x 3"):
         emb.infer(np.zeros((2, 32, 32, 3), np.uint8))
