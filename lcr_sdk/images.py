@@ -322,10 +322,11 @@ def _as_uint8_array(image: Any, color: str) -> tuple[np.ndarray, str]:
     if image.size == 0:
         raise InputError(f"image is an empty array of shape {image.shape}; check the frame source")
     if image.dtype != np.uint8:
-        raise InputError(
-            f"image dtype is {image.dtype}; uint8 (0..255) is required. For a float image in 0..1 use "
-            "(img * 255).clip(0, 255).astype(np.uint8)"
-        )
+        if image.dtype == np.uint16:
+            fix = "For a 16-bit image use (img >> 8).astype(np.uint8), or pass its file path (read as 8-bit)"
+        else:
+            fix = "For a float image in 0..1 use (img * 255).clip(0, 255).astype(np.uint8)"
+        raise InputError(f"image dtype is {image.dtype}; uint8 (0..255) is required. {fix}")
     return image, color
 
 

@@ -33,7 +33,8 @@ def emb(lcr_onnx):
     [
         (None, "image is None"),
         (np.zeros((0, 0, 3), np.uint8), "empty array"),
-        (np.zeros((32, 32, 3), np.float32), "dtype is float32"),
+        (np.zeros((32, 32, 3), np.float32), "dtype is float32.*img \\* 255"),
+        (np.zeros((32, 32, 3), np.uint16), "dtype is uint16.*img >> 8"),
         (np.zeros((32, 32, 2), np.uint8), r"shape \(32, 32, 2\) is not an image"),
         (np.zeros((1, 1, 3), np.uint8), "too small"),
         (12, "type int is not supported"),
