@@ -168,7 +168,7 @@ def fingerprint(vector: np.ndarray, label: str, metadata: dict[str, Any]) -> str
     return h.hexdigest()[:32]
 
 
-def _crop_chunks(image: Any, what: str) -> list[str]:
+def crop_chunks(image: Any, what: str) -> list[str]:
     from lcr_sdk.images import to_bgr
 
     img = to_bgr(image)
@@ -213,7 +213,7 @@ def _check_metadata(metadata: Any, n: int) -> list[dict[str, Any]]:
     return out
 
 
-def _same_json(a: Any, b: Any) -> bool:
+def same_json(a: Any, b: Any) -> bool:
     return json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
 
 
@@ -249,7 +249,7 @@ def matches(label: str, metadata: dict[str, Any], labels: list[str] | None, wher
 
 
 @dataclass
-class _Row:
+class FleetRow:
     vector: np.ndarray
     label: str
     metadata: dict[str, Any]
@@ -285,7 +285,7 @@ class FleetGallery:
         self._client, self.uri, self.collection = client, uri, collection
         self.dim, self.model_sha256, self.index, self.device = dim, model_sha256, index, device
         self.image_root = ""
-        self._new: dict[str, _Row] = {}
+        self._new: dict[str, FleetRow] = {}
         self._removed: set[str] = set()
         self._calibration: Calibration | None = None
         self._cal_stored: dict[str, Any] | None = None
@@ -461,9 +461,9 @@ class FleetGallery:
             raise InputError(
                 f"id {dup[0]!r} is already in the gallery (ids are unique); remove the old item first or pick other ids"
             )
-        enc = [_crop_chunks(c, f"crops[{j}]") if c is not None else [] for j, c in enumerate(crop_list)]
+        enc = [crop_chunks(c, f"crops[{j}]") if c is not None else [] for j, c in enumerate(crop_list)]
         for j, item_id in enumerate(new_ids):
-            self._new[item_id] = _Row(v[j], labs[j], meta[j], enc[j])
+            self._new[item_id] = FleetRow(v[j], labs[j], meta[j], enc[j])
         return new_ids
 
     def remove(self, ids: Sequence[Any] | str) -> int:
@@ -524,7 +524,7 @@ class FleetGallery:
             self._new.clear()
         self._maintain(delta)
 
-    def upsert(self, rows: dict[str, _Row]) -> dict[str, str]:
+    def upsert(self, rows: dict[str, FleetRow]) -> dict[str, str]:
         """Write rows as they are (replacing any item with the same id); returns each id's fingerprint."""
         batch: list[dict[str, Any]] = []
         size, fps = 0, {}
@@ -535,18 +535,18 @@ class FleetGallery:
             size += 4 * self.dim + sum(len(c) for c in row.crop) + 256
             if size >= BATCH_BYTES or len(batch) >= BATCH_ROWS:
                 self._rpc("writing items", self._client.upsert, self.collection, batch)
-                _step("fleet-batch")
+                write_step("fleet-batch")
                 batch, size = [], 0
         if batch:
             self._rpc("writing items", self._client.upsert, self.collection, batch)
-            _step("fleet-batch")
+            write_step("fleet-batch")
         return fps
 
     def delete(self, ids: Sequence[str]) -> None:
         """Delete items by id at once (not pending; unknown ids are ignored)."""
         for i in range(0, len(ids), BATCH_ROWS):
             self._rpc("removing items", self._client.delete, self.collection, ids=list(ids[i : i + BATCH_ROWS]))
-            _step("fleet-delete")
+            write_step("fleet-delete")
 
     def _maintain(self, delta: int = 0) -> None:
         """After a commit: move to the next index tier when due; store a calibration that is missing or stale.
@@ -769,11 +769,12 @@ class FleetGallery:
 
 # -- connecting ---------------------------------------------------------------------------------------------------
 
-_steps: list[Callable[[str], None]] = []  # observers of write steps (the sync's fault-injection tests use them)
+# observers of write steps (the sync's fault-injection tests use them)
+write_step_hooks: list[Callable[[str], None]] = []
 
 
-def _step(name: str) -> None:
-    for hook in _steps:
+def write_step(name: str) -> None:
+    for hook in write_step_hooks:
         hook(name)
 
 

@@ -51,13 +51,13 @@ from lcr_sdk.gallery.fleet import (
     DEFAULT_COLLECTION,
     TIMEOUT,
     FleetGallery,
-    _crop_chunks,
-    _Row,
-    _same_json,
-    _step,
+    FleetRow,
     connect,
+    crop_chunks,
     decode_crop,
     fingerprint,
+    same_json,
+    write_step,
 )
 
 STATE_FORMAT = 1
@@ -172,7 +172,7 @@ def _plan(local: dict[str, str], fleet: dict[str, str], base: dict[str, list[str
 def _same(vec: np.ndarray, label: str, meta: dict[str, Any], row: dict[str, Any]) -> bool:
     other = np.asarray(row["vector"], np.float32)
     close = vec.shape == other.shape and float(np.max(np.abs(vec - other))) <= SAME_VECTOR
-    return close and label == row.get("label", "") and _same_json(meta, row.get("metadata") or {})
+    return close and label == row.get("label", "") and same_json(meta, row.get("metadata") or {})
 
 
 def _image(g: Gallery, i: str) -> np.ndarray | None:
@@ -197,11 +197,11 @@ class _Local:
         j = self.items[i][1]
         return np.asarray(self.vecs[j], np.float32), self.labels[j], self.meta[j]
 
-    def row(self, i: str, images: bool) -> _Row:
+    def row(self, i: str, images: bool) -> FleetRow:
         vec, lab, meta = self.content(i)
         img = _image(self.g, i) if images else None  # None: no stored image (nor a readable file)
-        crop = _crop_chunks(img, f"the image of item {i!r}") if img is not None else []
-        return _Row(vec / np.linalg.norm(vec), lab, meta, crop)
+        crop = crop_chunks(img, f"the image of item {i!r}") if img is not None else []
+        return FleetRow(vec / np.linalg.norm(vec), lab, meta, crop)
 
 
 def _renamed(i: str, device: str, n: int) -> str:
@@ -288,7 +288,7 @@ def sync(
         state["device"] = name
         state["links"][key] = {"base": report.pop("base"), "synced_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         atomic_write_text(path, json.dumps(state, separators=(",", ":")))
-        _step("state-written")
+        write_step("state-written")
     out = SyncReport(**report)
     out.seconds = time.perf_counter() - t0
     return out
@@ -310,7 +310,7 @@ def _check_models(g: Gallery, f: FleetGallery) -> None:
 def _sync(g: Gallery, f: FleetGallery, base: dict[str, list[str]], device: str, pull: bool, images: bool) -> Any:
     loc = _Local(g)
     fleet_fps = {str(r["id"]): str(r["fp"]) for r in f.scan(("id", "fp"))}
-    _step("scanned")
+    write_step("scanned")
     plan = _plan(loc.fps(), fleet_fps, base, pull)
     same, renamed = _resolve(plan, loc, f, fleet_fps, device)
     plan.pull = [i for i in plan.pull if i not in renamed.values()]  # a rerun finds a renamed item in the fleet
@@ -347,7 +347,7 @@ def _sync(g: Gallery, f: FleetGallery, base: dict[str, list[str]], device: str, 
         )
     if g.pending:
         g.commit()
-    _step("local-committed")
+    write_step("local-committed")
     # 3. the new base: what both sides hold now, with each side's fingerprint
     lfp = loc.fps()
     new_base = {i: base[i] for i in plan.agreed + plan.later if i in base}

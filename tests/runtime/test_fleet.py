@@ -600,7 +600,7 @@ def test_sync_merges_offline_changes_by_the_conflict_rules(server, tmp_path, mon
     monkeypatch.setattr(fleet_mod, "BATCH_ROWS", 2)
     local, fleet = _scenario(server, tmp_path / "loc")
     seen: list[str] = []
-    monkeypatch.setattr(fleet_mod, "_steps", [seen.append])
+    monkeypatch.setattr(fleet_mod, "write_step_hooks", [seen.append])
     report = sync(local, fleet)
     assert [(s, seen[: j + 1].count(s)) for j, s in enumerate(seen)] == STEPS  # the kill test covers each step
     assert report.renamed == [("a3", "a3@cam-a")]
@@ -649,10 +649,10 @@ def test_sync_killed_at_any_step_then_repeated_neither_loses_nor_duplicates(serv
         if (name, seen.count(name)) == step:
             raise _Killed
 
-    monkeypatch.setattr(fleet_mod, "_steps", [kill_at])
+    monkeypatch.setattr(fleet_mod, "write_step_hooks", [kill_at])
     with pytest.raises(_Killed):
         sync(local, fleet)
-    monkeypatch.setattr(fleet_mod, "_steps", [])
+    monkeypatch.setattr(fleet_mod, "write_step_hooks", [])
     # a new process: the gallery read from disk, a new connection
     report = sync(Gallery.load(tmp_path / "loc"), connect(fleet.uri, fleet.collection, device="cam-a"))
     assert set(dict(report.renamed).values()) <= {"a3@cam-a"}
