@@ -158,8 +158,8 @@ def _plan(local: dict[str, str], fleet: dict[str, str], base: dict[str, list[str
             p.agreed.append(i)
         elif l_chg and not f_chg:
             (p.push if in_l else p.delete).append(i)
-        elif f_chg and not l_chg:
-            (p.remove if not in_f else p.pull if pull else p.later).append(i)
+        elif f_chg and not l_chg:  # a push-only sync (pull=False) changes nothing locally, removals included
+            (p.later if not pull else p.remove if not in_f else p.pull).append(i)
         elif in_l and in_f:
             p.conflict.append(i)
         elif in_l:  # removed from the fleet, changed here: rule 3
@@ -239,6 +239,31 @@ def _resolve(
     return same, renamed
 
 
+def _recheck(plan: _Plan, fleet: FleetGallery, fleet_fps: dict[str, str], pull: bool) -> None:
+    """Another device may have written the fleet since it was listed. Read again, just before writing, the ids this
+    sync is about to overwrite or delete there; one that changed meanwhile is treated as changed on both sides
+    (a push becomes a conflict, rule 4; a deletion gives way to the change, rule 3), so a concurrent sync's work is
+    not overwritten. ``fleet_fps`` is brought up to date for those ids. What remains is the moment between this read
+    and the write (Milvus has no compare-and-set), not the whole sync."""
+    ids = plan.push + plan.delete
+    if not ids:
+        return
+    now = {i: str(r["fp"]) for i, r in fleet._get(ids, ["fp"]).items()}
+    moved = {i for i in ids if now.get(i) != fleet_fps.get(i)}
+    if not moved:
+        return
+    for i in moved:
+        if i in now:
+            fleet_fps[i] = now[i]
+        else:
+            fleet_fps.pop(i, None)
+    plan.conflict += [i for i in plan.push if i in moved and i in now]  # changed there too: rule 4 (or 1)
+    plan.push = [i for i in plan.push if i not in moved or i not in now]  # removed there: the change wins (rule 3)
+    changed = [i for i in plan.delete if i in moved and i in now]  # changed there: it wins over this removal
+    (plan.pull if pull else plan.later).extend(changed)
+    plan.delete = [i for i in plan.delete if i not in moved]
+
+
 def sync(
     local: Gallery | str | os.PathLike[str],
     fleet: FleetGallery | str,
@@ -312,6 +337,7 @@ def _sync(g: Gallery, f: FleetGallery, base: dict[str, list[str]], device: str, 
     fleet_fps = {str(r["id"]): str(r["fp"]) for r in f.scan(("id", "fp"))}
     write_step("scanned")
     plan = _plan(loc.fps(), fleet_fps, base, pull)
+    _recheck(plan, f, fleet_fps, pull)
     same, renamed = _resolve(plan, loc, f, fleet_fps, device)
     plan.pull = [i for i in plan.pull if i not in renamed.values()]  # a rerun finds a renamed item in the fleet
     # 1. the fleet: pushes and renamed local items (upserts), then deletions

@@ -621,17 +621,51 @@ def test_a_push_only_sync_leaves_fleet_changes_for_a_later_pull(server, tmp_path
     local.save(tmp_path / "loc")
     fleet = connect(server, _collection(), model=MODEL, dim=8)
     sync(local, fleet, device="cam-a")
-    fleet.remove(["a"])
+    fleet.remove(["a", "b"])
     fleet.add(_unit(1, 8, seed=9), ids=["a"], labels=["changed"])
     fleet.add(_unit(1, 8, seed=10), ids=["c"])
     fleet.commit()
     local.add(_unit(1, 8, seed=11), ids=["d"])
     local.commit()
     push = sync(local, fleet, pull=False)
-    assert (push.pushed, push.pulled) == (1, 0) and Gallery.load(tmp_path / "loc").labels[0] == "x"
+    assert (push.pushed, push.pulled, push.removed) == (1, 0, 0)
+    kept = Gallery.load(tmp_path / "loc")
+    assert kept.labels[0] == "x" and "b" in kept.ids  # nothing changes locally, not even the fleet's removal
     pull = sync(local, fleet)
-    assert (pull.pushed, pull.pulled, pull.renamed) == (0, 2, [])
-    assert _both_sides(tmp_path / "loc", fleet) == {"a": "changed", "b": "x", "c": "", "d": ""}
+    assert (pull.pushed, pull.pulled, pull.removed, pull.renamed) == (0, 2, 1, [])
+    assert _both_sides(tmp_path / "loc", fleet) == {"a": "changed", "c": "", "d": ""}
+
+
+def test_a_sync_running_while_another_device_syncs_keeps_both_devices_work(server, tmp_path, monkeypatch):
+    """Device Q lists the fleet; device P then syncs whole (its edit of y reaches the fleet); then Q writes. Q must
+    not overwrite P's y: the fleet keeps P's (it got there first) and Q's is kept as y@cam-q (rule 4)."""
+    name = _collection()
+    fleet = connect(server, name, model=MODEL, dim=8)
+    p, q = Gallery(8, MODEL), Gallery(8, MODEL)
+    for g, folder, dev in ((p, tmp_path / "p", "cam-p"), (q, tmp_path / "q", "cam-q")):
+        g.add(_unit(2, 8), ids=["x", "y"], labels=["old", "old"])
+        g.save(folder)
+        sync(g, fleet, device=dev)
+    p.remove(["y"])
+    p.add(_unit(1, 8, seed=3), ids=["y"], labels=["P-edit"])
+    p.commit()
+    q.remove(["x", "y"])
+    q.add(_unit(2, 8, seed=4), ids=["x", "y"], labels=["Q-edit", "Q-edit"])
+    q.commit()
+    ran: list[str] = []
+
+    def p_syncs_meanwhile(step: str) -> None:
+        if step == "scanned" and not ran:
+            ran.append(step)
+            sync(tmp_path / "p", connect(server, name), device="cam-p")
+
+    monkeypatch.setattr(fleet_mod, "write_step_hooks", [p_syncs_meanwhile])
+    report = sync(q, fleet, device="cam-q")
+    monkeypatch.setattr(fleet_mod, "write_step_hooks", [])
+    assert ran and report.renamed == [("y", "y@cam-q")]
+    sync(tmp_path / "p", connect(server, name), device="cam-p")  # P brings in what Q wrote
+    expected = {"x": "Q-edit", "y": "P-edit", "y@cam-q": "Q-edit"}
+    assert _both_sides(tmp_path / "p", fleet) == expected and _both_sides(tmp_path / "q", fleet) == expected
 
 
 class _Killed(BaseException):
