@@ -379,7 +379,10 @@ def _sync(g: Gallery, f: FleetGallery, base: dict[str, list[str]], device: str, 
     new_base = {i: base[i] for i in plan.agreed + plan.later if i in base}
     new_base.update({i: [lfp[i], fleet_fps[i]] for i in same})
     new_base.update({i: [lfp[i], pushed[i]] for i in plan.push})
-    new_base.update({new: [lfp[i], pushed[new]] for i, new in renamed.items()})
+    for i, new in renamed.items():  # re-added under the new id: its fingerprint as the gallery now stores it
+        vec, lab, meta = g.vector(new), *loc.content(i)[1:]
+        assert vec is not None
+        new_base[new] = [fingerprint(vec, lab, meta), pushed[new]]
     for i in got:
         vec = g.vector(i)
         assert vec is not None

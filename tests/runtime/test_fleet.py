@@ -666,6 +666,9 @@ def test_a_sync_running_while_another_device_syncs_keeps_both_devices_work(serve
     sync(tmp_path / "p", connect(server, name), device="cam-p")  # P brings in what Q wrote
     expected = {"x": "Q-edit", "y": "P-edit", "y@cam-q": "Q-edit"}
     assert _both_sides(tmp_path / "p", fleet) == expected and _both_sides(tmp_path / "q", fleet) == expected
+    for folder, dev in ((tmp_path / "q", "cam-q"), (tmp_path / "p", "cam-p")):  # settled: nothing left to do
+        again = sync(folder, connect(server, name), device=dev)
+        assert (again.pushed, again.deleted, again.pulled, again.removed) == (0, 0, 0, 0), (dev, again)
 
 
 class _Killed(BaseException):
