@@ -110,7 +110,7 @@ def config_pbtxt(
         "  {",
         f'    name: "{spec.name}"',
         f"    data_type: {DATA_TYPES[spec.dtype]}",
-        f"    dims: [ {spec.height}, {spec.width}, 3 ]",
+        f"    dims: [ {', '.join(map(str, spec.dims))} ]",
         "  }",
         "]",
         "output [",

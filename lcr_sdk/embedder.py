@@ -199,6 +199,12 @@ class Embedder:
         cls = backend_for(path, backend)
         self.path = path
         self.manifest: Manifest = cls.read_manifest(path, **options)
+        if self.manifest.input.layout != "NHWC":
+            raise ModelError(
+                f"{path} is the DeepStream variant (float planar RGB with the mean removed, as nvinfer feeds it): the "
+                "runtime takes images as they come, through the uint8 model exported beside it (the --out model of "
+                "the same `lcr-sdk export --deepstream` command)"
+            )
         self._check_file_hash()
         if providers is not None:
             options["providers"] = list(providers)

@@ -93,6 +93,11 @@ class InputSpec:
     mean: tuple[float, ...] = IMAGENET_MEAN
     std: tuple[float, ...] = IMAGENET_STD
 
+    @property
+    def dims(self) -> tuple[int, int, int]:
+        """One image's shape in the graph input, without the batch axis: (H, W, 3) for NHWC, (3, H, W) for NCHW."""
+        return (3, self.height, self.width) if self.layout == "NCHW" else (self.height, self.width, 3)
+
 
 @dataclass
 class Manifest:

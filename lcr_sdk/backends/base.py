@@ -190,9 +190,9 @@ def io_mismatches(
         dtype, shape = inputs[spec.name]
         if dtype != spec.dtype:
             problems.append(f"input {spec.name!r} is {dtype}, the manifest says {spec.dtype}")
-        if len(shape) != 4 or [d if static(d) else "?" for d in shape[1:]] != [spec.height, spec.width, 3]:
+        if len(shape) != 4 or [d if static(d) else "?" for d in shape[1:]] != list(spec.dims):
             problems.append(
-                f"input {spec.name!r} has shape {list(shape)}, the manifest says [N, {spec.height}, {spec.width}, 3]"
+                f"input {spec.name!r} has shape {list(shape)}, the manifest says [N, {', '.join(map(str, spec.dims))}]"
             )
     want = m.output_shapes
     if sorted(outputs) != sorted(want):

@@ -196,8 +196,9 @@ class OnnxRuntimeBackend(Backend):
         self.loaded = True
 
     def _check_io(self) -> None:
-        def dtype(t: str) -> str:
-            return t[len("tensor(") : -1] if t.startswith("tensor(") else t
+        def dtype(t: str) -> str:  # ONNX Runtime's "tensor(float)" -> numpy's "float32"
+            name = t[len("tensor(") : -1] if t.startswith("tensor(") else t
+            return {"float": "float32", "double": "float64"}.get(name, name)
 
         inputs = {i.name: (dtype(i.type), list(i.shape)) for i in self.session.get_inputs()}
         outputs = {o.name: list(o.shape) for o in self.session.get_outputs()}

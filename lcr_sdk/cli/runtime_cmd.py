@@ -284,7 +284,7 @@ def info(model: ModelArg, backend: BackendOpt = None, as_json: JsonOpt = False) 
     spec = m.input
     lines = [
         f"{model}: {m.arch} {m.method}, {m.precision}, embedding D={m.embedding_dim}, parts K={m.num_parts}",
-        f"input: {spec.name} {spec.dtype} [N, {spec.height}, {spec.width}, 3] {spec.layout} {spec.color}, "
+        f"input: {spec.name} {spec.dtype} [N, {', '.join(map(str, spec.dims))}] {spec.layout} {spec.color}, "
         f"resize {spec.resize}, batch {m.batch_min}..{m.batch_max} (opt {m.batch_opt})",
         f"outputs: {', '.join(f'{k} {v}' for k, v in m.output_shapes.items())}",
         f"checkpoint sha256 {m.checkpoint_sha256[:16] or '-'}, model sha256 {m.model_sha256[:16] or '-'}, "

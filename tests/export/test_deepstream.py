@@ -123,6 +123,30 @@ def test_the_cli_writes_the_variant_and_its_config(exported):
 
 
 @pytest.mark.torch
+def test_the_variant_gets_a_planar_triton_entry_and_the_runtime_points_to_the_uint8_model(exported, tmp_path):
+    from google.protobuf import text_format
+    from typer.testing import CliRunner
+
+    from lcr_sdk import Embedder
+    from lcr_sdk.cli import app
+    from lcr_sdk.errors import ModelError
+
+    model_config_pb2 = pytest.importorskip("tritonclient.grpc.model_config_pb2")
+    _, folder = exported
+    variant = folder / "lcr-deepstream.onnx"
+    r = CliRunner().invoke(app, ["export", str(variant), "--triton", str(tmp_path / "repo"), "--triton-name", "ds"])
+    assert r.exit_code == 0, r.output
+    config = model_config_pb2.ModelConfig()
+    text_format.Parse((tmp_path / "repo" / "ds" / "config.pbtxt").read_text(), config)
+    [inp] = config.input
+    assert model_config_pb2.DataType.Name(inp.data_type) == "TYPE_FP32" and list(inp.dims) == [3, 64, 64]
+    r = CliRunner().invoke(app, ["info", str(variant)])
+    assert r.exit_code == 0 and "input: images float32 [N, 3, 64, 64] NCHW RGB" in r.output, r.output
+    with pytest.raises(ModelError, match="is the DeepStream variant .* through the uint8 model exported beside it"):
+        Embedder(variant)
+
+
+@pytest.mark.torch
 def test_nvinfer_preprocessing_into_the_variant_matches_the_uint8_model(exported, synth_root):
     """Each image letterboxed by the runtime's rule, then fed two ways: as uint8 BGR to the runtime's model, and the
     way nvinfer feeds the variant (planar RGB float, minus the config's offsets, times net-scale-factor)."""
