@@ -3,8 +3,8 @@
 Needs the ``export`` extra (and ``trt`` for engines):
 
     from lcr_sdk.export import export_model, verify_model
-    path = export_model("runs/x/lcr.pt", "lcr.onnx", precision="int8", calib_dir="data/train")
-    report = verify_model(path, "runs/x/lcr.pt", "data/test")   # report["passed"]
+    path = export_model("runs/lcr/checkpoint.pt", "lcr.onnx", precision="int8", calib_dir="data/train")
+    report = verify_model(path, "runs/lcr/checkpoint.pt", "data/test")   # report["passed"]
 
 torch, onnx and tensorrt are imported inside the functions that need them.
 """

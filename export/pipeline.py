@@ -134,7 +134,7 @@ def check_export_sizes(manifest: Manifest, calib_images: int, verify_sample: int
 
 
 def default_out_path(checkpoint: str | os.PathLike, precision: str, trt: bool) -> Path:
-    """``runs/x/lcr.pt`` -> ``runs/x/lcr-fp16.onnx`` (or ``.engine`` with ``trt``)."""
+    """``runs/lcr/checkpoint.pt`` -> ``runs/lcr/checkpoint-fp16.onnx`` (or ``.engine`` with ``trt``)."""
     ckpt = Path(checkpoint)
     return ckpt.with_name(f"{ckpt.stem}-{precision}{'.engine' if trt else '.onnx'}")
 

@@ -134,6 +134,30 @@ def config_pbtxt(
     return "\n".join(lines) + "\n"
 
 
+def check_triton_target(
+    repo: str | os.PathLike[str], name: str, replace: bool, batch_min: int = 1, batch_opt: int = 8, batch_max: int = 32
+) -> None:
+    """What :func:`write_triton_repository` would refuse about the target and the batch range, checked before a
+    model is exported for it (so an export is not done, and its file not replaced, for an entry that cannot be made).
+
+    Raises:
+        InputError: a bad name, a repository whose parent is missing, an existing entry without ``replace``, or a
+            smallest batch other than 1.
+    """
+    if not _NAME.match(name):
+        raise InputError(f"model name {name!r} is not valid; use letters, digits, '_', '-' and '.', e.g. lcr-fp16")
+    root = Path(repo)
+    if not root.is_dir() and not root.parent.is_dir():
+        raise InputError(f"the parent of the repository {root} does not exist; create it or choose another path")
+    if (root / name).exists() and not replace:
+        raise InputError(f"{root / name} already exists; pass --replace to overwrite it, or choose another name")
+    if batch_min != 1:
+        raise InputError(
+            f"the model's smallest batch would be {batch_min}, but Triton sends batches of 1 up to max_batch_size; "
+            f"export it with --batch 1,{batch_opt},{batch_max}"
+        )
+
+
 def write_triton_repository(
     model: str | os.PathLike[str],
     repo: str | os.PathLike[str],

@@ -141,7 +141,7 @@ def export(
 ) -> None:
     """Export a checkpoint to ONNX (fp32/fp16/int8) and optionally a TensorRT engine, with its manifest.
 
-    Example: lcr-sdk export runs/x/lcr.pt --precision int8 --calib data/train --out lcr-int8.onnx
+    Example: lcr-sdk export runs/lcr/checkpoint.pt --precision int8 --calib data/train --out lcr-int8.onnx
 
     On the device (TensorRT and the runtime core only): lcr-sdk export lcr-fp16.onnx --trt --out lcr-fp16.engine
 
@@ -182,6 +182,7 @@ def export(
         from lcr_sdk.export.trt import build_engine_from_onnx
 
         check_export_options(precision=None, workspace_gib=workspace, batch=parsed_batch)
+        _check_triton(triton, triton_name, replace, out or source, parsed_batch)  # before the build
         engine_path = build_engine_from_onnx(
             source, out, precision, workspace_gib=workspace, timing_cache=cache, say=typer.echo
         )
@@ -195,6 +196,9 @@ def export(
         )
     require("torch", "export", "lcr-sdk export CHECKPOINT")
     from lcr_sdk.export import export_model
+    from lcr_sdk.export.pipeline import default_out_path
+
+    _check_triton(triton, triton_name, replace, out or default_out_path(source, precision or "fp32", trt), parsed_batch)
 
     with _warnings_as_lines():
         written = export_model(
@@ -220,6 +224,18 @@ def export(
         _to_triton(written, triton, triton_name, replace)
 
 
+def _check_triton(
+    repo: Path | None, name: str | None, replace: bool, model: Path, profiles: list[tuple[int, int, int]]
+) -> None:
+    """Refuse a Triton entry that could not be written before exporting or building the model it is for."""
+    if repo is None:
+        return
+    from lcr_sdk.export.triton import check_triton_target
+
+    low, high = min(p[0] for p in profiles), max(p[2] for p in profiles)
+    check_triton_target(repo, name or Path(model).stem, replace, low, profiles[0][1], high)
+
+
 def _to_triton(model: Path, repo: Path, name: str | None, replace: bool) -> None:
     from lcr_sdk.export.triton import write_triton_repository
 
@@ -238,7 +254,7 @@ def verify(
 
     Thresholds: fp32 min cosine >= 0.9999; fp16 >= 0.999; int8 >= 0.98 and Rank-1 agreement >= 0.95.
 
-    Example: lcr-sdk verify lcr-int8.onnx --checkpoint runs/x/lcr.pt --images data/test
+    Example: lcr-sdk verify lcr-int8.onnx --checkpoint runs/lcr/checkpoint.pt --images data/test
     """
     if max_images < 0:
         raise InputError(f"--max-images {max_images} is not valid; use 0 (all) or a positive number")

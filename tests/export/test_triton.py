@@ -162,3 +162,20 @@ def test_cli_writes_the_repository_from_an_exported_onnx(onnx_model, tmp_path):
     assert r.exit_code == 1 and "--replace" in r.output
     r = CliRunner().invoke(app, ["export", str(onnx_model), "--triton", str(repo), "--triton-name", "lcr", "--replace"])
     assert r.exit_code == 0, r.output
+
+
+@pytest.mark.torch
+def test_a_triton_entry_that_cannot_be_made_stops_the_export_before_it_runs(lcr_checkpoint, onnx_model, tmp_path):
+    from typer.testing import CliRunner
+
+    from lcr_sdk.cli import app
+
+    out = tmp_path / "m.onnx"
+    r = CliRunner().invoke(
+        app, ["export", str(lcr_checkpoint), "--batch", "2,8,32", "--out", str(out), "--triton", str(tmp_path / "r")]
+    )
+    assert r.exit_code == 1 and "smallest batch would be 2" in r.output and "--batch 1,8,32" in r.output, r.output
+    assert not out.exists() and "wrote" not in r.output  # refused before anything was exported
+    (tmp_path / "r" / "m").mkdir(parents=True)  # an entry of that name already there
+    r = CliRunner().invoke(app, ["export", str(lcr_checkpoint), "--out", str(out), "--triton", str(tmp_path / "r")])
+    assert r.exit_code == 1 and "already exists; pass --replace" in r.output and not out.exists(), r.output
