@@ -88,7 +88,7 @@ _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,254}$")
 
 def is_local(uri: str) -> bool:
     """Whether ``uri`` names a milvus-lite database (a path ending in ``.db``) rather than a server."""
-    return not re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", str(uri)) and str(uri).endswith(".db")
+    return not re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", str(uri)) and str(uri).rstrip("/").endswith(".db")
 
 
 def split_uri(uri: str) -> tuple[str, str]:
@@ -889,6 +889,11 @@ def _check_connect(
         raise InputError(f"timeout must be a positive number of seconds; got {timeout!r}")
     if is_local(uri) and not Path(address).parent.is_dir():
         raise InputError(f"cannot open {address}: folder {Path(address).parent} does not exist; create it first")
+    if is_local(uri) and Path(address).is_file():
+        raise InputError(
+            f"cannot open {address}: it is a file, and a milvus-lite database is a folder (made at the first "
+            "connect); give a new path ending in .db, or the database folder"
+        )
     return sha, dim if dim is not None else model_dim
 
 

@@ -37,6 +37,16 @@ def test_uris_become_an_address_and_a_token():
     assert split_uri("http://10.0.0.5:19530") == ("http://10.0.0.5:19530", "")
     address, token = split_uri("gallery.db")
     assert address.endswith("/gallery.db") and token == ""
+    assert split_uri("gallery.db/")[0] == address  # the slash shell completion adds to a folder
     with pytest.raises(InputError, match="ending in .db") as e:
         split_uri("ftp://robot:s3cret@milvus.site")
     assert "s3cret" not in str(e.value)
+
+
+def test_a_plain_file_named_db_is_refused_before_anything_is_opened(tmp_path):
+    pytest.importorskip("pymilvus")
+    from lcr_sdk.gallery.fleet import connect
+
+    (tmp_path / "notes.db").write_text("not a database")
+    with pytest.raises(InputError, match="it is a file, and a milvus-lite database is a folder"):
+        connect(str(tmp_path / "notes.db"), "lcr_gallery", dim=8)
