@@ -19,6 +19,7 @@ import torch
 
 from lcr_sdk.train.augment import moco_v2
 from lcr_sdk.train.config import TrainConfig
+from lcr_sdk.train.engine import build_moco
 from lcr_sdk.train.moco import MoCo
 from lcr_sdk.train.model import LCRNet
 
@@ -30,18 +31,8 @@ def _sync(device: torch.device) -> None:
 
 def build(method: str, cfg: TrainConfig, device: torch.device) -> tuple[MoCo, torch.optim.Optimizer]:
     torch.manual_seed(0)
-    model = MoCo(
-        LCRNet(cfg.arch, method, cfg.num_parts),
-        queue_size=4096,
-        momentum=cfg.moco_m,
-        temperature=cfg.moco_t,
-        bn_splits=max(1, min(8, cfg.batch_size // 8)),
-        nu=cfg.nu,
-        tau=cfg.tau,
-        cam_sign=cfg.cam_sign,
-        cam_detach=cfg.cam_detach,
-        cam_norm=cfg.cam_norm,
-    ).to(device)
+    model = build_moco(LCRNet(cfg.arch, method, cfg.num_parts), cfg, 4096, max(1, min(8, cfg.batch_size // 8)))
+    model.to(device)
     if device.type == "cuda":
         model.to(memory_format=torch.channels_last)
     opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.01, momentum=0.9)

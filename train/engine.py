@@ -326,22 +326,7 @@ class Trainer:
             )
             queue = n - cfg.batch_size
         splits = 1 if (self.world > 1 or cfg.sync_bn) else max(1, min(8, cfg.batch_size // self.world // 8))
-        return MoCo(
-            net,
-            cfg.moco_dim,
-            cfg.moco_mlp_hidden,
-            queue,
-            cfg.moco_m,
-            cfg.moco_t,
-            bn_splits=splits,
-            nu=cfg.fit_weight,
-            tau=cfg.tau,
-            cam_sign=cfg.cam_sign,
-            cam_detach=cfg.cam_detach,
-            cam_norm=cfg.cam_norm,
-            fit_grad=cfg.fit_grad,
-            fit_form=cfg.fit_form,
-        )
+        return build_moco(net, cfg, queue, splits)
 
     # -- checkpoints ---------------------------------------------------------------------------------------------
     def _checkpoint(self, r: _Run, metrics: dict | None = None) -> Path:
@@ -592,6 +577,27 @@ class Trainer:
             if new:
                 w.writeheader()
             w.writerow(row)
+
+
+def build_moco(net: LCRNet, cfg: TrainConfig, queue: int, bn_splits: int) -> MoCo:
+    """The MoCo v2 (+ GFB) training module for ``cfg``, as training builds it (benchmarks build it here too, so
+    what they time is what trains)."""
+    return MoCo(
+        net,
+        cfg.moco_dim,
+        cfg.moco_mlp_hidden,
+        queue,
+        cfg.moco_m,
+        cfg.moco_t,
+        bn_splits=bn_splits,
+        nu=cfg.fit_weight,
+        tau=cfg.tau,
+        cam_sign=cfg.cam_sign,
+        cam_detach=cfg.cam_detach,
+        cam_norm=cfg.cam_norm,
+        fit_grad=cfg.fit_grad,
+        fit_form=cfg.fit_form,
+    )
 
 
 def train(cfg: TrainConfig, data: str | Path, out: str | Path, **kwargs) -> Path:
