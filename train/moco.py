@@ -153,6 +153,11 @@ def released_fitting_loss(cam: torch.Tensor, attn: torch.Tensor, per_image: bool
     return F.kl_div(pred, target, reduction="sum", log_target=True)
 
 
+def world_size() -> int:
+    """Processes training together (DistributedDataParallel), 1 without it."""
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
 def grad_norm(loss: torch.Tensor, params: Sequence[torch.Tensor]) -> torch.Tensor:
     """L2 norm of d loss / d params (all of them together), the graph kept; 0 where ``loss`` does not reach."""
     if not loss.requires_grad:
@@ -303,12 +308,20 @@ class MoCo(nn.Module):
             scale = max(1.0, scale / 2**8)  # the scaled gradient overflowed fp16: retry lower
 
     def _fit(self, loss_nce: torch.Tensor, feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(fitting loss, CAM target) of a step (LCR)."""
-        cam = self._cam(loss_nce, feats)  # B x h x w
+        """(fitting loss, CAM target) of a step (LCR).
+
+        Under DistributedDataParallel each process holds 1/world of the batch, so both are made what one process
+        with the whole batch computes: the CAM is the gradient of the whole batch's mean InfoNCE (the local mean /
+        world), and a fitting loss summed over images (the released forms) is the local sum x world (the gradients
+        are then averaged over processes). One process or several, the same global batch trains alike.
+        """
+        world = world_size()
+        cam = self._cam(loss_nce / world if world > 1 else loss_nce, feats)  # B x h x w
         attn = self.encoder_q.raw_attention(feats.detach() if self.fit_grad == "gfb" else feats)  # B x h x w
         if self.fit_form in RELEASED_FORMS:
-            return released_fitting_loss(cam, attn, per_image=self.fit_form == "per_image"), cam
-        return fitting_loss(cam, attn, self.tau), cam
+            summed = released_fitting_loss(cam, attn, per_image=self.fit_form == "per_image")
+            return summed * world if world > 1 else summed, cam
+        return fitting_loss(cam, attn, self.tau), cam  # a batch mean: the same on every process
 
     def forward(
         self, x_q: torch.Tensor, x_k: torch.Tensor, ids: torch.Tensor | None = None, measure_grads: bool = False

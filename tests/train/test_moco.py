@@ -301,3 +301,31 @@ def test_per_image_form_is_the_released_loss_taken_per_image():
     assert not torch.allclose(released_fitting_loss(shifted, attn, per_image=True), whole)
     flat = (cam[:1].reshape(1, 1, 20), attn[:1].reshape(1, 1, 20))
     torch.testing.assert_close(released_fitting_loss(*flat), released_fitting_loss(cam[:1], attn[:1], per_image=True))
+
+
+@pytest.mark.parametrize("fit_form, cam_norm", [("per_image", "max"), ("released", "max"), ("ours", "none")])
+def test_a_process_of_a_two_process_run_computes_what_one_process_does_with_the_whole_batch(
+    fit_form, cam_norm, monkeypatch
+):
+    """Under DistributedDataParallel each of N processes holds 1/N of the batch and the gradients are averaged:
+    the fitting term must come out as one process's with the whole batch. A batch of two identical halves makes the
+    check exact without launching processes: one process with [A; A] against a process of a 2-process run with [A]
+    (its InfoNCE is a mean, the same on [A] and [A; A]; its batch-norm statistics too)."""
+    import torch
+
+    from lcr_sdk.train import moco as moco_mod
+
+    g = torch.Generator().manual_seed(5)
+    x_q, x_k = torch.randn(4, 3, 64, 64, generator=g), torch.randn(4, 3, 64, 64, generator=g)
+
+    def run(x_q, x_k, world):
+        monkeypatch.setattr(moco_mod, "world_size", lambda: world)
+        model = _moco("lcr", fit_form=fit_form, cam_norm=cam_norm, fit_grad="backbone", nu=0.5)
+        model.train()
+        torch.manual_seed(3)
+        return model(x_q, x_k, None)
+
+    whole = run(torch.cat([x_q, x_q]), torch.cat([x_k, x_k]), 1)
+    half = run(x_q, x_k, 2)
+    torch.testing.assert_close(half["loss_fit"], whole["loss_fit"], rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(half["cam"], whole["cam"][:4], rtol=1e-4, atol=1e-6)
