@@ -8,6 +8,8 @@ mAP (counted in ``unanswerable``).
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import numpy.typing as npt
 
@@ -69,6 +71,30 @@ def retrieval_metrics(
     out["mAP"] = float(np.mean(aps)) if aps else float("nan")
     out["queries"] = int(answerable.sum())
     out["unanswerable"] = int((~answerable).sum())
+    return out
+
+
+def chance_retrieval(labels: npt.ArrayLike, ks: tuple[int, ...] = (1, 5)) -> dict[str, float]:
+    """What :func:`retrieval_metrics` scores, on average, for a ranking drawn uniformly at random: the chance level
+    of Rank-k and mAP for these labels (exact expectations, not 1 / classes).
+
+    For a query with R items of its class among the M others: Rank-k = 1 - C(M-R, k) / C(M, k), and
+    E[AP] = (H_M + (R-1)/(M-1) * (M - H_M)) / M, H_M the M-th harmonic number (the expected precision at each
+    position, weighted by the chance that a relevant item sits there). Averaged over the answerable queries (R > 0).
+    """
+    labels = np.asarray(labels)
+    n = len(labels)
+    _, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
+    r = (counts[inverse] - 1).astype(np.float64)  # items of the query's class among the others
+    r = r[r > 0]
+    m = n - 1
+    out: dict[str, float] = {}
+    for k in ks:
+        miss = np.array([math.comb(m - int(x), k) / math.comb(m, k) if m >= k else 0.0 for x in r])
+        out[f"rank{k}"] = float(np.mean(1 - miss)) if len(r) else float("nan")
+    harmonic = float(np.sum(1.0 / np.arange(1, m + 1))) if m > 0 else 0.0
+    ap = (harmonic + (r - 1) / max(m - 1, 1) * (m - harmonic)) / max(m, 1)
+    out["mAP"] = float(np.mean(ap)) if len(r) else float("nan")
     return out
 
 

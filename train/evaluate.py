@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 from lcr_sdk.errors import DataError, InputError
 from lcr_sdk.manifest import InputSpec, manifest_for_checkpoint
-from lcr_sdk.metrics import knn_top1, retrieval_metrics
+from lcr_sdk.metrics import chance_retrieval, knn_top1, retrieval_metrics
 from lcr_sdk.train.checkpoint import load_net
 from lcr_sdk.train.data import Split, eval_batches, scan_split, split_validation
 from lcr_sdk.train.model import DeployModel, LCRNet
@@ -192,7 +192,8 @@ def evaluate(
     out["knn_top1"] = knn_top1(b, bank.labels, q, queries.labels)
     if linear:
         out["linear_top1"] = linear_probe(b, bank.labels, q, queries.labels)
-    out["chance"] = 1.0 / len(queries.classes)
+    out["chance"] = 1.0 / len(queries.classes)  # kNN and linear probe (balanced classes)
+    out |= {f"chance_{k}": v for k, v in chance_retrieval(queries.labels).items()}  # a random ranking's Rank-k, mAP
     out["method"] = cfg["method"]
     out["split"] = split
     out["pooling"] = pooling

@@ -241,9 +241,12 @@ def eval_cmd(
         )
         return
     typer.echo(f"{checkpoint} on the {'validation' if split == 'val' else 'test'} split of {data}:")
-    for key in ("rank1", "rank5", "mAP", "knn_top1", "linear_top1", "chance"):
+    for key in ("rank1", "rank5", "mAP", "knn_top1", "linear_top1"):
         if key in m:
-            typer.echo(f"{key:<12} {100 * m[key]:6.2f} %")
+            chance = m.get(f"chance_{key}", m["chance"])  # retrieval: a random ranking's; kNN, probe: 1 / classes
+            typer.echo(f"{key:<12} {100 * m[key]:6.2f} %   (chance {100 * chance:5.2f} %)")
+    if "attention_on_object" in m:
+        typer.echo(f"{'attention':<12} {100 * m['attention_on_object']:6.2f} % of the mask on the object")
     typer.echo(f"{'queries':<12} {m['queries']} ({m['unanswerable']} without another image of their class)")
 
 

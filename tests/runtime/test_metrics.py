@@ -59,3 +59,23 @@ def test_knn_majority():
     test = _unit([0.9, 0.1], [0.1, 0.9])
     assert knn_top1(train, ["a", "a", "b"], test, ["a", "b"], k=1) == 1.0
     assert knn_top1(train, ["a", "a", "b"], test, ["b", "b"], k=1) == 0.5
+
+
+def test_chance_levels_are_what_random_rankings_score_on_average():
+    from lcr_sdk.metrics import chance_retrieval, retrieval_metrics
+
+    labels = np.repeat(np.arange(4), [3, 5, 6, 1])  # uneven classes, one query that cannot be answered
+    rng = np.random.default_rng(0)
+    runs = [retrieval_metrics(_random_unit(rng, len(labels), 64), labels) for _ in range(4000)]
+    chance = chance_retrieval(labels)
+    for key in ("rank1", "rank5", "mAP"):
+        seen = np.array([r[key] for r in runs])
+        assert abs(seen.mean() - chance[key]) < 4 * seen.std() / np.sqrt(len(seen)), key
+    assert chance["mAP"] > 0.3  # not 1 / classes (0.25): a random ranking finds relevant items early now and then
+    # the quickstart's test split: 8 classes of 40 images
+    assert chance_retrieval(np.repeat(np.arange(8), 40))["mAP"] == pytest.approx(0.137, abs=5e-4)
+
+
+def _random_unit(rng, n, d):
+    v = rng.standard_normal((n, d))
+    return v / np.linalg.norm(v, axis=1, keepdims=True)

@@ -58,6 +58,7 @@ def test_train_then_eval_json(synth_root, tmp_path):
     text = runner.invoke(app, ["eval", str(ckpt), str(synth_root)]).output
     assert f"rank1        {100 * m['rank1']:6.2f} %" in text and "queries      16 (0 without another" in text
     assert text.startswith(f"{ckpt} on the test split of {synth_root}:")
+    assert f"(chance {100 * m['chance_mAP']:5.2f} %)" in text and m["chance_mAP"] > m["chance"]  # not 1 / classes
 
 
 def _separable(root: Path) -> Path:
