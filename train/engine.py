@@ -520,7 +520,7 @@ class Trainer:
         row: dict = {
             "epoch": r.epoch + 1,
             "step": r.global_step,
-            "lr": lr_at(cfg, r.global_step, r.total, r.steps_per_epoch),
+            "lr": lr_at(cfg, max(0, r.global_step - 1), r.total, r.steps_per_epoch),  # the epoch's last step's
             "img_per_s": round(meter.rate(), 1),
         }
         row |= meter.means()

@@ -164,9 +164,14 @@ def evaluate(
         fraction = float(cfg.get("val_fraction", 0.0)) if val_fraction is None else val_fraction
         seed = int(cfg.get("val_seed", 0)) if val_seed is None else val_seed
         if not fraction:
+            why = (
+                "--val-fraction 0 leaves no validation split"
+                if val_fraction is not None
+                else f"{checkpoint} was trained without a validation split (val_fraction 0)"
+            )
             raise InputError(
-                f"{checkpoint} was trained without a validation split (val_fraction 0); pass --val-fraction F "
-                "(e.g. 0.1) to carve one, or train with --val-fraction so that its images are held out"
+                f"{why}; pass --val-fraction F (e.g. 0.1) to carve one, or train with --val-fraction so that its "
+                "images are held out"
             )
         bank, queries = split_validation(train_split, fraction, seed)
         out |= {"val_fraction": fraction, "val_seed": seed}

@@ -330,6 +330,8 @@ def test_eval_split_options(lcr_checkpoint, synth_root):
     assert "trained without a validation split" in line and "--val-fraction F" in line
     line = _error_line(_eval(lcr_checkpoint, synth_root, "--split", "val", "--val-fraction", "2"))
     assert "--val-fraction 2.0 is not valid" in line
+    line = _error_line(_eval(lcr_checkpoint, synth_root, "--split", "val", "--val-fraction", "0"))
+    assert "--val-fraction 0 leaves no validation split" in line and "trained without" not in line, line
 
 
 # -- data import ------------------------------------------------------------------------------------------------------
