@@ -213,6 +213,14 @@ def _check_metadata(metadata: Any, n: int) -> list[dict[str, Any]]:
     return out
 
 
+def _released(e: Exception) -> bool:
+    """Whether a Milvus error says the collection is not loaded (the server restarted, or released it)."""
+    if type(e).__name__ != "MilvusException":
+        return False
+    text = (getattr(e, "message", "") or str(e)).lower()
+    return "released" in text or "not loaded" in text or "collection not loaded" in text
+
+
 def same_json(a: Any, b: Any) -> bool:
     return json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
 
@@ -296,9 +304,22 @@ class FleetGallery:
     # -- server calls ----------------------------------------------------------------------------------------------
 
     def _rpc(self, what: str, call: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        """Run one client call; a server error becomes one :class:`LcrError` naming the server and the step."""
+        """Run one client call; a server error becomes one :class:`LcrError` naming the server and the step.
+
+        pymilvus's own error log (tracebacks, retries) is held back while the call runs: the error line says it.
+        A collection the server released (it restarted since this connection loaded it) is loaded again and the
+        call repeated once, so a long-running process recovers by itself."""
+        quiet = logging.getLogger("pymilvus")
+        level = quiet.level
+        quiet.setLevel(logging.CRITICAL)
         try:
-            return call(*args, **kwargs)
+            try:
+                return call(*args, **kwargs)
+            except Exception as e:
+                if not _released(e):
+                    raise
+                self._client.load_collection(self.collection)
+                return call(*args, **kwargs)
         except LcrError:
             raise
         except Exception as e:
@@ -309,6 +330,8 @@ class FleetGallery:
                 f"fleet gallery {self.uri} (collection {self.collection!r}): {what} failed: {msg}; check that the "
                 "server is up and reachable (nothing was lost: pending changes are kept; commit or sync again)"
             ) from None
+        finally:
+            quiet.setLevel(level)
 
     def _get(self, ids: Sequence[str], fields: Sequence[str], batch: int = 1000) -> dict[str, dict[str, Any]]:
         out: dict[str, dict[str, Any]] = {}

@@ -730,3 +730,20 @@ def test_the_gallery_api_opens_and_syncs_a_fleet_gallery(server, tmp_path):
     assert sorted(Gallery.load(tmp_path / "loc").ids) == ["a", "b", "f"]
     again = Gallery.load(tmp_path / "loc").sync(server, name, device="cam-a")
     assert (again.pushed, again.pulled) == (0, 0)
+
+
+def test_a_collection_the_server_released_is_loaded_again_and_the_call_repeated(server):
+    """What a server restart leaves behind: the collection released under an open connection. Commits and searches
+    go on (loaded again, the call repeated once), with no pymilvus log in front of anything."""
+    import pymilvus
+
+    name = _collection()
+    g = connect(server, name, model=MODEL, dim=8)
+    g.add(_unit(2, 8), ids=["a", "b"], labels=["x", "y"])
+    g.commit()
+    other = pymilvus.MilvusClient(uri=server)
+    other.release_collection(name)
+    other.close()
+    g.add(_unit(1, 8, seed=2), ids=["c"], labels=["z"])
+    g.commit()
+    assert [h.id for h in g.search(_unit(1, 8, seed=2)[0], k=1)] == ["c"] and len(g) == 3
