@@ -78,6 +78,7 @@ _PROP = {
     "dim": "lcr.dim",
     "cal": "lcr.calibration",
     "index": "lcr.index",
+    "uid": "lcr.uid",  # the collection's identity: a sync's record of it does not depend on how its URI is spelt
 }
 _FIELDS = ("id", "vector", "label", "metadata", "fp", "origin", "crop")
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,254}$")
@@ -293,6 +294,7 @@ class FleetGallery:
         self._client, self.uri, self.collection = client, uri, collection
         self.dim, self.model_sha256, self.index, self.device = dim, model_sha256, index, device
         self.image_root = ""
+        self.uid = ""  # the collection's identity (set by connect)
         self._new: dict[str, FleetRow] = {}
         self._removed: set[str] = set()
         self._calibration: Calibration | None = None
@@ -827,7 +829,13 @@ def _create(client: Any, pm: Any, collection: str, dim: int, model_sha256: str, 
         if "element_type" in kw:
             kw["element_type"] = getattr(pm.DataType, kw["element_type"])
         schema.add_field(name, getattr(pm.DataType, dtype), **kw)
-    props = {_PROP["format"]: FORMAT, _PROP["model"]: model_sha256, _PROP["dim"]: str(dim), _PROP["index"]: index}
+    props = {
+        _PROP["format"]: FORMAT,
+        _PROP["model"]: model_sha256,
+        _PROP["dim"]: str(dim),
+        _PROP["index"]: index,
+        _PROP["uid"]: uuid.uuid4().hex,
+    }
     client.create_collection(
         collection,
         schema=schema,
@@ -987,6 +995,16 @@ def _open(
         )
     policy = props.get(_PROP["index"], "auto")  # the collection's own, whatever this connection asked for
     g = FleetGallery(client, shown, collection, have_dim, have_sha, policy, probe.device)
+    g.uid = props.get(_PROP["uid"], "")
+    if not g.uid:  # made by an earlier lcr-sdk: give it one now (read back: another device may do it at once)
+        g._rpc(
+            "storing the collection's identity",
+            client.alter_collection_properties,
+            collection,
+            {_PROP["uid"]: uuid.uuid4().hex},
+        )
+        again = g._rpc("reading the collection", client.describe_collection, collection)
+        g.uid = (again.get("properties", {}) or {}).get(_PROP["uid"], "")
     if _PROP["cal"] in props:
         stored = json.loads(props[_PROP["cal"]])
         g._calibration, g._cal_stored = Calibration.from_dict(stored), stored

@@ -307,10 +307,16 @@ def sync(
         name = name or f.device
         f.device = name
         g.refresh()
-        key = f"{f.uri}#{f.collection}"
-        base = state["links"].get(key, {}).get("base", {})
+        # the record of this collection, by its identity (not the URI as typed: localhost and 127.0.0.1, or a moved
+        # .db folder, are one collection; keyed by spelling, a removal would come back); by URI for older records
+        spelt = f"{f.uri}#{f.collection}"
+        key = f"uid:{f.uid}" if f.uid else spelt
+        link = state["links"].get(key) or state["links"].get(spelt, {})
+        base = link.get("base", {})
         report = _sync(g, f, base, name, pull, images)
         state["device"] = name
+        if key != spelt:
+            state["links"].pop(spelt, None)
         state["links"][key] = {"base": report.pop("base"), "synced_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         atomic_write_text(path, json.dumps(state, separators=(",", ":")))
         write_step("state-written")

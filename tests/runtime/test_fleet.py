@@ -747,3 +747,21 @@ def test_a_collection_the_server_released_is_loaded_again_and_the_call_repeated(
     g.add(_unit(1, 8, seed=2), ids=["c"], labels=["z"])
     g.commit()
     assert [h.id for h in g.search(_unit(1, 8, seed=2)[0], k=1)] == ["c"] and len(g) == 3
+
+
+def test_the_sync_record_follows_the_collection_not_the_spelling_of_its_address(server, tmp_path):
+    """Synced through 127.0.0.1, then through localhost: the same collection, so items removed here in between are
+    removed from the fleet, not pulled back as the fleet's."""
+    name = _collection()
+    local = Gallery(8, MODEL)
+    local.add(_unit(4, 8), ids=["a", "b", "c", "d"], labels=["x"] * 4)
+    local.save(tmp_path / "loc")
+    sync(local, server, name, device="cam-a")
+    local.remove(["a", "b"])
+    local.commit()
+    other = server.replace("127.0.0.1", "localhost")
+    report = sync(tmp_path / "loc", other, name, device="cam-a")
+    assert (report.pulled, report.deleted) == (0, 2), report
+    assert sorted(Gallery.load(tmp_path / "loc").ids) == ["c", "d"] and len(connect(server, name)) == 2
+    state = json.loads(state_path(tmp_path / "loc").read_text())
+    assert list(state["links"]) == [f"uid:{connect(server, name).uid}"]  # one record, by identity
