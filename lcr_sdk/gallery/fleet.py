@@ -181,7 +181,7 @@ def crop_chunks(image: Any, what: str) -> list[str]:
     if len(chunks) > CROP_CHUNKS:
         raise InputError(
             f"{what} is {len(data) >> 10} KiB as PNG; a fleet gallery stores crops up to "
-            f"{CROP_CHUNK * CROP_CHUNKS * 3 // 4 >> 20} MiB: pass a smaller crop (the region of the item)"
+            f"{CROP_CHUNK * CROP_CHUNKS * 3 / 4 / 2**20:.1f} MiB: pass a smaller crop (the region of the item)"
         )
     return chunks
 
@@ -550,7 +550,22 @@ class FleetGallery:
         self._maintain(delta)
 
     def upsert(self, rows: dict[str, FleetRow]) -> dict[str, str]:
-        """Write rows as they are (replacing any item with the same id); returns each id's fingerprint."""
+        """Write rows as they are (replacing any item with the same id); returns each id's fingerprint.
+
+        Raises:
+            InputError: before anything is written, an item the collection cannot hold (an id or label over its
+                field size, metadata over 64 KiB), named with the fix.
+        """
+        for item_id, row in rows.items():
+            try:
+                _check_text(item_id, "id", ID_LEN)
+                _check_text(row.label, "label", LABEL_LEN)
+                _check_metadata([row.metadata], 1)
+            except InputError as e:
+                raise InputError(
+                    f"item {item_id[:60]!r} cannot go to the fleet: {e}. Nothing was written; change the item in "
+                    "the local gallery (remove it and add it again within the limits), then sync again"
+                ) from None
         batch: list[dict[str, Any]] = []
         size, fps = 0, {}
         for item_id, row in rows.items():

@@ -765,3 +765,13 @@ def test_the_sync_record_follows_the_collection_not_the_spelling_of_its_address(
     assert sorted(Gallery.load(tmp_path / "loc").ids) == ["c", "d"] and len(connect(server, name)) == 2
     state = json.loads(state_path(tmp_path / "loc").read_text())
     assert list(state["links"]) == [f"uid:{connect(server, name).uid}"]  # one record, by identity
+
+
+def test_an_item_the_fleet_cannot_hold_is_named_before_anything_is_written(server, tmp_path):
+    name = _collection()
+    local = Gallery(8, MODEL)
+    local.add(_unit(2, 8), ids=["ok", "long"], labels=["x", "y" * 2000])
+    local.save(tmp_path / "loc")
+    with pytest.raises(InputError, match=r"item 'long' cannot go to the fleet: label .* is 2000 bytes.*at most 1024"):
+        sync(local, server, name, device="cam-a")
+    assert len(connect(server, name)) == 0  # refused before any write, the item that fits included
