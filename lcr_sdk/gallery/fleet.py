@@ -1005,8 +1005,8 @@ def _open(
     if (sha and have_sha and sha != have_sha) or (dim is not None and dim != have_dim):
         raise ModelError(
             f"collection {collection!r} in {shown} was built with model {have_sha[:12] or '?'}... ({have_dim}-d "
-            f"embeddings); this one is {(sha or have_sha)[:12]}... ({dim or have_dim}-d): their embeddings are not "
-            "comparable. Use the collection's model, or another collection for this model"
+            f"embeddings); this one is {sha[:12] + '... (' if sha else '('}{dim or have_dim}-d): their embeddings "
+            "are not comparable. Use the collection's model, or another collection for this model"
         )
     policy = props.get(_PROP["index"], "auto")  # the collection's own, whatever this connection asked for
     g = FleetGallery(client, shown, collection, have_dim, have_sha, policy, probe.device)

@@ -328,6 +328,8 @@ def test_collection_refuses_another_model_or_size_naming_both(server):
         connect(server, name, model="b" * 64)
     with pytest.raises(ModelError, match=r"\(8-d embeddings\); this one is aaaaaaaaaaaa\.\.\. \(16-d\)"):
         connect(server, name, model=MODEL, dim=16)
+    with pytest.raises(ModelError, match=r"\(8-d embeddings\); this one is \(16-d\)"):  # a size, no model given
+        connect(server, name, dim=16)
     g = connect(server, name)  # no model given: the collection's own
     assert (g.dim, g.model_sha256) == (8, MODEL)
     with pytest.raises(InputError, match="pass model="):
