@@ -270,8 +270,22 @@ def _install(
     for src, dest in staged:
         install_model(src, dest)
     if deepstream is not None:
-        with atomic_path(Path(deepstream) / DEEPSTREAM_CONFIG) as tmp:
+        config = Path(deepstream) / DEEPSTREAM_CONFIG
+        if config.exists():
+            warnings.warn(
+                f"{config} was replaced (edits made to the previous one are gone: copy the config before "
+                "re-exporting into its folder to keep them)",
+                stacklevel=3,
+            )
+        with atomic_path(config) as tmp:
             tmp.write_text((stage / "deepstream" / DEEPSTREAM_CONFIG).read_text())
+        stale = sorted(p.name for p in Path(deepstream).glob("*.engine"))
+        if stale:
+            warnings.warn(
+                f"{deepstream} holds engine(s) built from an earlier model: {', '.join(stale)}; delete them, or "
+                "nvinfer may load a stale one (a config that names it with model-engine-file)",
+                stacklevel=3,
+            )
 
 
 def _check_out_path(

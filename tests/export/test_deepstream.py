@@ -190,3 +190,19 @@ def test_deepstream_options_are_checked_before_any_work(kwargs, message):
 
     with pytest.raises(InputError, match=message):
         check_resize_options(kwargs.get("resize"), kwargs.get("deepstream"), kwargs.get("precision", "fp16"))
+
+
+@pytest.mark.torch
+def test_exporting_again_into_a_deepstream_folder_says_what_it_replaced_and_what_is_stale(lcr_checkpoint, tmp_path):
+    from typer.testing import CliRunner
+
+    from lcr_sdk.cli import app
+
+    args = ["export", str(lcr_checkpoint), "--resize", "stretch", "--deepstream", str(tmp_path / "ds"), "--no-verify"]
+    r = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "lcr.onnx")])
+    assert r.exit_code == 0 and "warning" not in r.output, r.output  # a new folder: nothing to say
+    (tmp_path / "ds" / "lcr-deepstream.onnx_b32_gpu0_fp32.engine").write_bytes(b"an engine nvinfer built")
+    r = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "lcr.onnx")])
+    assert r.exit_code == 0, r.output
+    assert "config_infer_secondary_lcr.txt was replaced" in r.output
+    assert "engine(s) built from an earlier model: lcr-deepstream.onnx_b32_gpu0_fp32.engine" in r.output
