@@ -105,13 +105,17 @@ def curves_figure(
     knn = {name: pts for name, pts in knn.items() if pts}
     titles = ["training loss"] + ([knn_title] if knn else [])
     fig, axes = plt.subplots(1, len(titles), figsize=(5 * len(titles), 3.6), squeeze=False)
+    from matplotlib.ticker import MaxNLocator
+
     loss_ax = axes[0][0]
-    for name, rs in rows.items():
+    for j, (name, rs) in enumerate(rows.items()):
         ep = [int(r["epoch"]) for r in rs]
-        loss_ax.plot(ep, [float(r["loss_nce"]) for r in rs], marker="o", label=f"{name} InfoNCE")
+        marker = "os^v"[j % 4]  # methods on top of each other (the same backbone's InfoNCE) stay visible
+        loss_ax.plot(ep, [float(r["loss_nce"]) for r in rs], marker=marker, fillstyle="none", label=f"{name} InfoNCE")
         if rs and rs[0].get("loss_fit"):
-            loss_ax.plot(ep, [float(r["loss_fit"]) for r in rs], marker="x", ls="--", label=f"{name} fit (KL)")
-    loss_ax.set(xlabel="epoch", ylabel="loss", title=titles[0])
+            label = f"{name} fitting term (KL, before its weight nu)"
+            loss_ax.plot(ep, [float(r["loss_fit"]) for r in rs], marker="x", ls="--", label=label)
+    loss_ax.set(xlabel="epoch", ylabel="loss (epoch mean)", title=titles[0])
     if knn:
         ax = axes[0][1]
         for name, pts in knn.items():
@@ -120,6 +124,12 @@ def curves_figure(
             ax.plot(*zip(*pts), marker="o", label=name)
         ax.set(xlabel="epoch (0 = the starting backbone)", ylabel="kNN top-1", title=titles[1])
     for ax in axes[0]:
+        epochs = sorted({int(x) for line in ax.get_lines() for x in line.get_xdata()})
+        if 0 < len(epochs) <= 12:  # epochs are whole numbers: a tick at each (one epoch: one tick, not 0.95..1.05)
+            ax.set_xticks(epochs)
+            ax.set_xlim(epochs[0] - 0.5, epochs[-1] + 0.5)
+        else:
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=7)
