@@ -269,7 +269,7 @@ def quickstart(
     stage_t = time.perf_counter()
     log.info("stage 1: %s with its ImageNet weights (no source pretraining)", START_ARCH)
     pre_ckpt = imagenet_checkpoint(out / "pretrained.pt", START_ARCH, size, 32, seed)
-    timings = {"pretrain": time.perf_counter() - stage_t}
+    timings = {"stage 1 (load ImageNet weights)": time.perf_counter() - stage_t}
     (out / "runs" / "random").mkdir(parents=True, exist_ok=True)
     ckpts = {
         "random init": random_init_checkpoint(
@@ -371,7 +371,7 @@ def _notes(budget: Budget, seed: int) -> list[str]:
         "images",
         f"stage 1: {START_ARCH} with its ImageNet weights (Apache-2.0, the weights extra; no source pretraining); "
         f"stage 2: MoCo v2 and LCR on the target's train split from that backbone, lr {FINE_TUNE_LR}, "
-        f"{budget.epochs} epochs each, batch {budget.batch_size}, training seed {seed}, with "
+        f"{budget.epochs} epoch{'s' if budget.epochs != 1 else ''} each, batch {budget.batch_size}, training seed {seed}, with "
         f"{VAL_FRACTION:.0%} of each class held out as the validation split (where the benchmark makes its "
         "choices; the kNN monitor queries it); the final epoch is kept (no selection on the test split)",
         "random init: the same network untrained; ImageNet only: stage 1's backbone without stage 2; LCR "
