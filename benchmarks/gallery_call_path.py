@@ -13,6 +13,7 @@ wanted). Nothing is timed: the figures do not depend on the machine.
 
 from __future__ import annotations
 
+import argparse
 import sys
 import tempfile
 from collections.abc import Callable
@@ -51,6 +52,7 @@ def modules_called(fn: Callable[[], object]) -> tuple[list[str], set[str]]:
 
 
 def main() -> None:
+    argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args()  # --help; no options
     rng = np.random.default_rng(0)
     folder = tempfile.mkdtemp(prefix="gallery-path-")
     g = Gallery(64, model_sha256="0" * 64)
