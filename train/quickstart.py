@@ -371,7 +371,8 @@ def _notes(budget: Budget, seed: int) -> list[str]:
         "images",
         f"stage 1: {START_ARCH} with its ImageNet weights (Apache-2.0, the weights extra; no source pretraining); "
         f"stage 2: MoCo v2 and LCR on the target's train split from that backbone, lr {FINE_TUNE_LR}, "
-        f"{budget.epochs} epoch{'s' if budget.epochs != 1 else ''} each, batch {budget.batch_size}, training seed {seed}, with "
+        f"{budget.epochs} epoch{'s' if budget.epochs != 1 else ''} each, batch {budget.batch_size}, training seed "
+        f"{seed}, with "
         f"{VAL_FRACTION:.0%} of each class held out as the validation split (where the benchmark makes its "
         "choices; the kNN monitor queries it); the final epoch is kept (no selection on the test split)",
         "random init: the same network untrained; ImageNet only: stage 1's backbone without stage 2; LCR "

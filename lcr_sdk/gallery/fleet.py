@@ -945,7 +945,19 @@ def _check_connect(
 
 def _client(pm: Any, uri: str, address: str, token: str, timeout: float, shown: str) -> Any:
     """A pymilvus client of the server (or milvus-lite database) at ``address``; one error line when it does not
-    answer."""
+    answer (pymilvus's and milvus-lite's own error logs held back: the error line says it)."""
+    quiet = [logging.getLogger(n) for n in ("pymilvus", "milvus_lite")]
+    levels = [q.level for q in quiet]
+    for q in quiet:
+        q.setLevel(logging.CRITICAL)
+    try:
+        return _open_client(pm, uri, address, token, timeout, shown)
+    finally:
+        for q, level in zip(quiet, levels, strict=True):
+            q.setLevel(level)
+
+
+def _open_client(pm: Any, uri: str, address: str, token: str, timeout: float, shown: str) -> Any:
     try:
         client = pm.MilvusClient(uri=address, token=token, timeout=timeout, dedicated=True)  # closed by close()
         if "milvus_lite" in str(client.get_server_version()):
