@@ -185,13 +185,40 @@ def _export_available() -> str | None:
     return None
 
 
-def verdict(metrics: dict[str, dict], reference: dict | None) -> str:
-    """One sentence: did LCR beat MoCo v2 on mAP here, and how the gap compares with the benchmark's seed spread.
+def verdict(metrics: dict[str, dict], reference: dict | None, smoke: bool = False) -> str:
+    """Did LCR beat MoCo v2 on mAP here, and how the gap compares with the benchmark's seed spread; then what the
+    other rows add: whether either beat the backbone both started from, and where LCR's mask put its weight.
 
     Args:
-        metrics: rows 'lcr' and 'moco' with their test ``mAP`` (fractions).
+        metrics: rows 'lcr' and 'moco' with their test ``mAP`` (fractions); 'pretrained only' and 'lcr uniform'
+            when present.
         reference: the reference results file's entry for this run's protocol (:func:`load_reference`), or None.
+        smoke: a --fast run, whose figures are a smoke test's.
     """
+    return " ".join([_versus(metrics, reference), *_context(metrics, smoke)])
+
+
+def _context(metrics: dict[str, dict], smoke: bool) -> list[str]:
+    out = []
+    start = metrics.get("pretrained only", {}).get("mAP")
+    if start is not None and start >= max(metrics["lcr"]["mAP"], metrics["moco"]["mAP"]):
+        out.append(
+            f"Neither beat the ImageNet backbone they started from (mAP {100 * start:.1f}%): at this budget the "
+            "self-supervised stage costs the backbone more than it adds."
+        )
+    on, flat = metrics["lcr"].get("attention_on_object"), metrics.get("lcr uniform", {}).get("attention_on_object")
+    if on is not None and flat is not None:
+        where = "more" if on > flat else "no more"
+        out.append(
+            f"LCR's mask put {100 * on:.1f}% of its weight on the object against {100 * flat:.1f}% for uniform "
+            f"pooling ({where} than uniform)."
+        )
+    if smoke:
+        out.append("This is --fast, a smoke run (tiny data, one epoch per stage): its figures say nothing about LCR.")
+    return out
+
+
+def _versus(metrics: dict[str, dict], reference: dict | None) -> str:
     lcr, moco = 100 * metrics["lcr"]["mAP"], 100 * metrics["moco"]["mAP"]
     diff = lcr - moco
     what = "beat" if diff > 0 else "did not beat"
@@ -301,7 +328,7 @@ def quickstart(
     )["knn_top1"]
     timings["evaluate"] = time.perf_counter() - stage_t
     reference = load_reference(quickstart_key(budget))
-    sentence = verdict(metrics, reference)
+    sentence = verdict(metrics, reference, smoke=fast)
 
     rep = out / "report"
     rep.mkdir(exist_ok=True)

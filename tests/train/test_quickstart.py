@@ -141,6 +141,19 @@ def test_verdict_reads_the_gap_against_the_benchmark_spread():
     s = verdict({"lcr": {"mAP": 0.43}, "moco": {"mAP": 0.435}}, ref)
     assert s.startswith("LCR did not beat") and "-0.5 points" in s and "within the seed spread" in s
     assert "no reference seed spread" in verdict(rows, None)
+    # what the other rows say: the backbone both started from, and where LCR's mask put its weight
+    rows = {
+        "lcr": {"mAP": 0.171, "attention_on_object": 0.508},
+        "moco": {"mAP": 0.168},
+        "pretrained only": {"mAP": 0.172},
+        "lcr uniform": {"mAP": 0.168, "attention_on_object": 0.395},
+    }
+    s = verdict(rows, ref)
+    assert "Neither beat the ImageNet backbone they started from (mAP 17.2%)" in s
+    assert "50.8% of its weight on the object against 39.5% for uniform pooling (more than uniform)" in s
+    assert "smoke run" not in s and "smoke run" in verdict(rows, ref, smoke=True)
+    rows["pretrained only"]["mAP"] = 0.15
+    assert "Neither beat" not in verdict(rows, ref)
 
 
 def test_reference_is_the_results_file_entry_of_the_runs_protocol(tmp_path):
