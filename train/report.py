@@ -63,11 +63,16 @@ def retrieval_figure(
             tiles = [_tile(images[q], (255, 255, 255), "query: " + classes[labels[q]].split("_")[0])]
             for j in order[q, :k]:
                 ok = labels[j] == labels[q]
-                tiles.append(_tile(images[j], (0, 200, 0) if ok else (0, 0, 230), f"{scores[q, j]:.2f}"))
+                # the verdict in words as well as in colour (red and green look alike to many readers)
+                mark = "same" if ok else classes[labels[j]].split("_")[0]
+                tiles.append(_tile(images[j], (0, 200, 0) if ok else (0, 0, 230), f"{scores[q, j]:.2f} {mark}"))
             rows.append(np.hstack(tiles))
         width = rows[0].shape[1]
         blocks += [
-            _caption(f"{name}: query, then top-{k} (green border = same class, red = other class)", width),
+            _caption(
+                f"{name}: query, then top-{k} with cosine (green, 'same' = its class; red = the other class named)",
+                width,
+            ),
             *rows,
         ]
     return np.vstack(blocks)
