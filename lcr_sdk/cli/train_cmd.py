@@ -6,6 +6,7 @@ install and fail with the pip extra to install.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import inspect
@@ -15,7 +16,7 @@ import os
 import shlex
 import sys
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import fields
 from pathlib import Path
 from typing import Annotated, Any, get_type_hints
@@ -154,19 +155,42 @@ def _train(
         shown = ", ".join(f"{k} {row[k]:g}" for k in ("loss", "lr", "img_per_s", "knn_top1") if k in row)
         typer.echo(f"epoch {row['epoch']}/{cfg.epochs}: {shown}", err=True)
 
-    path = train(
-        cfg,
-        data,
-        out,
-        resume=resume,
-        save_every=save_every,
-        on_bad=on_bad,
-        progress=progress,
-        device=device,
-        on_epoch=None if progress else epoch_line,
-    )
+    with _training_notes():
+        path = train(
+            cfg,
+            data,
+            out,
+            resume=resume,
+            save_every=save_every,
+            on_bad=on_bad,
+            progress=progress,
+            device=device,
+            on_epoch=None if progress else epoch_line,
+        )
     if int(os.environ.get("RANK", 0)) == 0:
         typer.echo(f"checkpoint: {path}")
+
+
+@contextlib.contextmanager
+def _training_notes() -> Iterator[None]:
+    """The training engine's log on stderr while a run lasts, one line each: ``note: resumed ... at epoch N`` and
+    its warnings (``warning: ...``)."""
+    import logging
+
+    class _Lines(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            kind = "note" if record.levelno < logging.WARNING else "warning"
+            typer.echo(f"{kind}: {record.getMessage()}", err=True)
+
+    logger = logging.getLogger("lcr_sdk.train.engine")
+    handler, level = _Lines(), logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
 
 
 RUN_PANEL, TRAINING_PANEL = "Run (not stored in the checkpoint)", "Training (stored in the checkpoint)"

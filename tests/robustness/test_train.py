@@ -197,6 +197,7 @@ def test_resume_with_another_option_is_refused_naming_it(synth_root, trained_run
 def test_resume_with_a_resumable_change_is_accepted(synth_root, trained_run):
     r = _train(synth_root, trained_run, "--resume", "--eval-every", "1")  # already finished: nothing to do
     assert r.exit_code == 0, r.output
+    assert f"note: resumed {trained_run / 'checkpoint.pt'} at epoch " in r.stderr, r.stderr  # said, not only logged
 
 
 def test_resume_from_a_deploy_only_checkpoint_is_refused(synth_root, lcr_checkpoint, tmp_path):
