@@ -190,7 +190,7 @@ def evaluate(
         )
     q, masks = embed_split(net, queries, size, device, with_attention=True)
     out |= retrieval_metrics(q, queries.labels)
-    boxes = _synth_boxes(Path(data), queries, size)
+    boxes = synth_boxes(Path(data), queries, size)
     if boxes is not None:  # the synthetic set knows where each object is: how much attention lands on it
         out["attention_on_object"] = attention_on_object(masks, boxes, size)
     b = embed_split(net, bank, size, device)
@@ -206,7 +206,7 @@ def evaluate(
     return out
 
 
-def _synth_boxes(root: Path, split: Split, size: int) -> list | None:
+def synth_boxes(root: Path, split: Split, size: int) -> list | None:
     """Object boxes of a split from ``synth.json``, in pixels of the model's ``size`` x ``size`` input, else None.
 
     Synthetic images are square, so the deployment resize is a plain scale of the boxes.

@@ -42,7 +42,7 @@ from lcr_sdk.train.config import TrainConfig
 from lcr_sdk.train.data import scan_split
 from lcr_sdk.train.efficientnet import imagenet_checkpoint
 from lcr_sdk.train.engine import train
-from lcr_sdk.train.evaluate import embed_split, evaluate
+from lcr_sdk.train.evaluate import embed_split, evaluate, synth_boxes
 
 log = logging.getLogger(__name__)
 
@@ -368,7 +368,9 @@ def _pictures(
         embs[name], m = embed_split(net, test, size, with_attention=True)
         masks[name] = m[picks]
     pictures = []
-    report.write_png(rep / "attention.png", report.attention_figure(images, {"LCR": masks["lcr"]}))
+    boxes = synth_boxes(target, test, images[0].shape[1]) if images else None  # square images: their own pixels
+    picked = [boxes[i] for i in picks] if boxes is not None else None
+    report.write_png(rep / "attention.png", report.attention_figure(images, {"LCR": masks["lcr"]}, picked))
     pictures.append(
         ("Attention: where the LCR embedding pools (MoCo v2 and the ImageNet net pool uniformly)", "attention.png")
     )

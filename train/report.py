@@ -36,15 +36,28 @@ def _caption(text: str, width: int) -> np.ndarray:
     return bar
 
 
-def attention_figure(images: list[np.ndarray], masks_by_method: dict[str, np.ndarray]) -> np.ndarray:
-    """Rows: the test images, then one row of overlays per method (its attention mask M)."""
+def attention_figure(
+    images: list[np.ndarray], masks_by_method: dict[str, np.ndarray], boxes: list | None = None
+) -> np.ndarray:
+    """Rows: the test images, then one row of overlays per method (its attention mask M); ``boxes`` (x0, y0, x1, y1
+    per image, in its pixels), when known, are drawn on the overlays: the object the mask should cover."""
+
+    def boxed(tile: np.ndarray, im: np.ndarray, box: list | None) -> np.ndarray:
+        if box is not None:
+            sx, sy = TILE / im.shape[1], TILE / im.shape[0]
+            x0, y0, x1, y1 = (round(v * s) for v, s in zip(box, (sx, sy, sx, sy), strict=True))
+            cv2.rectangle(tile, (x0, y0), (x1, y1), (255, 255, 255), 1, cv2.LINE_AA)
+        return tile
+
     rows = [np.hstack([_tile(im) for im in images])]
     width = rows[0].shape[1]
     out = [_caption("test images", width), rows[0]]
+    marks = boxes if boxes is not None else [None] * len(images)
     for name, masks in masks_by_method.items():
+        what = " (white box: the object)" if boxes is not None else ""
         out += [
-            _caption(f"{name}: attention mask M (red = high)", width),
-            np.hstack([_tile(heatmap_overlay(im, m)) for im, m in zip(images, masks)]),
+            _caption(f"{name}: attention mask M (red = high){what}", width),
+            np.hstack([boxed(_tile(heatmap_overlay(im, m)), im, b) for im, m, b in zip(images, masks, marks)]),
         ]
     return np.vstack(out)
 
