@@ -21,9 +21,8 @@ from lcr_sdk import Embedder, LcrError
 from lcr_sdk.errors import InputError
 from lcr_sdk.redact import redact
 from lcr_sdk.video import (
-    MAX_FPS,
-    MAX_FRAME_SIDE,
     FpsMeter,
+    add_frame_options,
     bounded_arg,
     draw_text,
     interrupt_on_sigterm,
@@ -49,14 +48,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--headless", action="store_true", help="never open a window")
     p.add_argument("--backend", help="override the backend chosen by the model suffix (onnxruntime, tensorrt, torch)")
-    side = bounded_arg(int, 1, MAX_FRAME_SIDE, "pixels")
-    p.add_argument("--width", type=side, help=f"capture width (cameras) / resize width (files), 1..{MAX_FRAME_SIDE}")
-    p.add_argument("--height", type=side, help=f"capture height (cameras) / resize height (files), 1..{MAX_FRAME_SIDE}")
-    p.add_argument(
-        "--fps",
-        type=bounded_arg(float, 0.01, MAX_FPS, "frames per second"),
-        help="camera frame rate; for a file, play it back in real time",
-    )
+    add_frame_options(p)
     p.add_argument("--loop", action="store_true", help="loop a video file or image folder")
     p.add_argument("--part", type=bounded_arg(int, 0, 1023, "parts"), help="start on part map K instead of the mask")
     p.add_argument(

@@ -33,10 +33,8 @@ from lcr_sdk.gallery.explain import MAX_SPREAD, check_quality_options
 from lcr_sdk.gallery.search import parse_threshold
 from lcr_sdk.redact import redact
 from lcr_sdk.video import (
-    MAX_FPS,
-    MAX_FRAME_SIDE,
     FpsMeter,
-    bounded_arg,
+    add_frame_options,
     check_writable,
     draw_text,
     interrupt_on_sigterm,
@@ -113,14 +111,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help=f"largest attention spread --quality accepts, 0..1 (default {MAX_SPREAD})",
     )
     p.add_argument("--log", type=Path, help="write one JSON line per frame: index, hits, unknown")
-    side = bounded_arg(int, 1, MAX_FRAME_SIDE, "pixels")
-    p.add_argument("--width", type=side, help=f"capture width (cameras) / resize width (files), 1..{MAX_FRAME_SIDE}")
-    p.add_argument("--height", type=side, help=f"capture height (cameras) / resize height (files), 1..{MAX_FRAME_SIDE}")
-    p.add_argument(
-        "--fps",
-        type=bounded_arg(float, 0.01, MAX_FPS, "frames per second"),
-        help="camera frame rate; for a file, play it back in real time",
-    )
+    add_frame_options(p)
     p.add_argument("--loop", action="store_true", help="loop a video file or image folder")
     p.add_argument("--max-frames", type=frame_count, default=0, help="stop after this many frames (0: end of stream)")
     args = p.parse_args(argv)

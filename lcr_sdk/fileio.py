@@ -77,25 +77,34 @@ def fsync_dir(path: str | os.PathLike[str]) -> None:
         os.close(fd)
 
 
-def check_can_create(path: str | os.PathLike[str], what: str) -> None:
-    """Refuse, before any work, a ``path`` (file or folder, existing or to be made) this process cannot write: the
-    nearest existing folder on its way must accept a new file (tried, so read-only file systems and root are judged
-    right, not only permission bits).
+def check_writable(folder: str | os.PathLike[str], what: str) -> None:
+    """Refuse a folder the process cannot create files in (permissions, a read-only file system), before any work:
+    a file is tried there, so read-only file systems and root are judged right, not only permission bits.
 
     Raises:
-        InputError: names ``what``, the folder and the reason.
+        InputError: the folder cannot be written; names ``what`` and the folder.
     """
-    folder = Path(path)
-    while not folder.is_dir() and folder != folder.parent:
-        folder = folder.parent
     try:
         with tempfile.TemporaryFile(dir=folder, prefix=".lcr-write-check-"):
             pass
     except OSError as e:
         raise InputError(
-            f"cannot write {what} {path}: folder {folder} is not writable ({e.strerror}); choose a folder you may "
-            "write, or fix its permissions"
+            f"cannot write {what}: folder {folder} is not writable ({e.strerror}); choose a folder you may write, "
+            "or fix its permissions"
         ) from e
+
+
+def check_can_create(path: str | os.PathLike[str], what: str) -> None:
+    """:func:`check_writable` for a ``path`` (file or folder, existing or to be made): the nearest existing folder
+    on its way must accept a new file.
+
+    Raises:
+        InputError: names ``what``, the path, the folder and the reason.
+    """
+    folder = Path(path)
+    while not folder.is_dir() and folder != folder.parent:
+        folder = folder.parent
+    check_writable(folder, f"{what} {path}")
 
 
 def _check_parent(path: Path) -> None:

@@ -28,6 +28,7 @@ Tests inject failures through ``opener``: a callable returning a :class:`Reader`
 ``close()``), called again to reconnect.
 """
 
+from lcr_sdk.fileio import check_writable
 from lcr_sdk.video.draw import FpsMeter, draw_text, fit_frame
 from lcr_sdk.video.sinks import (
     SINK_FORMS,
@@ -36,7 +37,6 @@ from lcr_sdk.video.sinks import (
     Sink,
     VideoFileSink,
     WindowSink,
-    check_writable,
     has_display,
     interrupt_on_sigterm,
     open_sink,
@@ -57,6 +57,7 @@ from lcr_sdk.video.sources import (
     Opener,
     Reader,
     Source,
+    add_frame_options,
     bounded_arg,
     check_frame_options,
     csi_pipeline,
@@ -86,6 +87,7 @@ __all__ = [
     "Source",
     "VideoFileSink",
     "WindowSink",
+    "add_frame_options",
     "bounded_arg",
     "check_frame_options",
     "check_writable",

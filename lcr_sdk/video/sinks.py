@@ -10,7 +10,6 @@ import os
 import re
 import signal
 import sys
-import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -21,7 +20,7 @@ import cv2
 import numpy as np
 
 from lcr_sdk.errors import InputError
-from lcr_sdk.fileio import atomic_path
+from lcr_sdk.fileio import atomic_path, check_writable
 from lcr_sdk.images import IMAGE_SUFFIXES
 from lcr_sdk.video.draw import fit_frame
 from lcr_sdk.video.sources import STREAM_SCHEMES, VIDEO_SUFFIXES
@@ -251,23 +250,6 @@ def refuse_input(
                 f"{what} {text!r} is the folder of the input {src}, which has the name of a frame it would write; "
                 f"choose another {what} folder"
             )
-
-
-def check_writable(folder: str | os.PathLike[str], what: str) -> None:
-    """Refuse a folder the process cannot create files in (permissions, a read-only file system), before any
-    frame is made: one error naming ``what`` and the folder, not an OSError at the first write.
-
-    Raises:
-        InputError: the folder cannot be written.
-    """
-    try:
-        with tempfile.TemporaryFile(dir=folder, prefix=".lcr-write-check-"):
-            pass
-    except OSError as e:
-        raise InputError(
-            f"cannot write {what}: folder {folder} is not writable ({e.strerror}); choose a folder you may write, "
-            "or fix its permissions"
-        ) from e
 
 
 def open_sink(

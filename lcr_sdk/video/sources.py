@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import cv2
 import numpy as np
@@ -528,6 +528,23 @@ def bounded_arg(kind: type, low: float, high: float, what: str) -> Callable[[str
         return value
 
     return parse
+
+
+def add_frame_options(parser: Any) -> None:
+    """The demos' ``--width``, ``--height`` and ``--fps`` (a camera mode; for files, a resize and real-time
+    playback) on an argparse ``parser``, bounded as :func:`check_frame_options` bounds them."""
+    side = bounded_arg(int, 1, MAX_FRAME_SIDE, "pixels")
+    parser.add_argument(
+        "--width", type=side, help=f"capture width (cameras) / resize width (files), 1..{MAX_FRAME_SIDE}"
+    )
+    parser.add_argument(
+        "--height", type=side, help=f"capture height (cameras) / resize height (files), 1..{MAX_FRAME_SIDE}"
+    )
+    parser.add_argument(
+        "--fps",
+        type=bounded_arg(float, 0.01, MAX_FPS, "frames per second"),
+        help="camera frame rate; for a file, play it back in real time",
+    )
 
 
 def check_frame_options(width: int | None, height: int | None, fps: float | None) -> None:
