@@ -82,11 +82,7 @@ def config_pbtxt(
         InputError: a batch range Triton cannot serve, preferred sizes outside it, or a bad delay / count.
     """
     platform = PLATFORMS[kind][0]
-    if manifest.batch_min != 1:
-        raise InputError(
-            f"the model's smallest batch is {manifest.batch_min}, but Triton sends batches of 1 up to "
-            f"max_batch_size; export it with --batch 1,{manifest.batch_opt},{manifest.batch_max}"
-        )
+    _check_smallest_batch(manifest.batch_min, manifest.batch_opt, manifest.batch_max)
     sizes = list(preferred) if preferred is not None else preferred_batch_sizes(manifest)
     bad = [b for b in sizes if not 1 <= b <= manifest.batch_max]
     if bad:
@@ -144,6 +140,12 @@ def check_triton_target(
         InputError: a bad name, a repository whose parent is missing, an existing entry without ``replace``, or a
             smallest batch other than 1.
     """
+    _check_entry(repo, name, replace)
+    _check_smallest_batch(batch_min, batch_opt, batch_max, "would be")
+
+
+def _check_entry(repo: str | os.PathLike[str], name: str, replace: bool) -> None:
+    """A valid model name, a repository that exists or can be made, no entry of that name unless ``replace``."""
     if not _NAME.match(name):
         raise InputError(f"model name {name!r} is not valid; use letters, digits, '_', '-' and '.', e.g. lcr-fp16")
     root = Path(repo)
@@ -151,9 +153,13 @@ def check_triton_target(
         raise InputError(f"the parent of the repository {root} does not exist; create it or choose another path")
     if (root / name).exists() and not replace:
         raise InputError(f"{root / name} already exists; pass --replace to overwrite it, or choose another name")
+
+
+def _check_smallest_batch(batch_min: int, batch_opt: int, batch_max: int, verb: str = "is") -> None:
+    """Triton sends batches from 1 up to max_batch_size: a model must take a batch of 1."""
     if batch_min != 1:
         raise InputError(
-            f"the model's smallest batch would be {batch_min}, but Triton sends batches of 1 up to max_batch_size; "
+            f"the model's smallest batch {verb} {batch_min}, but Triton sends batches of 1 up to max_batch_size; "
             f"export it with --batch 1,{batch_opt},{batch_max}"
         )
 
@@ -199,18 +205,12 @@ def write_triton_repository(
     if manifest.model_sha256 and sha256_file(src) != manifest.model_sha256:
         raise ModelError(f"{src} does not match the sha256 in its manifest (truncated or replaced); copy it again")
     name = name or src.stem
-    if not _NAME.match(name):
-        raise InputError(f"model name {name!r} is not valid; use letters, digits, '_', '-' and '.', e.g. lcr-fp16")
+    _check_entry(repo, name, replace)
     text = config_pbtxt(manifest, name, kind, preferred, queue_delay_us, instances)
 
     root = Path(repo)
-    if not root.is_dir():
-        if not root.parent.is_dir():
-            raise InputError(f"the parent of the repository {root} does not exist; create it or choose another path")
-        root.mkdir()
+    root.mkdir(exist_ok=True)
     dest = root / name
-    if dest.exists() and not replace:
-        raise InputError(f"{dest} already exists; pass --replace to overwrite it, or choose another name")
     with staging_dir(root, STAGING_PREFIX) as stage:
         entry = stage / name
         (entry / "1").mkdir(parents=True)
