@@ -29,6 +29,7 @@ Index (chosen by the item count, :func:`choose_index`): FLAT (exact) under :data
 from __future__ import annotations
 
 import base64
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -214,6 +215,21 @@ def _check_metadata(metadata: Any, n: int) -> list[dict[str, Any]]:
     return out
 
 
+@contextlib.contextmanager
+def _logs_held(level: int, *names: str) -> Iterator[None]:
+    """Raise these loggers' level while the block runs (their own tracebacks and retries would precede the one
+    error line the SDK gives), then put it back."""
+    loggers = [logging.getLogger(n) for n in names]
+    before = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(level)
+    try:
+        yield
+    finally:
+        for lg, old in zip(loggers, before, strict=True):
+            lg.setLevel(old)
+
+
 def _released(e: Exception) -> bool:
     """Whether a Milvus error says the collection is not loaded (the server restarted, or released it)."""
     if type(e).__name__ != "MilvusException":
@@ -311,17 +327,15 @@ class FleetGallery:
         pymilvus's own error log (tracebacks, retries) is held back while the call runs: the error line says it.
         A collection the server released (it restarted since this connection loaded it) is loaded again and the
         call repeated once, so a long-running process recovers by itself."""
-        quiet = logging.getLogger("pymilvus")
-        level = quiet.level
-        quiet.setLevel(logging.CRITICAL)
         try:
-            try:
-                return call(*args, **kwargs)
-            except Exception as e:
-                if not _released(e):
-                    raise
-                self._client.load_collection(self.collection)
-                return call(*args, **kwargs)
+            with _logs_held(logging.CRITICAL, "pymilvus"):
+                try:
+                    return call(*args, **kwargs)
+                except Exception as e:
+                    if not _released(e):
+                        raise
+                    self._client.load_collection(self.collection)
+                    return call(*args, **kwargs)
         except LcrError:
             raise
         except Exception as e:
@@ -332,8 +346,6 @@ class FleetGallery:
                 f"fleet gallery {self.uri} (collection {self.collection!r}): {what} failed: {msg}; check that the "
                 "server is up and reachable (nothing was lost: pending changes are kept; commit or sync again)"
             ) from None
-        finally:
-            quiet.setLevel(level)
 
     def _get(self, ids: Sequence[str], fields: Sequence[str], batch: int = 1000) -> dict[str, dict[str, Any]]:
         out: dict[str, dict[str, Any]] = {}
@@ -359,10 +371,7 @@ class FleetGallery:
         if len(rows) < MAX_K:
             yield from rows
             return
-        quiet = logging.getLogger("pymilvus")
-        level = quiet.level
-        quiet.setLevel(logging.ERROR)  # the iterator warns that milvus-lite has no MVCC timestamp
-        try:
+        with _logs_held(logging.ERROR, "pymilvus"):  # the iterator warns that milvus-lite has no MVCC timestamp
             it = self._rpc(
                 "listing items",
                 self._client.query_iterator,
@@ -375,8 +384,6 @@ class FleetGallery:
                     yield from rows
             finally:
                 it.close()
-        finally:
-            quiet.setLevel(level)
 
     def _count(self) -> int:
         rows = self._rpc("counting items", self._client.query, self.collection, filter="", output_fields=["count(*)"])
@@ -946,15 +953,8 @@ def _check_connect(
 def _client(pm: Any, uri: str, address: str, token: str, timeout: float, shown: str) -> Any:
     """A pymilvus client of the server (or milvus-lite database) at ``address``; one error line when it does not
     answer (pymilvus's and milvus-lite's own error logs held back: the error line says it)."""
-    quiet = [logging.getLogger(n) for n in ("pymilvus", "milvus_lite")]
-    levels = [q.level for q in quiet]
-    for q in quiet:
-        q.setLevel(logging.CRITICAL)
-    try:
+    with _logs_held(logging.CRITICAL, "pymilvus", "milvus_lite"):
         return _open_client(pm, uri, address, token, timeout, shown)
-    finally:
-        for q, level in zip(quiet, levels, strict=True):
-            q.setLevel(level)
 
 
 def _open_client(pm: Any, uri: str, address: str, token: str, timeout: float, shown: str) -> Any:
