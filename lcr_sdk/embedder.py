@@ -320,11 +320,11 @@ class Embedder:
 
     def _prepare_item(self, image: Any, color: str, index: int | None) -> np.ndarray:
         """:meth:`prepare`, its error naming the item's place in the list given (``index``) if there was a list."""
-        if index is None:
-            return self.prepare(image, color)
         try:
             return self.prepare(image, color)
         except InputError as e:
+            if index is None:
+                raise
             raise InputError(f"images[{index}]: {e}") from e
 
     def attend(self, image: Any, color: str = "bgr") -> Attention:

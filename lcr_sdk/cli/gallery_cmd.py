@@ -93,7 +93,7 @@ def gallery_build(
 ) -> None:
     """Embed a labelled folder into a gallery. Example: lcr-sdk gallery build model.onnx data/test --out gallery/"""
     from lcr_sdk.gallery import Gallery, Quality, build_from_folder
-    from lcr_sdk.gallery.build import ON_BAD
+    from lcr_sdk.gallery.build import check_on_bad
     from lcr_sdk.gallery.explain import MAX_SPREAD, check_quality_options
     from lcr_sdk.gallery.search import parse_index
     from lcr_sdk.gallery.store import check_dtype
@@ -102,8 +102,7 @@ def gallery_build(
     check_dtype(dtype, "--dtype")  # the library's checks, before the model is loaded
     check_quality_options(quality, max_spread, ("--quality", "--max-spread"))
     parse_index(index)
-    if on_bad not in ON_BAD:
-        raise InputError(f"--on-bad {on_bad!r} is not valid; choose one of {', '.join(ON_BAD)}")
+    check_on_bad(on_bad, "--on-bad")  # before the model is loaded
     if not folder.is_dir():
         raise InputError(f"{folder} is not a folder; pass a folder with one sub-folder of images per label")
     _check_out_gallery(out, replace)

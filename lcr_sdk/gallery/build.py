@@ -21,6 +21,12 @@ log = logging.getLogger("lcr_sdk.gallery")
 ON_BAD = ("fail", "skip")  # what an unreadable image does to a build
 
 
+def check_on_bad(on_bad: str, option: str = "on_bad") -> None:
+    """Refuse an ``on_bad`` that is not one of :data:`ON_BAD` (``option``: how the caller names it)."""
+    if on_bad not in ON_BAD:
+        raise InputError(f"{option} {on_bad!r} is not valid; choose one of {', '.join(ON_BAD)}")
+
+
 def build_from_folder(
     embedder: Any,
     folder: str | os.PathLike[str],
@@ -70,8 +76,7 @@ def build_from_folder(
     if not isinstance(batch, int) or isinstance(batch, bool) or batch < 1:
         raise InputError(f"batch={batch!r} is not valid; pass a positive number of images per embed call, e.g. 32")
     check_quality_options(quality, max_spread)
-    if on_bad not in ON_BAD:
-        raise InputError(f"on_bad={on_bad!r} (--on-bad) is not valid; choose one of {', '.join(ON_BAD)}")
+    check_on_bad(on_bad)
     gallery = Gallery(embedder.manifest.embedding_dim, model_sha256=embedder.model_id, index=index, dtype=dtype)
     folder = Path(folder)
     paths, labels = labelled_images(folder)

@@ -204,6 +204,14 @@ class _Local:
         return FleetRow(vec / np.linalg.norm(vec), lab, meta, crop)
 
 
+def _stored_fp(g: Gallery, i: str, label: str, meta: dict[str, Any]) -> str:
+    """The fingerprint of item ``i`` as the gallery stores it after the commit (its vector normalised and, in a
+    float16 gallery, rounded), which the next sync's listing reads."""
+    vec = g.vector(i)
+    assert vec is not None
+    return fingerprint(vec, label, meta)
+
+
 def _renamed(i: str, device: str, n: int) -> str:
     stem = f"{i}@{re.sub(r'[^A-Za-z0-9_.-]', '_', device) or 'device'}"
     return stem if n == 1 else f"{stem}.{n}"
@@ -385,14 +393,10 @@ def _sync(g: Gallery, f: FleetGallery, base: dict[str, list[str]], device: str, 
     new_base = {i: base[i] for i in plan.agreed + plan.later if i in base}
     new_base.update({i: [lfp[i], fleet_fps[i]] for i in same})
     new_base.update({i: [lfp[i], pushed[i]] for i in plan.push})
-    for i, new in renamed.items():  # re-added under the new id: its fingerprint as the gallery now stores it
-        vec, lab, meta = g.vector(new), *loc.content(i)[1:]
-        assert vec is not None
-        new_base[new] = [fingerprint(vec, lab, meta), pushed[new]]
+    for i, new in renamed.items():  # re-added under the new id
+        new_base[new] = [_stored_fp(g, new, *loc.content(i)[1:]), pushed[new]]
     for i in got:
-        vec = g.vector(i)
-        assert vec is not None
-        new_base[i] = [fingerprint(vec, fetched[i]["label"], fetched[i]["metadata"] or {}), fleet_fps[i]]
+        new_base[i] = [_stored_fp(g, i, fetched[i]["label"], fetched[i]["metadata"] or {}), fleet_fps[i]]
     return {
         "base": new_base,
         "pushed": len(plan.push) + len(renamed),
