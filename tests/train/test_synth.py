@@ -142,67 +142,6 @@ def test_protocol_refuses_more_classes_than_the_generator_has(tmp_path):
     assert not list(tmp_path.iterdir())
 
 
-def _bench_module():
-    """benchmarks/bench_lcr_vs_moco.py, imported from its file (benchmarks/ is not a package)."""
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_lcr_vs_moco.py"
-    spec = importlib.util.spec_from_file_location("bench_lcr_vs_moco", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def _tree(root):
-    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
-
-
-TINY = ["--classes", "2", "--train-per-class", "2", "--test-per-class", "2", "--image-size", "32"]
-
-
-def test_benchmark_never_writes_synthetic_data_into_a_data_folder_it_was_given(tmp_path):
-    bench = _bench_module()
-    photos = tmp_path / "photos"  # a user's folder: no synth.json, no train/ and test/
-    (photos / "cats").mkdir(parents=True)
-    (photos / "cats" / "1.jpg").write_bytes(b"a user's photo")
-    before = _tree(photos)
-    with pytest.raises(SystemExit, match="nothing is ever written into a --data folder"):
-        bench.main(["--out", str(tmp_path / "out"), "--data", str(photos), *TINY])
-    assert _tree(photos) == before
-
-    # a real data set without synth.json is used as it is: nothing added to it
-    user = generate(
-        tmp_path / "user",
-        SynthConfig(num_classes=2, train_per_class=2, test_per_class=2, image_size=32),
-        progress=False,
-    )
-    (user / "synth.json").unlink()
-    before = _tree(user)
-    args = bench.argparse.Namespace(data=user, out=tmp_path / "out2", classes=2, train_per_class=2,
-                                    test_per_class=2, image_size=32, difficulty=0.5)  # fmt: skip
-    assert bench.prepare_data(args) == user
-    assert _tree(user) == before and not (tmp_path / "out2").exists()
-
-
-def test_benchmark_generates_into_its_own_folder_only(tmp_path):
-    bench = _bench_module()
-    args = bench.argparse.Namespace(data=None, out=tmp_path / "out", classes=2, train_per_class=2,
-                                    test_per_class=2, image_size=32, difficulty=0.5)  # fmt: skip
-    data = bench.prepare_data(args)
-    assert data == tmp_path / "out" / "data" and (data / "synth.json").is_file()
-    assert bench.prepare_data(args) == data  # same options: reused
-    # OUT/data holding something else is left alone
-    other = tmp_path / "other"
-    (other / "data" / "mine").mkdir(parents=True)
-    (other / "data" / "mine" / "notes.txt").write_text("keep me")
-    args.out = other
-    with pytest.raises(SystemExit, match="left alone"):
-        bench.prepare_data(args)
-    assert (other / "data" / "mine" / "notes.txt").read_text() == "keep me"
-    assert sorted(p.name for p in (other / "data").iterdir()) == ["mine"]
-
-
 def test_a_set_from_an_older_generator_is_written_again(tmp_path):
     cfg = _protocol()
     _, target = generate_protocol(tmp_path, cfg, progress=False)
