@@ -330,8 +330,11 @@ class Embedder:
     def attend(self, image: Any, color: str = "bgr") -> Attention:
         """Embedding, attention mask and part maps of one image, resized to the image's own size."""
         img = to_bgr(image, color)
+        return self._attention(img, self._run_chunk(self.prepare(img)[None]))
+
+    def _attention(self, img: np.ndarray, out: dict[str, Any]) -> Attention:
+        """The host work of :meth:`attend` on one image's outputs (the first of each): peaks and the lazy maps."""
         spec = self.manifest.input
-        out = self._run_chunk(self.prepare(img)[None])
         h, w = img.shape[:2]
         box = crop_box(h, w, spec.height, spec.width, spec.resize)
         mask_grid = np.asarray(out["attention"][0], np.float32)  # h x w on the feature grid; resized lazily
