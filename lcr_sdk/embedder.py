@@ -28,7 +28,7 @@ cv2 = import_platform("cv2")  # OpenCV: the cpu/gpu extra, or the platform's own
 
 from lcr_sdk.backends.base import Backend, backend_for  # noqa: E402
 from lcr_sdk.fileio import sha256_file  # noqa: E402
-from lcr_sdk.images import crop_box, heatmap_overlay, read_image, resize_to, to_bgr  # noqa: E402
+from lcr_sdk.images import check_color, crop_box, heatmap_overlay, read_image, resize_to, to_bgr  # noqa: E402
 from lcr_sdk.manifest import Manifest  # noqa: E402
 
 
@@ -237,9 +237,9 @@ class Embedder:
         A file is decoded at reduced size when it is much larger than the input (``read_image``'s ``min_size``),
         so a huge photo never costs its full-size pixels.
         """
-        spec = self.manifest.input
+        spec, color = self.manifest.input, check_color(color)
         if isinstance(image, (str, os.PathLike)):
-            image = read_image(image, min_size=(spec.height, spec.width))
+            image, color = read_image(image, min_size=(spec.height, spec.width)), "bgr"  # a file decodes to BGR
         return resize_to(to_bgr(image, color), spec.height, spec.width, spec.resize, spec.interpolation)
 
     def infer(self, batch: Any) -> dict[str, Any]:

@@ -295,8 +295,7 @@ def to_bgr(image: Any, color: str = "bgr", min_size: tuple[int, int] | None = No
     Raises:
         InputError: naming what was given and what is valid.
     """
-    if color not in ("bgr", "rgb"):
-        raise InputError(f"color={color!r} is not valid; use 'bgr' (OpenCV arrays) or 'rgb'")
+    color = check_color(color)
     if image is None:
         raise InputError("image is None (cv2.imread returns None for a missing or unreadable file); check the path")
     if isinstance(image, (str, os.PathLike)):
@@ -310,10 +309,33 @@ def to_bgr(image: Any, color: str = "bgr", min_size: tuple[int, int] | None = No
     return np.ascontiguousarray(out)
 
 
+def check_color(color: Any) -> str:
+    """``color`` as ``"bgr"`` or ``"rgb"`` (any case); InputError for anything else."""
+    if isinstance(color, str) and color.lower() in ("bgr", "rgb"):
+        return color.lower()
+    raise InputError(f"color={color!r} is not valid; use 'bgr' (OpenCV arrays) or 'rgb'")
+
+
+def _from_pil(image: Any) -> tuple[np.ndarray, str]:
+    """A PIL image as a uint8 array and its channel order, the way :func:`read_image` would read its file: the EXIF
+    orientation applied, 16-bit and 32-bit integer gray scaled to 8 bits (``>> 8``, as OpenCV reads a 16-bit PNG)."""
+    from PIL import ImageOps
+
+    image = ImageOps.exif_transpose(image) or image
+    if image.mode.startswith("I"):  # "I;16", "I;16B", "I" (PIL's 16-bit gray): values 0..65535
+        return (np.asarray(image).astype(np.int64) >> 8).clip(0, 255).astype(np.uint8), "bgr"
+    if image.mode == "F":
+        raise InputError(
+            "PIL image of mode 'F' (32-bit float) is not supported; convert it to 8 bits first "
+            "(e.g. image.point(lambda v: v * 255).convert('L') for values in 0..1), or pass its file path"
+        )
+    return np.asarray(image.convert("RGB")), "rgb"
+
+
 def _as_uint8_array(image: Any, color: str) -> tuple[np.ndarray, str]:
     """A PIL image or a numpy array as a non-empty uint8 array and its channel order; InputError for anything else."""
     if type(image).__module__.startswith("PIL."):
-        image, color = np.asarray(image.convert("RGB")), "rgb"
+        image, color = _from_pil(image)
     if not isinstance(image, np.ndarray):
         raise InputError(
             f"image of type {type(image).__name__} is not supported; pass a uint8 numpy array (H x W x 3 BGR), "
@@ -324,8 +346,12 @@ def _as_uint8_array(image: Any, color: str) -> tuple[np.ndarray, str]:
     if image.dtype != np.uint8:
         if image.dtype == np.uint16:
             fix = "For a 16-bit image use (img >> 8).astype(np.uint8), or pass its file path (read as 8-bit)"
-        else:
+        elif image.dtype.kind == "f" and np.nanmax(image) > 1.0:
+            fix = "For a float image in 0..255 use img.clip(0, 255).astype(np.uint8)"
+        elif image.dtype.kind == "f":
             fix = "For a float image in 0..1 use (img * 255).clip(0, 255).astype(np.uint8)"
+        else:
+            fix = "For an image whose values are 0..255 use img.astype(np.uint8)"
         raise InputError(f"image dtype is {image.dtype}; uint8 (0..255) is required. {fix}")
     return image, color
 

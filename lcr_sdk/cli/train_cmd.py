@@ -61,11 +61,21 @@ def synth(
     difficulty: Annotated[float, typer.Option(help="0 (plain backgrounds) .. 1 (busy clutter, small objects).")] = 0.5,
     seed: Annotated[int, typer.Option(help="Seed: same options and seed give the same images.")] = 0,
 ) -> None:
-    """Write the built-in synthetic fine-grained data set (no download). Example: lcr-sdk data synth data/birds"""
-    from lcr_sdk.synth import SynthConfig, generate
+    """Write the built-in synthetic fine-grained data set (no download). Example: lcr-sdk data synth data/birds
+
+    OUT must be new, empty, or a synthetic set written earlier (replaced whole when its options differ): a folder
+    holding anything else, such as your own images, is refused and left alone.
+    """
+    from lcr_sdk.synth import SynthConfig, check_config, generate_set, matches
 
     cfg = SynthConfig(classes, train_per_class, test_per_class, image_size, difficulty, seed)
-    root = generate(out, cfg)
+    check_config(cfg)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"{out} is a file, not a folder; choose a new folder to write the synthetic set into")
+    if matches(out, cfg):
+        typer.echo(f"{out} already holds this synthetic set (same options and seed); nothing written")
+        return
+    root = generate_set(out, cfg)
     typer.echo(f"wrote {classes * (train_per_class + test_per_class)} images to {root}/train and {root}/test")
 
 

@@ -16,7 +16,7 @@ from model_helpers import export_onnx
 
 from lcr_sdk import Embedder
 from lcr_sdk.backends.onnxruntime import ProviderFallbackWarning
-from lcr_sdk.errors import ModelError
+from lcr_sdk.errors import InputError, ModelError
 
 pytestmark = pytest.mark.torch  # the fixture models are exported from torch checkpoints
 ATOL = 1e-5  # float32 noise between batch sizes (different kernels / summation order)
@@ -101,8 +101,52 @@ def test_input_kinds_agree(emb, frames, tmp_path):
     ):
         np.testing.assert_allclose(v, ref, atol=ATOL)
     assert not np.allclose(emb.embed(rgb), ref, atol=1e-3)  # colour order matters: the default is BGR
+    # color= names an array's channel order: a file decodes to BGR whatever it says, alone or in a list
+    np.testing.assert_allclose(emb.embed(path, color="rgb"), ref, atol=ATOL)
+    np.testing.assert_allclose(emb.embed([rgb, path], color="RGB"), np.stack([ref, ref]), atol=ATOL)
     gray = cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY)
     np.testing.assert_allclose(emb.embed(gray), emb.embed(cv2.cvtColor(gray, cv2.COLOR_GRAY2BGR)), atol=ATOL)
+
+
+def test_a_pil_image_embeds_as_its_file_does(emb, frames, tmp_path):
+    """A 16-bit PNG and an EXIF-rotated JPEG opened with PIL give the vector their file paths give."""
+    from PIL import Image
+
+    gray16 = (frames[2][:, :, 1].astype(np.uint16) * 257)[:, :-3]  # 16-bit gray with the full range used
+    png = tmp_path / "gray16.png"
+    cv2.imwrite(str(png), gray16)
+    with Image.open(png) as im:
+        assert im.mode.startswith("I")
+        np.testing.assert_allclose(emb.embed(im), emb.embed(png), atol=ATOL)
+
+    jpg = tmp_path / "rotated.jpg"
+    Image.fromarray(cv2.cvtColor(frames[3], cv2.COLOR_BGR2RGB)).save(jpg, exif=_orientation(6), quality=95)
+    with Image.open(jpg) as im:
+        assert im.size == frames[3].shape[1::-1]  # stored unrotated; the tag says "rotate 90"
+        np.testing.assert_allclose(emb.embed(im), emb.embed(jpg), atol=ATOL)
+    assert cv2.imread(str(jpg)).shape[:2] == frames[3].shape[1::-1]  # OpenCV applies the tag
+
+    with pytest.raises(InputError, match="mode 'F'"):
+        emb.embed(Image.fromarray(np.ones((32, 32), np.float32)))
+
+
+def _orientation(value: int) -> bytes:
+    from PIL import Image
+
+    exif = Image.Exif()
+    exif[0x0112] = value
+    return exif.tobytes()
+
+
+def test_non_uint8_arrays_get_the_conversion_that_fits_their_values(emb):
+    cases = [
+        (np.full((32, 32, 3), 200.0, np.float32), r"0\.\.255 use img\.clip"),
+        (np.full((32, 32, 3), 0.5, np.float32), r"0\.\.1 use \(img \* 255\)"),
+        (np.full((32, 32, 3), 7, np.int64), r"img\.astype\(np\.uint8\)"),
+    ]
+    for img, hint in cases:
+        with pytest.raises(InputError, match=hint):
+            emb.embed(img)
 
 
 def test_attend_lcr(emb, frames):
