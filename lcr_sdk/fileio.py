@@ -245,6 +245,18 @@ def staging_dir(parent: str | os.PathLike[str], prefix: str) -> Iterator[Path]:
         shutil.rmtree(path, ignore_errors=True)
 
 
+def error_under_target(e: OSError, stage: Path, target: Path) -> OSError:
+    """``e`` (a failed write under the staging folder ``stage``) naming the path under ``target`` that the file was
+    going to become, so a message never shows the hidden staging folder; ``e`` itself for any other path."""
+    try:
+        rel = Path(e.filename).relative_to(stage) if e.filename else None
+    except ValueError:  # not a file of the staging folder (a source file, say)
+        return e
+    if e.errno is None:
+        return e
+    return OSError(e.errno, e.strerror or str(e), str(target / rel) if rel is not None else str(target))
+
+
 def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
     """Hex sha256 of a file, read in chunks."""
     h = hashlib.sha256()

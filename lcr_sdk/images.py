@@ -186,6 +186,11 @@ def check_image_file(path: str | os.PathLike[str]) -> Path:
     """
     p = Path(path)
     if not p.exists():
+        if p.is_symlink():
+            raise InputError(
+                f"image file {p} is a broken symbolic link (to {os.readlink(p)}, which does not exist); fix or "
+                "remove the link"
+            )
         raise InputError(
             f"image file {p} does not exist; pass the path of a readable image ({', '.join(IMAGE_SUFFIXES)})"
         )
@@ -234,10 +239,7 @@ def decode_image(
     if header is None and arr.size and image_size(arr) is not None:  # a JPEG whose frame header comes late
         header = image_size(arr)
     if header is None or min(header[1:]) < 1:
-        raise InputError(
-            f"{name} ({arr.size} bytes) could not be decoded as an image; valid inputs are image files OpenCV reads "
-            f"({', '.join(IMAGE_SUFFIXES)}); re-save or remove it"
-        )
+        raise InputError(_not_an_image(arr, name))
     fmt, w, h = header
     factor = _reduction(fmt, w, h, arr.size, min_size)
     cap = max_pixels() if limit is None else limit
@@ -258,14 +260,29 @@ def decode_image(
         ) from e
     if img is None:
         raise InputError(
-            f"{name} ({arr.size} bytes) could not be decoded as an image; valid inputs are image files OpenCV reads "
-            f"({', '.join(IMAGE_SUFFIXES)}); re-save or remove it"
+            f"{name} ({arr.size} bytes) has a {fmt} header ({w} x {h}) but its image data could not be decoded "
+            "(a truncated or damaged file, such as an interrupted copy); re-save or remove it"
         )
     if min(img.shape[:2]) < MIN_SIDE:
         raise InputError(
             f"{name} is a {img.shape[1]}x{img.shape[0]} image, too small to embed; each side must be >= {MIN_SIDE} px"
         )
     return img
+
+
+def _not_an_image(arr: np.ndarray, name: str) -> str:
+    """Why bytes without an image header of a known format are not an image, as precisely as the bytes tell."""
+    if arr.size == 0:
+        return f"{name} is empty (0 bytes; an interrupted copy or download?); re-copy or remove it"
+    if os.path.basename(name).startswith("._") and bytes(arr[:4]) == b"\x00\x05\x16\x07":
+        return (
+            f"{name} is a macOS metadata file (AppleDouble, '._' prefix), not an image; delete such files "
+            "(e.g. find DIR -name '._*' -delete)"
+        )
+    return (
+        f"{name} ({arr.size} bytes) is not an image of a format this reader knows; valid inputs are image files "
+        f"OpenCV reads ({', '.join(IMAGE_SUFFIXES)}); re-save or remove it"
+    )
 
 
 def _side(cap: int, w: int, h: int) -> str:

@@ -36,7 +36,7 @@ import cv2
 import numpy as np
 
 from lcr_sdk.errors import DataError, InputError
-from lcr_sdk.fileio import atomic_path, atomic_write_text, staging_dir
+from lcr_sdk.fileio import atomic_path, atomic_write_text, error_under_target, staging_dir
 
 log = logging.getLogger(__name__)
 
@@ -514,7 +514,10 @@ def _replace_set(root: Path, cfg: SynthConfig, progress: bool) -> None:
             "choose another output folder or move them away"
         )
     with staging_dir(root.parent, f".{root.name}-staging-") as stage:
-        generate(stage / "set", cfg, progress=progress)
+        try:
+            generate(stage / "set", cfg, progress=progress)
+        except OSError as e:  # a full disk: name the user's folder, never the hidden staging one
+            raise error_under_target(e, stage / "set", root) from e
         if root.exists():
             root.rename(stage / "old")  # removed with the staging folder
         (stage / "set").rename(root)

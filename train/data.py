@@ -7,6 +7,7 @@ memory as decoded uint8 arrays (decoding PNGs every epoch would dominate a 2-cor
 
 from __future__ import annotations
 
+import unicodedata
 import warnings
 import zlib
 from collections.abc import Iterator
@@ -77,10 +78,6 @@ def scan_split(root: str | Path, split: str, on_bad: str = "skip", size: int | N
         try:
             img = read_image(p)
         except Exception as e:  # InputError from read_image, or OSError
-            if on_bad == "fail":
-                raise DataError(
-                    f"unreadable image in the data set: {e} (use --on-bad skip to leave such files out)"
-                ) from e
             out.skipped.append((p, str(e)))
             continue
         out.paths.append(p)
@@ -92,14 +89,75 @@ def scan_split(root: str | Path, split: str, on_bad: str = "skip", size: int | N
             if held > CACHE_LIMIT_BYTES:
                 cache, images = False, []
     out.images = images if cache else None
+    if out.skipped and on_bad == "fail":  # every bad file at once (each was tried), not one per run
+        raise DataError(
+            f"{len(out.skipped)} unreadable image(s) in {folder}: {_listed(out.skipped)} (use --on-bad skip to leave "
+            "such files out)"
+        )
     if out.skipped:
         warnings.warn(
-            f"{len(out.skipped)} unreadable image(s) in {folder} skipped, e.g. {out.skipped[0][0]}", stacklevel=2
+            f"{len(out.skipped)} unreadable image(s) in {folder} skipped: {_listed(out.skipped)}", stacklevel=2
         )
     missing = sorted(set(range(len(classes))) - set(out.labels))
     if missing:
         raise DataError(f"every image of class '{classes[missing[0]]}' in {folder} was unreadable; fix or remove it")
     return out
+
+
+def check_same_classes(train: list[str], test: list[str], root: Path) -> None:
+    """Refuse train/ and test/ with other class folders (a label is an index into each split's sorted class list,
+    so a class missing from one side would compare one class's images with another's).
+
+    Raises:
+        DataError: naming the folders found on one side only (``repr``, so names that differ in invisible ways,
+            such as Unicode normalisation from another file system, show their difference).
+    """
+    if train == test:
+        return
+    only_train = [c for c in train if c not in test]
+    only_test = [c for c in test if c not in train]
+    hint, show = "", repr
+    if {unicodedata.normalize("NFC", c) for c in only_train} & {unicodedata.normalize("NFC", c) for c in only_test}:
+        hint, show = (
+            " (some differ only in Unicode normalisation, as names copied from macOS can: rename one side)",
+            ascii,
+        )
+    parts = [f"only in train/: {', '.join(map(show, only_train))}" if only_train else "",
+             f"only in test/: {', '.join(map(show, only_test))}" if only_test else ""]  # fmt: skip
+    raise DataError(
+        f"train and test class folders differ in {root}: {'; '.join(p for p in parts if p)}{hint}; both splits need "
+        "the same class names (a class to evaluate needs images in both)"
+    )
+
+
+def _no_split_folder(root: Path, split: str) -> str:
+    """Why ``root`` has no ``split`` folder, and the way out that fits what it holds instead."""
+    have = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")) if root.is_dir() else []
+    layout = "ROOT/train/<class>/*.jpg and ROOT/test/<class>/*.jpg"
+    if not root.exists():
+        return (
+            f"data set {root} does not exist. Expected {layout} (`lcr-sdk data import` converts the CUB/Cars/Aircraft "
+            f"archives; `lcr-sdk data synth {root}` writes the synthetic set there)"
+        )
+    other = "test" if split == "train" else "train"
+    if other in have:
+        return (
+            f"data set {root} has {other}/ but no {split}/ folder. Expected {layout}: move a share of each class's "
+            f"images (e.g. a fifth) into {root / split}/<class>/, with the same class folder names"
+        )
+    if have and any(list_images(root / name) for name in have[:50]):
+        return (
+            f"{root} holds class folders of images ({', '.join(have[:3])}{', ...' if len(have) > 3 else ''}) but no "
+            f"train/ and test/, like a split folder itself. Expected {layout}: pass the folder that holds train/ and "
+            f"test/, or sort the images of each class into {root}/train/<class>/ and {root}/test/<class>/"
+        )
+    return f"data set {root} has no '{split}' folder (found: {have}). Expected {layout}"
+
+
+def _listed(skipped: list[tuple[Path, str]], most: int = 5) -> str:
+    """The first ``most`` skipped files' reasons (each names its file), and how many more."""
+    more = f"; and {len(skipped) - most} more" if len(skipped) > most else ""
+    return "; ".join(reason for _, reason in skipped[:most]) + more
 
 
 def _find_images(root: Path, split: str) -> tuple[Path, list[str], list[Path], list[int]]:
@@ -112,12 +170,7 @@ def _find_images(root: Path, split: str) -> tuple[Path, list[str], list[Path], l
             "test/<class>/ (`lcr-sdk data import` converts the CUB, Cars and Aircraft archives)"
         )
     if not folder.is_dir():
-        have = sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else None
-        raise DataError(
-            f"data set {root} has no '{split}' folder (found: {have if have is not None else 'root does not exist'}). "
-            f"Expected ROOT/train/<class>/*.jpg and ROOT/test/<class>/*.jpg (`lcr-sdk data import` converts the "
-            f"CUB/Cars/Aircraft archives); `lcr-sdk data synth {root}` makes a synthetic one"
-        )
+        raise DataError(_no_split_folder(root, split))
     classes = sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not classes:
         raise DataError(f"{folder} has no class sub-folders; put each class's images in {folder}/<class>/")

@@ -26,7 +26,7 @@ from lcr_sdk.errors import DataError, InputError
 from lcr_sdk.manifest import InputSpec, manifest_for_checkpoint
 from lcr_sdk.metrics import chance_retrieval, knn_top1, retrieval_metrics
 from lcr_sdk.train.checkpoint import load_net
-from lcr_sdk.train.data import Split, eval_batches, scan_split, split_validation
+from lcr_sdk.train.data import Split, check_same_classes, eval_batches, scan_split, split_validation
 from lcr_sdk.train.model import DeployModel, LCRNet
 
 
@@ -110,6 +110,27 @@ def linear_probe(
     return float((pred == np.asarray(test_y)).mean())
 
 
+def _check_held_out(ckpt: dict, data: str | Path, checkpoint: str | Path) -> None:
+    """Refuse a validation split that is not the one training held out: the split is drawn from the list of
+    training images, so a data set with files added, removed or changed since training draws another one, which
+    can hold images the model was trained on. Checked where the checkpoint records its data set."""
+    from lcr_sdk.train.guards import data_identity
+
+    ts = ckpt.get("train_state")
+    saved = ts.get("data") if isinstance(ts, dict) else None
+    if not isinstance(saved, dict) or "fingerprint" not in saved:
+        return
+    now = data_identity(data)
+    if now["fingerprint"] == saved["fingerprint"]:
+        return
+    raise DataError(
+        f"{data}/train has changed since {checkpoint} was trained ({saved.get('train_images')} images, "
+        f"{saved.get('bytes')} bytes then; {now['train_images']} images, {now['bytes']} bytes now), so the "
+        "validation split drawn now is not the one training held out and may hold images it trained on. Evaluate "
+        "on the data set as it was, use --split test, or pass --val-fraction (and --val-seed) to draw a split anyway"
+    )
+
+
 def evaluate(
     checkpoint: str | Path,
     data: str | Path,
@@ -173,15 +194,13 @@ def evaluate(
                 f"{why}; pass --val-fraction F (e.g. 0.1) to carve one, or train with --val-fraction so that its "
                 "images are held out"
             )
+        if val_fraction is None and val_seed is None:
+            _check_held_out(ckpt, data, checkpoint)
         bank, queries = split_validation(train_split, fraction, seed)
         out |= {"val_fraction": fraction, "val_seed": seed}
     else:
         bank, queries = train_split, scan_split(data, "test", on_bad, size=size)
-        if train_split.classes != queries.classes:
-            raise DataError(
-                f"train and test class folders differ in {data}: {train_split.classes[:5]}... vs "
-                f"{queries.classes[:5]}...; both splits need the same class names"
-            )
+        check_same_classes(train_split.classes, queries.classes, Path(data))
     if len(set(queries.labels)) < 2:
         raise DataError(
             f"the {'validation' if split == 'val' else 'test'} split of {data} holds one class "

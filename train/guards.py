@@ -179,14 +179,14 @@ def preflight(cfg: Any, data: Path, out: Path, resume: bool) -> None:
     Raises:
         InputError, DataError, ModelError: the first problem found, as one line.
     """
-    from lcr_sdk.train.data import Split, split_validation
+    from lcr_sdk.train.data import Split, check_same_classes, split_validation
     from lcr_sdk.train.data import _find_images as find_images
 
     check_out(out)
     check_new_run(out, resume)
     folder, classes, paths, labels = find_images(data, "train")
     check_classes(cfg, classes, folder)
-    find_images(data, "test")
+    check_same_classes(classes, find_images(data, "test")[1], data)
     train_part, val_part = split_validation(Split(folder, paths, labels, classes), cfg.val_fraction, cfg.val_seed)
     check_batch(cfg, len(train_part), len(val_part))
     path = out / CHECKPOINT

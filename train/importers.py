@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from lcr_sdk.errors import DataError, InputError, require
-from lcr_sdk.fileio import atomic_path, staging_dir
+from lcr_sdk.fileio import atomic_path, error_under_target, staging_dir
 
 DATASETS = ("cub", "cars", "aircraft")
 AIRCRAFT_BANNER = 20  # px of copyright banner at the bottom of every FGVC-Aircraft image
@@ -312,22 +312,11 @@ def import_dataset(
             }
             (stage / "lcr-import.json").write_text(json.dumps(summary, indent=2) + "\n")
         except OSError as e:  # a full disk: name the user's OUT, never the hidden staging folder
-            raise _as_out_error(e, stage, out_path) from e
+            raise error_under_target(e, stage, out_path) from e
         if out_path.exists():
             out_path.rmdir()  # empty (checked above)
         os.replace(stage, out_path)
     return summary
-
-
-def _as_out_error(e: OSError, stage: Path, out: Path) -> OSError:
-    """The same error, naming the path under OUT that the file in the staging folder was going to become."""
-    try:
-        rel = Path(e.filename).relative_to(stage) if e.filename else None
-    except ValueError:  # a source file, not one of ours
-        return e
-    if e.errno is None:
-        return e
-    return OSError(e.errno, e.strerror or str(e), str(out / rel) if rel is not None else str(out))
 
 
 def _check_paths(dataset: str, src: Path, out: Path) -> None:

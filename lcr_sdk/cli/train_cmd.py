@@ -257,6 +257,7 @@ def eval_cmd(
     val_seed: Annotated[
         int | None, typer.Option(help="With --split val: the split's seed (default: the checkpoint's).")
     ] = None,
+    on_bad: Annotated[str, typer.Option(help="Unreadable images: skip (and report) or fail.")] = "skip",
 ) -> None:
     """Leave-one-out retrieval (Rank-1, Rank-5, mAP), kNN top-1 and an optional linear probe on the test split,
     or on the validation split (--split val) where model choices are made.
@@ -267,7 +268,14 @@ def eval_cmd(
     from lcr_sdk.train.evaluate import evaluate
 
     m = evaluate(
-        checkpoint, data, linear=linear_probe, device=device, split=split, val_fraction=val_fraction, val_seed=val_seed
+        checkpoint,
+        data,
+        linear=linear_probe,
+        device=device,
+        split=split,
+        val_fraction=val_fraction,
+        val_seed=val_seed,
+        on_bad=on_bad,
     )
     if as_json:  # NaN (no answerable query) is not JSON: null
         typer.echo(

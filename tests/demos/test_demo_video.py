@@ -96,7 +96,7 @@ def test_image_folder_and_glob(tmp_path, synth_root):
         (lambda p: p / "missing.mp4", "not a camera, stream, file or folder"),
         (lambda p: (p / "empty").mkdir() or p / "empty", "holds no image files"),
         (lambda p: str(p / "*.jpg"), "matches no image files"),
-        (lambda p: (p / "bad.png").write_bytes(b"xx") and p / "bad.png", "could not be decoded"),
+        (lambda p: (p / "bad.png").write_bytes(b"xx") and p / "bad.png", "is not an image"),
     ],
 )
 def test_unreadable_sources_fail_with_a_clear_error(tmp_path, make, match):

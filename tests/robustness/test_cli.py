@@ -231,7 +231,9 @@ def test_a_library_warning_is_one_line_without_source_code(lcr_checkpoint, synth
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)  # a real process: pytest records warnings
     assert r.returncode == 0, r.stderr
     lines = [ln for ln in r.stderr.splitlines() if "unreadable" in ln]
-    assert lines == [f"warning: 1 unreadable image(s) in {data / 'test'} skipped, e.g. {bad}"], r.stderr
+    assert len(lines) == 1 and lines[0].startswith(
+        f"warning: 1 unreadable image(s) in {data / 'test'} skipped: {bad} ("
+    ), r.stderr
     assert "warnings.warn" not in r.stderr and ".py:" not in r.stderr
     r = subprocess.run([*cmd[:3], "--debug", *cmd[3:]], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0 and "UserWarning: 1 unreadable image(s)" in r.stderr, r.stderr

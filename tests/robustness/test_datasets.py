@@ -66,15 +66,43 @@ def test_a_kill_while_synth_writes_an_image_leaves_no_partial_file_under_its_nam
     args = [*_synth_args(out), "--image-size", "64"]
     r = subprocess.run([sys.executable, "-c", KILL_MID_WRITE, "5", *args], capture_output=True, timeout=300)
     assert r.returncode == -signal.SIGKILL, r.stderr  # the fault fired: killed in the middle of the 5th image
-    finals = sorted(p for p in out.rglob("*.png") if not p.name.startswith("."))
-    assert len(finals) == 4  # the 4 images written before the kill, and no 5th under its final name
-    for p in finals:
+    assert not out.exists()  # the set is built beside it and renamed into place whole: nothing half-made there
+    staged = sorted(p for p in tmp_path.rglob("*.png") if not p.name.startswith("."))
+    assert len(staged) == 4  # the 4 images written before the kill, and no 5th under its final name
+    for p in staged:
         assert p.read_bytes().endswith(PNG_END) and cv2.imread(str(p)) is not None, p
-    # the next run finishes the set and clears what the killed one left behind
+    # the next run writes the whole set and clears what the killed one left behind
     r2 = runner.invoke(app, args)
     assert r2.exit_code == 0, r2.output
-    assert not [p for p in out.rglob(".*") if p.is_file()]
+    assert not [p for p in tmp_path.rglob(".*") if p.relative_to(tmp_path).parts[0] != "birds" or p.is_file()]
     assert len(list(out.rglob("*.png"))) == 2 * (3 + 2)
+
+
+def test_synth_never_writes_into_a_folder_of_other_files(tmp_path):
+    """`data synth` into a user's own data set (the easy slip when train/ or test/ is missing) is refused, and the
+    folder is left as it was; a synthetic set written earlier is kept when the options match, replaced otherwise."""
+    mine = tmp_path / "photos"
+    (mine / "train" / "robin").mkdir(parents=True)
+    (mine / "train" / "robin" / "1.jpg").write_bytes(b"a user's photo")
+    r = runner.invoke(app, _synth_args(mine))
+    assert r.exit_code == 1 and r.output.startswith("Error: ") and "did not write" in r.output, r.output
+    assert sorted(p.relative_to(mine).as_posix() for p in mine.rglob("*")) == [
+        "train",
+        "train/robin",
+        "train/robin/1.jpg",
+    ]
+
+    out = tmp_path / "birds"
+    assert runner.invoke(app, _synth_args(out)).exit_code == 0
+    first = {p: p.stat().st_mtime_ns for p in out.rglob("*.png")}
+    r = runner.invoke(app, _synth_args(out))
+    assert r.exit_code == 0 and "nothing written" in r.output, r.output
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*.png")} == first
+    r = runner.invoke(app, _synth_args(out, per_class=4))  # other options: the set is replaced whole
+    assert r.exit_code == 0 and len(list(out.rglob("*.png"))) == 2 * (4 + 2), r.output
+    (tmp_path / "file").write_text("x")
+    r = runner.invoke(app, _synth_args(tmp_path / "file"))
+    assert r.exit_code == 1 and "is a file" in r.output, r.output
 
 
 @pytest.mark.parametrize(

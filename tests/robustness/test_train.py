@@ -134,11 +134,11 @@ def _layout(root: Path, case: str, synth_root: Path) -> Path:
 
 
 DATA_CASES = [
-    ("missing", [], "has no 'train' folder (found: root does not exist)"),
+    ("missing", [], "does not exist. Expected ROOT/train/<class>"),
     ("file", [], "is a file, not a folder"),
     ("empty", [], "has no 'train' folder (found: [])"),
     ("empty class", [], "zz_empty has no images"),
-    ("no test split", [], "has no 'test' folder (found: ['train'])"),
+    ("no test split", [], "has train/ but no test/ folder. Expected ROOT/train/<class>"),
     ("no class folders", [], "has no class sub-folders"),
     ("all unreadable", [], "was unreadable; fix or remove it"),
     ("one class", ["--supervised", "--batch-size", "4"], "--supervised needs two or more class folders"),
@@ -299,7 +299,7 @@ def test_eval_missing_or_corrupt_checkpoint(synth_root, tmp_path):
 
 def test_eval_on_the_wrong_data(lcr_checkpoint, synth_root, tmp_path):
     line = _error_line(_eval(lcr_checkpoint, tmp_path / "nowhere"))
-    assert "has no 'train' folder" in line and "ROOT/train/<class>" in line
+    assert "nowhere does not exist" in line and "ROOT/train/<class>" in line
     data = Path(shutil.copytree(synth_root, tmp_path / "data"))
     first = sorted((data / "test").iterdir())[0]
     first.rename(first.with_name("renamed"))

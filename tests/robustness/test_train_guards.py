@@ -48,6 +48,28 @@ def test_second_run_without_resume_is_refused_and_replaces_nothing(synth_root, t
     assert _snapshot(trained_run) == before
 
 
+# -- train/ and test/ must hold the same classes ----------------------------------------------------------------------
+
+
+def test_other_class_folders_in_test_are_refused_before_training(synth_root, tmp_path):
+    """A class missing from test/ would make the kNN monitor compare one class's images with another's (labels are
+    indices into each split's own list): refused before anything is trained, naming the folders on one side only."""
+    data = Path(shutil.copytree(synth_root, tmp_path / "data"))
+    first = sorted(p.name for p in (data / "test").iterdir())[0]
+    shutil.rmtree(data / "test" / first)
+    line = _error_line(_train(data, tmp_path / "run", "--eval-every", "1"))
+    assert f"only in train/: '{first}'" in line and "only in test/" not in line, line
+    assert not (tmp_path / "run" / "checkpoint.pt").exists()
+
+    # the same name in two Unicode normalisations (a folder copied from macOS) looks alike: the message says so
+    nfc, nfd = "rotkehlchen_\u00e4", "rotkehlchen_a\u0308"
+    (data / "train" / first).rename(data / "train" / nfc)
+    shutil.copytree(data / "train" / nfc, data / "test" / nfd)
+    line = _error_line(_train(data, tmp_path / "run"))
+    assert ascii(nfc) in line and ascii(nfd) in line, line  # shown escaped: the difference is visible
+    assert "Unicode normalisation" in line
+
+
 # -- --resume continues only on the data set it was trained on --------------------------------------------------------
 
 
@@ -100,7 +122,7 @@ def test_empty_data_with_two_processes_is_one_line_before_launching(tmp_path):
     assert r.returncode == 1, r.stderr
     assert "launching" not in r.stdout and "Traceback" not in r.stderr, r.stderr
     lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("Error: data set") and "has no 'train' folder" in lines[0], lines
+    assert len(lines) == 1 and lines[0].startswith("Error: data set") and "does not exist" in lines[0], lines
     assert not (tmp_path / "run").exists()
 
 

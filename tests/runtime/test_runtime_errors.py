@@ -6,6 +6,7 @@ import json
 import shutil
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 from model_helpers import export_onnx, strip_metadata
@@ -52,8 +53,22 @@ def test_bad_image_files(emb, tmp_path):
         emb.embed(tmp_path / "missing.jpg")
     text = tmp_path / "notes.jpg"
     text.write_text("not an image")
-    with pytest.raises(InputError, match="could not be decoded"):
+    with pytest.raises(InputError, match="is not an image of a format this reader knows"):
         emb.embed(str(text))
+    # each way a file in a real photo folder is not an image says which it is
+    good = cv2.imencode(".jpg", np.full((64, 64, 3), 90, np.uint8))[1].tobytes()
+    (tmp_path / "zero.jpg").write_bytes(b"")
+    (tmp_path / "cut.jpg").write_bytes(good[: len(good) // 2])
+    (tmp_path / "._photo.jpg").write_bytes(b"\x00\x05\x16\x07" + bytes(60))  # AppleDouble, as macOS copies leave
+    (tmp_path / "link.jpg").symlink_to(tmp_path / "gone.jpg")
+    for name, message in [
+        ("zero.jpg", r"is empty \(0 bytes"),
+        ("cut.jpg", r"has a JPEG header \(64 x 64\) but its image data could not be decoded \(a truncated"),
+        ("._photo.jpg", "macOS metadata file"),
+        ("link.jpg", r"broken symbolic link \(to .*gone\.jpg"),
+    ]:
+        with pytest.raises(InputError, match=message):
+            emb.embed(tmp_path / name)
     with pytest.raises(InputError, match="empty list"):
         emb.embed([])
     with pytest.raises(InputError, match="color"):

@@ -26,8 +26,12 @@ def test_missing_split_names_the_layout(data_copy):
     from lcr_sdk.train.data import scan_split
 
     shutil.rmtree(data_copy / "test")
-    with pytest.raises(DataError, match=r"no 'test' folder \(found: \['train'\]\).*ROOT/train/<class>"):
+    with pytest.raises(DataError, match=r"has train/ but no test/ folder.*ROOT/train/<class>.*move a share"):
         scan_split(data_copy, "test")
+    # a split folder given as the data set (its sub-folders hold images): said so, and never "make synthetic data"
+    with pytest.raises(DataError, match=r"like a split folder itself.*pass the folder that holds train/") as e:
+        scan_split(data_copy / "train", "train")
+    assert "synth" not in str(e.value)
 
 
 def test_empty_class_is_an_error(data_copy):
@@ -44,10 +48,14 @@ def test_unreadable_image_is_skipped_and_reported_or_fails(data_copy):
     cls = sorted((data_copy / "train").iterdir())[0]
     bad = cls / "broken.png"
     bad.write_bytes(b"\x89PNG not really")
-    with pytest.warns(UserWarning, match="1 unreadable image"):
+    empty = cls / "empty.png"
+    empty.write_bytes(b"")
+    with pytest.warns(UserWarning, match="2 unreadable image") as w:
         s = scan_split(data_copy, "train", on_bad="skip")
-    assert len(s) == 24 and s.skipped[0][0] == bad
-    with pytest.raises(DataError, match="broken.png"):
+    assert len(s) == 24 and [p for p, _ in s.skipped] == [bad, empty]
+    assert f"{bad} (" in str(w[0].message) and f"{empty} is empty" in str(w[0].message)  # each file and why
+    # fail: every bad file in one error, not one per run
+    with pytest.raises(DataError, match=r"2 unreadable image\(s\).*broken\.png.*empty\.png is empty"):
         scan_split(data_copy, "train", on_bad="fail")
 
 

@@ -3,6 +3,7 @@
 import csv
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -250,6 +251,18 @@ def test_validation_split_trains_on_the_rest_and_eval_rebuilds_it(synth_root, tm
     r = runner.invoke(app, ["eval", str(ckpt), str(synth_root), "--json"])
     assert json.loads(r.output)["test_images"] == 16
 
+    # one training image removed: the split drawn now is another one, which may hold trained-on images
+    changed = Path(shutil.copytree(synth_root, tmp_path / "changed"))
+    sorted((changed / "train").glob("*/*.png"))[0].unlink()
+    r = runner.invoke(app, ["eval", str(ckpt), str(changed), "--split", "val"])
+    assert r.exit_code == 1 and "has changed since" in r.output and "24 images" in r.output, r.output
+    assert "23 images" in r.output and "--split test" in r.output
+    r = runner.invoke(app, ["eval", str(ckpt), str(changed), "--split", "val", "--val-fraction", "0.25", "--json"])
+    assert r.exit_code == 0, r.output  # a split asked for explicitly is drawn anyway
+    moved = Path(shutil.copytree(synth_root, tmp_path / "moved"))  # the same files elsewhere: the same split
+    r = runner.invoke(app, ["eval", str(ckpt), str(moved), "--split", "val", "--json"])
+    assert r.exit_code == 0 and json.loads(r.output)["val_images"] == 8, r.output
+
 
 def test_validation_split_is_shared_by_training_seeds(synth_root, tmp_path):
     from lcr_sdk.train.config import TrainConfig
@@ -334,6 +347,7 @@ def test_gradient_log_warns_when_the_fitting_term_drives_the_backbone(synth_root
     used = written.pop("used")  # what the options came to here: the form's weight, CPU without mixed precision
     assert written == expected and used["fit_weight"] == TrainConfig(fit_form="ours").fit_weight
     assert (used["device"], used["processes"], used["amp"], used["channels_last"]) == ("cpu", 1, "off", False)
+    assert used["skipped_images"] == []
 
     caplog.clear()
     r = _train(synth_root, tmp_path / "gfb", "--epochs", "1", "--grad-log-every", "1")  # the default: gfb
@@ -341,6 +355,21 @@ def test_gradient_log_warns_when_the_fitting_term_drives_the_backbone(synth_root
     row = next(csv.DictReader((tmp_path / "gfb" / "log.csv").open()))
     assert float(row["grad_nce"]) > 0 and float(row["grad_fit"]) == 0 and float(row["grad_ratio"]) == 0
     assert "fitting term's gradient" not in caplog.text
+
+
+def test_unreadable_images_are_left_out_on_record(synth_root, tmp_path):
+    """Training skips an unreadable image and keeps which one and why in config.json; eval --on-bad fail stops."""
+    data = Path(shutil.copytree(synth_root, tmp_path / "data"))
+    bad = sorted((data / "train").glob("*/*.png"))[0]
+    bad.write_bytes(b"")
+    r = _train(data, tmp_path / "run", "--epochs", "1")
+    assert r.exit_code == 0, r.output
+    used = json.loads((tmp_path / "run" / "config.json").read_text())["used"]
+    assert [s["path"] for s in used["skipped_images"]] == [str(bad)]
+    assert "is empty (0 bytes" in used["skipped_images"][0]["reason"]
+    ckpt = str(tmp_path / "run" / "checkpoint.pt")
+    r = runner.invoke(app, ["eval", ckpt, str(data), "--on-bad", "fail"])
+    assert r.exit_code == 1 and "1 unreadable image(s)" in r.output and str(bad) in r.output, r.output
 
 
 def test_lcr_with_the_default_reach_trains_the_same_backbone_as_moco_v2(synth_root, tmp_path):
