@@ -50,7 +50,10 @@ def load_manifest(model_dir: Path) -> Manifest:
 def prepare(paths: list[Path], m: Manifest) -> np.ndarray:
     """uint8 N x H x W x 3 BGR, resized by the manifest's rule: what the graph's input takes."""
     spec = m.input
-    frames = [resize_to(read_image(p), spec.height, spec.width, spec.resize, spec.interpolation) for p in paths]
+    frames = [
+        resize_to(read_image(p), spec.height, spec.width, spec.resize, spec.interpolation, spec.antialias)
+        for p in paths
+    ]
     return np.ascontiguousarray(np.stack(frames))
 
 

@@ -50,7 +50,7 @@ def load_images(paths: list[Path], manifest: Manifest, purpose: str) -> tuple[np
         except InputError:
             bad.append(p)
             continue
-        images.append(resize_to(img, spec.height, spec.width, spec.resize, spec.interpolation))
+        images.append(resize_to(img, spec.height, spec.width, spec.resize, spec.interpolation, spec.antialias))
         used.append(p)
     if not images:
         raise DataError(

@@ -207,6 +207,7 @@ def export_model(
     net, ckpt = load_net(checkpoint)  # ModelError for a missing, corrupt, foreign or newer checkpoint
     check_finite_weights(ckpt["model"], checkpoint)
     manifest = _manifest(ckpt["config"], sha256_file(checkpoint), image_size, batch, precision, resize)
+    manifest = _for_nvinfer(manifest) if deepstream is not None else manifest
     check_export_sizes(manifest, calib_images, verify_sample, calibrating=precision == "int8")
     if precision == "int8" and int8_falls_short(manifest.arch):
         warnings.warn(
@@ -259,6 +260,12 @@ def _manifest(config: dict, checkpoint_sha256: str, image_size, batch, precision
     if resize is not None:
         manifest = replace(manifest, input=replace(manifest.input, resize=resize))
     return replace(manifest, opset=OPSET)
+
+
+def _for_nvinfer(manifest: Manifest) -> Manifest:
+    """The manifest without ``input.antialias``: a gallery built with this model must see each object as DeepStream's
+    nvinfer scales it (its scaler, one bilinear resize), not block-averaged first."""
+    return replace(manifest, input=replace(manifest.input, antialias=False))
 
 
 def _install(

@@ -238,9 +238,9 @@ class Embedder:
         so a huge photo never costs its full-size pixels.
         """
         spec, color = self.manifest.input, check_color(color)
-        if isinstance(image, (str, os.PathLike)):
-            image, color = read_image(image, min_size=(spec.height, spec.width)), "bgr"  # a file decodes to BGR
-        return resize_to(to_bgr(image, color), spec.height, spec.width, spec.resize, spec.interpolation)
+        if isinstance(image, (str, os.PathLike)):  # a file decodes to BGR; reduced only where arrays shrink alike
+            image, color = read_image(image, min_size=(spec.height, spec.width) if spec.antialias else None), "bgr"
+        return resize_to(to_bgr(image, color), spec.height, spec.width, spec.resize, spec.interpolation, spec.antialias)
 
     def infer(self, batch: Any) -> dict[str, Any]:
         """Run ready batches (uint8 N x H x W x 3 BGR at the model size, numpy or a torch tensor): raw outputs.

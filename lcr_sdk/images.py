@@ -263,6 +263,10 @@ def decode_image(
             f"{name} ({arr.size} bytes) has a {fmt} header ({w} x {h}) but its image data could not be decoded "
             "(a truncated or damaged file, such as an interrupted copy); re-save or remove it"
         )
+    if factor > 1:  # whole blocks only: a partial last block row or column is dropped, as shrink_by_halves does
+        whole = {(dh, dw): (h // factor, w // factor), (dw, dh): (w // factor, h // factor)}  # EXIF may turn it
+        keep_h, keep_w = whole.get(img.shape[:2], img.shape[:2])
+        img = img[: max(1, keep_h), : max(1, keep_w)]
     if min(img.shape[:2]) < MIN_SIDE:
         raise InputError(
             f"{name} is a {img.shape[1]}x{img.shape[0]} image, too small to embed; each side must be >= {MIN_SIDE} px"
@@ -429,13 +433,37 @@ def crop_box(
     return x0, y0, x0 + cw, y0 + ch
 
 
+def shrink_by_halves(image: np.ndarray, height: int, width: int) -> np.ndarray:
+    """``image`` shrunk by the largest power of two F that keeps both sides >= ``height`` x ``width`` (its sides
+    floor(h / F), floor(w / F)), each output pixel the average of its F x F block (``cv2.INTER_AREA``); the image
+    itself when F is 1. The same rule as a JPEG's reduced decode (:func:`read_image` with ``min_size``), which
+    averages the same blocks in the DCT, so a file and its decoded array come out alike."""
+    h, w = image.shape[:2]
+    f = 1
+    while h // (2 * f) >= height and w // (2 * f) >= width:
+        f *= 2
+    if f == 1:
+        return image
+    hh, ww = h // f, w // f  # whole blocks only (fewer than f edge pixels dropped), as the reduced decode keeps
+    return cv2.resize(image[: hh * f, : ww * f], (ww, hh), interpolation=cv2.INTER_AREA)
+
+
 def resize_to(
-    image: np.ndarray, height: int, width: int, rule: str = "short_side_center_crop", interpolation: str = "linear"
+    image: np.ndarray,
+    height: int,
+    width: int,
+    rule: str = "short_side_center_crop",
+    interpolation: str = "linear",
+    antialias: bool = False,
 ) -> np.ndarray:
-    """Resize a BGR image to ``height x width`` by a manifest resize rule (the region :func:`crop_box` names)."""
+    """Resize a BGR image to ``height x width`` by a manifest resize rule (the region :func:`crop_box` names); with
+    ``antialias`` (the manifest's ``input.antialias``), :func:`shrink_by_halves` first."""
     h, w = image.shape[:2]
     if (h, w) == (height, width):
         return image
+    if antialias:
+        image = shrink_by_halves(image, height, width)
+        h, w = image.shape[:2]
     interp = _INTERP[interpolation]
     if rule == "stretch":
         return cv2.resize(image, (width, height), interpolation=interp)

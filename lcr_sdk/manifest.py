@@ -18,7 +18,8 @@ from lcr_sdk.errors import ModelError
 from lcr_sdk.fileio import atomic_write_text
 
 FORMAT = "lcr-sdk-manifest"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2 added input.antialias
+READABLE_VERSIONS = (1, 2)  # a version-1 manifest reads with antialias off: what its runtime did
 ONNX_METADATA_KEY = "lcr_sdk.manifest"
 METHODS = ("lcr", "moco")
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -90,6 +91,11 @@ class InputSpec:
     dtype: str = "uint8"
     resize: str = "short_side_center_crop"
     interpolation: str = "linear"
+    # An image at least twice the input size is first shrunk by the largest power of two that keeps both sides >=
+    # the input, averaging blocks (cv2.INTER_AREA), so a photo is not aliased by the rule's resize, and a large JPEG
+    # decoded at reduced size (which averages the same way) gives what its decoded array gives. Off: the rule's
+    # resize alone (manifests before format 2, and the DeepStream variant, whose resizing nvinfer does).
+    antialias: bool = False
     mean: tuple[float, ...] = IMAGENET_MEAN
     std: tuple[float, ...] = IMAGENET_STD
 
@@ -163,11 +169,17 @@ class Manifest:
         if not isinstance(d, dict) or d.get("format") != FORMAT:
             raise ModelError(f"{source} is not an lcr-sdk manifest (no 'format': '{FORMAT}' field)")
         version = d.get("format_version")
-        if version != FORMAT_VERSION:
+        if version not in READABLE_VERSIONS or isinstance(version, bool):
+            newer = isinstance(version, int) and not isinstance(version, bool) and version > FORMAT_VERSION
+            fix = (
+                "it was written by a newer lcr-sdk: upgrade (pip install -U lcr-sdk), or re-export the model with "
+                "this one (lcr-sdk export CHECKPOINT ...)"
+                if newer
+                else "re-export the model with this SDK (lcr-sdk export CHECKPOINT ...)"
+            )
             raise ModelError(
-                f"{source} has manifest format_version {version!r}; this lcr-sdk {__version__} reads version "
-                f"{FORMAT_VERSION}. Re-export the model with this SDK (lcr-sdk export CHECKPOINT ...) or install "
-                "the lcr-sdk version that wrote it."
+                f"{source} has manifest format_version {version!r}; this lcr-sdk {__version__} reads versions "
+                f"{' and '.join(map(str, READABLE_VERSIONS))}: {fix}"
             )
         d = {k: v for k, v in d.items() if k not in ("outputs", "previous")}
         for spec, given, where in ((cls, d, ""), (InputSpec, d.get("input"), "input.")):
@@ -288,6 +300,8 @@ def _check_types(m: Manifest, source: str) -> None:  # noqa: C901 (one check per
         )
     if spec.interpolation not in ("linear", "area", "cubic", "nearest"):
         raise bad("input.interpolation", spec.interpolation, "linear, area, cubic or nearest")
+    if not isinstance(spec.antialias, bool):
+        raise bad("input.antialias", spec.antialias, "true or false")
     if m.opset is not None and not is_int(m.opset):
         raise bad("opset", m.opset, "an integer or null")
     if m.tensorrt is not None and not isinstance(m.tensorrt, dict):
@@ -352,7 +366,9 @@ def manifest_for_checkpoint(
         embedding_dim=ARCH_DIMS[arch],
         num_parts=int(config.get("num_parts", 32)) if method == "lcr" else 0,
         feature_size=feature_size(height, width),
-        input=InputSpec(height=height, width=width, mean=normalisation(arch)[0], std=normalisation(arch)[1]),
+        input=InputSpec(
+            height=height, width=width, antialias=True, mean=normalisation(arch)[0], std=normalisation(arch)[1]
+        ),
         precision=precision,
         batch_min=bmin,
         batch_opt=bopt,

@@ -20,7 +20,7 @@ import torch
 from torch.utils.data import Dataset
 
 from lcr_sdk.errors import DataError, InputError
-from lcr_sdk.images import IMAGE_SUFFIXES, list_images, read_image, resize_to
+from lcr_sdk.images import IMAGE_SUFFIXES, list_images, read_image, resize_to, shrink_by_halves
 from lcr_sdk.train.config import check_on_bad
 
 CACHE_LIMIT_BYTES = 4 << 30  # keep decoded images in memory while they take less than this
@@ -249,7 +249,9 @@ def fit_to_canvas(bgr: np.ndarray, height: int, width: int) -> np.ndarray:
     replicated into the margin. Returns the uint8 BGR canvas."""
     h, w = bgr.shape[:2]
     nh, nw = _fitted(h, w, height, width)
-    img = bgr if (nh, nw) == (h, w) else cv2.resize(bgr, (nw, nh), interpolation=cv2.INTER_LINEAR)
+    if (nh, nw) != (h, w):  # a photo is block-averaged first, as the runtime does (InputSpec.antialias)
+        bgr = shrink_by_halves(bgr, nh, nw)
+    img = bgr if (nh, nw) == bgr.shape[:2] else cv2.resize(bgr, (nw, nh), interpolation=cv2.INTER_LINEAR)
     top, left = (height - nh) // 2, (width - nw) // 2
     if (nh, nw) != (height, width):
         img = cv2.copyMakeBorder(img, top, height - nh - top, left, width - nw - left, cv2.BORDER_REPLICATE)
@@ -311,6 +313,7 @@ def eval_batches(
     batch_size: int = 64,
     resize: str = "short_side_center_crop",
     interpolation: str = "linear",
+    antialias: bool = False,
 ) -> Iterator[torch.Tensor]:
     """Yield uint8 N x H x W x 3 BGR batches as the deployed model receives them.
 
@@ -318,10 +321,13 @@ def eval_batches(
         split: the images.
         size: the model's input side, or (H, W).
         batch_size: images per batch.
-        resize, interpolation: the manifest's rule (``Manifest.input``), so evaluation sees what deployment sees.
+        resize, interpolation, antialias: the manifest's rule (``Manifest.input``), so evaluation sees what
+            deployment sees.
     """
     height, width = (size, size) if isinstance(size, int) else size
     for start in range(0, len(split), batch_size):
         idx = range(start, min(start + batch_size, len(split)))
         imgs = [split.images[i] if split.images is not None else read_image(split.paths[i]) for i in idx]
-        yield torch.from_numpy(np.stack([resize_to(im, height, width, resize, interpolation) for im in imgs]))
+        yield torch.from_numpy(
+            np.stack([resize_to(im, height, width, resize, interpolation, antialias) for im in imgs])
+        )

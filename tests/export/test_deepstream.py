@@ -110,6 +110,7 @@ def test_the_cli_writes_the_variant_and_its_config(exported):
     spec = variant.input
     assert (spec.layout, spec.color, spec.dtype, spec.resize) == ("NCHW", "RGB", "float32", "letterbox")
     assert main.input.resize == "letterbox", "the runtime's model resizes like the pipeline does"
+    assert not main.input.antialias and not spec.antialias  # one resize, as nvinfer's scaler does: no block average
     assert (variant.checkpoint_sha256, variant.batch_max) == (main.checkpoint_sha256, main.batch_max)
     c = _parse((folder / "config_infer_secondary_lcr.txt").read_text())
     assert c["onnx-file"] == "lcr-deepstream.onnx" and (c["maintain-aspect-ratio"], c["symmetric-padding"]) == (

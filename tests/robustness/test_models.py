@@ -67,6 +67,8 @@ WRONG_TYPES = {
     "precision a number": ("precision", 16, "'precision'"),
     "layout NCHW": ("input.layout", "NCHW", "NHWC/BGR/uint8"),
     "interpolation unknown": ("input.interpolation", "lanczos9", "'input.interpolation'"),
+    "antialias a string": ("input.antialias", "yes", "'input.antialias'"),
+    "a newer format": ("format_version", 3, "reads versions 1 and 2"),
     "model_sha256 a number": ("model_sha256", 0, "'model_sha256'"),
 }
 
@@ -118,6 +120,7 @@ SIDECAR_EDITS = {
     "another checkpoint's hash": (_set("checkpoint_sha256", "ab" * 32), "checkpoint_sha256 'abab"),
     "other normalisation": (_set("input.mean", [0.5, 0.5, 0.5]), "input.mean [0.5, 0.5, 0.5] (sidecar)"),
     "another interpolation": (_set("input.interpolation", "nearest"), "input.interpolation 'nearest' (sidecar)"),
+    "antialias turned off": (_set("input.antialias", False), "input.antialias False (sidecar) vs True"),
 }
 
 

@@ -28,6 +28,19 @@ def test_short_side_center_crop_keeps_the_centre():
     assert resize_to(img, 50, 50, rule="stretch").mean() < 200
 
 
+def test_shrink_by_halves_averages_whole_blocks_down_to_at_least_the_size_asked_for():
+    from lcr_sdk.images import shrink_by_halves
+
+    img = np.random.default_rng(3).integers(0, 256, (37, 70, 3), dtype=np.uint8)
+    out = shrink_by_halves(img, 8, 8)  # 37 // 4 = 9 >= 8, 37 // 8 = 4 < 8: by 4
+    assert out.shape == (9, 17, 3)
+    blocks = img[:36, :68].reshape(9, 4, 17, 4, 3).mean(axis=(1, 3))  # the 4 x 4 blocks; a partial edge is dropped
+    assert np.abs(out - blocks).max() <= 0.5 + 1e-9
+    assert shrink_by_halves(img, 19, 8) is img  # under twice the size on one side: left as it is
+    assert resize_to(img, 8, 8, antialias=True).shape == (8, 8, 3)
+    assert not np.array_equal(resize_to(img, 8, 8, antialias=True), resize_to(img, 8, 8))
+
+
 def _photo(h: int, w: int) -> np.ndarray:
     """A colour gradient with structure and sensor-like noise (a file of several MB, like a camera's)."""
     y, x = np.mgrid[0:h, 0:w].astype(np.float32)

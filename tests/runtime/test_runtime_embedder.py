@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import textwrap
@@ -147,6 +148,61 @@ def test_non_uint8_arrays_get_the_conversion_that_fits_their_values(emb):
     for img, hint in cases:
         with pytest.raises(InputError, match=hint):
             emb.embed(img)
+
+
+def _photo(h: int, w: int) -> np.ndarray:
+    """A camera-like picture: gradients, structure and sensor noise (seeded), several MB as a JPEG."""
+    y, x = np.mgrid[0:h, 0:w].astype(np.float32)
+    img = np.stack([x / w * 255, y / h * 255, 128 + 100 * np.sin(x / 97.0) * np.cos(y / 61.0)], axis=-1)
+    img += np.random.default_rng(0).normal(0, 12, img.shape).astype(np.float32)
+    return img.clip(0, 255).astype(np.uint8)
+
+
+def _as_format_1(model: Path, out: Path) -> Path:
+    """A copy of ``model`` as an export before manifest format 2 wrote it: no input.antialias, inside and beside."""
+    import onnx
+
+    from lcr_sdk.fileio import sha256_file
+    from lcr_sdk.manifest import ONNX_METADATA_KEY
+
+    def older(d: dict) -> dict:
+        del d["input"]["antialias"]
+        return {**d, "format_version": 1}
+
+    proto = onnx.load(str(model))
+    entry = next(p for p in proto.metadata_props if p.key == ONNX_METADATA_KEY)
+    entry.value = json.dumps(older(json.loads(entry.value)))
+    onnx.save(proto, str(out))
+    side = older(json.loads(Path(f"{model}.json").read_text()))
+    Path(f"{out}.json").write_text(json.dumps({**side, "model_sha256": sha256_file(out)}))
+    return out
+
+
+def test_a_large_photo_gives_one_input_by_path_array_or_attend(emb, lcr_onnx, tmp_path):
+    """A big JPEG by path decodes at reduced size (memory); the decoded array is block-averaged the same way
+    (input.antialias), so both give the model the same picture; the rule's plain resize of the array would not."""
+    from lcr_sdk.images import REDUCED_DECODE_BYTES, resize_to
+
+    path = tmp_path / "photo.jpg"
+    cv2.imwrite(str(path), _photo(1500, 2000), [cv2.IMWRITE_JPEG_QUALITY, 95])
+    assert path.stat().st_size > REDUCED_DECODE_BYTES  # the reduced decode applies
+    arr = cv2.imread(str(path))
+    spec = emb.manifest.input
+    assert spec.antialias
+    by_path, by_array = emb.prepare(path).astype(int), emb.prepare(arr).astype(int)
+    plain = resize_to(arr, spec.height, spec.width, spec.resize, spec.interpolation).astype(int)
+    near, far = np.abs(by_path - by_array).mean(), np.abs(by_path - plain).mean()
+    assert near < 1.0 and far > 4 * near, (near, far)
+    assert float(emb.embed(path) @ emb.embed(arr)) > 0.999
+    np.testing.assert_allclose(emb.attend(path).embedding, emb.embed(arr), atol=ATOL)  # attend reads it whole
+
+    # a model exported before manifest format 2 (no input.antialias) decodes every file whole: its path and its
+    # array give the same input exactly, as that model's runtime always did
+    old = _as_format_1(lcr_onnx, tmp_path / "old.onnx")
+    with Embedder(old, device="cpu") as e1:
+        assert not e1.manifest.input.antialias
+        np.testing.assert_array_equal(e1.prepare(path), e1.prepare(arr))
+        np.testing.assert_array_equal(e1.prepare(arr), plain.astype(np.uint8))
 
 
 def test_attend_lcr(emb, frames):

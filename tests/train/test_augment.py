@@ -123,3 +123,20 @@ def test_lr_schedule_warmup_then_cosine():
     assert lr_at(plain, 0, 100) == pytest.approx(0.03)
     lrs = [lr_at(plain, s, 100) for s in range(100)]
     assert all(a > b for a, b in zip(lrs, lrs[1:]))  # strictly decreasing without warm-up
+
+
+def test_a_large_training_image_is_block_averaged_before_it_is_fitted_to_the_canvas():
+    """Training holds a photo the way the runtime feeds it (InputSpec.antialias): whole blocks averaged by the
+    largest power of two first, then one linear resize, so fine noise is averaged out rather than sampled."""
+    import cv2
+
+    from lcr_sdk.images import shrink_by_halves
+    from lcr_sdk.train.data import fit_to_canvas
+
+    rng = np.random.default_rng(7)
+    photo = (128 + rng.normal(0, 40, (480, 640, 3))).clip(0, 255).astype(np.uint8)  # sensor-like noise
+    held = fit_to_canvas(photo, 64, 85)  # 480 x 640 -> 64 x 85: by 4 (120 x 160), then linear
+    expected = cv2.resize(shrink_by_halves(photo, 64, 85), (85, 64), interpolation=cv2.INTER_LINEAR)
+    np.testing.assert_array_equal(held, expected)
+    sampled = cv2.resize(photo, (85, 64), interpolation=cv2.INTER_LINEAR)  # one linear resize alone
+    assert held.astype(float).std() < 0.5 * sampled.astype(float).std()  # the noise averaged, not aliased
