@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any, Protocol
@@ -89,8 +90,25 @@ class Calibration:
         return self.threshold is not None and (self.far + self.frr) / 2 >= WEAK
 
     def stale(self, items: int) -> bool:
-        """Whether the gallery changed enough since (``items`` now) to recalibrate."""
+        """Whether the gallery changed enough since (``items`` now) to recalibrate: by a fifth and by at least
+        :data:`REFRESH_MIN` items, or by any item when there is no threshold yet (such a gallery is small or
+        unlabelled, so calibrating again is cheap, and the item just added may be its second label)."""
+        if self.threshold is None:
+            return items != self.items
         return abs(items - self.items) >= max(REFRESH_MIN, REFRESH * self.items)
+
+
+def auto_threshold(cal: Calibration, stacklevel: int) -> float | None:
+    """The cut ``threshold="auto"`` stands for; where the gallery has none, a warning says that every hit is kept
+    (shown once per calling line, Python's default for a warning; ``stacklevel`` counts from here to the caller's
+    line of the public search)."""
+    if cal.threshold is None:
+        warnings.warn(
+            f"threshold='auto': the gallery has no calibrated threshold ({cal.reason}), so every hit is kept and no "
+            "query is unknown; enrol items of two or more labels, or pass a cosine (e.g. threshold=0.7)",
+            stacklevel=stacklevel,
+        )
+    return cal.threshold
 
 
 def choose_threshold(genuine: np.ndarray, impostor: np.ndarray) -> tuple[float, float, float, str]:

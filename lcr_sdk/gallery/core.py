@@ -462,7 +462,8 @@ class Gallery:
     def threshold(self) -> float | None:
         """The calibrated open-set threshold (see :mod:`lcr_sdk.gallery.calibrate`); None if not calibratable.
 
-        Stored with the gallery; recomputed only when the gallery has changed by a fifth since."""
+        Stored with the gallery; recomputed when the gallery has changed by a fifth (and by 10 items) since, or at
+        any change while there is no threshold."""
         with self._mutex:
             return calibrate.current(self._contents).threshold
 

@@ -49,7 +49,7 @@ import numpy as np
 
 from lcr_sdk.errors import InputError, LcrError, ModelError, import_platform, require
 from lcr_sdk.gallery import Calibration, Enrolment, Gallery, Hit
-from lcr_sdk.gallery.calibrate import PARTNERS, PROBES
+from lcr_sdk.gallery.calibrate import PARTNERS, PROBES, auto_threshold
 from lcr_sdk.gallery.core import check_metadata, unit_rows
 from lcr_sdk.gallery.explain import MAX_SPREAD, prepare_enrolment
 from lcr_sdk.gallery.search import check_filter
@@ -720,7 +720,7 @@ class FleetGallery:
         if threshold is None or threshold == "none":
             return None
         if threshold == "auto":
-            return self.threshold
+            return auto_threshold(self.calibration, stacklevel=4)  # <- search <- the caller
         if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not math.isfinite(threshold):
             raise InputError(f"threshold={threshold!r} is not valid; pass a cosine in [-1, 1], 'auto' or None")
         if not -1.0 <= threshold <= 1.0:
@@ -731,7 +731,7 @@ class FleetGallery:
 
     @property
     def threshold(self) -> float | None:
-        """The calibrated open-set threshold (stored in the collection; recomputed when it changed by a fifth)."""
+        """The calibrated open-set threshold (stored in the collection; recomputed as :attr:`calibration` says)."""
         return self.calibration.threshold
 
     @property

@@ -496,7 +496,7 @@ def resolve_threshold(threshold: float | str | None, c: Contents) -> float | Non
     """The cosine cut of a search's ``threshold`` (:func:`parse_threshold`; ``"auto"``: the calibrated one)."""
     cut = parse_threshold(threshold)
     if isinstance(cut, str):  # "auto"
-        return calibrate.current(c).threshold
+        return calibrate.auto_threshold(calibrate.current(c), stacklevel=5)  # <- Searcher.search <- Gallery.search
     return cut
 
 

@@ -263,6 +263,19 @@ def test_open_set_threshold_says_unknown_for_labels_not_in_the_gallery(backend):
         g.search(known, threshold=2.0)
 
 
+def test_a_one_label_collection_warns_under_auto_and_calibrates_when_a_second_label_comes(backend):
+    v, labels = _clustered(2, 4)
+    g = backend.new(32)
+    g.add(v[:4], ids=[str(i) for i in range(4)], labels=labels[:4])
+    g.commit()
+    with pytest.warns(UserWarning, match="no calibrated threshold") as w:
+        assert g.search(v[5], k=2, threshold="auto")
+    assert w[0].filename == __file__
+    g.add(v[4:], ids=[str(i) for i in range(4, 8)], labels=labels[4:])
+    g.commit()
+    assert g.threshold is not None
+
+
 def test_calibration_is_stored_with_the_gallery(backend):
     v, labels = _clustered(10, 10)
     g = backend.new(32)

@@ -371,7 +371,12 @@ def test_calibration_with_single_item_labels_uses_impostor_scores_only():
     g2 = Gallery(64)
     g2.add(v[:5], labels=["same"] * 5)
     assert g2.threshold is None and "fewer than two labels" in g2.calibration.reason
-    assert g2.search(v[0], k=2, threshold="auto")  # no threshold: nothing is called unknown
+    with pytest.warns(UserWarning, match="no calibrated threshold .*fewer than two labels.*every hit is kept") as w:
+        assert g2.search(v[0], k=2, threshold="auto")  # no threshold: nothing is called unknown, and it says so
+    assert w[0].filename == __file__  # pointed at the caller's search line
+    # a second label arriving: calibrated at once (a gallery without a threshold is recalibrated at any change)
+    g2.add(v[5:8], labels=["other"] * 3)
+    assert g2.threshold is not None and g2.calibration.items == 8
 
 
 def test_a_model_that_does_not_separate_the_labels_gets_a_strict_threshold_and_is_called_weak():
