@@ -324,9 +324,26 @@ def search_with_index(
         log.warning("FAISS index %s cannot filter (%s); searching exactly", index.spec.text, e)
         return exact(q, blocks, k, ok)
     head = rerank(q, blocks, cand, k)
-    if m >= blocks.total:
-        return head
-    return merge([head, exact(q, blocks, k, ok, start=m)], k)
+    if m < blocks.total:
+        head = merge([head, exact(q, blocks, k, ok, start=m)], k)
+    # An approximate index may return fewer candidates than asked (HNSW with a selector, a large k): a row short of
+    # min(k, live allowed items) is answered exactly, so "k hits" holds whenever the gallery has k.
+    short = np.flatnonzero((head[0] >= 0).sum(axis=1) < min(k, int(ok.sum())))
+    if len(short):
+        slots, scores = _widen(head, k)
+        slots[short], scores[short] = _widen(exact(q[short], blocks, k, ok), k)
+        head = slots, scores
+    return head
+
+
+def _widen(result: tuple[np.ndarray, np.ndarray], k: int) -> tuple[np.ndarray, np.ndarray]:
+    """(slots, scores) padded to k columns with -1 / -inf (copies, so rows can be replaced)."""
+    slots, scores = result
+    pad = k - slots.shape[1]
+    return (
+        np.pad(slots, ((0, 0), (0, pad)), constant_values=-1),
+        np.pad(scores, ((0, 0), (0, pad)), constant_values=-np.inf),
+    )
 
 
 # -- a gallery's search -------------------------------------------------------------------------------------------

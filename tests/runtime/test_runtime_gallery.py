@@ -424,6 +424,20 @@ def test_faiss_index_agrees_with_exact():
     assert all(h.id not in ("0", "1") for row in fast.search(v[:2], k=3) for h in row)
 
 
+def test_an_approximate_index_still_returns_k_hits_when_the_gallery_has_them():
+    """HNSW returns fewer candidates than asked for a large k, or with removed items filtered out: such rows are
+    answered exactly, so k hits (or every live item) come back, as with an exact search."""
+    pytest.importorskip("faiss")
+    v = _unit(3000, 64, seed=2)
+    g = Gallery(64, index="faiss:HNSW32;efSearch=64")
+    g.add(v)
+    assert len(g.search(v[0], k=2000)) == 2000
+    g.remove([str(i) for i in range(1500)])
+    hits = g.search(v[1600], k=len(g))
+    assert len(hits) == 1500 and len({h.id for h in hits}) == 1500 and all(int(h.id) >= 1500 for h in hits)
+    assert [h.id for h in hits] == [h.id for h in g.search(v[1600], k=len(g), exact=True)]
+
+
 _SAVER = textwrap.dedent("""
     import sys, numpy as np
     from lcr_sdk.gallery import Gallery
