@@ -164,12 +164,13 @@ class Embedder:
     """Runs a deployed model (or a checkpoint) on images.
 
     Args:
-        path: model file: ``.onnx`` (ONNX Runtime), ``.engine``/``.plan`` (TensorRT) or ``.pt`` (PyTorch).
+        path: model file: ``.onnx`` (ONNX Runtime), ``.engine``/``.plan``/``.trt`` (TensorRT) or ``.pt``/``.pth``
+            (PyTorch).
         backend: backend name to override the suffix table: ``onnxruntime``, ``tensorrt`` or ``torch``.
         device: ``None`` (best available), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
         providers: ONNX Runtime execution providers, in order of preference (the first is the one wanted).
-        **options: backend options (ONNX Runtime: ``strict``, ``intra_op_threads``; TensorRT: ``force``;
-            PyTorch: ``fp16``, ``cuda_graph``, ``compile``).
+        **options: backend options (ONNX Runtime: ``strict``, ``intra_op_threads``; TensorRT: ``force``,
+            ``cuda_graph``; PyTorch: ``fp16``, ``batch``, ``cuda_graph``, ``compile``); any other is refused.
 
     Attributes:
         manifest: the model's :class:`~lcr_sdk.manifest.Manifest`.
@@ -197,6 +198,12 @@ class Embedder:
                 + "; export one with `lcr-sdk export CKPT --out model.onnx` or pass a .pt checkpoint"
             )
         cls = backend_for(path, backend)
+        unknown = sorted(set(options) - set(cls.OPTIONS))
+        if unknown:
+            raise InputError(
+                f"Embedder option(s) {', '.join(unknown)} are not options of the {cls.name} backend; its options: "
+                f"{', '.join(o for o in cls.OPTIONS if o != 'providers') or 'none'}"
+            )
         self.path = path
         self.manifest: Manifest = cls.read_manifest(path, **options)
         if self.manifest.input.layout != "NHWC":

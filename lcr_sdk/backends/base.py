@@ -46,6 +46,7 @@ class Backend(ABC):
 
     name = "base"
     takes_tensors = False  # whether _infer takes torch tensors (then it returns torch tensors)
+    OPTIONS: tuple[str, ...] = ()  # the keyword options this backend takes (Embedder refuses any other)
 
     def __init__(self, path: str | os.PathLike[str], manifest: Manifest, device: str | None = None, **options: Any):
         self.path = Path(path)
@@ -75,6 +76,11 @@ class Backend(ABC):
                 batch range (:meth:`check_feed`); checked before the backend runs.
             ModelError: the outputs are not of the manifest's shapes.
         """
+        if not self.loaded:
+            raise ModelError(
+                f"{self.path.name} was closed (Embedder.close(), or the end of its with block); create a new "
+                "Embedder to run it again"
+            )
         feed = self.check_feed(feed)
         return self.check_outputs(self._infer(feed), len(feed))
 

@@ -157,6 +157,7 @@ class OnnxRuntimeBackend(Backend):
     """
 
     name = "onnxruntime"
+    OPTIONS = ("providers", "intra_op_threads", "strict")
 
     def load(self) -> None:
         ort = import_platform("onnxruntime")

@@ -117,6 +117,7 @@ class TensorRTBackend(Backend):
     """
 
     name = "tensorrt"
+    OPTIONS = ("force", "cuda_graph")
     takes_tensors = True
 
     def load(self) -> None:

@@ -32,6 +32,7 @@ class TorchBackend(Backend):
     """
 
     name = "torch"
+    OPTIONS = ("fp16", "batch", "cuda_graph", "compile")
     takes_tensors = True
 
     @classmethod

@@ -253,3 +253,21 @@ def test_engine_from_elsewhere_is_refused_before_tensorrt_loads(lcr_onnx, tmp_pa
             Embedder(engine)
     else:
         pytest.skip("TensorRT installed: tests/runtime/test_runtime_tensorrt.py covers this")
+
+
+def test_a_closed_embedder_and_an_unknown_option_are_one_clear_error(lcr_onnx):
+    e = Embedder(lcr_onnx, device="cpu")
+    img = np.zeros((64, 64, 3), np.uint8)
+    assert e.embed(img).shape == (e.manifest.embedding_dim,)
+    e.close()
+    with pytest.raises(ModelError, match="was closed .*create a new Embedder"):
+        e.embed(img)
+    with Embedder(lcr_onnx, device="cpu") as e2:
+        pass
+    with pytest.raises(ModelError, match="was closed"):
+        e2.attend(img)
+    # a misspelt option is refused, naming the backend's options (it would silently do nothing)
+    with pytest.raises(
+        InputError, match=r"intra_op_thread are not options of the onnxruntime backend.*intra_op_threads"
+    ):
+        Embedder(lcr_onnx, intra_op_thread=2)

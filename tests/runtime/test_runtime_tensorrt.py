@@ -67,6 +67,7 @@ def _unloaded_backend(tmp_path: Path, calls: list):
                 "parts": np.zeros((n, 8, 2, 2), np.float32)}  # fmt: skip
 
     backend._infer = engine
+    backend.loaded = True  # as load() leaves it: the stand-in engine is ready
     return backend
 
 
