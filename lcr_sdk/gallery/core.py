@@ -13,6 +13,7 @@ and never a lost update when several processes commit to one gallery (see :mod:`
 from __future__ import annotations
 
 import json
+import operator
 import os
 import threading
 from collections.abc import Sequence
@@ -123,6 +124,62 @@ def _encode_crop(image: Any, i: int) -> bytes:
     if not ok:
         raise InputError(f"crops[{i}] of shape {img.shape} could not be encoded as PNG")
     return bytes(data.tobytes())
+
+
+def item_ids(ids: Any, n: int) -> list[str] | None:
+    """The ids given to ``add`` as strings (None: ids are made); a list, tuple or 1-D array of them.
+
+    Raises:
+        InputError: not a sequence of ids, or an id that is None or blank (``str(None)`` would store the id 'None').
+    """
+    if ids is None:
+        return None
+    ids = _as_list(ids, n, "ids")
+    bad = next((i for i in ids if i is None or (isinstance(i, str) and not i.strip())), "ok")
+    if bad != "ok":
+        raise InputError(
+            f"id {bad!r} is not valid: an id names one item, so it must be a non-empty string (or a number); pass "
+            "ids=None to have ids made"
+        )
+    return [str(i) for i in ids]
+
+
+def item_labels(labels: Any, n: int) -> list[str]:
+    """The labels given to ``add`` as strings; None (for all, or for one item) is no label, ``""``."""
+    if labels is None:
+        return [""] * n
+    return ["" if x is None else str(x) for x in _as_list(labels, n, "labels")]
+
+
+def _as_list(values: Any, n: int, name: str) -> list[Any]:
+    if isinstance(values, np.ndarray) and values.ndim == 1:
+        return values.tolist()
+    if isinstance(values, (str, bytes)) or not isinstance(values, Sequence):
+        raise InputError(f"{name} must be a list of {n} {name}; got {type(values).__name__}")
+    return list(values)
+
+
+def id_list(ids: Any) -> list[str]:
+    """The ids given to ``remove``: one id (a string or a number) or a list of them."""
+    if isinstance(ids, (str, int, np.integer)) and not isinstance(ids, bool):
+        return [str(ids)]
+    if isinstance(ids, np.ndarray) and ids.ndim == 1:
+        ids = ids.tolist()
+    if isinstance(ids, bytes) or not isinstance(ids, (Sequence, set, frozenset)):
+        raise InputError(f"ids must be an id or a list of ids; got {type(ids).__name__}")
+    return [str(i) for i in ids]
+
+
+def check_k(k: Any, most: int | None = None, why: str = "") -> int:
+    """``k`` as an int (any integer type: a numpy int too) in [1, most]; InputError otherwise."""
+    try:
+        value = operator.index(k) if not isinstance(k, bool) else None
+    except TypeError:
+        value = None
+    if value is None or value < 1 or (most is not None and value > most):
+        span = f"an int in [1, {most}]{why}" if most is not None else "a positive int"
+        raise InputError(f"k must be {span}; got {k!r}")
+    return value
 
 
 def check_metadata(metadata: Any, n: int) -> list[dict[str, Any]]:
@@ -325,19 +382,7 @@ class Gallery:
         with self._mutex:
             v = unit_rows(vectors, self.dim, "vectors")
             n = len(v)
-            if ids is not None and (isinstance(ids, (str, bytes)) or not isinstance(ids, Sequence)):
-                raise InputError(f"ids must be a list of {n} ids; got {type(ids).__name__}")
-            if labels is not None and (isinstance(labels, (str, bytes)) or not isinstance(labels, Sequence)):
-                raise InputError(f"labels must be a list of {n} labels; got {type(labels).__name__}")
-            if ids is not None:
-                bad = next((i for i in ids if i is None or (isinstance(i, str) and not i.strip())), "ok")
-                if bad != "ok":  # str(None) would store the id 'None'
-                    raise InputError(
-                        f"id {bad!r} is not valid: an id names one item, so it must be a non-empty string (or a "
-                        "number); pass ids=None to have ids made"
-                    )
-            new_ids = [str(i) for i in ids] if ids is not None else None
-            labs = [str(x) for x in labels] if labels is not None else [""] * n
+            new_ids, labs = item_ids(ids, n), item_labels(labels, n)
             meta = check_metadata(metadata, n)
             if crops is not None and (isinstance(crops, np.ndarray) or not isinstance(crops, Sequence)):
                 raise InputError(f"crops must be a list of {n} images or None; got {type(crops).__name__}")
@@ -358,7 +403,7 @@ class Gallery:
         """Remove items by id; returns how many were removed. Unknown ids raise :class:`InputError` (and nothing
         is removed). On a saved gallery the removal is pending until :meth:`commit`."""
         with self._mutex:
-            return self._contents.remove([ids] if isinstance(ids, str) else [str(i) for i in ids])
+            return self._contents.remove(id_list(ids))
 
     def enroll(
         self,
@@ -433,8 +478,7 @@ class Gallery:
         with self._mutex:
             if model is not None:
                 self.check_model(model, force)
-            if not isinstance(k, int) or isinstance(k, bool) or k < 1:
-                raise InputError(f"k must be a positive int; got {k!r}")
+            k = check_k(k)
             single = np.asarray(queries).ndim == 1
             q = unit_rows(queries, self.dim, "queries")
             found = self._searcher.search(self._contents, q, k, threshold, label, where, exact)

@@ -50,7 +50,7 @@ import numpy as np
 from lcr_sdk.errors import InputError, LcrError, ModelError, import_platform, require
 from lcr_sdk.gallery import Calibration, Enrolment, Gallery, Hit
 from lcr_sdk.gallery.calibrate import PARTNERS, PROBES, auto_threshold
-from lcr_sdk.gallery.core import check_metadata, unit_rows
+from lcr_sdk.gallery.core import check_k, check_metadata, id_list, item_ids, item_labels, unit_rows
 from lcr_sdk.gallery.explain import MAX_SPREAD, prepare_enrolment
 from lcr_sdk.gallery.search import check_filter
 from lcr_sdk.gallery.store import check_text
@@ -469,13 +469,10 @@ class FleetGallery:
         """
         v = unit_rows(vectors, self.dim, "vectors")
         n = len(v)
-        for name, value in (("ids", ids), ("labels", labels)):
-            if value is not None and (isinstance(value, (str, bytes)) or not isinstance(value, Sequence)):
-                raise InputError(f"{name} must be a list of {n} {name}; got {type(value).__name__}")
         if crops is not None and (isinstance(crops, np.ndarray) or not isinstance(crops, Sequence)):
             raise InputError(f"crops must be a list of {n} images or None; got {type(crops).__name__}")
-        new_ids = [str(i) for i in ids] if ids is not None else [uuid.uuid4().hex for _ in range(n)]
-        labs = [str(x) for x in labels] if labels is not None else [""] * n
+        new_ids = item_ids(ids, n) or [uuid.uuid4().hex for _ in range(n)]
+        labs = item_labels(labels, n)
         meta = _check_metadata(metadata, n)
         crop_list = list(crops) if crops is not None else [None] * n
         counts = (len(new_ids), len(labs), len(meta), len(crop_list))
@@ -501,7 +498,7 @@ class FleetGallery:
     def remove(self, ids: Sequence[Any] | str) -> int:
         """Remove items by id (pending until :meth:`commit`); unknown ids raise :class:`InputError` and nothing
         is removed."""
-        wanted = list(dict.fromkeys([ids] if isinstance(ids, str) else [str(i) for i in ids]))
+        wanted = list(dict.fromkeys(id_list(ids)))
         committed = self._committed([i for i in wanted if i not in self._new])
         unknown = [i for i in wanted if i not in self._new and i not in committed]
         if unknown:
@@ -661,8 +658,7 @@ class FleetGallery:
         :meth:`Gallery.search <lcr_sdk.gallery.Gallery.search>` (``k`` at most :data:`MAX_K`)."""
         if model is not None:
             self.check_model(model, force)
-        if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= MAX_K:
-            raise InputError(f"k must be an int in [1, {MAX_K}] (Milvus's top-k limit); got {k!r}")
+        k = check_k(k, MAX_K, " (Milvus's top-k limit)")
         single = np.asarray(queries).ndim == 1
         q = unit_rows(queries, self.dim, "queries")
         cut = self._resolve_threshold(threshold)

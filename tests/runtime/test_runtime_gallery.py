@@ -97,6 +97,20 @@ def test_bad_arguments():
         g.add(_unit(1, 8), metadata=[{"f": object()}])
 
 
+def test_numpy_ids_labels_and_k_and_none_labels_are_taken_as_python_ones():
+    g = Gallery(8)
+    added = g.add(_unit(3, 8), ids=np.array([10, 11, 12]), labels=np.array(["a", "b", "a"]))
+    assert added == ["10", "11", "12"] and g.search(_unit(1, 8)[0], k=np.int64(2))[0].id in added
+    g.add(_unit(2, 8, seed=3), ids=["n1", "n2"], labels=[None, "c"])  # None is no label, never the label 'None'
+    assert dict(zip(g.ids, g.labels, strict=True))["n1"] == "" and "None" not in g.labels
+    assert g.remove(10) == 1 and "10" not in g  # one id given as a number
+    assert g.remove(np.array([11])) == 1
+    with pytest.raises(InputError, match="ids must be an id or a list of ids"):
+        g.remove(object())
+    with pytest.raises(InputError, match="k must be a positive int; got 2.5"):
+        g.search(_unit(1, 8)[0], k=2.5)
+
+
 def test_save_load_roundtrip(tmp_path):
     import sqlite3
 
