@@ -201,7 +201,19 @@ def _sigterm(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt  # a service stop ends the command like Ctrl+C: writers clean up, exit code 130
 
 
+def _buffered_stdout() -> None:
+    """Under ``python -u`` / ``PYTHONUNBUFFERED`` stdout writes straight to the raw file, whose write may take part of
+    a large document when the reader goes away and report no error, so a cut document would exit 0. A buffered
+    writer (line-buffered: output still appears line by line) writes everything or raises BrokenPipeError (141)."""
+    raw = getattr(sys.stdout, "buffer", None)
+    if isinstance(raw, io.RawIOBase) and isinstance(sys.stdout, io.TextIOWrapper):
+        sys.stdout = io.TextIOWrapper(
+            io.BufferedWriter(raw), encoding=sys.stdout.encoding, errors=sys.stdout.errors, line_buffering=True
+        )
+
+
 def main() -> None:
     """Console-script entry point."""
     signal.signal(signal.SIGTERM, _sigterm)
+    _buffered_stdout()
     app()

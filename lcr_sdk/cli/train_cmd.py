@@ -94,7 +94,8 @@ def import_cmd(
 ) -> None:
     """Import a fine-grained benchmark from its official layout into the ImageFolder layout `train` reads.
 
-    Images are hard links (symlinks across file systems), never copies; the official train/test split is kept.
+    Images are hard links (symlinks across file systems), not copies, except FGVC-Aircraft's, written without their
+    copyright banner (--no-crop-banner links them too); the official train/test split is kept.
     Example: lcr-sdk data import cub ~/datasets/CUB_200_2011 data/cub
     """
     from lcr_sdk.train.importers import DATASETS, import_dataset

@@ -37,6 +37,7 @@ SOURCE_FORMS = (
 MAX_FRAME_SIDE = 8192
 MAX_FRAME_PIXELS = 7680 * 4320
 MAX_FPS = 1000.0
+MIN_FPS = 0.01  # one frame every 100 s: the slowest rate a demo or a source is asked for
 
 
 @dataclass
@@ -542,14 +543,14 @@ def add_frame_options(parser: Any) -> None:
     )
     parser.add_argument(
         "--fps",
-        type=bounded_arg(float, 0.01, MAX_FPS, "frames per second"),
+        type=bounded_arg(float, MIN_FPS, MAX_FPS, "frames per second"),
         help="camera frame rate; for a file, play it back in real time",
     )
 
 
 def check_frame_options(width: int | None, height: int | None, fps: float | None) -> None:
     """Refuse a requested frame size or rate outside the bounds (each side 1..MAX_FRAME_SIDE, at most
-    MAX_FRAME_PIXELS in all; fps above 0 and at most MAX_FPS), before anything is opened.
+    MAX_FRAME_PIXELS in all; fps MIN_FPS..MAX_FPS), before anything is opened.
 
     Raises:
         InputError: naming the option, the value and the valid range.
@@ -565,8 +566,8 @@ def check_frame_options(width: int | None, height: int | None, fps: float | None
             f"--width {width} --height {height} is {width * height:,} pixels a frame, more than the "
             f"{MAX_FRAME_PIXELS:,} (8K UHD, 7680 x 4320) a demo handles within its memory budget; ask for less"
         )
-    if fps is not None and not (0 < fps <= MAX_FPS):  # also refuses NaN
-        raise InputError(f"--fps {fps} is not a frame rate; give a number above 0 and at most {MAX_FPS:g}")
+    if fps is not None and not (MIN_FPS <= fps <= MAX_FPS):  # also refuses NaN
+        raise InputError(f"--fps {fps} is not a frame rate; give a number from {MIN_FPS:g} to {MAX_FPS:g}")
 
 
 def _check_frame_size(cap: cv2.VideoCapture, name: str) -> None:

@@ -335,6 +335,18 @@ def test_reader_closing_stdout_ends_the_command_quietly(cmd, model, image):
     assert proc.wait(timeout=120) == 141 and err == "", err
 
 
+def test_a_reader_leaving_mid_document_is_141_under_python_unbuffered(model, image):
+    """With PYTHONUNBUFFERED=1 stdout is the raw pipe, whose write takes part of a large document and reports no
+    error when the reader goes: the CLI writes through a buffer, so a document cut short still exits 141, not 0."""
+    args = [sys.executable, "-m", "lcr_sdk.cli", "embed", str(model), *[str(image)] * 12, "--json"]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    assert proc.stdout.read(10)  # the reader takes the start of the document, then leaves
+    proc.stdout.close()
+    err = proc.stderr.read()
+    assert proc.wait(timeout=120) == 141 and err == b"", err
+
+
 def test_bench_batch_past_its_bound_is_refused(model, tmp_path):
     _one_line_error(_run("bench", model, "--batch", "1,20000"), "--batch '1,20000'", "go up to 256")
 

@@ -328,6 +328,7 @@ def test_frame_sizes_and_rates_are_bounded(tmp_path):
         (dict(width=100000), f"1..{MAX_FRAME_SIDE}"),
         (dict(width=8192, height=8192), "more than the 33,177,600"),
         (dict(fps=0.0), "--fps 0.0"),
+        (dict(fps=0.001), "from 0.01 to 1000"),  # the bound the demos' --fps has
         (dict(fps=float("nan")), "--fps nan"),
     ]:
         with pytest.raises(InputError, match=match):
