@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 else:  # JetPack's OpenCV on a Jetson, opencv-python elsewhere: a missing one is an error naming the fix
     cv2 = import_platform("cv2")
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".jfif", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
 _INTERP = {"linear": cv2.INTER_LINEAR, "area": cv2.INTER_AREA, "cubic": cv2.INTER_CUBIC, "nearest": cv2.INTER_NEAREST}
 MIN_SIDE = 8  # smaller images carry no usable detail
 
@@ -502,7 +502,8 @@ def list_images(folder: str | os.PathLike[str], recursive: bool = False) -> list
 
 
 def labelled_images(folder: str | os.PathLike[str]) -> tuple[list[Path], list[str]]:
-    """Images of a labelled folder: ``folder/<label>/*`` (label = sub-folder name) and ``folder/*`` (label ``""``).
+    """Images of a labelled folder: ``folder/<label>/**`` (label = sub-folder name; its own sub-folders too, as an
+    ImageFolder reads them) and ``folder/*`` (label ``""``).
 
     The layout galleries are built from (the ImageFolder layout of a data set split).
 
@@ -515,7 +516,7 @@ def labelled_images(folder: str | os.PathLike[str]) -> tuple[list[Path], list[st
     paths = list_images(folder)
     labels = [""] * len(paths)
     for sub in sorted(d for d in folder.iterdir() if d.is_dir() and not d.name.startswith(".")):
-        found = list_images(sub)
+        found = list_images(sub, recursive=True)
         paths += found
         labels += [sub.name] * len(found)
     if not paths:

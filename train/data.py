@@ -55,7 +55,8 @@ class Split:
 
 
 def scan_split(root: str | Path, split: str, on_bad: str = "skip", size: int | None = None) -> Split:
-    """Find and check ``root/split/<class>/*`` (hidden folders and files are left out).
+    """Find and check ``root/split/<class>/**`` (a class folder's sub-folders too; hidden folders and files are
+    left out, and images directly in ``root/split``, outside any class, with a warning).
 
     Args:
         root: data set root.
@@ -70,6 +71,13 @@ def scan_split(root: str | Path, split: str, on_bad: str = "skip", size: int | N
     """
     check_on_bad(on_bad)
     folder, classes, paths, labels = _find_images(Path(root), split)
+    loose = list_images(folder)
+    if loose:
+        warnings.warn(
+            f"{len(loose)} image(s) directly in {folder}, outside any class folder, left out (e.g. {loose[0].name}): "
+            "move them into the folder of their class to use them",
+            stacklevel=2,
+        )
     out = Split(folder, [], [], classes)
     cache = size is not None and len(paths) * size * size * 3 < CACHE_LIMIT_BYTES
     images: list[np.ndarray] = []
@@ -177,7 +185,7 @@ def _find_images(root: Path, split: str) -> tuple[Path, list[str], list[Path], l
     paths: list[Path] = []
     labels: list[int] = []
     for ci, name in enumerate(classes):
-        files = list_images(folder / name)
+        files = list_images(folder / name, recursive=True)  # a class's sub-folders too, as ImageFolder reads it
         if not files:
             raise DataError(
                 f"class folder {folder / name} has no images ({', '.join(IMAGE_SUFFIXES)}); add images or remove it"

@@ -73,7 +73,7 @@ def data_identity(root: str | os.PathLike) -> dict[str, Any]:
     found = folder.iterdir() if folder.is_dir() else iter(())
     classes = sorted(p for p in found if p.is_dir() and not p.name.startswith("."))
     for cls in classes:
-        for p in list_images(cls):
+        for p in list_images(cls, recursive=True):  # what training reads
             n = p.stat().st_size
             h.update(f"{p.relative_to(folder).as_posix()}\0{n}\n".encode("utf-8", "surrogateescape"))
             files, size = files + 1, size + n

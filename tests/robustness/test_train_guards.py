@@ -82,8 +82,9 @@ def test_resume_on_other_data_is_refused(synth_root, trained_run, tmp_path, chan
     elif change == "an image changed":
         first.write_bytes(first.read_bytes() + b"\0")  # same name, other size
     else:
-        cls = sorted((other / "train").iterdir())[0]
-        cls.rename(cls.with_name("zz_renamed"))
+        for split in ("train", "test"):  # renamed on both sides: a valid data set, but another one
+            cls = sorted((other / split).iterdir())[0]
+            cls.rename(cls.with_name("zz_renamed"))
     run = Path(shutil.copytree(trained_run, tmp_path / "run"))
     before = _snapshot(run)
     line = _error_line(_train(other, run, "--resume"))
@@ -122,7 +123,7 @@ def test_empty_data_with_two_processes_is_one_line_before_launching(tmp_path):
     assert r.returncode == 1, r.stderr
     assert "launching" not in r.stdout and "Traceback" not in r.stderr, r.stderr
     lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("Error: data set") and "does not exist" in lines[0], lines
+    assert len(lines) == 1 and lines[0].startswith("Error: data set") and "has no 'train' folder" in lines[0], lines
     assert not (tmp_path / "run").exists()
 
 

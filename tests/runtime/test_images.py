@@ -192,3 +192,17 @@ def test_the_limit_counts_a_jpeg_at_its_reduced_decode_size(tmp_path):
     assert read_image(path, min_size=(224, 224), limit=200_000).shape == (375, 500, 3)  # 1/8 decode fits
     with pytest.raises(InputError, match=r"decoded at 1/8: 500 x 375"):
         read_image(path, min_size=(224, 224), limit=100_000)
+
+
+def test_labelled_images_reads_a_label_folders_sub_folders_as_training_does(tmp_path):
+    import cv2
+
+    from lcr_sdk.images import labelled_images
+
+    jpeg = cv2.imencode(".jpg", np.zeros((16, 16, 3), np.uint8))[1].tobytes()
+    for rel in ["robin/a.png", "robin/2024/b.jpg", "wren/c.JFIF", "loose.png", ".hidden/d.png", "robin/.e.png"]:
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_bytes(jpeg)  # content decides the format; the suffix only selects the file
+    paths, labels = labelled_images(tmp_path)
+    found = {p.relative_to(tmp_path).as_posix(): lab for p, lab in zip(paths, labels, strict=True)}
+    assert found == {"loose.png": "", "robin/a.png": "robin", "robin/2024/b.jpg": "robin", "wren/c.JFIF": "wren"}

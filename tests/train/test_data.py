@@ -117,3 +117,29 @@ def test_validation_split_needs_two_images_per_class(data_copy):
     for bad in (-0.1, 1.0, float("nan")):
         with pytest.raises(InputError, match="--val-fraction"):
             split_validation(full, bad, seed=0)
+
+
+def test_class_sub_folders_are_read_and_loose_images_are_named(data_copy):
+    """A class folder's own sub-folders count (as torchvision's ImageFolder reads them), in training and in the data
+    set's fingerprint alike; an image directly in train/ belongs to no class: left out with a warning naming it."""
+    import warnings
+
+    from lcr_sdk.train.data import scan_split
+    from lcr_sdk.train.guards import data_identity
+
+    cls = sorted((data_copy / "train").iterdir())[0]
+    before = data_identity(data_copy)
+    nested = cls / "batch 2" / "deeper"
+    nested.mkdir(parents=True)
+    shutil.copy(next(cls.glob("*.png")), nested / "extra.jfif")  # a JPEG-family suffix phones write; content PNG
+    shutil.copy(next(cls.glob("*.png")), data_copy / "train" / "loose.png")
+    with pytest.warns(
+        UserWarning, match=r"1 image\(s\) directly in .*train, outside any class folder, left out \(e\.g\. loose\.png\)"
+    ):
+        s = scan_split(data_copy, "train")
+    assert len(s) == 25 and nested / "extra.jfif" in s.paths and s.labels[s.paths.index(nested / "extra.jfif")] == 0
+    assert data_identity(data_copy)["train_images"] == before["train_images"] + 1
+    (data_copy / "train" / "loose.png").unlink()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing to say without loose images
+        scan_split(data_copy, "train")
