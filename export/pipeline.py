@@ -214,15 +214,17 @@ def export_model(
             f"int8 of {manifest.arch}: {INT8_FALLS_SHORT} (docs/EXPORT.md); fp16 is the precision to deploy it in",
             stacklevel=2,
         )
-    calib = None
+    calib, unreadable = None, 0
     if precision == "int8" and calib_dir is not None:  # read images before the slow work: a bad folder fails fast
-        calib, _ = load_images(find_images(calib_dir, "calibration", calib_images), manifest, "calibration")
+        files = find_images(calib_dir, "calibration", calib_images)
+        calib, read = load_images(files, manifest, "calibration")
+        unreadable = len(files) - len(read)
     images = (verify_images if verify_images is not None else calib_dir) if verify else None  # None: no verification
 
     try:
         with staging_dir(out.parent, STAGING_PREFIX) as stage:
             staged_onnx, manifest = _stage_onnx(
-                stage, net, manifest, onnx_out.name, precision, calib, calib_method, progress
+                stage, net, manifest, onnx_out.name, precision, calib, calib_method, progress, unreadable
             )
             if verify and images is None:
                 say(
@@ -310,10 +312,18 @@ def _check_out_path(
 
 
 def _stage_onnx(
-    stage: Path, net, manifest: Manifest, name: str, precision: str, calib, calib_method: str, progress: bool
+    stage: Path,
+    net,
+    manifest: Manifest,
+    name: str,
+    precision: str,
+    calib,
+    calib_method: str,
+    progress: bool,
+    unreadable: int = 0,
 ) -> tuple[Path, Manifest]:
     """Write the ONNX of ``precision`` as ``stage / name`` with its sidecar, checked against TensorRT's parser rules
-    and run once (no NaN); returns it and its manifest."""
+    and run once (no NaN); returns it and its manifest. ``unreadable``: calibration files left out (recorded)."""
     import onnx
 
     from lcr_sdk.export.graph import check, embed_manifest, export_onnx
@@ -331,7 +341,7 @@ def _stage_onnx(
         if precision == "fp16":
             proto = to_fp16(proto)
     calibration = (
-        {"calibration": {"method": calib_method, "images": n_calib, "bias_correction": True}}
+        {"calibration": {"method": calib_method, "images": n_calib, "unreadable": unreadable, "bias_correction": True}}
         if calib is not None
         else {}
     )
@@ -486,9 +496,12 @@ def _verify(
     if not report["passed"]:
         from lcr_sdk.export.precision import RECOMMENDED_CALIB_IMAGES
 
-        used = manifest.extra.get("calibration", {}).get("images")
+        cal = manifest.extra.get("calibration", {})
+        used, left_out = cal.get("images"), cal.get("unreadable", 0)
         few = (
-            f" It was calibrated on only {used} images (at least {RECOMMENDED_CALIB_IMAGES} recommended)."
+            f" It was calibrated on only {used} images (at least {RECOMMENDED_CALIB_IMAGES} recommended"
+            + (f"; {left_out} calibration file(s) were unreadable and left out" if left_out else "")
+            + ")."
             if used is not None and used < RECOMMENDED_CALIB_IMAGES
             else ""
         )

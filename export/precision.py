@@ -222,7 +222,7 @@ def to_int8(
             leaves the biases as trained (the earlier int8 graph, kept for comparisons).
 
     Returns:
-        The number of images calibrated on (whole batches only).
+        The number of images calibrated on (every one given).
     """
     onnx = require("onnx", "export", "int8 quantisation")
     require("onnxruntime.quantization", "export", "int8 quantisation")
@@ -244,9 +244,10 @@ def to_int8(
         )
     proto = onnx.load(str(fp32_path))
     plan = int8_plan(proto)
-    # Equal-sized batches only: the histogram collectors compare bins across batches of one shape.
-    size = batch_size if len(images) >= batch_size else len(images)
-    n_batches = max(1, len(images) // size)
+    # Equal-sized batches only (the histogram collectors compare bins across batches of one shape): the last one is
+    # filled up with images from the start, so every calibration image is used.
+    size = min(batch_size, len(images))
+    n_batches = -(-len(images) // size)
     augmented = Path(out_path).with_name(Path(out_path).name + ".calib.onnx")
     quiet = logging.getLogger()
     level = quiet.level
@@ -263,7 +264,7 @@ def to_int8(
             for i in tqdm(
                 range(n_batches), desc=f"int8 calibration ({method})", unit="batch", leave=False, disable=not progress
             ):
-                calibrator.collect_data(_OneBatch({manifest.input.name: images[i * size : (i + 1) * size]}))
+                calibrator.collect_data(_OneBatch({manifest.input.name: _batch(images, i, size)}))
             ranges = calibrator.compute_data()
     finally:
         quiet.setLevel(level)
@@ -276,7 +277,13 @@ def to_int8(
     shift = weight_error_means(proto, plan, images, manifest.input.name, size, progress) if correct_bias else None
     quantised = insert_qdq(proto, plan, amax, shift)
     onnx.save(to_fp16(quantised) if half else quantised, str(out_path))
-    return n_batches * size
+    return len(images)
+
+
+def _batch(images: np.ndarray, i: int, size: int) -> np.ndarray:
+    """Batch ``i`` of ``size`` images; the last one, where short, completed with the first images again."""
+    batch = images[i * size : (i + 1) * size]
+    return batch if len(batch) == size else np.concatenate([batch, images[: size - len(batch)]])
 
 
 class _OneBatch:
@@ -382,7 +389,7 @@ def weight_error_means(
     count = 0
     size = min(batch_size, len(images))
     for i in tqdm(
-        range(max(1, len(images) // size)), desc="int8 bias correction", unit="batch", leave=False, disable=not progress
+        range(-(-len(images) // size)), desc="int8 bias correction", unit="batch", leave=False, disable=not progress
     ):
         batch = images[i * size : (i + 1) * size]
         for name, value in zip(names, session.run(names, {input_name: batch})):

@@ -171,7 +171,7 @@ def test_int8_is_qdq_per_channel_with_uint8_input_untouched(lcr_checkpoint, synt
     assert reduces and all(producers.get(n.input[0]) != "DequantizeLinear" for n in reduces)
     m = read_manifest(path)
     assert m.precision == "int8"
-    assert m.extra["calibration"] == {"method": "minmax", "images": 24, "bias_correction": True}
+    assert m.extra["calibration"] == {"method": "minmax", "images": 24, "unreadable": 0, "bias_correction": True}
     batch = _images(synth_root, 8)
     emb, _, _ = _session(path).run(None, {"images": batch})
     # A random-init net at 64 px (2 x 2 feature map) is the hard case for int8; trained figures: docs/EXPORT.md.
@@ -198,12 +198,14 @@ def test_fewer_unreadable_calibration_images_are_skipped_with_a_warning(lcr_chec
             log=None,
         )
     assert any("skipped 1 unreadable calibration image" in str(w.message) for w in caught)
-    assert Manifest.from_json(sidecar_path(tmp_path / "m.onnx").read_text()).extra["calibration"]["images"] == 24
+    cal = Manifest.from_json(sidecar_path(tmp_path / "m.onnx").read_text()).extra["calibration"]
+    assert (cal["images"], cal["unreadable"]) == (24, 1)
 
 
 @pytest.mark.parametrize("method", ["percentile", "entropy"])
 def test_histogram_calibration_with_a_partial_last_batch(lcr_checkpoint, synth_root, tmp_path, method):
-    """21 images = 2 batches of 8 + 5: ORT's histogram collectors fail on a smaller last batch; it is left out."""
+    """21 images = 2 batches of 8 + 5: ORT's histogram collectors fail on a smaller last batch, so it is filled up
+    with the first images again: all 21 are calibrated on."""
     import shutil
 
     from lcr_sdk.export import export_model
@@ -224,4 +226,9 @@ def test_histogram_calibration_with_a_partial_last_batch(lcr_checkpoint, synth_r
             progress=False,
             log=None,
         )
-    assert read_manifest(path).extra["calibration"] == {"method": method, "images": 16, "bias_correction": True}
+    assert read_manifest(path).extra["calibration"] == {
+        "method": method,
+        "images": 21,
+        "unreadable": 0,
+        "bias_correction": True,
+    }
