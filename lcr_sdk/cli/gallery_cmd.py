@@ -146,7 +146,8 @@ def gallery_build(
         return
     typer.echo(f"gallery {out}: {len(g)} images, {summary['labels']} labels, dim {g.dim}, {g.dtype}, index {g.index}")
     if unreadable:
-        shown = "; ".join(f"{p} ({why})" for p, why in unreadable[:5]) + (" ..." if len(unreadable) > 5 else "")
+        more = f"; and {len(unreadable) - 5} more (--json lists all)" if len(unreadable) > 5 else ""
+        shown = "; ".join(why for _, why in unreadable[:5]) + more  # each reason names its file
         typer.echo(f"{len(unreadable)} unreadable image(s) left out (--on-bad skip): {shown}", err=True)
     if summary["unlabelled"]:
         typer.echo(

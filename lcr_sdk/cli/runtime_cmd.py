@@ -83,19 +83,39 @@ def embed(
     backend: BackendOpt = None,
     device: DeviceOpt = None,
     as_json: JsonOpt = False,
+    on_bad: Annotated[
+        str,
+        typer.Option(
+            help="An unreadable image: fail (stop, naming it) or skip (leave it out and list it; rows follow the "
+            "images kept)."
+        ),
+    ] = "fail",
 ) -> None:
     """Embed images with a model. Example: lcr-sdk embed model.onnx a.jpg b.jpg --out emb.npy"""
     from lcr_sdk.fileio import atomic_path
+    from lcr_sdk.gallery.build import check_on_bad
 
+    check_on_bad(on_bad, "--on-bad")
     if out is not None:
         _check_out_file(out, inputs=(model, *images))
         if out.suffix.lower() != ".npy":
             raise InputError(f"--out {out}: embeddings are written as a NumPy .npy file; give a name ending in .npy")
-    _check_images(images)
+    if on_bad == "fail":
+        _check_images(images)
     _check_model(model)
+    skipped: list[tuple[Path, str]] = []
     with embedder_for(model, backend, device) as emb:
-        vectors = emb.embed([str(p) for p in images])  # NaN outputs are refused here, before anything is written
+        if on_bad == "skip":  # each image prepared alone, so one bad file is left out, not the whole command
+            images, ready, skipped = _prepare_each(emb, images)
+            vectors = emb.embed(ready)
+        else:
+            vectors = emb.embed([str(p) for p in images])  # NaN outputs are refused here, before anything is written
         provider = emb.provider
+    if skipped and not as_json:
+        shown = "; ".join(why for _, why in skipped[:5]) + (
+            f"; and {len(skipped) - 5} more" if len(skipped) > 5 else ""
+        )
+        typer.echo(f"{len(skipped)} unreadable image(s) left out (--on-bad skip): {shown}", err=True)
     if out is not None:
         with atomic_path(out) as tmp, open(tmp, "wb") as f:
             np.save(f, vectors)
@@ -103,12 +123,28 @@ def embed(
         doc: dict[str, Any] = {"model": str(model), "provider": provider, "dim": int(vectors.shape[1])}
         doc["out"] = str(out) if out is not None else None
         doc["embeddings"] = [{"image": str(p), "vector": v.tolist()} for p, v in zip(images, vectors, strict=True)]
+        doc["unreadable"] = [{"image": str(p), "reason": why} for p, why in skipped]
         typer.echo(json.dumps(doc, allow_nan=False))
     elif out is not None:
         typer.echo(f"wrote {vectors.shape[0]} x {vectors.shape[1]} embeddings to {out}")
     else:
         for p, v in zip(images, vectors, strict=True):
             typer.echo(f"{p}  [{', '.join(f'{x:+.4f}' for x in v[:6])}, ...]  D={len(v)}")
+
+
+def _prepare_each(emb: Embedder, images: list[Path]) -> tuple[list[Path], list[Any], list[tuple[Path, str]]]:
+    """(images kept, each prepared at the model's input, (image, reason) of each left out); InputError if none is
+    readable."""
+    kept, ready, skipped = [], [], []
+    for p in images:
+        try:
+            ready.append(emb.prepare(p))
+            kept.append(p)
+        except InputError as e:
+            skipped.append((p, str(e)))
+    if not ready:
+        raise InputError(f"none of the {len(images)} images could be read: {skipped[0][1]}")
+    return kept, ready, skipped
 
 
 def attention(

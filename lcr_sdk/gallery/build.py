@@ -85,9 +85,7 @@ def build_from_folder(
             f"{folder} holds {labels.count('')} image(s) outside a label sub-folder (e.g. {paths[labels.index('')]}); "
             f"expected {folder}/<label>/<image>.jpg: move each image into the folder named after its label"
         )
-    rel_all = [p.relative_to(folder).as_posix() for p in paths]
-    for r in rel_all:  # before the slow part: SQLite cannot store names that are not UTF-8
-        store.check_text(r, f"file name in {folder}:")
+    paths, rel_all, labels = _storable(folder, paths, labels, on_bad, on_unreadable)  # before the slow part
     gallery.image_root = str(folder.resolve())
     method = embedder.manifest.method
     gate = quality != "off" and method == "lcr"
@@ -107,6 +105,32 @@ def build_from_folder(
                 gallery.add(vecs, ids=rel, labels=labs, metadata=[{"path": r} for r in rel])
             bar.update(len(chunk))
     return gallery
+
+
+def _storable(
+    folder: Path,
+    paths: list[Path],
+    labels: list[str],
+    on_bad: str,
+    on_unreadable: Callable[[str, str], None] | None,
+) -> tuple[list[Path], list[str], list[str]]:
+    """The images whose names SQLite can store (UTF-8: a name in another encoding cannot be an id), with their ids
+    (paths relative to ``folder``) and labels; another name stops the build or is reported and left out."""
+    kept: tuple[list[Path], list[str], list[str]] = ([], [], [])
+    for p, lab in zip(paths, labels, strict=True):
+        r = p.relative_to(folder).as_posix()
+        try:
+            fix = "or pass --on-bad skip (on_bad='skip') to leave it out" if on_bad == "fail" else ""
+            store.check_text(r, f"file name in {folder}:", fix)
+        except InputError as e:
+            if on_bad == "fail":
+                raise
+            if on_unreadable is not None:
+                on_unreadable(r, str(e))
+            continue
+        for part, value in zip(kept, (p, r, lab), strict=True):
+            part.append(value)
+    return kept
 
 
 def _readable(

@@ -312,15 +312,16 @@ def same_label(conn: sqlite3.Connection, label: str, start: int, limit: int) -> 
     return found
 
 
-def check_text(value: str, what: str) -> None:
-    """Refuse strings SQLite cannot store: lone surrogates (file names that are not UTF-8) and NUL characters."""
+def check_text(value: str, what: str, fix: str = "or pass another id") -> None:
+    """Refuse strings SQLite cannot store: lone surrogates (file names that are not UTF-8) and NUL characters
+    (``fix``: the way out besides renaming, as the caller offers it)."""
     try:
         value.encode("utf-8")
     except UnicodeEncodeError:
         shown = value.encode("utf-8", "backslashreplace").decode("ascii", "backslashreplace")
         raise InputError(
             f"{what} {shown!r} is not valid UTF-8 (a file name in another encoding?); rename it to UTF-8 "
-            "(e.g. `convmv -f latin1 -t utf8 -r --notest DIR`) or pass another id"
+            f"(e.g. `convmv -f latin1 -t utf8 -r --notest DIR`){' ' + fix if fix else ''}"
         ) from None
     if "\x00" in value:
         raise InputError(f"{what} {value!r} contains a NUL character; remove it")

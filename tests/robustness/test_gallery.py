@@ -676,7 +676,14 @@ def test_gallery_build_with_a_non_utf8_file_name_fails_before_embedding(model, s
     monkeypatch.setattr(Embedder, "infer", lambda self, *a, **k: calls.append(1))
     r = runner.invoke(app, ["gallery", "build", str(model), str(data), "--out", str(tmp_path / "g")])
     assert r.exit_code == 1 and "not valid UTF-8" in r.output and "convmv" in r.output, r.output
+    assert "--on-bad skip" in r.output and "another id" not in r.output  # a way out a command-line user has
     assert calls == [] and not (tmp_path / "g").exists()  # refused before any image was embedded
+    monkeypatch.undo()
+    r = runner.invoke(
+        app, ["gallery", "build", str(model), str(data), "--out", str(tmp_path / "g"), "--on-bad", "skip"]
+    )
+    assert r.exit_code == 0 and "1 unreadable image(s) left out" in r.output and "not valid UTF-8" in r.output
+    assert "caf\\\\udce9.png" in r.output and "--on-bad skip (" not in r.output.split("left out")[1]
 
 
 @pytest.mark.torch

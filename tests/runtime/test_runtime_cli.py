@@ -46,6 +46,21 @@ def test_embed_writes_npy_matching_the_library(model, synth_root, tmp_path):
     r = _run("embed", model, imgs[0])
     assert r.exit_code == 0 and "D=512" in r.output
 
+    # --on-bad skip: a folder's bad files are left out and named; the rows are the images kept, in order
+    (tmp_path / "empty.png").write_bytes(b"")
+    args = ["embed", model, imgs[0], tmp_path / "empty.png", tmp_path / "gone.png", imgs[2]]
+    r = _run(*args, "--out", out)
+    assert r.exit_code == 1 and "does not exist" in r.output and "--on-bad" not in r.output.split("gone.png")[0]
+    r = _run(*args, "--out", out, "--on-bad", "skip")
+    assert r.exit_code == 0 and "2 unreadable image(s) left out (--on-bad skip)" in r.output, r.output
+    assert "empty.png is empty" in r.output and "gone.png does not exist" in r.output
+    with Embedder(model) as e:
+        np.testing.assert_allclose(np.load(out), e.embed([imgs[0], imgs[2]]), atol=1e-6)
+    r = _run(*args, "--json", "--on-bad", "skip")
+    doc = json.loads(r.output)
+    assert [x["image"] for x in doc["embeddings"]] == [str(imgs[0]), str(imgs[2])]
+    assert [x["image"] for x in doc["unreadable"]] == [str(tmp_path / "empty.png"), str(tmp_path / "gone.png")]
+
 
 def test_gallery_build_and_search(model, synth_root, tmp_path):
     g = tmp_path / "g"
