@@ -88,7 +88,10 @@ class Attention:
             raise InputError(f"part={k} is not valid: this model has {n} part maps{why}")
 
     def overlay(self, image: Any, part: int | None = None, alpha: float = 0.5, color: str = "bgr") -> np.ndarray:
-        """A BGR uint8 picture of the image with the mask (or part ``part``, its peak marked) as a heatmap."""
+        """A BGR uint8 picture of the image with the mask (or part ``part``, its peak marked) as a heatmap;
+        ``alpha`` in [0, 1] is the heatmap's weight (0: the image alone, 1: the heatmap alone)."""
+        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0.0 <= alpha <= 1.0:
+            raise InputError(f"alpha={alpha!r} is not valid; give the heatmap's weight in [0, 1] (e.g. 0.5)")
         img = to_bgr(image, color)
         h, w = self.size
         if img.shape[:2] != (h, w):

@@ -245,11 +245,29 @@ MAX_CANVAS_ASPECT = 2.0  # longer images are held at a lower resolution (their s
 
 def canvas_shape(sizes: list[tuple[int, int]], side: int) -> tuple[int, int]:
     """(H, W) of the canvas that holds every training image whole: ``side`` on the short side of the data set's
-    usual orientation and up to ``MAX_CANVAS_ASPECT`` times that on the long side (square for square images)."""
+    usual orientation and, on the long side, what 95% of the images need, up to ``MAX_CANVAS_ASPECT`` times that
+    (square for square images; a few panoramas do not widen every image's canvas, they are held smaller)."""
     aspects = np.array([w / h for h, w in sizes]) if sizes else np.ones(1)
     if np.median(aspects) >= 1:
-        return side, round(side * float(np.clip(aspects.max(), 1.0, MAX_CANVAS_ASPECT)))
-    return round(side * float(np.clip((1 / aspects).max(), 1.0, MAX_CANVAS_ASPECT))), side
+        return side, round(side * float(np.clip(np.quantile(aspects, 0.95), 1.0, MAX_CANVAS_ASPECT)))
+    return round(side * float(np.clip(np.quantile(1 / aspects, 0.95), 1.0, MAX_CANVAS_ASPECT))), side
+
+
+EXTREME_ASPECT = 4.0  # a training image longer than this on one side is mostly not the object: said so
+
+
+def warn_extreme_aspects(split: Split) -> None:
+    """Warn about training images more than :data:`EXTREME_ASPECT` : 1 (a banner or a panorama is held at a few pixels
+    on its short side, and the runtime's centre crop sees only its middle)."""
+    odd = [(p, h, w) for p, (h, w) in zip(split.paths, split.sizes) if max(h, w) > EXTREME_ASPECT * min(h, w)]
+    if odd:
+        p, h, w = odd[0]
+        warnings.warn(
+            f"{len(odd)} training image(s) are more than {EXTREME_ASPECT:g}:1 (e.g. {p}, {w} x {h}): each is held "
+            "at a few pixels on its short side and only its middle is seen at run time; crop them to the object, "
+            "or leave them out",
+            stacklevel=2,
+        )
 
 
 def fit_to_canvas(bgr: np.ndarray, height: int, width: int) -> np.ndarray:

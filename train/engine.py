@@ -43,7 +43,7 @@ from lcr_sdk.train.checkpoint import (
     write_error,
 )
 from lcr_sdk.train.config import TrainConfig, check_on_bad
-from lcr_sdk.train.data import TrainImages, check_same_classes, scan_split, split_validation
+from lcr_sdk.train.data import TrainImages, check_same_classes, scan_split, split_validation, warn_extreme_aspects
 from lcr_sdk.train.guards import check_batch, check_classes, check_out, check_resumable, check_same_data, data_identity
 from lcr_sdk.train.moco import MoCo, Supervised
 from lcr_sdk.train.model import LCRNet
@@ -279,6 +279,7 @@ class Trainer:
         self.train_split, self.val_split = split_validation(full, cfg.val_fraction, cfg.val_seed)
         self.test_split = scan_split(self.data, "test", on_bad, size=cfg.image_size)
         check_same_classes(full.classes, self.test_split.classes, self.data)  # the kNN monitor's labels must agree
+        warn_extreme_aspects(full)
         self.skipped = [(str(p), why) for p, why in full.skipped + self.test_split.skipped]  # config.json keeps them
         self._check_size()
         self.data_id = data_identity(self.data)  # recorded in the checkpoint: --resume refuses another data set

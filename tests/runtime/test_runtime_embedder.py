@@ -226,6 +226,10 @@ def test_attend_lcr(emb, frames):
     assert not np.array_equal(r.overlay(img, part=best), over)
     with pytest.raises(ValueError, match="part"):
         r.overlay(img, part=k)
+    np.testing.assert_array_equal(r.overlay(img, alpha=0), img)  # alpha is the heatmap's weight
+    for alpha in (5.0, -1, float("nan")):
+        with pytest.raises(InputError, match=r"alpha=.* give the heatmap's weight in \[0, 1\]"):
+            r.overlay(img, alpha=alpha)
 
 
 def test_attend_moco_has_no_parts(moco_onnx, frames):

@@ -140,3 +140,16 @@ def test_a_large_training_image_is_block_averaged_before_it_is_fitted_to_the_can
     np.testing.assert_array_equal(held, expected)
     sampled = cv2.resize(photo, (85, 64), interpolation=cv2.INTER_LINEAR)  # one linear resize alone
     assert held.astype(float).std() < 0.5 * sampled.astype(float).std()  # the noise averaged, not aliased
+
+
+def test_one_panorama_neither_widens_every_canvas_nor_goes_unmentioned():
+    """The canvas follows what 95% of the images need, so one 80:1 banner among square photos leaves the canvas
+    square (it is held smaller inside it), and training names such images."""
+    from lcr_sdk.train.data import Split, canvas_shape, warn_extreme_aspects
+
+    sizes = [(300, 300)] * 99 + [(50, 4000)]
+    assert canvas_shape(sizes, 64) == (64, 64)
+    assert canvas_shape([(300, 400)] * 100, 64) == (64, 85)  # a data set of landscape photos keeps its shape
+    split = Split(root=None, paths=[f"{i}.jpg" for i in range(100)], labels=[0] * 100, classes=["a"], sizes=sizes)
+    with pytest.warns(UserWarning, match=r"1 training image\(s\) are more than 4:1 \(e\.g\. 99\.jpg, 4000 x 50\)"):
+        warn_extreme_aspects(split)
