@@ -309,7 +309,8 @@ def to_bgr(image: Any, color: str = "bgr", min_size: tuple[int, int] | None = No
 
     Args:
         image: an OpenCV BGR uint8 H x W x 3 array (default), an RGB array with ``color="rgb"``, a grayscale
-            H x W (or H x W x 1) array, a BGRA/RGBA H x W x 4 array, a file path, or a PIL image.
+            H x W (or H x W x 1) array, a BGRA/RGBA H x W x 4 array, a file path, the bytes of an image file (as
+            an HTTP upload gives them; decoded as the file would be), or a PIL image.
         color: channel order of a 3/4-channel array: ``"bgr"`` (OpenCV) or ``"rgb"``.
         min_size: for a file path, the ``(height, width)`` needed at least (see :func:`read_image`).
 
@@ -321,6 +322,13 @@ def to_bgr(image: Any, color: str = "bgr", min_size: tuple[int, int] | None = No
         raise InputError("image is None (cv2.imread returns None for a missing or unreadable file); check the path")
     if isinstance(image, (str, os.PathLike)):
         return read_image(image, min_size)
+    if isinstance(image, (bytes, bytearray, memoryview)):
+        if len(image) > MAX_FILE_BYTES:
+            raise InputError(
+                f"image bytes of {len(image) / 2**30:.1f} GiB are larger than any image this reader accepts "
+                f"({MAX_FILE_BYTES / 2**30:.0f} GiB); downscale it"
+            )
+        return decode_image(bytes(image), f"image bytes ({len(image)})", min_size)
     array, color = _as_uint8_array(image, color)
     out = _channels_to_bgr(array, color)
     if min(out.shape[:2]) < MIN_SIDE:
@@ -360,7 +368,7 @@ def _as_uint8_array(image: Any, color: str) -> tuple[np.ndarray, str]:
     if not isinstance(image, np.ndarray):
         raise InputError(
             f"image of type {type(image).__name__} is not supported; pass a uint8 numpy array (H x W x 3 BGR), "
-            "a file path or a PIL image"
+            "a file path, the bytes of an image file or a PIL image"
         )
     if image.size == 0:
         raise InputError(f"image is an empty array of shape {image.shape}; check the frame source")

@@ -99,6 +99,7 @@ def test_input_kinds_agree(emb, frames, tmp_path):
         emb.embed(str(path)),
         emb.embed(path),
         emb.embed(Image.fromarray(rgb)),
+        emb.embed(path.read_bytes()),  # an image file's bytes, as an HTTP upload gives them
     ):
         np.testing.assert_allclose(v, ref, atol=ATOL)
     assert not np.allclose(emb.embed(rgb), ref, atol=1e-3)  # colour order matters: the default is BGR
