@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import stat
 import struct
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -507,6 +508,14 @@ def list_images(folder: str | os.PathLike[str], recursive: bool = False) -> list
         and not any(part.startswith(".") for part in p.relative_to(folder).parts)
         and p.is_file()
     )
+
+
+def skip_list(skipped: Sequence[tuple[Any, str]], most: int = 5) -> str:
+    """The first ``most`` files left out, each with why (each reason names its file; after the first, only the
+    reason's first clause, without the advice it would repeat), and how many more: for one line of a report."""
+    more = f"; and {len(skipped) - most} more" if len(skipped) > most else ""
+    shown = [reason if i == 0 else reason.split(";")[0] for i, (_, reason) in enumerate(skipped[:most])]
+    return "; ".join(shown) + more
 
 
 def labelled_images(folder: str | os.PathLike[str]) -> tuple[list[Path], list[str]]:

@@ -20,7 +20,7 @@ import torch
 from torch.utils.data import Dataset
 
 from lcr_sdk.errors import DataError, InputError
-from lcr_sdk.images import IMAGE_SUFFIXES, list_images, read_image, resize_to, shrink_by_halves
+from lcr_sdk.images import IMAGE_SUFFIXES, list_images, read_image, resize_to, shrink_by_halves, skip_list
 from lcr_sdk.train.config import check_on_bad
 
 CACHE_LIMIT_BYTES = 4 << 30  # keep decoded images in memory while they take less than this
@@ -99,12 +99,12 @@ def scan_split(root: str | Path, split: str, on_bad: str = "skip", size: int | N
     out.images = images if cache else None
     if out.skipped and on_bad == "fail":  # every bad file at once (each was tried), not one per run
         raise DataError(
-            f"{len(out.skipped)} unreadable image(s) in {folder}: {_listed(out.skipped)} (use --on-bad skip to leave "
+            f"{len(out.skipped)} unreadable image(s) in {folder}: {skip_list(out.skipped)} (use --on-bad skip to leave "
             "such files out)"
         )
     if out.skipped:
         warnings.warn(
-            f"{len(out.skipped)} unreadable image(s) in {folder} skipped: {_listed(out.skipped)}", stacklevel=2
+            f"{len(out.skipped)} unreadable image(s) in {folder} skipped: {skip_list(out.skipped)}", stacklevel=2
         )
     missing = sorted(set(range(len(classes))) - set(out.labels))
     if missing:
@@ -160,12 +160,6 @@ def _no_split_folder(root: Path, split: str) -> str:
             f"test/, or sort the images of each class into {root}/train/<class>/ and {root}/test/<class>/"
         )
     return f"data set {root} has no '{split}' folder (found: {have}). Expected {layout}"
-
-
-def _listed(skipped: list[tuple[Path, str]], most: int = 5) -> str:
-    """The first ``most`` skipped files' reasons (each names its file), and how many more."""
-    more = f"; and {len(skipped) - most} more" if len(skipped) > most else ""
-    return "; ".join(reason for _, reason in skipped[:most]) + more
 
 
 def _find_images(root: Path, split: str) -> tuple[Path, list[str], list[Path], list[int]]:

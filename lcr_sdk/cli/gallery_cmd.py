@@ -146,8 +146,9 @@ def gallery_build(
         return
     typer.echo(f"gallery {out}: {len(g)} images, {summary['labels']} labels, dim {g.dim}, {g.dtype}, index {g.index}")
     if unreadable:
-        more = f"; and {len(unreadable) - 5} more (--json lists all)" if len(unreadable) > 5 else ""
-        shown = "; ".join(why for _, why in unreadable[:5]) + more  # each reason names its file
+        from lcr_sdk.images import skip_list
+
+        shown = skip_list(unreadable) + (" (--json lists all)" if len(unreadable) > 5 else "")
         typer.echo(f"{len(unreadable)} unreadable image(s) left out (--on-bad skip): {shown}", err=True)
     if summary["unlabelled"]:
         typer.echo(

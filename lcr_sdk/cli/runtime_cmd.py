@@ -112,10 +112,9 @@ def embed(
             vectors = emb.embed([str(p) for p in images])  # NaN outputs are refused here, before anything is written
         provider = emb.provider
     if skipped and not as_json:
-        shown = "; ".join(why for _, why in skipped[:5]) + (
-            f"; and {len(skipped) - 5} more" if len(skipped) > 5 else ""
-        )
-        typer.echo(f"{len(skipped)} unreadable image(s) left out (--on-bad skip): {shown}", err=True)
+        from lcr_sdk.images import skip_list
+
+        typer.echo(f"{len(skipped)} unreadable image(s) left out (--on-bad skip): {skip_list(skipped)}", err=True)
     if out is not None:
         with atomic_path(out) as tmp, open(tmp, "wb") as f:
             np.save(f, vectors)
