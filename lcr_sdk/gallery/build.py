@@ -116,7 +116,9 @@ def _storable(
 ) -> tuple[list[Path], list[str], list[str]]:
     """The images whose names SQLite can store (UTF-8: a name in another encoding cannot be an id), with their ids
     (paths relative to ``folder``) and labels; another name stops the build or is reported and left out."""
-    kept: tuple[list[Path], list[str], list[str]] = ([], [], [])
+    kept_paths: list[Path] = []
+    kept_rel: list[str] = []
+    kept_labels: list[str] = []
     for p, lab in zip(paths, labels, strict=True):
         r = p.relative_to(folder).as_posix()
         try:
@@ -128,9 +130,10 @@ def _storable(
             if on_unreadable is not None:
                 on_unreadable(r, str(e))
             continue
-        for part, value in zip(kept, (p, r, lab), strict=True):
-            part.append(value)
-    return kept
+        kept_paths.append(p)
+        kept_rel.append(r)
+        kept_labels.append(lab)
+    return kept_paths, kept_rel, kept_labels
 
 
 def _readable(

@@ -153,7 +153,7 @@ def item_labels(labels: Any, n: int) -> list[str]:
 
 def _as_list(values: Any, n: int, name: str) -> list[Any]:
     if isinstance(values, np.ndarray) and values.ndim == 1:
-        return values.tolist()
+        return list(values.tolist())
     if isinstance(values, (str, bytes)) or not isinstance(values, Sequence):
         raise InputError(f"{name} must be a list of {n} {name}; got {type(values).__name__}")
     return list(values)
