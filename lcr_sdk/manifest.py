@@ -158,6 +158,7 @@ class Manifest:
         if d["profiles"] is None:
             del d["profiles"]  # a one-profile manifest reads as before, also by older lcr-sdk releases
         d["outputs"] = self.output_shapes  # written for readers; derived, so ignored on read
+        d["format_version"] = FORMAT_VERSION  # what is written holds every field of this format (antialias too)
         return d
 
     def to_json(self) -> str:

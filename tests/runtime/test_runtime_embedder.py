@@ -204,6 +204,12 @@ def test_a_large_photo_gives_one_input_by_path_array_or_attend(emb, lcr_onnx, tm
         assert not e1.manifest.input.antialias
         np.testing.assert_array_equal(e1.prepare(path), e1.prepare(arr))
         np.testing.assert_array_equal(e1.prepare(arr), plain.astype(np.uint8))
+    # written again (an engine's sidecar, a Triton entry), it is a format-2 manifest that says antialias is off
+    from lcr_sdk.manifest import Manifest, read_manifest
+
+    again = json.loads(read_manifest(old).to_json())
+    assert again["format_version"] == 2 and again["input"]["antialias"] is False
+    assert Manifest.from_dict(again).input == read_manifest(old).input
 
 
 def test_attend_lcr(emb, frames):
