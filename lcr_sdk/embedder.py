@@ -28,7 +28,7 @@ cv2 = import_platform("cv2")  # OpenCV: the cpu/gpu extra, or the platform's own
 
 from lcr_sdk.backends.base import Backend, backend_for  # noqa: E402
 from lcr_sdk.fileio import sha256_file  # noqa: E402
-from lcr_sdk.images import check_color, crop_box, heatmap_overlay, read_image, resize_to, to_bgr  # noqa: E402
+from lcr_sdk.images import check_color, crop_box, heatmap_overlay, resize_to, to_bgr  # noqa: E402
 from lcr_sdk.manifest import Manifest  # noqa: E402
 
 
@@ -242,14 +242,18 @@ class Embedder:
     # -- host preprocessing -------------------------------------------------------------------------------------
 
     def prepare(self, image: Any, color: str = "bgr") -> np.ndarray:
-        """One image (array, path or PIL) -> uint8 H x W x 3 BGR at the model's input size.
+        """One image (array, path, file bytes or PIL) -> uint8 H x W x 3 BGR at the model's input size.
 
-        A file is decoded at reduced size when it is much larger than the input (``read_image``'s ``min_size``),
-        so a huge photo never costs its full-size pixels.
+        A JPEG file (or its bytes) much larger than the input is decoded at reduced size (``read_image``'s
+        ``min_size``), so a huge photo never costs its full-size pixels: with ``input.antialias`` in whole blocks,
+        as arrays are block-averaged; for a manifest before that field as its release did; for one with it off (a
+        DeepStream export: nvinfer resizes once) never, so a file gives what its decoded array gives.
         """
         spec, color = self.manifest.input, check_color(color)
-        if isinstance(image, (str, os.PathLike)):  # a file decodes to BGR; reduced only where arrays shrink alike
-            image, color = read_image(image, min_size=(spec.height, spec.width) if spec.antialias else None), "bgr"
+        if isinstance(image, (str, os.PathLike, bytes, bytearray, memoryview)):  # a file decodes to BGR
+            legacy = self.manifest.format_version < 2
+            min_size = (spec.height, spec.width) if spec.antialias or legacy else None
+            image, color = to_bgr(image, min_size=min_size, whole_blocks=spec.antialias), "bgr"
         return resize_to(to_bgr(image, color), spec.height, spec.width, spec.resize, spec.interpolation, spec.antialias)
 
     def infer(self, batch: Any) -> dict[str, Any]:

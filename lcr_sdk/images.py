@@ -125,6 +125,32 @@ def _jpeg_size(b: bytes) -> tuple[str, int, int] | None:
     return None
 
 
+def jpeg_turned(b: bytes) -> bool:
+    """Whether a JPEG's EXIF orientation (APP1 ``Exif``, IFD0 tag 0x0112) turns it by 90 degrees (values 5-8), so
+    that the picture shown is the header's height wide; False where there is no such tag or it cannot be read."""
+    i = 2
+    while i + 4 <= len(b) and b[i] == 0xFF:
+        marker = b[i + 1]
+        if marker in (0xD9, 0xDA) or 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+            return False  # the frame header or the scan comes after the EXIF block, when there is one
+        (length,) = struct.unpack(">H", b[i + 2 : i + 4])
+        if marker == 0xE1 and b[i + 4 : i + 10] == b"Exif\0\0":
+            tiff = b[i + 10 : i + 2 + length]
+            try:
+                end = "<" if tiff[:2] == b"II" else ">"
+                (ifd,) = struct.unpack(end + "I", tiff[4:8])
+                (count,) = struct.unpack(end + "H", tiff[ifd : ifd + 2])
+                for k in range(count):
+                    tag, _, _, value = struct.unpack(end + "HHIH", tiff[ifd + 2 + 12 * k : ifd + 12 + 12 * k])
+                    if tag == 0x0112:
+                        return bool(5 <= value <= 8)
+            except struct.error:
+                return False
+            return False
+        i += 2 + length
+    return False
+
+
 def _tiff_size(b: bytes) -> tuple[str, int, int] | None:
     end = "<" if b[:2] == b"II" else ">"
     (ifd,) = struct.unpack(end + "I", b[4:8])
@@ -151,7 +177,10 @@ def _pnm_size(b: bytes) -> tuple[str, int, int] | None:
 
 
 def read_image(
-    path: str | os.PathLike[str], min_size: tuple[int, int] | None = None, limit: int | None = None
+    path: str | os.PathLike[str],
+    min_size: tuple[int, int] | None = None,
+    limit: int | None = None,
+    whole_blocks: bool = False,
 ) -> np.ndarray:
     """Read an image file as uint8 BGR H x W x 3.
 
@@ -166,6 +195,11 @@ def read_image(
             size) as long as both sides stay >= ``min_size``, so a 20000 x 20000 photo never needs 1.2 GB of
             pixels to make a 224 px input. Without it the full image is decoded.
         limit: most pixels to decode (after that reduction); None: :func:`max_pixels`.
+        whole_blocks: with ``min_size``, decode as :func:`shrink_by_halves` would shrink the decoded array: the
+            factor chosen on the sides as shown (after the EXIF turn, read from the header), and only whole blocks
+            kept (a partial last row or column of blocks dropped; for a turned photo whose sides are not whole
+            multiples, the array's blocks and the decode's may then lie up to one block apart). What a model with
+            ``input.antialias`` reads; without it, the reduced decode of manifests before that field.
 
     Raises:
         InputError: the file is missing, not a regular file (a folder, or a FIFO or device, which would block the
@@ -174,7 +208,7 @@ def read_image(
     """
     p = check_image_file(path)
     data = np.fromfile(p, dtype=np.uint8)
-    return decode_image(data, str(p), min_size, limit)
+    return decode_image(data, str(p), min_size, limit, whole_blocks)
 
 
 def check_image_file(path: str | os.PathLike[str]) -> Path:
@@ -221,7 +255,11 @@ def _file_kind(mode: int) -> str:
 
 
 def decode_image(
-    data: bytes | np.ndarray, name: str, min_size: tuple[int, int] | None = None, limit: int | None = None
+    data: bytes | np.ndarray,
+    name: str,
+    min_size: tuple[int, int] | None = None,
+    limit: int | None = None,
+    whole_blocks: bool = False,
 ) -> np.ndarray:
     """Decode an encoded image (the bytes of a file) as uint8 BGR H x W x 3, within the pixel limit.
 
@@ -230,7 +268,7 @@ def decode_image(
     Args:
         data: the encoded bytes.
         name: what to call the image in messages (its path).
-        min_size, limit: as for :func:`read_image`.
+        min_size, limit, whole_blocks: as for :func:`read_image`.
 
     Raises:
         InputError: as :func:`read_image`.
@@ -242,7 +280,8 @@ def decode_image(
     if header is None or min(header[1:]) < 1:
         raise InputError(_not_an_image(arr, name))
     fmt, w, h = header
-    factor = _reduction(fmt, w, h, arr.size, min_size)
+    turned = whole_blocks and fmt == "JPEG" and jpeg_turned(bytes(arr[:65536]))
+    factor = _reduction(fmt, w, h, arr.size, min_size, turned)
     cap = max_pixels() if limit is None else limit
     dw, dh = -(-w // factor), -(-h // factor)
     if dw * dh > cap:
@@ -264,10 +303,9 @@ def decode_image(
             f"{name} ({arr.size} bytes) has a {fmt} header ({w} x {h}) but its image data could not be decoded "
             "(a truncated or damaged file, such as an interrupted copy); re-save or remove it"
         )
-    if factor > 1:  # whole blocks only: a partial last block row or column is dropped, as shrink_by_halves does
-        whole = {(dh, dw): (h // factor, w // factor), (dw, dh): (w // factor, h // factor)}  # EXIF may turn it
-        keep_h, keep_w = whole.get(img.shape[:2], img.shape[:2])
-        img = img[: max(1, keep_h), : max(1, keep_w)]
+    if factor > 1 and whole_blocks:  # a partial last block row or column dropped, as shrink_by_halves does
+        shown_h, shown_w = (w, h) if turned else (h, w)  # the header's sides before the EXIF turn
+        img = img[: max(1, shown_h // factor), : max(1, shown_w // factor)]
     if min(img.shape[:2]) < MIN_SIDE:
         raise InputError(
             f"{name} is a {img.shape[1]}x{img.shape[0]} image, too small to embed; each side must be >= {MIN_SIDE} px"
@@ -296,16 +334,19 @@ def _side(cap: int, w: int, h: int) -> str:
     return f"{max(1, int(w * s))} x {max(1, int(h * s))}"
 
 
-def _reduction(fmt: str, w: int, h: int, nbytes: int, min_size: tuple[int, int] | None) -> int:
+def _reduction(fmt: str, w: int, h: int, nbytes: int, min_size: tuple[int, int] | None, turned: bool = False) -> int:
     """The reduced-decode factor: the largest of 8, 4, 2 that keeps both sides >= ``min_size`` (JPEG only: other
-    formats decode at full size and shrink afterwards, which saves nothing); 1 for a full decode."""
+    formats decode at full size and shrink afterwards, which saves nothing); 1 for a full decode. ``turned``: the
+    EXIF orientation turns the picture by 90 degrees, so the header's width is the height shown."""
     if min_size is None or fmt != "JPEG" or nbytes < REDUCED_DECODE_BYTES:
         return 1
-    need_h, need_w = min_size
+    need_h, need_w = min_size[::-1] if turned else min_size
     return next((f for f in (8, 4, 2) if h // f >= need_h and w // f >= need_w), 1)
 
 
-def to_bgr(image: Any, color: str = "bgr", min_size: tuple[int, int] | None = None) -> np.ndarray:
+def to_bgr(
+    image: Any, color: str = "bgr", min_size: tuple[int, int] | None = None, whole_blocks: bool = False
+) -> np.ndarray:
     """Bring one image to a uint8 BGR H x W x 3 array.
 
     Args:
@@ -313,7 +354,7 @@ def to_bgr(image: Any, color: str = "bgr", min_size: tuple[int, int] | None = No
             H x W (or H x W x 1) array, a BGRA/RGBA H x W x 4 array, a file path, the bytes of an image file (as
             an HTTP upload gives them; decoded as the file would be), or a PIL image.
         color: channel order of a 3/4-channel array: ``"bgr"`` (OpenCV) or ``"rgb"``.
-        min_size: for a file path, the ``(height, width)`` needed at least (see :func:`read_image`).
+        min_size, whole_blocks: for a file path or its bytes, as for :func:`read_image`.
 
     Raises:
         InputError: naming what was given and what is valid.
@@ -322,14 +363,14 @@ def to_bgr(image: Any, color: str = "bgr", min_size: tuple[int, int] | None = No
     if image is None:
         raise InputError("image is None (cv2.imread returns None for a missing or unreadable file); check the path")
     if isinstance(image, (str, os.PathLike)):
-        return read_image(image, min_size)
+        return read_image(image, min_size, whole_blocks=whole_blocks)
     if isinstance(image, (bytes, bytearray, memoryview)):
         if len(image) > MAX_FILE_BYTES:
             raise InputError(
                 f"image bytes of {len(image) / 2**30:.1f} GiB are larger than any image this reader accepts "
                 f"({MAX_FILE_BYTES / 2**30:.0f} GiB); downscale it"
             )
-        return decode_image(bytes(image), f"image bytes ({len(image)})", min_size)
+        return decode_image(bytes(image), f"image bytes ({len(image)})", min_size, whole_blocks=whole_blocks)
     array, color = _as_uint8_array(image, color)
     out = _channels_to_bgr(array, color)
     if min(out.shape[:2]) < MIN_SIDE:

@@ -206,3 +206,27 @@ def test_labelled_images_reads_a_label_folders_sub_folders_as_training_does(tmp_
     paths, labels = labelled_images(tmp_path)
     found = {p.relative_to(tmp_path).as_posix(): lab for p, lab in zip(paths, labels, strict=True)}
     assert found == {"loose.png": "", "robin/a.png": "robin", "robin/2024/b.jpg": "robin", "wren/c.JFIF": "wren"}
+
+
+def test_a_reduced_decode_in_whole_blocks_never_shrinks_a_turned_photo_below_the_size_asked_for(tmp_path):
+    """The JPEG header gives the sides before the EXIF turn, so the decode factor keeps both sides above the larger
+    need (an array of the turned picture is then shrunk the rest of the way), and only whole blocks are kept, by
+    each side's own count even where both sides round to the same number of blocks."""
+    from PIL import Image
+
+    from lcr_sdk.images import read_image, shrink_by_halves
+
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90": stored 4000 wide x 1800 high, shown 1800 wide x 4000 high
+    turned = tmp_path / "turned.jpg"
+    Image.fromarray(_photo(1800, 4000)).save(turned, exif=exif.tobytes(), quality=95)
+    assert turned.stat().st_size > 1 << 20
+    img = read_image(turned, min_size=(448, 224), whole_blocks=True)  # a portrait input: 448 high, 224 wide
+    assert img.shape[0] >= 448 and img.shape[1] >= 224, img.shape  # 1/8 of the stored sides would give 500 x 225
+    full = read_image(turned)
+    assert full.shape[:2] == (4000, 1800)
+    assert shrink_by_halves(full, 448, 224).shape[:2] == shrink_by_halves(img, 448, 224).shape[:2]
+
+    square = tmp_path / "square.jpg"  # 1999 x 2000: both sides are 250 blocks of 8, rounded up
+    Image.fromarray(_photo(1999, 2000)).save(square, quality=95)
+    assert read_image(square, min_size=(64, 64), whole_blocks=True).shape[:2] == (249, 250)

@@ -197,12 +197,18 @@ def test_a_large_photo_gives_one_input_by_path_array_or_attend(emb, lcr_onnx, tm
     assert float(emb.embed(path) @ emb.embed(arr)) > 0.999
     np.testing.assert_allclose(emb.attend(path).embedding, emb.embed(arr), atol=ATOL)  # attend reads it whole
 
-    # a model exported before manifest format 2 (no input.antialias) decodes every file whole: its path and its
-    # array give the same input exactly, as that model's runtime always did
+    np.testing.assert_array_equal(emb.prepare(path.read_bytes()), by_path)  # the file's bytes decode as the file
+
+    # a model exported before manifest format 2 (no input.antialias) prepares images exactly as its release did:
+    # a big JPEG by path decoded at reduced size, then one resize; an array resized once
+    from lcr_sdk.images import read_image
+
     old = _as_format_1(lcr_onnx, tmp_path / "old.onnx")
     with Embedder(old, device="cpu") as e1:
         assert not e1.manifest.input.antialias
-        np.testing.assert_array_equal(e1.prepare(path), e1.prepare(arr))
+        reduced = read_image(path, min_size=(spec.height, spec.width))
+        assert reduced.shape[:2] == (188, 250)  # 1/8 of 1500 x 2000, the partial last block row kept
+        np.testing.assert_array_equal(e1.prepare(path), resize_to(reduced, spec.height, spec.width, spec.resize))
         np.testing.assert_array_equal(e1.prepare(arr), plain.astype(np.uint8))
     # written again (an engine's sidecar, a Triton entry), it is a format-2 manifest that says antialias is off
     from lcr_sdk.manifest import Manifest, read_manifest
