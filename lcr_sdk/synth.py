@@ -28,6 +28,7 @@ import itertools
 import json
 import logging
 import math
+import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -36,7 +37,7 @@ import cv2
 import numpy as np
 
 from lcr_sdk.errors import DataError, InputError
-from lcr_sdk.fileio import atomic_path, atomic_write_text, error_under_target, staging_dir
+from lcr_sdk.fileio import atomic_path, atomic_write_text, error_under_target, remove_stale_staging, staging_dir
 
 log = logging.getLogger(__name__)
 
@@ -501,23 +502,43 @@ def _is_synth_set(root: Path) -> bool:
     return isinstance(info, dict) and info.get("generator") == "lcr_sdk.synth"
 
 
+STAGING_PREFIX = ".synth-staging-"  # inside the set's own folder: "." and a mount point work too
+
+
 def _replace_set(root: Path, cfg: SynthConfig, progress: bool) -> None:
-    """Write a data set at ``root``: built in a staging folder, then renamed into place, so a killed run leaves
-    no half-written set and a set written earlier with other options is replaced whole (no stale images).
+    """Write a data set at ``root``: built in a hidden staging folder inside it, then moved into place with
+    ``synth.json`` last, so a killed run leaves no half-written set under that record, and a set written earlier
+    with other options is replaced whole (no stale images). Staging inside ``root`` (not beside it) lets ``root``
+    be the current folder or a mount point, under a parent this process may not write.
 
     Raises:
         DataError: ``root`` holds files that this module did not write (they are left alone).
+        InputError: ``root`` is a file or cannot be created.
     """
-    if root.exists() and not _is_synth_set(root) and any(root.iterdir()):
+    if root.exists() and not root.is_dir():
+        raise InputError(f"{root} is a file, not a folder; choose a folder to write the synthetic set into")
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise InputError(f"cannot create {root} ({e.strerror}); choose another output folder") from e
+    remove_stale_staging(root, STAGING_PREFIX)
+    entries = [p for p in root.iterdir() if not p.name.startswith(STAGING_PREFIX)]
+    if entries and not _is_synth_set(root):
         raise DataError(
             f"{root} holds files that lcr_sdk.synth did not write (no synth.json); they are left alone: "
             "choose another output folder or move them away"
         )
-    with staging_dir(root.parent, f".{root.name}-staging-") as stage:
+    with staging_dir(root, STAGING_PREFIX) as stage:
+        new = stage / "set"
         try:
-            generate(stage / "set", cfg, progress=progress)
+            generate(new, cfg, progress=progress)
         except OSError as e:  # a full disk: name the user's folder, never the hidden staging one
-            raise error_under_target(e, stage / "set", root) from e
-        if root.exists():
-            root.rename(stage / "old")  # removed with the staging folder
-        (stage / "set").rename(root)
+            raise error_under_target(e, new, root) from e
+        (stage / "old").mkdir()
+        for p in entries:  # the earlier set, removed with the staging folder (its record stays until replaced)
+            if p.name != "synth.json":
+                p.rename(stage / "old" / p.name)
+        for p in new.iterdir():
+            if p.name != "synth.json":
+                p.rename(root / p.name)
+        os.replace(new / "synth.json", root / "synth.json")  # last: the record says the set is complete

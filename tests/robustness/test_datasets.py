@@ -66,16 +66,27 @@ def test_a_kill_while_synth_writes_an_image_leaves_no_partial_file_under_its_nam
     args = [*_synth_args(out), "--image-size", "64"]
     r = subprocess.run([sys.executable, "-c", KILL_MID_WRITE, "5", *args], capture_output=True, timeout=300)
     assert r.returncode == -signal.SIGKILL, r.stderr  # the fault fired: killed in the middle of the 5th image
-    assert not out.exists()  # the set is built beside it and renamed into place whole: nothing half-made there
-    staged = sorted(p for p in tmp_path.rglob("*.png") if not p.name.startswith("."))
+    assert [p.name for p in out.iterdir() if not p.name.startswith(".")] == []  # the set is staged, hidden
+    staged = sorted(p for p in out.rglob("*.png") if not p.name.startswith("."))
     assert len(staged) == 4  # the 4 images written before the kill, and no 5th under its final name
     for p in staged:
         assert p.read_bytes().endswith(PNG_END) and cv2.imread(str(p)) is not None, p
     # the next run writes the whole set and clears what the killed one left behind
     r2 = runner.invoke(app, args)
     assert r2.exit_code == 0, r2.output
-    assert not [p for p in tmp_path.rglob(".*") if p.relative_to(tmp_path).parts[0] != "birds" or p.is_file()]
+    assert not list(tmp_path.rglob(".*"))  # the killed run's staging folder is gone
     assert len(list(out.rglob("*.png"))) == 2 * (3 + 2)
+
+    # into the current folder, as `lcr-sdk data synth .` (a folder that cannot be renamed: staged inside it)
+    here = tmp_path / "here"
+    here.mkdir()
+    cwd = os.getcwd()
+    try:
+        os.chdir(here)
+        r3 = runner.invoke(app, _synth_args(Path(".")))
+    finally:
+        os.chdir(cwd)
+    assert r3.exit_code == 0 and len(list(here.rglob("*.png"))) == 2 * (3 + 2), r3.output
 
 
 def test_synth_never_writes_into_a_folder_of_other_files(tmp_path):
