@@ -13,6 +13,7 @@ rule (:func:`lcr_sdk.images.resize_to`); cast, colour order and normalisation li
 
 from __future__ import annotations
 
+import numbers
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -90,7 +91,7 @@ class Attention:
     def overlay(self, image: Any, part: int | None = None, alpha: float = 0.5, color: str = "bgr") -> np.ndarray:
         """A BGR uint8 picture of the image with the mask (or part ``part``, its peak marked) as a heatmap;
         ``alpha`` in [0, 1] is the heatmap's weight (0: the image alone, 1: the heatmap alone)."""
-        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0.0 <= alpha <= 1.0:
+        if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real) or not 0.0 <= alpha <= 1.0:
             raise InputError(f"alpha={alpha!r} is not valid; give the heatmap's weight in [0, 1] (e.g. 0.5)")
         img = to_bgr(image, color)
         h, w = self.size
@@ -201,6 +202,11 @@ class Embedder:
                 + "; export one with `lcr-sdk export CKPT --out model.onnx` or pass a .pt checkpoint"
             )
         cls = backend_for(path, backend)
+        if providers is not None and "providers" not in cls.OPTIONS:
+            raise InputError(
+                f"providers= chooses ONNX Runtime execution providers; the {cls.name} backend that runs {path.name} "
+                "has none (leave it out, or use device=)"
+            )
         unknown = sorted(set(options) - set(cls.OPTIONS))
         if unknown:
             raise InputError(

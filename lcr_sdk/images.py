@@ -316,7 +316,7 @@ def decode_image(
 def _not_an_image(arr: np.ndarray, name: str) -> str:
     """Why bytes without an image header of a known format are not an image, as precisely as the bytes tell."""
     if arr.size == 0:
-        return f"{name} is empty (0 bytes; an interrupted copy or download?); re-copy or remove it"
+        return f"{name} is empty (0 bytes: an interrupted copy or download?); re-copy or remove it"
     if os.path.basename(name).startswith("._") and bytes(arr[:4]) == b"\x00\x05\x16\x07":
         return (
             f"{name} is a macOS metadata file (AppleDouble, '._' prefix), not an image; delete such files "
@@ -393,8 +393,10 @@ def _from_pil(image: Any) -> tuple[np.ndarray, str]:
     from PIL import ImageOps
 
     image = ImageOps.exif_transpose(image) or image
-    if image.mode.startswith("I"):  # "I;16", "I;16B", "I" (PIL's 16-bit gray): values 0..65535
-        return (np.asarray(image).astype(np.int64) >> 8).clip(0, 255).astype(np.uint8), "bgr"
+    if image.mode.startswith("I"):  # "I;16", "I;16B", "I": 16-bit gray (0..65535), or 8-bit values held as "I"
+        values = np.asarray(image).astype(np.int64)
+        wide = image.mode.startswith("I;16") or values.max(initial=0) > 255
+        return ((values >> 8) if wide else values).clip(0, 255).astype(np.uint8), "bgr"
     if image.mode == "F":
         raise InputError(
             "PIL image of mode 'F' (32-bit float) is not supported; convert it to 8 bits first "
@@ -555,8 +557,15 @@ def skip_list(skipped: Sequence[tuple[Any, str]], most: int = 5) -> str:
     """The first ``most`` files left out, each with why (each reason names its file; after the first, only the
     reason's first clause, without the advice it would repeat), and how many more: for one line of a report."""
     more = f"; and {len(skipped) - most} more" if len(skipped) > most else ""
-    shown = [reason if i == 0 else reason.split(";")[0] for i, (_, reason) in enumerate(skipped[:most])]
+    shown = [reason if i == 0 else _first_clause(str(path), reason) for i, (path, reason) in enumerate(skipped[:most])]
     return "; ".join(shown) + more
+
+
+def _first_clause(path: str, reason: str) -> str:
+    """``reason`` up to its first "; " after the file's name (a name may hold a semicolon itself)."""
+    start = len(path) if reason.startswith(path) else 0
+    cut = reason.find("; ", start)
+    return reason if cut < 0 else reason[:cut]
 
 
 def labelled_images(folder: str | os.PathLike[str]) -> tuple[list[Path], list[str]]:

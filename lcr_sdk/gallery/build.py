@@ -129,6 +129,8 @@ def _storable(
                 raise
             if on_unreadable is not None:
                 on_unreadable(r, str(e))
+            else:
+                log.warning("%s left out: %s", ascii(r), e)
             continue
         kept_paths.append(p)
         kept_rel.append(r)

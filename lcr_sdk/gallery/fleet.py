@@ -471,7 +471,8 @@ class FleetGallery:
         n = len(v)
         if crops is not None and (isinstance(crops, np.ndarray) or not isinstance(crops, Sequence)):
             raise InputError(f"crops must be a list of {n} images or None; got {type(crops).__name__}")
-        new_ids = item_ids(ids, n) or [uuid.uuid4().hex for _ in range(n)]
+        given = item_ids(ids, n)
+        new_ids = given if given is not None else [uuid.uuid4().hex for _ in range(n)]
         labs = item_labels(labels, n)
         meta = _check_metadata(metadata, n)
         crop_list = list(crops) if crops is not None else [None] * n

@@ -201,6 +201,8 @@ def test_bad_input_changes_nothing(backend, bad, match):
         g.add(_unit(1, 8), ids=["c"], metadata=[{"f": object()}])
     with pytest.raises(InputError, match="1 vectors but 2 ids"):
         g.add(_unit(1, 8), ids=["c", "d"])
+    with pytest.raises(InputError, match="1 vectors but 0 ids"):  # an empty list is a count, not "make ids"
+        g.add(_unit(1, 8), ids=[])
     assert sorted(g.ids) == ["a", "b"] and g.pending == 2
 
 

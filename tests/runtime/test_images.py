@@ -194,6 +194,17 @@ def test_the_limit_counts_a_jpeg_at_its_reduced_decode_size(tmp_path):
         read_image(path, min_size=(224, 224), limit=100_000)
 
 
+def test_a_skip_list_shows_each_file_whole_even_with_a_semicolon_in_its_name():
+    from lcr_sdk.images import skip_list
+
+    skipped = [(f"d/{n}.jpg", f"d/{n}.jpg is empty (0 bytes: an interrupted copy or download?); re-copy or remove it")
+               for n in ("a", "b;c", "e", "f", "g", "h")]  # fmt: skip
+    line = skip_list(skipped)
+    assert line.startswith("d/a.jpg is empty (0 bytes: an interrupted copy or download?); re-copy or remove it; ")
+    assert "; d/b;c.jpg is empty (0 bytes: an interrupted copy or download?); d/e.jpg" in line  # first clause only
+    assert line.endswith("; and 1 more") and line.count("re-copy") == 1
+
+
 def test_labelled_images_reads_a_label_folders_sub_folders_as_training_does(tmp_path):
     import cv2
 

@@ -130,6 +130,11 @@ def test_a_pil_image_embeds_as_its_file_does(emb, frames, tmp_path):
 
     with pytest.raises(InputError, match="mode 'F'"):
         emb.embed(Image.fromarray(np.ones((32, 32), np.float32)))
+    # 8-bit values held in PIL's 32-bit mode "I" stay as they are (only 16-bit ranges are scaled down)
+    gray8 = frames[2][:, :, 1]
+    np.testing.assert_allclose(
+        emb.embed(Image.fromarray(gray8.astype(np.int32), mode="I")), emb.embed(gray8), atol=ATOL
+    )
 
 
 def _orientation(value: int) -> bytes:
@@ -240,6 +245,7 @@ def test_attend_lcr(emb, frames):
     with pytest.raises(ValueError, match="part"):
         r.overlay(img, part=k)
     np.testing.assert_array_equal(r.overlay(img, alpha=0), img)  # alpha is the heatmap's weight
+    np.testing.assert_array_equal(r.overlay(img, alpha=np.float32(0.5)), over)  # numpy numbers are numbers
     for alpha in (5.0, -1, float("nan")):
         with pytest.raises(InputError, match=r"alpha=.* give the heatmap's weight in \[0, 1\]"):
             r.overlay(img, alpha=alpha)

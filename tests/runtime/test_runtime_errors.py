@@ -271,3 +271,9 @@ def test_a_closed_embedder_and_an_unknown_option_are_one_clear_error(lcr_onnx):
         InputError, match=r"intra_op_thread are not options of the onnxruntime backend.*intra_op_threads"
     ):
         Embedder(lcr_onnx, intra_op_thread=2)
+
+
+@pytest.mark.torch
+def test_providers_for_a_backend_without_them_is_refused(lcr_checkpoint):
+    with pytest.raises(InputError, match="providers= chooses ONNX Runtime execution providers; the torch backend"):
+        Embedder(lcr_checkpoint, providers=["CPUExecutionProvider"])
