@@ -91,8 +91,9 @@ class Calibration:
 
     def stale(self, items: int) -> bool:
         """Whether the gallery changed enough since (``items`` now) to recalibrate: by a fifth and by at least
-        :data:`REFRESH_MIN` items, or by any item when there is no threshold yet (such a gallery is small or
-        unlabelled, so calibrating again is cheap, and the item just added may be its second label)."""
+        :data:`REFRESH_MIN` items, or in size at all when there is no threshold yet (such a gallery is small or
+        unlabelled, so calibrating again is cheap, and the item just added may be its second label; the galleries
+        also drop such a calibration at any add or remove, which a count alone would miss)."""
         if self.threshold is None:
             return items != self.items
         return abs(items - self.items) >= max(REFRESH_MIN, REFRESH * self.items)

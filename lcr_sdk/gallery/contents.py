@@ -148,8 +148,11 @@ class Contents:
     # -- the slots ------------------------------------------------------------------------------------------------
 
     def changed(self) -> None:
-        """Forget what was derived from the slots (after any change)."""
+        """Forget what was derived from the slots (after any change), and a calibration without a threshold (one
+        changed item may be the second label; recomputing such a small or unlabelled gallery's is cheap)."""
         self._cache.clear()
+        if self.calibration is not None and self.calibration.threshold is None:
+            self.calibration = None
 
     @property
     def committed(self) -> int:

@@ -494,7 +494,13 @@ class FleetGallery:
         enc = [crop_chunks(c, f"crops[{j}]") if c is not None else [] for j, c in enumerate(crop_list)]
         for j, item_id in enumerate(new_ids):
             self._new[item_id] = FleetRow(v[j], labs[j], meta[j], enc[j])
+        self._forget_no_threshold()
         return new_ids
+
+    def _forget_no_threshold(self) -> None:
+        """After a change, drop a calibration without a threshold (it is computed again when next asked for)."""
+        if self._calibration is not None and self._calibration.threshold is None:
+            self._calibration = None
 
     def remove(self, ids: Sequence[Any] | str) -> int:
         """Remove items by id (pending until :meth:`commit`); unknown ids raise :class:`InputError` and nothing
@@ -509,6 +515,7 @@ class FleetGallery:
                 del self._new[i]
             if i in committed:
                 self._removed.add(i)
+        self._forget_no_threshold()
         return len(wanted)
 
     def enroll(

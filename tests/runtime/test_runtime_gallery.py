@@ -391,6 +391,12 @@ def test_calibration_with_single_item_labels_uses_impostor_scores_only():
     # a second label arriving: calibrated at once (a gallery without a threshold is recalibrated at any change)
     g2.add(v[5:8], labels=["other"] * 3)
     assert g2.threshold is not None and g2.calibration.items == 8
+    g3 = Gallery(64)  # the same count after a change (one removed, one of a new label added) counts as a change
+    first = g3.add(v[:5], labels=["same"] * 5)
+    assert g3.threshold is None
+    g3.remove(first[:1])
+    g3.add(v[6:7], labels=["other"])
+    assert g3.threshold is not None and g3.calibration.items == 5
 
 
 def test_a_model_that_does_not_separate_the_labels_gets_a_strict_threshold_and_is_called_weak():
