@@ -125,30 +125,39 @@ def _jpeg_size(b: bytes) -> tuple[str, int, int] | None:
     return None
 
 
-def jpeg_turned(b: bytes) -> bool:
-    """Whether a JPEG's EXIF orientation (APP1 ``Exif``, IFD0 tag 0x0112) turns it by 90 degrees (values 5-8), so
-    that the picture shown is the header's height wide; False where there is no such tag or it cannot be read."""
+def jpeg_orientation(b: bytes | np.ndarray) -> int:
+    """A JPEG's EXIF orientation (APP1 ``Exif``, IFD0 tag 0x0112: 1 upright ... 8), read from the markers before the
+    frame header as a decoder does (fill bytes skipped, a TIFF header checked); 1 where there is none or it cannot
+    be read."""
     i = 2
     while i + 4 <= len(b) and b[i] == 0xFF:
         marker = b[i + 1]
-        if marker in (0xD9, 0xDA) or 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
-            return False  # the frame header or the scan comes after the EXIF block, when there is one
-        (length,) = struct.unpack(">H", b[i + 2 : i + 4])
-        if marker == 0xE1 and b[i + 4 : i + 10] == b"Exif\0\0":
-            tiff = b[i + 10 : i + 2 + length]
-            try:
-                end = "<" if tiff[:2] == b"II" else ">"
-                (ifd,) = struct.unpack(end + "I", tiff[4:8])
-                (count,) = struct.unpack(end + "H", tiff[ifd : ifd + 2])
-                for k in range(count):
-                    tag, _, _, value = struct.unpack(end + "HHIH", tiff[ifd + 2 + 12 * k : ifd + 12 + 12 * k])
-                    if tag == 0x0112:
-                        return bool(5 <= value <= 8)
-            except struct.error:
-                return False
-            return False
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        if marker in (0xD9, 0xDA) or marker in _SOF:
+            return 1  # the EXIF block comes before the frame header, when there is one
+        (length,) = struct.unpack(">H", bytes(b[i + 2 : i + 4]))
+        if marker == 0xE1 and bytes(b[i + 4 : i + 10]) == b"Exif\0\0":
+            return _exif_orientation(bytes(b[i + 10 : i + 2 + length]))
         i += 2 + length
-    return False
+    return 1
+
+
+def _exif_orientation(tiff: bytes) -> int:
+    order = {b"II*\0": "<", b"MM\0*": ">"}.get(tiff[:4])
+    if order is None:
+        return 1  # not a TIFF header: decoders ignore such a block
+    try:
+        (ifd,) = struct.unpack(order + "I", tiff[4:8])
+        (count,) = struct.unpack(order + "H", tiff[ifd : ifd + 2])
+        for k in range(count):
+            tag, _, _, value = struct.unpack(order + "HHIH", tiff[ifd + 2 + 12 * k : ifd + 12 + 12 * k])
+            if tag == 0x0112:
+                return value if 1 <= value <= 8 else 1
+    except struct.error:
+        pass
+    return 1
 
 
 def _tiff_size(b: bytes) -> tuple[str, int, int] | None:
@@ -196,10 +205,10 @@ def read_image(
             pixels to make a 224 px input. Without it the full image is decoded.
         limit: most pixels to decode (after that reduction); None: :func:`max_pixels`.
         whole_blocks: with ``min_size``, decode as :func:`shrink_by_halves` would shrink the decoded array: the
-            factor chosen on the sides as shown (after the EXIF turn, read from the header), and only whole blocks
-            kept (a partial last row or column of blocks dropped; for a turned photo whose sides are not whole
-            multiples, the array's blocks and the decode's may then lie up to one block apart). What a model with
-            ``input.antialias`` reads; without it, the reduced decode of manifests before that field.
+            factor chosen on the sides as shown (after the EXIF turn, read from the header), only whole blocks kept
+            (a partial last row or column of blocks dropped), and a flipped or turned photo whose sides are not
+            whole blocks decoded whole (its partial block would lie where the array's blocks start). What a model
+            with ``input.antialias`` reads; without it, the reduced decode of manifests before that field.
 
     Raises:
         InputError: the file is missing, not a regular file (a folder, or a FIFO or device, which would block the
@@ -280,8 +289,7 @@ def decode_image(
     if header is None or min(header[1:]) < 1:
         raise InputError(_not_an_image(arr, name))
     fmt, w, h = header
-    turned = whole_blocks and fmt == "JPEG" and jpeg_turned(bytes(arr[:65536]))
-    factor = _reduction(fmt, w, h, arr.size, min_size, turned)
+    factor, turned = _decode_factor(arr, fmt, w, h, min_size, whole_blocks)
     cap = max_pixels() if limit is None else limit
     dw, dh = -(-w // factor), -(-h // factor)
     if dw * dh > cap:
@@ -304,8 +312,7 @@ def decode_image(
             "(a truncated or damaged file, such as an interrupted copy); re-save or remove it"
         )
     if factor > 1 and whole_blocks:  # a partial last block row or column dropped, as shrink_by_halves does
-        shown_h, shown_w = (w, h) if turned else (h, w)  # the header's sides before the EXIF turn
-        img = img[: max(1, shown_h // factor), : max(1, shown_w // factor)]
+        img = _whole_blocks(img, h, w, factor, turned)
     if min(img.shape[:2]) < MIN_SIDE:
         raise InputError(
             f"{name} is a {img.shape[1]}x{img.shape[0]} image, too small to embed; each side must be >= {MIN_SIDE} px"
@@ -332,6 +339,32 @@ def _side(cap: int, w: int, h: int) -> str:
     """The largest size of the same aspect ratio within ``cap`` pixels, as ``W x H``."""
     s = (cap / (w * h)) ** 0.5
     return f"{max(1, int(w * s))} x {max(1, int(h * s))}"
+
+
+def _decode_factor(
+    arr: np.ndarray, fmt: str, w: int, h: int, min_size: tuple[int, int] | None, whole_blocks: bool
+) -> tuple[int, bool]:
+    """(reduced-decode factor, whether the EXIF orientation turns the picture) for :func:`decode_image`."""
+    orientation = jpeg_orientation(arr) if whole_blocks and fmt == "JPEG" else 1
+    turned = orientation >= 5  # shown with the header's height as its width
+    factor = _reduction(fmt, w, h, arr.size, min_size, turned)
+    if factor > 1 and orientation not in (1, 5) and (h % factor or w % factor):
+        factor = 1  # a flip or turn puts the partial block at the top or left, where the array's blocks start: whole
+    return factor, turned
+
+
+def _whole_blocks(img: np.ndarray, h: int, w: int, factor: int, turned: bool) -> np.ndarray:
+    """A reduced decode without its partial last block row and column (the header's sides ``h`` x ``w``, before
+    any EXIF turn): the decoded shape says which way it was turned, the EXIF reading only where both ways give the
+    same shape."""
+    upright, sideways = (-(-h // factor), -(-w // factor)), (-(-w // factor), -(-h // factor))
+    if img.shape[:2] == upright and (upright != sideways or not turned):
+        keep = (h // factor, w // factor)
+    elif img.shape[:2] == sideways:
+        keep = (w // factor, h // factor)
+    else:
+        keep = img.shape[:2]
+    return img[: max(1, keep[0]), : max(1, keep[1])]
 
 
 def _reduction(fmt: str, w: int, h: int, nbytes: int, min_size: tuple[int, int] | None, turned: bool = False) -> int:

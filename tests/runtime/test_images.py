@@ -238,6 +238,23 @@ def test_a_reduced_decode_in_whole_blocks_never_shrinks_a_turned_photo_below_the
     assert full.shape[:2] == (4000, 1800)
     assert shrink_by_halves(full, 448, 224).shape[:2] == shrink_by_halves(img, 448, 224).shape[:2]
 
+    # the orientation read as the decoder reads it: after large segments and fill bytes; a block that is not TIFF
+    # ignored; a flip or half turn of sides that are not whole blocks decoded whole (its partial block would lie where
+    # the array's blocks start)
+    from lcr_sdk.images import jpeg_orientation
+
+    data = turned.read_bytes()
+    icc = b"\xff\xe2" + (65533).to_bytes(2, "big") + bytes(65531)  # an APP2 segment of 64 KiB, before the EXIF
+    assert jpeg_orientation(data[:2] + icc * 2 + b"\xff\xff" + data[2:]) == 6
+    assert jpeg_orientation(data.replace(b"Exif\0\0MM\0*", b"Exif\0\0MM\0+", 1)) == 1
+    for orientation, (rows, cols) in [(3, (1801, 4001)), (6, (1801, 4001))]:
+        exif[0x0112] = orientation
+        odd = tmp_path / f"odd{orientation}.jpg"
+        Image.fromarray(_photo(rows, cols)).save(odd, exif=exif.tobytes(), quality=95)
+        arr, by_path = read_image(odd), read_image(odd, min_size=(224, 224), whole_blocks=True)
+        a, b = shrink_by_halves(arr, 224, 224), shrink_by_halves(by_path, 224, 224)
+        assert a.shape == b.shape and np.abs(a.astype(int) - b).mean() < 1.5, (orientation, a.shape, b.shape)
+
     square = tmp_path / "square.jpg"  # 1999 x 2000: both sides are 250 blocks of 8, rounded up
     Image.fromarray(_photo(1999, 2000)).save(square, quality=95)
     assert read_image(square, min_size=(64, 64), whole_blocks=True).shape[:2] == (249, 250)
