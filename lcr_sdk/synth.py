@@ -534,11 +534,36 @@ def _replace_set(root: Path, cfg: SynthConfig, progress: bool) -> None:
             generate(new, cfg, progress=progress)
         except OSError as e:  # a full disk: name the user's folder, never the hidden staging one
             raise error_under_target(e, new, root) from e
-        (stage / "old").mkdir()
-        for p in entries:  # the earlier set, removed with the staging folder (its record stays until replaced)
+        _install(root, new, stage / "old", cfg)
+
+
+def _install(root: Path, new: Path, old: Path, cfg: SynthConfig) -> None:
+    """Move the set built at ``new`` into ``root``, the earlier one into ``old`` (removed with the staging folder).
+
+    First the record is replaced by one that says "a synthetic set, incomplete", so a run stopped while the folders
+    move leaves a set that is never reused (the next run replaces it whole); the real record comes last. Another run
+    may have written ``root`` while this one generated: it is looked at again here.
+    """
+    if matches(root, cfg):
+        return  # another run installed this very set meanwhile
+    entries = [p for p in root.iterdir() if not p.name.startswith(STAGING_PREFIX)]
+    if entries and not _is_synth_set(root):
+        raise DataError(
+            f"{root} now holds files that lcr_sdk.synth did not write (no synth.json); they are left alone: "
+            "choose another output folder or move them away"
+        )
+    atomic_write_text(root / "synth.json", json.dumps({"generator": "lcr_sdk.synth", "complete": False}))
+    old.mkdir()
+    try:
+        for p in entries:
             if p.name != "synth.json":
-                p.rename(stage / "old" / p.name)
+                p.rename(old / p.name)
         for p in new.iterdir():
             if p.name != "synth.json":
                 p.rename(root / p.name)
-        os.replace(new / "synth.json", root / "synth.json")  # last: the record says the set is complete
+    except OSError as e:  # another run moving its set in at the same moment
+        raise DataError(
+            f"{root} changed while this run moved its set in ({e.strerror}); another run is writing it: run again "
+            "when it has finished"
+        ) from e
+    os.replace(new / "synth.json", root / "synth.json")  # last: the record says the set is complete

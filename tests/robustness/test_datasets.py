@@ -230,3 +230,30 @@ def test_eval_on_a_data_folder_with_a_damaged_synth_json_is_one_line(tmp_path, s
     assert r.exit_code == 1 and "Traceback" not in r.output, r.output
     lines = [ln for ln in r.output.splitlines() if ln.startswith("Error: ")]
     assert len(lines) == 1 and "synth.json" in lines[0] and "lcr-sdk data synth" in lines[0], r.output
+
+
+def test_a_stop_while_a_set_moves_in_leaves_a_set_that_is_never_reused(tmp_path, monkeypatch):
+    """Replacing a synthetic set with another moves folders one by one: a stop in the middle (injected at the first
+    move of the new set, a fixed point, not timing) must not leave the old record over a missing or mixed set."""
+    from lcr_sdk.errors import DataError
+    from lcr_sdk.synth import SynthConfig, generate_set, load_meta, matches
+
+    root = tmp_path / "birds"
+    first, second = SynthConfig(2, 3, 2, 64, seed=1), SynthConfig(2, 4, 2, 64, seed=1)
+    generate_set(root, first, progress=False)
+    real = Path.rename
+
+    def stop_at_the_new_set(self, target):
+        if ".synth-staging-" in str(self) and f"{os.sep}set{os.sep}" in str(self):
+            raise KeyboardInterrupt
+        return real(self, target)
+
+    monkeypatch.setattr(Path, "rename", stop_at_the_new_set)
+    with pytest.raises(KeyboardInterrupt):
+        generate_set(root, second, progress=False)
+    monkeypatch.undo()
+    assert not matches(root, first) and not matches(root, second)  # reused as neither
+    with pytest.raises(DataError, match="regenerate the set"):
+        load_meta(root)  # a reader is told, not handed a half set
+    generate_set(root, first, progress=False)  # the next run replaces it whole
+    assert matches(root, first) and len(list(root.rglob("*.png"))) == 2 * (3 + 2)
