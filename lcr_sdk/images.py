@@ -596,7 +596,8 @@ def skip_list(skipped: Sequence[tuple[Any, str]], most: int = 5) -> str:
 
 def _first_clause(path: str, reason: str) -> str:
     """``reason`` up to its first "; " after the file's name (a name may hold a semicolon itself)."""
-    start = len(path) if reason.startswith(path) else 0
+    at = reason.find(path)  # the reason may name the file by a longer path than the caller's (relative) one
+    start = at + len(path) if at >= 0 else 0
     cut = reason.find("; ", start)
     return reason if cut < 0 else reason[:cut]
 

@@ -203,6 +203,14 @@ def test_a_skip_list_shows_each_file_whole_even_with_a_semicolon_in_its_name():
     assert line.startswith("d/a.jpg is empty (0 bytes: an interrupted copy or download?); re-copy or remove it; ")
     assert "; d/b;c.jpg is empty (0 bytes: an interrupted copy or download?); d/e.jpg" in line  # first clause only
     assert line.endswith("; and 1 more") and line.count("re-copy") == 1
+    # a report that lists files by their path relative to a folder, while each reason names the whole path
+    rel = [
+        ("robin/b; c.jpg", "/data/robin/b; c.jpg is empty (0 bytes: a copy?); re-copy"),
+        ("e.jpg", "/data/e.jpg is empty"),
+    ]
+    assert skip_list([("a.jpg", "a.jpg is bad; fix it"), *rel]).endswith(
+        "; /data/robin/b; c.jpg is empty (0 bytes: a copy?); /data/e.jpg is empty"
+    )
 
 
 def test_labelled_images_reads_a_label_folders_sub_folders_as_training_does(tmp_path):
