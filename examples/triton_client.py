@@ -24,7 +24,7 @@ import numpy as np
 
 from lcr_sdk import LcrError
 from lcr_sdk.errors import InputError, MissingDependencyError, ModelError
-from lcr_sdk.images import read_image, resize_to
+from lcr_sdk.images import read_image, resize_for
 from lcr_sdk.manifest import Manifest
 
 MANIFEST_FILE = "lcr-sdk.json"  # written by `lcr-sdk export ... --triton` (lcr_sdk.export.triton)
@@ -50,10 +50,7 @@ def load_manifest(model_dir: Path) -> Manifest:
 def prepare(paths: list[Path], m: Manifest) -> np.ndarray:
     """uint8 N x H x W x 3 BGR, resized by the manifest's rule: what the graph's input takes."""
     spec = m.input
-    frames = [
-        resize_to(read_image(p), spec.height, spec.width, spec.resize, spec.interpolation, spec.antialias)
-        for p in paths
-    ]
+    frames = [resize_for(read_image(p), spec) for p in paths]
     return np.ascontiguousarray(np.stack(frames))
 
 

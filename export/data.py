@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from lcr_sdk.errors import DataError, InputError
-from lcr_sdk.images import IMAGE_SUFFIXES, list_images, read_image, resize_to
+from lcr_sdk.images import IMAGE_SUFFIXES, list_images, read_image, resize_for
 from lcr_sdk.manifest import Manifest
 
 
@@ -50,7 +50,7 @@ def load_images(paths: list[Path], manifest: Manifest, purpose: str) -> tuple[np
         except InputError:
             bad.append(p)
             continue
-        images.append(resize_to(img, spec.height, spec.width, spec.resize, spec.interpolation, spec.antialias))
+        images.append(resize_for(img, spec))
         used.append(p)
     if not images:
         raise DataError(

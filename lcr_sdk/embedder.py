@@ -29,7 +29,7 @@ cv2 = import_platform("cv2")  # OpenCV: the cpu/gpu extra, or the platform's own
 
 from lcr_sdk.backends.base import Backend, backend_for  # noqa: E402
 from lcr_sdk.fileio import sha256_file  # noqa: E402
-from lcr_sdk.images import check_color, crop_box, heatmap_overlay, resize_to, to_bgr  # noqa: E402
+from lcr_sdk.images import check_color, crop_box, heatmap_overlay, resize_for, to_bgr  # noqa: E402
 from lcr_sdk.manifest import Manifest  # noqa: E402
 
 
@@ -259,8 +259,8 @@ class Embedder:
         if isinstance(image, (str, os.PathLike, bytes, bytearray, memoryview)):  # a file decodes to BGR
             legacy = self.manifest.format_version < 2
             min_size = (spec.height, spec.width) if spec.antialias or legacy else None
-            image, color = to_bgr(image, min_size=min_size, whole_blocks=spec.antialias), "bgr"
-        return resize_to(to_bgr(image, color), spec.height, spec.width, spec.resize, spec.interpolation, spec.antialias)
+            return resize_for(to_bgr(image, min_size=min_size, whole_blocks=spec.antialias), spec)
+        return resize_for(to_bgr(image, color), spec)
 
     def infer(self, batch: Any) -> dict[str, Any]:
         """Run ready batches (uint8 N x H x W x 3 BGR at the model size, numpy or a torch tensor): raw outputs.

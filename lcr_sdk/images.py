@@ -569,6 +569,12 @@ def resize_to(
     return image[top : top + height, left : left + width]
 
 
+def resize_for(image: np.ndarray, spec: Any) -> np.ndarray:
+    """:func:`resize_to` by a manifest's input spec (:class:`~lcr_sdk.manifest.InputSpec`: its size, resize rule,
+    interpolation and ``antialias``): the host preprocessing every reader of a model shares."""
+    return resize_to(image, spec.height, spec.width, spec.resize, spec.interpolation, spec.antialias)
+
+
 def list_images(folder: str | os.PathLike[str], recursive: bool = False) -> list[Path]:
     """Image files in ``folder`` (and its sub-folders with ``recursive``), sorted by path.
 

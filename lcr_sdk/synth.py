@@ -484,6 +484,7 @@ def generate_set(root: str | Path, cfg: SynthConfig, progress: bool = True) -> P
     """Write one data set at ``root``, or keep the one already there if it was written with the same options (a
     set written with other options is replaced whole); returns ``root``. :func:`generate_protocol` calls it for
     each of its two sets; a run that needs only one (the quickstart's target) calls it alone."""
+    check_config(cfg)  # before any folder is made
     root = Path(root)
     root.parent.mkdir(parents=True, exist_ok=True)
     if matches(root, cfg):
@@ -522,12 +523,7 @@ def _replace_set(root: Path, cfg: SynthConfig, progress: bool) -> None:
     except OSError as e:
         raise InputError(f"cannot create {root} ({e.strerror}); choose another output folder") from e
     remove_stale_staging(root, STAGING_PREFIX)
-    entries = [p for p in root.iterdir() if not p.name.startswith(STAGING_PREFIX)]
-    if entries and not _is_synth_set(root):
-        raise DataError(
-            f"{root} holds files that lcr_sdk.synth did not write (no synth.json); they are left alone: "
-            "choose another output folder or move them away"
-        )
+    _earlier_set(root)
     with staging_dir(root, STAGING_PREFIX) as stage:
         new = stage / "set"
         try:
@@ -535,6 +531,21 @@ def _replace_set(root: Path, cfg: SynthConfig, progress: bool) -> None:
         except OSError as e:  # a full disk: name the user's folder, never the hidden staging one
             raise error_under_target(e, new, root) from e
         _install(root, new, stage / "old", cfg)
+
+
+def _earlier_set(root: Path) -> list[Path]:
+    """What ``root`` holds besides staging folders: nothing, or a set this module wrote.
+
+    Raises:
+        DataError: anything else (it is left alone).
+    """
+    entries = [p for p in root.iterdir() if not p.name.startswith(STAGING_PREFIX)]
+    if entries and not _is_synth_set(root):
+        raise DataError(
+            f"{root} holds files that lcr_sdk.synth did not write (no synth.json); they are left alone: "
+            "choose another output folder or move them away"
+        )
+    return entries
 
 
 def _install(root: Path, new: Path, old: Path, cfg: SynthConfig) -> None:
@@ -546,12 +557,7 @@ def _install(root: Path, new: Path, old: Path, cfg: SynthConfig) -> None:
     """
     if matches(root, cfg):
         return  # another run installed this very set meanwhile
-    entries = [p for p in root.iterdir() if not p.name.startswith(STAGING_PREFIX)]
-    if entries and not _is_synth_set(root):
-        raise DataError(
-            f"{root} now holds files that lcr_sdk.synth did not write (no synth.json); they are left alone: "
-            "choose another output folder or move them away"
-        )
+    entries = _earlier_set(root)
     atomic_write_text(root / "synth.json", json.dumps({"generator": "lcr_sdk.synth", "complete": False}))
     old.mkdir()
     try:

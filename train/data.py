@@ -20,7 +20,8 @@ import torch
 from torch.utils.data import Dataset
 
 from lcr_sdk.errors import DataError, InputError
-from lcr_sdk.images import IMAGE_SUFFIXES, list_images, read_image, resize_to, shrink_by_halves, skip_list
+from lcr_sdk.images import IMAGE_SUFFIXES, list_images, read_image, resize_for, shrink_by_halves, skip_list
+from lcr_sdk.manifest import InputSpec
 from lcr_sdk.train.config import check_on_bad
 
 CACHE_LIMIT_BYTES = 4 << 30  # keep decoded images in memory while they take less than this
@@ -327,27 +328,16 @@ def _fitted(h: int, w: int, height: int, width: int) -> tuple[int, int]:
     return min(height, max(1, round(h * scale))), min(width, max(1, round(w * scale)))
 
 
-def eval_batches(
-    split: Split,
-    size: int | tuple[int, int],
-    batch_size: int = 64,
-    resize: str = "short_side_center_crop",
-    interpolation: str = "linear",
-    antialias: bool = False,
-) -> Iterator[torch.Tensor]:
+def eval_batches(split: Split, spec: InputSpec, batch_size: int = 64) -> Iterator[torch.Tensor]:
     """Yield uint8 N x H x W x 3 BGR batches as the deployed model receives them.
 
     Args:
         split: the images.
-        size: the model's input side, or (H, W).
+        spec: the model's input (``Manifest.input``): its size and resize rule, so evaluation sees what deployment
+            sees.
         batch_size: images per batch.
-        resize, interpolation, antialias: the manifest's rule (``Manifest.input``), so evaluation sees what
-            deployment sees.
     """
-    height, width = (size, size) if isinstance(size, int) else size
     for start in range(0, len(split), batch_size):
         idx = range(start, min(start + batch_size, len(split)))
         imgs = [split.images[i] if split.images is not None else read_image(split.paths[i]) for i in idx]
-        yield torch.from_numpy(
-            np.stack([resize_to(im, height, width, resize, interpolation, antialias) for im in imgs])
-        )
+        yield torch.from_numpy(np.stack([resize_for(im, spec) for im in imgs]))

@@ -56,9 +56,7 @@ def embed_split(
     spec = deploy_input(net, size)
     model = DeployModel(net).to(device).eval()
     embs, masks = [], []
-    for batch in eval_batches(
-        split, (spec.height, spec.width), resize=spec.resize, interpolation=spec.interpolation, antialias=spec.antialias
-    ):
+    for batch in eval_batches(split, spec):
         out = model(batch.to(device))
         embs.append(out[0].float().cpu())
         masks.append(out[1].float().cpu())

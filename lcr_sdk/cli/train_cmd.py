@@ -66,12 +66,9 @@ def synth(
     OUT must be new, empty, or a synthetic set written earlier (replaced whole when its options differ): a folder
     holding anything else, such as your own images, is refused and left alone.
     """
-    from lcr_sdk.synth import SynthConfig, check_config, generate_set, matches
+    from lcr_sdk.synth import SynthConfig, generate_set, matches
 
     cfg = SynthConfig(classes, train_per_class, test_per_class, image_size, difficulty, seed)
-    check_config(cfg)
-    if out.exists() and not out.is_dir():
-        raise InputError(f"{out} is a file, not a folder; choose a new folder to write the synthetic set into")
     if matches(out, cfg):
         typer.echo(f"{out} already holds this synthetic set (same options and seed); nothing written")
         return

@@ -127,15 +127,20 @@ def _storable(
         except InputError as e:
             if on_bad == "fail":
                 raise
-            if on_unreadable is not None:
-                on_unreadable(r, str(e))
-            else:
-                log.warning("%s left out: %s", ascii(r), e)
+            _left_out(r, e, on_unreadable)
             continue
         kept_paths.append(p)
         kept_rel.append(r)
         kept_labels.append(lab)
     return kept_paths, kept_rel, kept_labels
+
+
+def _left_out(rel: str, why: Exception, on_unreadable: Callable[[str, str], None] | None) -> None:
+    """Report an image left out (``on_bad="skip"``): to the caller's callback, else as a log warning."""
+    if on_unreadable is not None:
+        on_unreadable(rel, str(why))
+    else:
+        log.warning("%s left out: %s", rel.encode("utf-8", "backslashreplace").decode("utf-8"), why)  # any name
 
 
 def _readable(
@@ -155,10 +160,7 @@ def _readable(
         except InputError as e:
             if on_bad == "fail":
                 raise InputError(f"{e}; or pass --on-bad skip (on_bad='skip') to leave unreadable images out") from e
-            if on_unreadable is not None:
-                on_unreadable(r, str(e))
-            else:
-                log.warning("%s left out: %s", r, e)
+            _left_out(r, e, on_unreadable)
             continue
         kept_rel.append(r)
         kept_labs.append(lab)

@@ -328,7 +328,8 @@ def search_with_index(
         head = merge([head, exact(q, blocks, k, ok, start=m)], k)
     # An approximate index may return fewer candidates than asked (HNSW with a selector, a large k): a row short of
     # min(k, live allowed items) is answered exactly, so "k hits" holds whenever the gallery has k.
-    short = np.flatnonzero((head[0] >= 0).sum(axis=1) < min(k, int(ok.sum())))
+    found = (head[0] >= 0).sum(axis=1)
+    short = np.flatnonzero(found < min(k, int(ok.sum()))) if (found < k).any() else found[:0]  # counted only then
     if len(short):
         slots, scores = _widen(head, k)
         slots[short], scores[short] = _widen(exact(q[short], blocks, k, ok), k)
