@@ -240,7 +240,7 @@ class LiveSource(Source):
         index, attempt = 0, 0
         while not self._stop.is_set():
             if reader is None:
-                delay = min(self._backoff[0] * 2 ** max(attempt - 1, 0), self._backoff[1])
+                delay = min(self._backoff[0] * 2**attempt, self._backoff[1])  # 0.5, 1, 2, ... s by default
                 if self._max_retries is not None and attempt >= self._max_retries:
                     self._set_status(f"gave up after {attempt} reconnection attempts")
                     break
