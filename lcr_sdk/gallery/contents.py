@@ -225,11 +225,11 @@ class Contents:
             yield (r[0] + c, *r[1:])
 
     def slot_of(self, item_id: str) -> int | None:
+        hit = store.rows_of_ids(self.pending.db, [item_id])
+        if hit:  # a pending item, possibly re-using the id of a committed item removed here
+            return self.committed + hit[item_id]
         if item_id in self.pending.removed:
             return None
-        hit = store.rows_of_ids(self.pending.db, [item_id])
-        if hit:
-            return self.committed + hit[item_id]
         if self.saved is not None:
             hit = store.rows_of_ids(self.saved.ver.conn, [item_id])
             if hit and hit[item_id] < self.saved.count and self.saved.alive[hit[item_id]]:
@@ -317,7 +317,7 @@ class Contents:
                 if first >= end:
                     block = max(ID_BLOCK, need)
                     with store.GalleryLock(self.saved.root).hold(True):
-                        first = self.saved.ver.reserve_ids(block, self.next_id)
+                        first = self.saved.reserve_ids(block, self.next_id)
                     end = first + block
                 take = min(need, end - first)
                 self.reserved = (first + take, end)
@@ -371,7 +371,8 @@ class Contents:
         alive, c = self.alive(), self.committed
         found: list[int] = []
         if self.saved is not None:
-            found += [r for r in store.same_label(self.saved.ver.conn, label, start, limit) if alive[r]]
+            rows = store.same_label(self.saved.ver.conn, label, start, limit)
+            found += [r for r in rows if r < c and alive[r]]  # rows committed elsewhere since the last sync: not yet
         pend = store.same_label(self.pending.db, label, max(0, start - c), limit)
         return (found + [r + c for r in pend])[:limit]
 
@@ -445,6 +446,8 @@ class Contents:
         """Take the saved gallery's fields that other processes may have changed."""
         meta = saved.meta
         self.next_id = max(self.next_id, meta.next_id)
+        # an item removed here and also by another process is no longer a change to make
+        self.pending.removed = {i: s for i, s in self.pending.removed.items() if s < saved.count and saved.alive[s]}
         if meta.calibration is not None:
             try:
                 self.calibration = Calibration.from_dict(meta.calibration)

@@ -272,7 +272,8 @@ class Gallery:
         self._contents.image_root = value
 
     def __len__(self) -> int:
-        return len(self._contents)
+        with self._mutex:  # another thread's commit may be replacing the store under it
+            return len(self._contents)
 
     @property
     def path(self) -> Path | None:
@@ -282,7 +283,8 @@ class Gallery:
     @property
     def pending(self) -> int:
         """Changes (added or removed items) not yet committed."""
-        return self._contents.pending.changes
+        with self._mutex:
+            return self._contents.pending.changes
 
     # -- reading ----------------------------------------------------------------------------------------------
 
@@ -318,7 +320,8 @@ class Gallery:
             return None if slot is None else self._contents.take(np.array([slot]))[0]
 
     def __contains__(self, item_id: object) -> bool:
-        return isinstance(item_id, str) and self._contents.slot_of(item_id) is not None
+        with self._mutex:
+            return isinstance(item_id, str) and self._contents.slot_of(item_id) is not None
 
     def image_path(self, item_id: str) -> Path | None:
         """Where an item's image file is: its ``path`` metadata, relative to :attr:`image_root` (None if none).

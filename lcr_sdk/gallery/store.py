@@ -926,6 +926,19 @@ class Saved:
             )
         self.sync()
 
+    def reserve_ids(self, n: int, floor: int) -> int:
+        """Reserve ``n`` automatic ids in the gallery's current version (the caller holds the exclusive lock):
+        this view's version may have been replaced since (a compaction elsewhere), and a reservation written into a
+        replaced version would be lost."""
+        folder = current_version(self.root)
+        if folder.name == self.ver.name:
+            return self.ver.reserve_ids(n, floor)
+        ver = Version(self.root, folder)
+        try:
+            return ver.reserve_ids(n, floor)
+        finally:
+            ver.close()
+
     def checkpoint_if_full(self) -> None:
         """Move a full tail into the vector file (an append)."""
         if self.meta.count - self.meta.synced >= TAIL_ROWS:

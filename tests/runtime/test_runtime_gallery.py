@@ -232,6 +232,83 @@ def test_commits_from_two_gallery_objects_merge(tmp_path):
     assert len(Gallery.load(tmp_path / "g")) == 8 and a.pending == 1
 
 
+def test_an_id_removed_and_added_again_before_commit_is_the_new_item(tmp_path):
+    v = _unit(3, 8)
+    g = Gallery(8)
+    g.add(v[:2], ids=["a", "b"], labels=["x", "y"])
+    g.save(tmp_path / "g")
+    g.remove("a")
+    g.add(v[2], ids=["a"], labels=["z"])  # what a sync does with an item changed elsewhere
+    assert "a" in g and len(g) == 2 and sorted(g.ids) == ["a", "b"]
+    np.testing.assert_allclose(g.vector("a"), v[2], atol=1e-6)
+    g.commit()
+    again = Gallery.load(tmp_path / "g")
+    assert again.labels[again.ids.index("a")] == "z"
+    np.testing.assert_allclose(again.vector("a"), v[2], atol=1e-6)
+
+
+def test_views_of_one_gallery_stay_consistent_with_each_others_commits(tmp_path):
+    v = _unit(60, 8)
+    g = Gallery(8)
+    g.add(v[:6], labels=["x", "x", "x", "y", "y", "y"])
+    g.save(tmp_path / "g")
+    a, b = Gallery.load(tmp_path / "g"), Gallery.load(tmp_path / "g")
+    # rows b commits share the SQLite file a reads: a's calibration must not index them into its older view
+    b.add(v[6:46], labels=["x"] * 20 + ["y"] * 20)
+    b.commit()
+    a.add(v[46:50], labels=["x", "x", "y", "y"])
+    assert a.calibrate(0).genuine > 0 and a.search(v[0], k=3, threshold="auto") is not None
+    # both remove the same item; b commits first: a's count counts the removal once
+    a.remove("0")
+    b.remove("0")
+    b.commit()
+    assert a.refresh() and len(a) == len(b) + 4 and a.pending == 4
+    a.commit()
+    assert len(a) == len(Gallery.load(tmp_path / "g")) == 49
+
+
+def test_automatic_ids_stay_unique_after_another_process_compacts(tmp_path):
+    g = Gallery(8)
+    g.add(_unit(4, 8))
+    g.save(tmp_path / "g")
+    a, b = Gallery.load(tmp_path / "g"), Gallery.load(tmp_path / "g")
+    b.remove("0")
+    b.commit()
+    b.compact()  # a new version folder replaces the one a loaded
+    ids_a, ids_b = a.add(_unit(2, 8, seed=1)), b.add(_unit(2, 8, seed=2))
+    assert not set(ids_a) & set(ids_b)
+    b.commit()
+    a.commit()  # no clash
+    assert len(Gallery.load(tmp_path / "g")) == 7
+
+
+def test_membership_and_size_can_be_asked_while_another_thread_commits(tmp_path):
+    import threading
+
+    g = Gallery(8)
+    g.add(_unit(50, 8))
+    g.save(tmp_path / "g")
+    errors: list[str] = []
+    stop = threading.Event()
+
+    def reader():
+        while not stop.is_set():
+            try:
+                assert ("7" in g) and len(g) == 50 and g.pending == 0
+            except Exception as e:  # a closed connection under it, or a half-swapped state
+                errors.append(repr(e))
+
+    t = threading.Thread(target=reader)
+    t.start()
+    try:
+        for _ in range(40):
+            g.compact()  # closes the old version's SQLite connection each time
+    finally:
+        stop.set()
+        t.join()
+    assert errors == []
+
+
 def _write_v1(root, vectors, ids, labels, metadata, **header):
     """A gallery laid out exactly as lcr-sdk 0.1 saved it (format 1), built by hand."""
     import json
