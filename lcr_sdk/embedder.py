@@ -143,15 +143,18 @@ def _to_image(
     maps = np.asarray(maps, np.float32)
     c, fh, fw = maps.shape
     xi0, xi1, fx = _axis(fw, x1 - x0)
-    horizontal = maps[:, :, xi0] * (1 - fx) + maps[:, :, xi1] * fx  # C x fh x (x1 - x0): small
+    # a letterbox's box reaches past the image (x0 < 0 or x1 > w): keep the columns inside it
+    cx0, cx1 = max(x0, 0), min(x1, w)
+    xi0, xi1, fx = xi0[cx0 - x0 : cx1 - x0], xi1[cx0 - x0 : cx1 - x0], fx[cx0 - x0 : cx1 - x0]
+    horizontal = maps[:, :, xi0] * (1 - fx) + maps[:, :, xi1] * fx  # C x fh x (cx1 - cx0): small
     rows = np.arange(h) if rows is None else rows
     out = np.zeros((c, len(rows), w), np.float32)
     inside = (rows >= y0) & (rows < y1)
-    if inside.any():
+    if inside.any() and cx1 > cx0:
         yi0, yi1, fy = _axis(fh, y1 - y0)
         local = rows[inside] - y0
         wy = fy[local][None, :, None]
-        out[:, inside, x0:x1] = horizontal[:, yi0[local]] * (1 - wy) + horizontal[:, yi1[local]] * wy
+        out[:, inside, cx0:cx1] = horizontal[:, yi0[local]] * (1 - wy) + horizontal[:, yi1[local]] * wy
     return out
 
 
@@ -365,8 +368,8 @@ class Embedder:
             x0, y0, x1, y1 = box
             for k, g in enumerate(grid):
                 iy, ix = np.unravel_index(int(np.argmax(g)), g.shape)  # the feature cell with the strongest response
-                x = int(min(w - 1, x0 + (ix + 0.5) * (x1 - x0) / fw))
-                y = int(min(h - 1, y0 + (iy + 0.5) * (y1 - y0) / fh))
+                x = int(np.clip(x0 + (ix + 0.5) * (x1 - x0) / fw, 0, w - 1))  # a letterbox cell may be padding
+                y = int(np.clip(y0 + (iy + 0.5) * (y1 - y0) / fh, 0, h - 1))
                 peaks.append((k, x, y, float(g[iy, ix])))
         return Attention(out["embedding"][0].astype(np.float32), mask_grid, peaks, grid, box, (h, w))
 

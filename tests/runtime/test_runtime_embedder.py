@@ -425,3 +425,27 @@ def test_mask_matches_opencv_bilinear_resize_onto_the_crop(emb, frames):
     ref = cv2.resize(r.mask_grid, (x1 - x0, y1 - y0), interpolation=cv2.INTER_LINEAR)
     np.testing.assert_allclose(r.mask[y0:y1, x0:x1], ref, atol=1e-5)
     assert r.mask.shape == (h, w) and not r.mask[:, :x0].any() and not r.mask[:, x1:].any()
+
+
+@pytest.mark.parametrize("size", [(40, 80), (80, 40), (64, 64)])
+def test_letterbox_maps_of_wide_tall_and_square_images_are_transposes_of_each_other(size):
+    """A letterbox model's box reaches past a narrow side of the image; the maps keep the part inside it."""
+    from lcr_sdk.embedder import Attention
+    from lcr_sdk.images import crop_box
+
+    h, w = size
+    grid = np.random.default_rng(0).random((3, 7, 7)).astype(np.float32)
+    wide = Attention(np.ones(4, np.float32), grid[0], [], grid, crop_box(h, w, 224, 224, "letterbox"), (h, w))
+    tall = Attention(
+        np.ones(4, np.float32),
+        grid[0].T.copy(),
+        [],
+        grid.transpose(0, 2, 1).copy(),
+        crop_box(w, h, 224, 224, "letterbox"),
+        (w, h),
+    )
+    np.testing.assert_allclose(tall.mask, wide.mask.T, atol=1e-6)
+    np.testing.assert_allclose(tall.parts, wide.parts.transpose(0, 2, 1), atol=1e-6)
+    assert wide.mask.shape == (h, w) and wide.mask.min() > 0  # the whole image is inside the letterbox
+    picture = tall.overlay(np.zeros((w, h, 3), np.uint8))
+    assert picture.shape == (w, h, 3) and picture.any()
