@@ -456,5 +456,9 @@ class Contents:
         self.changed()
 
     def close(self) -> None:
+        """Close the saved gallery's files and drop every array that maps them."""
         if self.saved is not None:
             self.saved.close()
+            self.saved = None
+        self.pending.clear()
+        self._cache.clear()

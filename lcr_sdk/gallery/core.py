@@ -229,14 +229,20 @@ class Gallery:
         store.check_dtype(dtype)
         spec = parse_index(index, dim)
         self._mutex = threading.RLock()
-        self._contents = Contents(dim, dtype, model_sha256, index)
+        self._held: Contents | None = Contents(dim, dtype, model_sha256, index)
         self._searcher = Searcher(spec, dim)
 
     @classmethod
     def _of(cls, contents: Contents, searcher: Searcher) -> Gallery:
         g = cls.__new__(cls)
-        g._mutex, g._contents, g._searcher = threading.RLock(), contents, searcher
+        g._mutex, g._held, g._searcher = threading.RLock(), contents, searcher
         return g
+
+    @property
+    def _contents(self) -> Contents:
+        if self._held is None:
+            raise InputError("this gallery was closed; load it again (Gallery.load(folder)) to use it")
+        return self._held
 
     # -- what it is -------------------------------------------------------------------------------------------
 
@@ -686,11 +692,23 @@ class Gallery:
                 raise store.damaged(where, f"{n} items in its tables but {len(c)} live slots")
 
     def close(self) -> None:
-        """Release the saved gallery's files (the object stays usable in memory only after this)."""
+        """Release the gallery's files and memory; any later use raises :class:`InputError` (load it again).
+        Pending changes are dropped: commit first. Closing twice is harmless."""
         with self._mutex:
-            self._contents.close()
+            if self._held is not None:
+                self._held.close()
+                self._held = None
+                self._searcher.index = None
+
+    def __enter__(self) -> Gallery:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def __repr__(self) -> str:
+        if self._held is None:
+            return "Gallery(closed)"
         where = f", path={str(self.path)!r}" if self.path is not None else ""
         return (
             f"Gallery({len(self)} x {self.dim} {self.dtype}, index={self.index!r}, "

@@ -32,7 +32,6 @@ travel.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import re
@@ -59,6 +58,7 @@ from lcr_sdk.gallery.fleet import (
     same_json,
     write_step,
 )
+from lcr_sdk.gallery.store import fcntl
 
 STATE_FORMAT = 1
 SAME_VECTOR = 1e-3  # largest coordinate difference of one item's vector on two sides (float16 storage: ~5e-4)
@@ -99,6 +99,9 @@ def state_path(local_root: str | os.PathLike[str]) -> Path:
 @contextlib.contextmanager
 def _locked(path: Path) -> Iterator[None]:
     lock = path.with_name(path.name + ".lock")
+    if fcntl is None:  # Windows: no flock; one sync at a time is then the caller's job, as for a gallery's writes
+        yield
+        return
     with open(lock, "a") as fh:
         try:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -301,7 +304,24 @@ def sync(
         LcrError: the server failed or cannot be reached (run the sync again: nothing is lost).
     """
     t0 = time.perf_counter()
-    g = local if isinstance(local, Gallery) else Gallery.load(local)
+    with contextlib.ExitStack() as opened:  # what this call opens (a gallery by folder, a fleet by URI) it closes
+        g = local if isinstance(local, Gallery) else opened.enter_context(contextlib.closing(Gallery.load(local)))
+        report = _sync_opened(g, fleet, collection, device, pull, images, timeout, opened)
+    out = SyncReport(**report)
+    out.seconds = time.perf_counter() - t0
+    return out
+
+
+def _sync_opened(
+    g: Gallery,
+    fleet: FleetGallery | str,
+    collection: str,
+    device: str | None,
+    pull: bool,
+    images: bool,
+    timeout: float,
+    opened: contextlib.ExitStack,
+) -> dict[str, Any]:
     if g.path is None:
         raise InputError("the local gallery is not saved anywhere; save(folder) it first, then sync")
     if g.pending:
@@ -310,7 +330,10 @@ def sync(
     with _locked(path):
         state = _read_state(path)
         name = device or state.get("device") or ""
-        f = fleet if isinstance(fleet, FleetGallery) else _connect(fleet, collection, g, name, timeout)
+        if isinstance(fleet, FleetGallery):
+            f = fleet
+        else:
+            f = opened.enter_context(_connect(fleet, collection, g, name, timeout))
         _check_models(g, f)
         name = name or f.device
         f.device = name
@@ -328,9 +351,7 @@ def sync(
         state["links"][key] = {"base": report.pop("base"), "synced_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         atomic_write_text(path, json.dumps(state, separators=(",", ":")))
         write_step("state-written")
-    out = SyncReport(**report)
-    out.seconds = time.perf_counter() - t0
-    return out
+    return report
 
 
 def _connect(uri: str, collection: str, g: Gallery, device: str, timeout: float) -> FleetGallery:

@@ -4,9 +4,11 @@ and a sync killed at every step then run again)."""
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import importlib.util
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -747,6 +749,31 @@ def test_the_gallery_api_opens_and_syncs_a_fleet_gallery(server, tmp_path):
     assert sorted(Gallery.load(tmp_path / "loc").ids) == ["a", "b", "f"]
     again = Gallery.load(tmp_path / "loc").sync(server, name, device="cam-a")
     assert (again.pushed, again.pulled) == (0, 0)
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="lists open files through /proc")
+def test_a_sync_by_folder_and_uri_leaves_nothing_open(server, tmp_path):
+    """A periodic `gallery sync` must not pin the gallery's files (a removed version folder stays on disk while a
+    file in it is open) or keep a connection per run."""
+    local = Gallery(8, MODEL)
+    local.add(_unit(3, 8, seed=23), ids=["a", "b", "c"], labels=["x", "y", "z"])
+    local.save(tmp_path / "loc")
+    local.close()
+    del local  # its memory-mapped vectors hold the file while the object lives
+
+    def open_in_gallery() -> list[str]:
+        found = []
+        for fd in Path("/proc/self/fd").iterdir():
+            with contextlib.suppress(OSError):
+                target = os.readlink(fd)
+                if target.startswith(str(tmp_path / "loc")):
+                    found.append(target)
+        return found
+
+    assert open_in_gallery() == []
+    for _ in range(2):
+        sync(tmp_path / "loc", server, _collection(), device="cam-a")
+        assert open_in_gallery() == []
 
 
 def test_a_collection_the_server_released_is_loaded_again_and_the_call_repeated(server):

@@ -282,6 +282,24 @@ def test_automatic_ids_stay_unique_after_another_process_compacts(tmp_path):
     assert len(Gallery.load(tmp_path / "g")) == 7
 
 
+def test_a_closed_gallery_releases_its_files_and_says_so_when_used(tmp_path):
+    g = Gallery(8)
+    g.add(_unit(3, 8))
+    g.save(tmp_path / "g")
+    with Gallery.load(tmp_path / "g") as opened:
+        assert len(opened) == 3
+    for closed in (g, opened):
+        closed.close()
+        closed.close()  # twice is harmless
+        assert repr(closed) == "Gallery(closed)"
+        with pytest.raises(InputError, match="closed; load it again"):
+            closed.search(_unit(1, 8)[0], k=1)
+        with pytest.raises(InputError, match="closed"):
+            len(closed)
+    open_files = [os.readlink(f) for f in Path("/proc/self/fd").iterdir() if f.exists()]
+    assert not [f for f in open_files if f.startswith(str(tmp_path))]
+
+
 def test_membership_and_size_can_be_asked_while_another_thread_commits(tmp_path):
     import threading
 
