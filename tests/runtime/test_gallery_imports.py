@@ -60,3 +60,16 @@ def test_what_needs_opencv_names_the_extra(tmp_path):
     for line in lines[:2]:
         assert "OpenCV (cv2) is not importable" in line and "pip install 'lcr-sdk[cpu]'" in line
     assert not (tmp_path / "why.png").exists()
+
+
+def test_every_gallery_module_imports_where_there_is_no_fcntl(tmp_path):
+    """Windows has no fcntl: the store then leaves one-writer-at-a-time to the caller, and nothing fails to import."""
+    code = (
+        "import sys, importlib\n"
+        "sys.modules['fcntl'] = None\n"
+        f"for m in {GALLERY_MODULES!r} + ['lcr_sdk.cli.gallery_cmd']:\n"
+        "    importlib.import_module(m)\n"
+        "print('ok')\n"
+    )
+    r = _run(code, str(tmp_path))
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr
