@@ -52,7 +52,7 @@ from lcr_sdk.gallery import Calibration, Enrolment, Gallery, Hit
 from lcr_sdk.gallery.calibrate import PARTNERS, PROBES, auto_threshold
 from lcr_sdk.gallery.core import check_k, check_metadata, id_list, item_ids, item_labels, unit_rows
 from lcr_sdk.gallery.explain import MAX_SPREAD, prepare_enrolment
-from lcr_sdk.gallery.search import check_filter
+from lcr_sdk.gallery.search import check_filter, parse_threshold
 from lcr_sdk.gallery.store import check_text
 from lcr_sdk.redact import redact
 
@@ -556,13 +556,13 @@ class FleetGallery:
         if self._removed:
             self.delete(sorted(self._removed))
             self._removed.clear()
-        if self._new:
-            self.upsert(self._new)
-            self._new.clear()
+        if self._new:  # a batch written leaves the pending items at once: a retry after a failure writes the rest
+            self.upsert(dict(self._new), written=lambda ids: [self._new.pop(i) for i in ids])
         self._maintain(delta)
 
-    def upsert(self, rows: dict[str, FleetRow]) -> dict[str, str]:
-        """Write rows as they are (replacing any item with the same id); returns each id's fingerprint.
+    def upsert(self, rows: dict[str, FleetRow], written: Callable[[list[str]], Any] | None = None) -> dict[str, str]:
+        """Write rows as they are (replacing any item with the same id), in batches; returns each id's fingerprint.
+        ``written`` is called with the ids of each batch once the server has it.
 
         Raises:
             InputError: before anything is written, an item the collection cannot hold (an id or label over its
@@ -586,13 +586,17 @@ class FleetGallery:
             batch.append(rec)
             size += 4 * self.dim + sum(len(c) for c in row.crop) + 256
             if size >= BATCH_BYTES or len(batch) >= BATCH_ROWS:
-                self._rpc("writing items", self._client.upsert, self.collection, batch)
-                write_step("fleet-batch")
+                self._write_batch(batch, written)
                 batch, size = [], 0
         if batch:
-            self._rpc("writing items", self._client.upsert, self.collection, batch)
-            write_step("fleet-batch")
+            self._write_batch(batch, written)
         return fps
+
+    def _write_batch(self, batch: list[dict[str, Any]], written: Callable[[list[str]], Any] | None) -> None:
+        self._rpc("writing items", self._client.upsert, self.collection, batch)
+        if written is not None:
+            written([r["id"] for r in batch])
+        write_step("fleet-batch")
 
     def delete(self, ids: Sequence[str]) -> None:
         """Delete items by id at once (not pending; unknown ids are ignored)."""
@@ -721,15 +725,10 @@ class FleetGallery:
         return out
 
     def _resolve_threshold(self, threshold: float | str | None) -> float | None:
-        if threshold is None or threshold == "none":
-            return None
-        if threshold == "auto":
+        cut = parse_threshold(threshold)  # the local gallery's rules and messages
+        if cut == "auto":
             return auto_threshold(self.calibration, stacklevel=4)  # <- search <- the caller
-        if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not math.isfinite(threshold):
-            raise InputError(f"threshold={threshold!r} is not valid; pass a cosine in [-1, 1], 'auto' or None")
-        if not -1.0 <= threshold <= 1.0:
-            raise InputError(f"threshold={threshold!r} is outside [-1, 1], the range of cosine scores")
-        return float(threshold)
+        return None if cut is None else float(cut)
 
     # -- open set --------------------------------------------------------------------------------------------------
 

@@ -263,6 +263,7 @@ def test_open_set_threshold_says_unknown_for_labels_not_in_the_gallery(backend):
     assert all(row == [] for row in g.search(unknown, k=3, threshold="auto"))
     assert all(row for row in g.search(unknown, k=3))  # without a threshold: the nearest wrong label
     assert g.search(unknown[0], k=3, threshold=0.999) == [] and g.search(unknown[0], k=3, threshold=-1.0)
+    assert g.search(unknown[0], k=3, threshold="0.999") == [] and g.search(unknown[0], k=3, threshold="-1")  # as text
     with pytest.raises(InputError, match="threshold"):
         g.search(known, threshold=2.0)
 
@@ -774,6 +775,31 @@ def test_a_sync_by_folder_and_uri_leaves_nothing_open(server, tmp_path):
     for _ in range(2):
         sync(tmp_path / "loc", server, _collection(), device="cam-a")
         assert open_in_gallery() == []
+
+
+def test_a_commit_that_fails_part_way_is_finished_by_committing_again(server, monkeypatch):
+    """The server drops the second of three batches: the first batch is in, the rest stays pending, and the
+    retry the error asks for writes it (the first batch's items are this device's own, not another device's)."""
+    from pymilvus.exceptions import MilvusException
+
+    name = _collection()
+    g = connect(server, name, model=MODEL, dim=8)
+    monkeypatch.setattr(fleet_mod, "BATCH_ROWS", 2)
+    real, calls = g._client.upsert, []
+
+    def drops_the_second(*args, **kwargs):  # fault injection on the real server's client
+        calls.append(1)
+        if len(calls) == 2:
+            raise MilvusException(message="connection reset by peer")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(g._client, "upsert", drops_the_second)
+    g.add(_unit(5, 8, seed=31), ids=list("abcde"), labels=list("xxyyz"))
+    with pytest.raises(LcrError, match="connection reset"):
+        g.commit()
+    assert g.pending == 3
+    g.commit()
+    assert g.pending == 0 and sorted(connect(server, name).ids) == list("abcde")
 
 
 def test_a_collection_the_server_released_is_loaded_again_and_the_call_repeated(server):
