@@ -25,7 +25,16 @@ from lcr_sdk.errors import InputError
 
 
 def _umask() -> int:
-    mask = os.umask(0)  # the only portable way to read it: set and restore at once
+    """The process's umask, read without changing it where the system allows (Linux: /proc/self/status)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    # elsewhere, set and restore at once: for that instant another thread's new file would ignore the umask
+    mask = os.umask(0o077)  # so the instant errs towards owner-only, never world-writable
     os.umask(mask)
     return mask
 
