@@ -148,7 +148,8 @@ def _read_items(folder: Path, mmap: bool) -> tuple[np.ndarray, list[Any]]:
     """The vectors and the item rows (row, id, label, metadata) as stored, not yet checked against the header."""
     try:
         vectors = np.load(folder / "vectors.npy", mmap_mode="r" if mmap else None, allow_pickle=False)
-        with sqlite3.connect(f"file:{folder / 'items.sqlite'}?mode=ro", uri=True) as db:
+        # an escaped URI, as format 2 opens its files ('#', '?' or '%' in a folder name cut or changed a raw one)
+        with sqlite3.connect(store._uri(folder / "items.sqlite", mode="ro"), uri=True) as db:
             rows = db.execute("SELECT row, id, label, metadata FROM items ORDER BY row").fetchall()
         db.close()
     except (OSError, ValueError, EOFError, sqlite3.Error) as e:

@@ -371,6 +371,15 @@ def test_format_1_gallery_loads_as_it_is_and_the_first_commit_migrates_it(tmp_pa
     assert h.add(_unit(1, 16, seed=5)) == ["13"]  # automatic ids continue after format 1's next_id
 
 
+def test_a_format_1_gallery_in_a_folder_named_with_uri_characters_loads(tmp_path):
+    root = tmp_path / "cams #1 ?50%25 off"
+    _write_v1(root, _unit(3, 8), ["a", "b", "c"], ["x", "y", "z"], [{}, {}, {}])
+    before = sorted(p.name for p in tmp_path.iterdir())
+    g = Gallery.load(root)
+    assert g.ids == ["a", "b", "c"] and g.labels == ["x", "y", "z"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # no stray database files beside it
+
+
 def test_float16_storage_halves_the_file_and_keeps_the_ranking(tmp_path):
     centres = _unit(50, 128, seed=1)
     rng = np.random.default_rng(2)
