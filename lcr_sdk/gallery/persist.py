@@ -13,6 +13,7 @@ import errno
 import os
 import shutil
 import sqlite3
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -25,9 +26,12 @@ from lcr_sdk.gallery import calibrate, legacy, store
 from lcr_sdk.gallery.contents import Contents
 from lcr_sdk.gallery.search import Searcher, parse_index
 
+UNCHANGED = "the saved gallery is unchanged; pending changes are kept"
 
-def write_or_explain(root: Path, write: Callable[[], Any]) -> Any:
-    """Run a write; turn a full disk or a refused write into one :class:`InputError` (nothing committed).
+
+def write_or_explain(root: Path, write: Callable[[], Any], outcome: str = UNCHANGED) -> Any:
+    """Run a write; turn a full disk or a refused write into one :class:`InputError` whose message ends with
+    ``outcome`` (what the failure left: by default nothing committed).
 
     A full disk is what :func:`lcr_sdk.fileio.is_disk_full` says it is (no space, a user's quota used up, SQLite's
     "database or disk is full").
@@ -39,7 +43,7 @@ def write_or_explain(root: Path, write: Callable[[], Any]) -> Any:
             quota = "; the user's disk quota is used up" if getattr(e, "errno", None) == errno.EDQUOT else ""
             raise InputError(
                 f"cannot write gallery {root}: the disk is full ({mib(shutil.disk_usage(root).free)} free{quota}); "
-                "free space and try again (the saved gallery is unchanged; pending changes are kept)"
+                f"free space and try again ({outcome})"
             ) from None
         if isinstance(e, OSError) and e.errno == errno.ELOOP:  # a file opened with O_NOFOLLOW is a link
             raise InputError(
@@ -47,7 +51,7 @@ def write_or_explain(root: Path, write: Callable[[], Any]) -> Any:
                 "follows a link out of its folder; restore the gallery from a backup"
             ) from None
         why = (e.strerror or e) if isinstance(e, OSError) else e
-        raise InputError(f"cannot write gallery {root} ({why}); the saved gallery is unchanged") from None
+        raise InputError(f"cannot write gallery {root} ({why}); {outcome}") from None
 
 
 # -- writing ------------------------------------------------------------------------------------------------------
@@ -74,11 +78,13 @@ def save(c: Contents, s: Searcher, directory: str | os.PathLike[str], replace: b
         return write_all(c, s, root, progress)
 
 
-def write_all(c: Contents, s: Searcher, root: Path, progress: bool = False, index: bool = True) -> Path:
+def write_all(
+    c: Contents, s: Searcher, root: Path, progress: bool = False, index: bool = True, outcome: str = UNCHANGED
+) -> Path:
     """Write the whole gallery as a new version of ``root`` and attach to it (the caller holds the lock)."""
     calibrate.current(c)
     writer = s.writer(c.dtype, progress) if index else None
-    folder: Path = write_or_explain(root, lambda: store.write_version(root, c.meta(), c.chunks(), writer))
+    folder: Path = write_or_explain(root, lambda: store.write_version(root, c.meta(), c.chunks(), writer), outcome)
     attach(c, s, store.Saved(root, store.Version(root, folder)))
     return folder
 
@@ -100,17 +106,27 @@ def commit(c: Contents, s: Searcher) -> None:
             write_or_explain(root, lambda: saved.commit(new, vecs, removed, c.next_id, c.image_root))
             c.pending.clear()
             c.changed()
-        _maintain_locked(c, s)
+        try:
+            _maintain_locked(c, s)
+        except InputError as e:  # the commit stands; the upkeep is tried again at the next commit
+            warnings.warn(str(e), stacklevel=3)  # <- commit <- Gallery.commit's caller
+
+
+UPKEEP_FAILED = (
+    "the changes are committed; only the upkeep after it (moving new vectors into the vector file, compaction) "
+    "failed, and the next commit tries it again"
+)
 
 
 def _maintain_locked(c: Contents, s: Searcher) -> None:
     """After a commit: move a full tail into the vector file, compact, save the index and calibration."""
     saved = c.saved
     assert saved is not None and c.root is not None
-    write_or_explain(c.root, saved.checkpoint_if_full)  # opens the vector file without following a link
+    # opens the vector file without following a link
+    write_or_explain(c.root, saved.checkpoint_if_full, UPKEEP_FAILED)
     c.changed()
     if saved.compaction_due:
-        write_all(c, s, c.root, index=False)
+        write_all(c, s, c.root, index=False, outcome=UPKEEP_FAILED)
         saved = c.saved
         assert saved is not None
     if s.index is not None:
