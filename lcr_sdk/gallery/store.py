@@ -749,7 +749,11 @@ def write_version(
         fsync_dir(tmp)
         os.rename(tmp, root / name)
         fsync_dir(root)
-    atomic_write_text(root / "CURRENT", name + "\n")  # the commit point
+    try:
+        atomic_write_text(root / "CURRENT", name + "\n")  # the commit point
+    except BaseException:  # not committed: the new folder goes (a retry of a first save would find it in the way)
+        shutil.rmtree(root / name, ignore_errors=True)
+        raise
     fsync_dir(root)
     for p in root.iterdir():  # older versions (readers that mapped them keep their open files)
         if p.name != name and VERSION_DIR.match(p.name):

@@ -589,6 +589,29 @@ def test_full_disk_during_commit_is_one_error_and_keeps_everything(tmp_path):
         subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
 
 
+def test_a_first_save_that_fails_at_its_last_step_can_be_retried(tmp_path, monkeypatch):
+    # the disk fills exactly when CURRENT (the commit point) is written: the version folder written before it must
+    # not stay in the way of the retry the error asks for
+    import errno
+
+    from lcr_sdk.gallery import store
+
+    real = store.atomic_write_text
+
+    def full(path, text):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+
+    g = Gallery(8)
+    g.add(_unit(3))
+    monkeypatch.setattr(store, "atomic_write_text", full)
+    with pytest.raises(InputError, match="disk is full.*try again"):
+        g.save(tmp_path / "g")
+    assert [p.name for p in (tmp_path / "g").iterdir() if not p.name.startswith(".")] == []
+    monkeypatch.setattr(store, "atomic_write_text", real)
+    g.save(tmp_path / "g")
+    assert len(Gallery.load(tmp_path / "g")) == 3
+
+
 def test_a_full_disk_quota_during_commit_is_the_full_disk_error(tmp_path, monkeypatch):
     # no quota can be set up here: the vector file's append (os.pwrite, the lowest-level write of a commit) fails
     # with EDQUOT as it does on a filesystem whose user quota is used up
