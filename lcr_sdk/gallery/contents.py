@@ -138,6 +138,7 @@ class Contents:
         self.image_root = ""  # folder the items' relative "path" metadata points into (build_from_folder), if any
         self.root: Path | None = None  # the folder this gallery is attached to
         self.saved: store.Saved | None = None  # its committed state
+        self.mmap = True  # its vector file memory-mapped (False: read into memory, every version it moves to)
         self.legacy = ""  # the format-1 version folder it was read from, if any: the next commit migrates it
         self.pending = Pending(dim, dtype)
         self.next_id = 0

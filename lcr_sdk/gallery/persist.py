@@ -18,8 +18,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from lcr_sdk.errors import InputError
 from lcr_sdk.fileio import is_disk_full, mib
 from lcr_sdk.gallery import calibrate, legacy, store
@@ -27,6 +25,10 @@ from lcr_sdk.gallery.contents import Contents
 from lcr_sdk.gallery.search import Searcher, parse_index
 
 UNCHANGED = "the saved gallery is unchanged; pending changes are kept"
+
+
+class _DiskFull(InputError):
+    """The write failed for want of space (a later try may pass)."""
 
 
 def write_or_explain(root: Path, write: Callable[[], Any], outcome: str = UNCHANGED) -> Any:
@@ -41,7 +43,7 @@ def write_or_explain(root: Path, write: Callable[[], Any], outcome: str = UNCHAN
     except (sqlite3.Error, OSError) as e:
         if is_disk_full(e):
             quota = "; the user's disk quota is used up" if getattr(e, "errno", None) == errno.EDQUOT else ""
-            raise InputError(
+            raise _DiskFull(
                 f"cannot write gallery {root}: the disk is full ({mib(shutil.disk_usage(root).free)} free{quota}); "
                 f"free space and try again ({outcome})"
             ) from None
@@ -85,7 +87,7 @@ def write_all(
     calibrate.current(c)
     writer = s.writer(c.dtype, progress) if index else None
     folder: Path = write_or_explain(root, lambda: store.write_version(root, c.meta(), c.chunks(), writer), outcome)
-    attach(c, s, store.Saved(root, store.Version(root, folder)))
+    attach(c, s, store.Saved(root, store.Version(root, folder), c.mmap))
     return folder
 
 
@@ -108,7 +110,7 @@ def commit(c: Contents, s: Searcher) -> None:
             c.changed()
         try:
             _maintain_locked(c, s)
-        except InputError as e:  # the commit stands; the upkeep is tried again at the next commit
+        except _DiskFull as e:  # the commit stands; the upkeep is tried again at the next commit
             warnings.warn(str(e), stacklevel=3)  # <- commit <- Gallery.commit's caller
 
 
@@ -243,7 +245,9 @@ def load(root: Path, mmap: bool) -> tuple[Contents, Searcher]:
     with store.GalleryLock(root).hold(False):
         ver = store.open_version(root)
         if ver is None:
-            return _load_v1(root, legacy.read_v1(store.current_version(root), mmap))
+            c, s = _load_v1(root, legacy.read_v1(store.current_version(root), mmap))
+            c.mmap = mmap  # for the format-2 version its first commit writes
+            return c, s
         try:
             meta = ver.meta
             try:
@@ -251,13 +255,11 @@ def load(root: Path, mmap: bool) -> tuple[Contents, Searcher]:
             except InputError as e:
                 raise store.damaged(ver.folder, f"its index spec {meta.index!r} is not valid: {e}") from None
             c, s = Contents(meta.dim, meta.dtype, meta.model_sha256, meta.index), Searcher(spec, meta.dim)
-            attach(c, s, store.Saved(root, ver))
+            c.mmap = mmap
+            attach(c, s, store.Saved(root, ver, mmap))
         except BaseException:
             ver.close()
             raise
-    if not mmap and c.saved is not None:
-        c.saved.raw = np.array(c.saved.raw)
-        c.changed()
     return c, s
 
 

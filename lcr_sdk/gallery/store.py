@@ -808,8 +808,8 @@ class Saved:
     memory-mapped, then the tail rows) and which slots are alive. :meth:`sync` brings in later commits; every method
     that writes expects the caller to hold the exclusive lock."""
 
-    def __init__(self, root: Path, ver: Version):
-        self.root, self.ver = root, ver
+    def __init__(self, root: Path, ver: Version, mmap: bool = True):
+        self.root, self.ver, self.mmap = root, ver, mmap  # mmap False: the vector file is read into memory
         m = ver.meta
         self.raw: np.ndarray = np.zeros((0, m.dim), m.dtype)  # slots 0..synced-1
         self.tail: np.ndarray = np.zeros((0, m.dim), m.dtype)  # slots synced..count-1
@@ -853,7 +853,7 @@ class Saved:
         if meta.count < old_count or meta.synced < old_synced:
             raise damaged(ver.folder, f"it shrank from {old_count} to {meta.count} slots within a version")
         if meta.synced != old_synced:
-            self.raw = ver.vectors(meta.synced)
+            self.raw = ver.vectors(meta.synced) if self.mmap else np.array(ver.vectors(meta.synced))
         keep = self.tail[max(0, meta.synced - old_synced) :] if meta.synced <= old_count else self.tail[:0]
         start = max(old_count, meta.synced)
         fresh = ver.tail(start, meta.count) if meta.count > start else np.zeros((0, meta.dim), meta.dtype)
@@ -876,7 +876,7 @@ class Saved:
         folder = current_version(self.root)
         if folder.name != self.ver.name:
             self.close()
-            return Saved(self.root, Version(self.root, folder))
+            return Saved(self.root, Version(self.root, folder), self.mmap)
         self.sync()
         return self
 

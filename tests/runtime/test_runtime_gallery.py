@@ -282,6 +282,24 @@ def test_automatic_ids_stay_unique_after_another_process_compacts(tmp_path):
     assert len(Gallery.load(tmp_path / "g")) == 7
 
 
+def test_a_gallery_loaded_into_memory_stays_in_memory_after_commits_and_compaction(tmp_path, monkeypatch):
+    from lcr_sdk.gallery import store
+
+    monkeypatch.setattr(store, "TAIL_ROWS", 4)  # the next commit moves the tail into the vector file
+    g = Gallery(8)
+    g.add(_unit(6, 8))
+    g.save(tmp_path / "g")
+    g = Gallery.load(tmp_path / "g", mmap=False)
+    assert not isinstance(g.vectors, np.memmap)
+    g.add(_unit(4, 8, seed=1))
+    g.commit()
+    assert not isinstance(g._contents.saved.raw, np.memmap) and len(g._contents.saved.raw) == 10
+    g.remove(["0"])
+    g.commit()
+    g.compact()
+    assert not isinstance(g.vectors, np.memmap) and len(g) == 9
+
+
 def test_a_closed_gallery_releases_its_files_and_says_so_when_used(tmp_path):
     g = Gallery(8)
     g.add(_unit(3, 8))
