@@ -27,6 +27,8 @@ from lcr_sdk.video.sources import STREAM_SCHEMES, VIDEO_SUFFIXES
 
 _FOURCC = {".mp4": "mp4v", ".m4v": "mp4v", ".mov": "mp4v", ".avi": "MJPG", ".mkv": "FFV1"}  # .mkv: lossless
 SINK_FORMS = "display://0 (window), out.mp4 | out.avi | out.mkv (video), frames/ (PNG folder), last.png (image)"
+# image files a colour frame can be written as (OpenCV's encoders): .jfif has no encoder of its own, .pgm is grey
+FRAME_IMAGE_SUFFIXES = tuple(s for s in IMAGE_SUFFIXES if s not in (".jfif", ".pgm"))
 
 
 class _Discard(Exception):
@@ -306,7 +308,10 @@ def _open_file_sink(uri: str, path: Path, fps: float) -> Sink:
         path.parent.mkdir(parents=True, exist_ok=True)
         check_writable(path.parent, f"output {uri!r}")
         return VideoFileSink(uri, path, fps)
-    if suffix in IMAGE_SUFFIXES:
+    if suffix in (".jfif", ".pgm"):
+        instead = ".jpg (the same JPEG format)" if suffix == ".jfif" else ".ppm or .png (.pgm holds grey only)"
+        raise InputError(f"output {uri!r}: a colour frame cannot be written as {suffix}; name it {instead}")
+    if suffix in FRAME_IMAGE_SUFFIXES:
         path.parent.mkdir(parents=True, exist_ok=True)
         check_writable(path.parent, f"output {uri!r}")
         return ImageFileSink(uri, path)

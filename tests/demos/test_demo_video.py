@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from lcr_sdk.errors import InputError
+from lcr_sdk.images import IMAGE_SUFFIXES
 from lcr_sdk.video import LiveSource, has_gstreamer, open_sink, open_source
 
 
@@ -256,6 +257,23 @@ def test_display_sink_without_display_errors_and_headless_never_opens_a_window(m
 def test_bad_sink_suffix(tmp_path):
     with pytest.raises(InputError, match="valid outputs"):
         open_sink(tmp_path / "out.txt")
+
+
+@pytest.mark.parametrize("name, instead", [("last.jfif", ".jpg"), ("last.pgm", ".ppm or .png")])
+def test_image_names_a_colour_frame_cannot_be_written_as_are_refused_at_open(tmp_path, name, instead):
+    # both are readable images (inputs), but no colour frame can be written under them: refused before any frame
+    with pytest.raises(InputError, match=f"name it {instead}"):
+        open_sink(tmp_path / name)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("suffix", [s for s in IMAGE_SUFFIXES if s not in (".jfif", ".pgm")])
+def test_every_image_sink_suffix_writes_the_frame(tmp_path, suffix):
+    frame = np.full((16, 24, 3), (10, 120, 240), np.uint8)
+    with open_sink(tmp_path / f"last{suffix}") as sink:
+        sink.render(frame)
+    back = cv2.imread(str(tmp_path / f"last{suffix}"))
+    assert back is not None and back.shape == frame.shape
 
 
 def test_window_mouse_drag_draws_a_query_box():
