@@ -327,6 +327,28 @@ def _imagenet_state(arch: str) -> dict:
         ) from e
 
 
+def check_pretrained_file(spec: str) -> Path:
+    """The file ``--pretrained`` names, if it can be one (checked before any worker starts; nothing is read).
+
+    Raises:
+        ModelError: it does not exist, is a folder, or is an exported model rather than PyTorch weights.
+    """
+    path = Path(spec)
+    if not path.is_file():
+        what = "is a folder" if path.is_dir() else "does not exist"
+        raise ModelError(
+            f"--pretrained {spec} {what}; give a torchvision state-dict file (.pth), an lcr-sdk checkpoint "
+            "(e.g. from `lcr-sdk train SOURCE --supervised`) or 'imagenet'"
+        )
+    other = OTHER_MODEL_FILES.get(path.suffix.lower())
+    if other is not None:
+        raise ModelError(
+            f"--pretrained {spec} is {other[0]} (by its name), not PyTorch weights; give the checkpoint it was "
+            "exported from, a torchvision state-dict file (.pth) or 'imagenet'"
+        )
+    return path
+
+
 def load_pretrained(net, spec: str) -> None:
     """Initialise ``net``'s backbone from pretrained weights (the first stage of the two-stage workflow).
 
@@ -348,19 +370,7 @@ def load_pretrained(net, spec: str) -> None:
     if spec == "imagenet":
         load_backbone(net, _imagenet_state(net.arch), f"--pretrained {spec}")
         return
-    path = Path(spec)
-    if not path.is_file():
-        what = "is a folder" if path.is_dir() else "does not exist"
-        raise ModelError(
-            f"--pretrained {spec} {what}; give a torchvision state-dict file (.pth), an lcr-sdk checkpoint "
-            "(e.g. from `lcr-sdk train SOURCE --supervised`) or 'imagenet'"
-        )
-    other = OTHER_MODEL_FILES.get(path.suffix.lower())
-    if other is not None:
-        raise ModelError(
-            f"--pretrained {spec} is {other[0]} (by its name), not PyTorch weights; give the checkpoint it was "
-            "exported from, a torchvision state-dict file (.pth) or 'imagenet'"
-        )
+    path = check_pretrained_file(spec)
     try:
         state = _torch_load(path, "cpu")
     except Exception as e:  # corrupt, truncated, or not a torch file

@@ -6,6 +6,7 @@ any worker, so that a bad input is one error line, not one per worker plus the l
 - the output folder is a folder (or can be made one) that this user may write;
 - a finished or interrupted run's ``OUT/checkpoint.pt`` is never replaced by a new run: without ``--resume`` the
   run is refused, naming ``--resume`` and a new ``--out``;
+- a ``--pretrained`` file exists and is PyTorch weights (not an exported model);
 - the data set has the ImageFolder layout, and enough training images for the batch;
 - ``--resume`` continues on the data set the checkpoint was trained on (:func:`data_identity` is recorded in the
   checkpoint's training state) and with the same options (:func:`check_resumable`).
@@ -27,6 +28,7 @@ from lcr_sdk.images import list_images
 CHECKPOINT = "checkpoint.pt"
 # Options a resumed run may change: they do not alter what is trained (everything else must match the checkpoint).
 RESUMABLE = ("workers", "eval_every", "amp", "channels_last", "pretrained", "grad_log_every")
+PREFLIGHT_DONE = "LCR_SDK_PREFLIGHT_DONE"  # set to "1" for the workers of our own launcher: checked once, before them
 STOP_GRACE_S = 60.0  # after forwarding a stop: how long the workers get to end before they are killed
 
 
@@ -184,6 +186,10 @@ def preflight(cfg: Any, data: Path, out: Path, resume: bool) -> None:
 
     check_out(out)
     check_new_run(out, resume)
+    if cfg.pretrained and cfg.pretrained != "imagenet":
+        from lcr_sdk.train.checkpoint import check_pretrained_file
+
+        check_pretrained_file(cfg.pretrained)
     folder, classes, paths, labels = find_images(data, "train")
     check_classes(cfg, classes, folder)
     check_same_classes(classes, find_images(data, "test")[1], data)
@@ -205,7 +211,7 @@ def launch(cmd: list[str], grace_s: float = STOP_GRACE_S) -> int:
     which stops its workers; this waits up to ``grace_s`` seconds for it to end, then kills the group, and re-raises
     the interrupt. No worker is left running behind the command.
     """
-    proc = subprocess.Popen(cmd, start_new_session=True)
+    proc = subprocess.Popen(cmd, start_new_session=True, env={**os.environ, PREFLIGHT_DONE: "1"})
     try:
         return proc.wait()
     except KeyboardInterrupt:

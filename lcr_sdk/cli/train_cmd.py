@@ -140,9 +140,11 @@ def _train(
             raise InputError(f"--{name} {value} is not valid; give an integer >= {low}")
     check_on_bad(on_bad)
     _need_torch("lcr-sdk train")
-    from lcr_sdk.train.guards import launch, preflight
+    from lcr_sdk.train.guards import PREFLIGHT_DONE, launch, preflight
 
-    if "RANK" not in os.environ:  # before any work or worker: folders, an existing checkpoint, --resume's data
+    # before any work or worker: folders, an existing checkpoint, --resume's data. A worker of our own launcher
+    # skips it (checked once, above it); a worker that torchrun started directly does it (each worker: the same)
+    if os.environ.get(PREFLIGHT_DONE) != "1":
         preflight(cfg, data, out, resume)
     if nproc_per_node > 1 and "RANK" not in os.environ:
         argv = _without_option(sys.argv[1:], "--nproc-per-node")

@@ -48,6 +48,28 @@ def test_second_run_without_resume_is_refused_and_replaces_nothing(synth_root, t
     assert _snapshot(trained_run) == before
 
 
+def test_a_run_launched_by_torchrun_itself_does_not_replace_a_finished_run(synth_root, trained_run):
+    """`torchrun ... -m lcr_sdk.cli train` (the multi-node form) starts the workers without our launcher: each
+    worker does the checks, so a finished run is refused there too, and nothing in it changes."""
+    before = _snapshot(trained_run)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "-m", "lcr_sdk.cli", "train"]
+    cmd += [str(synth_root), "--out", str(trained_run), "--method", "moco", *TINY, *QUIET]
+    env = {k: v for k, v in os.environ.items() if k != "LCR_SDK_PREFLIGHT_DONE"}
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**env, "OMP_NUM_THREADS": "1"})
+    assert r.returncode != 0
+    assert f"--out {trained_run} already holds a training checkpoint" in r.stderr, r.stderr[-2000:]
+    assert _snapshot(trained_run) == before
+
+
+def test_a_missing_pretrained_file_is_one_line_before_launching(synth_root, tmp_path):
+    cmd = [sys.executable, "-m", "lcr_sdk.cli", "train", str(synth_root), "--out", str(tmp_path / "run")]
+    cmd += [*TINY, *QUIET, "--nproc-per-node", "2", "--pretrained", str(tmp_path / "missing.pth")]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 1 and "launching" not in r.stdout, r.stderr
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "missing.pth does not exist" in lines[0], lines
+
+
 # -- train/ and test/ must hold the same classes ----------------------------------------------------------------------
 
 
