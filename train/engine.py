@@ -275,11 +275,14 @@ class Trainer:
             dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
-        full = scan_split(self.data, "train", on_bad, size=cfg.image_size)
-        self.train_split, self.val_split = split_validation(full, cfg.val_fraction, cfg.val_seed)
-        self.test_split = scan_split(self.data, "test", on_bad, size=cfg.image_size)
-        check_same_classes(full.classes, self.test_split.classes, self.data)  # the kNN monitor's labels must agree
-        warn_extreme_aspects(full)
+        with warnings.catch_warnings():
+            if self.rank > 0:  # every process scans the same data: its warnings are said once, by rank 0
+                warnings.simplefilter("ignore")
+            full = scan_split(self.data, "train", on_bad, size=cfg.image_size)
+            self.train_split, self.val_split = split_validation(full, cfg.val_fraction, cfg.val_seed)
+            self.test_split = scan_split(self.data, "test", on_bad, size=cfg.image_size)
+            check_same_classes(full.classes, self.test_split.classes, self.data)  # the kNN monitor's labels agree
+            warn_extreme_aspects(full)
         self.skipped = [(str(p), why) for p, why in full.skipped + self.test_split.skipped]  # config.json keeps them
         self._check_size()
         self.data_id = data_identity(self.data)  # recorded in the checkpoint: --resume refuses another data set
@@ -321,15 +324,33 @@ class Trainer:
         cfg, n = self.cfg, len(self.train_split)
         queue = cfg.moco_k
         if queue > n - cfg.batch_size:
-            warnings.warn(
+            self._warn(
                 f"queue {queue} is longer than the data set allows ({n} training images - batch {cfg.batch_size}); "
                 f"using {n - cfg.batch_size} negatives, as a longer queue would mostly repeat images (keys of a "
-                "query's own image are masked out of its negatives either way)",
-                stacklevel=3,
+                "query's own image are masked out of its negatives either way)"
             )
             queue = n - cfg.batch_size
-        splits = 1 if (self.world > 1 or cfg.sync_bn) else max(1, min(8, cfg.batch_size // self.world // 8))
+        splits = 1
+        if self.world == 1:  # several processes shuffle keys across processes (or sync BN) instead
+            splits = bn_splits(cfg.batch_size)
+            if cfg.sync_bn:
+                self._warn(
+                    "--sync-bn in one process is plain BatchNorm: queries and their keys share BN statistics (the "
+                    "shortcut shuffle-BN prevents); drop --sync-bn, which is for several processes"
+                )
+                splits = 1
+            elif splits == 1:
+                self._warn(
+                    f"--batch-size {cfg.batch_size} splits into no equal sub-batches of 4 or more images, so BN "
+                    "statistics are shared by queries and their keys (the shortcut shuffle-BN prevents); use an even "
+                    "batch size of 8 or more"
+                )
         return build_moco(net, cfg, queue, splits)
+
+    def _warn(self, message: str) -> None:
+        """A training warning, once (rank 0 of several processes)."""
+        if self.rank == 0:
+            warnings.warn(message, stacklevel=4)
 
     # -- checkpoints ---------------------------------------------------------------------------------------------
     def _checkpoint(self, r: _Run, metrics: dict | None = None) -> Path:
@@ -434,6 +455,8 @@ class Trainer:
                 "processes": self.world,
                 "amp": cfg.amp if amp is not None else "off",  # mixed precision runs on CUDA only
                 "channels_last": dev.type == "cuda" and cfg.channels_last,
+                # self-supervised runs: BN sub-batches of one process (1: plain BN) and the queue's length
+                **({"bn_splits": model.bn_splits, "queue": model.queue.shape[1]} if isinstance(model, MoCo) else {}),
                 "skipped_images": [{"path": p, "reason": why} for p, why in self.skipped],  # unreadable, left out
             }
             with _writing(self.out / "config.json") as path:
@@ -581,6 +604,16 @@ class Trainer:
             if new:
                 w.writeheader()
             w.writerow(row)
+
+
+def bn_splits(batch: int) -> int:
+    """Sub-batches of one process's shuffle-BN (MoCo's single-GPU emulation of per-GPU BN): ``batch // 8`` up to 8,
+    else the largest count that divides the batch into equal parts of 4 or more images; 1 (plain BN) if none does."""
+    first = min(8, batch // 8)
+    for s in range(max(first, 2), 1, -1):
+        if batch % s == 0 and batch // s >= 4:
+            return s
+    return 1
 
 
 def build_moco(net: LCRNet, cfg: TrainConfig, queue: int, bn_splits: int) -> MoCo:

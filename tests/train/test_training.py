@@ -305,6 +305,38 @@ def test_batch_as_large_as_the_data_set_names_the_minimum(synth_root, tmp_path):
         Trainer(cfg, synth_root, tmp_path / "v", progress=False)
 
 
+@pytest.mark.parametrize(
+    "batch, splits", [(8, 2), (12, 2), (16, 2), (32, 4), (50, 5), (64, 8), (100, 5), (256, 8), (13, 1), (6, 1)]
+)
+def test_shuffle_bn_splits_every_batch_it_can_into_equal_sub_batches(batch, splits):
+    """One process emulates per-GPU BN with equal sub-batches: a batch that batch // 8 does not divide (50, 100)
+    fell back to plain BN, where queries and their keys share BN statistics."""
+    from lcr_sdk.train.engine import bn_splits
+
+    assert bn_splits(batch) == splits
+    assert splits == 1 or (batch % splits == 0 and batch // splits >= 4)
+
+
+def test_a_batch_without_equal_sub_batches_warns_and_the_run_records_its_bn_splits(synth_root, tmp_path):
+    import json
+
+    from lcr_sdk.train.config import TrainConfig
+    from lcr_sdk.train.engine import Trainer
+
+    cfg = TrainConfig(arch="resnet18", image_size=64, batch_size=12, moco_k=16, num_parts=4, epochs=1, workers=0)
+    trainer = Trainer(cfg, synth_root, tmp_path / "even", progress=False)
+    trainer._start()
+    used = json.loads((tmp_path / "even" / "config.json").read_text())["used"]
+    assert used["bn_splits"] == 2 and used["queue"] == min(16, len(trainer.train_split) - 12)  # capped on small data
+    cfg.batch_size = 13
+    with pytest.warns(UserWarning, match="--batch-size 13 splits into no equal sub-batches"):
+        run = Trainer(cfg, synth_root, tmp_path / "odd", progress=False)._start()
+    assert run.model.bn_splits == 1
+    cfg.batch_size, cfg.sync_bn = 12, True
+    with pytest.warns(UserWarning, match="--sync-bn in one process is plain BatchNorm"):
+        Trainer(cfg, synth_root, tmp_path / "sync", progress=False)._start()
+
+
 def test_non_finite_weights_are_never_saved(synth_root, tmp_path):
     """The checkpoint guard: weights that stopped being finite are refused, and the file on disk stays as it was."""
     import torch
