@@ -113,7 +113,12 @@ def import_cmd(
 
 def _train(
     data: DataArg,
-    out: Annotated[Path, typer.Option(help="Output folder: checkpoint.pt, log.csv, config.json.")] = Path("runs/lcr"),
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            help="Output folder: checkpoint.pt, log.csv, config.json (default runs/lcr, runs/moco or runs/supervised)."
+        ),
+    ] = None,
     resume: Annotated[bool, typer.Option(help="Continue from OUT/checkpoint.pt if it exists.")] = False,
     save_every: Annotated[int, typer.Option(help="Also checkpoint every N steps (0: epoch ends only).")] = 0,
     on_bad: Annotated[str, typer.Option(help="Unreadable images: skip (and report) or fail.")] = "skip",
@@ -135,6 +140,7 @@ def _train(
     from lcr_sdk.train.config import TrainConfig, check_on_bad  # torch-free: options are checked before anything
 
     cfg = TrainConfig(**options)
+    out = out if out is not None else Path("runs") / ("supervised" if cfg.supervised else cfg.method)
     for name, value, low in (("save-every", save_every, 0), ("nproc-per-node", nproc_per_node, 1)):
         if value < low:
             raise InputError(f"--{name} {value} is not valid; give an integer >= {low}")

@@ -12,9 +12,9 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from train_cli import QUIET, TINY, runner
 from train_cli import digest as _digest
 from train_cli import error_line as _error_line
-from train_cli import runner
 from train_cli import train as _train
 
 from lcr_sdk.cli import app
@@ -73,6 +73,14 @@ def test_cuda_without_a_gpu_says_to_use_the_cpu(synth_root, tmp_path):
     line = _error_line(_train(synth_root, tmp_path / "run", "--device", "cuda"))
     assert "--device cuda: no CUDA GPU is visible" in line and "use --device cpu" in line
     assert not (tmp_path / "run").exists()
+
+
+def test_the_default_output_folder_is_named_after_the_method(synth_root, tmp_path, monkeypatch):
+    """Without --out a MoCo v2 run went to runs/lcr: the next LCR run was then refused, or the two confused."""
+    monkeypatch.chdir(tmp_path)
+    r = runner.invoke(app, ["train", str(synth_root), "--method", "moco", *TINY, *QUIET, "--epochs", "1"])
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "runs" / "moco" / "checkpoint.pt").is_file() and not (tmp_path / "runs" / "lcr").exists()
 
 
 def test_out_that_is_a_file_is_refused_and_kept(synth_root, tmp_path):
