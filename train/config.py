@@ -18,14 +18,14 @@ METHODS = ("lcr", "moco")
 CAM_SIGNS = ("loss", "score")
 CAM_NORMS = ("max", "none")
 FIT_GRADS = ("gfb", "backbone")
-FIT_FORMS = ("ours", "released", "per_image")
+FIT_FORMS = ("ours", "released", "per_image", "per_image_max")
 AMP_MODES = ("bf16", "fp16", "off")
 ON_BAD = ("skip", "fail")  # what training and evaluation do with an unreadable image
 FLOAT32_MAX = 3.4028234663852886e38  # the optimiser applies the learning rate in float32
 MAX_TRAIN_SIDE = 1024  # training input side: a batch of 32 at 1024 px is 400 MB of input alone
 # The fitting loss's weight when --nu is not given, per --fit-form: ours 1 (this SDK's choice, not tuned), released
 # 0.01 (the argparse default of the authors' released main_moco.py; their BYOL script hard-codes 0.01 too).
-FORM_NU = {"ours": 1.0, "released": 0.01, "per_image": 0.01}
+FORM_NU = {"ours": 1.0, "released": 0.01, "per_image": 0.01, "per_image_max": 0.01}
 # What training did before an option existed, where that differs from today's default: a checkpoint without the key
 # resumes (and is described) as it was trained.
 BEFORE_OPTION = {"fit_grad": "backbone", "fit_form": "ours"}
@@ -77,6 +77,12 @@ class TrainConfig:
             image: the prediction A min-max normalised to [0, 1] over each image's map with no temperature, the
             raw CAM as target (not normalised; detached only by fit_grad 'gfb'; cam_norm, cam_detach and tau are
             not used), both softmaxes over the image's whole h x w map, KL with reduction 'sum' (weight 0.01).
+            Its target is the raw CAM, whose values are small (the gradient of a batch-mean loss: about 2e-3 at
+            batch 32, shrinking as 1/batch), so softmax(CAM) is within a fraction of a percent of uniform: the
+            GFB is fitted to a near-uniform map, and what its mask learns comes from the min-max normalisation of A
+            under that pull, not from the Grad-CAM (log.csv's cam_contrast shows it; docs/BENCHMARKS.md).
+            'per_image_max': the same loss with each image's CAM scaled to max 1 first, so the target keeps the
+            Grad-CAM's shape whatever the batch size (its largest weight up to e times its smallest).
             'released': the released loss exactly, with its two defects: A min-max normalised over the whole batch
             (an image's loss depends on the rest of the batch) and each softmax over one row of the map. 'ours':
             KL(softmax(CAM/tau) || softmax(A/tau)) over all h*w positions of each image, batch mean, with the CAM
@@ -139,16 +145,19 @@ class TrainConfig:
     )
     fit_form: str = _opt(
         "per_image",
-        "per_image: the authors' loss form with each image's map normalised and softmaxed on its own (default); "
-        "released: their form exactly; ours: a tempered KL over each image's map.",
+        "per_image: the authors' loss form with each image's map normalised and softmaxed on its own (default; "
+        "its raw-CAM target is near-uniform); per_image_max: the same with each CAM scaled to max 1; released: "
+        "their form exactly; ours: a tempered KL over each image's map.",
     )
     nu: float | None = _opt(
         None, "Weight of the fitting loss (default: 1 for --fit-form ours, 0.01 for released and per_image)."
     )
     tau: float = _opt(0.4, "Softmax temperature of the fitting loss (form ours).")
     cam_sign: str = _opt("loss", "loss: +dL/dF (released code, default); score: -dL/dF (Grad-CAM).")
-    cam_detach: bool = _opt(True, "Detach the Grad-CAM target (--no-cam-detach: released code).")
-    cam_norm: str = _opt("max", "max: scale each CAM to max 1; none: raw (released code).")
+    cam_detach: bool = _opt(True, "Detach the Grad-CAM target (--no-cam-detach: released code; form ours).")
+    cam_norm: str = _opt(
+        "max", "max: scale each CAM to max 1; none: raw (form ours; per_image_max is per_image with max)."
+    )
     grad_log_every: int = _opt(8, "Log the backbone gradient norms of both losses every N steps (0: never).")
     seed: int = _opt(0, "Random seed.")
     workers: int = _opt(2, "Data-loader processes.")
@@ -168,6 +177,16 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         self.validate()
+
+    def unused_options(self) -> list[str]:
+        """Options set away from their defaults that this run's fitting form does not read (``--tau``, ``--cam-norm``
+        and ``--cam-detach`` act on form 'ours' only; a moco or supervised run reads none of them)."""
+        defaults = {f.name: f.default for f in fields(self)}
+        names = ("tau", "cam_norm", "cam_detach")
+        if self.method == "lcr" and not self.supervised and self.fit_form == "ours":
+            return []
+        spell = {"tau": "--tau", "cam_norm": "--cam-norm", "cam_detach": "--no-cam-detach"}
+        return [spell[n] for n in names if getattr(self, n) != defaults[n]]
 
     @property
     def fit_weight(self) -> float:

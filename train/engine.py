@@ -64,6 +64,7 @@ LOG_FIELDS = [
     "grad_nce",
     "grad_fit",
     "grad_ratio",
+    "cam_contrast",
 ]
 
 
@@ -197,7 +198,7 @@ class _Meter:
     def add(self, out: dict[str, torch.Tensor], images: int) -> None:
         self.steps += 1
         self.seen += images
-        for k in ("loss", "loss_nce", "loss_fit", "acc", "own_key"):
+        for k in ("loss", "loss_nce", "loss_fit", "acc", "own_key", "cam_contrast"):
             if k in out:
                 self.sums[k] = self.sums.get(k, 0.0) + float(out[k].detach())
         if "grad_nce" in out:
@@ -264,6 +265,10 @@ class Trainer:
         self.resume, self.save_every, self.max_steps, self.progress = resume, save_every, max_steps, progress
         self.on_epoch = on_epoch
         self.rank, self.world, local_rank = _dist_info()
+        unused = cfg.unused_options()
+        if unused:
+            what = f"--fit-form {cfg.fit_form}" if cfg.method == "lcr" and not cfg.supervised else "this method"
+            self._warn(f"{', '.join(unused)}: no effect with {what} (they act on --fit-form ours only)")
         self.device = resolve_device(device, local_rank)
         check_out(self.out)
         if cfg.batch_size % self.world:
@@ -579,10 +584,10 @@ class Trainer:
             if self.checkpoint_path.exists()
             else "no checkpoint was written"
         )
+        tau = f" and --tau ({cfg.tau:g})" if cfg.method == "lcr" and cfg.fit_form == "ours" else ""
         return InputError(
             f"training diverged at epoch {r.epoch + 1}, step {r.step + 1}: {what}. Lower --lr (now {cfg.lr:g}) or "
-            f"raise --warmup-epochs (now {cfg.warmup_epochs:g}); check --moco-t ({cfg.moco_t:g}) and --tau "
-            f"({cfg.tau:g}); {kept}"
+            f"raise --warmup-epochs (now {cfg.warmup_epochs:g}); check --moco-t ({cfg.moco_t:g}){tau}; {kept}"
         )
 
     def knn_monitor(self, net: LCRNet) -> float:
@@ -599,8 +604,12 @@ class Trainer:
     def _log(self, row: dict) -> None:
         """Append the epoch's row to log.csv (a new file at epoch 1)."""
         new = not (self.out / "log.csv").exists() or row["epoch"] == 1
+        fields = LOG_FIELDS
+        if not new:  # a run resumed from an earlier release keeps its file's columns
+            with open(self.out / "log.csv", newline="") as f:
+                fields = next(csv.reader(f), None) or LOG_FIELDS
         with _writing(self.out / "log.csv") as path, open(path, "w" if new else "a", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=LOG_FIELDS, extrasaction="ignore")
+            w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
             if new:
                 w.writeheader()
             w.writerow(row)

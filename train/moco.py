@@ -40,7 +40,8 @@ from torch import nn
 
 from lcr_sdk.train.model import LCRNet
 
-RELEASED_FORMS = ("released", "per_image")  # fitting forms with the released loss's raw-CAM target and KL
+RELEASED_FORMS = ("released", "per_image", "per_image_max")  # fitting forms with the released loss's KL
+RAW_CAM_FORMS = ("released", "per_image")  # ... of them, those taking the CAM raw (near-uniform after the softmax)
 
 
 class SplitBatchNorm(nn.BatchNorm2d):
@@ -299,7 +300,7 @@ class MoCo(nn.Module):
         """
         released = self.fit_form in RELEASED_FORMS
         detach = self.fit_grad == "gfb" or (self.cam_detach and not released)
-        norm = "none" if released else self.cam_norm
+        norm = "none" if self.fit_form in RAW_CAM_FORMS else "max" if released else self.cam_norm
         scale = self.cam_loss_scale if feats.dtype == torch.float16 else 1.0
         while True:
             cam = contrastive_gradcam(loss, feats, self.cam_sign, detach, norm, scale)
@@ -319,9 +320,20 @@ class MoCo(nn.Module):
         cam = self._cam(loss_nce / world if world > 1 else loss_nce, feats)  # B x h x w
         attn = self.encoder_q.raw_attention(feats.detach() if self.fit_grad == "gfb" else feats)  # B x h x w
         if self.fit_form in RELEASED_FORMS:
-            summed = released_fitting_loss(cam, attn, per_image=self.fit_form == "per_image")
+            summed = released_fitting_loss(cam, attn, per_image=self.fit_form != "released")
             return summed * world if world > 1 else summed, cam
         return fitting_loss(cam, attn, self.tau), cam  # a batch mean: the same on every process
+
+    @torch.no_grad()
+    def cam_contrast(self, cam: torch.Tensor) -> torch.Tensor:
+        """How far the fitting target is from uniform: its largest softmax weight over the uniform weight, as the
+        form's softmax spreads it (the whole map, or one row for 'released'), averaged over the batch. 1 means the
+        GFB is fitted to a uniform map whatever the Grad-CAM shows."""
+        if self.fit_form == "released":
+            return (F.softmax(cam.float(), dim=-1).amax(dim=-1) * cam.shape[-1]).mean()
+        flat = cam.float().flatten(1)
+        tau = 1.0 if self.fit_form in RELEASED_FORMS else self.tau
+        return (F.softmax(flat / tau, dim=1).amax(dim=1) * flat.shape[1]).mean()
 
     def forward(
         self, x_q: torch.Tensor, x_k: torch.Tensor, ids: torch.Tensor | None = None, measure_grads: bool = False
@@ -370,6 +382,7 @@ class MoCo(nn.Module):
             loss = loss + self.nu * loss_fit
             out["loss_fit"] = loss_fit.detach()
             out["cam"] = cam.detach()
+            out["cam_contrast"] = self.cam_contrast(cam)
             if measure_grads:
                 out["grad_fit"] = grad_norm(self.nu * loss_fit, backbone)
         self._enqueue(k, ids)

@@ -329,3 +329,22 @@ def test_a_process_of_a_two_process_run_computes_what_one_process_does_with_the_
     half = run(x_q, x_k, 2)
     torch.testing.assert_close(half["loss_fit"], whole["loss_fit"], rtol=1e-4, atol=1e-6)
     torch.testing.assert_close(half["cam"], whole["cam"][:4], rtol=1e-4, atol=1e-6)
+
+
+def test_a_raw_cam_target_is_near_uniform_and_the_scaled_form_keeps_the_grad_cam_shape():
+    """The released forms take the CAM raw: its values are a batch-mean loss's gradient (tiny), so the softmax target
+    barely differs from uniform (cam_contrast near 1) and the GFB is fitted to a flat map; 'per_image_max' scales
+    each image's CAM to max 1 first, so the target keeps the CAM's shape (and the same one at any batch size)."""
+    import torch
+
+    torch.manual_seed(0)
+    x_q, x_k = torch.randn(8, 3, 64, 64), torch.randn(8, 3, 64, 64)
+    raw, scaled = _moco("lcr", fit_form="per_image"), _moco("lcr", fit_form="per_image_max")
+    out_raw, out_scaled = raw(x_q, x_k), scaled(x_q, x_k)
+    assert float(out_raw["cam"].amax()) < 0.05 and float(out_raw["cam_contrast"]) < 1.05
+    peaks = out_scaled["cam"].flatten(1).amax(dim=1)
+    torch.testing.assert_close(peaks, torch.ones_like(peaks))
+    assert float(out_scaled["cam_contrast"]) > 1.2
+    # the same images: the scaled target is the raw one divided by each image's maximum
+    ratio = out_raw["cam"].flatten(1).amax(dim=1).view(-1, 1, 1)
+    torch.testing.assert_close(out_scaled["cam"], out_raw["cam"] / ratio, atol=1e-5, rtol=1e-4)

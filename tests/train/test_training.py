@@ -387,6 +387,19 @@ def test_gradient_log_warns_when_the_fitting_term_drives_the_backbone(synth_root
     row = next(csv.DictReader((tmp_path / "gfb" / "log.csv").open()))
     assert float(row["grad_nce"]) > 0 and float(row["grad_fit"]) == 0 and float(row["grad_ratio"]) == 0
     assert "fitting term's gradient" not in caplog.text
+    assert 1.0 <= float(row["cam_contrast"]) < 1.05  # the default form's raw-CAM target: next to uniform
+
+
+def test_options_the_fitting_form_does_not_read_are_warned_about(synth_root, tmp_path):
+    from lcr_sdk.train.config import TrainConfig
+    from lcr_sdk.train.engine import Trainer
+
+    small = dict(arch="resnet18", image_size=64, batch_size=8, moco_k=16, num_parts=4, epochs=1, workers=0)
+    assert TrainConfig(**small, fit_form="ours", tau=0.2, cam_norm="none").unused_options() == []
+    cfg = TrainConfig(**small, tau=0.2, cam_detach=False)  # the default form, per_image, reads neither
+    assert cfg.unused_options() == ["--tau", "--no-cam-detach"]
+    with pytest.warns(UserWarning, match=r"--tau, --no-cam-detach: no effect with --fit-form per_image"):
+        Trainer(cfg, synth_root, tmp_path / "run", progress=False)
 
 
 def test_unreadable_images_are_left_out_on_record(synth_root, tmp_path):
