@@ -15,6 +15,7 @@ runtime.
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Literal, overload
 
@@ -196,6 +197,8 @@ def evaluate(
             )
         if val_fraction is None and val_seed is None:
             _check_held_out(ckpt, data, checkpoint)
+        else:
+            _warn_if_trained_on(cfg, fraction, seed, checkpoint)
         bank, queries = split_validation(train_split, fraction, seed)
         out |= {"val_fraction": fraction, "val_seed": seed}
     else:
@@ -223,6 +226,22 @@ def evaluate(
     out["pooling"] = pooling
     out[f"{split}_images"] = len(queries)
     return out
+
+
+def _warn_if_trained_on(cfg: dict, fraction: float, seed: int, checkpoint: str | Path) -> None:
+    """Warn when the validation split asked for is not the one the checkpoint held out (it holds trained-on images)."""
+    if (fraction, seed) == (float(cfg.get("val_fraction", 0.0)), int(cfg.get("val_seed", 0))):
+        return
+    trained = (
+        "on all of train/"
+        if not cfg.get("val_fraction")
+        else f"holding out another split (--val-fraction {cfg['val_fraction']:g} --val-seed {cfg['val_seed']})"
+    )
+    warnings.warn(
+        f"{checkpoint} was trained {trained}: this validation split holds images it trained on, so its figures are "
+        "optimistic; compare models only on a split held out from all of them",
+        stacklevel=3,
+    )
 
 
 def synth_boxes(root: Path, split: Split, size: int) -> list | None:

@@ -343,6 +343,12 @@ def test_eval_split_options(lcr_checkpoint, synth_root):
     assert "--val-fraction 0 leaves no validation split" in line and "trained without" not in line, line
 
 
+def test_a_validation_split_carved_after_training_says_its_figures_are_optimistic(lcr_checkpoint, synth_root):
+    with pytest.warns(UserWarning, match=r"was trained on all of train/: .* optimistic"):
+        r = _eval(lcr_checkpoint, synth_root, "--split", "val", "--val-fraction", "0.25")
+    assert r.exit_code == 0, r.output
+
+
 # -- data import ------------------------------------------------------------------------------------------------------
 
 
