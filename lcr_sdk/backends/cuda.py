@@ -24,7 +24,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from lcr_sdk.errors import DeviceError, require
+from lcr_sdk.errors import DeviceError, MissingDependencyError, require
 
 NV_TEGRA_RELEASE = Path("/etc/nv_tegra_release")  # L4T's release file: present on a Jetson only
 LIBCUDA = ("libcuda.so.1", "libcuda.so") if os.name != "nt" else ("nvcuda.dll",)  # the driver's CUDA library
@@ -109,7 +109,17 @@ def cudart() -> Any:
     try:
         from cuda.bindings import runtime
     except ImportError:
-        runtime = require("cuda.cudart", "trt-cu12", "Using a CUDA GPU through cuda-python")
+        if l4t_release() is not None:  # the trt-cu12 extra's PyPI TensorRT would shadow JetPack's
+            try:
+                from cuda import cudart as runtime
+            except ImportError as e:
+                raise MissingDependencyError(
+                    f"cuda-python is not importable ({e}); on a Jetson install the jetson extra (pip install "
+                    "'lcr-sdk[jetson]', which brings cuda-python 12.x for JetPack 6.1+'s CUDA 12), never trt-cu12, "
+                    "whose TensorRT wheel would shadow JetPack's (docs/JETSON.md)"
+                ) from e
+        else:
+            runtime = require("cuda.cudart", "trt-cu12", "Using a CUDA GPU through cuda-python")
     return runtime
 
 

@@ -112,6 +112,24 @@ def _fake_jetson(monkeypatch, tmp_path: Path, text: str | None) -> None:
     monkeypatch.setattr(cuda, "NV_TEGRA_RELEASE", path)
 
 
+@pytest.mark.parametrize("jetson", [True, False])
+def test_a_missing_cuda_python_names_the_extra_for_the_platform(monkeypatch, tmp_path, jetson):
+    """cuda-python blocked (as where it is not installed): a Jetson is told the jetson extra, never trt-cu12 (its
+    PyPI TensorRT would shadow JetPack's); a desktop is told trt-cu12."""
+    from lcr_sdk.errors import MissingDependencyError
+
+    _fake_jetson(monkeypatch, tmp_path, RELEASE_36_4 if jetson else None)
+    for name in ("cuda", "cuda.bindings", "cuda.cudart"):
+        monkeypatch.setitem(sys.modules, name, None)
+    with pytest.raises(MissingDependencyError) as e:
+        cuda.cudart()
+    msg = str(e.value)
+    if jetson:
+        assert "lcr-sdk[jetson]" in msg and "never trt-cu12" in msg
+    else:
+        assert "trt-cu12" in msg and "jetson" not in msg
+
+
 def test_old_tensorrt_on_a_jetson_names_the_jetpack_upgrade(monkeypatch, tmp_path):
     from lcr_sdk.export.trt import system_check
 
