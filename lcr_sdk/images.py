@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import stat
 import struct
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -582,7 +582,7 @@ def list_images(folder: str | os.PathLike[str], recursive: bool = False) -> list
     folders (a leading ``.``, such as staging folders or editor backups) are left out.
     """
     folder = Path(folder)
-    found = folder.rglob("*") if recursive else folder.iterdir()
+    found = _walk(folder) if recursive else folder.iterdir()
     return sorted(
         p
         for p in found
@@ -590,6 +590,20 @@ def list_images(folder: str | os.PathLike[str], recursive: bool = False) -> list
         and not any(part.startswith(".") for part in p.relative_to(folder).parts)
         and p.is_file()
     )
+
+
+def _walk(folder: Path) -> Iterator[Path]:
+    """Every file below ``folder``, following links to folders as torchvision's ImageFolder does (``rglob`` does not
+    before Python 3.13), each real folder once (a link back up cannot loop); hidden folders are not entered."""
+    seen: set[str] = set()
+    for root, dirs, files in os.walk(folder, followlinks=True):
+        real = os.path.realpath(root)
+        if real in seen:
+            dirs[:] = []
+            continue
+        seen.add(real)
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        yield from (Path(root) / f for f in files)
 
 
 def skip_list(skipped: Sequence[tuple[Any, str]], most: int = 5) -> str:

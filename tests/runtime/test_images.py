@@ -266,3 +266,22 @@ def test_a_reduced_decode_in_whole_blocks_never_shrinks_a_turned_photo_below_the
     square = tmp_path / "square.jpg"  # 1999 x 2000: both sides are 250 blocks of 8, rounded up
     Image.fromarray(_photo(1999, 2000)).save(square, quality=95)
     assert read_image(square, min_size=(64, 64), whole_blocks=True).shape[:2] == (249, 250)
+
+
+def test_class_folders_are_listed_through_linked_sub_folders_each_real_folder_once(tmp_path):
+    """A sub-folder that is a link (images kept elsewhere) is read, as torchvision's ImageFolder reads it; a link
+    back up to the class folder cannot loop; hidden folders stay out."""
+    from lcr_sdk.images import list_images
+
+    extra = tmp_path / "elsewhere"
+    extra.mkdir()
+    for name in ("a.png", "b.jpg"):
+        (extra / name).write_bytes(b"x")
+    cls = tmp_path / "class"
+    (cls / ".hidden").mkdir(parents=True)
+    (cls / "own.png").write_bytes(b"x")
+    (cls / ".hidden" / "c.png").write_bytes(b"x")
+    (cls / "linked").symlink_to(extra, target_is_directory=True)
+    (cls / "loop").symlink_to(cls, target_is_directory=True)
+    found = [p.relative_to(cls).as_posix() for p in list_images(cls, recursive=True)]
+    assert found == ["linked/a.png", "linked/b.jpg", "own.png"]
