@@ -7,9 +7,13 @@
     DIR/robin/001.jpg, DIR/robin/002.jpg, DIR/wren/001.jpg ... -> labels "robin", "wren"
 
 Each image's id is its path relative to DIR; its metadata holds the path and the gallery records DIR, so
-`lcr-sdk gallery rebuild` can re-embed the images with a new model. An existing gallery at --out is only replaced
-with --replace (atomically: a crash leaves the old one). On LCR models each image's attention is checked:
---quality warn (default) reports diffuse ones, refuse leaves them out. `lcr-sdk gallery build` does the same.
+`lcr-sdk gallery rebuild` can re-embed the images with a new model. Images directly in DIR are added without a
+label, with a warning (search finds them; the open-set threshold is calibrated without them). An existing gallery
+at --out is only replaced with --replace (atomically: a crash leaves the old one). On LCR models each image's
+attention is checked: --quality warn (default) reports diffuse ones, refuse leaves them out.
+
+This builds the same gallery as `lcr-sdk gallery build MODEL DIR --out GALLERY` (library call
+lcr_sdk.gallery.build_from_folder); the command also has --index, --max-spread, --on-bad and --json.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from pathlib import Path
 
 from lcr_sdk import Embedder, Gallery, LcrError
 from lcr_sdk.errors import InputError
+from lcr_sdk.fileio import check_can_create
 from lcr_sdk.gallery import Quality, build_from_folder
 from lcr_sdk.gallery.explain import QUALITY
 from lcr_sdk.gallery.store import DTYPES, check_target, is_gallery
@@ -39,7 +44,9 @@ def positive_int(text: str) -> int:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model", help="model file: .onnx, .engine or .pt")
-    p.add_argument("images", type=Path, help="folder with one sub-folder of images per label")
+    p.add_argument(
+        "images", type=Path, help="folder with one sub-folder of images per label (images directly in it: no label)"
+    )
     p.add_argument("--out", type=Path, required=True, help="gallery folder to write")
     p.add_argument("--replace", action="store_true", help="replace an existing gallery at --out")
     p.add_argument("--backend", help="override the backend chosen by the model suffix")
@@ -59,8 +66,12 @@ def build(
     dtype: str = "float32",
     quality: str = "warn",
 ) -> Gallery:
-    """Embed every labelled image under ``images`` and save the gallery to ``out``."""
+    """Embed every image under ``images`` (label: its sub-folder; none for images directly in it) and save the
+    gallery to ``out``."""
+    if not images.is_dir():  # before the model is loaded
+        raise InputError(f"{images} is not a folder; pass a folder with one sub-folder of images per label")
     check_target(out)  # before any image is embedded
+    check_can_create(out, "the gallery")
     if is_gallery(out) and not replace:
         raise InputError(f"{out} already holds a gallery; pass --replace to replace it, or choose another --out")
     flagged: list[tuple[str, Quality]] = []
@@ -69,7 +80,6 @@ def build(
             emb,
             images,
             batch=batch,
-            require_labels=True,
             dtype=dtype,
             quality=quality,
             on_quality=lambda p, q: flagged.append((p, q)),
@@ -79,6 +89,14 @@ def build(
     if len(gallery) == 0:
         raise InputError(f"every image of {images} was refused (--quality refuse); nothing written to {out}")
     gallery.save(out, replace=True)
+    unlabelled = sum(1 for label in gallery.labels if not label)
+    if unlabelled:
+        print(
+            f"warning: {unlabelled} image(s) directly in {images} have no label (a label is the name of the "
+            f"sub-folder an image is in: {images}/<label>/<image>); search finds them, without a label, and the "
+            "open-set threshold is calibrated without them",
+            file=sys.stderr,
+        )
     return gallery
 
 
@@ -91,10 +109,15 @@ def main(argv: list[str] | None = None) -> int:
     except LcrError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    except OSError as e:  # a disk that fills up or goes read-only while the gallery is written
+        from lcr_sdk.cli import os_error_line
+
+        print(f"error: {os_error_line(e)}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    labels = sorted(set(gallery.labels))
+    labels = sorted({label for label in gallery.labels if label})
     print(f"gallery: {len(gallery)} images, {len(labels)} labels -> {args.out}", file=sys.stderr)
     return 0
 

@@ -7,7 +7,9 @@
 
 Drag a box with the mouse to query just that region (right click clears it).
 Keys in the window: e = enrol the current query region (type a label, Enter saves; an empty label becomes item-N;
-Esc cancels), q or Esc = quit. A GALLERY folder that does not exist starts empty and is created on enrolment.
+Esc cancels), q or Esc = quit. A GALLERY folder that does not exist (or an empty one) starts a new gallery, saved
+at the first enrolment; any other path must hold a gallery (`lcr-sdk gallery info GALLERY` reads it), else the demo
+stops before it opens the model.
 
 A frame whose best score is below the gallery's calibrated threshold (--threshold) is shown as "unknown". An
 enrolment is one small append to the gallery (the crop is stored with it), checked first: an image on which the
@@ -27,10 +29,12 @@ from typing import Any
 import cv2
 
 from lcr_sdk import Embedder, Gallery, LcrError
-from lcr_sdk.errors import InputError
+from lcr_sdk.errors import InputError, ModelError
 from lcr_sdk.fileio import atomic_path
 from lcr_sdk.gallery.explain import MAX_SPREAD, check_quality_options
 from lcr_sdk.gallery.search import parse_threshold
+from lcr_sdk.gallery.store import VERSION_DIR, is_gallery
+from lcr_sdk.images import MIN_SIDE
 from lcr_sdk.redact import redact
 from lcr_sdk.video import (
     FpsMeter,
@@ -91,7 +95,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--backend", help="override the backend chosen by the model suffix")
     p.add_argument("--top-k", type=positive_int, default=3, help="hits shown per frame (default 3)")
     p.add_argument("--crop", choices=["none", "center"], default="none", help="query the centre square only")
-    p.add_argument("--enroll", metavar="LABEL", help="enrol the first frame under LABEL (no key needed)")
+    p.add_argument("--enroll", metavar="LABEL", help="enrol the first frame's query region under LABEL (no key needed)")
     p.add_argument(
         "--threshold",
         type=threshold_arg,
@@ -119,6 +123,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         check_quality_options(args.quality, args.max_spread, ("--quality", "--max-spread"))
     except InputError as e:
         p.error(str(e))
+    if args.enroll is not None and not args.enroll.strip():
+        p.error(
+            f"--enroll {args.enroll!r} is an empty label; give the label to enrol the first frame under, e.g. "
+            "--enroll robin (leave --enroll out to enrol nothing)"
+        )
     return args
 
 
@@ -142,13 +151,61 @@ def is_fleet(gallery: str) -> bool:
     return "://" in gallery or gallery.endswith(".db")
 
 
-def open_gallery(where: str, collection: str, emb: Embedder) -> Any:
-    """The local gallery in folder ``where`` (new if none is there yet), or the fleet gallery it names."""
+def is_new_gallery(where: str) -> bool:
+    """Whether ``where`` starts a new local gallery: a folder that does not exist, or an empty one (leftovers of an
+    interrupted save, ``.tmp-*`` and ``.lock``, aside), as ``lcr-sdk gallery build --out`` accepts."""
+    path = Path(where)
+    if not path.exists():
+        return True
+    return path.is_dir() and all(p.name.startswith((".tmp-", ".lock")) for p in path.iterdir())
+
+
+def load_gallery(where: str) -> Gallery | None:
+    """The saved local gallery in ``where``, or None where a new one starts (:func:`is_new_gallery`).
+
+    Raises:
+        InputError: ``where`` is a file, a folder that holds something else (images, a gallery whose CURRENT is
+            gone), or a damaged gallery: refused before the model and the camera open, and left as it was.
+    """
+    path = Path(where)
+    if is_new_gallery(where):
+        return None
+    if not is_gallery(path):  # refused here, not by Gallery.load, which would leave its lock file in the folder
+        if not path.is_dir():
+            what = "a file, not a gallery folder"
+        elif any(VERSION_DIR.match(p.name) for p in path.iterdir()):
+            what = "its CURRENT file is gone, so the gallery is damaged: restore it from a backup"
+        else:
+            what = "a folder with no CURRENT file"
+        raise InputError(
+            f"{where} is not a saved gallery ({what}); give the folder `lcr-sdk gallery build --out` wrote, or a "
+            "folder that does not exist (or an empty one) to start a new gallery there"
+        )
+    return Gallery.load(where)
+
+
+def open_gallery(where: str, collection: str, emb: Embedder, saved: Gallery | None = None) -> Any:
+    """The fleet gallery ``where`` names, the local gallery ``saved`` (from :func:`load_gallery`), or a new one."""
     if is_fleet(where):
         return Gallery.connect(where, collection, model=emb)
-    if (Path(where) / "CURRENT").exists():
-        return Gallery.load(where)
+    if saved is not None:
+        return saved
     return Gallery(emb.manifest.embedding_dim, emb.model_id)
+
+
+def check_gallery_model(gallery: Any, emb: Embedder, where: str, model: str) -> None:
+    """Refuse a gallery built with another model, saying how to re-embed it (this demo never compares them)."""
+    try:
+        gallery.check_model(emb)
+    except ModelError:
+        if is_fleet(where):
+            raise
+        raise ModelError(
+            f"gallery {where} was built with model {gallery.model_sha256[:12]}... but {model} is model "
+            f"{emb.model_id[:12]}...: their embeddings are not comparable, so every score would be meaningless. "
+            f"Re-embed the gallery with this model (lcr-sdk gallery rebuild {where} --model {model}), or run the "
+            "demo with the model the gallery was built with"
+        ) from None
 
 
 def check_enrolment(args: argparse.Namespace) -> None:
@@ -171,7 +228,7 @@ def query_box(drawn: Any, crop: str, h: int, w: int) -> tuple[int, int, int, int
         if x1 - x0 >= 16 and y1 - y0 >= 16:
             return x0, y0, x1, y1
     if crop == "center":
-        s = int(min(h, w) * 0.6)
+        s = max(int(min(h, w) * 0.6), min(h, w, MIN_SIDE))  # never smaller than the model embeds
         return (w - s) // 2, (h - s) // 2, (w + s) // 2, (h + s) // 2
     return 0, 0, w, h
 
@@ -248,9 +305,16 @@ def main(argv: list[str] | None = None) -> int:
 
 def run(args: argparse.Namespace) -> int:
     check_log(args)
-    check_enrolment(args)
     with contextlib.ExitStack() as stack:
+        saved = None if is_fleet(args.gallery) else load_gallery(args.gallery)  # before the model and the camera
+        if saved is not None:
+            stack.enter_context(contextlib.closing(saved))
+        check_enrolment(args)
         emb = stack.enter_context(Embedder(args.model, backend=args.backend))
+        gallery = open_gallery(args.gallery, args.collection, emb, saved)
+        if gallery is not saved:
+            stack.enter_context(contextlib.closing(gallery))
+        check_gallery_model(gallery, emb, args.gallery, args.model)
         source = stack.enter_context(open_source(args.input, args.width, args.height, args.fps, args.loop))
         sink = stack.enter_context(
             open_sink(
@@ -260,8 +324,6 @@ def run(args: argparse.Namespace) -> int:
         log = None
         if args.log is not None:  # written under a temporary name, renamed when the demo ends (Ctrl+C included)
             log = stack.enter_context(open(stack.enter_context(atomic_path(args.log, fsync=False)), "w"))
-        gallery = stack.enter_context(contextlib.closing(open_gallery(args.gallery, args.collection, emb)))
-        gallery.check_model(emb)
         cut = gallery.threshold if args.threshold == "auto" else args.threshold
         shown = "none" if cut is None else f"{cut:.4f}"
         print(f"{emb}\ngallery: {len(gallery)} items in {redact(args.gallery)}, threshold {shown}", file=sys.stderr)

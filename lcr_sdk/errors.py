@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 
@@ -51,11 +52,52 @@ PLATFORM_PACKAGES = {
 }
 
 
+# System libraries OpenCV's wheels load (opencv-python's GUI needs libGL and GLib; the headless wheel needs none of
+# them) -> the Debian/Ubuntu package that provides each.
+SYSTEM_LIBRARIES = {
+    "libGL.so.1": "libgl1",
+    "libEGL.so.1": "libegl1",
+    "libglib-2.0.so.0": "libglib2.0-0",
+    "libgthread-2.0.so.0": "libglib2.0-0",
+    "libgobject-2.0.so.0": "libglib2.0-0",
+    "libSM.so.6": "libsm6",
+    "libICE.so.6": "libice6",
+    "libXext.so.6": "libxext6",
+    "libXrender.so.1": "libxrender1",
+    "libX11.so.6": "libx11-6",
+}
+_MISSING_LIBRARY = re.compile(r"([\w.+-]+\.so(?:\.[\w.]+)?): cannot open shared object file")
+
+
+def missing_library(text: str) -> str | None:
+    """The shared library an import error says the system lacks (``libGL.so.1: cannot open shared object file``),
+    or None when the error is about something else."""
+    m = _MISSING_LIBRARY.search(text)
+    return m.group(1) if m else None
+
+
+def platform_message(module: str, error: str) -> str:
+    """How to get a platform package (:data:`PLATFORM_PACKAGES`) that failed to import with ``error`` (its first
+    line). When the package is installed but a system library it loads is missing (OpenCV's libGL or GLib), the
+    message names that library and how to install it instead of the pip extra that is already there."""
+    lib = missing_library(error) if module == "cv2" else None
+    if lib is None:
+        return PLATFORM_PACKAGES[module].format(err=error)
+    apt = SYSTEM_LIBRARIES.get(lib)
+    install = f"apt install {apt} (Debian/Ubuntu, as root)" if apt else f"install the system package that has {lib}"
+    return (
+        f"OpenCV (cv2) is installed but cannot load the system library {lib} ({error}). Install it: {install}; or "
+        "use the headless OpenCV wheel, which needs no display libraries: pip uninstall -y opencv-python && pip "
+        "install opencv-python-headless"
+    )
+
+
 def import_platform(module: str) -> Any:
     """Import a package the platform may provide (``cv2``, ``onnxruntime``, ``tensorrt``) or raise
     :class:`MissingDependencyError` naming the extra (desktop) or the system package (Jetson).
 
-    A build against another numpy major (a numpy 1.x wheel under numpy 2) is reported with its fix too.
+    A build against another numpy major (a numpy 1.x wheel under numpy 2), and an OpenCV whose system libraries
+    are missing (libGL, GLib), are reported with their fixes too.
     """
     import importlib
 
@@ -68,7 +110,7 @@ def import_platform(module: str) -> Any:
                 f"{module} was built against numpy 1.x but numpy {_numpy_version()} is installed "
                 f"({text.splitlines()[0]}); install numpy 1.x: pip install 'numpy<2' (the 'jetson' extra pins it)"
             ) from e
-        raise MissingDependencyError(PLATFORM_PACKAGES[module].format(err=text.splitlines()[0] if text else e)) from e
+        raise MissingDependencyError(platform_message(module, text.splitlines()[0] if text else str(e))) from e
 
 
 def _numpy_version() -> str:

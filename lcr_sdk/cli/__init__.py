@@ -36,7 +36,7 @@ import typer
 from typer.core import TyperGroup
 
 from lcr_sdk._version import __version__
-from lcr_sdk.errors import PLATFORM_PACKAGES, LcrError
+from lcr_sdk.errors import PLATFORM_PACKAGES, LcrError, platform_message
 from lcr_sdk.fileio import is_disk_full, mib
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED, EXIT_BROKEN_PIPE = 0, 1, 2, 130, 141
@@ -139,7 +139,7 @@ def missing_package_line(e: ImportError) -> str | None:
     name = (getattr(e, "name", None) or "").split(".")[0]
     first = str(e).splitlines()[0] if str(e) else name
     if name in PLATFORM_PACKAGES:
-        return PLATFORM_PACKAGES[name].format(err=first)
+        return platform_message(name, first)  # an installed OpenCV missing a system library says which one
     if name in INSTALL:
         return f"this command needs {name!r}, which is not installed ({first}); {INSTALL[name]}"
     return None

@@ -10,12 +10,14 @@ Source URIs: ``0`` or ``/dev/video0`` (USB/V4L2 camera), ``csi://0`` (Jetson CSI
 (``"imgs/*.jpg"``). Live sources (cameras, streams) are read on a background thread that keeps only the newest
 frame, so a slow consumer always gets current frames, and a dropped source is reopened with exponential backoff;
 meanwhile iteration yields placeholder frames (``ok=False``) that show the status. A file ends the iteration (a
-video file served over ``http(s)://`` too: it is played once, not reconnected to). A requested frame size is at most
-``MAX_FRAME_SIDE`` a side and ``MAX_FRAME_PIXELS`` in all (:func:`check_frame_options`); a source's messages and
-status show its URI without credentials (:func:`lcr_sdk.redact.redact`).
+video file served over ``http(s)://`` too: it is played once, not reconnected to). A requested frame size is
+``MIN_FRAME_SIDE`` .. ``MAX_FRAME_SIDE`` a side and at most ``MAX_FRAME_PIXELS`` in all (:func:`check_frame_options`);
+a source's messages and status show its URI without credentials (:func:`lcr_sdk.redact.redact`). OpenCV's own
+warnings are silenced while a source opens (:func:`quiet_opencv`): a failure is the SDK's one error line.
 
 Sink URIs: ``display://0`` (a window), ``out.mp4`` / ``.avi`` / ``.mkv`` (a video, finalised on close under a
-temporary name first), ``frames/`` (a folder of PNG frames; a trailing ``/`` always means a folder), ``last.png`` (one
+temporary name first and checked to play back; a disk that fills up is an ``OSError`` (ENOSPC) that leaves the
+previous file in place), ``frames/`` (a folder of PNG frames; a trailing ``/`` always means a folder), ``last.png`` (one
 image, overwritten each frame). ``open_sink(..., inputs=[...])`` refuses an output that is one of the inputs, lies
 inside an input folder or matches an input glob (:func:`refuse_input`, also for the other files a demo writes); an
 output folder that cannot be written is one error before any frame (:func:`check_writable`).
@@ -46,6 +48,7 @@ from lcr_sdk.video.sources import (
     MAX_FPS,
     MAX_FRAME_PIXELS,
     MAX_FRAME_SIDE,
+    MIN_FRAME_SIDE,
     SOURCE_FORMS,
     STREAM_SCHEMES,
     VIDEO_SUFFIXES,
@@ -63,12 +66,14 @@ from lcr_sdk.video.sources import (
     csi_pipeline,
     has_gstreamer,
     open_source,
+    quiet_opencv,
 )
 
 __all__ = [
     "MAX_FPS",
     "MAX_FRAME_PIXELS",
     "MAX_FRAME_SIDE",
+    "MIN_FRAME_SIDE",
     "SINK_FORMS",
     "SOURCE_FORMS",
     "STREAM_SCHEMES",
@@ -99,5 +104,6 @@ __all__ = [
     "interrupt_on_sigterm",
     "open_sink",
     "open_source",
+    "quiet_opencv",
     "refuse_input",
 ]

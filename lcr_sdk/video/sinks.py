@@ -4,10 +4,12 @@ temporary name and renamed into place (:mod:`lcr_sdk.fileio`). See :func:`open_s
 
 from __future__ import annotations
 
+import errno
 import fnmatch
 import glob
 import os
 import re
+import shutil
 import signal
 import sys
 from collections.abc import Iterator, Sequence
@@ -23,7 +25,7 @@ from lcr_sdk.errors import InputError
 from lcr_sdk.fileio import atomic_path, check_writable
 from lcr_sdk.images import IMAGE_SUFFIXES
 from lcr_sdk.video.draw import fit_frame
-from lcr_sdk.video.sources import STREAM_SCHEMES, VIDEO_SUFFIXES
+from lcr_sdk.video.sources import STREAM_SCHEMES, VIDEO_SUFFIXES, quiet_opencv
 
 _FOURCC = {".mp4": "mp4v", ".m4v": "mp4v", ".mov": "mp4v", ".avi": "MJPG", ".mkv": "FFV1"}  # .mkv: lossless
 SINK_FORMS = "display://0 (window), out.mp4 | out.avi | out.mkv (video), frames/ (PNG folder), last.png (image)"
@@ -107,7 +109,15 @@ class VideoFileSink(Sink):
 
     A killed process leaves only a hidden ``.NAME.XXXX.partial.EXT``; an exception inside ``with`` discards it.
     The writer opens at the first frame (its size fixes the video's); later frames of another size are resized.
+
+    OpenCV's writer reports no failed write, so the sink checks for itself: after each frame, that the disk still
+    has room (:data:`MIN_FREE`), and on :meth:`close`, that the finished file opens as a video with frames before
+    it is renamed into place. Either failure removes the temporary file, leaves a file already at the final name as
+    it was, and raises ``OSError`` naming the final name: ENOSPC for a full disk (the error every writer of the SDK
+    gives, :func:`lcr_sdk.fileio.is_disk_full`), EIO for a file that does not play back.
     """
+
+    MIN_FREE = 64 * 1024  # bytes: below this the writer's next flush (32 KiB) and the index written at close fail
 
     def __init__(self, uri: str, path: Path, fps: float = 30.0):
         super().__init__(uri)
@@ -128,21 +138,72 @@ class VideoFileSink(Sink):
                     f"OpenCV could not write {self.path} with codec {fourcc}; use .mp4, .avi or a "
                     "folder of PNG frames (frames/)"
                 )
-        self._writer.write(fit_frame(image, self._size))
+        with quiet_opencv():  # a failed write is the one error below, not OpenCV's warning per frame
+            self._writer.write(fit_frame(image, self._size))
+        if self._disk_full():
+            raise self._full_error()
         return super().render(image)
 
     def close(self, keep: bool = True) -> None:
-        """Finish the file and rename it into place (``keep=False``, or no frame written: remove it)."""
+        """Finish the file and rename it into place (``keep=False``, or no frame written: remove it).
+
+        Raises:
+            OSError: the finished file does not play back (ENOSPC when the disk is full, else EIO); the temporary
+                file is removed and the final name left as it was.
+        """
         if self.is_open:
+            self.is_open = False
             wrote = self._writer is not None
             if self._writer is not None:
-                self._writer.release()
+                with quiet_opencv():
+                    self._writer.release()
                 self._writer = None
-            if keep and wrote:
+            failure = self._check_playable() if keep and wrote else None
+            if keep and wrote and failure is None:
                 self._commit.__exit__(None, None, None)
-            else:  # the temporary file is removed, the final name never appears
+            else:  # the temporary file is removed, the final name never appears (or keeps its old file)
                 self._commit.__exit__(_Discard, _Discard(), None)
+            if failure is not None:
+                raise failure
         super().close()
+
+    def _free_bytes(self) -> int | None:
+        """Bytes this process may still write on the disk of the video (root may use the reserved blocks)."""
+        try:
+            if hasattr(os, "statvfs"):
+                st = os.statvfs(self.tmp.parent)
+                root = hasattr(os, "geteuid") and os.geteuid() == 0
+                return (st.f_bfree if root else st.f_bavail) * st.f_frsize
+            return shutil.disk_usage(self.tmp.parent).free
+        except OSError:  # a disk that cannot be asked: judged by the check at close alone
+            return None
+
+    def _disk_full(self) -> bool:
+        free = self._free_bytes()
+        return free is not None and free < self.MIN_FREE
+
+    def _full_error(self) -> OSError:
+        return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self.path))
+
+    def _check_playable(self) -> OSError | None:
+        """None if the finished temporary file opens as a video with a frame; else the error to raise."""
+        with quiet_opencv():
+            cap = cv2.VideoCapture(str(self.tmp), cv2.CAP_ANY)
+            try:
+                ok = cap.isOpened() and cap.get(cv2.CAP_PROP_FRAME_COUNT) > 0 and cap.read()[0]
+            finally:
+                cap.release()
+        if ok:
+            return None
+        if self._disk_full():
+            return self._full_error()
+        return OSError(
+            errno.EIO,
+            f"the video OpenCV wrote does not play back ({self.count} frames given; a disk quota reached, or a "
+            "write error); nothing was renamed into place, a file already there is as it was: check the disk "
+            "(df, quota), then write elsewhere or as frames/",
+            str(self.path),
+        )
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: object, tb: object) -> None:
         self.close(keep=exc_type is None or issubclass(exc_type, KeyboardInterrupt))  # Ctrl+C keeps the video

@@ -13,6 +13,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -21,7 +22,7 @@ import cv2
 import numpy as np
 
 from lcr_sdk.errors import InputError
-from lcr_sdk.images import IMAGE_SUFFIXES, list_images, read_image
+from lcr_sdk.images import IMAGE_SUFFIXES, MIN_SIDE, list_images, read_image
 from lcr_sdk.redact import redact
 from lcr_sdk.video.draw import draw_text, fit_frame
 
@@ -33,7 +34,9 @@ SOURCE_FORMS = (
 )
 # Frames are bounded so that a demo's worst case fits its memory budget (docs/RELIABILITY.md, 1 GB above the
 # model): a frame of at most 8K UHD's 33 MP is 100 MB of BGR pixels, and the attention demo on 8K video peaks 0.8 GB
-# above its loaded model. Each side of a requested size is at most MAX_FRAME_SIDE.
+# above its loaded model. Each side of a requested size is MIN_FRAME_SIDE..MAX_FRAME_SIDE: the least is the
+# smallest image the model embeds (lcr_sdk.images.MIN_SIDE), so a size the options accept is one the demos can run.
+MIN_FRAME_SIDE = MIN_SIDE
 MAX_FRAME_SIDE = 8192
 MAX_FRAME_PIXELS = 7680 * 4320
 MAX_FPS = 1000.0
@@ -67,6 +70,40 @@ class Reader(Protocol):
 
 
 Opener = Callable[[], Reader]
+
+
+_quiet_lock = threading.Lock()
+_quiet_depth = 0
+_quiet_saved: int | None = None
+
+
+@contextmanager
+def quiet_opencv() -> Iterator[None]:
+    """Silence OpenCV's own log (``[ WARN:0 ...]`` lines on stderr) within this block, and restore its level after.
+
+    Opening a camera that is not there, or writing to a full disk, makes OpenCV print warnings before the SDK's one
+    error line says what happened and how to fix it. Blocks may nest and overlap across threads: the level is
+    saved by the first to enter and restored by the last to leave. An OpenCV without ``cv2.utils.logging`` is left
+    as it is.
+    """
+    global _quiet_depth, _quiet_saved
+    log = getattr(getattr(cv2, "utils", None), "logging", None)
+    if log is None or not hasattr(log, "setLogLevel"):
+        yield
+        return
+    with _quiet_lock:
+        if _quiet_depth == 0:
+            _quiet_saved = log.getLogLevel()
+            log.setLogLevel(log.LOG_LEVEL_SILENT)
+        _quiet_depth += 1
+    try:
+        yield
+    finally:
+        with _quiet_lock:
+            _quiet_depth -= 1
+            if _quiet_depth == 0 and _quiet_saved is not None:
+                log.setLogLevel(_quiet_saved)
+                _quiet_saved = None
 
 
 class CaptureReader:
@@ -348,18 +385,19 @@ def _capture_opener(
     """An opener for ``cv2.VideoCapture(target, api)``; raises :class:`InputError` if it does not open."""
 
     def opener() -> CaptureReader:
-        cap = cv2.VideoCapture(target, api)
-        if not cap.isOpened():
-            cap.release()
-            raise InputError(f"could not open {what}; {hint}")
-        for prop, value in (
-            (cv2.CAP_PROP_FRAME_WIDTH, width),
-            (cv2.CAP_PROP_FRAME_HEIGHT, height),
-            (cv2.CAP_PROP_FPS, fps),
-        ):
-            if value:
-                cap.set(prop, value)
-        cap.set(cv2.CAP_PROP_BUFFERSIZE, 1)  # keep the driver queue short; the thread keeps the newest anyway
+        with quiet_opencv():  # a failed open is the one error line below, not OpenCV's warnings before it
+            cap = cv2.VideoCapture(target, api)
+            if not cap.isOpened():
+                cap.release()
+                raise InputError(f"could not open {what}; {hint}")
+            for prop, value in (
+                (cv2.CAP_PROP_FRAME_WIDTH, width),
+                (cv2.CAP_PROP_FRAME_HEIGHT, height),
+                (cv2.CAP_PROP_FPS, fps),
+            ):
+                if value:
+                    cap.set(prop, value)
+            cap.set(cv2.CAP_PROP_BUFFERSIZE, 1)  # keep the driver queue short; the thread keeps the newest anyway
         return CaptureReader(cap)
 
     return opener
@@ -503,7 +541,8 @@ def _open_local(uri: str, size: tuple[int, int] | None, fps: float | None, loop:
 
 
 def _open_video_file(path: Path) -> CaptureReader:
-    cap = cv2.VideoCapture(str(path), cv2.CAP_ANY)
+    with quiet_opencv():
+        cap = cv2.VideoCapture(str(path), cv2.CAP_ANY)
     if not cap.isOpened():
         cap.release()
         raise InputError(
@@ -516,7 +555,7 @@ def _open_video_file(path: Path) -> CaptureReader:
 
 def bounded_arg(kind: type, low: float, high: float, what: str) -> Callable[[str], float]:
     """An argparse ``type`` for the demos: a number of ``kind`` in [low, high] (``what`` says what it counts);
-    e.g. ``bounded_arg(int, 1, MAX_FRAME_SIDE, "pixels")`` for ``--width``."""
+    e.g. ``bounded_arg(int, MIN_FRAME_SIDE, MAX_FRAME_SIDE, "pixels")`` for ``--width``."""
     import argparse
 
     def parse(text: str) -> float:
@@ -534,13 +573,10 @@ def bounded_arg(kind: type, low: float, high: float, what: str) -> Callable[[str
 def add_frame_options(parser: Any) -> None:
     """The demos' ``--width``, ``--height`` and ``--fps`` (a camera mode; for files, a resize and real-time
     playback) on an argparse ``parser``, bounded as :func:`check_frame_options` bounds them."""
-    side = bounded_arg(int, 1, MAX_FRAME_SIDE, "pixels")
-    parser.add_argument(
-        "--width", type=side, help=f"capture width (cameras) / resize width (files), 1..{MAX_FRAME_SIDE}"
-    )
-    parser.add_argument(
-        "--height", type=side, help=f"capture height (cameras) / resize height (files), 1..{MAX_FRAME_SIDE}"
-    )
+    side = bounded_arg(int, MIN_FRAME_SIDE, MAX_FRAME_SIDE, "pixels")
+    sides = f"{MIN_FRAME_SIDE}..{MAX_FRAME_SIDE}"
+    parser.add_argument("--width", type=side, help=f"capture width (cameras) / resize width (files), {sides}")
+    parser.add_argument("--height", type=side, help=f"capture height (cameras) / resize height (files), {sides}")
     parser.add_argument(
         "--fps",
         type=bounded_arg(float, MIN_FPS, MAX_FPS, "frames per second"),
@@ -549,17 +585,17 @@ def add_frame_options(parser: Any) -> None:
 
 
 def check_frame_options(width: int | None, height: int | None, fps: float | None) -> None:
-    """Refuse a requested frame size or rate outside the bounds (each side 1..MAX_FRAME_SIDE, at most
+    """Refuse a requested frame size or rate outside the bounds (each side MIN_FRAME_SIDE..MAX_FRAME_SIDE, at most
     MAX_FRAME_PIXELS in all; fps MIN_FPS..MAX_FPS), before anything is opened.
 
     Raises:
         InputError: naming the option, the value and the valid range.
     """
     for name, value in (("width", width), ("height", height)):
-        if value is not None and not 1 <= value <= MAX_FRAME_SIDE:
+        if value is not None and not MIN_FRAME_SIDE <= value <= MAX_FRAME_SIDE:
             raise InputError(
-                f"--{name} {value} is not a frame size; give 1..{MAX_FRAME_SIDE} pixels (or leave it out for the "
-                "source's own size)"
+                f"--{name} {value} is not a frame size; give {MIN_FRAME_SIDE}..{MAX_FRAME_SIDE} pixels (the model "
+                f"embeds no smaller image; or leave it out for the source's own size)"
             )
     if width and height and width * height > MAX_FRAME_PIXELS:
         raise InputError(

@@ -239,12 +239,27 @@ def test_label_prompt_typing():
     assert type_key("x", 27) == (None, None)  # Esc cancels
 
 
-def test_build_gallery_refuses_a_folder_without_labels(demo_model, tmp_path, capsys):
-    (tmp_path / "flat").mkdir()
-    cv2.imwrite(str(tmp_path / "flat" / "a.png"), np.zeros((64, 64, 3), np.uint8))
-    rc = load_example("build_gallery").main([str(demo_model), str(tmp_path / "flat"), "--out", str(tmp_path / "g")])
-    assert rc == 1 and "<label>" in capsys.readouterr().err
-    assert not (tmp_path / "g").exists()
+def test_build_gallery_builds_what_the_gallery_build_command_builds(demo_model, synth_root, tmp_path, capsys):
+    """Images directly in the folder are added without a label, with a warning, as `lcr-sdk gallery build` does."""
+    from typer.testing import CliRunner
+
+    from lcr_sdk import Gallery
+    from lcr_sdk.cli import app
+
+    images = tmp_path / "images"
+    for i, p in enumerate(sorted((synth_root / "test").glob("*/*.png"))[:3]):
+        folder = images if i == 0 else images / p.parent.name  # the first one outside a label folder
+        folder.mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(folder / p.name), cv2.imread(str(p)))
+    rc = load_example("build_gallery").main([str(demo_model), str(images), "--out", str(tmp_path / "example")])
+    err = capsys.readouterr().err
+    assert rc == 0 and f"1 image(s) directly in {images} have no label" in err, err
+    r = CliRunner().invoke(app, ["gallery", "build", str(demo_model), str(images), "--out", str(tmp_path / "command")])
+    assert r.exit_code == 0, r.output
+    example, command = Gallery.load(tmp_path / "example"), Gallery.load(tmp_path / "command")
+    assert len(example) == 3 and example.labels.count("") == 1
+    assert (example.ids, example.labels, example.metadata) == (command.ids, command.labels, command.metadata)
+    assert np.allclose(example.vectors, command.vectors)
 
 
 def test_query_box_prefers_a_drawn_box_then_the_centre_crop():

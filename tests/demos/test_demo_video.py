@@ -105,9 +105,24 @@ def test_unreadable_sources_fail_with_a_clear_error(tmp_path, make, match):
         open_source(make(tmp_path))
 
 
-def test_missing_camera_fails_at_open():
+def test_missing_camera_fails_at_open_with_no_opencv_warnings(capfd):
+    level = cv2.utils.logging.getLogLevel()
     with pytest.raises(InputError, match="could not open camera 57"):
         open_source("57")
+    assert "WARN" not in capfd.readouterr().err  # OpenCV's "[ WARN:0 ...] cap_v4l" lines would precede the error
+    assert cv2.utils.logging.getLogLevel() == level  # restored after the open
+
+
+def test_opencv_quiet_blocks_nest_and_restore_the_level():
+    from lcr_sdk.video import quiet_opencv
+
+    log = cv2.utils.logging
+    level = log.getLogLevel()
+    with quiet_opencv():
+        with quiet_opencv():
+            assert log.getLogLevel() == log.LOG_LEVEL_SILENT
+        assert log.getLogLevel() == log.LOG_LEVEL_SILENT  # the outer block still holds it
+    assert log.getLogLevel() == level
 
 
 @pytest.mark.skipif(has_gstreamer(), reason="this OpenCV has GStreamer")
@@ -229,6 +244,46 @@ def test_video_sink_crash_leaves_no_file_under_the_final_name(tmp_path):
         sink.render(np.zeros((48, 64, 3), np.uint8))
         raise RuntimeError("model crashed")
     assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_video_sink_that_cannot_finish_its_file_keeps_the_old_one(tmp_path, monkeypatch):
+    """OpenCV's writer reports no failure, so a file it could not finish (its index lost at close to a disk quota or
+    a disk that filled at that moment) must be caught by the sink before the rename. A disk with room cannot lose
+    a file's end on cue: the fault is injected by cutting the file in half after OpenCV finished it."""
+    real = cv2.VideoWriter
+
+    class LosesItsEnd:
+        fourcc = staticmethod(real.fourcc)
+
+        def __init__(self, path, *args):
+            self.path, self.writer = Path(path), real(path, *args)
+
+        def isOpened(self):
+            return self.writer.isOpened()
+
+        def write(self, frame):
+            self.writer.write(frame)
+
+        def release(self):
+            self.writer.release()
+            data = self.path.read_bytes()
+            self.path.write_bytes(data[: len(data) // 2])
+
+    out = tmp_path / "out.mp4"
+    with open_sink(out) as sink:
+        for i in range(3):
+            sink.render(np.full((120, 160, 3), 40 * i, np.uint8))
+    before = out.read_bytes()
+    monkeypatch.setattr(cv2, "VideoWriter", LosesItsEnd)
+    sink = open_sink(out)
+    for i in range(6):
+        sink.render(np.full((120, 160, 3), 30 * i, np.uint8))
+    with pytest.raises(OSError, match="does not play back") as e:
+        sink.close()
+    assert e.value.filename == str(out) and "\n" not in str(e.value)
+    assert out.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["out.mp4"]
+    with open_source(out) as src:
+        assert len(list(src)) == 3  # the previous recording, still playable
 
 
 def test_png_folder_and_image_sinks(tmp_path):

@@ -191,8 +191,20 @@ def test_a_stopped_demo_finishes_its_video_and_exits_130(model, gallery, tmp_pat
         (["--threshold", "high"], 2, "--threshold"),
         (["--quality", "maybe"], 2, "--quality"),
         (["--max-spread", "0"], 2, "--max-spread"),
+        (["--enroll", ""], 2, "--enroll '' is an empty label"),
+        (["--enroll", "  "], 2, "--enroll '  ' is an empty label"),
     ],
-    ids=["log in a missing folder", "log is a folder", "top-k 0", "threshold 7", "threshold word", "quality", "spread"],
+    ids=[
+        "log in a missing folder",
+        "log is a folder",
+        "top-k 0",
+        "threshold 7",
+        "threshold word",
+        "quality",
+        "spread",
+        "empty label",
+        "blank label",
+    ],
 )
 def test_retrieval_demo_refuses_bad_options_in_one_line(model, gallery, tmp_path, extra, code, match):
     clip = _clip(tmp_path / "in.mp4")
@@ -237,7 +249,9 @@ def test_retrieval_demo_with_a_gallery_of_another_model_says_rebuild(gallery, mo
         str(tmp_path / "o"),
         "--headless",
     )
-    assert r.returncode == 1 and "not comparable" in r.stderr and "rebuild" in r.stderr, r.stderr
+    line = _one_error(r)
+    assert "not comparable" in line and f"lcr-sdk gallery rebuild {gallery} --model {other}" in line, line
+    assert "--force" not in line  # an option this demo does not have
 
 
 @pytest.mark.torch
@@ -260,6 +274,56 @@ def test_retrieval_demo_with_a_damaged_gallery_is_one_line(model, gallery, tmp_p
     err = r.stderr.strip().splitlines()
     assert r.returncode == 1 and "damaged" in r.stderr and "Traceback" not in r.stderr, r.stderr
     assert err[-1].startswith("error: ")
+
+
+def _not_a_gallery(tmp_path: Path, gallery: Path, kind: str) -> Path:
+    import shutil
+
+    if kind == "a file":
+        (tmp_path / "g.txt").write_text("not a gallery")
+        return tmp_path / "g.txt"
+    if kind == "the CURRENT file of a gallery":
+        return gallery / "CURRENT"
+    if kind == "a gallery whose CURRENT is gone":
+        shutil.copytree(gallery, tmp_path / "g")
+        (tmp_path / "g" / "CURRENT").unlink()
+        return tmp_path / "g"
+    return _images(tmp_path / "imgs")  # a folder of images
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("enroll", [[], ["--enroll", "bird"]], ids=["search", "enrol"])
+@pytest.mark.parametrize(
+    "kind", ["a file", "the CURRENT file of a gallery", "a gallery whose CURRENT is gone", "a folder of images"]
+)
+def test_retrieval_demo_refuses_a_gallery_path_that_holds_no_gallery_at_start(
+    model, gallery, tmp_path, capsys, kind, enroll
+):
+    where = _not_a_gallery(tmp_path, gallery, kind)
+    before = sorted((p.relative_to(where).as_posix(), p.read_bytes()) for p in where.rglob("*") if p.is_file())
+    clip = _clip(tmp_path / "in.mp4")
+    demo = _example("camera_retrieval")
+    assert demo.main([str(model), str(where), str(clip), str(tmp_path / "o") + "/", "--headless", *enroll]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and str(where) in err[0], err  # nothing opened before it
+    assert "is not a saved gallery" in err[0] and "does not exist (or an empty one) to start a new gallery" in err[0]
+    assert not (tmp_path / "o").exists()
+    after = sorted((p.relative_to(where).as_posix(), p.read_bytes()) for p in where.rglob("*") if p.is_file())
+    assert after == before
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("kind", ["missing", "empty"])
+def test_retrieval_demo_starts_a_new_gallery_in_a_missing_or_empty_folder(model, tmp_path, kind):
+    from lcr_sdk import Gallery
+
+    where = tmp_path / "new"
+    if kind == "empty":
+        where.mkdir()
+    clip = _clip(tmp_path / "in.mp4", n=2)
+    demo = _example("camera_retrieval")
+    assert demo.main([str(model), str(where), str(clip), str(tmp_path / "o") + "/", "--headless", "--enroll", "x"]) == 0
+    assert Gallery.load(where).labels == ["x"]
 
 
 @pytest.mark.torch
@@ -320,12 +384,15 @@ def test_unwritable_output_is_refused_before_any_frame(readonly, uri):
 
 
 def test_frame_sizes_and_rates_are_bounded(tmp_path):
-    from lcr_sdk.video import MAX_FRAME_SIDE
+    from lcr_sdk.images import MIN_SIDE
+    from lcr_sdk.video import MAX_FRAME_SIDE, MIN_FRAME_SIDE
 
+    assert MIN_FRAME_SIDE == MIN_SIDE  # the least size a demo accepts is the least image the model embeds
     clip = _clip(tmp_path / "in.mp4")
     for kw, match in [
         (dict(width=-5), "--width -5 is not a frame size"),
-        (dict(width=100000), f"1..{MAX_FRAME_SIDE}"),
+        (dict(width=7), f"--width 7 is not a frame size; give {MIN_SIDE}..{MAX_FRAME_SIDE}"),
+        (dict(width=100000), f"{MIN_FRAME_SIDE}..{MAX_FRAME_SIDE}"),
         (dict(width=8192, height=8192), "more than the 33,177,600"),
         (dict(fps=0.0), "--fps 0.0"),
         (dict(fps=0.001), "from 0.01 to 1000"),  # the bound the demos' --fps has
@@ -477,13 +544,27 @@ def test_retrieval_demo_enrolling_into_a_gallery_it_cannot_write_fails(model, ga
 
 
 @pytest.mark.torch
-@pytest.mark.parametrize("option", [["--width", "-5"], ["--width", "100000"], ["--height", "0"], ["--fps", "-1"]])
+@pytest.mark.parametrize(
+    "option", [["--width", "-5"], ["--width", "7"], ["--width", "100000"], ["--height", "0"], ["--fps", "-1"]]
+)
 def test_demo_size_options_are_bounded(model, gallery, tmp_path, option):
     clip = _clip(tmp_path / "in.mp4")
     r = _demo(str(ROOT / "examples" / "camera_attention.py"), str(model), str(clip), "--headless", *option)
     assert r.returncode == 2 and option[0] in r.stderr and "Traceback" not in r.stderr, r.stderr
     r = _retrieval(model, gallery, str(clip), "--headless", *option)
     assert r.returncode == 2 and option[0] in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
+@pytest.mark.torch
+def test_the_smallest_frame_size_the_demos_accept_runs(model, gallery, tmp_path):
+    """--width/--height accept what the demos can embed: 8 x 8 frames run, the retrieval demo's centre crop too."""
+    clip = _clip(tmp_path / "in.mp4", n=2)
+    size = ["--width", "8", "--height", "8", "--headless"]
+    demo = _example("camera_attention")
+    assert demo.main([str(model), str(clip), str(tmp_path / "a") + "/", *size]) == 0
+    demo = _example("camera_retrieval")
+    assert demo.main([str(model), str(gallery), str(clip), str(tmp_path / "r") + "/", *size, "--crop", "center"]) == 0
+    assert cv2.imread(str(tmp_path / "r" / "frame_000001.png")).shape == (8, 8, 3)
 
 
 @pytest.mark.torch
@@ -519,3 +600,115 @@ def test_an_enrolment_from_a_stream_stores_no_password(model, tmp_path):
     assert note.startswith("enrolled as bird")
     stored = b"".join(p.read_bytes() for p in (tmp_path / "g").rglob("*") if p.is_file())
     assert SECRET.encode() not in stored and b"admin:***@cam/x" in stored
+
+
+# -- a disk that fills up while a video is written ----------------------------------------------------------------
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 1 MiB tmpfs: a disk that really fills up, without filling the real one (needs root and a kernel that allows
+    it; skipped elsewhere)."""
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    if (
+        not hasattr(os, "geteuid")
+        or os.geteuid() != 0
+        or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)], capture_output=True).returncode
+    ):
+        pytest.skip("mounting a small tmpfs needs root and a kernel that allows it")
+    yield mnt
+    subprocess.run(["umount", "-l", str(mnt)], capture_output=True)  # lazy: never leave a mount behind
+
+
+def _recording(path: Path) -> bytes:
+    """A playable 3-frame video at ``path`` (the recording a failed one must not replace); its bytes."""
+    with open_sink(path) as sink:
+        for i in range(3):
+            sink.render(np.full((120, 160, 3), 60 * i, np.uint8))
+    return path.read_bytes()
+
+
+def _fill(folder: Path, leave: int = 100 * 1024) -> None:
+    """Fill the disk of ``folder`` until ``leave`` bytes are free (a disk about 90 % full)."""
+    import shutil
+
+    (folder / "fill").write_bytes(b"\0" * (shutil.disk_usage(folder).free - leave))
+
+
+def _noise(n: int, size: tuple[int, int]):
+    """Frames that compress badly (seeded), so a few of them fill the disk."""
+    rng = np.random.default_rng(0)
+    return [rng.integers(0, 256, (size[1], size[0], 3), np.uint8) for _ in range(n)]
+
+
+def test_video_sink_on_a_full_disk_raises_and_keeps_the_old_recording(small_disk):
+    import errno
+
+    out = small_disk / "out.mp4"
+    before = _recording(out)
+    _fill(small_disk)
+    with pytest.raises(OSError) as e, open_sink(out) as sink:
+        for frame in _noise(200, (160, 120)):  # about 2 MB of video for 0.1 MB of room
+            sink.render(frame)
+    assert e.value.errno == errno.ENOSPC and e.value.filename == str(out)  # the name asked for, not the temp name
+    assert out.read_bytes() == before and sorted(p.name for p in small_disk.iterdir()) == ["fill", "out.mp4"]
+    with open_source(out) as src:
+        assert len(list(src)) == 3
+
+
+@pytest.mark.torch
+def test_demo_on_a_full_disk_says_so_in_one_line_and_keeps_the_old_video(model, small_disk, tmp_path):
+    clip = tmp_path / "noise.mp4"
+    w = cv2.VideoWriter(str(clip), cv2.VideoWriter.fourcc(*"mp4v"), 10, (320, 240))
+    for frame in _noise(40, (320, 240)):
+        w.write(frame)
+    w.release()
+    out = small_disk / "out.mp4"
+    before = _recording(out)
+    _fill(small_disk)
+    r = _demo(str(ROOT / "examples" / "camera_attention.py"), str(model), str(clip), str(out), "--headless")
+    line = _one_error(r)
+    assert "No space left on device" in line and str(out) in line and "MiB free" in line, line
+    assert "WARN" not in r.stderr and "source ended" not in r.stderr, r.stderr  # no OpenCV warnings, no "done"
+    assert out.read_bytes() == before and sorted(p.name for p in small_disk.iterdir()) == ["fill", "out.mp4"]
+
+
+# -- an OpenCV that cannot load ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "raised, shown, absent",
+    [
+        (
+            "libGL.so.1: cannot open shared object file: No such file or directory",
+            ["system library libGL.so.1", "apt install libgl1", "pip install opencv-python-headless"],
+            "lcr-sdk[cpu]",
+        ),
+        (
+            "libgthread-2.0.so.0: cannot open shared object file: No such file or directory",
+            ["system library libgthread-2.0.so.0", "apt install libglib2.0-0", "opencv-python-headless"],
+            "lcr-sdk[cpu]",
+        ),
+        (
+            "libfoo.so.3: cannot open shared object file: No such file or directory",
+            ["system library libfoo.so.3", "the system package that has libfoo.so.3", "opencv-python-headless"],
+            "lcr-sdk[cpu]",
+        ),
+        ("No module named 'cv2'", ["pip install 'lcr-sdk[cpu]'"], "system library"),
+    ],
+    ids=["libGL", "GLib", "another library", "not installed"],
+)
+def test_opencv_that_cannot_load_says_what_is_missing(tmp_path, monkeypatch, raised, shown, absent):
+    """A system library cannot be taken away from this machine inside a test: a cv2 package that fails to import
+    with the loader's own message stands in for an opencv-python whose library is missing."""
+    from lcr_sdk.errors import MissingDependencyError, import_platform
+
+    (tmp_path / "cv2").mkdir()
+    (tmp_path / "cv2" / "__init__.py").write_text(f"raise ImportError({raised!r})\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "cv2")
+    with pytest.raises(MissingDependencyError) as e:
+        import_platform("cv2")
+    message = str(e.value)
+    assert all(s in message for s in shown) and absent not in message and "\n" not in message, message

@@ -112,3 +112,13 @@ def test_an_unknown_import_error_is_not_hidden():
     assert missing_package_line(ModuleNotFoundError("No module named 'lcr_sdk.nope'", name="lcr_sdk.nope")) is None
     line = missing_package_line(ModuleNotFoundError("No module named 'cuda'", name="cuda"))
     assert line is not None and "pip install 'lcr-sdk[trt-cu12]'" in line
+
+
+def test_an_opencv_missing_a_system_library_names_it_at_the_command_line():
+    """opencv-python installed, libGL absent (a headless box): the CLI's line names the library and its package,
+    not the extra that is already installed."""
+    from lcr_sdk.cli import missing_package_line
+
+    err = ImportError("libGL.so.1: cannot open shared object file: No such file or directory", name="cv2")
+    line = missing_package_line(err)
+    assert line is not None and "libGL.so.1" in line and "apt install libgl1" in line and "lcr-sdk[cpu]" not in line
