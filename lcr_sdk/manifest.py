@@ -470,6 +470,25 @@ def read_manifest(model_path: str | os.PathLike[str]) -> Manifest:
     )
 
 
+def check_model_file(model_path: str | os.PathLike[str], manifest: Manifest) -> None:
+    """Refuse a model file whose sha256 is not the one its manifest records (a manifest without one, such as the
+    copy inside an ONNX graph, is not checked): the check every reader of a model makes before an engine, or the
+    user, trusts the file.
+
+    Raises:
+        ModelError: the file is truncated, corrupt or was replaced after export.
+    """
+    from lcr_sdk.fileio import sha256_file
+
+    path = Path(model_path)
+    want = manifest.model_sha256
+    if want and sha256_file(path) != want:
+        raise ModelError(
+            f"{path} ({path.stat().st_size} bytes) does not match the sha256 in its manifest: the file "
+            "is truncated, corrupt or was replaced after export. Re-copy it with its .json, or re-export it"
+        )
+
+
 def _onnx_metadata(model_path: Path) -> str | None:
     """The manifest JSON stored in an ONNX file's metadata_props, read through onnxruntime (no onnx needed)."""
     from lcr_sdk.errors import import_platform

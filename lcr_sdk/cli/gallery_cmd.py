@@ -52,6 +52,97 @@ def _parse_where(pairs: list[str]) -> dict[str, Any]:
     return out
 
 
+ImageRootOpt = Annotated[
+    Path | None,
+    typer.Option(
+        help="Where the gallery's images are now, if not where it was built from (a gallery copied to another "
+        "machine with its images): the folder with one sub-folder per label."
+    ),
+]
+
+
+def _use_image_root(g: Any, image_root: Path | None) -> None:
+    """Point a loaded gallery at ``--image-root`` (in memory: a search records nothing; a rebuild records it)."""
+    if image_root is None:
+        return
+    if not image_root.is_dir():
+        what = "is a file" if image_root.exists() else "does not exist"
+        raise InputError(
+            f"--image-root {image_root} {what}; pass the folder that now holds the gallery's images (the one it was "
+            "built from, moved or copied: one sub-folder per label)"
+        )
+    g.image_root = str(image_root.resolve())
+
+
+def _moved_images(g: Any, item_id: str, path: Path) -> InputError:
+    """The error for an item whose image file is not where the gallery records it."""
+    return InputError(
+        f"gallery item {item_id!r}: its image {path} does not exist (the gallery records its images under "
+        f"{g.image_root or g.path}); if the images were moved or the gallery copied to another machine, pass "
+        "--image-root DIR, the folder that now holds them (one sub-folder per label)"
+    )
+
+
+def _check_hit_images(g: Any, hits: list[Any]) -> None:
+    """Every hit to explain has its image: its stored crop, or its file under the image root (else one error naming
+    the item and --image-root, not the image reader's, which would seem to be about the query)."""
+    for h in hits:
+        path = g.image_path(h.id)  # refuses a stored path that leaves the image root
+        if path is None or path.exists():
+            continue
+        try:
+            g.image(h.id)  # a stored crop serves as well
+        except InputError:
+            raise _moved_images(g, h.id, path) from None
+
+
+def _check_explain_target(path: Path, g: Any, recorded_root: str) -> None:
+    """An --explain picture never goes where the gallery's images are (it would replace an item's image for every
+    later explanation and rebuild) or into the gallery's folder."""
+    target = path.parent.resolve() / path.name
+    why = "where the gallery keeps its items' images: writing there could replace one of them"
+    places = [(Path(r), "the gallery's image root", why) for r in dict.fromkeys((recorded_root, g.image_root)) if r]
+    places.append((g.path, "the gallery folder", "which holds the gallery's own files only"))
+    for folder, what, why in places:
+        if folder is not None and target.is_relative_to(folder.resolve()):
+            raise InputError(
+                f"--explain {path} is inside {what} {folder}, {why}; write the picture elsewhere, e.g. why.png"
+            )
+
+
+def _new_folders(out: Path) -> list[Path]:
+    """The folders a save to ``out`` creates: ``out`` and its missing parents, deepest first."""
+    made, p = [], out
+    while not p.exists() and p != p.parent:
+        made.append(p)
+        p = p.parent
+    return made
+
+
+def _save_or_explain(out: Path, write: Any, again: str) -> Any:
+    """Run ``write`` (a save of a whole gallery to ``out``); where it fails, nothing it made is left behind (a new
+    folder, the lock file of a folder that had none) and the error says what a command's failure leaves (the
+    library's speaks of pending changes, which a command has none of): ``again`` is what to run once the cause is
+    fixed, e.g. "run the build again"."""
+    from lcr_sdk.gallery.persist import UNCHANGED
+    from lcr_sdk.gallery.store import is_gallery
+
+    made, existed, had_lock = _new_folders(out), is_gallery(out), (out / ".lock").exists()
+    try:
+        return write()
+    except InputError as e:
+        if not had_lock and out.is_dir() and [p.name for p in out.iterdir()] == [".lock"]:
+            (out / ".lock").unlink()  # a folder holding nothing else: no other writer is at work there
+        for folder in made:
+            try:
+                folder.rmdir()  # only empty ones: nothing but the lock was ever there
+            except OSError:
+                break
+        kept = f"the gallery at {out} is unchanged" if existed else f"nothing was written to {out}"
+        text = str(e).replace(f"free space and try again ({UNCHANGED})", f"{kept}: free space and {again}")
+        raise InputError(text.replace(UNCHANGED, f"{kept}: {again}")) from None
+
+
 def _check_picture_out(path: Path, image: Path) -> None:
     if path.suffix.lower() not in (".png", ".jpg", ".jpeg"):
         raise InputError(f"--explain {path}: use a .png or .jpg file name")
@@ -93,19 +184,20 @@ def gallery_build(
 ) -> None:
     """Embed a labelled folder into a gallery. Example: lcr-sdk gallery build model.onnx data/test --out gallery/"""
     from lcr_sdk.gallery import Gallery, Quality, build_from_folder
-    from lcr_sdk.gallery.build import check_on_bad
+    from lcr_sdk.gallery.build import check_on_bad, not_images
     from lcr_sdk.gallery.explain import MAX_SPREAD, check_quality_options
-    from lcr_sdk.gallery.search import parse_index
+    from lcr_sdk.gallery.search import parse_index, require_index
     from lcr_sdk.gallery.store import check_dtype
 
     max_spread = MAX_SPREAD if max_spread is None else max_spread
     check_dtype(dtype, "--dtype")  # the library's checks, before the model is loaded
     check_quality_options(quality, max_spread, ("--quality", "--max-spread"))
-    parse_index(index)
+    require_index(index, "--index")  # a valid spec whose library is installed: the index is built at the save
     check_on_bad(on_bad, "--on-bad")  # before the model is loaded
     if not folder.is_dir():
         raise InputError(f"{folder} is not a folder; pass a folder with one sub-folder of images per label")
     _check_out_gallery(out, replace)
+    others = not_images(folder)
     flagged: list[tuple[str, Quality]] = []
     unreadable: list[tuple[str, str]] = []
     with embedder_for(model, backend, device) as emb:
@@ -126,7 +218,7 @@ def gallery_build(
     if len(g) == 0:
         why = "was readable" if len(unreadable) and not flagged else "passed --quality refuse"
         raise InputError(f"no image of {folder} {why}; nothing was written to {out}")
-    g.save(out, replace=True, progress=not as_json)
+    _save_or_explain(out, lambda: g.save(out, replace=True, progress=not as_json), "run the build again")
     cal = g.calibration
     summary = {
         "gallery": str(out),
@@ -140,6 +232,7 @@ def gallery_build(
         "diffuse": [{"path": p, "spread": q.spread} for p, q in flagged],
         "quality": quality,
         "unreadable": [{"path": p, "reason": why} for p, why in unreadable],
+        "not_images": others,
     }
     if as_json:
         typer.echo(json.dumps(summary, indent=2))
@@ -150,6 +243,15 @@ def gallery_build(
 
         shown = skip_list(unreadable) + (" (--json lists all)" if len(unreadable) > 5 else "")
         typer.echo(f"{len(unreadable)} unreadable image(s) left out (--on-bad skip): {shown}", err=True)
+    if others:
+        from lcr_sdk.images import IMAGE_SUFFIXES
+
+        names = ", ".join(o.encode("utf-8", "backslashreplace").decode("utf-8") for o in others[:5])  # any name
+        typer.echo(
+            f"{len(others)} file(s) left out, not of an image format the build reads ({' '.join(IMAGE_SUFFIXES)}): "
+            f"{names}" + (f" and {len(others) - 5} more (--json lists all)" if len(others) > 5 else ""),
+            err=True,
+        )
     if summary["unlabelled"]:
         typer.echo(
             f"warning: {summary['unlabelled']} image(s) directly in {folder} have no label (a label is the name of "
@@ -177,6 +279,29 @@ def gallery_build(
             )
 
 
+def _print_hits(
+    g: Any, hits: list[Any], rows: list[dict[str, Any]], t: float | None, label: list[str] | None, filters: Any
+) -> None:
+    """The text form of a search: "unknown" or why there are no hits, then the table."""
+    if hits and t is not None and hits[0].score < t:
+        typer.echo(
+            f"unknown: no gallery item reaches the threshold {t:.4f} (nearest: {rows[0]['label'] or rows[0]['id']!r} "
+            f"at {hits[0].score:.4f})"
+        )
+    elif not hits and label and not set(label) & set(g.labels):
+        known = sorted({lab for lab in g.labels if lab})
+        shown = ", ".join(known[:10]) + (f" ... ({len(known)} in all)" if len(known) > 10 else "")
+        asked = " or ".join(repr(x) for x in label)
+        typer.echo(f"no items: the gallery has no label {asked} (its labels: {shown or 'none'})")
+    elif not hits:
+        typer.echo("no items" + (" match the filter" if label or filters else " in the gallery"))
+    # match: at or above the threshold (a known label); no: below it, the nearest item of what counts as "unknown"
+    typer.echo(f"{'rank':>4}  {'score':>7}  {'match':<5}  {'label':<16}  id")
+    for r, row in enumerate(rows, 1):
+        match = "-" if t is None else ("yes" if row["match"] else "no")
+        typer.echo(f"{r:>4}  {row['score']:7.4f}  {match:<5}  {row['label']:<16}  {row['id']}")
+
+
 @gallery_app.command("search")
 def gallery_search(
     gallery: Annotated[Path, typer.Argument(help="Gallery folder written by `lcr-sdk gallery build`.")],
@@ -193,6 +318,7 @@ def gallery_search(
     explain: Annotated[
         Path | None, typer.Option(help="Write a picture: query vs each hit, attention maps and matched parts.")
     ] = None,
+    image_root: ImageRootOpt = None,
     as_json: JsonOpt = False,
     force: Annotated[bool, typer.Option(help="Search even if the gallery was built with another model.")] = False,
     backend: BackendOpt = None,
@@ -211,33 +337,30 @@ def gallery_search(
         _check_picture_out(explain, image)
     query = read_image(image)
     g = Gallery.load(gallery)
+    recorded_root = g.image_root
+    _use_image_root(g, image_root)
+    if explain is not None:
+        _check_explain_target(explain, g, recorded_root)  # before the model loads
     with embedder_for(model, backend, device) as emb:
         hits = g.search(emb.embed(query), k=k, model=emb, force=force, label=label or None, where=filters or None)
         t = g.threshold if cut == "auto" else cut
         assert not isinstance(t, str)
         if explain is not None and hits:
+            _check_hit_images(g, hits[:5])
             write_image(explain, stack([h.explain(query, emb).image for h in hits[:5]]))
+    cal = g.calibration
+    if cut == "auto" and t is None and cal is not None:  # as Gallery.search(threshold="auto") warns, in CLI terms
+        typer.echo(
+            f"warning: --threshold auto: the gallery has no calibrated threshold ({cal.reason}), so every "
+            "hit is kept and no query is unknown; enrol items of two or more labels, or pass a cosine "
+            "(e.g. --threshold 0.7)",
+            err=True,
+        )
     rows = redact_values([dict(h.to_dict(), match=t is None or h.score >= t) for h in hits])  # older galleries
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
         return
-    if hits and t is not None and hits[0].score < t:
-        typer.echo(
-            f"unknown: no gallery item reaches the threshold {t:.4f} (nearest: {rows[0]['label'] or rows[0]['id']!r} "
-            f"at {hits[0].score:.4f})"
-        )
-    elif not hits and label and not set(label) & set(g.labels):
-        known = sorted({lab for lab in g.labels if lab})
-        shown = ", ".join(known[:10]) + (f" ... ({len(known)} in all)" if len(known) > 10 else "")
-        asked = " or ".join(repr(x) for x in label)
-        typer.echo(f"no items: the gallery has no label {asked} (its labels: {shown or 'none'})")
-    elif not hits:
-        typer.echo("no items" + (" match the filter" if label or filters else " in the gallery"))
-    # match: at or above the threshold (a known label); no: below it, the nearest item of what counts as "unknown"
-    typer.echo(f"{'rank':>4}  {'score':>7}  {'match':<5}  {'label':<16}  id")
-    for r, row in enumerate(rows, 1):
-        match = "-" if t is None else ("yes" if row["match"] else "no")
-        typer.echo(f"{r:>4}  {row['score']:7.4f}  {match:<5}  {row['label']:<16}  {row['id']}")
+    _print_hits(g, hits, rows, t, label, filters)
     if explain is not None and hits:
         typer.echo(f"wrote {explain}", err=True)
 
@@ -252,12 +375,14 @@ def gallery_rebuild(
         bool, typer.Option(help="Leave out items whose image is gone (default: refuse before any work).")
     ] = False,
     replace: Annotated[bool, typer.Option(help="Replace an existing gallery at --out.")] = False,
+    image_root: ImageRootOpt = None,
     as_json: JsonOpt = False,
     backend: BackendOpt = None,
     device: DeviceOpt = None,
 ) -> None:
     """Re-embed the stored images with another model. Example: lcr-sdk gallery rebuild gallery/ --model new.onnx"""
     from lcr_sdk.gallery import Gallery
+    from lcr_sdk.gallery.search import require_index
 
     if out is not None:
         _check_out_gallery(out, replace)
@@ -266,9 +391,16 @@ def gallery_rebuild(
 
         check_can_create(gallery, "the rebuilt gallery")  # replaced in place: before any image is embedded
     g = Gallery.load(gallery)
-    with embedder_for(model, backend, device) as emb:
-        new, skipped = g.rebuild(emb, out=out, batch=batch, progress=not as_json, skip_missing=skip_missing)
+    require_index(g.index, None)  # the rebuilt gallery's index is built when it is saved
+    _use_image_root(g, image_root)  # the rebuilt gallery records it
+    _check_image_root(g)
     target = out or gallery
+    with embedder_for(model, backend, device) as emb:
+        new, skipped = _save_or_explain(
+            target,
+            lambda: g.rebuild(emb, out=out, batch=batch, progress=not as_json, skip_missing=skip_missing),
+            "run the rebuild again",
+        )
     if as_json:
         typer.echo(
             json.dumps({"gallery": str(target), "items": len(new), "skipped": skipped, "model": new.model_sha256})
@@ -278,6 +410,18 @@ def gallery_rebuild(
         f"gallery {target}: {len(new)} items re-embedded with {model.name} (model {new.model_sha256[:12]})"
         + (f"; {len(skipped)} left out (image missing): {', '.join(skipped[:5])}" if skipped else "")
     )
+
+
+def _check_image_root(g: Any) -> None:
+    """Before a rebuild embeds anything: a gallery whose image root is not here (copied to another machine without
+    --image-root) is refused naming an item and --image-root; --skip-missing would leave out every such item."""
+    root = g.image_root
+    if not root or Path(root).is_dir():
+        return
+    for item_id, meta in zip(g.ids, g.metadata, strict=True):
+        if isinstance(meta.get("path"), str) and meta["path"]:
+            path = g.image_path(item_id)
+            raise _moved_images(g, item_id, path)
 
 
 @gallery_app.command("info")

@@ -308,11 +308,14 @@ def _this_machine(built: dict[str, Any] | None) -> str:
 
 def info(model: ModelArg, backend: BackendOpt = None, as_json: JsonOpt = False) -> None:
     """A model's manifest: input, outputs, batch range, precision and, for an engine, the TensorRT version, GPU and
-    compute capability it was built for. Example: lcr-sdk info model.onnx"""
+    compute capability it was built for; the file is checked against the manifest's sha256. Example: lcr-sdk info
+    model.onnx"""
     from lcr_sdk.backends.base import backend_for
+    from lcr_sdk.manifest import check_model_file
 
     _check_model(model)
     m = backend_for(model, backend).read_manifest(model)
+    check_model_file(model, m)  # `info` is the check after a copy: a truncated file is refused as `embed` refuses it
     if as_json:
         typer.echo(m.to_json())
         return

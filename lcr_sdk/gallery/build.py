@@ -16,6 +16,7 @@ from lcr_sdk.errors import InputError
 from lcr_sdk.gallery import store
 from lcr_sdk.gallery.core import Gallery
 from lcr_sdk.gallery.explain import MAX_SPREAD, Quality, check_quality, check_quality_options
+from lcr_sdk.gallery.search import require_index
 
 log = logging.getLogger("lcr_sdk.gallery")
 ON_BAD = ("fail", "skip")  # what an unreadable image does to a build
@@ -63,9 +64,13 @@ def build_from_folder(
             ``"skip"`` leaves it out and goes on.
         on_unreadable: with ``on_bad="skip"``, called with (relative path, the reason) for each image left out.
 
+    Files whose suffix is not an image format (:data:`lcr_sdk.images.IMAGE_SUFFIXES`) are not part of the
+    gallery; :func:`not_images` lists them.
+
     Raises:
         InputError: a bad option, or a file name that is not UTF-8 (before any image is embedded); an unreadable
             image with ``on_bad="fail"``.
+        MissingDependencyError: a FAISS ``index`` where FAISS is not installed (before any image is embedded).
         DataError: no images in ``folder``, or unlabelled ones with ``require_labels``.
     """
     from tqdm import tqdm  # type: ignore[import-untyped]
@@ -77,6 +82,7 @@ def build_from_folder(
         raise InputError(f"batch={batch!r} is not valid; pass a positive number of images per embed call, e.g. 32")
     check_quality_options(quality, max_spread)
     check_on_bad(on_bad)
+    require_index(index)  # the index is built when the gallery is saved: refuse a missing FAISS before embedding
     gallery = Gallery(embedder.manifest.embedding_dim, model_sha256=embedder.model_id, index=index, dtype=dtype)
     folder = Path(folder)
     paths, labels = labelled_images(folder)
@@ -105,6 +111,26 @@ def build_from_folder(
                 gallery.add(vecs, ids=rel, labels=labs, metadata=[{"path": r} for r in rel])
             bar.update(len(chunk))
     return gallery
+
+
+def not_images(folder: str | os.PathLike[str]) -> list[str]:
+    """The files of a labelled folder that a build leaves out because their suffix is not an image format
+    (:data:`lcr_sdk.images.IMAGE_SUFFIXES`, e.g. ``.gif``, ``.txt``): paths relative to ``folder``, sorted. The
+    files looked at are the ones :func:`lcr_sdk.images.labelled_images` looks at (``folder/*`` and everything under
+    its sub-folders), hidden ones (a leading ``.``) left out as there."""
+    from lcr_sdk.images import IMAGE_SUFFIXES
+
+    folder = Path(folder)
+    found: list[str] = []
+    for top in folder.iterdir():
+        if top.name.startswith("."):
+            continue
+        files = top.rglob("*") if top.is_dir() else [top]
+        for p in files:
+            rel = p.relative_to(folder)
+            if p.suffix.lower() not in IMAGE_SUFFIXES and not any(x.startswith(".") for x in rel.parts) and p.is_file():
+                found.append(rel.as_posix())
+    return sorted(found)
 
 
 def _storable(

@@ -242,6 +242,7 @@ def load(root: Path, mmap: bool) -> tuple[Contents, Searcher]:
     if not root.is_dir():
         what = "a file, not a gallery folder" if root.exists() else "no such folder"
         raise InputError(f"{root} is not a saved gallery ({what}); give the folder `lcr-sdk gallery build --out` wrote")
+    store.current_version(root)  # a folder that is no gallery is refused before a lock file is made in it
     with store.GalleryLock(root).hold(False):
         ver = store.open_version(root)
         if ver is None:

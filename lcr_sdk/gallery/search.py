@@ -169,6 +169,34 @@ def parse_index(spec: Any, dim: int | None = None) -> IndexSpec:
     return parsed
 
 
+def require_index(index: str, option: str | None = "index") -> None:
+    """Refuse an index spec whose library is not installed: a FAISS spec without FAISS. A build calls it before it
+    embeds anything, since the index is built when the gallery is saved (:func:`parse_index` leaves a FAISS spec
+    unchecked without FAISS, so a saved FAISS gallery still loads, and searches exactly, where FAISS is missing).
+
+    Args:
+        index: the spec (checked by :func:`parse_index` first).
+        option: how the caller names the spec in the message (``"--index"``); None: the gallery's own index, with
+            no other choice to offer.
+
+    Raises:
+        InputError: not a valid spec.
+        MissingDependencyError: FAISS is not installed; the message names the pip extra.
+    """
+    spec = parse_index(index)
+    if spec.kind != "faiss":
+        return
+    try:
+        require("faiss", "faiss", "a FAISS gallery index")
+    except MissingDependencyError as e:
+        what = f"{option} {index!r}" if option else f"the gallery's index {index!r}"
+        instead = f", or use {option} exact (numpy, exact search; nothing to install)" if option else ""
+        raise MissingDependencyError(
+            f"{what} needs 'faiss', which is not installed ({e.__cause__ or e}); install it with "
+            f"pip install 'lcr-sdk[faiss]'{instead}"
+        ) from None
+
+
 def make(spec: IndexSpec, dim: int, faiss: Any = None) -> Any:
     """A new, empty FAISS inner-product index for ``spec`` with its search parameters applied."""
     faiss = faiss or require("faiss", "faiss", "Gallery search with a FAISS index")

@@ -50,7 +50,7 @@ import numpy as np
 
 from lcr_sdk._version import __version__
 from lcr_sdk.errors import InputError
-from lcr_sdk.fileio import atomic_write_text, fsync_dir, fsync_file, staging_dir
+from lcr_sdk.fileio import atomic_write_text, fsync_dir, fsync_file, is_disk_full, mib, staging_dir
 from lcr_sdk.redact import redact
 
 try:
@@ -353,9 +353,11 @@ def plain_file(path: Path) -> bool:
 
 
 def damaged(where: Path, why: str) -> InputError:
+    """The error for a gallery folder that cannot be read as saved. ``lcr-sdk gallery rebuild`` is no way out: it
+    loads the gallery first, so the fix is a backup or a new build from the images."""
     return InputError(
-        f"gallery {where} is damaged ({why}); restore it from a backup, or rebuild it with `lcr-sdk gallery build` "
-        "(or `lcr-sdk gallery rebuild` while its images are still where it recorded them)"
+        f"gallery {where} is damaged ({why}); restore it from a backup, or build it again from its images with "
+        "`lcr-sdk gallery build MODEL IMAGES --out GALLERY --replace`"
     )
 
 
@@ -417,7 +419,13 @@ class GalleryLock:
                     f"gallery {self.path.parent}: its lock file .lock is a symbolic link; a gallery never follows a "
                     "link out of its folder: remove the link (the next writer creates the lock file)"
                 ) from None
-            if exclusive or e.errno not in (errno.EACCES, errno.EROFS, errno.EPERM, errno.ENOENT):
+            if exclusive and is_disk_full(e):
+                raise InputError(
+                    f"cannot write gallery {self.path.parent}: the disk is full ({mib(_free(self.path.parent))} free), "
+                    "so its lock file .lock cannot be created; free space and try again (nothing was written)"
+                ) from None
+            shared_ok = (errno.EACCES, errno.EROFS, errno.EPERM, errno.ENOENT, errno.ENOSPC, errno.EDQUOT)
+            if exclusive or e.errno not in shared_ok:
                 raise InputError(
                     f"cannot lock gallery {self.path.parent} for writing ({e.strerror}); check that the folder "
                     "exists and is writable by this user"
@@ -425,7 +433,7 @@ class GalleryLock:
             try:
                 fd = os.open(self.path, os.O_RDONLY | nofollow)
             except OSError:
-                yield  # read-only media without a lock file: there can be no writer
+                yield  # read-only media (or a full disk) without a lock file: no writer can create it either
                 return
         try:
             deadline = time.monotonic() + timeout
@@ -532,34 +540,71 @@ def _uri(path: Path, **query: str) -> str:
     return path.resolve().as_uri() + ("?" + "&".join(f"{k}={v}" for k, v in query.items()) if query else "")
 
 
-def _connect(db: Path) -> tuple[sqlite3.Connection, bool]:
-    """Open ``db`` (read-write where allowed); returns the connection and whether it is immutable (read-only media)."""
+SHM_SPACE = 64 * 1024  # free bytes SQLite needs to create a WAL database's shared-memory file (32 KiB), with margin
+READ_ONLY, NO_SPACE = "read-only", "disk full"  # why a connection is immutable (see _connect)
+
+
+def _no_space(e: sqlite3.Error, folder: Path) -> bool:
+    """Whether opening a database failed for want of disk space: SQLite could not size its shared-memory file
+    (``SQLITE_IOERR_SHMSIZE``, named from Python 3.11; it reports a plain "disk I/O error"), or the disk has no room
+    for it (too few free bytes, or no free inode to create it: SQLite then says "unable to open database file")."""
+    if is_disk_full(e) or getattr(e, "sqlite_errorname", "") == "SQLITE_IOERR_SHMSIZE":
+        return True
+    try:
+        st = os.statvfs(folder)
+    except (OSError, AttributeError):  # no statvfs (Windows)
+        return False
+    return st.f_bavail * st.f_frsize < SHM_SPACE or (st.f_files > 0 and st.f_favail == 0)
+
+
+def _connect(db: Path) -> tuple[sqlite3.Connection, str]:
+    """Open ``db`` (read-write where allowed); returns the connection and, where it is read as SQLite ``immutable``,
+    why: :data:`READ_ONLY` (this user cannot write the folder: read-only media, another user's gallery) or
+    :data:`NO_SPACE` (the disk has no room for the shared-memory file a WAL database needs); ``""`` otherwise.
+
+    Reading as immutable is only done when no writer is active (the caller holds the gallery's lock and the WAL is
+    empty), so the database file holds every commit.
+    """
     kw: dict[str, Any] = dict(uri=True, timeout=LOCK_TIMEOUT, isolation_level=None, check_same_thread=False)
     writable = os.access(db, os.W_OK) and os.access(db.parent, os.W_OK)
     conn = sqlite3.connect(_uri(db, mode="rw" if writable else "ro"), **kw)
     try:
         conn.execute("SELECT COUNT(*) FROM meta").fetchone()
-        return conn, False
+        return conn, ""
     except sqlite3.OperationalError as e:
         conn.close()
+        if "no such table" in str(e):
+            raise damaged(db.parent, "gallery.db has no meta table") from None
+        full = _no_space(e, db.parent)
         wal = db.with_name(db.name + "-wal")
-        if writable or (wal.exists() and wal.stat().st_size > 0):
-            if "no such table" in str(e):
-                raise damaged(db.parent, "gallery.db has no meta table") from None
+        if (wal.exists() and wal.stat().st_size > 0) or (writable and not full):
+            if full:
+                raise InputError(
+                    f"cannot read gallery {db.parent}: the disk is full ({mib(_free(db.parent))} free) and SQLite "
+                    f"needs room for its shared-memory file to read the changes in {wal.name}; free some space "
+                    f"({SHM_SPACE // 1024} KiB is enough) and try again"
+                ) from None
             raise InputError(
                 f"cannot read gallery {db.parent} ({e}): it is being written and this user cannot create the "
                 "SQLite shared-memory file beside it; read it when the writer has finished, or give this user "
                 "write access to the folder"
             ) from None
-    # A WAL database needs a -shm file; a user who may not create one reads the checkpointed file as immutable
-    # (no writer is active: there is no WAL, and the caller holds the shared lock).
+    # A WAL database needs a -shm file; a user who may not create one (or a full disk, where it cannot be made)
+    # reads the checkpointed file as immutable (no writer is active: there is no WAL, and the caller holds the lock).
     conn = sqlite3.connect(_uri(db, mode="ro", immutable="1"), **kw)
     try:
         conn.execute("SELECT COUNT(*) FROM meta").fetchone()
     except sqlite3.Error as e:
         conn.close()
         raise damaged(db.parent, f"gallery.db: {e}") from None
-    return conn, True
+    return conn, (NO_SPACE if writable else READ_ONLY)
+
+
+def _free(folder: Path) -> int:
+    try:
+        return shutil.disk_usage(folder).free
+    except OSError:
+        return 0
 
 
 class Version:
@@ -574,7 +619,7 @@ class Version:
         if not db.is_file():
             raise damaged(folder, f"{DB} is missing")
         try:
-            self.conn, self.immutable = _connect(db)
+            self.conn, self.read_only = _connect(db)
         except sqlite3.DatabaseError as e:
             raise damaged(folder, f"{DB}: {e}") from e
         self.meta = read_meta(self.conn, folder)
@@ -583,10 +628,18 @@ class Version:
     def name(self) -> str:
         return self.folder.name
 
+    @property
+    def immutable(self) -> bool:
+        """Whether the database is read as SQLite ``immutable`` (:attr:`read_only` says why): it cannot be written."""
+        return bool(self.read_only)
+
+    def _reopen(self) -> None:
+        self.conn.close()
+        self.conn, self.read_only = _connect(self.folder / DB)
+
     def reload_meta(self) -> Meta:
         if self.immutable:  # an immutable connection never sees later commits: reopen it
-            self.conn.close()
-            self.conn, self.immutable = _connect(self.folder / DB)
+            self._reopen()
         self.meta = read_meta(self.conn, self.folder)
         return self.meta
 
@@ -625,7 +678,19 @@ class Version:
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
-        """``BEGIN IMMEDIATE`` ... ``COMMIT`` (rolled back on any exception). The caller holds the exclusive lock."""
+        """``BEGIN IMMEDIATE`` ... ``COMMIT`` (rolled back on any exception). The caller holds the exclusive lock.
+
+        Raises:
+            InputError: the gallery is read-only for this user.
+            OSError: ``ENOSPC``, the disk is still too full to open the database for writing (callers turn it into
+                their full-disk error).
+        """
+        if self.read_only == NO_SPACE:
+            self._reopen()  # opened on a full disk: space may have been freed since
+        if self.read_only == NO_SPACE:
+            # SQLite itself reports only "disk I/O error" where it cannot make its shared-memory file: this is the
+            # error a write meets on a full disk, so every writer's full-disk message applies
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self.folder / DB))
         if self.immutable:
             raise InputError(f"gallery {self.root} is read-only for this user; write to a copy")
         self.conn.execute("BEGIN IMMEDIATE")

@@ -226,6 +226,8 @@ def test_corrupt_gallery_is_refused_on_load_with_the_fix(case, tmp_path):
     with pytest.raises(InputError, match=match) as e:
         Gallery.load(root)
     assert any(fix in str(e.value) for fix in ("rebuild", "restore", "upgrade")), str(e.value)
+    # `gallery rebuild` loads the gallery first, so it is never the way out of a gallery that does not load
+    assert "gallery rebuild" not in str(e.value), str(e.value)
 
 
 def _tail_nan(tmp_path: Path) -> Path:
@@ -589,6 +591,108 @@ def test_full_disk_during_commit_is_one_error_and_keeps_everything(tmp_path):
         subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
 
 
+def _mount_small_disk(mnt: Path, size: str) -> None:
+    """A real small file system at ``mnt`` (a tmpfs of ``size``); the test is skipped where it cannot be mounted."""
+    mnt.mkdir()
+    if subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mnt)], capture_output=True
+    ).returncode:
+        pytest.skip("mounting a tmpfs is not allowed here")
+
+
+def _fill_disk(mnt: Path) -> Path:
+    """Fill the file system at ``mnt`` to the last byte; returns the file that holds the space."""
+    filler = mnt / "filler"
+    with open(filler, "wb", buffering=0) as f:
+        try:
+            while True:
+                f.write(b"\0" * 4096)
+        except OSError:
+            pass
+    return filler
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0, reason="mounting a tmpfs needs root")
+def test_a_gallery_on_a_full_disk_loads_and_searches_and_a_write_is_the_full_disk_error(tmp_path):
+    """SQLite cannot create a WAL database's shared-memory file on a full disk: reading still works (as for
+    read-only media), a write is the full-disk error, and once space is freed the same gallery commits."""
+    mnt = tmp_path / "small"
+    _mount_small_disk(mnt, "1m")
+    try:
+        g = Gallery(8)
+        g.add(_unit(6), ids=[f"i{i}" for i in range(6)], labels=["a", "b"] * 3)
+        g.save(mnt / "g")
+        g.close()
+        filler = _fill_disk(mnt)
+        g = Gallery.load(mnt / "g")
+        assert len(g) == 6 and g.search(_unit(6)[2], k=1)[0].id == "i2" and g.info()["items"] == 6
+        r = runner.invoke(app, ["gallery", "info", str(mnt / "g"), "--json"])
+        assert r.exit_code == 0 and json.loads(r.stdout)["items"] == 6, r.output
+        g.add(_unit(1, seed=7), ids=["new"])
+        with pytest.raises(InputError, match=r"disk is full \(.* MiB free\); free space and try again") as e:
+            g.commit()
+        assert "\n" not in str(e.value) and "access" not in str(e.value) and g.pending == 1
+        filler.unlink()  # space freed: the gallery loaded on the full disk now commits
+        g.commit()
+        assert sorted(Gallery.load(mnt / "g").ids) == sorted([f"i{i}" for i in range(6)] + ["new"])
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0, reason="mounting a tmpfs needs root")
+def test_a_gallery_without_its_lock_file_loads_where_no_file_can_be_created(tmp_path):
+    """A gallery copied without its hidden lock file onto a disk with no free inode: no file can be created (neither
+    the lock nor SQLite's shared-memory file), yet it loads and searches; a write is the full-disk error."""
+    mnt = tmp_path / "small"
+    _mount_small_disk(mnt, "1m,nr_inodes=32")
+    try:
+        g = Gallery(8)
+        g.add(_unit(6), ids=[f"i{i}" for i in range(6)], labels=["a", "b"] * 3)
+        g.save(mnt / "g")
+        g.close()
+        (mnt / "g" / ".lock").unlink()
+        n = 0
+        with pytest.raises(OSError, match="No space left"):
+            while True:  # every inode taken: the next file cannot be created
+                (mnt / f"f{n}").touch()
+                n += 1
+        g = Gallery.load(mnt / "g")
+        assert len(g) == 6 and g.search(_unit(6)[4], k=1)[0].id == "i4"
+        g.add(_unit(1, seed=7), ids=["new"])
+        with pytest.raises(InputError, match=r"the disk is full \(.* MiB free\).*free space and try again") as e:
+            g.commit()
+        assert "writable by this user" not in str(e.value) and g.pending == 1
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0, reason="mounting a tmpfs needs root")
+def test_a_gallery_that_cannot_be_read_on_a_full_disk_says_the_disk_is_full(tmp_path):
+    """Commits still in the WAL (a writer that stopped without closing) need SQLite's shared-memory file to be read:
+    on a full disk without one the error says the disk is full, not that permissions are missing."""
+    mnt = tmp_path / "small"
+    _mount_small_disk(mnt, "1m")
+    try:
+        g = Gallery(8)
+        g.add(_unit(6), ids=[f"i{i}" for i in range(6)], labels=["a", "b"] * 3)
+        g.save(mnt / "g")
+        g.close()
+        code = (
+            "import os, numpy as np; from lcr_sdk.gallery import Gallery; g = Gallery.load({!r}); "
+            "g.add(np.eye(8, dtype=np.float32)[0], ids=['late']); g.commit(); os._exit(0)"  # no close: WAL kept
+        ).format(str(mnt / "g"))
+        subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+        version = mnt / "g" / (mnt / "g" / "CURRENT").read_text().strip()
+        assert (version / "gallery.db-wal").stat().st_size > 0
+        (version / "gallery.db-shm").unlink()  # as in a copy made while the writer ran
+        _fill_disk(mnt)
+        with pytest.raises(InputError, match=r"the disk is full \(.* MiB free\).*free some space") as e:
+            Gallery.load(mnt / "g")
+        assert "access" not in str(e.value) and "\n" not in str(e.value)
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+
+
 def test_a_first_save_that_fails_at_its_last_step_can_be_retried(tmp_path, monkeypatch):
     # the disk fills exactly when CURRENT (the commit point) is written: the version folder written before it must
     # not stay in the way of the retry the error asks for
@@ -780,6 +884,157 @@ def test_gallery_search_on_a_damaged_gallery_is_one_line(built, model, synth_roo
     r = runner.invoke(app, ["gallery", "search", str(built), str(model), str(query)])
     assert r.exit_code == 1 and "damaged" in r.output and "Traceback" not in r.output
     assert len([ln for ln in r.output.splitlines() if ln.startswith("Error:")]) == 1
+
+
+@pytest.mark.torch
+def test_a_faiss_index_without_faiss_is_refused_before_any_image_is_embedded(model, synth_root, tmp_path):
+    """Where FAISS is not installed (blocked in a process of its own, as a missing package), a FAISS build stops at
+    once naming the extra: no image is read or embedded and no folder is made."""
+    out = tmp_path / "g"
+    block = "import sys; sys.modules['faiss'] = None\n"
+    cli = block + "from lcr_sdk.cli import main; sys.argv = ['lcr-sdk', *sys.argv[1:]]; main()"
+    args = ["gallery", "build", str(model), str(synth_root / "test"), "--out", str(out), "--index", "faiss:HNSW32"]
+    r = subprocess.run([sys.executable, "-c", cli, *args], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 1 and r.stderr.startswith("Error: ") and r.stderr.count("\n") == 1, r.stderr
+    assert "--index 'faiss:HNSW32' needs 'faiss'" in r.stderr and "pip install 'lcr-sdk[faiss]'" in r.stderr
+    assert "--index exact" in r.stderr and "embedding" not in r.stderr and not out.exists()
+    library = block + (
+        "from lcr_sdk.embedder import Embedder\n"
+        "from lcr_sdk.errors import MissingDependencyError\n"
+        "from lcr_sdk.gallery import build_from_folder\n"
+        "read = []\n"
+        "with Embedder(sys.argv[1]) as emb:\n"
+        "    prepare = emb.prepare\n"
+        "    emb.prepare = lambda *a, **k: read.append(1) or prepare(*a, **k)\n"
+        "    try:\n"
+        "        build_from_folder(emb, sys.argv[2], index='faiss', progress=False)\n"
+        "    except MissingDependencyError as e:\n"
+        "        print(len(read), e)\n"
+    )
+    r = subprocess.run(
+        [sys.executable, "-c", library, str(model), str(synth_root / "test")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert r.returncode == 0 and r.stdout.startswith("0 index 'faiss' needs 'faiss'"), r.stdout + r.stderr
+
+
+@pytest.mark.torch
+def test_an_explanation_is_never_written_over_the_gallerys_images(model, synth_root, tmp_path):
+    """--explain naming an item's own image (or any path under the image root, or in the gallery folder) is refused
+    before the model runs: the composite would stand in for the item's image at every later explanation and
+    rebuild."""
+    import shutil
+
+    data = Path(shutil.copytree(synth_root / "test", tmp_path / "data"))
+    out = tmp_path / "g"
+    assert runner.invoke(app, ["gallery", "build", str(model), str(data), "--out", str(out)]).exit_code == 0
+    images = sorted(data.glob("*/*.png"))
+    query, item = images[0], images[-1]
+    before = item.read_bytes()
+    for target, where in (
+        (item, "inside the gallery's image root"),
+        (data / "why.png", "inside the gallery's image root"),
+        (out / "why.png", "inside the gallery folder"),
+    ):
+        r = runner.invoke(
+            app, ["gallery", "search", str(out), str(model), str(query), "-k", "1", "--explain", str(target)]
+        )
+        assert r.exit_code == 1 and where in r.output and "write the picture elsewhere" in r.output, r.output
+    assert item.read_bytes() == before and not (data / "why.png").exists() and not (out / "why.png").exists()
+    moved = Path(shutil.copytree(data, tmp_path / "moved"))  # the root given with --image-root counts as well
+    r = runner.invoke(
+        app,
+        [
+            "gallery",
+            "search",
+            str(out),
+            str(model),
+            str(query),
+            "--explain",
+            str(moved / "why.png"),
+            "--image-root",
+            str(moved),
+        ],
+    )
+    assert r.exit_code == 1 and "inside the gallery's image root" in r.output, r.output
+    r = runner.invoke(
+        app, ["gallery", "search", str(out), str(model), str(query), "--explain", str(tmp_path / "w.png")]
+    )
+    assert r.exit_code == 0 and (tmp_path / "w.png").is_file(), r.output
+
+
+@pytest.mark.torch
+def test_a_gallery_copied_with_its_images_to_another_place_finds_them_with_image_root(model, synth_root, tmp_path):
+    """A gallery records where it was built from; copied to a device with its images, --image-root points search
+    --explain and rebuild at the images' new place, and a missing item image names the item and that option."""
+    import shutil
+
+    data = Path(shutil.copytree(synth_root / "test", tmp_path / "data"))
+    assert runner.invoke(app, ["gallery", "build", str(model), str(data), "--out", str(tmp_path / "g")]).exit_code == 0
+    device = tmp_path / "device"
+    gallery = Path(shutil.copytree(tmp_path / "g", device / "g"))
+    images = Path(shutil.copytree(data, device / "images"))
+    shutil.rmtree(data)  # the build machine's folder is not on the device
+    query = sorted(images.glob("*/*.png"))[0]
+    search = [
+        "gallery",
+        "search",
+        str(gallery),
+        str(model),
+        str(query),
+        "-k",
+        "2",
+        "--explain",
+        str(tmp_path / "w.png"),
+    ]
+    r = runner.invoke(app, search)
+    assert r.exit_code == 1 and "--image-root DIR" in r.output and "gallery item '" in r.output, r.output
+    assert "pass the path of a readable image" not in r.output and not (tmp_path / "w.png").exists()
+    r = runner.invoke(app, [*search, "--image-root", str(tmp_path / "nowhere")])
+    assert r.exit_code == 1 and "--image-root" in r.output and "does not exist" in r.output, r.output
+    r = runner.invoke(app, [*search, "--image-root", str(images)])
+    assert r.exit_code == 0 and (tmp_path / "w.png").is_file(), r.output
+    assert Gallery.load(gallery).image_root == str(data.resolve())  # a search records nothing
+    rebuild = ["gallery", "rebuild", str(gallery), "--model", str(model)]
+    for extra in ([], ["--skip-missing"]):  # skipping would leave out every item: refused as well
+        r = runner.invoke(app, [*rebuild, *extra])
+        assert r.exit_code == 1 and "--image-root DIR" in r.output and "gallery item '" in r.output, r.output
+        assert len(Gallery.load(gallery)) == 16
+    r = runner.invoke(app, [*rebuild, "--image-root", str(images), "--json"])
+    assert r.exit_code == 0 and json.loads(r.stdout)["items"] == 16, r.output
+    assert Gallery.load(gallery).image_root == str(images.resolve())  # a rebuild records where the images are
+    assert runner.invoke(app, search).exit_code == 0
+
+
+@pytest.mark.torch
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0, reason="mounting a tmpfs needs root")
+def test_a_build_or_rebuild_on_a_full_disk_says_what_it_left_and_what_to_run(model, synth_root, tmp_path):
+    """A command has no pending changes to keep: its full-disk line says that nothing was written (and no folder is
+    left), or that the gallery there is unchanged, and to run the command again once there is space."""
+    mnt = tmp_path / "small"
+    _mount_small_disk(mnt, "1m")
+    try:
+        build = ["gallery", "build", str(model), str(synth_root / "test")]
+        assert runner.invoke(app, [*build, "--out", str(mnt / "g")]).exit_code == 0
+        (mnt / "empty").mkdir()
+        _fill_disk(mnt)
+        r = runner.invoke(app, [*build, "--out", str(mnt / "new" / "g")])
+        lines = [ln for ln in r.output.splitlines() if ln.startswith("Error: ")]
+        assert r.exit_code == 1 and len(lines) == 1 and "disk is full" in lines[0], r.output
+        assert f"nothing was written to {mnt / 'new' / 'g'}: free space and run the build again" in lines[0]
+        assert "pending" not in r.output and not (mnt / "new").exists()
+        r = runner.invoke(app, [*build, "--out", str(mnt / "empty")])  # an empty folder is left as it was
+        assert r.exit_code == 1 and f"nothing was written to {mnt / 'empty'}: free space" in r.output, r.output
+        assert list((mnt / "empty").iterdir()) == []
+        r = runner.invoke(app, [*build, "--out", str(mnt / "g"), "--replace"])
+        assert r.exit_code == 1 and f"the gallery at {mnt / 'g'} is unchanged: free space and run the build" in r.output
+        r = runner.invoke(app, ["gallery", "rebuild", str(mnt / "g"), "--model", str(model)])
+        assert r.exit_code == 1 and "is unchanged: free space and run the rebuild again" in r.output, r.output
+        assert "pending" not in r.output and len(Gallery.load(mnt / "g")) == 16
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
 
 
 @pytest.mark.torch

@@ -104,6 +104,52 @@ def test_gallery_build_warns_of_unlabelled_images_and_search_marks_matches(model
     assert r.exit_code == 0 and r.output.startswith("no items: the gallery has no label 'no-such-bird' (its labels: ")
 
 
+def test_gallery_build_names_the_files_it_leaves_out(model, synth_root, tmp_path):
+    """Files that are not of an image format are not embedded, and the build's summary says which (as `embed` does),
+    with a count, a few names and every one in --json; hidden files are not counted."""
+    import shutil
+
+    folder = Path(shutil.copytree(synth_root / "test", tmp_path / "imgs"))
+    label = sorted(p.name for p in folder.iterdir())[0]
+    others = [f"{label}/anim{i}.gif" for i in range(6)] + ["notes.txt"]
+    for name in [*others, f"{label}/.DS_Store"]:
+        (folder / name).write_bytes(b"GIF89a")
+    r = _run("gallery", "build", model, folder, "--out", tmp_path / "g")
+    assert r.exit_code == 0 and "16 images" in r.output, r.output
+    lines = [ln for ln in r.stderr.splitlines() if "left out" in ln]
+    assert len(lines) == 1 and lines[0].startswith("7 file(s) left out, not of an image format the build reads ("), (
+        r.stderr
+    )
+    assert f"{label}/anim0.gif, {label}/anim1.gif" in lines[0] and "and 2 more (--json lists all)" in lines[0]
+    r = _run("gallery", "build", model, folder, "--out", tmp_path / "g2", "--json")
+    assert r.exit_code == 0 and json.loads(r.stdout)["not_images"] == sorted(others), r.output
+
+
+def test_gallery_search_warns_when_auto_has_no_threshold(model, synth_root, tmp_path):
+    """A gallery of one label has no calibrated threshold: `--threshold auto` keeps every hit and says so on stderr
+    in one line, as Gallery.search(threshold="auto") warns; with a threshold, or --threshold none, nothing is said."""
+    import shutil
+
+    one = sorted((synth_root / "test").iterdir())[0]
+    shutil.copytree(one, tmp_path / "imgs" / one.name)
+    assert _run("gallery", "build", model, tmp_path / "imgs", "--out", tmp_path / "g").exit_code == 0
+    query = sorted(one.glob("*.png"))[1]
+    for extra in ([], ["--json"]):
+        r = _run("gallery", "search", tmp_path / "g", model, query, "-k", "2", *extra)
+        assert r.exit_code == 0, r.output
+        warned = [ln for ln in r.stderr.splitlines() if ln.startswith("warning: ")]
+        assert len(warned) == 1 and warned[0].startswith(
+            "warning: --threshold auto: the gallery has no calibrated threshold (the gallery has fewer than two labels)"
+        ), r.stderr
+        assert "--threshold 0.7" in warned[0]
+    assert json.loads(r.stdout)[0]["match"] is True  # every hit kept
+    r = _run("gallery", "search", tmp_path / "g", model, query, "--threshold", "none")
+    assert r.exit_code == 0 and "warning" not in r.stderr
+    assert _run("gallery", "build", model, synth_root / "test", "--out", tmp_path / "g4").exit_code == 0
+    r = _run("gallery", "search", tmp_path / "g4", model, query)
+    assert r.exit_code == 0 and "--threshold auto" not in r.stderr, r.stderr
+
+
 def test_gallery_search_refuses_other_model(model, moco_checkpoint, synth_root, tmp_path):
     g = tmp_path / "g"
     assert _run("gallery", "build", model, synth_root / "test", "--out", g).exit_code == 0
@@ -137,6 +183,23 @@ def test_bench_and_info(model):
     r = _run("info", model)
     assert r.exit_code == 0 and "resnet18 lcr, fp32, embedding D=512, parts K=8" in r.output
     assert "input: images uint8 [N, 64, 64, 3] NHWC BGR" in r.output and "engine:" not in r.output
+
+
+def test_info_checks_the_file_against_its_manifest(model, synth_root, tmp_path):
+    """`info` is the check after a copy: a truncated model beside its copied sidecar is refused as `embed` refuses
+    it (exit 1, one line), a whole copy passes."""
+    import shutil
+
+    data = model.read_bytes()
+    for name, content in (("whole.onnx", data), ("cut.onnx", data[:1_000_000])):
+        (tmp_path / name).write_bytes(content)
+        shutil.copyfile(model.with_name(model.name + ".json"), tmp_path / f"{name}.json")
+    assert _run("info", tmp_path / "whole.onnx").exit_code == 0
+    image = next((synth_root / "test").glob("*/*.png"))
+    for args in (["info"], ["info", "--json"], ["embed", image]):
+        r = _run(args[0], tmp_path / "cut.onnx", *args[1:])
+        assert r.exit_code == 1 and r.output.count("\n") == 1, (args, r.output)
+        assert "cut.onnx (1000000 bytes) does not match the sha256 in its manifest" in r.output, r.output
 
 
 def test_domain_errors_are_one_line(model, tmp_path):

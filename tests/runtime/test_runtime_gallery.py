@@ -300,6 +300,14 @@ def test_a_gallery_loaded_into_memory_stays_in_memory_after_commits_and_compacti
     assert not isinstance(g.vectors, np.memmap) and len(g) == 9
 
 
+def test_loading_a_folder_that_is_no_gallery_leaves_nothing_in_it(tmp_path):
+    (tmp_path / "photos").mkdir()
+    (tmp_path / "photos" / "a.png").write_bytes(b"x")
+    with pytest.raises(InputError, match="not a saved gallery"):
+        Gallery.load(tmp_path / "photos")
+    assert [p.name for p in (tmp_path / "photos").iterdir()] == ["a.png"]  # no .lock left in the user's folder
+
+
 def test_a_closed_gallery_releases_its_files_and_says_so_when_used(tmp_path):
     g = Gallery(8)
     g.add(_unit(3, 8))
