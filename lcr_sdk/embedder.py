@@ -28,9 +28,8 @@ from lcr_sdk.errors import InputError, ModelError, import_platform
 cv2 = import_platform("cv2")  # OpenCV: the cpu/gpu extra, or the platform's own (JetPack); named if missing
 
 from lcr_sdk.backends.base import Backend, backend_for  # noqa: E402
-from lcr_sdk.fileio import sha256_file  # noqa: E402
 from lcr_sdk.images import check_color, crop_box, heatmap_overlay, resize_for, to_bgr  # noqa: E402
-from lcr_sdk.manifest import Manifest  # noqa: E402
+from lcr_sdk.manifest import Manifest, check_model_file  # noqa: E402
 
 
 @dataclass
@@ -224,20 +223,12 @@ class Embedder:
                 "runtime takes images as they come, through the uint8 model exported beside it (the --out model of "
                 "the same `lcr-sdk export --deepstream` command)"
             )
-        self._check_file_hash()
+        check_model_file(self.path, self.manifest)
         if providers is not None:
             options["providers"] = list(providers)
         self._backend: Backend = cls(path, self.manifest, device=device, **options)
         self._backend.load()
         self.backend_name = cls.name
-
-    def _check_file_hash(self) -> None:
-        want = self.manifest.model_sha256
-        if want and sha256_file(self.path) != want:
-            raise ModelError(
-                f"{self.path} ({self.path.stat().st_size} bytes) does not match the sha256 in its manifest: the file "
-                "is truncated, corrupt or was replaced after export. Re-copy it with its .json, or re-export it"
-            )
 
     @property
     def provider(self) -> str:
