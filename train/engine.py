@@ -607,7 +607,7 @@ class Trainer:
         fields = LOG_FIELDS
         if not new:  # a run resumed from an earlier release keeps its file's columns
             with open(self.out / "log.csv", newline="") as f:
-                fields = next(csv.reader(f), None) or LOG_FIELDS
+                fields = next(csv.reader(f), []) or LOG_FIELDS
         with _writing(self.out / "log.csv") as path, open(path, "w" if new else "a", newline="") as f:
             w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
             if new:

@@ -43,6 +43,11 @@ from typing import Any
 
 import numpy as np
 
+try:
+    import fcntl
+except ImportError:  # Windows: one sync at a time is then the caller's job, as for a gallery's writes (store.py)
+    fcntl = None  # type: ignore[assignment]
+
 from lcr_sdk.errors import InputError, ModelError
 from lcr_sdk.fileio import atomic_write_text
 from lcr_sdk.gallery import Gallery
@@ -58,7 +63,6 @@ from lcr_sdk.gallery.fleet import (
     same_json,
     write_step,
 )
-from lcr_sdk.gallery.store import fcntl
 
 STATE_FORMAT = 1
 SAME_VECTOR = 1e-3  # largest coordinate difference of one item's vector on two sides (float16 storage: ~5e-4)
@@ -344,7 +348,7 @@ def _sync_opened(
         key = f"uid:{f.uid}" if f.uid else spelt
         link = state["links"].get(key) or state["links"].get(spelt, {})
         base = link.get("base", {})
-        report = _sync(g, f, base, name, pull, images)
+        report: dict[str, Any] = _sync(g, f, base, name, pull, images)
         state["device"] = name
         if key != spelt:
             state["links"].pop(spelt, None)
