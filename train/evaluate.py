@@ -198,7 +198,7 @@ def evaluate(
         if val_fraction is None and val_seed is None:
             _check_held_out(ckpt, data, checkpoint)
         else:
-            _warn_if_trained_on(cfg, fraction, seed, checkpoint)
+            _warn_if_trained_on(ckpt, data, fraction, seed, checkpoint)
         bank, queries = split_validation(train_split, fraction, seed)
         out |= {"val_fraction": fraction, "val_seed": seed}
     else:
@@ -228,9 +228,18 @@ def evaluate(
     return out
 
 
-def _warn_if_trained_on(cfg: dict, fraction: float, seed: int, checkpoint: str | Path) -> None:
-    """Warn when the validation split asked for is not the one the checkpoint held out (it holds trained-on images)."""
+def _warn_if_trained_on(ckpt: dict, data: str | Path, fraction: float, seed: int, checkpoint: str | Path) -> None:
+    """Warn when the checkpoint was trained on this data set's train/ (its recorded fingerprint) and the validation
+    split asked for is not the one it held out: the split holds images it trained on. A checkpoint that records no
+    data set (ImageNet weights, a deploy-only file) is not judged."""
+    from lcr_sdk.train.guards import data_identity
+
+    cfg = ckpt["config"]
     if (fraction, seed) == (float(cfg.get("val_fraction", 0.0)), int(cfg.get("val_seed", 0))):
+        return
+    ts = ckpt.get("train_state")
+    saved = ts.get("data") if isinstance(ts, dict) else None
+    if not isinstance(saved, dict) or saved.get("fingerprint") != data_identity(data)["fingerprint"]:
         return
     trained = (
         "on all of train/"
