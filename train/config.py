@@ -91,8 +91,8 @@ class TrainConfig:
             'per_image' and 'released' lead MoCo v2 by the same margin within the seed spread, and 'per_image' has
             no defect.
         nu: weight of the fitting loss. Default None = the form's own: 1 for 'ours' (this SDK's choice, not
-            tuned), 0.01 for 'released' and 'per_image' (the released code's default). :attr:`fit_weight` is the
-            value used.
+            tuned), 0.01 for 'released', 'per_image' and 'per_image_max' (the released code's default).
+            :attr:`fit_weight` is the value used.
         tau: temperature of the two softmaxes of the 'ours' form. Default 0.4 (this SDK's; not tuned).
         cam_sign: 'loss' (CAM from +dL/dF, as in the authors' released code: regions whose features raise the
             contrastive loss, i.e. what images share; the default, checked on the validation split) or 'score'
@@ -149,9 +149,7 @@ class TrainConfig:
         "its raw-CAM target is near-uniform); per_image_max: the same with each CAM scaled to max 1; released: "
         "their form exactly; ours: a tempered KL over each image's map.",
     )
-    nu: float | None = _opt(
-        None, "Weight of the fitting loss (default: 1 for --fit-form ours, 0.01 for released and per_image)."
-    )
+    nu: float | None = _opt(None, "Weight of the fitting loss (default: 1 for --fit-form ours, 0.01 for the others).")
     tau: float = _opt(0.4, "Softmax temperature of the fitting loss (form ours).")
     cam_sign: str = _opt("loss", "loss: +dL/dF (released code, default); score: -dL/dF (Grad-CAM).")
     cam_detach: bool = _opt(True, "Detach the Grad-CAM target (--no-cam-detach: released code; form ours).")
