@@ -210,6 +210,23 @@ class _Meter:
     def rate(self) -> float:
         return self.seen / max(time.perf_counter() - self.start, 1e-9)
 
+    def state(self) -> dict[str, Any]:
+        """The epoch's sums so far, for a mid-epoch checkpoint (a resumed epoch's row then covers all its steps;
+        its throughput is this process's own)."""
+        return {"steps": self.steps, "sums": dict(self.sums), "grad_steps": self.grad_steps, "grads": dict(self.grads)}
+
+    @classmethod
+    def resumed(cls, state: Any) -> _Meter:
+        """A meter going on from a checkpoint's :meth:`state` (a fresh one where there is none, or it is not one)."""
+        m = cls()
+        try:
+            m.steps, m.grad_steps = int(state["steps"]), int(state["grad_steps"])
+            m.sums = {str(k): float(v) for k, v in state["sums"].items()}
+            m.grads = {str(k): float(v) for k, v in state["grads"].items()}
+        except (KeyError, TypeError, ValueError, AttributeError):
+            return cls()
+        return m
+
     def means(self) -> dict[str, float]:
         row = {k: round(v / max(1, self.steps), 5) for k, v in self.sums.items()}
         row |= {k: round(v / self.grad_steps, 5) for k, v in self.grads.items()}
@@ -292,6 +309,8 @@ class Trainer:
         self._check_size()
         self.data_id = data_identity(self.data)  # recorded in the checkpoint: --resume refuses another data set
         self.history: list[dict] = []
+        self._meter: _Meter | None = None  # the running epoch's
+        self._resumed_meter: Any = None  # a mid-epoch checkpoint's sums, for the resumed epoch
 
     def _check_size(self) -> None:
         check_classes(self.cfg, self.train_split.classes, self.train_split.root)
@@ -378,6 +397,8 @@ class Trainer:
                 "rng": rng_state(),
                 "history": self.history,
                 "data": self.data_id,
+                # the epoch's sums so far (a mid-epoch save): a resumed epoch's log row covers all its steps
+                "meter": self._meter.state() if self._meter is not None and r.step > 0 else {},
             },
         }
         return save_checkpoint(self.checkpoint_path, plain(state))
@@ -406,6 +427,7 @@ class Trainer:
             ) from e
         self.history = list(ts.get("history", []))
         r.epoch, r.step, r.global_step = ts["epoch"], ts["step_in_epoch"], ts["global_step"]
+        self._resumed_meter = ts.get("meter") if r.step > 0 else None
         log.info("resumed %s at epoch %d, step %d", path, r.epoch + 1, r.step)
 
     def _check_resumable(self, saved_config: dict, path: Path) -> None:
@@ -422,7 +444,8 @@ class Trainer:
         """
         r = self._start()
         while r.epoch < self.cfg.epochs:
-            meter = _Meter()
+            meter = _Meter.resumed(self._resumed_meter) if self._resumed_meter else _Meter()
+            self._resumed_meter, self._meter = None, meter
             for images, labels, ids in self._batches(r):
                 out = self._step(r, images, labels, ids)
                 meter.add(out, images.shape[0] * self.world)

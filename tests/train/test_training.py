@@ -429,3 +429,20 @@ def test_lcr_with_the_default_reach_trains_the_same_backbone_as_moco_v2(synth_ro
     backbone = [k for k in moco if k.startswith("backbone.")]
     assert backbone and all(torch.equal(lcr[k], moco[k]) for k in backbone)
     assert any(k.startswith("gfb.") for k in lcr)
+
+
+def test_a_resumed_epochs_log_row_covers_every_step_of_the_epoch(synth_root, tmp_path):
+    """A run stopped mid-epoch (max_steps: the simulated kill) and resumed writes the same log.csv rows as the run
+    that was never stopped: the resumed epoch's means count the steps before the stop too (throughput aside)."""
+    from lcr_sdk.train.config import TrainConfig
+    from lcr_sdk.train.engine import Trainer
+
+    cfg = TrainConfig(arch="resnet18", image_size=64, batch_size=8, moco_k=16, num_parts=4, epochs=2, workers=0)
+    Trainer(cfg, synth_root, tmp_path / "full", progress=False).run()
+    Trainer(cfg, synth_root, tmp_path / "cut", progress=False, max_steps=4).run()  # stops in epoch 2
+    Trainer(cfg, synth_root, tmp_path / "cut", progress=False, resume=True).run()
+    rows = [list(csv.DictReader((tmp_path / run / "log.csv").open())) for run in ("full", "cut")]
+    assert len(rows[0]) == len(rows[1]) == 2
+    for full, cut in zip(*rows, strict=True):
+        for key in ("loss", "loss_nce", "loss_fit", "acc", "own_key", "cam_contrast", "step"):
+            assert full[key] == cut[key], (key, full, cut)
