@@ -22,12 +22,16 @@ import argparse
 import sys
 from pathlib import Path
 
-from lcr_sdk import Embedder, Gallery, LcrError
-from lcr_sdk.errors import InputError
-from lcr_sdk.fileio import check_can_create
-from lcr_sdk.gallery import Quality, build_from_folder
-from lcr_sdk.gallery.explain import QUALITY
-from lcr_sdk.gallery.store import DTYPES, check_target, is_gallery
+from lcr_sdk.errors import InputError, MissingDependencyError
+
+try:  # OpenCV, or a system library it loads (libGL), may be missing: one line naming the fix, no traceback
+    from lcr_sdk import Embedder, Gallery, LcrError
+    from lcr_sdk.fileio import check_can_create
+    from lcr_sdk.gallery import Quality, build_from_folder
+    from lcr_sdk.gallery.explain import QUALITY
+    from lcr_sdk.gallery.store import DTYPES, check_target, is_gallery
+except MissingDependencyError as e:
+    sys.exit(f"error: {e}")
 
 
 def positive_int(text: str) -> int:

@@ -15,20 +15,24 @@ from __future__ import annotations
 import argparse
 import sys
 
-import cv2
+from lcr_sdk.errors import MissingDependencyError
 
-from lcr_sdk import Embedder, LcrError
-from lcr_sdk.errors import InputError
-from lcr_sdk.redact import redact
-from lcr_sdk.video import (
-    FpsMeter,
-    add_frame_options,
-    bounded_arg,
-    draw_text,
-    interrupt_on_sigterm,
-    open_sink,
-    open_source,
-)
+try:  # OpenCV, or a system library it loads (libGL), may be missing: one line naming the fix, no traceback
+    from lcr_sdk import Embedder, LcrError
+    from lcr_sdk.errors import InputError
+    from lcr_sdk.redact import redact
+    from lcr_sdk.video import (
+        FpsMeter,
+        add_frame_options,
+        bounded_arg,
+        draw_text,
+        interrupt_on_sigterm,
+        open_sink,
+        open_source,
+    )
+except MissingDependencyError as e:
+    sys.exit(f"error: {e}")
+import cv2  # noqa: E402 (loaded above, through lcr_sdk)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -26,26 +26,30 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import cv2
+from lcr_sdk.errors import MissingDependencyError
 
-from lcr_sdk import Embedder, Gallery, LcrError
-from lcr_sdk.errors import InputError, ModelError
-from lcr_sdk.fileio import atomic_path
-from lcr_sdk.gallery.explain import MAX_SPREAD, check_quality_options
-from lcr_sdk.gallery.search import parse_threshold
-from lcr_sdk.gallery.store import VERSION_DIR, is_gallery
-from lcr_sdk.images import MIN_SIDE
-from lcr_sdk.redact import redact
-from lcr_sdk.video import (
-    FpsMeter,
-    add_frame_options,
-    check_writable,
-    draw_text,
-    interrupt_on_sigterm,
-    open_sink,
-    open_source,
-    refuse_input,
-)
+try:  # OpenCV, or a system library it loads (libGL), may be missing: one line naming the fix, no traceback
+    from lcr_sdk import Embedder, Gallery, LcrError
+    from lcr_sdk.errors import InputError, ModelError
+    from lcr_sdk.fileio import atomic_path
+    from lcr_sdk.gallery.explain import MAX_SPREAD, check_quality_options
+    from lcr_sdk.gallery.search import parse_threshold
+    from lcr_sdk.gallery.store import VERSION_DIR, is_gallery
+    from lcr_sdk.images import MIN_SIDE
+    from lcr_sdk.redact import redact
+    from lcr_sdk.video import (
+        FpsMeter,
+        add_frame_options,
+        check_writable,
+        draw_text,
+        interrupt_on_sigterm,
+        open_sink,
+        open_source,
+        refuse_input,
+    )
+except MissingDependencyError as e:
+    sys.exit(f"error: {e}")
+import cv2  # noqa: E402 (loaded above, through lcr_sdk)
 
 MAX_TOP_K = 100  # hits drawn on screen and logged per frame
 

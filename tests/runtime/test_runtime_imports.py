@@ -3,6 +3,9 @@
 import pkgutil
 import subprocess
 import sys
+from pathlib import Path
+
+import pytest
 
 import lcr_sdk
 
@@ -66,3 +69,19 @@ def test_without_opencv_or_onnxruntime_the_sdk_imports_and_names_the_fix():
     r = _run(BLOCK_PLATFORM.replace("sys.modules['cv2'] = None; ", "") + "from lcr_sdk.manifest import read_manifest\n"
              "read_manifest('no-sidecar.onnx')")  # fmt: skip
     assert r.returncode == 1 and "ModelError" in r.stderr  # no manifest: refused before onnxruntime is needed
+
+
+@pytest.mark.parametrize("example", ["camera_attention", "camera_retrieval", "build_gallery"])
+def test_a_demo_without_opencv_says_how_to_get_it_in_one_line(example, tmp_path):
+    """A device without OpenCV (or without a system library it loads): the demo's first words are the fix."""
+    script = Path(__file__).resolve().parents[2] / "examples" / f"{example}.py"
+    code = (
+        "import sys, runpy\n"
+        "sys.modules['cv2'] = None\n"
+        f"sys.argv = [{str(script)!r}, 'model.onnx', 'x', 'y']\n"
+        f"runpy.run_path({str(script)!r}, run_name='__main__')\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 1 and len(lines) == 1, r.stderr
+    assert lines[0].startswith("error: OpenCV (cv2) is not importable") and "pip install" in lines[0]
