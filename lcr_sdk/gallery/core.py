@@ -358,6 +358,13 @@ class Gallery:
                 f"item {item_id!r} has no stored image: it was added without a 'path' in its metadata or a crop; "
                 "add items with build_from_folder, enroll(), or metadata={'path': ...}"
             )
+        if not path.exists() and not path.is_symlink():
+            raise InputError(
+                f"gallery item {item_id!r}: its image {path} does not exist (the gallery records its images under "
+                f"{self.image_root or self.path}); if the images were moved or the gallery copied elsewhere, set "
+                "gallery.image_root to the folder that now holds them (commit() keeps it), or pass --image-root DIR "
+                "to lcr-sdk gallery"
+            )
         return read_image(path)
 
     # -- changing ---------------------------------------------------------------------------------------------

@@ -308,6 +308,22 @@ def test_loading_a_folder_that_is_no_gallery_leaves_nothing_in_it(tmp_path):
     assert [p.name for p in (tmp_path / "photos").iterdir()] == ["a.png"]  # no .lock left in the user's folder
 
 
+def test_an_item_image_that_moved_names_the_item_and_how_to_point_the_gallery_at_it(tmp_path):
+    import cv2
+
+    (tmp_path / "imgs" / "x").mkdir(parents=True)
+    cv2.imwrite(str(tmp_path / "imgs" / "x" / "a.png"), np.full((16, 16, 3), 90, np.uint8))
+    g = Gallery(8)
+    g.add(_unit(1, 8), ids=["a"], labels=["x"], metadata=[{"path": "x/a.png"}])
+    g.image_root = str(tmp_path / "imgs")
+    assert g.image("a").shape == (16, 16, 3)
+    (tmp_path / "imgs").rename(tmp_path / "moved")
+    with pytest.raises(InputError, match=r"gallery item 'a': its image .* does not exist .* gallery.image_root"):
+        g.image("a")
+    g.image_root = str(tmp_path / "moved")  # the fix the message names
+    assert g.image("a").shape == (16, 16, 3)
+
+
 def test_a_closed_gallery_releases_its_files_and_says_so_when_used(tmp_path):
     g = Gallery(8)
     g.add(_unit(3, 8))
