@@ -13,6 +13,7 @@ records additions and removals; writing them to disk is :mod:`lcr_sdk.gallery.pe
 
 from __future__ import annotations
 
+import shutil
 import sqlite3
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from lcr_sdk.errors import InputError
+from lcr_sdk.fileio import is_disk_full, mib
 from lcr_sdk.gallery import store
 from lcr_sdk.gallery.calibrate import Calibration
 
@@ -317,8 +319,7 @@ class Contents:
                 first, end = self.reserved
                 if first >= end:
                     block = max(ID_BLOCK, need)
-                    with store.GalleryLock(self.saved.root).hold(True):
-                        first = self.saved.reserve_ids(block, self.next_id)
+                    first = self._reserve(block)
                     end = first + block
                 take = min(need, end - first)
                 self.reserved = (first + take, end)
@@ -331,6 +332,21 @@ class Contents:
                 used |= set(store.rows_of_ids(self.saved.ver.conn, cand))
             out += [c for c in cand if c not in used]
         return out
+
+    def _reserve(self, block: int) -> int:
+        """Reserve ``block`` automatic ids in the saved gallery (under its exclusive lock); returns the first."""
+        assert self.saved is not None
+        try:
+            with store.GalleryLock(self.saved.root).hold(True):
+                return self.saved.reserve_ids(block, self.next_id)
+        except OSError as e:
+            if not is_disk_full(e):
+                raise
+            raise InputError(
+                f"cannot add items without ids to gallery {self.saved.root}: the disk is full "
+                f"({mib(shutil.disk_usage(self.saved.root).free)} free) and automatic ids are reserved in the "
+                "gallery's files; free space, or pass ids=[...] (nothing was added)"
+            ) from None
 
     def remove(self, ids: list[str]) -> int:
         """Remove items by id (all or none: an unknown id raises :class:`InputError`); returns how many."""

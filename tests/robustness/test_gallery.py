@@ -628,6 +628,9 @@ def test_a_gallery_on_a_full_disk_loads_and_searches_and_a_write_is_the_full_dis
         assert len(g) == 6 and g.search(_unit(6)[2], k=1)[0].id == "i2" and g.info()["items"] == 6
         r = runner.invoke(app, ["gallery", "info", str(mnt / "g"), "--json"])
         assert r.exit_code == 0 and json.loads(r.stdout)["items"] == 6, r.output
+        with pytest.raises(InputError, match=r"without ids .* the disk is full .* pass ids=\[\.\.\.\]"):
+            g.add(_unit(1, seed=8))  # automatic ids are reserved in the gallery's files
+        assert g.pending == 0
         g.add(_unit(1, seed=7), ids=["new"])
         with pytest.raises(InputError, match=r"disk is full \(.* MiB free\); free space and try again") as e:
             g.commit()
