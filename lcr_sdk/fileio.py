@@ -54,6 +54,15 @@ def mib(nbytes: float | None) -> str:
     return f"{(nbytes or 0) / 2**20:.1f} MiB"
 
 
+def free_bytes(folder: str | os.PathLike[str]) -> int:
+    """Free bytes on the disk of ``folder`` for this user, as a full-disk message gives them (0 if it cannot be
+    asked)."""
+    try:
+        return shutil.disk_usage(folder).free
+    except OSError:
+        return 0
+
+
 DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)  # no space left; disk quota exceeded
 
 

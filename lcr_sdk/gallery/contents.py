@@ -13,7 +13,6 @@ records additions and removals; writing them to disk is :mod:`lcr_sdk.gallery.pe
 
 from __future__ import annotations
 
-import shutil
 import sqlite3
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -23,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from lcr_sdk.errors import InputError
-from lcr_sdk.fileio import is_disk_full, mib
+from lcr_sdk.fileio import free_bytes, is_disk_full, mib
 from lcr_sdk.gallery import store
 from lcr_sdk.gallery.calibrate import Calibration
 
@@ -344,7 +343,7 @@ class Contents:
                 raise
             raise InputError(
                 f"cannot add items without ids to gallery {self.saved.root}: the disk is full "
-                f"({mib(shutil.disk_usage(self.saved.root).free)} free) and automatic ids are reserved in the "
+                f"({mib(free_bytes(self.saved.root))} free) and automatic ids are reserved in the "
                 "gallery's files; free space, or pass ids=[...] (nothing was added)"
             ) from None
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import errno
 import os
-import shutil
 import sqlite3
 import warnings
 from collections.abc import Callable
@@ -19,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from lcr_sdk.errors import InputError
-from lcr_sdk.fileio import is_disk_full, mib
+from lcr_sdk.fileio import free_bytes, is_disk_full, mib
 from lcr_sdk.gallery import calibrate, legacy, store
 from lcr_sdk.gallery.contents import Contents
 from lcr_sdk.gallery.search import Searcher, parse_index
@@ -44,7 +43,7 @@ def write_or_explain(root: Path, write: Callable[[], Any], outcome: str = UNCHAN
         if is_disk_full(e):
             quota = "; the user's disk quota is used up" if getattr(e, "errno", None) == errno.EDQUOT else ""
             raise _DiskFull(
-                f"cannot write gallery {root}: the disk is full ({mib(shutil.disk_usage(root).free)} free{quota}); "
+                f"cannot write gallery {root}: the disk is full ({mib(free_bytes(root))} free{quota}); "
                 f"free space and try again ({outcome})"
             ) from None
         if isinstance(e, OSError) and e.errno == errno.ELOOP:  # a file opened with O_NOFOLLOW is a link

@@ -50,7 +50,7 @@ import numpy as np
 
 from lcr_sdk._version import __version__
 from lcr_sdk.errors import InputError
-from lcr_sdk.fileio import atomic_write_text, fsync_dir, fsync_file, is_disk_full, mib, staging_dir
+from lcr_sdk.fileio import atomic_write_text, free_bytes, fsync_dir, fsync_file, is_disk_full, mib, staging_dir
 from lcr_sdk.redact import redact
 
 try:
@@ -420,9 +420,10 @@ class GalleryLock:
                     "link out of its folder: remove the link (the next writer creates the lock file)"
                 ) from None
             if exclusive and is_disk_full(e):
+                free = mib(free_bytes(self.path.parent))
                 raise InputError(
-                    f"cannot write gallery {self.path.parent}: the disk is full ({mib(_free(self.path.parent))} free), "
-                    "so its lock file .lock cannot be created; free space and try again (nothing was written)"
+                    f"cannot write gallery {self.path.parent}: the disk is full ({free} free), so its lock file .lock "
+                    "cannot be created; free space and try again (nothing was written)"
                 ) from None
             shared_ok = (errno.EACCES, errno.EROFS, errno.EPERM, errno.ENOENT, errno.ENOSPC, errno.EDQUOT)
             if exclusive or e.errno not in shared_ok:
@@ -580,7 +581,7 @@ def _connect(db: Path) -> tuple[sqlite3.Connection, str]:
         if (wal.exists() and wal.stat().st_size > 0) or (writable and not full):
             if full:
                 raise InputError(
-                    f"cannot read gallery {db.parent}: the disk is full ({mib(_free(db.parent))} free) and SQLite "
+                    f"cannot read gallery {db.parent}: the disk is full ({mib(free_bytes(db.parent))} free) and SQLite "
                     f"needs room for its shared-memory file to read the changes in {wal.name}; free some space "
                     f"({SHM_SPACE // 1024} KiB is enough) and try again"
                 ) from None
@@ -598,13 +599,6 @@ def _connect(db: Path) -> tuple[sqlite3.Connection, str]:
         conn.close()
         raise damaged(db.parent, f"gallery.db: {e}") from None
     return conn, (NO_SPACE if writable else READ_ONLY)
-
-
-def _free(folder: Path) -> int:
-    try:
-        return shutil.disk_usage(folder).free
-    except OSError:
-        return 0
 
 
 class Version:
