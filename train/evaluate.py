@@ -111,15 +111,22 @@ def linear_probe(
     return float((pred == np.asarray(test_y)).mean())
 
 
+def _trained_data(ckpt: dict) -> dict | None:
+    """The data set a checkpoint records it was trained on (``train_state['data']``: its fingerprint, image count and
+    bytes), or None where it records none (ImageNet weights, a deploy-only file)."""
+    ts = ckpt.get("train_state")
+    saved = ts.get("data") if isinstance(ts, dict) else None
+    return saved if isinstance(saved, dict) and "fingerprint" in saved else None
+
+
 def _check_held_out(ckpt: dict, data: str | Path, checkpoint: str | Path) -> None:
     """Refuse a validation split that is not the one training held out: the split is drawn from the list of
     training images, so a data set with files added, removed or changed since training draws another one, which
     can hold images the model was trained on. Checked where the checkpoint records its data set."""
     from lcr_sdk.train.guards import data_identity
 
-    ts = ckpt.get("train_state")
-    saved = ts.get("data") if isinstance(ts, dict) else None
-    if not isinstance(saved, dict) or "fingerprint" not in saved:
+    saved = _trained_data(ckpt)
+    if saved is None:
         return
     now = data_identity(data)
     if now["fingerprint"] == saved["fingerprint"]:
@@ -237,9 +244,8 @@ def _warn_if_trained_on(ckpt: dict, data: str | Path, fraction: float, seed: int
     cfg = ckpt["config"]
     if (fraction, seed) == (float(cfg.get("val_fraction", 0.0)), int(cfg.get("val_seed", 0))):
         return
-    ts = ckpt.get("train_state")
-    saved = ts.get("data") if isinstance(ts, dict) else None
-    if not isinstance(saved, dict) or saved.get("fingerprint") != data_identity(data)["fingerprint"]:
+    saved = _trained_data(ckpt)
+    if saved is None or saved["fingerprint"] != data_identity(data)["fingerprint"]:
         return
     trained = (
         "on all of train/"
