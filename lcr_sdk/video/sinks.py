@@ -29,8 +29,9 @@ from lcr_sdk.video.sources import STREAM_SCHEMES, VIDEO_SUFFIXES, quiet_opencv
 
 _FOURCC = {".mp4": "mp4v", ".m4v": "mp4v", ".mov": "mp4v", ".avi": "MJPG", ".mkv": "FFV1"}  # .mkv: lossless
 SINK_FORMS = "display://0 (window), out.mp4 | out.avi | out.mkv (video), frames/ (PNG folder), last.png (image)"
-# image files a colour frame can be written as (OpenCV's encoders): .jfif has no encoder of its own, .pgm is grey
-FRAME_IMAGE_SUFFIXES = tuple(s for s in IMAGE_SUFFIXES if s not in (".jfif", ".pgm"))
+# image suffixes a colour frame cannot be written as (OpenCV has no .jfif encoder; .pgm is grey), with the one to use
+NOT_FRAME_SUFFIXES = {".jfif": ".jpg (the same JPEG format)", ".pgm": ".ppm or .png (.pgm holds grey only)"}
+FRAME_IMAGE_SUFFIXES = tuple(s for s in IMAGE_SUFFIXES if s not in NOT_FRAME_SUFFIXES)  # what an image sink writes
 
 
 class _Discard(Exception):
@@ -369,8 +370,8 @@ def _open_file_sink(uri: str, path: Path, fps: float) -> Sink:
         path.parent.mkdir(parents=True, exist_ok=True)
         check_writable(path.parent, f"output {uri!r}")
         return VideoFileSink(uri, path, fps)
-    if suffix in (".jfif", ".pgm"):
-        instead = ".jpg (the same JPEG format)" if suffix == ".jfif" else ".ppm or .png (.pgm holds grey only)"
+    if suffix in NOT_FRAME_SUFFIXES:
+        instead = NOT_FRAME_SUFFIXES[suffix]
         raise InputError(f"output {uri!r}: a colour frame cannot be written as {suffix}; name it {instead}")
     if suffix in FRAME_IMAGE_SUFFIXES:
         path.parent.mkdir(parents=True, exist_ok=True)
