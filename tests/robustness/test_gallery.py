@@ -600,6 +600,14 @@ def _mount_small_disk(mnt: Path, size: str) -> None:
         pytest.skip("mounting a tmpfs is not allowed here")
 
 
+def _save_six(root: Path) -> None:
+    """Save a gallery of six items (ids i0..i5, labels a and b) at ``root`` and close it."""
+    g = Gallery(8)
+    g.add(_unit(6), ids=[f"i{i}" for i in range(6)], labels=["a", "b"] * 3)
+    g.save(root)
+    g.close()
+
+
 def _fill_disk(mnt: Path) -> Path:
     """Fill the file system at ``mnt`` to the last byte; returns the file that holds the space."""
     filler = mnt / "filler"
@@ -619,10 +627,7 @@ def test_a_gallery_on_a_full_disk_loads_and_searches_and_a_write_is_the_full_dis
     mnt = tmp_path / "small"
     _mount_small_disk(mnt, "1m")
     try:
-        g = Gallery(8)
-        g.add(_unit(6), ids=[f"i{i}" for i in range(6)], labels=["a", "b"] * 3)
-        g.save(mnt / "g")
-        g.close()
+        _save_six(mnt / "g")
         filler = _fill_disk(mnt)
         g = Gallery.load(mnt / "g")
         assert len(g) == 6 and g.search(_unit(6)[2], k=1)[0].id == "i2" and g.info()["items"] == 6
@@ -649,10 +654,7 @@ def test_a_gallery_without_its_lock_file_loads_where_no_file_can_be_created(tmp_
     mnt = tmp_path / "small"
     _mount_small_disk(mnt, "1m,nr_inodes=32")
     try:
-        g = Gallery(8)
-        g.add(_unit(6), ids=[f"i{i}" for i in range(6)], labels=["a", "b"] * 3)
-        g.save(mnt / "g")
-        g.close()
+        _save_six(mnt / "g")
         (mnt / "g" / ".lock").unlink()
         n = 0
         with pytest.raises(OSError, match="No space left"):
@@ -676,10 +678,7 @@ def test_a_gallery_that_cannot_be_read_on_a_full_disk_says_the_disk_is_full(tmp_
     mnt = tmp_path / "small"
     _mount_small_disk(mnt, "1m")
     try:
-        g = Gallery(8)
-        g.add(_unit(6), ids=[f"i{i}" for i in range(6)], labels=["a", "b"] * 3)
-        g.save(mnt / "g")
-        g.close()
+        _save_six(mnt / "g")
         code = (
             "import os, numpy as np; from lcr_sdk.gallery import Gallery; g = Gallery.load({!r}); "
             "g.add(np.eye(8, dtype=np.float32)[0], ids=['late']); g.commit(); os._exit(0)"  # no close: WAL kept
